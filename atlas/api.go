@@ -1,0 +1,534 @@
+package atlas
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// renderCache keeps the last rendered body per query, so that a thousand
+// watchers woken by one change render it once.
+type renderCache struct {
+	mu sync.Mutex
+	m  map[string]cachedBody
+}
+
+type cachedBody struct {
+	index uint64
+	body  []byte
+}
+
+func (c *renderCache) get(key string, index uint64, build func() []byte) []byte {
+	c.mu.Lock()
+	if e, ok := c.m[key]; ok && e.index == index {
+		c.mu.Unlock()
+		return e.body
+	}
+	c.mu.Unlock()
+	body := build()
+	c.mu.Lock()
+	if c.m == nil || len(c.m) > 4096 {
+		c.m = make(map[string]cachedBody)
+	}
+	c.m[key] = cachedBody{index: index, body: body}
+	c.mu.Unlock()
+	return body
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, h apiFunc) { mux.Handle(pattern, s.wrap(pattern, false, h)) }
+	handle("PUT /v1/instances/{id}", s.handleRegister)
+	handle("PUT /v1/instances/{id}/status", s.handleHeartbeat)
+	handle("PUT /v1/instances/{id}/enabled", s.handleEnabled)
+	handle("DELETE /v1/instances/{id}", s.handleDeregister)
+	handle("GET /v1/instances/{id}", s.handleInstance)
+	handle("GET /v1/services", s.handleServices)
+	handle("GET /v1/services/{name}", s.handleService)
+	handle("POST /v1/services/{name}/port", s.handlePort)
+	handle("GET /v1/watch", s.handleWatch)
+	handle("PUT /v1/config/layer", s.handlePutLayer)
+	handle("DELETE /v1/config/layer", s.handleDeleteLayer)
+	handle("GET /v1/config/layer", s.handleGetLayer)
+	handle("GET /v1/config/layers", s.handleLayers)
+	handle("GET /v1/config", s.handleConfig)
+	handle("POST /v1/tokens", s.handleCreateToken)
+	handle("GET /v1/tokens", s.handleTokens)
+	handle("DELETE /v1/tokens/{id}", s.handleDeleteToken)
+	handle("PUT /v1/policies/{service}", s.handlePutPolicy)
+	handle("GET /v1/policies", s.handlePolicies)
+	handle("GET /metrics", func(w http.ResponseWriter, r *http.Request) error {
+		if err := principalFrom(r.Context()).readAll(); err != nil {
+			return err
+		}
+		s.metrics.handler.ServeHTTP(w, r)
+		return nil
+	})
+	mux.Handle("GET /v1/health", s.wrap("GET /v1/health", true, s.handleHealth))
+	mux.Handle("/", s.wrap("other", true, func(w http.ResponseWriter, r *http.Request) error {
+		return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint", r.Method, r.URL.Path)
+	}))
+	return mux
+}
+
+// realmParam reads ?realm (default dev).
+func realmParam(r *http.Request) (string, error) {
+	realm := r.URL.Query().Get("realm")
+	if realm == "" {
+		return sb.DefaultRealm, nil
+	}
+	return realm, sb.ValidateName("realm", realm)
+}
+
+func idParam(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	return id, sb.ValidateID(id)
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
+	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	var reg sb.Registration
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &reg); err != nil {
+		return err
+	}
+	reg.Normalize()
+	if err := reg.Validate(); err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).own(reg.Realm, reg.Service); err != nil {
+		return err
+	}
+	in, err := s.register(r.Context(), id, reg)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(in))
+	return nil
+}
+
+// ownInstance checks that the caller may act for instance id.
+func (s *Server) ownInstance(r *http.Request, id string) error {
+	p := principalFrom(r.Context())
+	if p == nil || p.tok.Role == sb.RoleAdmin {
+		return nil
+	}
+	s.st.mu.RLock()
+	in := s.st.instances[id]
+	s.st.mu.RUnlock()
+	if in == nil {
+		// Do not tell a stranger whether the id exists.
+		if p.tok.Role != sb.RoleService {
+			return p.own("", "")
+		}
+		return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+	}
+	return p.own(in.inst.Realm, in.inst.Service)
+}
+
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
+	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	var hb sb.Heartbeat
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &hb); err != nil {
+		return err
+	}
+	if err := hb.Validate(); err != nil {
+		return err
+	}
+	if err := s.ownInstance(r, id); err != nil {
+		return err
+	}
+	in, err := s.heartbeat(r.Context(), id, hb)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(in))
+	return nil
+}
+
+func (s *Server) handleEnabled(w http.ResponseWriter, r *http.Request) error {
+	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	var sw sb.EnabledSwitch
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &sw); err != nil {
+		return err
+	}
+	if err := sw.Validate(); err != nil {
+		return err
+	}
+	// A sidecar drains its own instances; operators drain anything.
+	if err := s.ownInstance(r, id); err != nil {
+		return err
+	}
+	in, err := s.setEnabled(r.Context(), id, sw)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(in))
+	return nil
+}
+
+func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) error {
+	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	if err := s.ownInstance(r, id); err != nil {
+		return err
+	}
+	if err := s.deregister(r.Context(), id); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, []byte("{}\n"))
+	return nil
+}
+
+func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
+	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	s.st.mu.RLock()
+	in := s.st.visibleLocked(id)
+	s.st.mu.RUnlock()
+	if in == nil {
+		if err := principalFrom(r.Context()).readAll(); err != nil {
+			return err
+		}
+		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	}
+	if err := principalFrom(r.Context()).readService(in.Realm, in.Service); err != nil {
+		return err
+	}
+	render := func() (uint64, []byte, error) {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		in := s.st.visibleLocked(id)
+		return s.st.indexOfLocked(instKey(id)), marshal(in), nil
+	}
+	final := func() ([]byte, error) {
+		in, err := s.instance(id, true)
+		if err != nil {
+			return nil, err
+		}
+		return marshal(in), nil
+	}
+	return s.blocking(w, r, []string{instKey(id)}, render, final)
+}
+
+func (s *Server) handleServices(w http.ResponseWriter, r *http.Request) error {
+	realm, err := realmParam(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).readAll(); err != nil {
+		return err
+	}
+	render := func() (uint64, []byte, error) {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		index := s.st.indexOfLocked(listKey(realm))
+		return index, s.cache.get("list\x00"+realm, index, func() []byte { return marshal(s.servicesLocked(realm)) }), nil
+	}
+	return s.blocking(w, r, []string{listKey(realm)}, render, nil)
+}
+
+func (s *Server) parseServiceQuery(r *http.Request) (serviceQuery, error) {
+	q := serviceQuery{service: r.PathValue("name")}
+	var err error
+	if q.realm, err = realmParam(r); err != nil {
+		return q, err
+	}
+	if err := sb.ValidateName("name", q.service); err != nil {
+		return q, err
+	}
+	vals := r.URL.Query()
+	for _, v := range vals["status"] {
+		st, err := sb.ParseStatus("status", v)
+		if err != nil {
+			return q, err
+		}
+		q.statuses = append(q.statuses, st)
+	}
+	q.tags = vals["tag"]
+	if v := vals.Get("leases"); v != "" {
+		if q.leases, err = strconv.ParseBool(v); err != nil {
+			return q, sb.Errorf(sb.EInvalid, "leases: must be true or false, got %q", v)
+		}
+	}
+	return q, nil
+}
+
+func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
+	q, err := s.parseServiceQuery(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).readService(q.realm, q.service); err != nil {
+		return err
+	}
+	render := func() (uint64, []byte, error) {
+		index, body := s.renderService(q)
+		return index, body, nil
+	}
+	var final func() ([]byte, error)
+	if q.leases {
+		final = func() ([]byte, error) {
+			s.st.mu.RLock()
+			out := s.serviceInstancesLocked(q)
+			s.st.mu.RUnlock()
+			for _, in := range out.Instances {
+				s.addLease(in)
+			}
+			return marshal(out), nil
+		}
+	}
+	return s.blocking(w, r, []string{svcKey(q.realm, q.service)}, render, final)
+}
+
+// renderService renders GET /v1/services/{name} without lease fields.
+func (s *Server) renderService(q serviceQuery) (uint64, []byte) {
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
+	index := s.st.indexOfLocked(svcKey(q.realm, q.service))
+	return index, s.cache.get(q.cacheKey(), index, func() []byte { return marshal(s.serviceInstancesLocked(q)) })
+}
+
+func (s *Server) handlePort(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := sb.ValidateName("name", name); err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	pa, err := s.assignPort(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(pa))
+	return nil
+}
+
+// layerParams reads ?realm and ?service for the layer endpoints (both
+// optional) and ?cas.
+func layerParams(r *http.Request) (sb.LayerKey, *uint64, error) {
+	q := r.URL.Query()
+	k := sb.LayerKey{Realm: q.Get("realm"), Service: q.Get("service")}
+	if err := k.Validate(); err != nil {
+		return k, nil, err
+	}
+	if !q.Has("cas") {
+		return k, nil, nil
+	}
+	cas, err := strconv.ParseUint(q.Get("cas"), 10, 64)
+	if err != nil {
+		return k, nil, sb.Errorf(sb.EInvalid, "cas: must be a non-negative integer, got %q", q.Get("cas"))
+	}
+	return k, &cas, nil
+}
+
+func (s *Server) handlePutLayer(w http.ResponseWriter, r *http.Request) error {
+	k, cas, err := layerParams(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	var raw rawObject
+	if err := decodeBody(w, r, sb.MaxLayerBytes, &raw); err != nil {
+		return err
+	}
+	layer, err := ParseLayer(raw)
+	if err != nil {
+		return err
+	}
+	out, err := s.putLayer(r.Context(), k, layer, cas)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(out))
+	return nil
+}
+
+// rawObject takes any JSON value; ParseLayer then checks it.
+type rawObject []byte
+
+func (o *rawObject) UnmarshalJSON(b []byte) error {
+	*o = append((*o)[:0], b...)
+	return nil
+}
+
+func (s *Server) handleDeleteLayer(w http.ResponseWriter, r *http.Request) error {
+	k, cas, err := layerParams(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	if err := s.deleteLayer(r.Context(), k, cas); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, []byte("{}\n"))
+	return nil
+}
+
+func (s *Server) handleGetLayer(w http.ResponseWriter, r *http.Request) error {
+	k, _, err := layerParams(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).readAll(); err != nil {
+		return err
+	}
+	render := func() (uint64, []byte, error) {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		l, err := s.layerLocked(k)
+		if err != nil {
+			return 0, nil, err
+		}
+		return s.st.indexOfLocked(layerKey(k)), marshal(l), nil
+	}
+	return s.blocking(w, r, []string{layerKey(k)}, render, nil)
+}
+
+func (s *Server) handleLayers(w http.ResponseWriter, r *http.Request) error {
+	if err := principalFrom(r.Context()).readAll(); err != nil {
+		return err
+	}
+	render := func() (uint64, []byte, error) {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		l := s.layersLocked()
+		return l.Index, marshal(l), nil
+	}
+	return s.blocking(w, r, []string{layersKey}, render, nil)
+}
+
+func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	realm, err := realmParam(r)
+	if err != nil {
+		return err
+	}
+	service := q.Get("service")
+	if service != "" {
+		if err := sb.ValidateName("service", service); err != nil {
+			return err
+		}
+	}
+	if err := principalFrom(r.Context()).readConfig(realm, service); err != nil {
+		return err
+	}
+	keys := make([]string, 0, 4)
+	for _, k := range sb.Layers(realm, service) {
+		keys = append(keys, layerKey(k))
+	}
+	render := func() (uint64, []byte, error) {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		index := s.st.indexOfLocked(keys...)
+		return index, s.cache.get("cfg\x00"+realm+"\x00"+service, index, func() []byte { return marshal(s.mergedLocked(realm, service)) }), nil
+	}
+	return s.blocking(w, r, keys, render, nil)
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error {
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	var req sb.TokenRequest
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &req); err != nil {
+		return err
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	tok, err := s.createToken(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, 0, marshal(tok))
+	return nil
+}
+
+func (s *Server) handleTokens(w http.ResponseWriter, r *http.Request) error {
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	s.st.mu.RLock()
+	index := s.st.indexOfLocked(tokensKey)
+	body := marshal(map[string]any{"index": index, "tokens": s.tokensLocked()})
+	s.st.mu.RUnlock()
+	writeJSON(w, http.StatusOK, index, body)
+	return nil
+}
+
+func (s *Server) handleDeleteToken(w http.ResponseWriter, r *http.Request) error {
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	if err := s.deleteToken(r.Context(), id); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, []byte("{}\n"))
+	return nil
+}
+
+func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) error {
+	realm, err := realmParam(r)
+	if err != nil {
+		return err
+	}
+	if err := principalFrom(r.Context()).admin(); err != nil {
+		return err
+	}
+	var body struct {
+		MayCall []string `json:"may_call"`
+	}
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &body); err != nil {
+		return err
+	}
+	p := sb.Policy{Service: r.PathValue("service"), Realm: realm, MayCall: body.MayCall}
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	out, err := s.putPolicy(r.Context(), p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(out))
+	return nil
+}
+
+func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) error {
+	realm := r.URL.Query().Get("realm")
+	if realm != "" {
+		if err := sb.ValidateName("realm", realm); err != nil {
+			return err
+		}
+	}
+	if err := principalFrom(r.Context()).readAll(); err != nil {
+		return err
+	}
+	s.st.mu.RLock()
+	index := s.st.indexOfLocked(policiesKey)
+	body := marshal(map[string]any{"index": index, "policies": s.policiesLocked(realm)})
+	s.st.mu.RUnlock()
+	writeJSON(w, http.StatusOK, index, body)
+	return nil
+}

@@ -1,0 +1,299 @@
+// Package atlas is the Switchboard registry and config server: instances
+// with leases, services with status, layered config with provenance,
+// blocking queries that wake only when their own answer changes, a
+// Server-Sent Events stream, tokens and call policies.
+//
+// Atlas keeps all of its state in memory, built from a Store and kept
+// current from the Store's change stream; every read is served from memory
+// and every write goes through the Store first.
+package atlas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/health"
+)
+
+// Config configures a Server. Every field but Store has a useful zero value.
+type Config struct {
+	// Store holds the state. Required.
+	Store Store
+	// DataDir is where the admin token is written on first start
+	// (DataDir/admin.token, mode 0600). Empty means no bootstrap token.
+	DataDir string
+	// Insecure turns authentication off: every call may do everything.
+	Insecure bool
+	// PortMin and PortMax bound the ports POST /v1/services/{name}/port
+	// gives out. Zero means 5000-5999.
+	PortMin, PortMax int
+	// Logger receives the server's log. Nil discards.
+	Logger *slog.Logger
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+	// OutputInterval is how often a change of check output alone is
+	// published. Zero means one minute.
+	OutputInterval time.Duration
+}
+
+// Server is a running Atlas.
+type Server struct {
+	cfg     Config
+	store   Store
+	st      *state
+	log     *slog.Logger
+	metrics *metrics
+	handler http.Handler
+	cache   renderCache
+	health  *health.Checker
+	started time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	// lmu guards the lease bookkeeping below: it lives in memory, per
+	// replica, and is never written to the store.
+	lmu        sync.Mutex
+	heartbeats map[string]time.Time // id -> last heartbeat seen here
+	expiries   map[string]time.Time // id -> lease expiry as last known here
+	published  map[string]time.Time // id -> when its output was last written
+	pending    map[string]string    // id -> newer output not yet written
+}
+
+// New loads the store's state and starts following its changes. Close
+// stops it.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("atlas: store required")
+	}
+	if cfg.PortMin == 0 && cfg.PortMax == 0 {
+		cfg.PortMin, cfg.PortMax = 5000, 5999
+	}
+	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
+		return nil, fmt.Errorf("atlas: ports: must be a range within 1-65535, got %d-%d", cfg.PortMin, cfg.PortMax)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.OutputInterval == 0 {
+		cfg.OutputInterval = time.Minute
+	}
+	s := &Server{
+		cfg:        cfg,
+		store:      cfg.Store,
+		st:         newState(),
+		log:        cfg.Logger,
+		heartbeats: make(map[string]time.Time),
+		expiries:   make(map[string]time.Time),
+		published:  make(map[string]time.Time),
+		pending:    make(map[string]string),
+		started:    cfg.Now(),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.reload(s.ctx); err != nil {
+		return nil, err
+	}
+	s.metrics = newMetrics(s)
+	s.health = s.newHealth()
+	s.handler = s.routes()
+	if !cfg.Insecure && cfg.DataDir != "" {
+		if err := s.bootstrap(s.ctx); err != nil {
+			s.cancel()
+			return nil, err
+		}
+	}
+	s.wg.Add(2)
+	go s.follow()
+	go s.flushOutputs()
+	return s, nil
+}
+
+// Close stops following the store. It does not close the store.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// Handler returns the HTTP API.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// HTTPServer returns an http.Server for the API with timeouts that keep a
+// slow client from holding a connection: headers in 10 s, the body in 30 s,
+// the answer in 30 s except for blocking queries and the event stream,
+// which set their own deadlines.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// reload replaces the state with a fresh snapshot.
+func (s *Server) reload(ctx context.Context) error {
+	index, kvs, err := s.store.Snapshot(ctx)
+	if err != nil {
+		return fmt.Errorf("atlas: load: %w", err)
+	}
+	s.st.load(index, kvs)
+	return nil
+}
+
+// follow applies the store's changes until Close.
+func (s *Server) follow() {
+	defer s.wg.Done()
+	backoff := 100 * time.Millisecond
+	for s.ctx.Err() == nil {
+		s.st.mu.RLock()
+		after := s.st.applied
+		s.st.mu.RUnlock()
+		ch, err := s.store.Watch(s.ctx, after)
+		if errors.Is(err, ErrCompacted) {
+			err = s.reload(s.ctx)
+		}
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.log.Warn("atlas: watching the store failed; retrying", "err", err, "in", backoff)
+			}
+			select {
+			case <-s.ctx.Done():
+			case <-time.After(backoff + rand.N(backoff/2)):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		if ch == nil {
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		for c := range ch {
+			s.st.apply(c)
+		}
+	}
+}
+
+// waitApplied waits until the change at index is in memory, so that a
+// client reads its own writes.
+func (s *Server) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		ch := s.st.appliedChan()
+		s.st.mu.RLock()
+		done := s.st.applied >= index
+		s.st.mu.RUnlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return sb.Errorf(sb.EUnavailable, "the write was stored but is not yet visible here; retry the read")
+		case <-s.ctx.Done():
+			return sb.Errorf(sb.EUnavailable, "atlas is shutting down")
+		}
+	}
+}
+
+// txn writes ops and waits until the write is visible in memory.
+func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
+	index, err := s.store.Txn(ctx, ops)
+	if err != nil {
+		if errors.Is(err, ErrConflict) {
+			return 0, err
+		}
+		if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return 0, sb.Errorf(sb.EUnavailable, "the store did not take the write: %v", err)
+		}
+		return 0, fmt.Errorf("atlas: write: %w", err)
+	}
+	s.metrics.writes.Inc()
+	return index, s.waitApplied(ctx, index)
+}
+
+// bootstrap creates the admin token on first start and writes it to
+// DataDir/admin.token.
+func (s *Server) bootstrap(ctx context.Context) error {
+	path := filepath.Join(s.cfg.DataDir, "admin.token")
+	if _, err := os.Stat(path); err == nil {
+		s.log.Info("atlas: admin token file exists", "path", path)
+		return nil
+	}
+	s.st.mu.RLock()
+	for _, t := range s.st.tokens {
+		if t.Role == sb.RoleAdmin {
+			s.st.mu.RUnlock()
+			s.log.Warn("atlas: an admin token exists but its file is missing; use it or delete the store to start afresh", "path", path)
+			return nil
+		}
+	}
+	s.st.mu.RUnlock()
+	tok, rec, err := newToken(sb.TokenRequest{Name: "bootstrap admin", Role: sb.RoleAdmin}, s.cfg.Now())
+	if err != nil {
+		return err
+	}
+	val, _ := jsonMarshal(rec)
+	_, err = s.txn(ctx,
+		Op{Key: keyBoot, Value: []byte(`"` + rec.ID + `"`), IfIndex: IfIndex(0)},
+		Op{Key: pfxToken + rec.ID, Value: val, IfIndex: IfIndex(0)})
+	if errors.Is(err, ErrConflict) {
+		s.log.Warn("atlas: another replica created the admin token", "path", path)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
+	s.log.Info("atlas: created the admin token", "path", path)
+	return nil
+}
+
+// handleHealth serves GET /v1/health: Atlas's own healthcheck JSON.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	s.health.ServeHTTP(w, r)
+	return nil
+}
+
+// Pinger is implemented by stores that can tell cheaply whether they
+// answer.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+func (s *Server) newHealth() *health.Checker {
+	h := &health.Checker{Timeout: 5 * time.Second, FailedStatus: http.StatusServiceUnavailable}
+	_ = h.Add("store", func(ctx context.Context) (string, error) {
+		if p, ok := s.store.(Pinger); ok {
+			if err := p.Ping(ctx); err != nil {
+				return "", fmt.Errorf("store: %w", err)
+			}
+		}
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		return fmt.Sprintf("store ok, index %d, %d instances", s.st.applied, len(s.st.instances)), nil
+	})
+	return h
+}

@@ -1,0 +1,352 @@
+package atlas
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// IndexHeader carries the index of every GET answer.
+const IndexHeader = "Switchboard-Index"
+
+// Blocking query bounds (SPEC "Watching").
+const (
+	DefaultWait = 5 * time.Minute
+	MaxWait     = 10 * time.Minute
+)
+
+// apiFunc is a handler that returns its error instead of writing it.
+type apiFunc func(w http.ResponseWriter, r *http.Request) error
+
+// writeError writes err as the JSON error body with the status of its code.
+// Errors that are not *sb.Error are logged and answered as "internal"
+// with no detail.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := sb.ErrorCode(err)
+	if code == sb.EInternal {
+		s.log.Error("atlas: internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	WriteError(w, err)
+}
+
+// WriteError writes err as Switchboard's JSON error body. Other packages
+// that answer with Switchboard errors (the sidecar) use it too.
+func WriteError(w http.ResponseWriter, err error) {
+	code := sb.ErrorCode(err)
+	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: sb.ErrorMessage(err)}})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(sb.HTTPStatus(code))
+	w.Write(append(body, '\n'))
+}
+
+func writeJSON(w http.ResponseWriter, status int, index uint64, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if index > 0 {
+		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	}
+	// index 0 marks answers that are not GETs: they carry no index.
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+func marshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("atlas: marshal %T: %v", v, err)) // only our own types are marshalled
+	}
+	return append(b, '\n')
+}
+
+// decodeBody reads a JSON body into v with the SPEC's rules: at most limit
+// bytes (413), JSON content type (415), no unknown fields and nothing after
+// the value (400).
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return sb.Errorf(sb.EUnsupportedMedia, "content-type: must be application/json, got %q", ct)
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return sb.Errorf(sb.ETooLarge, "body: must be at most %d bytes", limit)
+	}
+	if err != nil {
+		return sb.Errorf(sb.EInvalid, "body: could not be read: %v", err)
+	}
+	return DecodeJSON(body, v)
+}
+
+// DecodeJSON decodes one JSON value into v, refusing unknown fields and
+// trailing data, with errors that name the field.
+func DecodeJSON(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return sb.Errorf(sb.EInvalid, "body: a JSON object is required")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		var syntaxErr *json.SyntaxError
+		switch {
+		case errors.As(err, &typeErr) && typeErr.Field != "":
+			return sb.Errorf(sb.EInvalid, "%s: must be %s, got %s", typeErr.Field, jsonTypeName(typeErr.Type.Kind().String()), typeErr.Value)
+		case errors.As(err, &typeErr):
+			return sb.Errorf(sb.EInvalid, "body: must be a JSON object, got %s", typeErr.Value)
+		case errors.As(err, &syntaxErr):
+			return sb.Errorf(sb.EInvalid, "body: malformed JSON at byte %d: %v", syntaxErr.Offset, err)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return sb.Errorf(sb.EInvalid, "%s: unknown field", strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`))
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return sb.Errorf(sb.EInvalid, "body: malformed JSON: unexpected end")
+		}
+		// Errors from our own UnmarshalJSON methods (durations) name no
+		// field; the only such field is ttl.
+		return sb.Errorf(sb.EInvalid, "ttl: %v", err)
+	}
+	if dec.More() {
+		return sb.Errorf(sb.EInvalid, "body: must be a single JSON value, found data after it")
+	}
+	return nil
+}
+
+func jsonTypeName(kind string) string {
+	switch kind {
+	case "int", "int64", "uint64", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "slice":
+		return "an array"
+	case "map", "struct":
+		return "an object"
+	case "ptr":
+		return "a value of the right type"
+	}
+	return kind
+}
+
+// statusRecorder remembers the status for metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Flush lets the event stream flush through the recorder.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// wrap turns an apiFunc into a handler with authentication, a write
+// deadline, panic recovery, metrics and error mapping.
+func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("atlas: panic", "route", route, "panic", v, "stack", string(debug.Stack()))
+				if rec.status == 0 {
+					WriteError(rec, fmt.Errorf("panic: %v", v))
+				}
+			}
+			s.metrics.observe(route, rec.status, time.Since(start))
+		}()
+		// Blocking handlers move this deadline out as far as they need.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if !public {
+			p, err := s.authenticate(r)
+			if err != nil {
+				s.writeError(rec, r, err)
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
+		}
+		if err := h(rec, r); err != nil {
+			s.writeError(rec, r, err)
+		}
+	})
+}
+
+// blockingParams reads ?index and ?wait.
+func blockingParams(r *http.Request) (index uint64, wait time.Duration, err error) {
+	q := r.URL.Query()
+	if v := q.Get("index"); v != "" {
+		index, err = strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, sb.Errorf(sb.EInvalid, "index: must be a non-negative integer, got %q", v)
+		}
+	}
+	wait = DefaultWait
+	if v := q.Get("wait"); v != "" {
+		wait, err = time.ParseDuration(v)
+		if err != nil {
+			// Consul also takes plain seconds.
+			n, nerr := strconv.ParseUint(v, 10, 32)
+			if nerr != nil {
+				return 0, 0, sb.Errorf(sb.EInvalid, "wait: must be a duration such as \"30s\", got %q", v)
+			}
+			wait = time.Duration(n) * time.Second
+		}
+		if wait <= 0 {
+			return 0, 0, sb.Errorf(sb.EInvalid, "wait: must be positive, got %q", v)
+		}
+		wait = min(wait, MaxWait)
+	}
+	return index, wait, nil
+}
+
+// answer renders a GET answer from memory: its index and its body without
+// lease fields (what blocking queries compare).
+type answer func() (index uint64, body []byte, err error)
+
+// blocking serves a GET that may be a blocking query. keys are the watch
+// keys the answer depends on. When ?index=N is given and N is the current
+// index, it waits until the answer itself differs from the one at N (not
+// merely until something it depends on was written), or until wait (plus
+// up to wait/16 of jitter) runs out. final, when not nil, renders the body
+// actually sent (with lease fields).
+func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string, render answer, final func() ([]byte, error)) error {
+	want, wait, err := blockingParams(r)
+	if err != nil {
+		return err
+	}
+	blockingQuery := r.URL.Query().Has("index") && want > 0
+	chans := func() []<-chan struct{} {
+		out := make([]<-chan struct{}, len(keys))
+		for i, k := range keys {
+			out[i] = s.st.waitChan(k)
+		}
+		return out
+	}
+	waitFor := chans()
+	index, body, err := render()
+	if err != nil {
+		return err
+	}
+	if blockingQuery && want >= index {
+		wait += rand.N(wait/16 + 1)
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		s.metrics.blocking.Inc()
+		defer s.metrics.blocking.Dec()
+		first := body
+	wait:
+		for {
+			if err := waitAny(r.Context(), s.ctx, timer.C, waitFor); err != nil {
+				if errors.Is(err, errTimeout) {
+					break wait
+				}
+				return nil // the client left or Atlas is stopping
+			}
+			waitFor = chans()
+			index, body, err = render()
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(withoutIndex(body), withoutIndex(first)) {
+				break
+			}
+		}
+	}
+	if final != nil {
+		if body, err = final(); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, index, body)
+	return nil
+}
+
+var errTimeout = errors.New("timeout")
+
+// withoutIndex strips the leading "index" member that most answers start
+// with, so that answers compare by content.
+func withoutIndex(body []byte) []byte {
+	rest, ok := bytes.CutPrefix(body, []byte(`{"index":`))
+	if !ok {
+		return body
+	}
+	if i := bytes.IndexAny(rest, ",}"); i >= 0 {
+		return rest[i:]
+	}
+	return body
+}
+
+func waitAny(ctx, stop context.Context, timer <-chan time.Time, chans []<-chan struct{}) error {
+	if len(chans) == 1 {
+		select {
+		case <-chans[0]:
+			return nil
+		case <-timer:
+			return errTimeout
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop.Done():
+			return stop.Err()
+		}
+	}
+	woke := make(chan struct{})
+	var once sync.Once
+	done := make(chan struct{})
+	defer close(done)
+	for _, ch := range chans {
+		go func() {
+			select {
+			case <-ch:
+				once.Do(func() { close(woke) })
+			case <-done:
+			}
+		}()
+	}
+	select {
+	case <-woke:
+		return nil
+	case <-timer:
+		return errTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-stop.Done():
+		return stop.Err()
+	}
+}

@@ -1,0 +1,371 @@
+package atlas
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// register puts an instance and starts its lease. Registering an id again
+// keeps its registered_at (and status_changed_at when the status is the
+// same) and its operator switch.
+func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
+	now := s.cfg.Now().UTC()
+	for attempt := 0; ; attempt++ {
+		s.st.mu.RLock()
+		old := s.st.instances[id]
+		var prev uint64
+		in := &sb.Instance{
+			ID: id, Service: reg.Service, Realm: reg.Realm, Address: reg.Address, Port: reg.Port,
+			Tags: reg.Tags, Meta: reg.Meta, Status: reg.Status, Output: reg.Output, TTL: reg.TTL,
+			RegisteredAt: now, StatusChangedAt: now,
+		}
+		if old != nil {
+			prev = old.index
+			if old.inst.Service == in.Service && old.inst.Realm == in.Realm {
+				in.RegisteredAt = old.inst.RegisteredAt
+				if old.inst.Status == in.Status {
+					in.StatusChangedAt = old.inst.StatusChangedAt
+				}
+			}
+		}
+		s.st.mu.RUnlock()
+		if in.Tags == nil {
+			in.Tags = []string{}
+		}
+		if in.Meta == nil {
+			in.Meta = map[string]string{}
+		}
+		val, err := jsonMarshal(in)
+		if err != nil {
+			return nil, err
+		}
+		_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(prev)})
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		if errors.Is(err, ErrConflict) {
+			return nil, sb.Errorf(sb.EConflict, "instance %s is being changed by other calls; retry", id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.lmu.Lock()
+		s.heartbeats[id] = now
+		s.expiries[id] = now.Add(time.Duration(in.TTL))
+		s.published[id] = now
+		delete(s.pending, id)
+		s.lmu.Unlock()
+		s.metrics.registrations.Inc()
+		return s.instance(id, true)
+	}
+}
+
+// heartbeat renews an instance's lease and records its status. A
+// heartbeat that changes nothing writes nothing; a change of output alone
+// is written at most once per OutputInterval.
+func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
+	hb.Output = sb.TruncateOutput(hb.Output)
+	now := s.cfg.Now().UTC()
+	for attempt := 0; ; attempt++ {
+		s.st.mu.RLock()
+		r := s.st.instances[id]
+		s.st.mu.RUnlock()
+		if r == nil {
+			return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+		}
+		s.lmu.Lock()
+		outputDue := now.Sub(s.published[id]) >= s.cfg.OutputInterval
+		s.lmu.Unlock()
+		statusChanged := r.inst.Status != hb.Status
+		outputChanged := r.inst.Output != hb.Output
+		if statusChanged || (outputChanged && outputDue) {
+			in := *r.inst
+			in.Status, in.Output = hb.Status, hb.Output
+			if statusChanged {
+				in.StatusChangedAt = now
+			}
+			val, err := jsonMarshal(&in)
+			if err != nil {
+				return nil, err
+			}
+			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
+			if errors.Is(err, ErrConflict) && attempt < 5 {
+				continue
+			}
+			if errors.Is(err, ErrConflict) {
+				// Deleted (expired) or re-registered under us.
+				return nil, sb.Errorf(sb.ENotFound, "instance %s: changed or expired during the heartbeat; register it again", id)
+			}
+			if err != nil {
+				return nil, err
+			}
+			s.lmu.Lock()
+			s.heartbeats[id] = now
+			s.expiries[id] = now.Add(time.Duration(in.TTL))
+			s.published[id] = now
+			delete(s.pending, id)
+			s.lmu.Unlock()
+		} else {
+			exp, err := s.store.KeepAlive(ctx, pfxInstance+id)
+			if errors.Is(err, ErrNotFound) {
+				return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+			}
+			if err != nil {
+				return nil, sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
+			}
+			s.lmu.Lock()
+			s.heartbeats[id] = now
+			s.expiries[id] = exp.UTC()
+			if outputChanged {
+				s.pending[id] = hb.Output
+			} else {
+				delete(s.pending, id)
+			}
+			s.lmu.Unlock()
+		}
+		s.metrics.heartbeats.Inc()
+		return s.instance(id, true)
+	}
+}
+
+// flushOutputs writes check outputs held back by the once-per-interval
+// rule, so that the latest output is published even when heartbeats stop
+// changing it.
+func (s *Server) flushOutputs() {
+	defer s.wg.Done()
+	t := time.NewTicker(max(s.cfg.OutputInterval/6, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.cfg.Now()
+		due := map[string]string{}
+		s.lmu.Lock()
+		for id, out := range s.pending {
+			if now.Sub(s.published[id]) >= s.cfg.OutputInterval {
+				due[id] = out
+			}
+		}
+		s.lmu.Unlock()
+		for id, out := range due {
+			s.st.mu.RLock()
+			r := s.st.instances[id]
+			s.st.mu.RUnlock()
+			if r == nil {
+				continue
+			}
+			// The heartbeat path writes pending outputs when due; a failure
+			// here is retried at the next tick.
+			_, _ = s.heartbeat(s.ctx, id, sb.Heartbeat{Status: r.inst.Status, Output: out})
+		}
+	}
+}
+
+// setEnabled flips the operator switch of an instance.
+func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch) (*sb.Instance, error) {
+	s.st.mu.RLock()
+	_, exists := s.st.instances[id]
+	_, disabled := s.st.switches[id]
+	s.st.mu.RUnlock()
+	if !exists {
+		return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	}
+	var err error
+	switch {
+	case *sw.Enabled && disabled:
+		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Delete: true})
+	case !*sw.Enabled:
+		val, _ := jsonMarshal(switchRecord{Reason: sw.Reason})
+		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Value: val})
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.instance(id, true)
+}
+
+// deregister removes an instance and its operator switch.
+func (s *Server) deregister(ctx context.Context, id string) error {
+	s.st.mu.RLock()
+	_, exists := s.st.instances[id]
+	s.st.mu.RUnlock()
+	if !exists {
+		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	}
+	if _, err := s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true}); err != nil {
+		return err
+	}
+	s.lmu.Lock()
+	delete(s.heartbeats, id)
+	delete(s.expiries, id)
+	delete(s.published, id)
+	delete(s.pending, id)
+	s.lmu.Unlock()
+	return nil
+}
+
+// instance returns one instance, with its lease fields when leases is set.
+func (s *Server) instance(id string, leases bool) (*sb.Instance, error) {
+	s.st.mu.RLock()
+	in := s.st.visibleLocked(id)
+	s.st.mu.RUnlock()
+	if in == nil {
+		return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	}
+	if leases {
+		s.addLease(in)
+	}
+	return in, nil
+}
+
+func (s *Server) addLease(in *sb.Instance) {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if hb, ok := s.heartbeats[in.ID]; ok {
+		hb := hb
+		in.LastHeartbeat = &hb
+	}
+	exp, ok := s.expiries[in.ID]
+	if !ok {
+		// Not renewed since this server started: the store gave it a full
+		// TTL from then.
+		exp = s.started.Add(time.Duration(in.TTL)).UTC()
+	}
+	in.ExpiresAt = &exp
+}
+
+// serviceQuery is a parsed GET /v1/services/{name}.
+type serviceQuery struct {
+	realm, service string
+	statuses       []sb.Status
+	tags           []string
+	leases         bool
+}
+
+func (q serviceQuery) cacheKey() string {
+	k := "svc\x00" + q.realm + "\x00" + q.service
+	for _, st := range q.statuses {
+		k += "\x00s=" + string(st)
+	}
+	for _, t := range q.tags {
+		k += "\x00t=" + t
+	}
+	return k
+}
+
+// serviceInstancesLocked answers q from memory, without lease fields.
+func (s *Server) serviceInstancesLocked(q serviceQuery) *sb.ServiceInstances {
+	out := &sb.ServiceInstances{
+		Index:     s.st.indexOfLocked(svcKey(q.realm, q.service)),
+		Service:   q.service,
+		Realm:     q.realm,
+		Instances: []*sb.Instance{},
+	}
+	for id := range s.st.byService[q.realm][q.service] {
+		in := s.st.visibleLocked(id)
+		if len(q.statuses) > 0 && !slices.Contains(q.statuses, in.Status) {
+			continue
+		}
+		if !hasAll(in.Tags, q.tags) {
+			continue
+		}
+		out.Instances = append(out.Instances, in)
+	}
+	slices.SortFunc(out.Instances, func(a, b *sb.Instance) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func hasAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// servicesLocked answers GET /v1/services for a realm.
+func (s *Server) servicesLocked(realm string) *sb.ServiceList {
+	out := &sb.ServiceList{Index: s.st.indexOfLocked(listKey(realm)), Services: []sb.ServiceSummary{}}
+	for name, ids := range s.st.byService[realm] {
+		sum := sb.ServiceSummary{Name: name}
+		for id := range ids {
+			in := s.st.visibleLocked(id)
+			sum.Instances++
+			switch in.Status {
+			case sb.Passing:
+				sum.Passing++
+			case sb.Warning:
+				sum.Warning++
+			case sb.Critical:
+				sum.Critical++
+			}
+			if !in.Enabled {
+				sum.Disabled++
+			}
+		}
+		out.Services = append(out.Services, sum)
+	}
+	slices.SortFunc(out.Services, func(a, b sb.ServiceSummary) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+// assignPort gives a service its port, once: the same service always gets
+// the same port, and no two services share one.
+func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssignment, error) {
+	for attempt := 0; attempt < 20; attempt++ {
+		s.st.mu.RLock()
+		port, ok := s.st.ports[service]
+		if !ok {
+			for p := s.cfg.PortMin; p <= s.cfg.PortMax; p++ {
+				if _, used := s.st.portUsed[p]; !used {
+					port = p
+					break
+				}
+			}
+		}
+		s.st.mu.RUnlock()
+		if ok {
+			return &sb.PortAssignment{Service: service, Port: port}, nil
+		}
+		if port == 0 {
+			return nil, sb.Errorf(sb.EUnavailable, "port: every port in %d-%d is taken", s.cfg.PortMin, s.cfg.PortMax)
+		}
+		val, _ := jsonMarshal(port)
+		name, _ := jsonMarshal(service)
+		_, err := s.txn(ctx,
+			Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(0)},
+			Op{Key: pfxPortUsed + strconv.Itoa(port), Value: name, IfIndex: IfIndex(0)})
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, sb.Errorf(sb.EConflict, "port: too many concurrent assignments; retry")
+}

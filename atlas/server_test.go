@@ -1,0 +1,401 @@
+package atlas_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+)
+
+// testAtlas runs an Atlas on a real bbolt file in a temp dir.
+type testAtlas struct {
+	t     *testing.T
+	srv   *atlas.Server
+	store *boltstore.Store
+	http  *httptest.Server
+	dir   string
+	token string
+}
+
+func start(t *testing.T, insecure bool) *testAtlas {
+	t.Helper()
+	dir := t.TempDir()
+	return startIn(t, dir, insecure)
+}
+
+func startIn(t *testing.T, dir string, insecure bool) *testAtlas {
+	t.Helper()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db"), SweepInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir, Insecure: insecure, OutputInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	a := &testAtlas{t: t, srv: srv, store: st, http: hs, dir: dir}
+	if !insecure {
+		b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.token = strings.TrimSpace(string(b))
+	}
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *testAtlas) stop() {
+	a.http.CloseClientConnections()
+	a.http.Close()
+	a.srv.Close()
+	a.store.Close()
+}
+
+type resp struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r resp) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %s: %v", r.body, err)
+	}
+}
+
+func (r resp) index(t *testing.T) uint64 {
+	t.Helper()
+	n, err := strconv.ParseUint(r.header.Get(atlas.IndexHeader), 10, 64)
+	if err != nil {
+		t.Fatalf("no index header: %v", r.header)
+	}
+	return n
+}
+
+func (a *testAtlas) do(method, path, body string) resp {
+	return a.doAs(a.token, method, path, body)
+}
+
+func (a *testAtlas) doAs(token, method, path, body string) resp {
+	a.t.Helper()
+	req, err := http.NewRequest(method, a.http.URL+path, strings.NewReader(body))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return resp{res.StatusCode, res.Header, b}
+}
+
+func (a *testAtlas) must(method, path, body string) resp {
+	a.t.Helper()
+	r := a.do(method, path, body)
+	if r.status != 200 {
+		a.t.Fatalf("%s %s = %d %s; want 200", method, path, r.status, r.body)
+	}
+	return r
+}
+
+func reg(service string, port int, extra string) string {
+	return fmt.Sprintf(`{"service":%q,"address":"127.0.0.1","port":%d%s}`, service, port, extra)
+}
+
+func TestRegisterAndList(t *testing.T) {
+	a := start(t, true)
+	r := a.must("PUT", "/v1/instances/identity-h1-5000", reg("identity", 5000, `,"tags":["v2"],"meta":{"version":"1.4.2"},"ttl":"10s"`))
+	var in sb.Instance
+	r.decode(t, &in)
+	if in.Realm != "dev" || in.Status != sb.Passing || !in.Enabled || in.ExpiresAt == nil || in.LastHeartbeat == nil {
+		t.Fatalf("registered instance = %+v", in)
+	}
+	a.must("PUT", "/v1/instances/identity-h2-5000", reg("identity", 5001, `,"status":"warning"`))
+	a.must("PUT", "/v1/instances/billing-h1-6000", reg("billing", 6000, `,"realm":"production"`))
+
+	var list sb.ServiceList
+	a.must("GET", "/v1/services", "").decode(t, &list)
+	want := []sb.ServiceSummary{{Name: "identity", Instances: 2, Passing: 1, Warning: 1}}
+	if diff := cmp.Diff(want, list.Services); diff != "" {
+		t.Errorf("services (-want +got):\n%s", diff)
+	}
+	var si sb.ServiceInstances
+	a.must("GET", "/v1/services/identity?status=passing", "").decode(t, &si)
+	if len(si.Instances) != 1 || si.Instances[0].ID != "identity-h1-5000" || si.Instances[0].ExpiresAt != nil {
+		t.Errorf("passing identity = %+v", si.Instances)
+	}
+	a.must("GET", "/v1/services/identity?tag=v2&leases=true", "").decode(t, &si)
+	if len(si.Instances) != 1 || si.Instances[0].ExpiresAt == nil {
+		t.Errorf("identity tag v2 with leases = %+v", si.Instances)
+	}
+	a.must("GET", "/v1/services/nothing", "").decode(t, &si)
+	if len(si.Instances) != 0 || si.Service != "nothing" {
+		t.Errorf("unknown service = %+v", si)
+	}
+}
+
+func TestBlockingQueryWakesOnlyForItsOwnAnswer(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	a.must("PUT", "/v1/instances/a-2", reg("a", 5001, `,"status":"critical"`))
+	first := a.must("GET", "/v1/services/a?status=passing", "")
+	idx := first.index(t)
+
+	done := make(chan resp, 1)
+	go func() {
+		done <- a.do("GET", fmt.Sprintf("/v1/services/a?status=passing&index=%d&wait=20s", idx), "")
+	}()
+	// Changes that do not change this answer: another service, the
+	// critical instance's output, a heartbeat that changes nothing.
+	a.must("PUT", "/v1/instances/b-1", reg("b", 5002, ""))
+	a.must("PUT", "/v1/instances/a-2/status", `{"status":"critical","output":"still down"}`)
+	a.must("PUT", "/v1/instances/a-1/status", `{"status":"passing"}`)
+	a.must("PUT", "/v1/instances/a-2", reg("a", 5001, `,"status":"critical","tags":["x"]`))
+	select {
+	case r := <-done:
+		t.Fatalf("blocking query returned for a change outside its answer: %s", r.body)
+	case <-time.After(300 * time.Millisecond):
+	}
+	a.must("PUT", "/v1/instances/a-2/status", `{"status":"passing"}`)
+	select {
+	case r := <-done:
+		var si sb.ServiceInstances
+		r.decode(t, &si)
+		if len(si.Instances) != 2 || r.index(t) <= idx {
+			t.Fatalf("woken answer = %s (index %d, was %d)", r.body, r.index(t), idx)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("blocking query did not wake for its own change")
+	}
+}
+
+func TestBlockingQueryTimesOut(t *testing.T) {
+	a := start(t, true)
+	r := a.must("GET", "/v1/services", "")
+	r2 := a.must("GET", fmt.Sprintf("/v1/services?index=%d&wait=50ms", r.index(t)), "")
+	if r2.index(t) != r.index(t) {
+		t.Fatalf("index moved without a change: %d -> %d", r.index(t), r2.index(t))
+	}
+}
+
+func TestHeartbeatWritesNothingWhenNothingChanged(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	ctx := context.Background()
+	before, _, _ := a.store.Snapshot(ctx)
+	for range 20 {
+		a.must("PUT", "/v1/instances/a-1/status", `{"status":"passing"}`)
+	}
+	after, _, _ := a.store.Snapshot(ctx)
+	if after != before {
+		t.Fatalf("store index moved from %d to %d on heartbeats that changed nothing", before, after)
+	}
+	a.must("PUT", "/v1/instances/a-1/status", `{"status":"warning","output":"slow"}`)
+	after, _, _ = a.store.Snapshot(ctx)
+	if after != before+1 {
+		t.Fatalf("status change: store index %d -> %d; want one write", before, after)
+	}
+}
+
+func TestLeaseExpiry(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"ttl":"1s"`))
+	r := a.must("GET", "/v1/services/a", "")
+	r2 := a.must("GET", fmt.Sprintf("/v1/services/a?index=%d&wait=20s", r.index(t)), "")
+	var si sb.ServiceInstances
+	r2.decode(t, &si)
+	if len(si.Instances) != 0 {
+		t.Fatalf("after the lease ran out: %s", r2.body)
+	}
+	if got := a.do("PUT", "/v1/instances/a-1/status", `{"status":"passing"}`); got.status != 404 {
+		t.Fatalf("heartbeat of an expired instance = %d; want 404", got.status)
+	}
+}
+
+func TestEnabledSurvivesReregistration(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"maintenance"}`)
+	var in sb.Instance
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, "")).decode(t, &in)
+	if in.Enabled || in.DisabledReason != "maintenance" {
+		t.Fatalf("after re-registration: enabled=%v reason=%q", in.Enabled, in.DisabledReason)
+	}
+	var list sb.ServiceList
+	a.must("GET", "/v1/services", "").decode(t, &list)
+	if list.Services[0].Disabled != 1 {
+		t.Fatalf("disabled count = %+v", list.Services)
+	}
+	a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":true}`).decode(t, &in)
+	if !in.Enabled {
+		t.Fatal("enable did not take")
+	}
+}
+
+func TestRestartKeepsInstancesForATTL(t *testing.T) {
+	dir := t.TempDir()
+	a := startIn(t, dir, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"ttl":"1h"`))
+	before := a.must("GET", "/v1/services/a", "").index(t)
+	a.stop()
+	b := startIn(t, dir, true)
+	r := b.must("GET", "/v1/instances/a-1", "")
+	var in sb.Instance
+	r.decode(t, &in)
+	if in.ExpiresAt.Before(time.Now().Add(59 * time.Minute)) {
+		t.Fatalf("after restart the lease runs out at %v; want a full TTL from the restart", in.ExpiresAt)
+	}
+	if got := b.must("GET", "/v1/services/a", "").index(t); got < before {
+		t.Fatalf("index went backwards across a restart: %d -> %d", before, got)
+	}
+}
+
+func TestConfigMergeAndSources(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/config/layer", `{"db":{"dsn":"global","pool":5},"log":"info","feature":{"x":true}}`)
+	a.must("PUT", "/v1/config/layer?realm=production", `{"db":{"dsn":"prod"},"log":"warn"}`)
+	a.must("PUT", "/v1/config/layer?service=identity", `{"db":{"pool":10},"feature":null}`)
+	a.must("PUT", "/v1/config/layer?service=identity&realm=production", `{"db":{"dsn":"prod-identity"}}`)
+	var m sb.MergedConfig
+	a.must("GET", "/v1/config?realm=production&service=identity", "").decode(t, &m)
+	wantCfg := map[string]any{"db": map[string]any{"dsn": "prod-identity", "pool": float64(10)}, "log": "warn"}
+	if diff := cmp.Diff(wantCfg, m.Config); diff != "" {
+		t.Errorf("merged (-want +got):\n%s", diff)
+	}
+	wantSrc := map[string]string{"db.dsn": "service=identity,realm=production", "db.pool": "service=identity", "log": "realm=production"}
+	if diff := cmp.Diff(wantSrc, m.Sources); diff != "" {
+		t.Errorf("sources (-want +got):\n%s", diff)
+	}
+	var layer sb.ConfigLayer
+	a.must("GET", "/v1/config/layer?realm=production", "").decode(t, &layer)
+	if got := a.do("PUT", fmt.Sprintf("/v1/config/layer?realm=production&cas=%d", layer.Index+100), `{}`); got.status != 409 {
+		t.Fatalf("stale cas = %d %s; want 409", got.status, got.body)
+	}
+	a.must("PUT", fmt.Sprintf("/v1/config/layer?realm=production&cas=%d", layer.Index), `{"log":"debug"}`)
+	var layers sb.LayerList
+	a.must("GET", "/v1/config/layers", "").decode(t, &layers)
+	if len(layers.Layers) != 4 {
+		t.Fatalf("layers = %+v", layers)
+	}
+	a.must("DELETE", "/v1/config/layer?service=identity", "")
+	if got := a.do("GET", "/v1/config/layer?service=identity", ""); got.status != 404 {
+		t.Fatalf("deleted layer = %d", got.status)
+	}
+}
+
+func TestPortAllocationIsStable(t *testing.T) {
+	a := start(t, true)
+	var p1, p2, p3 sb.PortAssignment
+	a.must("POST", "/v1/services/identity/port", "").decode(t, &p1)
+	a.must("POST", "/v1/services/dashboard/port", "").decode(t, &p2)
+	a.must("POST", "/v1/services/identity/port", "").decode(t, &p3)
+	if p1.Port != 5000 || p2.Port != 5001 || p3.Port != p1.Port {
+		t.Fatalf("ports = %d, %d, %d; want 5000, 5001, 5000", p1.Port, p2.Port, p3.Port)
+	}
+}
+
+func TestWatchStream(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	req, _ := http.NewRequest("GET", a.http.URL+"/v1/watch?service=*", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	res, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	events := readEvents(res.Body)
+	ev := next(t, events)
+	if ev.kind != "snapshot" || !strings.Contains(ev.data, `"service":"a"`) || ev.id == "" {
+		t.Fatalf("first event = %+v", ev)
+	}
+	a.must("PUT", "/v1/instances/b-1", reg("b", 5001, ""))
+	ev = next(t, events)
+	if ev.kind != "update" || !strings.Contains(ev.data, `"service":"b"`) {
+		t.Fatalf("update = %+v", ev)
+	}
+	// Resume from the snapshot's id: only what changed since, no snapshot.
+	cancel()
+	req, _ = http.NewRequest("GET", a.http.URL+"/v1/watch?service=*", nil)
+	req.Header.Set("Last-Event-ID", ev.id)
+	a.must("PUT", "/v1/instances/c-1", reg("c", 5002, ""))
+	res2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res2.Body.Close()
+	ev = next(t, readEvents(res2.Body))
+	if ev.kind != "update" || !strings.Contains(ev.data, `"service":"c"`) {
+		t.Fatalf("resumed event = %+v", ev)
+	}
+}
+
+type sse struct{ kind, id, data string }
+
+func readEvents(r io.Reader) <-chan sse {
+	ch := make(chan sse, 100)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		var ev sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if ev.kind != "" {
+					ch <- ev
+				}
+				ev = sse{}
+			case strings.HasPrefix(line, "event: "):
+				ev.kind = line[7:]
+			case strings.HasPrefix(line, "id: "):
+				ev.id = line[4:]
+			case strings.HasPrefix(line, "data: "):
+				ev.data = line[6:]
+			}
+		}
+	}()
+	return ch
+}
+
+func next(t *testing.T, ch <-chan sse) sse {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event")
+	}
+	return sse{}
+}

@@ -1,0 +1,368 @@
+package atlas
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// Keys in the store. Names and ids never contain '/', so the layout is
+// unambiguous.
+const (
+	pfxInstance = "i/" // i/ID: storedInstance
+	pfxSwitch   = "e/" // e/ID: switchRecord, present only while disabled
+	pfxLayer    = "c/" // c/REALM/SERVICE: a config layer (either part may be empty)
+	pfxToken    = "t/" // t/ID: tokenRecord
+	pfxPort     = "p/" // p/SERVICE: port
+	pfxPortUsed = "q/" // q/PORT: service, so that no port is given twice
+	pfxPolicy   = "a/" // a/REALM/SERVICE: policy
+	keyBoot     = "m/bootstrap"
+)
+
+type switchRecord struct {
+	Reason string `json:"reason"`
+}
+
+type tokenRecord struct {
+	sb.Token
+	Hash string `json:"hash"` // hex SHA-256 of the secret
+}
+
+type instRecord struct {
+	inst  *sb.Instance // as stored: Enabled and lease fields unset
+	index uint64
+	ttl   int64
+}
+
+type layerRecord struct {
+	raw   json.RawMessage
+	index uint64
+}
+
+// watchKey names a resource whose answers blocking queries wait on.
+func svcKey(realm, service string) string { return "s/" + realm + "/" + service }
+func listKey(realm string) string           { return "l/" + realm }
+func instKey(id string) string              { return "i/" + id }
+func layerKey(k sb.LayerKey) string         { return "c/" + k.Realm + "/" + k.Service }
+
+const (
+	layersKey   = "layers"
+	tokensKey   = "tokens"
+	policiesKey = "policies"
+)
+
+// event is one entry of the history that lets an event stream resume.
+type event struct {
+	index          uint64
+	realm, service string
+}
+
+// state is Atlas's in-memory copy of the store, kept current by apply.
+type state struct {
+	// mu guards every field below it.
+	mu        sync.RWMutex
+	applied   uint64 // index of the last change applied
+	instances map[string]*instRecord
+	switches  map[string]switchRecord
+	layers    map[sb.LayerKey]layerRecord
+	tokens    map[string]tokenRecord
+	ports     map[string]int
+	portUsed  map[int]string
+	policies  map[string][]string // REALM/SERVICE -> may_call
+	// byService indexes instances: realm -> service -> id -> record.
+	byService map[string]map[string]map[string]*instRecord
+	// res is, per watch key, the index of the last change to its answer.
+	res map[string]uint64
+	// floor is the index every resource starts at: the snapshot's.
+	floor uint64
+	// history of service changes, oldest first, for event stream resume.
+	history      []event
+	historyFloor uint64
+
+	// wmu guards waits: per watch key, a channel closed at the next change.
+	wmu   sync.Mutex
+	waits map[string]chan struct{}
+	// appliedCh is closed after every apply (guarded by wmu).
+	appliedCh chan struct{}
+}
+
+const historyLen = 16384
+
+func newState() *state {
+	s := &state{waits: make(map[string]chan struct{}), appliedCh: make(chan struct{})}
+	s.reset(0)
+	return s
+}
+
+func (s *state) reset(index uint64) {
+	s.applied = index
+	s.instances = make(map[string]*instRecord)
+	s.switches = make(map[string]switchRecord)
+	s.layers = make(map[sb.LayerKey]layerRecord)
+	s.tokens = make(map[string]tokenRecord)
+	s.ports = make(map[string]int)
+	s.portUsed = make(map[int]string)
+	s.policies = make(map[string][]string)
+	s.byService = make(map[string]map[string]map[string]*instRecord)
+	s.res = make(map[string]uint64)
+	s.floor = index
+	s.history = nil
+	s.historyFloor = index
+}
+
+// load replaces the whole state with a snapshot and wakes every waiter.
+func (s *state) load(index uint64, kvs []KV) {
+	s.mu.Lock()
+	s.reset(index)
+	for _, kv := range kvs {
+		s.putLocked(kv, nil)
+	}
+	s.mu.Unlock()
+	s.wakeAll()
+}
+
+// apply applies one change and wakes the waiters of what it changed.
+func (s *state) apply(c Change) {
+	var woken []string
+	s.mu.Lock()
+	if c.Index <= s.applied {
+		s.mu.Unlock()
+		return
+	}
+	for _, kv := range c.KVs {
+		if kv.Deleted {
+			s.deleteLocked(kv.Key, c.Index, &woken)
+		} else {
+			s.putLocked(kv.KV, &woken)
+		}
+	}
+	s.applied = c.Index
+	for _, k := range woken {
+		s.res[k] = c.Index
+	}
+	s.mu.Unlock()
+	s.wake(woken)
+}
+
+// visibleLocked returns the instance as the API shows it (without lease
+// fields), or nil.
+func (s *state) visibleLocked(id string) *sb.Instance {
+	r := s.instances[id]
+	if r == nil {
+		return nil
+	}
+	in := *r.inst
+	in.Enabled = true
+	if sw, ok := s.switches[id]; ok {
+		in.Enabled = false
+		in.DisabledReason = sw.Reason
+	}
+	return &in
+}
+
+// touchInstanceLocked records that instance id may have changed between
+// before and after (either may be nil): when what watchers see differs,
+// every affected answer is marked changed.
+func (s *state) touchInstanceLocked(id string, before, after *sb.Instance, index uint64, woken *[]string) {
+	if woken == nil {
+		return
+	}
+	b, _ := json.Marshal(before)
+	a, _ := json.Marshal(after)
+	if bytes.Equal(a, b) {
+		return
+	}
+	*woken = append(*woken, instKey(id))
+	for _, in := range []*sb.Instance{before, after} {
+		if in == nil {
+			continue
+		}
+		k := svcKey(in.Realm, in.Service)
+		if !slices.Contains(*woken, k) {
+			*woken = append(*woken, k, listKey(in.Realm))
+			s.history = append(s.history, event{index: index, realm: in.Realm, service: in.Service})
+		}
+	}
+	if over := len(s.history) - historyLen; over > 0 {
+		s.historyFloor = s.history[over-1].index
+		s.history = append(s.history[:0:0], s.history[over:]...)
+	}
+}
+
+func (s *state) putLocked(kv KV, woken *[]string) {
+	key := kv.Key
+	switch {
+	case strings.HasPrefix(key, pfxInstance):
+		id := key[len(pfxInstance):]
+		var in sb.Instance
+		if json.Unmarshal(kv.Value, &in) != nil {
+			return
+		}
+		before := s.visibleLocked(id)
+		s.unindexLocked(id)
+		r := &instRecord{inst: &in, index: kv.Index, ttl: int64(kv.TTL)}
+		s.instances[id] = r
+		svcs := s.byService[in.Realm]
+		if svcs == nil {
+			svcs = make(map[string]map[string]*instRecord)
+			s.byService[in.Realm] = svcs
+		}
+		if svcs[in.Service] == nil {
+			svcs[in.Service] = make(map[string]*instRecord)
+		}
+		svcs[in.Service][id] = r
+		s.touchInstanceLocked(id, before, s.visibleLocked(id), kv.Index, woken)
+	case strings.HasPrefix(key, pfxSwitch):
+		id := key[len(pfxSwitch):]
+		var sw switchRecord
+		if json.Unmarshal(kv.Value, &sw) != nil {
+			return
+		}
+		before := s.visibleLocked(id)
+		s.switches[id] = sw
+		s.touchInstanceLocked(id, before, s.visibleLocked(id), kv.Index, woken)
+	case strings.HasPrefix(key, pfxLayer):
+		lk, ok := parseLayerKey(key)
+		if !ok {
+			return
+		}
+		s.layers[lk] = layerRecord{raw: kv.Value, index: kv.Index}
+		if woken != nil {
+			*woken = append(*woken, layerKey(lk), layersKey)
+		}
+	case strings.HasPrefix(key, pfxToken):
+		var t tokenRecord
+		if json.Unmarshal(kv.Value, &t) != nil {
+			return
+		}
+		s.tokens[key[len(pfxToken):]] = t
+		if woken != nil {
+			*woken = append(*woken, tokensKey)
+		}
+	case strings.HasPrefix(key, pfxPort):
+		var port int
+		if json.Unmarshal(kv.Value, &port) != nil {
+			return
+		}
+		s.ports[key[len(pfxPort):]] = port
+		s.portUsed[port] = key[len(pfxPort):]
+	case strings.HasPrefix(key, pfxPolicy):
+		var p []string
+		if json.Unmarshal(kv.Value, &p) != nil {
+			return
+		}
+		s.policies[key[len(pfxPolicy):]] = p
+		if woken != nil {
+			*woken = append(*woken, policiesKey)
+		}
+	}
+}
+
+func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
+	switch {
+	case strings.HasPrefix(key, pfxInstance):
+		id := key[len(pfxInstance):]
+		before := s.visibleLocked(id)
+		s.unindexLocked(id)
+		delete(s.instances, id)
+		s.touchInstanceLocked(id, before, nil, index, woken)
+	case strings.HasPrefix(key, pfxSwitch):
+		id := key[len(pfxSwitch):]
+		before := s.visibleLocked(id)
+		delete(s.switches, id)
+		s.touchInstanceLocked(id, before, s.visibleLocked(id), index, woken)
+	case strings.HasPrefix(key, pfxLayer):
+		if lk, ok := parseLayerKey(key); ok {
+			delete(s.layers, lk)
+			*woken = append(*woken, layerKey(lk), layersKey)
+		}
+	case strings.HasPrefix(key, pfxToken):
+		delete(s.tokens, key[len(pfxToken):])
+		*woken = append(*woken, tokensKey)
+	case strings.HasPrefix(key, pfxPort):
+		svc := key[len(pfxPort):]
+		delete(s.portUsed, s.ports[svc])
+		delete(s.ports, svc)
+	case strings.HasPrefix(key, pfxPolicy):
+		delete(s.policies, key[len(pfxPolicy):])
+		*woken = append(*woken, policiesKey)
+	}
+}
+
+func (s *state) unindexLocked(id string) {
+	r := s.instances[id]
+	if r == nil {
+		return
+	}
+	svcs := s.byService[r.inst.Realm]
+	delete(svcs[r.inst.Service], id)
+	if len(svcs[r.inst.Service]) == 0 {
+		delete(svcs, r.inst.Service)
+	}
+	if len(svcs) == 0 {
+		delete(s.byService, r.inst.Realm)
+	}
+}
+
+func parseLayerKey(key string) (sb.LayerKey, bool) {
+	realm, service, ok := strings.Cut(key[len(pfxLayer):], "/")
+	return sb.LayerKey{Realm: realm, Service: service}, ok
+}
+
+// indexOf returns the index of the answer that depends on keys: the latest
+// change to any of them, never below the snapshot's index.
+func (s *state) indexOfLocked(keys ...string) uint64 {
+	// Never 0: a client blocking with index 0 would not block.
+	idx := max(s.floor, 1)
+	for _, k := range keys {
+		idx = max(idx, s.res[k])
+	}
+	return idx
+}
+
+// waitChan returns a channel closed at the next change of key.
+func (s *state) waitChan(key string) <-chan struct{} {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	ch := s.waits[key]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.waits[key] = ch
+	}
+	return ch
+}
+
+// appliedChan returns a channel closed after the next apply.
+func (s *state) appliedChan() <-chan struct{} {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.appliedCh
+}
+
+func (s *state) wake(keys []string) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for _, k := range keys {
+		if ch := s.waits[k]; ch != nil {
+			close(ch)
+			delete(s.waits, k)
+		}
+	}
+	close(s.appliedCh)
+	s.appliedCh = make(chan struct{})
+}
+
+func (s *state) wakeAll() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for k, ch := range s.waits {
+		close(ch)
+		delete(s.waits, k)
+	}
+	close(s.appliedCh)
+	s.appliedCh = make(chan struct{})
+}

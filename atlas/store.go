@@ -1,0 +1,88 @@
+package atlas
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Store is where Atlas keeps its state: a key-value store with one index
+// that only grows (also across restarts), conditional transactions, leases
+// the store owns and expires, and a stream of committed changes.
+//
+// Atlas keeps a cache of everything in memory, built from Snapshot and kept
+// current from Watch, so that several Atlas replicas over one shared store
+// (etcd) serve one truth: a write through any replica reaches all of them
+// through Watch.
+type Store interface {
+	// Snapshot returns every entry and the index they are current at.
+	Snapshot(ctx context.Context) (index uint64, kvs []KV, err error)
+	// Txn applies ops atomically, all or none, and returns the index of the
+	// write. When an op's condition does not hold it returns ErrConflict and
+	// writes nothing.
+	Txn(ctx context.Context, ops []Op) (index uint64, err error)
+	// KeepAlive renews the lease of a leased key and returns when it will
+	// expire now. It returns ErrNotFound when the key is gone or has no lease.
+	// It must not write to disk in the embedded store.
+	KeepAlive(ctx context.Context, key string) (expires time.Time, err error)
+	// Watch delivers, in index order, every change committed after index.
+	// The channel closes when ctx ends or the watcher falls too far behind;
+	// the caller then watches again from the last index it applied. It
+	// returns ErrCompacted when the history after index is gone, and the
+	// caller starts again from a Snapshot.
+	Watch(ctx context.Context, after uint64) (<-chan Change, error)
+	// Close releases the store. It is safe to call more than once.
+	Close() error
+}
+
+// KV is one stored entry.
+type KV struct {
+	Key   string
+	Value []byte
+	// Index is the index of the write that last put this key.
+	Index uint64
+	// TTL > 0 means the key is leased: it is deleted TTL after the last Put
+	// or KeepAlive, and after a store restart, TTL after the restart.
+	TTL time.Duration
+}
+
+// Op is one write of a Txn.
+type Op struct {
+	Key string
+	// Value is written unless Delete is set.
+	Value  []byte
+	Delete bool
+	// TTL > 0 leases the key (Put only).
+	TTL time.Duration
+	// IfIndex, when not nil, is a condition: the key's current Index must be
+	// *IfIndex, where 0 means the key must not exist.
+	IfIndex *uint64
+}
+
+// Change is one committed write as seen by Watch.
+type Change struct {
+	Index uint64
+	// KVs are the entries written; a deleted entry has Deleted set and no
+	// Value.
+	KVs []ChangedKV
+}
+
+// ChangedKV is one entry of a Change.
+type ChangedKV struct {
+	KV
+	Deleted bool
+	// Expired is set when the store deleted the key because its lease ran
+	// out.
+	Expired bool
+}
+
+// Store errors.
+var (
+	ErrConflict  = errors.New("store: condition failed")
+	ErrNotFound  = errors.New("store: key not found")
+	ErrCompacted = errors.New("store: history compacted")
+	ErrClosed    = errors.New("store: closed")
+)
+
+// IfIndex is a helper for Op.IfIndex.
+func IfIndex(i uint64) *uint64 { return &i }

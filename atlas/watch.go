@@ -1,0 +1,193 @@
+package atlas
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// KeepAliveInterval is how often the event stream sends a comment line.
+var KeepAliveInterval = 15 * time.Second
+
+// handleWatch serves GET /v1/watch: Server-Sent Events with one snapshot
+// event per service on connect, then one update event per change of a
+// service's answer, each with the same JSON as GET /v1/services/{name}.
+//
+// A stream never makes Atlas wait: each stream reads the history of changes
+// at its own pace and sends each changed service's current answer, so a
+// slow reader gets fewer, newer events, and one that falls behind the
+// history gets snapshots again.
+func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
+	realm, err := realmParam(r)
+	if err != nil {
+		return err
+	}
+	services := r.URL.Query()["service"]
+	if len(services) == 0 {
+		return sb.Errorf(sb.EInvalid, "service: at least one is required (or service=*)")
+	}
+	all := slices.Contains(services, "*")
+	p := principalFrom(r.Context())
+	if all {
+		if err := p.readAll(); err != nil {
+			return err
+		}
+	} else {
+		for _, svc := range services {
+			if err := sb.ValidateName("service", svc); err != nil {
+				return err
+			}
+			if err := p.readService(realm, svc); err != nil {
+				return err
+			}
+		}
+	}
+	var resume uint64
+	resuming := false
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		if resume, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return sb.Errorf(sb.EInvalid, "Last-Event-ID: must be an index, got %q", v)
+		}
+		resuming = true
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+
+	wants := func(svc string) bool { return all || slices.Contains(services, svc) }
+	// write sends one event; id 0 sends none. A slow reader must not hold
+	// a goroutine forever, hence the deadline.
+	write := func(kind string, id uint64, body []byte) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if id == 0 {
+			_, err := fmt.Fprintf(bw, "event: %s\ndata: %s\n", kind, body)
+			return err
+		}
+		_, err := fmt.Fprintf(bw, "event: %s\nid: %d\ndata: %s\n", kind, id, body)
+		return err
+	}
+	flush := func() error {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	// snapshot sends every service's answer. Only the last event carries an
+	// id, the index the snapshot is current at: a stream cut in the middle
+	// of a snapshot resumes with a whole snapshot.
+	snapshot := func() (uint64, error) {
+		s.st.mu.RLock()
+		last := s.st.applied
+		var names []string
+		if all {
+			for name := range s.st.byService[realm] {
+				names = append(names, name)
+			}
+			slices.Sort(names)
+		} else {
+			names = services
+		}
+		s.st.mu.RUnlock()
+		for i, name := range names {
+			_, body := s.renderService(serviceQuery{realm: realm, service: name})
+			var id uint64
+			if i == len(names)-1 {
+				id = max(last, 1)
+			}
+			if err := write("snapshot", id, body); err != nil {
+				return 0, err
+			}
+		}
+		return last, flush()
+	}
+
+	var last uint64
+	s.st.mu.RLock()
+	canResume := resuming && resume > 0 && resume >= s.st.historyFloor && resume <= s.st.applied
+	s.st.mu.RUnlock()
+	if canResume {
+		last = resume
+	} else if last, err = snapshot(); err != nil {
+		return nil
+	}
+	keepAlive := time.NewTicker(KeepAliveInterval)
+	defer keepAlive.Stop()
+	for {
+		woke := s.st.waitChan(listKey(realm))
+		s.st.mu.RLock()
+		gap := last < s.st.historyFloor
+		var changed []string
+		var upTo uint64 = s.st.applied
+		if !gap {
+			for _, e := range s.st.history {
+				if e.index > last && e.realm == realm && wants(e.service) && !slices.Contains(changed, e.service) {
+					changed = append(changed, e.service)
+				}
+			}
+		}
+		s.st.mu.RUnlock()
+		if gap {
+			if last, err = snapshot(); err != nil {
+				return nil
+			}
+			continue
+		}
+		if len(changed) > 0 {
+			// Send in index order, so that Last-Event-ID resumes exactly.
+			type upd struct {
+				svc   string
+				index uint64
+				body  []byte
+			}
+			ups := make([]upd, 0, len(changed))
+			for _, svc := range changed {
+				index, body := s.renderService(serviceQuery{realm: realm, service: svc})
+				ups = append(ups, upd{svc, index, body})
+			}
+			slices.SortFunc(ups, func(a, b upd) int { return cmp.Compare(a.index, b.index) })
+			for i, u := range ups {
+				// One write may change two services (an instance moved
+				// between them): only the last event of an index carries
+				// it, so that resuming from it misses nothing.
+				id := u.index
+				if i+1 < len(ups) && ups[i+1].index == u.index {
+					id = 0
+				}
+				if err := write("update", id, u.body); err != nil {
+					return nil
+				}
+			}
+			if err := flush(); err != nil {
+				return nil
+			}
+		}
+		last = upTo
+		select {
+		case <-woke:
+		case <-keepAlive.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if _, err := bw.WriteString(": keep-alive\n\n"); err != nil {
+				return nil
+			}
+			if err := flush(); err != nil {
+				return nil
+			}
+		case <-r.Context().Done():
+			return nil
+		case <-s.ctx.Done():
+			return nil
+		}
+	}
+}
