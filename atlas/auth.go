@@ -211,4 +211,3 @@ func (s *Server) policiesLocked(realm string) []sb.Policy {
 	slices.SortFunc(out, func(a, b sb.Policy) int { return strings.Compare(a.Realm+"/"+a.Service, b.Realm+"/"+b.Service) })
 	return out
 }
-

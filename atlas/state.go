@@ -45,9 +45,9 @@ type layerRecord struct {
 
 // watchKey names a resource whose answers blocking queries wait on.
 func svcKey(realm, service string) string { return "s/" + realm + "/" + service }
-func listKey(realm string) string           { return "l/" + realm }
-func instKey(id string) string              { return "i/" + id }
-func layerKey(k sb.LayerKey) string         { return "c/" + k.Realm + "/" + k.Service }
+func listKey(realm string) string         { return "l/" + realm }
+func instKey(id string) string            { return "i/" + id }
+func layerKey(k sb.LayerKey) string       { return "c/" + k.Realm + "/" + k.Service }
 
 const (
 	layersKey   = "layers"
