@@ -474,3 +474,6 @@ func (p *Policy) Validate() error {
 	}
 	return nil
 }
+
+// IndexHeader carries the index of every GET answer of the Atlas API.
+const IndexHeader = "Switchboard-Index"

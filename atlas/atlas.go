@@ -59,7 +59,10 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// waits ends blocking queries and event streams (StopWaiting).
+	waits    context.Context
+	endWaits context.CancelFunc
+	wg       sync.WaitGroup
 	once   sync.Once
 
 	// lmu guards the lease bookkeeping below: it lives in memory, per
@@ -104,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		started:    cfg.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.waits, s.endWaits = context.WithCancel(s.ctx)
 	if err := s.reload(s.ctx); err != nil {
 		return nil, err
 	}
@@ -121,6 +125,11 @@ func New(cfg Config) (*Server, error) {
 	go s.flushOutputs()
 	return s, nil
 }
+
+// StopWaiting answers every blocking query now and ends every event
+// stream, so that an http.Server's Shutdown need not wait minutes for them.
+// Call it before Shutdown; the API keeps working otherwise.
+func (s *Server) StopWaiting() { s.endWaits() }
 
 // Close stops following the store. It does not close the store.
 func (s *Server) Close() error {

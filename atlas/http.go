@@ -20,7 +20,7 @@ import (
 )
 
 // IndexHeader carries the index of every GET answer.
-const IndexHeader = "Switchboard-Index"
+const IndexHeader = sb.IndexHeader
 
 // Blocking query bounds (SPEC "Watching").
 const (
@@ -273,11 +273,11 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 		first := body
 	wait:
 		for {
-			if err := waitAny(r.Context(), s.ctx, timer.C, waitFor); err != nil {
-				if errors.Is(err, errTimeout) {
+			if err := waitAny(r.Context(), s.waits, timer.C, waitFor); err != nil {
+				if errors.Is(err, errTimeout) || s.waits.Err() != nil {
 					break wait
 				}
-				return nil // the client left or Atlas is stopping
+				return nil // the client left
 			}
 			waitFor = chans()
 			index, body, err = render()

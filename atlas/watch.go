@@ -186,7 +186,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			}
 		case <-r.Context().Done():
 			return nil
-		case <-s.ctx.Done():
+		case <-s.waits.Done():
 			return nil
 		}
 	}

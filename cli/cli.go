@@ -1,0 +1,194 @@
+// Package cli is the switchboard command: every subcommand, writing to the
+// injected stdout and stderr so that tests run it as a function.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// UsageError is a command line that cannot be run: exit status 2.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+func usagef(format string, args ...any) error { return &UsageError{fmt.Sprintf(format, args...)} }
+
+// ExitCode prints err on one line to stderr and returns the exit status:
+// 0 for success, 2 for a usage error, 1 for anything else.
+func ExitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "switchboard: %s\n", oneLine(ue.Msg))
+		return 2
+	}
+	var e *sb.Error
+	if errors.As(err, &e) {
+		fmt.Fprintf(stderr, "switchboard: %s: %s\n", e.Code, oneLine(e.Message))
+		return 1
+	}
+	if errors.Is(err, context.Canceled) {
+		return 1
+	}
+	fmt.Fprintf(stderr, "switchboard: %s\n", oneLine(err.Error()))
+	return 1
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+
+// globals are the flags every command takes.
+type globals struct {
+	atlas  []string
+	token  string
+	realm  string
+	output string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// Run runs the switchboard command line args (without the program name).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "switchboard",
+		Short:         "Service discovery, routing and config for teams with many HTTP services",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			switch g.output {
+			case "table", "json":
+			default:
+				return usagef("-o: must be table or json, got %q", g.output)
+			}
+			if err := sb.ValidateName("--realm", g.realm); err != nil {
+				return usagef("%s", sb.ErrorMessage(err))
+			}
+			for _, u := range g.atlas {
+				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+					return usagef("--atlas: must be an http:// or https:// URL, got %q", u)
+				}
+			}
+			return nil
+		},
+	}
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetContext(ctx)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return &UsageError{err.Error()} })
+	pf := root.PersistentFlags()
+	pf.StringSliceVar(&g.atlas, "atlas", splitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
+	pf.StringVar(&g.token, "token", os.Getenv("SWITCHBOARD_TOKEN"), "bearer token ($SWITCHBOARD_TOKEN)")
+	pf.StringVar(&g.realm, "realm", envOr("SWITCHBOARD_REALM", sb.DefaultRealm), "realm ($SWITCHBOARD_REALM)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output of read commands: table or json")
+
+	root.AddCommand(
+		atlasCmd(g), devCmd(g),
+		servicesCmd(g), instancesCmd(g), registerCmd(g), deregisterCmd(g), enableCmd(g), disableCmd(g), watchCmd(g),
+		configCmd(g), tokenCmd(g), policyCmd(g),
+	)
+	for _, c := range root.Commands() {
+		wrapArgs(c)
+	}
+	cmd, err := root.ExecuteC()
+	if err != nil && !isRuntime(err) {
+		var ue *UsageError
+		if !errors.As(err, &ue) {
+			err = &UsageError{err.Error()}
+		}
+		if cmd != nil {
+			err = &UsageError{fmt.Sprintf("%s (see '%s --help')", err.Error(), cmd.CommandPath())}
+		}
+	}
+	return err
+}
+
+// runtimeError marks errors that come from running a command rather than
+// from its command line.
+type runtimeError struct{ err error }
+
+func (e runtimeError) Error() string { return e.err.Error() }
+func (e runtimeError) Unwrap() error { return e.err }
+
+func isRuntime(err error) bool {
+	var re runtimeError
+	return errors.As(err, &re)
+}
+
+// runE wraps a command body so its errors count as runtime failures.
+func runE(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := fn(cmd, args)
+		if err == nil {
+			return nil
+		}
+		var ue *UsageError
+		if errors.As(err, &ue) {
+			return err
+		}
+		return runtimeError{err}
+	}
+}
+
+// wrapArgs makes cobra's argument-count errors usage errors, recursively.
+func wrapArgs(c *cobra.Command) {
+	if c.Args != nil {
+		check := c.Args
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return &UsageError{err.Error()}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		wrapArgs(sub)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (g *globals) client() *client.Atlas {
+	return &client.Atlas{URLs: g.atlas, Token: g.token}
+}
+
+// print writes v as indented JSON with -o json, or calls table otherwise.
+func (g *globals) print(v any, table func(w *tabwriter.Writer)) error {
+	if g.output == "json" {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}

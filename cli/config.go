@@ -1,0 +1,295 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// parseLayer reads a layer name in the notation of the merged view's
+// "sources": global, realm=R, service=S or service=S,realm=R.
+func parseLayer(s string) (sb.LayerKey, error) {
+	var k sb.LayerKey
+	if s == "global" {
+		return k, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(part, "=")
+		switch {
+		case ok && name == "realm" && k.Realm == "":
+			k.Realm = val
+		case ok && name == "service" && k.Service == "":
+			k.Service = val
+		default:
+			return k, usagef("LAYER: must be global, realm=R, service=S or service=S,realm=R, got %q", s)
+		}
+	}
+	if err := k.Validate(); err != nil {
+		return k, usagef("LAYER: %s", sb.ErrorMessage(err))
+	}
+	return k, nil
+}
+
+func configCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "config",
+		Short: "Read and write layered config",
+		Long: `Config is layered: global < realm=R < service=S < service=S,realm=R. Objects
+merge key by key, anything else replaces, null deletes. Layers are named as the
+merged view's sources name them, so what 'config get' shows is what you edit.`,
+	}
+	c.AddCommand(configGetCmd(g), configSetCmd(g), configEditCmd(g), configDeleteCmd(g), configLayersCmd(g))
+	return c
+}
+
+func configGetCmd(g *globals) *cobra.Command {
+	var service string
+	c := &cobra.Command{
+		Use:   "get [LAYER]",
+		Short: "Show the merged config of --service in --realm with each key's source, or one LAYER",
+		Example: `  switchboard config get --service identity --realm production
+  switchboard config get service=identity,realm=production`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			if len(args) == 1 {
+				k, err := parseLayer(args[0])
+				if err != nil {
+					return err
+				}
+				l, err := c.Layer(cmd.Context(), k)
+				if err != nil {
+					return err
+				}
+				if g.output == "json" {
+					return g.print(l, nil)
+				}
+				return writeIndented(g.stdout, l.Config)
+			}
+			if service != "" {
+				if err := sb.ValidateName("--service", service); err != nil {
+					return usagef("%s", sb.ErrorMessage(err))
+				}
+			}
+			m, err := c.Config(cmd.Context(), g.realm, service, client.QueryOptions{})
+			if err != nil {
+				return err
+			}
+			return g.print(m, func(w *tabwriter.Writer) {
+				paths := make([]string, 0, len(m.Sources))
+				for p := range m.Sources {
+					paths = append(paths, p)
+				}
+				slices.Sort(paths)
+				fmt.Fprintln(w, "KEY\tVALUE\tFROM")
+				for _, p := range paths {
+					v, _ := json.Marshal(lookup(m.Config, p))
+					fmt.Fprintf(w, "%s\t%s\t%s\n", p, v, m.Sources[p])
+				}
+			})
+		}),
+	}
+	c.Flags().StringVar(&service, "service", "", "service whose merged config to show (none: global and realm layers only)")
+	return c
+}
+
+func lookup(m map[string]any, path string) any {
+	var cur any = m
+	for _, k := range strings.Split(path, ".") {
+		obj, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = obj[k]
+	}
+	return cur
+}
+
+func writeIndented(w io.Writer, raw json.RawMessage) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// readObject reads a JSON object from a file or "-" (stdin), checking it
+// before it is sent.
+func readObject(name string, stdin io.Reader) (json.RawMessage, error) {
+	var (
+		data []byte
+		err  error
+	)
+	if name == "-" {
+		data, err = io.ReadAll(io.LimitReader(stdin, sb.MaxLayerBytes+1))
+	} else {
+		data, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
+		return nil, usagef("%s: must hold one JSON object: %v", name, err)
+	}
+	return json.RawMessage(data), nil
+}
+
+func configSetCmd(g *globals) *cobra.Command {
+	var cas int64
+	c := &cobra.Command{
+		Use:   "set LAYER FILE|-",
+		Short: "Replace one layer with the JSON object in FILE (or stdin)",
+		Example: `  echo '{"db":{"dsn":"postgres://prod/identity"}}' | switchboard config set service=identity,realm=production -`,
+		Args: cobra.ExactArgs(2),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			k, err := parseLayer(args[0])
+			if err != nil {
+				return err
+			}
+			obj, err := readObject(args[1], cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			var casp *uint64
+			if cas >= 0 {
+				u := uint64(cas)
+				casp = &u
+			}
+			l, err := g.client().PutLayer(cmd.Context(), k, obj, casp)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "layer %s set at index %d\n", k, l.Index)
+			return nil
+		}),
+	}
+	c.Flags().Int64Var(&cas, "cas", -1, "refuse unless the layer is at this index (0: unless it does not exist)")
+	return c
+}
+
+func configDeleteCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete LAYER",
+		Short: "Remove one layer",
+		Args:  cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			k, err := parseLayer(args[0])
+			if err != nil {
+				return err
+			}
+			if err := g.client().DeleteLayer(cmd.Context(), k); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "layer %s deleted\n", k)
+			return nil
+		}),
+	}
+}
+
+func configEditCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "edit LAYER",
+		Short: "Edit one layer in $EDITOR; refused if someone changed it meanwhile",
+		Args:  cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			k, err := parseLayer(args[0])
+			if err != nil {
+				return err
+			}
+			return editLayer(cmd.Context(), g, k, cmd.InOrStdin())
+		}),
+	}
+}
+
+func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) error {
+	c := g.client()
+	var cas uint64
+	content := json.RawMessage("{}")
+	l, err := c.Layer(ctx, k)
+	switch {
+	case err == nil:
+		cas, content = l.Index, l.Config
+	case client.IsNotFound(err):
+	default:
+		return err
+	}
+	dir, err := os.MkdirTemp("", "switchboard-config-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "layer.json")
+	var buf bytes.Buffer
+	_ = json.Indent(&buf, content, "", "  ")
+	buf.WriteByte('\n')
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		return err
+	}
+	editor := os.Getenv("VISUAL")
+	if editor == "" {
+		editor = os.Getenv("EDITOR")
+	}
+	if editor == "" {
+		editor = "vi"
+	}
+	parts := strings.Fields(editor)
+	ed := exec.CommandContext(ctx, parts[0], append(parts[1:], path)...)
+	ed.Stdin, ed.Stdout, ed.Stderr = stdin, g.stdout, g.stderr
+	if err := ed.Run(); err != nil {
+		return fmt.Errorf("editor %s: %w", editor, err)
+	}
+	obj, err := readObject(path, nil)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(bytes.TrimSpace(obj), bytes.TrimSpace(buf.Bytes())) {
+		fmt.Fprintf(g.stdout, "layer %s unchanged\n", k)
+		return nil
+	}
+	nl, err := c.PutLayer(ctx, k, obj, &cas)
+	if sb.ErrorCode(err) == sb.EConflict {
+		return errors.New("someone else changed layer " + k.String() + " while you edited it; your edit was not saved; run edit again")
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "layer %s set at index %d\n", k, nl.Index)
+	return nil
+}
+
+func configLayersCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "layers",
+		Short: "List every config layer",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			l, err := g.client().Layers(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(l, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "LAYER\tINDEX\tBYTES")
+				for _, x := range l.Layers {
+					fmt.Fprintf(w, "%s\t%d\t%d\n", sb.LayerKey{Realm: x.Realm, Service: x.Service}, x.Index, x.Size)
+				}
+			})
+		}),
+	}
+}

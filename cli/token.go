@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+func tokenCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "token", Short: "Create, list and delete Atlas tokens (admin)"}
+	var req sb.TokenRequest
+	create := &cobra.Command{
+		Use:   "create --name NAME --role admin|reader|service [--services a,b --realms r1,r2]",
+		Short: "Create a token; its secret is shown once",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if err := req.Validate(); err != nil {
+				return usagef("--%s", sb.ErrorMessage(err))
+			}
+			tok, err := g.client().CreateToken(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.print(tok, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "id\t%s\nname\t%s\nrole\t%s\n", tok.ID, tok.Name, tok.Role)
+				if len(tok.Services) > 0 {
+					fmt.Fprintf(w, "services\t%s\nrealms\t%s\n", strings.Join(tok.Services, ","), strings.Join(tok.Realms, ","))
+				}
+				fmt.Fprintf(w, "secret\t%s\t(shown once: store it now)\n", tok.Secret)
+			})
+		}),
+	}
+	f := create.Flags()
+	f.StringVar(&req.Name, "name", "", "what the token is for (required)")
+	f.StringVar(&req.Role, "role", "", "admin, reader or service (required)")
+	f.StringSliceVar(&req.Services, "services", nil, "services a service token acts for")
+	f.StringSliceVar(&req.Realms, "realms", nil, "realms a service token acts in")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List tokens (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			toks, err := g.client().Tokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(toks, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tNAME\tROLE\tSERVICES\tREALMS\tCREATED")
+				for _, t := range toks {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, strings.Join(t.Services, ","), strings.Join(t.Realms, ","), t.CreatedAt.Format("2006-01-02 15:04"))
+				}
+			})
+		}),
+	}
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Revoke a token",
+		Args:  cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if err := g.client().DeleteToken(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "deleted token %s\n", args[0])
+			return nil
+		}),
+	}
+	c.AddCommand(create, list, del)
+	return c
+}
+
+func policyCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "policy", Short: "Say which services a service may call (admin)"}
+	var mayCall []string
+	set := &cobra.Command{
+		Use:   "set SERVICE --may-call a,b",
+		Short: "Replace the services SERVICE may call in --realm",
+		Args:  cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			p := sb.Policy{Service: args[0], Realm: g.realm, MayCall: mayCall}
+			if err := p.Validate(); err != nil {
+				return usagef("%s", sb.ErrorMessage(err))
+			}
+			out, err := g.client().PutPolicy(cmd.Context(), g.realm, args[0], mayCall)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s in %s may call: %s\n", out.Service, out.Realm, strings.Join(out.MayCall, ", "))
+			return nil
+		}),
+	}
+	set.Flags().StringSliceVar(&mayCall, "may-call", nil, "services it may call (empty: none)")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the call policies of --realm",
+		Args:  cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			ps, err := g.client().Policies(cmd.Context(), g.realm)
+			if err != nil {
+				return err
+			}
+			return g.print(ps, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "SERVICE\tREALM\tMAY CALL")
+				for _, p := range ps {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", p.Service, p.Realm, strings.Join(p.MayCall, ","))
+				}
+			})
+		}),
+	}
+	c.AddCommand(set, list)
+	return c
+}

@@ -1,0 +1,463 @@
+// Package client talks to Switchboard: Atlas is the client of the Atlas
+// HTTP API, with fail-over between replicas, blocking queries and the event
+// stream.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// Atlas is a client of the Atlas API. The zero value talks to
+// http://127.0.0.1:4400 without a token.
+type Atlas struct {
+	// URLs are the Atlas replicas, tried in turn; the last one that answered
+	// is tried first. Empty means http://127.0.0.1:4400.
+	URLs []string
+	// Token is the bearer token; empty sends none.
+	Token string
+	// HTTPClient makes the calls; nil means a client with no overall
+	// timeout (blocking queries set their own through the context).
+	HTTPClient *http.Client
+
+	// mu guards good.
+	mu   sync.Mutex
+	good int // index into URLs of the replica that last answered
+}
+
+// DefaultAtlasURL is where Atlas listens unless told otherwise.
+const DefaultAtlasURL = "http://127.0.0.1:4400"
+
+var defaultHTTP = &http.Client{Transport: &http.Transport{
+	Proxy:               nil,
+	MaxIdleConnsPerHost: 64,
+	IdleConnTimeout:     90 * time.Second,
+	TLSHandshakeTimeout: 10 * time.Second,
+}}
+
+func (a *Atlas) httpClient() *http.Client {
+	if a.HTTPClient != nil {
+		return a.HTTPClient
+	}
+	return defaultHTTP
+}
+
+func (a *Atlas) urls() []string {
+	if len(a.URLs) == 0 {
+		return []string{DefaultAtlasURL}
+	}
+	return a.URLs
+}
+
+// QueryOptions make a GET a blocking query.
+type QueryOptions struct {
+	// Index, when > 0, blocks until the answer differs from the one at
+	// Index, or Wait runs out.
+	Index uint64
+	// Wait bounds the block; zero means Atlas's default (5m).
+	Wait time.Duration
+}
+
+func (o QueryOptions) apply(q url.Values) {
+	if o.Index > 0 {
+		q.Set("index", strconv.FormatUint(o.Index, 10))
+		if o.Wait > 0 {
+			q.Set("wait", o.Wait.String())
+		}
+	}
+}
+
+// call does one API call, trying each replica in turn while they are
+// unreachable or answer 503. It decodes a 200 answer into out (when not
+// nil) and returns the Switchboard-Index header.
+func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in, out any) (uint64, error) {
+	var body []byte
+	if in != nil {
+		var err error
+		if raw, ok := in.(json.RawMessage); ok {
+			body = raw
+		} else if body, err = json.Marshal(in); err != nil {
+			return 0, err
+		}
+	}
+	urls := a.urls()
+	a.mu.Lock()
+	start := a.good % len(urls)
+	a.mu.Unlock()
+	var lastErr error
+	for i := range urls {
+		n := (start + i) % len(urls)
+		idx, err, retry := a.callOne(ctx, urls[n], method, path, q, body, out)
+		if !retry {
+			if err == nil || sb.ErrorCode(err) != sb.EUnavailable {
+				a.mu.Lock()
+				a.good = n
+				a.mu.Unlock()
+			}
+			return idx, err
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return 0, lastErr
+}
+
+func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Values, body []byte, out any) (idx uint64, err error, retry bool) {
+	u := strings.TrimRight(base, "/") + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return 0, fmt.Errorf("atlas %s: %w", base, err), false
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if a.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.Token)
+	}
+	res, err := a.httpClient().Do(req)
+	if err != nil {
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err), true
+	}
+	defer res.Body.Close()
+	if h := res.Header.Get(sb.IndexHeader); h != "" {
+		idx, _ = strconv.ParseUint(h, 10, 64)
+	}
+	data, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
+	if err != nil {
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: reading the answer: %v", base, err), true
+	}
+	if res.StatusCode != http.StatusOK {
+		e := decodeError(res.StatusCode, data)
+		return 0, e, res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusBadGateway
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return 0, fmt.Errorf("atlas %s: decoding the answer: %w", base, err), false
+		}
+	}
+	return idx, nil, false
+}
+
+// decodeError turns an error answer into an *sb.Error.
+func decodeError(status int, data []byte) *sb.Error {
+	var body struct {
+		Error *sb.Error `json:"error"`
+	}
+	if json.Unmarshal(data, &body) == nil && body.Error != nil && body.Error.Code != "" {
+		return body.Error
+	}
+	return sb.Errorf(sb.CodeForStatus(status), "atlas answered %d %s", status, http.StatusText(status))
+}
+
+// Register registers or replaces instance id.
+func (a *Atlas) Register(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
+	var in sb.Instance
+	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id), nil, reg, &in)
+	return &in, err
+}
+
+// Heartbeat renews the lease of instance id and reports its status. A
+// not_found error means the caller must register again.
+func (a *Atlas) Heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
+	var in sb.Instance
+	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/status", nil, hb, &in)
+	return &in, err
+}
+
+// SetEnabled flips the operator switch of instance id.
+func (a *Atlas) SetEnabled(ctx context.Context, id string, enabled bool, reason string) (*sb.Instance, error) {
+	var in sb.Instance
+	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/enabled", nil, sb.EnabledSwitch{Enabled: &enabled, Reason: reason}, &in)
+	return &in, err
+}
+
+// Deregister removes instance id.
+func (a *Atlas) Deregister(ctx context.Context, id string) error {
+	_, err := a.call(ctx, http.MethodDelete, "/v1/instances/"+url.PathEscape(id), nil, nil, nil)
+	return err
+}
+
+// Instance returns one instance with its lease fields.
+func (a *Atlas) Instance(ctx context.Context, id string) (*sb.Instance, error) {
+	var in sb.Instance
+	_, err := a.call(ctx, http.MethodGet, "/v1/instances/"+url.PathEscape(id), nil, nil, &in)
+	return &in, err
+}
+
+// Services lists the services of a realm with their counts.
+func (a *Atlas) Services(ctx context.Context, realm string, opts QueryOptions) (*sb.ServiceList, error) {
+	q := url.Values{}
+	setRealm(q, realm)
+	opts.apply(q)
+	var out sb.ServiceList
+	_, err := a.call(ctx, http.MethodGet, "/v1/services", q, nil, &out)
+	return &out, err
+}
+
+// ServiceOptions filter a service's instances.
+type ServiceOptions struct {
+	QueryOptions
+	Status []sb.Status
+	Tags   []string
+	Leases bool
+}
+
+// Service returns the instances of a service in a realm, sorted by id.
+func (a *Atlas) Service(ctx context.Context, realm, name string, opts ServiceOptions) (*sb.ServiceInstances, error) {
+	q := url.Values{}
+	setRealm(q, realm)
+	for _, s := range opts.Status {
+		q.Add("status", string(s))
+	}
+	for _, t := range opts.Tags {
+		q.Add("tag", t)
+	}
+	if opts.Leases {
+		q.Set("leases", "true")
+	}
+	opts.apply(q)
+	var out sb.ServiceInstances
+	_, err := a.call(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(name), q, nil, &out)
+	return &out, err
+}
+
+// AssignPort returns the service's port, assigning one the first time.
+func (a *Atlas) AssignPort(ctx context.Context, service string) (int, error) {
+	var out sb.PortAssignment
+	_, err := a.call(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(service)+"/port", nil, nil, &out)
+	return out.Port, err
+}
+
+func setRealm(q url.Values, realm string) {
+	if realm != "" {
+		q.Set("realm", realm)
+	}
+}
+
+func layerQuery(k sb.LayerKey) url.Values {
+	q := url.Values{}
+	if k.Realm != "" {
+		q.Set("realm", k.Realm)
+	}
+	if k.Service != "" {
+		q.Set("service", k.Service)
+	}
+	return q
+}
+
+// Config returns the merged config of service (may be empty) in realm,
+// with the layer each key came from.
+func (a *Atlas) Config(ctx context.Context, realm, service string, opts QueryOptions) (*sb.MergedConfig, error) {
+	q := layerQuery(sb.LayerKey{Realm: realm, Service: service})
+	opts.apply(q)
+	var out sb.MergedConfig
+	_, err := a.call(ctx, http.MethodGet, "/v1/config", q, nil, &out)
+	return &out, err
+}
+
+// Layer returns one config layer.
+func (a *Atlas) Layer(ctx context.Context, k sb.LayerKey) (*sb.ConfigLayer, error) {
+	var out sb.ConfigLayer
+	_, err := a.call(ctx, http.MethodGet, "/v1/config/layer", layerQuery(k), nil, &out)
+	return &out, err
+}
+
+// PutLayer replaces one config layer with a JSON object. cas, when not nil,
+// is the index the layer must be at (0: it must not exist).
+func (a *Atlas) PutLayer(ctx context.Context, k sb.LayerKey, config json.RawMessage, cas *uint64) (*sb.ConfigLayer, error) {
+	q := layerQuery(k)
+	if cas != nil {
+		q.Set("cas", strconv.FormatUint(*cas, 10))
+	}
+	var out sb.ConfigLayer
+	_, err := a.call(ctx, http.MethodPut, "/v1/config/layer", q, config, &out)
+	return &out, err
+}
+
+// DeleteLayer removes one config layer.
+func (a *Atlas) DeleteLayer(ctx context.Context, k sb.LayerKey) error {
+	_, err := a.call(ctx, http.MethodDelete, "/v1/config/layer", layerQuery(k), nil, nil)
+	return err
+}
+
+// Layers lists every config layer.
+func (a *Atlas) Layers(ctx context.Context) (*sb.LayerList, error) {
+	var out sb.LayerList
+	_, err := a.call(ctx, http.MethodGet, "/v1/config/layers", nil, nil, &out)
+	return &out, err
+}
+
+// CreateToken creates a token; the answer holds its secret, once.
+func (a *Atlas) CreateToken(ctx context.Context, req sb.TokenRequest) (*sb.Token, error) {
+	var out sb.Token
+	_, err := a.call(ctx, http.MethodPost, "/v1/tokens", nil, req, &out)
+	return &out, err
+}
+
+// Tokens lists the tokens, without secrets.
+func (a *Atlas) Tokens(ctx context.Context) ([]sb.Token, error) {
+	var out struct {
+		Tokens []sb.Token `json:"tokens"`
+	}
+	_, err := a.call(ctx, http.MethodGet, "/v1/tokens", nil, nil, &out)
+	return out.Tokens, err
+}
+
+// DeleteToken revokes a token.
+func (a *Atlas) DeleteToken(ctx context.Context, id string) error {
+	_, err := a.call(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil, nil)
+	return err
+}
+
+// PutPolicy says which services service may call in realm.
+func (a *Atlas) PutPolicy(ctx context.Context, realm, service string, mayCall []string) (*sb.Policy, error) {
+	q := url.Values{}
+	setRealm(q, realm)
+	var out sb.Policy
+	_, err := a.call(ctx, http.MethodPut, "/v1/policies/"+url.PathEscape(service), q, map[string][]string{"may_call": mayCall}, &out)
+	return &out, err
+}
+
+// Policies lists the call policies of a realm (all realms when empty).
+func (a *Atlas) Policies(ctx context.Context, realm string) ([]sb.Policy, error) {
+	q := url.Values{}
+	setRealm(q, realm)
+	var out struct {
+		Policies []sb.Policy `json:"policies"`
+	}
+	_, err := a.call(ctx, http.MethodGet, "/v1/policies", q, nil, &out)
+	return out.Policies, err
+}
+
+// Event is one event of the Atlas event stream.
+type Event struct {
+	// Kind is "snapshot" or "update".
+	Kind string
+	// ID is the event id ("" on all but the last event of a snapshot).
+	ID string
+	// Service is the service's answer, as GET /v1/services/{name} gives it.
+	Service *sb.ServiceInstances
+}
+
+// Watch follows the event stream of services (or "*") in realm and calls fn
+// for each event, until ctx ends, fn returns an error, or the stream
+// breaks. It returns the id of the last event it saw, to resume from with
+// lastEventID.
+func (a *Atlas) Watch(ctx context.Context, realm string, services []string, lastEventID string, fn func(Event) error) (string, error) {
+	q := url.Values{}
+	setRealm(q, realm)
+	for _, s := range services {
+		q.Add("service", s)
+	}
+	urls := a.urls()
+	a.mu.Lock()
+	start := a.good
+	a.mu.Unlock()
+	var (
+		res  *http.Response
+		err  error
+		base string
+	)
+	for i := range urls {
+		base = urls[(start+i)%len(urls)]
+		req, rerr := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/v1/watch?"+q.Encode(), nil)
+		if rerr != nil {
+			return lastEventID, rerr
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		if a.Token != "" {
+			req.Header.Set("Authorization", "Bearer "+a.Token)
+		}
+		if lastEventID != "" {
+			req.Header.Set("Last-Event-ID", lastEventID)
+		}
+		res, err = a.httpClient().Do(req)
+		if err == nil && res.StatusCode == http.StatusOK {
+			a.mu.Lock()
+			a.good = (start + i) % len(urls)
+			a.mu.Unlock()
+			break
+		}
+		if err == nil {
+			data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+			res.Body.Close()
+			e := decodeError(res.StatusCode, data)
+			if res.StatusCode != http.StatusServiceUnavailable {
+				return lastEventID, e
+			}
+			err = e
+		} else {
+			err = sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err)
+		}
+		res = nil
+		if ctx.Err() != nil {
+			return lastEventID, ctx.Err()
+		}
+	}
+	if res == nil {
+		return lastEventID, err
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var kind, id, data string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if kind == "" {
+				continue
+			}
+			var si sb.ServiceInstances
+			if err := json.Unmarshal([]byte(data), &si); err != nil {
+				return lastEventID, fmt.Errorf("atlas %s: event stream: %w", base, err)
+			}
+			if id != "" {
+				lastEventID = id
+			}
+			if err := fn(Event{Kind: kind, ID: id, Service: &si}); err != nil {
+				return lastEventID, err
+			}
+			kind, id, data = "", "", ""
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "event:"):
+			kind = strings.TrimSpace(line[len("event:"):])
+		case strings.HasPrefix(line, "id:"):
+			id = strings.TrimSpace(line[len("id:"):])
+		case strings.HasPrefix(line, "data:"):
+			data += strings.TrimPrefix(line[len("data:"):], " ")
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", base, err)
+	}
+	if ctx.Err() != nil {
+		return lastEventID, ctx.Err()
+	}
+	return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
+}
+
+// IsNotFound reports whether err is a not_found answer.
+func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }
+
