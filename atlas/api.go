@@ -9,14 +9,17 @@ import (
 )
 
 // renderCache keeps the last rendered body per query, so that a thousand
-// watchers woken by one change render it once.
+// watchers woken by one change render it once: the first renders, the
+// others wait for its result.
 type renderCache struct {
+	// mu guards m.
 	mu sync.Mutex
-	m  map[string]cachedBody
+	m  map[string]*cachedBody
 }
 
 type cachedBody struct {
 	index uint64
+	done  chan struct{} // closed when body is set
 	body  []byte
 }
 
@@ -24,17 +27,18 @@ func (c *renderCache) get(key string, index uint64, build func() []byte) []byte 
 	c.mu.Lock()
 	if e, ok := c.m[key]; ok && e.index == index {
 		c.mu.Unlock()
+		<-e.done
 		return e.body
 	}
-	c.mu.Unlock()
-	body := build()
-	c.mu.Lock()
+	e := &cachedBody{index: index, done: make(chan struct{})}
 	if c.m == nil || len(c.m) > 4096 {
-		c.m = make(map[string]cachedBody)
+		c.m = make(map[string]*cachedBody)
 	}
-	c.m[key] = cachedBody{index: index, body: body}
+	c.m[key] = e
 	c.mu.Unlock()
-	return body
+	e.body = build()
+	close(e.done)
+	return e.body
 }
 
 func (s *Server) routes() http.Handler {

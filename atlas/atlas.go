@@ -114,15 +114,15 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s)
 	s.health = s.newHealth()
 	s.handler = s.routes()
-	if !cfg.Insecure && cfg.DataDir != "" {
-		if err := s.bootstrap(s.ctx); err != nil {
-			s.cancel()
-			return nil, err
-		}
-	}
 	s.wg.Add(2)
 	go s.follow()
 	go s.flushOutputs()
+	if !cfg.Insecure && cfg.DataDir != "" {
+		if err := s.bootstrap(s.ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

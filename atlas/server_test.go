@@ -96,6 +96,15 @@ func (a *testAtlas) do(method, path, body string) resp {
 
 func (a *testAtlas) doAs(token, method, path, body string) resp {
 	a.t.Helper()
+	auth := ""
+	if token != "" {
+		auth = "Bearer " + token
+	}
+	return a.doWithHeader(auth, method, path, body)
+}
+
+func (a *testAtlas) doWithHeader(auth, method, path, body string) resp {
+	a.t.Helper()
 	req, err := http.NewRequest(method, a.http.URL+path, strings.NewReader(body))
 	if err != nil {
 		a.t.Fatal(err)
@@ -103,8 +112,8 @@ func (a *testAtlas) doAs(token, method, path, body string) resp {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
 	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {

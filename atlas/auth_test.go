@@ -1,0 +1,149 @@
+package atlas_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+)
+
+func (a *testAtlas) newToken(t *testing.T, req string) string {
+	t.Helper()
+	var tok sb.Token
+	a.must("POST", "/v1/tokens", req).decode(t, &tok)
+	if !strings.HasPrefix(tok.Secret, "sb.") {
+		t.Fatalf("token secret = %q", tok.Secret)
+	}
+	return tok.Secret
+}
+
+func TestAdminTokenFile(t *testing.T) {
+	a := start(t, false)
+	fi, err := os.Stat(filepath.Join(a.dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.token mode = %v; want 0600", fi.Mode().Perm())
+	}
+	// The store holds only a hash of the secret.
+	_, secret, _ := strings.Cut(strings.TrimPrefix(a.token, "sb."), ".")
+	db, err := os.ReadFile(filepath.Join(a.dir, "atlas.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(db, []byte(secret)) {
+		t.Fatal("the store file contains the token secret")
+	}
+}
+
+func TestBootstrapLogsPathNotSecret(t *testing.T) {
+	dir := t.TempDir()
+	var logs bytes.Buffer
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	tok, _ := os.ReadFile(filepath.Join(dir, "admin.token"))
+	_, secret, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(string(tok)), "sb."), ".")
+	if !strings.Contains(logs.String(), filepath.Join(dir, "admin.token")) {
+		t.Errorf("log does not name the token file: %s", logs.String())
+	}
+	if secret == "" || strings.Contains(logs.String(), secret) {
+		t.Errorf("log holds the secret (or no secret was written): %s", logs.String())
+	}
+}
+
+func TestAuth(t *testing.T) {
+	a := start(t, false)
+	reader := a.newToken(t, `{"name":"ops","role":"reader"}`)
+	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["production"]}`)
+	a.must("PUT", "/v1/instances/billing-1", reg("billing", 6000, `,"realm":"production"`))
+	a.must("PUT", "/v1/instances/redis-1", reg("redis", 6379, `,"realm":"production"`))
+	a.must("PUT", "/v1/policies/identity?realm=production", `{"may_call":["billing"]}`)
+	a.must("PUT", "/v1/config/layer?service=identity&realm=production", `{"db":"x"}`)
+	tests := []struct {
+		name, token, method, path, body string
+		status                          int
+	}{
+		{"no token", "", "GET", "/v1/services", "", 401},
+		{"bad scheme", "Basic abc", "GET", "/v1/services", "", 401},
+		{"unknown token", "sb.0000000000000000.nope", "GET", "/v1/services", "", 401},
+		{"wrong secret", a.token[:len(a.token)-2] + "xx", "GET", "/v1/services", "", 401},
+		{"health needs none", "", "GET", "/v1/health", "", 200},
+		{"metrics need a token", "", "GET", "/metrics", "", 401},
+		{"reader reads", reader, "GET", "/v1/services?realm=production", "", 200},
+		{"reader reads config", reader, "GET", "/v1/config/layers", "", 200},
+		{"reader metrics", reader, "GET", "/metrics", "", 200},
+		{"reader may not register", reader, "PUT", "/v1/instances/x-1", reg("x", 1, ""), 403},
+		{"reader may not set config", reader, "PUT", "/v1/config/layer", `{}`, 403},
+		{"reader may not list tokens", reader, "GET", "/v1/tokens", "", 403},
+		{"service registers itself", svc, "PUT", "/v1/instances/identity-1", reg("identity", 5000, `,"realm":"production"`), 200},
+		{"service heartbeats itself", svc, "PUT", "/v1/instances/identity-1/status", `{"status":"passing"}`, 200},
+		{"service may not register another", svc, "PUT", "/v1/instances/billing-2", reg("billing", 6001, `,"realm":"production"`), 403},
+		{"service may not use another realm", svc, "PUT", "/v1/instances/identity-2", reg("identity", 5001, `,"realm":"dev"`), 403},
+		{"service may not heartbeat another", svc, "PUT", "/v1/instances/billing-1/status", `{"status":"critical"}`, 403},
+		{"service may not deregister another", svc, "DELETE", "/v1/instances/billing-1", "", 403},
+		{"service reads its own", svc, "GET", "/v1/services/identity?realm=production", "", 200},
+		{"service reads what it may call", svc, "GET", "/v1/services/billing?realm=production", "", 200},
+		{"service may not read others", svc, "GET", "/v1/services/redis?realm=production", "", 403},
+		{"service watches what it may call", svc, "GET", "/v1/services/billing?realm=production", "", 200},
+		{"service may not watch others", svc, "GET", "/v1/watch?realm=production&service=redis", "", 403},
+		{"service may not watch all", svc, "GET", "/v1/watch?realm=production&service=*", "", 403},
+		{"service may not list", svc, "GET", "/v1/services?realm=production", "", 403},
+		{"service reads its config", svc, "GET", "/v1/config?service=identity&realm=production", "", 200},
+		{"service may not read others' config", svc, "GET", "/v1/config?service=billing&realm=production", "", 403},
+		{"service may not read raw layers", svc, "GET", "/v1/config/layer?service=identity&realm=production", "", 403},
+		{"service may not flip others", svc, "PUT", "/v1/instances/billing-1/enabled", `{"enabled":false}`, 403},
+		{"service may not create tokens", svc, "POST", "/v1/tokens", `{"name":"x","role":"admin"}`, 403},
+		{"service may not assign ports", svc, "POST", "/v1/services/identity/port", "", 403},
+		{"admin deregisters", a.token, "DELETE", "/v1/instances/identity-1", "", 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r resp
+			if strings.HasPrefix(tt.token, "Basic ") {
+				r = a.doWithHeader(tt.token, tt.method, tt.path, tt.body)
+			} else {
+				r = a.doAs(tt.token, tt.method, tt.path, tt.body)
+			}
+			if r.status != tt.status {
+				t.Fatalf("%s %s = %d %s; want %d", tt.method, tt.path, r.status, r.body, tt.status)
+			}
+			if r.status >= 400 {
+				var e struct{ Error sb.Error }
+				if json.Unmarshal(r.body, &e) != nil || e.Error.Message == "" {
+					t.Fatalf("error body = %s", r.body)
+				}
+			}
+		})
+	}
+	// A deleted token stops working at once.
+	var list struct{ Tokens []sb.Token }
+	a.must("GET", "/v1/tokens", "").decode(t, &list)
+	for _, tok := range list.Tokens {
+		if tok.Secret != "" {
+			t.Fatalf("token list shows a secret: %+v", tok)
+		}
+		if tok.Role == sb.RoleReader {
+			a.must("DELETE", "/v1/tokens/"+tok.ID, "")
+		}
+	}
+	if r := a.doAs(reader, "GET", "/v1/services", ""); r.status != 401 {
+		t.Fatalf("deleted token = %d; want 401", r.status)
+	}
+}
+

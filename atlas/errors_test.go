@@ -1,0 +1,125 @@
+package atlas_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// TestBadInput covers every 4xx of the SPEC: each answer has the JSON error
+// body with the right code, and its message names the field and the rule.
+func TestBadInput(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	a.must("PUT", "/v1/config/layer?realm=production", `{"x":1}`)
+	big := `{"service":"a","address":"127.0.0.1","port":1,"output":"` + strings.Repeat("x", sb.MaxBodyBytes) + `"}`
+	bigLayer := `{"x":"` + strings.Repeat("y", sb.MaxLayerBytes) + `"}`
+	manyTags := `["` + strings.Repeat(`t","`, 32) + `t"]`
+	tests := []struct {
+		name, method, path, body, ctype string
+		status                          int
+		code, msg                       string
+	}{
+		{"port too big", "PUT", "/v1/instances/a-2", reg("a", 70000, ""), "", 400, sb.EInvalid, "port: must be 1-65535, got 70000"},
+		{"port zero", "PUT", "/v1/instances/a-2", reg("a", 0, ""), "", 400, sb.EInvalid, "port: must be 1-65535"},
+		{"bad service name", "PUT", "/v1/instances/a-2", reg("Bad_Name", 1, ""), "", 400, sb.EInvalid, "service: must match"},
+		{"missing service", "PUT", "/v1/instances/a-2", `{"address":"127.0.0.1","port":1}`, "", 400, sb.EInvalid, "service: required"},
+		{"bad realm", "PUT", "/v1/instances/a-2", reg("a", 1, `,"realm":"PROD"`), "", 400, sb.EInvalid, "realm: must match"},
+		{"missing address", "PUT", "/v1/instances/a-2", `{"service":"a","port":1}`, "", 400, sb.EInvalid, "address: required"},
+		{"bad address", "PUT", "/v1/instances/a-2", `{"service":"a","address":"not a host!","port":1}`, "", 400, sb.EInvalid, "address: must be an IP address or a host name"},
+		{"bad status", "PUT", "/v1/instances/a-2", reg("a", 1, `,"status":"ok"`), "", 400, sb.EInvalid, "status: must be passing, warning or critical"},
+		{"ttl too short", "PUT", "/v1/instances/a-2", reg("a", 1, `,"ttl":"500ms"`), "", 400, sb.EInvalid, "ttl: must be between 1s and 24h"},
+		{"ttl too long", "PUT", "/v1/instances/a-2", reg("a", 1, `,"ttl":"25h"`), "", 400, sb.EInvalid, "ttl: must be between 1s and 24h"},
+		{"ttl not a duration", "PUT", "/v1/instances/a-2", reg("a", 1, `,"ttl":"soon"`), "", 400, sb.EInvalid, "ttl: must be a duration"},
+		{"ttl a number", "PUT", "/v1/instances/a-2", reg("a", 1, `,"ttl":30`), "", 400, sb.EInvalid, "ttl: must be a duration"},
+		{"too many tags", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":`+manyTags), "", 400, sb.EInvalid, "tags: at most 32"},
+		{"tag too long", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":["`+strings.Repeat("t", 129)+`"]`), "", 400, sb.EInvalid, "tags[0]: must be 1-128 bytes"},
+		{"meta value too long", "PUT", "/v1/instances/a-2", reg("a", 1, `,"meta":{"k":"`+strings.Repeat("v", 513)+`"}`), "", 400, sb.EInvalid, `meta["k"]: value must be at most 512 bytes`},
+		{"port a string", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":"80"}`, "", 400, sb.EInvalid, "port: must be a number"},
+		{"unknown field", "PUT", "/v1/instances/a-2", reg("a", 1, `,"colour":"red"`), "", 400, sb.EInvalid, "colour: unknown field"},
+		{"malformed JSON", "PUT", "/v1/instances/a-2", `{"service":`, "", 400, sb.EInvalid, "body: malformed JSON"},
+		{"trailing data", "PUT", "/v1/instances/a-2", reg("a", 1, "") + `{}`, "", 400, sb.EInvalid, "body: must be a single JSON value"},
+		{"empty body", "PUT", "/v1/instances/a-2", "", "", 400, sb.EInvalid, "body: a JSON object is required"},
+		{"array body", "PUT", "/v1/instances/a-2", `[1]`, "", 400, sb.EInvalid, "body: must be a JSON object"},
+		{"bad id", "PUT", "/v1/instances/-x", reg("a", 1, ""), "", 400, sb.EInvalid, "id: must match"},
+		{"id too long", "PUT", "/v1/instances/" + strings.Repeat("i", 129), reg("a", 1, ""), "", 400, sb.EInvalid, "id: must match"},
+		{"body too large", "PUT", "/v1/instances/a-2", big, "", 413, sb.ETooLarge, "body: must be at most 1048576 bytes"},
+		{"wrong content type", "PUT", "/v1/instances/a-2", reg("a", 1, ""), "text/plain", 415, sb.EUnsupportedMedia, "content-type: must be application/json"},
+		{"heartbeat unknown", "PUT", "/v1/instances/zz/status", `{"status":"passing"}`, "", 404, sb.ENotFound, "instance zz: not registered"},
+		{"heartbeat bad status", "PUT", "/v1/instances/a-1/status", `{"status":"up"}`, "", 400, sb.EInvalid, "status: must be passing, warning or critical"},
+		{"enabled missing", "PUT", "/v1/instances/a-1/enabled", `{"reason":"x"}`, "", 400, sb.EInvalid, "enabled: required"},
+		{"enabled unknown instance", "PUT", "/v1/instances/zz/enabled", `{"enabled":false}`, "", 404, sb.ENotFound, "instance zz: not registered"},
+		{"deregister unknown", "DELETE", "/v1/instances/zz", "", "", 404, sb.ENotFound, "instance zz: not registered"},
+		{"get unknown", "GET", "/v1/instances/zz", "", "", 404, sb.ENotFound, "instance zz: not registered"},
+		{"services bad realm", "GET", "/v1/services?realm=Prod", "", "", 400, sb.EInvalid, "realm: must match"},
+		{"service bad status filter", "GET", "/v1/services/a?status=up", "", "", 400, sb.EInvalid, "status: must be passing, warning or critical"},
+		{"service bad name", "GET", "/v1/services/A", "", "", 400, sb.EInvalid, "name: must match"},
+		{"service bad leases", "GET", "/v1/services/a?leases=maybe", "", "", 400, sb.EInvalid, "leases: must be true or false"},
+		{"bad index", "GET", "/v1/services/a?index=-1", "", "", 400, sb.EInvalid, "index: must be a non-negative integer"},
+		{"bad wait", "GET", "/v1/services/a?index=1&wait=forever", "", "", 400, sb.EInvalid, "wait: must be a duration"},
+		{"port bad name", "POST", "/v1/services/A/port", "", "", 400, sb.EInvalid, "name: must match"},
+		{"layer not an object", "PUT", "/v1/config/layer", `[1,2]`, "", 400, sb.EInvalid, "config: must be a JSON object, got an array"},
+		{"layer malformed", "PUT", "/v1/config/layer", `{"a":`, "", 400, sb.EInvalid, "body: malformed JSON"},
+		{"layer too large", "PUT", "/v1/config/layer", bigLayer, "", 413, sb.ETooLarge, "body: must be at most 524288 bytes"},
+		{"layer bad realm", "PUT", "/v1/config/layer?realm=X", `{}`, "", 400, sb.EInvalid, "realm: must match"},
+		{"layer bad service", "GET", "/v1/config/layer?service=_", "", "", 400, sb.EInvalid, "service: must match"},
+		{"layer bad cas", "PUT", "/v1/config/layer?cas=x", `{}`, "", 400, sb.EInvalid, "cas: must be a non-negative integer"},
+		{"layer cas conflict", "PUT", "/v1/config/layer?realm=production&cas=999", `{}`, "", 409, sb.EConflict, "cas: layer realm=production is at index"},
+		{"layer cas must not exist", "PUT", "/v1/config/layer?realm=production&cas=0", `{}`, "", 409, sb.EConflict, "cas: layer realm=production"},
+		{"layer unknown", "GET", "/v1/config/layer?service=nope", "", "", 404, sb.ENotFound, "config layer service=nope: not set"},
+		{"delete unknown layer", "DELETE", "/v1/config/layer?service=nope", "", "", 404, sb.ENotFound, "config layer service=nope: not set"},
+		{"config bad service", "GET", "/v1/config?service=Nope", "", "", 400, sb.EInvalid, "service: must match"},
+		{"token bad role", "POST", "/v1/tokens", `{"name":"x","role":"root"}`, "", 400, sb.EInvalid, "role: must be admin, reader or service"},
+		{"token no name", "POST", "/v1/tokens", `{"role":"reader"}`, "", 400, sb.EInvalid, "name: must be 1-128 bytes"},
+		{"service token unbound", "POST", "/v1/tokens", `{"name":"x","role":"service"}`, "", 400, sb.EInvalid, "services: a service token needs at least one service"},
+		{"reader token bound", "POST", "/v1/tokens", `{"name":"x","role":"reader","services":["a"]}`, "", 400, sb.EInvalid, "services, realms: only a service token"},
+		{"token delete unknown", "DELETE", "/v1/tokens/nope", "", "", 404, sb.ENotFound, "token nope: not found"},
+		{"policy bad target", "PUT", "/v1/policies/a", `{"may_call":["B"]}`, "", 400, sb.EInvalid, "may_call[0]: must match"},
+		{"watch without service", "GET", "/v1/watch", "", "", 400, sb.EInvalid, "service: at least one is required"},
+		{"watch bad service", "GET", "/v1/watch?service=A", "", "", 400, sb.EInvalid, "service: must match"},
+		{"no such endpoint", "GET", "/v2/nothing", "", "", 404, sb.ENotFound, "GET /v2/nothing: no such endpoint"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, a.http.URL+tt.path, strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ct := tt.ctype
+			if ct == "" && tt.body != "" {
+				ct = "application/json"
+			}
+			if ct != "" {
+				req.Header.Set("Content-Type", ct)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			var body struct{ Error sb.Error }
+			if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+				t.Fatalf("%s %s: error body not JSON: %v", tt.method, tt.path, err)
+			}
+			if res.StatusCode != tt.status || body.Error.Code != tt.code || !strings.Contains(body.Error.Message, tt.msg) {
+				t.Errorf("%s %s = %d %s %q; want %d %s containing %q", tt.method, tt.path,
+					res.StatusCode, body.Error.Code, body.Error.Message, tt.status, tt.code, tt.msg)
+			}
+			if got := res.Header.Get("Content-Type"); got != "application/json" {
+				t.Errorf("Content-Type = %q", got)
+			}
+		})
+	}
+}
+
+func TestLongOutputIsTruncatedNotRefused(t *testing.T) {
+	a := start(t, true)
+	var in sb.Instance
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"output":"`+strings.Repeat("é", 3000)+`"`)).decode(t, &in)
+	if len(in.Output) > sb.MaxOutputBytes || len(in.Output) < sb.MaxOutputBytes-1 {
+		t.Fatalf("output is %d bytes; want it cut to %d", len(in.Output), sb.MaxOutputBytes)
+	}
+}
