@@ -63,7 +63,7 @@ type Server struct {
 	waits    context.Context
 	endWaits context.CancelFunc
 	wg       sync.WaitGroup
-	once   sync.Once
+	once     sync.Once
 
 	// lmu guards the lease bookkeeping below: it lives in memory, per
 	// replica, and is never written to the store.

@@ -146,4 +146,3 @@ func TestAuth(t *testing.T) {
 		t.Fatalf("deleted token = %d; want 401", r.status)
 	}
 }
-

@@ -154,10 +154,10 @@ func readObject(name string, stdin io.Reader) (json.RawMessage, error) {
 func configSetCmd(g *globals) *cobra.Command {
 	var cas int64
 	c := &cobra.Command{
-		Use:   "set LAYER FILE|-",
-		Short: "Replace one layer with the JSON object in FILE (or stdin)",
+		Use:     "set LAYER FILE|-",
+		Short:   "Replace one layer with the JSON object in FILE (or stdin)",
 		Example: `  echo '{"db":{"dsn":"postgres://prod/identity"}}' | switchboard config set service=identity,realm=production -`,
-		Args: cobra.ExactArgs(2),
+		Args:    cobra.ExactArgs(2),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			k, err := parseLayer(args[0])
 			if err != nil {

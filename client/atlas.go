@@ -460,4 +460,3 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 
 // IsNotFound reports whether err is a not_found answer.
 func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }
-
