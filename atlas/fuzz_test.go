@@ -1,0 +1,147 @@
+package atlas_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+)
+
+// FuzzRegistration: any body either is refused with an invalid_argument
+// error or yields a registration that validates and survives a round trip.
+func FuzzRegistration(f *testing.F) {
+	f.Add([]byte(`{"service":"identity","address":"10.0.0.5","port":5000,"tags":["v2"],"meta":{"version":"1.4.2"},"ttl":"10s"}`))
+	f.Add([]byte(`{"service":"a","address":"host.example","port":1,"status":"warning","realm":"production"}`))
+	f.Add([]byte(`{"service":"a","address":"::1","port":65535,"ttl":"24h","output":"ok"}`))
+	f.Add([]byte(`{"service":"a","port":1e3}`))
+	f.Add([]byte(`{"ttl":"-1s"}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var reg sb.Registration
+		if err := atlas.DecodeJSON(body, &reg); err != nil {
+			if sb.ErrorCode(err) != sb.EInvalid || sb.ErrorMessage(err) == "" {
+				t.Fatalf("decode error %v is not invalid_argument with a message", err)
+			}
+			return
+		}
+		reg.Normalize()
+		if err := reg.Validate(); err != nil {
+			if sb.ErrorCode(err) != sb.EInvalid || !strings.Contains(sb.ErrorMessage(err), ":") {
+				t.Fatalf("validate error %v does not name a field", err)
+			}
+			return
+		}
+		b, err := json.Marshal(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again sb.Registration
+		if err := atlas.DecodeJSON(b, &again); err != nil {
+			t.Fatalf("round trip of %s: %v", b, err)
+		}
+		if diff := cmp.Diff(reg, again); diff != "" {
+			t.Fatalf("round trip changed the registration:\n%s", diff)
+		}
+	})
+}
+
+// FuzzMerge: a layer that ParseLayer accepts merges without panic, every
+// source names a real leaf, and merging a layer over itself changes nothing.
+func FuzzMerge(f *testing.F) {
+	f.Add([]byte(`{"db":{"dsn":"x","pool":5},"log":"info"}`), []byte(`{"db":{"pool":null},"log":{"level":"warn"}}`))
+	f.Add([]byte(`{"a":[1,2,{"b":null}]}`), []byte(`{"a":null}`))
+	f.Add([]byte(`{"a.b":1,"a":{"b":2}}`), []byte(`{}`))
+	f.Add([]byte(`{}`), []byte(`{"x":{"y":{"z":{}}}}`))
+	f.Fuzz(func(t *testing.T, lo, hi []byte) {
+		l1, err1 := atlas.ParseLayer(lo)
+		l2, err2 := atlas.ParseLayer(hi)
+		if err1 != nil || err2 != nil {
+			return
+		}
+		keys := []sb.LayerKey{{}, {Service: "s"}}
+		merged, sources := atlas.Merge(keys, []json.RawMessage{l1, l2})
+		if _, err := json.Marshal(merged); err != nil {
+			t.Fatalf("merged config does not marshal: %v", err)
+		}
+		for path, src := range sources {
+			if src != "global" && src != "service=s" {
+				t.Fatalf("source %q of %q names no layer", src, path)
+			}
+		}
+		once, _ := atlas.Merge(keys[:1], []json.RawMessage{l1})
+		twice, _ := atlas.Merge(keys, []json.RawMessage{l1, l1})
+		if diff := cmp.Diff(once, twice); diff != "" {
+			t.Fatalf("merging a layer over itself changed it:\n%s", diff)
+		}
+	})
+}
+
+// FuzzAPI sends arbitrary requests to a real Atlas: it never panics, never
+// answers 500, and every error has the JSON error body.
+func FuzzAPI(f *testing.F) {
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(f.TempDir(), "atlas.db")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer srv.Close()
+	h := srv.Handler()
+	f.Add("PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":5000}`)
+	f.Add("PUT", "/v1/instances/a-1/status", `{"status":"warning","output":"slow"}`)
+	f.Add("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"x"}`)
+	f.Add("GET", "/v1/services/a?status=passing&tag=v2&leases=true&index=1&wait=1ms", "")
+	f.Add("GET", "/v1/services?realm=production&index=99999999999999999999", "")
+	f.Add("PUT", "/v1/config/layer?realm=dev&service=a&cas=0", `{"x":{"y":null}}`)
+	f.Add("GET", "/v1/config?realm=dev&service=a&index=1&wait=1ms", "")
+	f.Add("POST", "/v1/services/a/port", "")
+	f.Add("POST", "/v1/tokens", `{"name":"n","role":"service","services":["a"],"realms":["dev"]}`)
+	f.Add("PUT", "/v1/policies/a?realm=dev", `{"may_call":["b"]}`)
+	f.Add("DELETE", "/v1/instances/a-1", "")
+	f.Add("GET", "/v1/instances/%zz", "")
+	f.Fuzz(func(t *testing.T, method, target, body string) {
+		if strings.Contains(target, "/v1/watch") {
+			return // a stream: it does not end by itself
+		}
+		if !strings.HasPrefix(target, "/") || strings.ContainsAny(target, " \r\n\t#") {
+			return
+		}
+		switch method {
+		case "GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "OPTIONS":
+		default:
+			return
+		}
+		req, err := http.NewRequest(method, "http://atlas"+target, strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		q := req.URL.Query()
+		if q.Has("index") {
+			q.Set("wait", "1ms") // never block the fuzzer
+			req.URL.RawQuery = q.Encode()
+		}
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("%s %s %q = %d %s", method, target, body, rec.Code, rec.Body)
+		}
+		if rec.Code >= 400 && method != "HEAD" {
+			var e struct{ Error sb.Error }
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
+				t.Fatalf("%s %s = %d with body %q; want the JSON error", method, target, rec.Code, rec.Body)
+			}
+		}
+	})
+}

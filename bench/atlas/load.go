@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// newTransport returns a transport for many concurrent connections to one
+// host on loopback: no proxy, no compression, no HTTP/2, and as many idle
+// connections kept as there are callers.
+func newTransport(conns int) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          conns + 16,
+		MaxIdleConnsPerHost:   conns + 16,
+		MaxConnsPerHost:       0,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		ResponseHeaderTimeout: 0, // blocking queries answer late on purpose
+	}
+}
+
+// throughput is the outcome of a bounded run of concurrent requests.
+type throughput struct {
+	clients  int
+	done     int64 // successful requests
+	errors   int64
+	firstErr error
+	elapsed  time.Duration
+	atlasCPU time.Duration
+	selfCPU  time.Duration
+	otherCPU time.Duration // used by every other process meanwhile
+	capped   bool          // stopped by the time bound before the count
+}
+
+func (t *throughput) perSecond() float64 {
+	if t == nil || t.elapsed <= 0 {
+		return 0
+	}
+	return float64(t.done) / t.elapsed.Seconds()
+}
+
+// run calls do from clients goroutines with i = 0, 1, 2, ... until count
+// calls were made (count < 0: no bound), maxDur has passed or ctx ends.
+// It gives up early when more than 1% of the calls fail.
+func (b *bench) run(ctx context.Context, clients, count int, maxDur time.Duration, do func(ctx context.Context, i int) error) (*throughput, error) {
+	ctx, cancel := context.WithTimeout(ctx, maxDur)
+	defer cancel()
+	t := &throughput{clients: clients}
+	var (
+		next    atomic.Int64
+		done    atomic.Int64
+		errs    atomic.Int64
+		errOnce sync.Once
+		wg      sync.WaitGroup
+	)
+	cpu0, self0, all0 := b.atlas.cpu(), selfCPU(), machineCPU()
+	start := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if count >= 0 && i >= int64(count) {
+					return
+				}
+				if err := do(ctx, int(i)); err != nil {
+					if ctx.Err() != nil {
+						return // the time bound, not a failure
+					}
+					errOnce.Do(func() { t.firstErr = err })
+					if n := errs.Add(1); n > 20 && n*100 > done.Load() {
+						cancel()
+						return
+					}
+					continue
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	t.elapsed = time.Since(start)
+	t.atlasCPU, t.selfCPU = b.atlas.cpu()-cpu0, selfCPU()-self0
+	t.otherCPU = max(0, machineCPU()-all0-t.atlasCPU-t.selfCPU)
+	t.done, t.errors = done.Load(), errs.Load()
+	t.capped = count >= 0 && t.done+t.errors < int64(count)
+	if err := b.ctx.Err(); err != nil {
+		return t, err
+	}
+	if err := b.atlas.alive(); err != nil {
+		return t, err
+	}
+	if t.errors > 20 && t.errors*100 > t.done {
+		return t, fmt.Errorf("%d of %d requests failed; the first: %v", t.errors, t.errors+t.done, t.firstErr)
+	}
+	if t.done == 0 {
+		return t, fmt.Errorf("no request succeeded: %v", t.firstErr)
+	}
+	return t, nil
+}
+
+// do sends one request and reads the whole answer; anything but 200 is an
+// error naming the answer.
+func (b *bench) do(ctx context.Context, c *http.Client, method, path string, body []byte) (*http.Response, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.url+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return resp, nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp, data, fmt.Errorf("%s %s: %s: %.300s", method, path, resp.Status, bytes.TrimSpace(data))
+	}
+	return resp, data, nil
+}
+
+// put sends a small PUT and discards the answer.
+func (b *bench) put(ctx context.Context, c *http.Client, path string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.url+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("PUT %s: %s: %s", path, resp.Status, bytes.TrimSpace(data))
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
+}
+
+// serviceOf names the service of instance i: querySize instances each.
+func (b *bench) serviceOf(i int) string { return fmt.Sprintf("bench-%03d", i/b.o.querySize) }
+
+// instanceID is the id of instance i.
+func (b *bench) instanceID(i int) string { return fmt.Sprintf("bench-%07d", i) }
+
+// registration is the body that registers instance i of service: one tag
+// and one meta entry, as a sidecar sends them, and a one-hour lease so that
+// nothing expires during the run.
+func registration(service string, i int) []byte {
+	buf := make([]byte, 0, 160)
+	buf = append(buf, `{"service":"`...)
+	buf = append(buf, service...)
+	buf = append(buf, `","address":"10.`...)
+	buf = strconv.AppendInt(buf, int64(i>>16&255), 10)
+	buf = append(buf, '.')
+	buf = strconv.AppendInt(buf, int64(i>>8&255), 10)
+	buf = append(buf, '.')
+	buf = strconv.AppendInt(buf, int64(i&255), 10)
+	buf = append(buf, `","port":`...)
+	buf = strconv.AppendInt(buf, int64(5000+i%1000), 10)
+	buf = append(buf, `,"tags":["v2"],"meta":{"version":"1.4.2"},"ttl":"1h"}`...)
+	return buf
+}
+
+// register registers instances first, first+1, ..., first+n-1 with the
+// given number of clients, for at most maxDur.
+func (b *bench) register(ctx context.Context, clients, first, n int, maxDur time.Duration) (*throughput, error) {
+	return b.run(ctx, clients, n, maxDur, func(ctx context.Context, i int) error {
+		i += first
+		return b.put(ctx, b.load, "/v1/instances/"+b.instanceID(i), registration(b.serviceOf(i), i))
+	})
+}
+
+// heartbeats sends unchanged heartbeats for instances 0..n-1, round robin,
+// for d.
+func (b *bench) heartbeats(ctx context.Context, clients, n int, d time.Duration) (*throughput, error) {
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = "/v1/instances/" + b.instanceID(i) + "/status"
+	}
+	body := []byte(`{"status":"passing","output":""}`)
+	return b.run(ctx, clients, -1, d, func(ctx context.Context, i int) error {
+		return b.put(ctx, b.load, paths[i%n], body)
+	})
+}
+
+// queryLatency times count sequential GETs of path (after a few unmeasured
+// ones), for at most maxDur. It returns the latencies and the size of the
+// last answer.
+func (b *bench) queryLatency(ctx context.Context, path string, count int, maxDur time.Duration) ([]time.Duration, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, maxDur)
+	defer cancel()
+	var size int
+	for range 20 {
+		_, body, err := b.do(ctx, b.load, http.MethodGet, path, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		size = len(body)
+	}
+	lat := make([]time.Duration, 0, count)
+	for range count {
+		start := time.Now()
+		_, body, err := b.do(ctx, b.load, http.MethodGet, path, nil)
+		if err != nil {
+			if ctx.Err() != nil && b.ctx.Err() == nil && len(lat) > 0 {
+				break // the time bound
+			}
+			return lat, size, err
+		}
+		lat = append(lat, time.Since(start))
+		size = len(body)
+	}
+	return lat, size, nil
+}

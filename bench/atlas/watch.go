@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// watchedService is the service the propagation phases watch and change.
+const watchedService = "watched"
+
+// propagation is the outcome of one propagation phase.
+type propagation struct {
+	mode      string // "sse" or "blocking"
+	watchers  int
+	changes   int
+	lat       []time.Duration // one per (watcher, change) pair seen
+	missed    int             // pairs never seen
+	answers   int64           // events or answers the watchers got after connecting
+	useless   int64           // of which carried no change the watcher had not seen
+	errors    int64
+	firstErr  error
+	connect   time.Duration   // until every watcher was connected and waiting
+	changeReq []time.Duration // how long each change's PUT took
+	atlasCPU  time.Duration   // during the changes
+	selfCPU   time.Duration
+	otherCPU  time.Duration
+	elapsed   time.Duration // of the changes
+	bodyBytes int64         // size of the last answer watcher 0 got
+}
+
+// propagate connects o.watchers watchers of the watched service (mode "sse":
+// event streams; "blocking": blocking queries re-issued after each answer),
+// then registers o.changes new instances of it one at a time and measures,
+// for every watcher and change, the time from just before the change's
+// request was sent until the watcher got an answer that contains it.
+func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error) {
+	o := b.o
+	p := &propagation{mode: mode, watchers: o.watchers, changes: o.changes}
+	ids := make([]string, o.changes)
+	needles := make([][]byte, o.changes)
+	for k := range ids {
+		ids[k] = fmt.Sprintf("%s-%s-%03d", watchedService, mode, k)
+		needles[k] = []byte(`"id":"` + ids[k] + `"`)
+	}
+	t0 := make([]time.Time, o.changes)
+	var sent atomic.Int32 // changes whose t0 is set
+	seen := make([]atomic.Int32, o.changes)
+	lat := make([][]time.Duration, o.watchers)
+	var (
+		ready, connected   atomic.Int32
+		answers, useless   atomic.Int64
+		errs               atomic.Int64
+		errMu              sync.Mutex
+		lastBody           atomic.Int64
+		wg                 sync.WaitGroup
+		wctx, stopWatchers = context.WithCancel(ctx)
+	)
+	defer stopWatchers()
+	onErr := func(err error) {
+		errs.Add(1)
+		errMu.Lock()
+		if p.firstErr == nil {
+			p.firstErr = err
+		}
+		errMu.Unlock()
+	}
+	tr := newTransport(o.watchers)
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+
+	start := time.Now()
+	for w := range o.watchers {
+		lat[w] = make([]time.Duration, o.changes)
+		next := 0
+		// check records every change, in order, that body is the first
+		// answer of watcher w to contain.
+		check := func(body []byte, now time.Time) {
+			if connected.Load() != 0 {
+				answers.Add(1)
+			}
+			if w == 0 {
+				lastBody.Store(int64(len(body)))
+			}
+			n, before := int(sent.Load()), next
+			for next < n && bytes.Contains(body, needles[next]) {
+				lat[w][next] = now.Sub(t0[next])
+				seen[next].Add(1)
+				next++
+			}
+			if next == before && connected.Load() != 0 {
+				useless.Add(1)
+			}
+		}
+		onReady := func() { ready.Add(1) }
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if mode == "sse" {
+				b.sseWatcher(wctx, client, onReady, check, onErr)
+			} else {
+				b.blockingWatcher(wctx, client, onReady, check, onErr)
+			}
+		}()
+		// Open the connections in steps rather than all in one burst.
+		if w%100 == 99 {
+			if err := sleep(ctx, 10*time.Millisecond); err != nil {
+				return p, err
+			}
+		}
+	}
+	stop := func() error {
+		stopWatchers()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+			tr.CloseIdleConnections()
+			return nil
+		case <-time.After(15 * time.Second):
+			return errors.New("watchers did not stop within 15s")
+		}
+	}
+	defer stop()
+
+	// Wait until every watcher has its first answer and Atlas holds every
+	// stream or blocking query.
+	gauge := "switchboard_atlas_event_streams"
+	if mode == "blocking" {
+		gauge = "switchboard_atlas_blocking_queries"
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if err := b.atlas.alive(); err != nil {
+			return p, err
+		}
+		if int(ready.Load()) >= o.watchers {
+			m, err := metrics(ctx, b.ctl, b.url)
+			if err != nil {
+				return p, err
+			}
+			if int(m[gauge]) >= o.watchers {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return p, fmt.Errorf("%d of %d watchers connected in 60s (errors: %d, first: %v)", ready.Load(), o.watchers, errs.Load(), p.firstErr)
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return p, err
+		}
+	}
+	p.connect = time.Since(start)
+	connected.Store(1)
+
+	cpu0, self0, all0, start := b.atlas.cpu(), selfCPU(), machineCPU(), time.Now()
+	for k := range o.changes {
+		body := registration(watchedService, 1<<20+k)
+		t0[k] = time.Now()
+		sent.Store(int32(k + 1))
+		err := b.put(ctx, b.ctl, "/v1/instances/"+ids[k], body)
+		p.changeReq = append(p.changeReq, time.Since(t0[k]))
+		if err != nil {
+			return p, err
+		}
+		// Wait until every watcher saw it (5 s at most), then let the
+		// blocking queries be issued again before the next change.
+		deadline := time.Now().Add(5 * time.Second)
+		for int(seen[k].Load()) < o.watchers && time.Now().Before(deadline) {
+			if err := sleep(ctx, time.Millisecond); err != nil {
+				return p, err
+			}
+		}
+		if err := sleep(ctx, o.spacing); err != nil {
+			return p, err
+		}
+	}
+	p.atlasCPU, p.selfCPU = b.atlas.cpu()-cpu0, selfCPU()-self0
+	p.otherCPU = max(0, machineCPU()-all0-p.atlasCPU-p.selfCPU)
+	p.elapsed = time.Since(start)
+	if err := stop(); err != nil {
+		return p, err
+	}
+	// The watchers have stopped: their results may be read.
+	for w := range lat {
+		for _, d := range lat[w] {
+			if d > 0 {
+				p.lat = append(p.lat, d)
+			} else {
+				p.missed++
+			}
+		}
+	}
+	p.answers, p.useless, p.errors = answers.Load(), useless.Load(), errs.Load()
+	p.bodyBytes = lastBody.Load()
+	return p, b.atlas.alive()
+}
+
+// sseWatcher reads GET /v1/watch?service=watched, reconnecting after an
+// error, until ctx ends.
+func (b *bench) sseWatcher(ctx context.Context, c *http.Client, ready func(), check func([]byte, time.Time), onErr func(error)) {
+	isReady := false
+	for ctx.Err() == nil {
+		err := func() error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url+"/v1/watch?service="+watchedService, nil)
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := c.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+				return fmt.Errorf("GET /v1/watch: %s: %s", resp.Status, bytes.TrimSpace(data))
+			}
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 16<<10), 64<<20)
+			for sc.Scan() {
+				data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data:"))
+				if !ok {
+					continue
+				}
+				now := time.Now()
+				if !isReady {
+					isReady = true
+					ready()
+				}
+				check(data, now)
+			}
+			if err := sc.Err(); err != nil {
+				return err
+			}
+			return errors.New("GET /v1/watch: the stream ended")
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		onErr(err)
+		if sleep(ctx, 100*time.Millisecond) != nil {
+			return
+		}
+	}
+}
+
+// blockingWatcher polls GET /v1/services/watched as a blocking query,
+// issuing it again after every answer, until ctx ends.
+func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, ready func(), check func([]byte, time.Time), onErr func(error)) {
+	var index uint64
+	isReady := false
+	for ctx.Err() == nil {
+		path := "/v1/services/" + watchedService
+		if index > 0 {
+			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
+		}
+		resp, body, err := b.do(ctx, c, http.MethodGet, path, nil)
+		now := time.Now()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			onErr(err)
+			if sleep(ctx, 100*time.Millisecond) != nil {
+				return
+			}
+			continue
+		}
+		n, err := strconv.ParseUint(resp.Header.Get("Switchboard-Index"), 10, 64)
+		switch {
+		case err != nil:
+			onErr(fmt.Errorf("GET %s: Switchboard-Index: %v", path, err))
+			index = 0
+		case n < index:
+			index = 0 // SPEC: an index that goes backwards means start again
+		default:
+			index = n
+		}
+		check(body, now)
+		if !isReady {
+			isReady = true
+			ready()
+		}
+	}
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs Switchboard's whole test suite on a fresh machine: installs what the
+# tests need when it is missing, then vets, tests under -race, and runs
+# every fuzz target briefly (FUZZTIME, default 5s; FUZZTIME=0 skips).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# System packages the tests use, installed only when missing.
+need() { # need COMMAND DEBIAN-PACKAGE
+	command -v "$1" >/dev/null 2>&1 && return
+	echo "test.sh: installing $2" >&2
+	if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+	$SUDO apt-get update -qq >/dev/null
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+}
+need git git
+
+go vet ./...
+go test -race -count=1 -timeout 12m ./...
+
+fuzztime=${FUZZTIME:-5s}
+if [ "$fuzztime" != 0 ]; then
+	# Every Fuzz function, in every package that has one.
+	for pkg in $(go list ./...); do
+		dir=$(go list -f '{{.Dir}}' "$pkg")
+		for fz in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | cut -d' ' -f2 | sort -u); do
+			echo "fuzz $pkg $fz ($fuzztime)"
+			if ! out=$(go test "$pkg" -run '^$' -fuzz "^$fz\$" -fuzztime "$fuzztime" 2>&1); then
+				echo "$out" | tail -40
+				exit 1
+			fi
+		done
+	done
+fi
+echo "test.sh: all tests passed"
