@@ -1,0 +1,162 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/cli"
+)
+
+func startAtlas(t *testing.T) string {
+	t.Helper()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "atlas.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		srv.StopWaiting()
+		hs.Close()
+		srv.Close()
+		st.Close()
+	})
+	return hs.URL
+}
+
+// run runs the command line and returns stdout, stderr and the exit code.
+func run(t *testing.T, url string, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	full := append([]string{"--atlas", url}, args...)
+	err := cli.Run(context.Background(), full, &out, &errb)
+	code := cli.ExitCode(err, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestCommands(t *testing.T) {
+	url := startAtlas(t)
+	tests := []struct {
+		args       []string
+		code       int
+		out, errIn string
+	}{
+		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5000", "--id", "identity-h1-5000", "--tag", "v2", "--meta", "version=1.4.2"}, 0, "identity-h1-5000", ""},
+		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5001", "--id", "identity-h2-5001", "--status", "warning", "--realm", "production"}, 0, "warning", ""},
+		{[]string{"services"}, 0, "identity  1          1", ""},
+		{[]string{"services", "--realm", "production"}, 0, "identity  1          0        1", ""},
+		{[]string{"instances", "identity"}, 0, "127.0.0.1:5000  passing  yes      v2", ""},
+		{[]string{"disable", "identity-h1-5000", "--reason", "kernel upgrade"}, 0, "no (kernel upgrade)", ""},
+		{[]string{"enable", "identity-h1-5000"}, 0, "yes", ""},
+		{[]string{"config", "layers"}, 0, "LAYER", ""},
+		{[]string{"deregister", "identity-h1-5000"}, 0, "deregistered identity-h1-5000", ""},
+		{[]string{"token", "list"}, 0, "ID", ""},
+		{[]string{"policy", "set", "identity", "--may-call", "billing"}, 0, "identity in dev may call: billing", ""},
+		{[]string{"policy", "list"}, 0, "identity  dev    billing", ""},
+		// Usage errors: exit 2, one line naming the flag or argument.
+		{[]string{"register", "--service", "Identity", "--address", "x", "--port", "1"}, 2, "", "--service: must match"},
+		{[]string{"register", "--service", "a", "--address", "x", "--port", "70000"}, 2, "", "--port: must be 1-65535, got 70000"},
+		{[]string{"register", "--service", "a", "--address", "x", "--port", "1", "--meta", "novalue"}, 2, "", "--meta: must be KEY=VALUE"},
+		{[]string{"instances"}, 2, "", "accepts 1 arg(s)"},
+		{[]string{"instances", "Bad"}, 2, "", "SERVICE: must match"},
+		{[]string{"disable", "x"}, 2, "", "--reason: required"},
+		{[]string{"services", "-o", "yaml"}, 2, "", "-o: must be table or json"},
+		{[]string{"services", "--realm", "Prod"}, 2, "", "--realm: must match"},
+		{[]string{"services", "--bogus"}, 2, "", "unknown flag: --bogus"},
+		{[]string{"nonsense"}, 2, "", `unknown command "nonsense"`},
+		{[]string{"config", "get", "realm=prod,colour=red"}, 2, "", "LAYER: must be global, realm=R"},
+		{[]string{"token", "create", "--name", "x", "--role", "root"}, 2, "", "--role: must be admin, reader or service"},
+		{[]string{"atlas", "--ports", "9-1"}, 2, "", "--ports: must be a range"},
+		// Runtime errors: exit 1 with the API's code and message.
+		{[]string{"deregister", "nope"}, 1, "", "not_found: instance nope: not registered"},
+		{[]string{"config", "get", "service=nope"}, 1, "", "not_found: config layer service=nope: not set"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			out, errs, code := run(t, url, tt.args...)
+			if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errs, tt.errIn) {
+				t.Fatalf("switchboard %s = exit %d\nstdout: %s\nstderr: %s\nwant exit %d, stdout containing %q, stderr containing %q",
+					strings.Join(tt.args, " "), code, out, errs, tt.code, tt.out, tt.errIn)
+			}
+			if code != 0 && strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+				t.Errorf("stderr is more than one line: %q", errs)
+			}
+		})
+	}
+}
+
+func TestConfigSetAndGet(t *testing.T) {
+	url := startAtlas(t)
+	var out, errb bytes.Buffer
+	set := func(layer, body string) {
+		t.Helper()
+		out.Reset()
+		errb.Reset()
+		cmd := []string{"--atlas", url, "config", "set", layer, filepath.Join(t.TempDir(), "x.json")}
+		path := cmd[len(cmd)-1]
+		if err := writeFile(path, body); err != nil {
+			t.Fatal(err)
+		}
+		if err := cli.Run(context.Background(), cmd, &out, &errb); err != nil {
+			t.Fatalf("config set %s: %v %s", layer, err, errb.String())
+		}
+	}
+	set("global", `{"db":{"pool":5},"log":"info"}`)
+	set("service=identity,realm=production", `{"db":{"dsn":"prod"}}`)
+	stdout, stderr, code := run(t, url, "config", "get", "--service", "identity", "--realm", "production", "-o", "json")
+	if code != 0 {
+		t.Fatalf("config get: %d %s", code, stderr)
+	}
+	var m sb.MergedConfig
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Sources["db.dsn"] != "service=identity,realm=production" || m.Sources["db.pool"] != "global" {
+		t.Fatalf("sources = %v", m.Sources)
+	}
+	stdout, _, _ = run(t, url, "config", "get", "--service", "identity", "--realm", "production")
+	if !strings.Contains(stdout, `db.dsn   "prod"  service=identity,realm=production`) {
+		t.Fatalf("table:\n%s", stdout)
+	}
+	// Invalid JSON never leaves the machine.
+	_, stderr, code = runWithFile(t, url, "config", "set", "global", `{"x":`)
+	if code != 2 || !strings.Contains(stderr, "must hold one JSON object") {
+		t.Fatalf("bad JSON: exit %d %s", code, stderr)
+	}
+}
+
+func TestWatchPrintsEvents(t *testing.T) {
+	url := startAtlas(t)
+	run(t, url, "register", "--service", "a", "--address", "127.0.0.1", "--port", "1", "--id", "a-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- cli.Run(ctx, []string{"--atlas", url, "watch", "a", "-o", "json"}, &out, &out) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), `"event":"snapshot"`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	run(t, url, "register", "--service", "a", "--address", "127.0.0.1", "--port", "2", "--id", "a-2")
+	for !strings.Contains(out.String(), `"event":"update"`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("watch ended with %v", err)
+	}
+	if !strings.Contains(out.String(), `"event":"update"`) || !strings.Contains(out.String(), `"id":"a-2"`) {
+		t.Fatalf("watch printed:\n%s", out.String())
+	}
+}
