@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -407,4 +408,37 @@ func next(t *testing.T, ch <-chan sse) sse {
 		t.Fatal("no event")
 	}
 	return sse{}
+}
+
+func TestHTTPServerHasTimeouts(t *testing.T) {
+	a := start(t, true)
+	hs := a.srv.HTTPServer()
+	if hs.ReadHeaderTimeout <= 0 || hs.ReadTimeout <= 0 || hs.IdleTimeout <= 0 || hs.MaxHeaderBytes <= 0 {
+		t.Fatalf("server timeouts: header %v, read %v, idle %v, max header %d; want all set",
+			hs.ReadHeaderTimeout, hs.ReadTimeout, hs.IdleTimeout, hs.MaxHeaderBytes)
+	}
+}
+
+// TestSlowHeadersAreCut: a client that never finishes its headers is
+// disconnected by the server's header timeout.
+func TestSlowHeadersAreCut(t *testing.T) {
+	a := start(t, true)
+	hs := a.srv.HTTPServer()
+	hs.ReadHeaderTimeout = 200 * time.Millisecond // the real one is 10s
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.Serve(ln)
+	defer hs.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/services HTTP/1.1\r\nHost: x\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("connection was not closed by the server: %v", err)
+	}
 }

@@ -1,0 +1,78 @@
+package boltstore_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/storetest"
+)
+
+func open(t *testing.T, path string) *boltstore.Store {
+	t.Helper()
+	s, err := boltstore.Open(boltstore.Config{Path: path, SweepInterval: 20 * time.Millisecond, History: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) atlas.Store { return open(t, filepath.Join(t.TempDir(), "atlas.db")) })
+}
+
+func TestReopenKeepsIndexAndGivesLeasesAFullTTL(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := open(t, path)
+	ctx := context.Background()
+	idx, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s.Close() // idempotent
+	time.Sleep(2500 * time.Millisecond) // the lease would have run out meanwhile
+	s = open(t, path)
+	defer s.Close()
+	got, kvs, err := s.Snapshot(ctx)
+	if err != nil || got != idx || len(kvs) != 1 {
+		t.Fatalf("after reopen: index %d (want %d), %d keys, %v", got, idx, len(kvs), err)
+	}
+	exp, err := s.KeepAlive(ctx, "k")
+	if err != nil || time.Until(exp) < time.Second {
+		t.Fatalf("after reopen the lease ends in %v (%v); want a full TTL", time.Until(exp), err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("store file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+}
+
+func TestWatchTooOldIsCompacted(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "atlas.db"))
+	defer s.Close()
+	ctx := context.Background()
+	for range 100 { // more than History (64)
+		if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Watch(ctx, 1); err != atlas.ErrCompacted {
+		t.Fatalf("Watch from a forgotten index: %v; want ErrCompacted", err)
+	}
+	if _, err := s.Watch(ctx, 1000); err != atlas.ErrCompacted {
+		t.Fatalf("Watch from a future index: %v; want ErrCompacted", err)
+	}
+}
+
+func TestClosedStoreRefusesWrites(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "atlas.db"))
+	s.Close()
+	if _, err := s.Txn(context.Background(), []atlas.Op{{Key: "k", Value: []byte("v")}}); err != atlas.ErrClosed {
+		t.Fatalf("Txn on a closed store: %v; want ErrClosed", err)
+	}
+}
