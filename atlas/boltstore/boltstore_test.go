@@ -34,7 +34,7 @@ func TestReopenKeepsIndexAndGivesLeasesAFullTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s.Close() // idempotent
+	s.Close()                           // idempotent
 	time.Sleep(2500 * time.Millisecond) // the lease would have run out meanwhile
 	s = open(t, path)
 	defer s.Close()
