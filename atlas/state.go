@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 
@@ -90,7 +91,21 @@ type state struct {
 	appliedCh chan struct{}
 }
 
+// historyLen is how many service changes, at least, the history keeps.
 const historyLen = 16384
+
+// changedSinceLocked returns the services of realm changed after index,
+// each once, in the order of their first change; want filters them.
+func (s *state) changedSinceLocked(realm string, after uint64, want func(string) bool) []string {
+	var out []string
+	i := sort.Search(len(s.history), func(i int) bool { return s.history[i].index > after })
+	for _, e := range s.history[i:] {
+		if e.realm == realm && want(e.service) && !slices.Contains(out, e.service) {
+			out = append(out, e.service)
+		}
+	}
+	return out
+}
 
 func newState() *state {
 	s := &state{waits: make(map[string]chan struct{}), appliedCh: make(chan struct{})}
@@ -187,7 +202,9 @@ func (s *state) touchInstanceLocked(id string, before, after *sb.Instance, index
 			s.history = append(s.history, event{index: index, realm: in.Realm, service: in.Service})
 		}
 	}
-	if over := len(s.history) - historyLen; over > 0 {
+	// Trim in halves, so that keeping the history costs O(1) a change.
+	if len(s.history) > 2*historyLen {
+		over := len(s.history) - historyLen
 		s.historyFloor = s.history[over-1].index
 		s.history = append(s.history[:0:0], s.history[over:]...)
 	}

@@ -129,13 +129,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		s.st.mu.RLock()
 		gap := last < s.st.historyFloor
 		var changed []string
-		var upTo uint64 = s.st.applied
+		upTo := s.st.applied
 		if !gap {
-			for _, e := range s.st.history {
-				if e.index > last && e.realm == realm && wants(e.service) && !slices.Contains(changed, e.service) {
-					changed = append(changed, e.service)
-				}
-			}
+			changed = s.st.changedSinceLocked(realm, last, wants)
 		}
 		s.st.mu.RUnlock()
 		if gap {

@@ -27,8 +27,8 @@ var (
 type Config struct {
 	// Path is the bbolt file. Required.
 	Path string
-	// History is how many changes are kept in memory for watchers that
-	// resume from an older index. Zero means 16384.
+	// History is how many changes, at least, are kept in memory for
+	// watchers that resume from an older index. Zero means 16384.
 	History int
 	// SweepInterval is how often expired leases are looked for. Zero means
 	// 100ms.
@@ -375,7 +375,9 @@ func (s *Store) commit(batch []*writeReq) {
 			s.sendLocked(w, c)
 		}
 	}
-	if over := len(s.history) - s.cfg.History; over > 0 {
+	// Trim in halves, so that keeping the history costs O(1) a write.
+	if len(s.history) > 2*s.cfg.History {
+		over := len(s.history) - s.cfg.History
 		s.floor = s.history[over-1].Index
 		s.history = append(s.history[:0:0], s.history[over:]...)
 	}

@@ -56,7 +56,7 @@ func TestWatchTooOldIsCompacted(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "atlas.db"))
 	defer s.Close()
 	ctx := context.Background()
-	for range 100 { // more than History (64)
+	for range 200 { // more than twice History (64)
 		if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v")}}); err != nil {
 			t.Fatal(err)
 		}
