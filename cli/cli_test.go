@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -158,5 +159,40 @@ func TestWatchPrintsEvents(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"event":"update"`) || !strings.Contains(out.String(), `"id":"a-2"`) {
 		t.Fatalf("watch printed:\n%s", out.String())
+	}
+}
+
+func TestConfigEdit(t *testing.T) {
+	url := startAtlas(t)
+	run(t, url, "config", "get", "global") // not set yet: edit starts from {}
+	t.Setenv("VISUAL", "")
+	t.Setenv("EDITOR", `sed -i s/{}/{"pool":1}/`)
+	out, errs, code := run(t, url, "config", "edit", "realm=dev")
+	if code != 0 || !strings.Contains(out, "layer realm=dev set") {
+		t.Fatalf("edit of a new layer: exit %d %s %s", code, out, errs)
+	}
+	t.Setenv("EDITOR", `sed -i s/1/2/`)
+	if out, errs, code = run(t, url, "config", "edit", "realm=dev"); code != 0 {
+		t.Fatalf("edit: exit %d %s %s", code, out, errs)
+	}
+	out, _, _ = run(t, url, "config", "get", "realm=dev")
+	if !strings.Contains(out, `"pool": 2`) {
+		t.Fatalf("after edit: %s", out)
+	}
+	// Someone else changes the layer while it is being edited: the edit is
+	// refused, and their change stays.
+	t.Setenv("SB_RACE_EDITOR", url)
+	t.Setenv("EDITOR", os.Args[0])
+	if out, errs, code = run(t, url, "config", "edit", "realm=dev"); code != 1 || !strings.Contains(errs, "someone else changed layer realm=dev") {
+		t.Fatalf("racing edit: exit %d %s %s", code, out, errs)
+	}
+	t.Setenv("SB_RACE_EDITOR", "")
+	if out, _, _ = run(t, url, "config", "get", "realm=dev"); !strings.Contains(out, `"pool": 9`) {
+		t.Fatalf("the other writer's change was lost: %s", out)
+	}
+	// An edit that breaks the JSON is refused and nothing is sent.
+	t.Setenv("EDITOR", `sed -i s/}//`)
+	if _, errs, code = run(t, url, "config", "edit", "realm=dev"); code != 2 || !strings.Contains(errs, "must hold one JSON object") {
+		t.Fatalf("broken edit: exit %d %s", code, errs)
 	}
 }
