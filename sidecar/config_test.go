@@ -1,0 +1,91 @@
+package sidecar
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const specExample = `atlas: [http://10.0.0.2:4400, http://10.0.0.3:4400]   # tried in turn
+token_file: /etc/switchboard/token
+realm: production
+host: host001                 # default: os.Hostname()
+advertise: 10.0.0.5           # default: the first non-loopback address
+listen: 127.0.0.1:4000        # HTTP frontend
+admin: 127.0.0.1:4001
+state_dir: /var/lib/switchboard   # last known routes, for starting while Atlas is down
+drain_timeout: 10s            # SIGTERM: how long to wait for watchers to drop this host
+proxy: builtin                # or haproxy
+haproxy: {binary: haproxy, dir: /var/lib/switchboard/haproxy}
+services:                     # what this host provides: registered, checked, heartbeated
+  - name: identity
+    port: 5000
+    tags: [v2]
+    meta: {version: 1.4.2}
+    check: {http: /healthcheck, interval: 2s, timeout: 1s, rise: 2, fall: 2}
+    # or check: {tcp: true} | {grpc: ""} | {none: true}
+upstreams:                    # services to watch from the start; TCP ones get a port
+  - name: billing
+  - name: sessions-redis
+    listen: 127.0.0.1:6380
+`
+
+func TestParseSpecExample(t *testing.T) {
+	cfg, err := ParseConfig("sidecar.yaml", []byte(specExample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Atlas) != 2 || cfg.Realm != "production" || cfg.Services[0].Meta["version"] != "1.4.2" ||
+		*cfg.Services[0].Check.HTTP != "/healthcheck" || time.Duration(cfg.Services[0].Check.Interval) != 2*time.Second ||
+		cfg.Upstreams[1].Listen != "127.0.0.1:6380" || cfg.HAProxy.Dir != "/var/lib/switchboard/haproxy" {
+		t.Fatalf("parsed = %+v", cfg)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct{ yaml, want string }{
+		{"realm: production\ncolour: red\n", "sidecar.yaml:2: field colour is not a key of sidecar.Config"},
+		{"services:\n  - name: a\n    port: 0\n", "sidecar.yaml:3: services[0].port: must be 1-65535, got 0"},
+		{"services:\n  - name: a\n    port: x\n", "sidecar.yaml:3: cannot unmarshal !!str `x` into int"},
+		{"services:\n  - name: A\n    port: 1\n", "sidecar.yaml:2: services[0].name: must match"},
+		{"services:\n  - name: a\n    port: 1\n    check: {http: /h, interval: fast}\n", `sidecar.yaml:4: must be a duration such as 2s, got "fast"`},
+		{"services:\n  - name: a\n    port: 1\n    check: {http: h}\n", `sidecar.yaml:4: services[0].check.http: must be a path starting with /`},
+		{"services:\n  - name: a\n    port: 1\n    check: {tcp: true, none: true}\n", "sidecar.yaml:4: services[0].check: give one of http, tcp, grpc or none"},
+		{"services:\n  - name: a\n    port: 1\n    check:\n      rise: -1\n", "sidecar.yaml:5: services[0].check.rise: must be 1-100, got -1"},
+		{"services:\n  - name: a\n    port: 1\n    chek: {}\n", "sidecar.yaml:4: field chek is not a key of sidecar.ServiceConfig"},
+		{"atlas: ftp://x\n", `sidecar.yaml:1: atlas[0]: must be an http:// or https:// URL, got "ftp://x"`},
+		{"listen: 4000\n", `sidecar.yaml:1: listen: must be host:port, got "4000"`},
+		{"proxy: nginx\n", `sidecar.yaml:1: proxy: must be builtin or haproxy, got "nginx"`},
+		{"realm: Prod\n", `sidecar.yaml:1: realm: must match`},
+		{"drain_timeout: 1h\n", `sidecar.yaml:1: drain_timeout: must be 0-10m, got 1h0m0s`},
+		{"upstreams:\n  - name: b\n  - name: b\n", "sidecar.yaml:3: upstreams[1].name: b is listed twice"},
+		{"upstreams:\n  - name: b\n    listen: nope\n", `sidecar.yaml:3: upstreams[0].listen: must be host:port, got "nope"`},
+		{"services: [\n", "sidecar.yaml:"},
+		{"- a\n- b\n", "sidecar.yaml:1: cannot unmarshal !!seq into sidecar.Config"},
+	}
+	for _, tt := range tests {
+		_, err := ParseConfig("sidecar.yaml", []byte(tt.yaml))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseConfig(%q) = %v; want an error containing %q", tt.yaml, err, tt.want)
+		}
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(specExample))
+	f.Add([]byte("services:\n  - name: a\n    port: 1\n    check: {grpc: \"\"}\n"))
+	f.Add([]byte("atlas: http://127.0.0.1:4400\nupstreams: [{name: x, listen: ':0'}]\n"))
+	f.Add([]byte("{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig("f.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.yaml") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		if err := cfg.validate(); err != nil {
+			t.Fatalf("accepted config fails validation: %v", err)
+		}
+	})
+}
