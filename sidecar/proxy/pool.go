@@ -1,0 +1,242 @@
+// Package proxy is the sidecar's built-in proxy: the routing table of
+// pools, power-of-two-choices balancing on in-flight requests, outlier
+// ejection, the retry budget, the HTTP frontend and the L4 TCP listeners.
+package proxy
+
+import (
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// Outlier ejection, as the SPEC says: 5 consecutive failures eject an
+// instance for 30 s times the number of its ejections, never more than half
+// of a service's instances.
+const (
+	EjectAfter   = 5
+	EjectBase    = 30 * time.Second
+	MaxEjections = 10 // caps the ejection time at 300 s
+)
+
+// Endpoint is one instance as the proxy sees it: what Atlas says of it,
+// and what the proxy has learnt by using it.
+type Endpoint struct {
+	ID   string
+	Addr string // host:port
+
+	info         atomic.Pointer[Info]
+	inflight     atomic.Int64
+	failures     atomic.Int32 // consecutive
+	ejections    atomic.Int32
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 = not ejected
+	requests     atomic.Uint64
+
+	// client is the engine's per-endpoint state (connection pool); set by
+	// the engine, kept across updates of the same endpoint.
+	client atomic.Value
+}
+
+// Info is what Atlas says of an endpoint; replaced whole on each update.
+type Info struct {
+	Status  sb.Status
+	Enabled bool
+	Tags    []string
+}
+
+// Info returns what Atlas last said of the endpoint.
+func (e *Endpoint) Info() *Info { return e.info.Load() }
+
+func newEndpoint(in *sb.Instance) *Endpoint {
+	e := &Endpoint{ID: in.ID, Addr: joinHostPort(in.Address, in.Port)}
+	e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
+	return e
+}
+
+// Inflight is how many requests are at the endpoint now.
+func (e *Endpoint) Inflight() int64 { return e.inflight.Load() }
+
+// Ejected reports whether outlier detection has taken it out, and until.
+func (e *Endpoint) Ejected(now time.Time) (bool, time.Time) {
+	u := e.ejectedUntil.Load()
+	if u == 0 || now.UnixNano() >= u {
+		return false, time.Time{}
+	}
+	return true, time.Unix(0, u)
+}
+
+// Requests is how many requests it has been given.
+func (e *Endpoint) Requests() uint64 { return e.requests.Load() }
+
+// Pool is the routable set of one service: copy-on-write, so that picking
+// takes no lock.
+type Pool struct {
+	Service string
+	Realm   string
+
+	eps   atomic.Pointer[[]*Endpoint]
+	index atomic.Uint64 // the Atlas index applied
+	// mu serialises updates (readers never take it).
+	mu sync.Mutex
+	// onEject is called when an endpoint is ejected (metrics); may be nil.
+	onEject func(service, id string)
+}
+
+// NewPool returns an empty pool.
+func NewPool(service, realm string) *Pool {
+	p := &Pool{Service: service, Realm: realm}
+	empty := []*Endpoint{}
+	p.eps.Store(&empty)
+	return p
+}
+
+// Index is the Atlas index of the instances the pool holds.
+func (p *Pool) Index() uint64 { return p.index.Load() }
+
+// Endpoints returns the current endpoints (do not modify).
+func (p *Pool) Endpoints() []*Endpoint { return *p.eps.Load() }
+
+// Update replaces the pool's instances with those of an Atlas answer,
+// keeping what the proxy learnt of instances that stay (in-flight count,
+// failures, ejection, connections). It returns the endpoints removed, for
+// the engine to close.
+func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoint) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := map[string]*Endpoint{}
+	for _, e := range *p.eps.Load() {
+		old[e.ID] = e
+	}
+	next := make([]*Endpoint, 0, len(instances))
+	for _, in := range instances {
+		e, ok := old[in.ID]
+		if ok && e.Addr == joinHostPort(in.Address, in.Port) {
+			// The same endpoint: keep what the proxy learnt of it.
+			delete(old, in.ID)
+			e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
+			next = append(next, e)
+			continue
+		}
+		next = append(next, newEndpoint(in))
+	}
+	for _, e := range old {
+		removed = append(removed, e)
+	}
+	p.eps.Store(&next)
+	p.index.Store(index)
+	return removed
+}
+
+func joinHostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// routable returns the endpoints new requests may go to: enabled,
+// not critical, passing ones if any (warning ones only when no passing one
+// is left), and not ejected, unless ejection would take out more than half.
+func routable(eps []*Endpoint, now time.Time, exclude []*Endpoint) []*Endpoint {
+	var passing, warning []*Endpoint
+	for _, e := range eps {
+		info := e.info.Load()
+		if !info.Enabled || slices.Contains(exclude, e) {
+			continue
+		}
+		switch info.Status {
+		case sb.Passing:
+			passing = append(passing, e)
+		case sb.Warning:
+			warning = append(warning, e)
+		}
+	}
+	set := passing
+	if len(set) == 0 {
+		set = warning
+	}
+	live := set[:0:0]
+	for _, e := range set {
+		if ej, _ := e.Ejected(now); !ej {
+			live = append(live, e)
+		}
+	}
+	if len(live) == 0 {
+		// Every candidate is ejected: ejection is a guess, a request
+		// that might work beats a certain 503.
+		return set
+	}
+	return live
+}
+
+// Pick chooses an endpoint by the power of two choices on in-flight
+// requests, skipping exclude (endpoints already tried for this request).
+// It returns nil when no endpoint is routable.
+func (p *Pool) Pick(exclude []*Endpoint) *Endpoint {
+	set := routable(*p.eps.Load(), time.Now(), exclude)
+	switch len(set) {
+	case 0:
+		return nil
+	case 1:
+		return set[0]
+	}
+	i := rand.IntN(len(set))
+	j := rand.IntN(len(set) - 1)
+	if j >= i {
+		j++
+	}
+	a, b := set[i], set[j]
+	if b.inflight.Load() < a.inflight.Load() {
+		return b
+	}
+	return a
+}
+
+// Acquire counts a request going to e; call the returned func with its
+// outcome when the request is done.
+func (p *Pool) Acquire(e *Endpoint) func(ok bool) {
+	e.inflight.Add(1)
+	e.requests.Add(1)
+	return func(ok bool) {
+		e.inflight.Add(-1)
+		p.Report(e, ok)
+	}
+}
+
+// Report records a request's outcome: a connect error or 5xx is a failure;
+// EjectAfter failures in a row eject the endpoint, unless half of the
+// pool's endpoints are ejected already.
+func (p *Pool) Report(e *Endpoint, ok bool) {
+	if ok {
+		e.failures.Store(0)
+		return
+	}
+	if e.failures.Add(1) < EjectAfter {
+		return
+	}
+	now := time.Now()
+	if ej, _ := e.Ejected(now); ej {
+		return
+	}
+	eps := *p.eps.Load()
+	ejected := 0
+	for _, x := range eps {
+		if ej, _ := x.Ejected(now); ej {
+			ejected++
+		}
+	}
+	if (ejected+1)*2 > len(eps) {
+		return
+	}
+	n := min(e.ejections.Add(1), MaxEjections)
+	e.ejectedUntil.Store(now.Add(time.Duration(n) * EjectBase).UnixNano())
+	e.failures.Store(0)
+	if p.onEject != nil {
+		p.onEject(p.Service, e.ID)
+	}
+}
+
+// SetOnEject sets a function called on every ejection.
+func (p *Pool) SetOnEject(fn func(service, id string)) { p.onEject = fn }

@@ -1,0 +1,136 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+func inst(id string, port int, st sb.Status, enabled bool) *sb.Instance {
+	return &sb.Instance{ID: id, Address: "127.0.0.1", Port: port, Status: st, Enabled: enabled}
+}
+
+func TestPickPrefersPassingNeverCritical(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{
+		inst("p", 1, sb.Passing, true), inst("w", 2, sb.Warning, true),
+		inst("c", 3, sb.Critical, true), inst("off", 4, sb.Passing, false),
+	}, 1)
+	for range 100 {
+		if e := p.Pick(nil); e.ID != "p" {
+			t.Fatalf("Pick = %s; want the only passing, enabled instance", e.ID)
+		}
+	}
+	p.Update([]*sb.Instance{inst("w", 2, sb.Warning, true), inst("c", 3, sb.Critical, true)}, 2)
+	if e := p.Pick(nil); e == nil || e.ID != "w" {
+		t.Fatalf("with no passing instance Pick = %v; want the warning one", e)
+	}
+	p.Update([]*sb.Instance{inst("c", 3, sb.Critical, true), inst("off", 4, sb.Passing, false)}, 3)
+	if e := p.Pick(nil); e != nil {
+		t.Fatalf("Pick = %s; want none: critical and disabled get no traffic", e.ID)
+	}
+}
+
+func TestPickBalancesOnInflight(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true)}, 1)
+	x := p.Endpoints()[0]
+	x.inflight.Store(10)
+	for range 50 {
+		if e := p.Pick(nil); e.ID != "y" {
+			t.Fatalf("Pick = %s; want the idle instance", e.ID)
+		}
+	}
+	if e := p.Pick([]*Endpoint{p.Endpoints()[1]}); e.ID != "x" {
+		t.Fatalf("Pick excluding y = %s", e.ID)
+	}
+}
+
+func TestUpdateKeepsLearntState(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true)}, 1)
+	x := p.Endpoints()[0]
+	done := p.Acquire(x)
+	p.Update([]*sb.Instance{inst("x", 1, sb.Warning, true), inst("y", 2, sb.Passing, true)}, 2)
+	if p.Endpoints()[0] != x || x.Info().Status != sb.Warning || x.Inflight() != 1 {
+		t.Fatalf("endpoint after update: same=%v status=%s inflight=%d", p.Endpoints()[0] == x, x.Info().Status, x.Inflight())
+	}
+	done(true)
+	if x.Inflight() != 0 {
+		t.Fatalf("inflight = %d after done", x.Inflight())
+	}
+	removed := p.Update([]*sb.Instance{inst("x", 9, sb.Passing, true)}, 3)
+	if len(removed) != 2 || p.Endpoints()[0] == x {
+		t.Fatalf("a moved instance is a new endpoint and the old one is removed: removed %d", len(removed))
+	}
+}
+
+func TestEjection(t *testing.T) {
+	p := NewPool("a", "dev")
+	var ids []*sb.Instance
+	for i := range 4 {
+		ids = append(ids, inst(fmt.Sprint("e", i), i+1, sb.Passing, true))
+	}
+	p.Update(ids, 1)
+	eps := p.Endpoints()
+	for range EjectAfter - 1 {
+		p.Report(eps[0], false)
+	}
+	if ej, _ := eps[0].Ejected(time.Now()); ej {
+		t.Fatal("ejected before 5 failures")
+	}
+	p.Report(eps[0], false)
+	ej, until := eps[0].Ejected(time.Now())
+	if !ej || time.Until(until) < 29*time.Second {
+		t.Fatalf("after 5 failures: ejected=%v for %v; want 30s", ej, time.Until(until))
+	}
+	for range 100 {
+		if p.Pick(nil) == eps[0] {
+			t.Fatal("an ejected endpoint was picked")
+		}
+	}
+	for range EjectAfter {
+		p.Report(eps[1], false)
+	}
+	for range EjectAfter {
+		p.Report(eps[2], false) // would be 3 of 4: refused
+	}
+	if ej, _ := eps[2].Ejected(time.Now()); ej {
+		t.Fatal("more than half of the pool was ejected")
+	}
+	// A success resets the count.
+	for range EjectAfter - 1 {
+		p.Report(eps[3], false)
+	}
+	p.Report(eps[3], true)
+	p.Report(eps[3], false)
+	if ej, _ := eps[3].Ejected(time.Now()); ej {
+		t.Fatal("failures were not consecutive but ejected")
+	}
+}
+
+func TestBudget(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := &Budget{Now: func() time.Time { return now }}
+	// With no traffic, 10/s over 10s: 100 retries.
+	n := 0
+	for b.Retry() {
+		n++
+	}
+	if n != 100 {
+		t.Fatalf("idle budget allowed %d retries; want 100", n)
+	}
+	now = now.Add(11 * time.Second)
+	for range 1000 {
+		b.Request()
+	}
+	n = 0
+	for b.Retry() {
+		n++
+	}
+	if n != 300 { // 20% of 1000 + 100
+		t.Fatalf("budget after 1000 requests allowed %d retries; want 300", n)
+	}
+}
