@@ -81,6 +81,10 @@ type Pool struct {
 
 	eps   atomic.Pointer[[]*Endpoint]
 	index atomic.Uint64 // the Atlas index applied
+	// ready is closed by the first Update: until then the pool has not
+	// heard from Atlas (or from the state file) at all.
+	ready     chan struct{}
+	readyOnce sync.Once
 	// mu serialises updates (readers never take it).
 	mu sync.Mutex
 	// onEject is called when an endpoint is ejected (metrics); may be nil.
@@ -89,11 +93,14 @@ type Pool struct {
 
 // NewPool returns an empty pool.
 func NewPool(service, realm string) *Pool {
-	p := &Pool{Service: service, Realm: realm}
+	p := &Pool{Service: service, Realm: realm, ready: make(chan struct{})}
 	empty := []*Endpoint{}
 	p.eps.Store(&empty)
 	return p
 }
+
+// Ready is closed once the pool has been given instances (perhaps none).
+func (p *Pool) Ready() <-chan struct{} { return p.ready }
 
 // Index is the Atlas index of the instances the pool holds.
 func (p *Pool) Index() uint64 { return p.index.Load() }
@@ -129,6 +136,7 @@ func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoi
 	}
 	p.eps.Store(&next)
 	p.index.Store(index)
+	p.readyOnce.Do(func() { close(p.ready) })
 	return removed
 }
 

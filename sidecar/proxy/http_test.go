@@ -1,0 +1,317 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// frontend runs an HTTP proxy on loopback over a table whose pools the
+// test fills by hand.
+type frontend struct {
+	t     *testing.T
+	h     *HTTP
+	url   string
+	table *Table
+}
+
+func newFrontend(t *testing.T) *frontend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &frontend{t: t, table: &Table{Realm: "dev"}}
+	f.h = &HTTP{Table: f.table, FirstWatch: 50 * time.Millisecond}
+	go f.h.Serve(ln)
+	f.url = "http://" + ln.Addr().String()
+	t.Cleanup(func() { f.h.Shutdown() })
+	return f
+}
+
+func (f *frontend) set(service string, backends ...string) {
+	var ins []*sb.Instance
+	for i, b := range backends {
+		host, port, _ := net.SplitHostPort(strings.TrimPrefix(b, "http://"))
+		p, _ := strconv.Atoi(port)
+		ins = append(ins, &sb.Instance{ID: fmt.Sprintf("%s-%d", service, i), Address: host, Port: p, Status: sb.Passing, Enabled: true})
+	}
+	f.table.Get(service).Update(ins, 1)
+}
+
+func (f *frontend) do(method, service, path, body string, hdr ...string) (*http.Response, string) {
+	f.t.Helper()
+	req, _ := http.NewRequest(method, f.url+path, strings.NewReader(body))
+	if service != "" {
+		req.Header.Set(ServiceHeader, service)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b)
+}
+
+func backend(t *testing.T, name string) *httptest.Server {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-Saw-Connection-Header", r.Header.Get("X-Hop"))
+		fmt.Fprintf(w, "%s %s %s %s xff=%s", name, r.Method, r.URL.RequestURI(), b, r.Header.Get("X-Forwarded-For"))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "http://" + addr
+}
+
+func TestRoutesAndBalances(t *testing.T) {
+	f := newFrontend(t)
+	a, b := backend(t, "a"), backend(t, "b")
+	f.set("identity", a.URL, b.URL)
+	seen := map[string]int{}
+	for range 200 {
+		res, body := f.do("GET", "identity", "/teams?x=1", "")
+		if res.StatusCode != 200 || !strings.Contains(body, "GET /teams?x=1") {
+			t.Fatalf("GET = %d %q", res.StatusCode, body)
+		}
+		seen[res.Header.Get("X-Backend")]++
+	}
+	if seen["a"] < 40 || seen["b"] < 40 {
+		t.Fatalf("load split %v; want both instances used", seen)
+	}
+	// The Host forms route without the header.
+	req, _ := http.NewRequest("POST", f.url+"/x", strings.NewReader("hi"))
+	req.Host = "identity.localhost:4000"
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(body), "POST /x hi xff=127.0.0.1") {
+		t.Fatalf("Host routing = %d %q", res.StatusCode, body)
+	}
+}
+
+func TestHopByHopHeadersAreDropped(t *testing.T) {
+	f := newFrontend(t)
+	f.set("a", backend(t, "a").URL)
+	res, _ := f.do("GET", "a", "/", "", "Connection", "X-Hop", "X-Hop", "secret")
+	if got := res.Header.Get("X-Saw-Connection-Header"); got != "" {
+		t.Fatalf("a header named by Connection reached the instance: %q", got)
+	}
+}
+
+func errorOf(t *testing.T, body string) sb.Error {
+	t.Helper()
+	var e struct{ Error sb.Error }
+	if err := json.Unmarshal([]byte(body), &e); err != nil {
+		t.Fatalf("error body %q: %v", body, err)
+	}
+	return e.Error
+}
+
+func TestOwnAnswers(t *testing.T) {
+	f := newFrontend(t)
+	res, body := f.do("GET", "", "/", "")
+	if res.StatusCode != 400 || !strings.Contains(errorOf(t, body).Message, "no target service") {
+		t.Fatalf("no service = %d %s", res.StatusCode, body)
+	}
+	res, body = f.do("GET", "nobody", "/", "")
+	if res.StatusCode != 503 || !strings.Contains(errorOf(t, body).Message, "service nobody in realm dev") {
+		t.Fatalf("unwatched service = %d %s", res.StatusCode, body)
+	}
+	f.set("empty")
+	res, body = f.do("GET", "empty", "/", "")
+	if res.StatusCode != 503 || errorOf(t, body).Message != "service empty in realm dev has no routable instance" {
+		t.Fatalf("empty service = %d %s", res.StatusCode, body)
+	}
+	f.set("dead", deadAddr(t), deadAddr(t))
+	res, body = f.do("POST", "dead", "/", "x")
+	if res.StatusCode != 502 || !strings.Contains(errorOf(t, body).Message, "service dead in realm dev: every try failed") {
+		t.Fatalf("dead service = %d %s", res.StatusCode, body)
+	}
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Second) }))
+	defer slow.Close()
+	f.set("slow", slow.URL)
+	res, body = f.do("GET", "slow", "/", "", TimeoutHeader, "100ms")
+	if res.StatusCode != 504 || !strings.Contains(errorOf(t, body).Message, "service slow in realm dev: no answer within 100ms") {
+		t.Fatalf("slow service = %d %s", res.StatusCode, body)
+	}
+	res, body = f.do("GET", "slow", "/", "", TimeoutHeader, "soon")
+	if res.StatusCode != 400 || !strings.Contains(errorOf(t, body).Message, "Switchboard-Timeout: must be a duration") {
+		t.Fatalf("bad timeout = %d %s", res.StatusCode, body)
+	}
+	f.h.Allow = func(s string) error {
+		return sb.Errorf(sb.EPermissionDenied, "service web may not call service %s in realm dev", s)
+	}
+	res, body = f.do("GET", "slow", "/", "")
+	f.h.Allow = nil
+	if res.StatusCode != 403 || !strings.Contains(errorOf(t, body).Message, "may not call service slow") {
+		t.Fatalf("forbidden = %d %s", res.StatusCode, body)
+	}
+}
+
+func TestRetriesAConnectFailureForEveryMethod(t *testing.T) {
+	f := newFrontend(t)
+	live := backend(t, "live")
+	f.set("a", deadAddr(t), live.URL)
+	for range 50 {
+		res, body := f.do("POST", "a", "/pay", "1")
+		if res.StatusCode != 200 || !strings.Contains(body, "live POST /pay 1") {
+			t.Fatalf("POST with one dead instance = %d %q", res.StatusCode, body)
+		}
+	}
+}
+
+// TestNoRetryOfAStartedNonIdempotentRequest: an instance that takes a POST
+// and drops the connection is not sent the POST again; a GET is retried.
+func TestNoRetryOfAStartedNonIdempotentRequest(t *testing.T) {
+	var mu sync.Mutex
+	hits := 0
+	drop := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+		panic(http.ErrAbortHandler) // close without answering
+	}))
+	defer drop.Close()
+	f := newFrontend(t)
+	f.set("a", drop.URL)
+	res, _ := f.do("POST", "a", "/", "x")
+	if res.StatusCode != 502 || hits != 1 {
+		t.Fatalf("POST to a dropping instance = %d after %d tries; want 502 after 1", res.StatusCode, hits)
+	}
+	live := backend(t, "live")
+	f.set("a", drop.URL, live.URL)
+	for range 20 {
+		if res, body := f.do("GET", "a", "/", ""); res.StatusCode != 200 {
+			t.Fatalf("GET = %d %s; want the retry on the live instance", res.StatusCode, body)
+		}
+		if res, body := f.do("POST", "a", "/", "", "Idempotency-Key", "k1"); res.StatusCode != 200 {
+			t.Fatalf("POST with Idempotency-Key = %d %s; want it retried", res.StatusCode, body)
+		}
+	}
+}
+
+func TestStreamsPassThrough(t *testing.T) {
+	release := make(chan struct{})
+	sse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		fmt.Fprint(w, "data: two\n\n")
+	}))
+	defer sse.Close()
+	defer close(release)
+	f := newFrontend(t)
+	f.set("events", sse.URL)
+	req, _ := http.NewRequest("GET", f.url+"/stream", nil)
+	req.Header.Set(ServiceHeader, "events")
+	req.Header.Set("Accept", "text/event-stream")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "data: one\n" {
+		t.Fatalf("first event = %q, %v; want it before the stream ends", line, err)
+	}
+}
+
+func TestUpgradePassesThrough(t *testing.T) {
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" || !strings.Contains(r.Header.Get("Connection"), "Upgrade") {
+			http.Error(w, "want an upgrade, got Upgrade="+r.Header.Get("Upgrade")+" Connection="+r.Header.Get("Connection"), 400)
+			return
+		}
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		line, _ := rw.ReadString('\n')
+		fmt.Fprint(rw, "echo: "+line)
+		rw.Flush()
+	}))
+	defer ws.Close()
+	f := newFrontend(t)
+	f.set("ws", ws.URL)
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(c)
+	status, _ := br.ReadString('\n')
+	if !strings.HasPrefix(status, "HTTP/1.1 101") {
+		rest, _ := io.ReadAll(io.LimitReader(br, 500))
+		t.Fatalf("upgrade answer = %q %s", status, rest)
+	}
+	for {
+		l, _ := br.ReadString('\n')
+		if l == "\r\n" || l == "" {
+			break
+		}
+	}
+	fmt.Fprint(c, "hello\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := br.ReadString('\n'); got != "echo: hello\n" {
+		t.Fatalf("through the upgrade: %q", got)
+	}
+}
+
+func TestChunkedAndLargeBodies(t *testing.T) {
+	big := strings.Repeat("0123456789", 100_000) // 1 MB, streamed
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/chunked" {
+			for i := range 5 {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	if res, body := f.do("GET", "a", "/chunked", ""); res.StatusCode != 200 || body != "part0;part1;part2;part3;part4;" {
+		t.Fatalf("chunked = %d %q", res.StatusCode, body)
+	}
+	if res, body := f.do("PUT", "a", "/echo", big); res.StatusCode != 200 || body != big {
+		t.Fatalf("1 MB echo = %d, %d bytes", res.StatusCode, len(body))
+	}
+}

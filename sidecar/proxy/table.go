@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Table maps service names to their pools. The first time a service is
+// asked for, its pool is created and OnNew is called, so that the sidecar
+// starts watching it.
+type Table struct {
+	// Realm of every pool.
+	Realm string
+	// OnNew is called once per new service, outside the table's lock.
+	OnNew func(service string)
+
+	// mu guards pools.
+	mu    sync.RWMutex
+	pools map[string]*Pool
+}
+
+// Get returns the pool of service, creating it the first time.
+func (t *Table) Get(service string) *Pool {
+	t.mu.RLock()
+	p := t.pools[service]
+	t.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	t.mu.Lock()
+	if p = t.pools[service]; p != nil {
+		t.mu.Unlock()
+		return p
+	}
+	if t.pools == nil {
+		t.pools = make(map[string]*Pool)
+	}
+	p = NewPool(service, t.Realm)
+	t.pools[service] = p
+	t.mu.Unlock()
+	if t.OnNew != nil {
+		t.OnNew(service)
+	}
+	return p
+}
+
+// Lookup returns the pool of service, or nil.
+func (t *Table) Lookup(service string) *Pool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.pools[service]
+}
+
+// All returns every pool, sorted by service.
+func (t *Table) All() []*Pool {
+	t.mu.RLock()
+	out := make([]*Pool, 0, len(t.pools))
+	for _, p := range t.pools {
+		out = append(out, p)
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Pool) int { return strings.Compare(a.Service, b.Service) })
+	return out
+}
