@@ -168,11 +168,21 @@ func TestOwnAnswers(t *testing.T) {
 	if res.StatusCode != 400 || !strings.Contains(errorOf(t, body).Message, "Switchboard-Timeout: must be a duration") {
 		t.Fatalf("bad timeout = %d %s", res.StatusCode, body)
 	}
-	f.h.Allow = func(s string) error {
-		return sb.Errorf(sb.EPermissionDenied, "service web may not call service %s in realm dev", s)
+}
+
+func TestPolicyDenies(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	res, body = f.do("GET", "slow", "/", "")
-	f.h.Allow = nil
+	f := &frontend{t: t, table: &Table{Realm: "dev"}, url: "http://" + ln.Addr().String()}
+	f.h = &HTTP{Table: f.table, Allow: func(s string) error {
+		return sb.Errorf(sb.EPermissionDenied, "service web may not call service %s in realm dev", s)
+	}}
+	go f.h.Serve(ln)
+	defer f.h.Shutdown()
+	f.set("slow", backend(t, "x").URL)
+	res, body := f.do("GET", "slow", "/", "")
 	if res.StatusCode != 403 || !strings.Contains(errorOf(t, body).Message, "may not call service slow") {
 		t.Fatalf("forbidden = %d %s", res.StatusCode, body)
 	}
@@ -205,8 +215,11 @@ func TestNoRetryOfAStartedNonIdempotentRequest(t *testing.T) {
 	f := newFrontend(t)
 	f.set("a", drop.URL)
 	res, _ := f.do("POST", "a", "/", "x")
-	if res.StatusCode != 502 || hits != 1 {
-		t.Fatalf("POST to a dropping instance = %d after %d tries; want 502 after 1", res.StatusCode, hits)
+	mu.Lock()
+	n := hits
+	mu.Unlock()
+	if res.StatusCode != 502 || n != 1 {
+		t.Fatalf("POST to a dropping instance = %d after %d tries; want 502 after 1", res.StatusCode, n)
 	}
 	live := backend(t, "live")
 	f.set("a", drop.URL, live.URL)
