@@ -413,22 +413,14 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *Pool) int {
 	}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
-		defer backend.Close()
 		ok := false
 		defer func() { done(ok) }()
 		if _, err := backend.Write(head.Bytes()); err != nil {
+			backend.Close()
 			writeRawError(client, badGateway("%s: %v", where(pool), err))
 			return
 		}
-		errc := make(chan error, 2)
-		go func() { _, err := io.Copy(backend, client); closeWrite(backend); errc <- err }()
-		go func() { _, err := io.Copy(client, backend); closeWrite(client); errc <- err }()
-		err := <-errc
-		ok = err == nil
-		// One side is done: give the other a moment to drain, then cut.
-		_ = client.SetDeadline(time.Now().Add(time.Second))
-		_ = backend.SetDeadline(time.Now().Add(time.Second))
-		<-errc
+		ok = pipe(client, backend)
 	})
 	// What the instance answers is piped, not parsed: count upgrades as
 	// 101 and event streams as 200.

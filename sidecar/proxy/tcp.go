@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// TCP is an L4 listener for one upstream: each connection goes to an
+// instance picked as for HTTP, a failed connect is retried on another
+// instance, and bytes are copied both ways.
+type TCP struct {
+	// Pool is the upstream's pool. Required.
+	Pool *Pool
+	// Budget caps retries; nil means the SPEC's default.
+	Budget *Budget
+	// Observe is told of every connection's end (metrics); may be nil.
+	Observe func(service string, ok bool, d time.Duration)
+	// Logger; nil discards.
+	Logger *slog.Logger
+
+	// mu guards ln, conns and closed.
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Serve accepts on ln until Close.
+func (t *TCP) Serve(ln net.Listener) error {
+	if t.Budget == nil {
+		t.Budget = &Budget{}
+	}
+	if t.Logger == nil {
+		t.Logger = slog.New(slog.DiscardHandler)
+	}
+	t.mu.Lock()
+	t.ln = ln
+	t.conns = make(map[net.Conn]struct{})
+	t.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			t.mu.Lock()
+			closed := t.closed
+			t.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		if !t.track(c, true) {
+			c.Close()
+			return nil
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer t.track(c, false)
+			t.handle(c)
+		}()
+	}
+}
+
+func (t *TCP) track(c net.Conn, add bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if add {
+		if t.closed {
+			return false
+		}
+		t.conns[c] = struct{}{}
+	} else {
+		delete(t.conns, c)
+	}
+	return true
+}
+
+// Close stops accepting, closes every connection and waits for their
+// goroutines.
+func (t *TCP) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	if t.ln != nil {
+		t.ln.Close()
+	}
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
+	return nil
+}
+
+func (t *TCP) handle(client net.Conn) {
+	start := time.Now()
+	defer client.Close()
+	t.Budget.Request()
+	var tried []*Endpoint
+	for {
+		e := t.Pool.Pick(tried)
+		if e == nil {
+			t.observe(false, start)
+			return
+		}
+		tried = append(tried, e)
+		done := t.Pool.Acquire(e)
+		backend, err := net.DialTimeout("tcp", e.Addr, 2*time.Second)
+		if err != nil {
+			done(false)
+			if !t.Budget.Retry() {
+				t.observe(false, start)
+				return
+			}
+			continue
+		}
+		ok := pipe(client, backend)
+		done(true) // the connection was made: a later error is the protocol's
+		t.observe(ok, start)
+		return
+	}
+}
+
+func (t *TCP) observe(ok bool, start time.Time) {
+	if t.Observe != nil {
+		t.Observe(t.Pool.Service, ok, time.Since(start))
+	}
+}
+
+// copier copies one direction of a connection and half-closes the
+// destination when the source ends.
+type copier struct {
+	dst, src net.Conn
+}
+
+func (c copier) run(errc chan<- error) {
+	_, err := io.Copy(c.dst, c.src)
+	closeWrite(c.dst)
+	errc <- err
+}
+
+// pipe copies both ways, one goroutine a direction, until both ends are
+// done; it reports whether both ended cleanly.
+func pipe(a, b net.Conn) bool {
+	defer b.Close()
+	errc := make(chan error, 2)
+	go copier{dst: b, src: a}.run(errc)
+	go copier{dst: a, src: b}.run(errc)
+	err1 := <-errc
+	err2 := <-errc
+	return err1 == nil && err2 == nil
+}

@@ -1,0 +1,76 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+func echoServer(t *testing.T, name string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s:%s\n", name, sc.Text())
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestTCPBalancesAndSkipsDeadInstances(t *testing.T) {
+	pool := NewPool("redis", "dev")
+	var ins []*sb.Instance
+	for i, addr := range []string{echoServer(t, "a"), strings.TrimPrefix(deadAddr(t), "http://"), echoServer(t, "b")} {
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		ins = append(ins, &sb.Instance{ID: fmt.Sprint(i), Address: host, Port: p, Status: sb.Passing, Enabled: true})
+	}
+	pool.Update(ins, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l4 := &TCP{Pool: pool}
+	go l4.Serve(ln)
+	defer l4.Close()
+	seen := map[string]int{}
+	for range 60 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(c, "ping\n")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err != nil && err != io.EOF {
+			t.Fatalf("through L4: %v", err)
+		}
+		name, rest, _ := strings.Cut(line, ":")
+		if rest != "ping\n" {
+			t.Fatalf("through L4: %q", line)
+		}
+		seen[name]++
+	}
+	if seen["a"] < 10 || seen["b"] < 10 {
+		t.Fatalf("L4 split %v; want both live instances used", seen)
+	}
+}
