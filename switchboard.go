@@ -477,3 +477,14 @@ func (p *Policy) Validate() error {
 
 // IndexHeader carries the index of every GET answer of the Atlas API.
 const IndexHeader = "Switchboard-Index"
+
+// Propagation is the answer of GET /v1/services/{name}/propagation: how
+// many event streams watch a service, and how many of them have been sent
+// every change up to Index.
+type Propagation struct {
+	Service   string `json:"service"`
+	Realm     string `json:"realm"`
+	Index     uint64 `json:"index"`
+	Watchers  int    `json:"watchers"`
+	Confirmed int    `json:"confirmed"`
+}

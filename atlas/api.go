@@ -52,6 +52,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/services", s.handleServices)
 	handle("GET /v1/services/{name}", s.handleService)
 	handle("POST /v1/services/{name}/port", s.handlePort)
+	handle("GET /v1/services/{name}/propagation", s.handlePropagation)
 	handle("GET /v1/watch", s.handleWatch)
 	handle("PUT /v1/config/layer", s.handlePutLayer)
 	handle("DELETE /v1/config/layer", s.handleDeleteLayer)
@@ -111,8 +112,16 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, 0, marshal(in))
+	writeJSON(w, http.StatusOK, s.serviceIndex(in), marshal(in))
 	return nil
+}
+
+// serviceIndex is the index of the answer of in's service: after a write
+// to in, the index to wait for (blocking queries, propagation).
+func (s *Server) serviceIndex(in *sb.Instance) uint64 {
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
+	return s.st.indexOfLocked(svcKey(in.Realm, in.Service))
 }
 
 // ownInstance checks that the caller may act for instance id.
@@ -153,7 +162,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, 0, marshal(in))
+	writeJSON(w, http.StatusOK, s.serviceIndex(in), marshal(in))
 	return nil
 }
 
@@ -177,7 +186,7 @@ func (s *Server) handleEnabled(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, 0, marshal(in))
+	writeJSON(w, http.StatusOK, s.serviceIndex(in), marshal(in))
 	return nil
 }
 

@@ -54,6 +54,7 @@ type Server struct {
 	metrics *metrics
 	handler http.Handler
 	cache   renderCache
+	streams streams
 	health  *health.Checker
 	started time.Time
 

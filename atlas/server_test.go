@@ -442,3 +442,32 @@ func TestSlowHeadersAreCut(t *testing.T) {
 		t.Fatalf("connection was not closed by the server: %v", err)
 	}
 }
+
+func TestPropagationConfirmsStreams(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	var p sb.Propagation
+	a.must("GET", "/v1/services/a/propagation?index=1&wait=1s", "").decode(t, &p)
+	if p.Watchers != 0 || p.Confirmed != 0 {
+		t.Fatalf("no streams: %+v", p)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?service=a", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	events := readEvents(res.Body)
+	next(t, events) // the snapshot
+	r := a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"drain"}`)
+	idx := r.index(t)
+	a.must("GET", fmt.Sprintf("/v1/services/a/propagation?index=%d&wait=10s", idx), "").decode(t, &p)
+	if p.Watchers != 1 || p.Confirmed != 1 || p.Index != idx {
+		t.Fatalf("after the stream got the change: %+v", p)
+	}
+	if ev := next(t, events); !strings.Contains(ev.data, `"enabled":false`) {
+		t.Fatalf("the stream's update = %+v", ev)
+	}
+}

@@ -67,6 +67,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	defer s.metrics.streams.Dec()
 
 	wants := func(svc string) bool { return all || slices.Contains(services, svc) }
+	track := &streamState{realm: realm, all: all, services: services}
+	s.streams.add(track)
+	defer s.streams.remove(track)
 	// write sends one event; id 0 sends none. A slow reader must not hold
 	// a goroutine forever, hence the deadline.
 	write := func(kind string, id uint64, body []byte) error {
@@ -138,6 +141,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			if last, err = snapshot(); err != nil {
 				return nil
 			}
+			s.streams.progress(track, last)
 			continue
 		}
 		if len(changed) > 0 {
@@ -170,6 +174,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		last = upTo
+		s.streams.progress(track, last)
 		select {
 		case <-woke:
 		case <-keepAlive.C:

@@ -192,6 +192,30 @@ func (a *Atlas) SetEnabled(ctx context.Context, id string, enabled bool, reason 
 	return &in, err
 }
 
+// Drain disables instance id and waits (until ctx ends, at most 10 minutes)
+// until Atlas has sent the change to every event stream that watches its
+// service: once it returns with Confirmed == Watchers, no sidecar routes
+// new requests to the instance.
+func (a *Atlas) Drain(ctx context.Context, id, reason string) (*sb.Propagation, error) {
+	enabled := false
+	var in sb.Instance
+	idx, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/enabled", nil, sb.EnabledSwitch{Enabled: &enabled, Reason: reason}, &in)
+	if err != nil {
+		return nil, err
+	}
+	wait := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl) - 100*time.Millisecond
+	}
+	q := url.Values{}
+	setRealm(q, in.Realm)
+	q.Set("index", strconv.FormatUint(idx, 10))
+	q.Set("wait", max(wait, time.Millisecond).String())
+	var p sb.Propagation
+	_, err = a.call(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(in.Service)+"/propagation", q, nil, &p)
+	return &p, err
+}
+
 // Deregister removes instance id.
 func (a *Atlas) Deregister(ctx context.Context, id string) error {
 	_, err := a.call(ctx, http.MethodDelete, "/v1/instances/"+url.PathEscape(id), nil, nil, nil)

@@ -1,0 +1,180 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// announcer registers one local service, checks it, heartbeats its status
+// and, at the end, drains and deregisters it (Nerve's role).
+type announcer struct {
+	id       string
+	reg      sb.Registration
+	interval time.Duration
+	timeout  time.Duration
+	check    checker
+	atlas    *client.Atlas
+	log      *slog.Logger
+
+	// mu guards status, output and registered.
+	mu         sync.Mutex
+	rf         riseFall
+	status     sb.Status
+	output     string
+	registered bool
+}
+
+func newAnnouncer(sc ServiceConfig, host, advertise, realm string, atlas *client.Atlas, log *slog.Logger) (*announcer, error) {
+	addr := sc.Address
+	if addr == "" {
+		addr = advertise
+	}
+	checkAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sc.Port))
+	if sc.Address != "" {
+		checkAddr = net.JoinHostPort(sc.Address, strconv.Itoa(sc.Port))
+	}
+	ck, err := newChecker(sc.Check, checkAddr)
+	if err != nil {
+		return nil, err
+	}
+	c := sc.Check
+	a := &announcer{
+		id:       fmt.Sprintf("%s-%s-%d", sc.Name, host, sc.Port),
+		interval: durOr(c.Interval, 2*time.Second),
+		timeout:  durOr(c.Timeout, time.Second),
+		check:    ck,
+		atlas:    atlas,
+		log:      log.With("service", sc.Name),
+		rf:       riseFall{rise: intOr(c.Rise, 2), fall: intOr(c.Fall, 2), status: sb.Critical},
+		status:   sb.Critical,
+		output:   "not checked yet",
+	}
+	if c.None {
+		a.rf.status, a.status, a.output = sb.Passing, sb.Passing, "not checked (check: none)"
+	}
+	a.reg = sb.Registration{
+		Service: sc.Name, Realm: realm, Address: addr, Port: sc.Port, Tags: sc.Tags, Meta: sc.Meta,
+		TTL: sb.Duration(3 * a.interval),
+	}
+	if err := sb.ValidateID(a.id); err != nil {
+		return nil, fmt.Errorf("instance id %q: %s", a.id, sb.ErrorMessage(err))
+	}
+	return a, nil
+}
+
+func durOr(d Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+func intOr(n, def int) int {
+	if n == 0 {
+		return def
+	}
+	return n
+}
+
+// current returns the status and output to announce.
+func (a *announcer) current() (sb.Status, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status, a.output
+}
+
+// run checks and heartbeats every interval until ctx ends.
+func (a *announcer) run(ctx context.Context) {
+	defer a.check.close()
+	t := time.NewTicker(a.interval)
+	defer t.Stop()
+	for {
+		a.tick(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// tick runs the check once and tells Atlas.
+func (a *announcer) tick(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, a.timeout)
+	raw, out := a.check.check(cctx)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	a.mu.Lock()
+	before := a.status
+	a.status = a.rf.observe(raw)
+	a.output = out
+	if a.status == sb.Critical && raw != sb.Critical {
+		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.rise)
+	}
+	status, output, registered := a.status, a.output, a.registered
+	a.mu.Unlock()
+	if status != before {
+		a.log.Info("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)
+	}
+	hctx, hcancel := context.WithTimeout(ctx, max(a.interval, 2*time.Second))
+	defer hcancel()
+	if registered {
+		_, err := a.atlas.Heartbeat(hctx, a.id, sb.Heartbeat{Status: status, Output: output})
+		if err == nil {
+			return
+		}
+		if !client.IsNotFound(err) {
+			a.log.Warn("sidecar: heartbeat failed; will retry", "id", a.id, "err", err)
+			return
+		}
+		a.log.Info("sidecar: Atlas does not know the instance (lease expired?); registering again", "id", a.id)
+	}
+	a.register(hctx, status, output)
+}
+
+func (a *announcer) register(ctx context.Context, status sb.Status, output string) {
+	reg := a.reg
+	reg.Status, reg.Output = status, output
+	if _, err := a.atlas.Register(ctx, a.id, reg); err != nil {
+		a.log.Warn("sidecar: register failed; will retry", "id", a.id, "err", err)
+		a.mu.Lock()
+		a.registered = false
+		a.mu.Unlock()
+		return
+	}
+	a.mu.Lock()
+	a.registered = true
+	a.mu.Unlock()
+}
+
+// drain takes the instance out of rotation: disabled first, then, once the
+// watchers have seen it (or timeout), deregistered.
+func (a *announcer) drain(ctx context.Context, host string, timeout time.Duration) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	p, err := a.atlas.Drain(dctx, a.id, "sidecar on "+host+" is shutting down")
+	switch {
+	case client.IsNotFound(err):
+	case err != nil:
+		a.log.Warn("sidecar: could not drain before deregistering", "id", a.id, "err", err)
+	case p.Confirmed < p.Watchers:
+		a.log.Warn("sidecar: not every watcher confirmed the drain in time", "id", a.id, "watchers", p.Watchers, "confirmed", p.Confirmed)
+	default:
+		a.log.Info("sidecar: drained", "id", a.id, "watchers", p.Watchers)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	if err := a.atlas.Deregister(rctx, a.id); err != nil && !client.IsNotFound(err) {
+		a.log.Warn("sidecar: deregister failed; the lease will expire", "id", a.id, "err", err)
+	}
+}

@@ -1,0 +1,181 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// checker runs one kind of check against one local service.
+type checker interface {
+	check(ctx context.Context) (sb.Status, string)
+	close()
+}
+
+// newChecker returns the checker a CheckConfig asks for, aimed at addr.
+func newChecker(c CheckConfig, addr string) (checker, error) {
+	switch {
+	case c.None:
+		return noneCheck{}, nil
+	case c.TCP:
+		return tcpCheck{addr: addr}, nil
+	case c.GRPC != nil:
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, fmt.Errorf("grpc check of %s: %w", addr, err)
+		}
+		return &grpcCheck{conn: conn, service: *c.GRPC}, nil
+	}
+	path := "/healthcheck"
+	if c.HTTP != nil {
+		path = *c.HTTP
+	}
+	return &httpCheck{url: "http://" + addr + path, client: &http.Client{
+		Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute},
+		// A check follows no redirect: a 3xx is not healthy.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}, nil
+}
+
+type noneCheck struct{}
+
+func (noneCheck) check(context.Context) (sb.Status, string) {
+	return sb.Passing, "not checked (check: none)"
+}
+func (noneCheck) close() {}
+
+type tcpCheck struct{ addr string }
+
+func (t tcpCheck) check(ctx context.Context) (sb.Status, string) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return sb.Critical, fmt.Sprintf("tcp %s: %v", t.addr, err)
+	}
+	c.Close()
+	return sb.Passing, "tcp " + t.addr + " accepts connections"
+}
+func (tcpCheck) close() {}
+
+type grpcCheck struct {
+	conn    *grpc.ClientConn
+	service string
+}
+
+func (g *grpcCheck) check(ctx context.Context) (sb.Status, string) {
+	res, err := healthpb.NewHealthClient(g.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: g.service})
+	if err != nil {
+		return sb.Critical, fmt.Sprintf("grpc health %q: %v", g.service, err)
+	}
+	if res.Status != healthpb.HealthCheckResponse_SERVING {
+		return sb.Critical, fmt.Sprintf("grpc health %q: %s", g.service, res.Status)
+	}
+	return sb.Passing, fmt.Sprintf("grpc health %q: SERVING", g.service)
+}
+func (g *grpcCheck) close() { g.conn.Close() }
+
+type httpCheck struct {
+	url    string
+	client *http.Client
+}
+
+// check GETs the URL: 2xx is passing, 429 warning, anything else (or no
+// answer in time) critical. A Runscope healthcheck JSON body's outputs
+// become the output.
+func (h *httpCheck) check(ctx context.Context) (sb.Status, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
+	if err != nil {
+		return sb.Critical, err.Error()
+	}
+	req.Header.Set("User-Agent", "switchboard-sidecar")
+	res, err := h.client.Do(req)
+	if err != nil {
+		return sb.Critical, fmt.Sprintf("GET %s: %v", h.url, err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	out := healthOutput(body)
+	if out == "" {
+		out = fmt.Sprintf("GET %s: %s", h.url, res.Status)
+	}
+	switch {
+	case res.StatusCode >= 200 && res.StatusCode < 300:
+		return sb.Passing, out
+	case res.StatusCode == http.StatusTooManyRequests:
+		return sb.Warning, out
+	}
+	return sb.Critical, out
+}
+
+func (h *httpCheck) close() { h.client.CloseIdleConnections() }
+
+// healthOutput reads a Runscope-style healthcheck body into one output:
+// "checker: output" per result, failures first marked FAIL. Any other body
+// gives "".
+func healthOutput(body []byte) string {
+	var rep struct {
+		Status  string `json:"status"`
+		Results []struct {
+			Checker string          `json:"checker"`
+			Output  json.RawMessage `json:"output"`
+			Passed  bool            `json:"passed"`
+		} `json:"results"`
+	}
+	if json.Unmarshal(body, &rep) != nil || rep.Status == "" {
+		return ""
+	}
+	var lines []string
+	for _, r := range rep.Results {
+		var s string
+		if json.Unmarshal(r.Output, &s) != nil {
+			s = string(r.Output)
+		}
+		mark := "ok"
+		if !r.Passed {
+			mark = "FAIL"
+		}
+		lines = append(lines, fmt.Sprintf("%s %s: %s", mark, r.Checker, s))
+	}
+	if len(lines) == 0 {
+		return "healthcheck " + rep.Status + " (no checks)"
+	}
+	return strings.Join(lines, "\n")
+}
+
+// riseFall applies rise and fall to check results: a critical instance
+// needs Rise good results in a row to come back; a healthy one Fall
+// critical results in a row to go critical. Passing and warning switch at
+// once.
+type riseFall struct {
+	rise, fall int
+	status     sb.Status
+	good, bad  int
+}
+
+func (r *riseFall) observe(s sb.Status) sb.Status {
+	if s == sb.Critical {
+		r.good = 0
+		r.bad++
+		if r.status != sb.Critical && r.bad >= r.fall {
+			r.status = sb.Critical
+		}
+		return r.status
+	}
+	r.bad = 0
+	r.good++
+	if r.status != sb.Critical || r.good >= r.rise {
+		r.status = s
+	}
+	return r.status
+}
