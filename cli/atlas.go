@@ -2,11 +2,9 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/sidecar"
 )
 
 // atlasOptions are what `switchboard atlas` and `switchboard dev` need to
@@ -64,85 +63,153 @@ func parsePorts(s string) (lo, hi int, err error) {
 	return lo, hi, nil
 }
 
-// runAtlas serves Atlas until ctx ends, then stops in order: answer the
-// blocking queries, let requests finish (10 s at most), close the store.
-// ready is called with the listening address.
+// runAtlas serves Atlas until ctx ends. ready is called with the
+// listening address.
 func runAtlas(ctx context.Context, o atlasOptions, log *slog.Logger, ready func(addr string)) error {
-	lo, hi, err := parsePorts(o.ports)
+	ra, err := startAtlas(o, log)
 	if err != nil {
 		return err
 	}
-	if o.dataDir == "" {
-		return usagef("--data: must name a directory")
-	}
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
-		return fmt.Errorf("--data: %w", err)
-	}
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	defer ln.Close()
-	store, err := boltstore.Open(boltstore.Config{Path: filepath.Join(o.dataDir, "atlas.db"), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	srv, err := atlas.New(atlas.Config{Store: store, DataDir: o.dataDir, Insecure: o.insecure, PortMin: lo, PortMax: hi, Logger: log})
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
-	hs := srv.HTTPServer()
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	ready(ln.Addr().String())
+	ready(ra.addr)
 	select {
-	case err := <-errc:
+	case err := <-ra.errc:
+		ra.stop()
 		return fmt.Errorf("atlas: serve: %w", err)
 	case <-ctx.Done():
 	}
-	srv.StopWaiting()
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		log.Warn("atlas: requests still running at shutdown", "err", err)
+	return ra.stop()
+}
+
+// runningAtlas is an Atlas serving in this process.
+type runningAtlas struct {
+	addr string
+	errc chan error
+	stop func() error
+}
+
+// startAtlas opens the store and serves Atlas. stop shuts it down in
+// order: answer the blocking queries, let requests finish (10 s at most),
+// close the store.
+func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
+	lo, hi, err := parsePorts(o.ports)
+	if err != nil {
+		return nil, err
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	if o.dataDir == "" {
+		return nil, usagef("--data: must name a directory")
 	}
-	return nil
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data: %w", err)
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	store, err := boltstore.Open(boltstore.Config{Path: filepath.Join(o.dataDir, "atlas.db"), Logger: log})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	srv, err := atlas.New(atlas.Config{Store: store, DataDir: o.dataDir, Insecure: o.insecure, PortMin: lo, PortMax: hi, Logger: log})
+	if err != nil {
+		ln.Close()
+		store.Close()
+		return nil, err
+	}
+	hs := srv.HTTPServer()
+	ra := &runningAtlas{addr: ln.Addr().String(), errc: make(chan error, 1)}
+	go func() { ra.errc <- hs.Serve(ln) }()
+	ra.stop = func() error {
+		srv.StopWaiting()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			log.Warn("atlas: requests still running at shutdown", "err", err)
+		}
+		srv.Close()
+		return store.Close()
+	}
+	return ra, nil
 }
 
 func devCmd(g *globals) *cobra.Command {
-	var dir, listen string
+	var dir, listen, sidecarListen, sidecarAdmin, file string
 	c := &cobra.Command{
 		Use:   "dev",
-		Short: "Run Switchboard on a laptop: Atlas, no auth, loopback only",
+		Short: "Run Switchboard on a laptop: Atlas and a sidecar, no auth, loopback only",
 		Long: `Run everything a laptop needs in one process: Atlas with its embedded store
-under ./.switchboard/, without auth, on 127.0.0.1 only. Ctrl-C stops it.`,
+under ./.switchboard/ and a sidecar routing calls made to 127.0.0.1:4000, all
+without auth and on loopback only. With -c, the sidecar also announces the
+services a sidecar.yaml lists. Ctrl-C stops it.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			host, _, err := net.SplitHostPort(listen)
-			if err != nil {
-				return usagef("--listen: %v", err)
+			for _, a := range []struct{ flag, v string }{{"--listen", listen}, {"--sidecar-listen", sidecarListen}, {"--sidecar-admin", sidecarAdmin}} {
+				host, _, err := net.SplitHostPort(a.v)
+				if err != nil {
+					return usagef("%s: %v", a.flag, err)
+				}
+				if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+					return usagef("%s: switchboard dev runs without auth and listens on loopback only, got %q", a.flag, a.v)
+				}
 			}
-			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-				return usagef("--listen: switchboard dev runs without auth and listens on loopback only, got %q", listen)
+			cfg := &sidecar.Config{}
+			if file != "" {
+				var err error
+				if cfg, err = sidecar.LoadConfig(file); err != nil {
+					return usagef("%v", err)
+				}
 			}
 			log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			o := atlasOptions{listen: listen, dataDir: dir, insecure: true, ports: "5000-5999"}
-			return runAtlas(cmd.Context(), o, log, func(addr string) {
-				fmt.Fprintf(g.stdout, "Switchboard dev is running (no auth, loopback only). Ctrl-C stops it.\n\n")
-				fmt.Fprintf(g.stdout, "  Atlas API  http://%s/v1/services\n", addr)
-				fmt.Fprintf(g.stdout, "  health     http://%s/v1/health\n", addr)
-				fmt.Fprintf(g.stdout, "  metrics    http://%s/metrics\n", addr)
-				fmt.Fprintf(g.stdout, "  data       %s\n\n", dir)
-				fmt.Fprintf(g.stdout, "Try: switchboard register --service hello --address 127.0.0.1 --port 8080 && switchboard services\n")
-			})
+			ra, err := startAtlas(atlasOptions{listen: listen, dataDir: filepath.Join(dir, "atlas"), insecure: true, ports: "5000-5999"}, log)
+			if err != nil {
+				return err
+			}
+			defer ra.stop()
+			cfg.Atlas = sidecar.StringList{"http://" + ra.addr}
+			cfg.Listen, cfg.Admin = sidecarListen, sidecarAdmin
+			cfg.Realm = g.realm
+			cfg.StateDir = filepath.Join(dir, "sidecar")
+			if cfg.Advertise == "" {
+				cfg.Advertise = "127.0.0.1"
+			}
+			if cfg.DrainTimeout == 0 {
+				cfg.DrainTimeout = sidecar.Duration(2 * time.Second)
+			}
+			sc, err := sidecar.New(*cfg, log)
+			if err != nil {
+				return err
+			}
+			if err := sc.Start(); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Switchboard dev is running (no auth, loopback only, realm %s). Ctrl-C stops it.\n\n", g.realm)
+			fmt.Fprintf(g.stdout, "  Atlas API       http://%s/v1/services\n", ra.addr)
+			fmt.Fprintf(g.stdout, "  Atlas health    http://%s/v1/health\n", ra.addr)
+			fmt.Fprintf(g.stdout, "  Atlas metrics   http://%s/metrics\n", ra.addr)
+			fmt.Fprintf(g.stdout, "  sidecar         http://%s  (call http://NAME.localhost:%s/...)\n", sc.ListenAddr, portOf(sc.ListenAddr))
+			fmt.Fprintf(g.stdout, "  sidecar routes  http://%s/routes\n", sc.AdminAddr)
+			fmt.Fprintf(g.stdout, "  data            %s\n\n", dir)
+			fmt.Fprintf(g.stdout, "Try: switchboard register --service hello --address 127.0.0.1 --port 8080 && switchboard services\n")
+			select {
+			case <-cmd.Context().Done():
+			case err := <-ra.errc:
+				sc.Shutdown()
+				return fmt.Errorf("atlas: serve: %w", err)
+			}
+			sc.Shutdown()
+			return nil
 		}),
 	}
-	c.Flags().StringVar(&dir, "dir", ".switchboard", "directory for the embedded store")
-	c.Flags().StringVar(&listen, "listen", "127.0.0.1:4400", "Atlas address (loopback only)")
+	f := c.Flags()
+	f.StringVar(&dir, "dir", ".switchboard", "directory for the embedded store and the sidecar's state")
+	f.StringVar(&listen, "listen", "127.0.0.1:4400", "Atlas address (loopback only)")
+	f.StringVar(&sidecarListen, "sidecar-listen", "127.0.0.1:4000", "sidecar frontend address (loopback only)")
+	f.StringVar(&sidecarAdmin, "sidecar-admin", "127.0.0.1:4001", "sidecar admin address (loopback only)")
+	f.StringVarP(&file, "config", "c", "", "a sidecar.yaml whose services the sidecar announces")
 	return c
+}
+
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
 }

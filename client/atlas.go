@@ -482,5 +482,12 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 	return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
 }
 
+// Ping asks Atlas's own healthcheck (GET /v1/health, no token needed)
+// and returns nil when a replica answers that it is healthy.
+func (a *Atlas) Ping(ctx context.Context) error {
+	_, err := a.call(ctx, http.MethodGet, "/v1/health", nil, nil, nil)
+	return err
+}
+
 // IsNotFound reports whether err is a not_found answer.
 func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }

@@ -277,6 +277,15 @@ func name(path []any) string {
 	return b.String()
 }
 
+// Check validates a Config built or changed in code (flags over a file);
+// ParseConfig already checks what it parses.
+func (c *Config) Check() error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("sidecar config: %w", err)
+	}
+	return nil
+}
+
 // validate checks every value and names the first bad one.
 func (c *Config) validate() error {
 	for i, u := range c.Atlas {

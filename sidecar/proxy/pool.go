@@ -52,6 +52,14 @@ type Info struct {
 // Info returns what Atlas last said of the endpoint.
 func (e *Endpoint) Info() *Info { return e.info.Load() }
 
+// Instance returns the endpoint as an instance (for saving routes).
+func (e *Endpoint) Instance() *sb.Instance {
+	host, port, _ := net.SplitHostPort(e.Addr)
+	p, _ := strconv.Atoi(port)
+	info := e.Info()
+	return &sb.Instance{ID: e.ID, Address: host, Port: p, Status: info.Status, Enabled: info.Enabled, Tags: info.Tags}
+}
+
 func newEndpoint(in *sb.Instance) *Endpoint {
 	e := &Endpoint{ID: in.ID, Addr: joinHostPort(in.Address, in.Port)}
 	e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
@@ -245,6 +253,3 @@ func (p *Pool) Report(e *Endpoint, ok bool) {
 		p.onEject(p.Service, e.ID)
 	}
 }
-
-// SetOnEject sets a function called on every ejection.
-func (p *Pool) SetOnEject(fn func(service, id string)) { p.onEject = fn }

@@ -14,6 +14,9 @@ type Table struct {
 	Realm string
 	// OnNew is called once per new service, outside the table's lock.
 	OnNew func(service string)
+	// OnEject is called when outlier detection ejects an endpoint; may be
+	// nil.
+	OnEject func(service, id string)
 
 	// mu guards pools.
 	mu    sync.RWMutex
@@ -37,6 +40,7 @@ func (t *Table) Get(service string) *Pool {
 		t.pools = make(map[string]*Pool)
 	}
 	p = NewPool(service, t.Realm)
+	p.onEject = t.OnEject
 	t.pools[service] = p
 	t.mu.Unlock()
 	if t.OnNew != nil {

@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchboard-go/switchboard/sidecar"
+)
+
+func sidecarCmd(g *globals) *cobra.Command {
+	var (
+		file                          string
+		listen, admin, stateDir, host string
+		advertise                     string
+		drain                         time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "sidecar [-c sidecar.yaml]",
+		Short: "Run the per-host agent: announce this host's services, route its outgoing calls",
+		Long: `Run the sidecar: it registers and health-checks the services listed in
+sidecar.yaml, heartbeats their status to Atlas, and routes every outgoing call
+made to its frontend (127.0.0.1:4000) to a healthy instance of the target
+service. Flags override the file's fields. SIGTERM drains this host's
+instances before it deregisters them.`,
+		Args: cobra.NoArgs,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			cfg := &sidecar.Config{}
+			if file != "" {
+				var err error
+				if cfg, err = sidecar.LoadConfig(file); err != nil {
+					return usagef("%v", err)
+				}
+			}
+			f := cmd.Flags()
+			set := func(flag, env string) bool { return f.Changed(flag) || (env != "" && os.Getenv(env) != "") }
+			if set("atlas", "SWITCHBOARD_ATLAS") {
+				cfg.Atlas = g.atlas
+			}
+			if set("realm", "SWITCHBOARD_REALM") {
+				cfg.Realm = g.realm
+			}
+			for _, o := range []struct {
+				flag string
+				dst  *string
+				val  string
+			}{{"listen", &cfg.Listen, listen}, {"admin", &cfg.Admin, admin}, {"state-dir", &cfg.StateDir, stateDir}, {"host", &cfg.Host, host}, {"advertise", &cfg.Advertise, advertise}} {
+				if f.Changed(o.flag) {
+					*o.dst = o.val
+				}
+			}
+			if f.Changed("drain-timeout") {
+				cfg.DrainTimeout = sidecar.Duration(drain)
+			}
+			if err := cfg.Check(); err != nil {
+				return usagef("%v", err)
+			}
+			log := slog.New(slog.NewJSONHandler(g.stderr, nil))
+			sc, err := sidecar.New(*cfg, log)
+			if err != nil {
+				return err
+			}
+			if g.token != "" && cfg.TokenFile == "" {
+				sc.SetToken(g.token)
+			}
+			return sc.Run(cmd.Context())
+		}),
+	}
+	f := c.Flags()
+	f.StringVarP(&file, "config", "c", "", "sidecar.yaml (none: route only, announce nothing)")
+	f.StringVar(&listen, "listen", "", "HTTP frontend address (default 127.0.0.1:4000)")
+	f.StringVar(&admin, "admin", "", "admin address (default 127.0.0.1:4001)")
+	f.StringVar(&stateDir, "state-dir", "", "directory for the last known routes")
+	f.StringVar(&host, "host", "", "this host's name in instance ids (default the hostname)")
+	f.StringVar(&advertise, "advertise", "", "address other hosts reach this host's services at")
+	f.DurationVar(&drain, "drain-timeout", 0, "how long SIGTERM waits for watchers to drop this host (default 10s)")
+	return c
+}

@@ -1,0 +1,80 @@
+package sidecar
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the sidecar's Prometheus metrics, on a registry of its own.
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	retries     *prometheus.CounterVec
+	ejections   *prometheus.CounterVec
+	tcp         *prometheus.CounterVec
+	watchErrors *prometheus.CounterVec
+	index       *prometheus.GaugeVec
+	updates     *prometheus.CounterVec
+}
+
+func newMetrics(s *Sidecar) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_requests_total", Help: "Requests through the HTTP frontend by service and status code.",
+		}, []string{"service", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchboard_sidecar_request_duration_seconds", Help: "Time to the answer's headers (streams: their whole life), by service.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"service"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_retries_total", Help: "Retries on another instance, by service.",
+		}, []string{"service"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_ejections_total", Help: "Instances ejected by outlier detection, by service.",
+		}, []string{"service"}),
+		tcp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_tcp_connections_total", Help: "L4 connections by upstream and result.",
+		}, []string{"service", "result"}),
+		watchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_watch_errors_total", Help: "Event streams from Atlas that broke, by service.",
+		}, []string{"service"}),
+		index: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchboard_sidecar_atlas_index", Help: "The Atlas index of the instances applied, by service.",
+		}, []string{"service"}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_sidecar_route_updates_total", Help: "Updates of a service's instances applied.",
+		}, []string{"service"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.retries, m.ejections, m.tcp, m.watchErrors, m.index, m.updates,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observeHTTP(service string, code int, d time.Duration, retries int) {
+	if service == "" {
+		service = "(none)"
+	}
+	m.requests.WithLabelValues(service, strconv.Itoa(code)).Inc()
+	m.latency.WithLabelValues(service).Observe(d.Seconds())
+	if retries > 0 {
+		m.retries.WithLabelValues(service).Add(float64(retries))
+	}
+}
+
+func (m *metrics) observeTCP(service string, ok bool, _ time.Duration) {
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	m.tcp.WithLabelValues(service, result).Inc()
+}
+
+func (m *metrics) applied(service string, index uint64) {
+	m.index.WithLabelValues(service).Set(float64(index))
+	m.updates.WithLabelValues(service).Inc()
+}

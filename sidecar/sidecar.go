@@ -1,0 +1,309 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/sidecar/proxy"
+)
+
+// Defaults fills every field left empty.
+func (c *Config) Defaults() error {
+	if len(c.Atlas) == 0 {
+		c.Atlas = StringList{client.DefaultAtlasURL}
+	}
+	if c.Realm == "" {
+		c.Realm = sb.DefaultRealm
+	}
+	if c.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("host: not set and os.Hostname failed: %w", err)
+		}
+		c.Host = strings.ToLower(strings.Split(h, ".")[0])
+	}
+	if c.Advertise == "" {
+		c.Advertise = firstAddress()
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:4000"
+	}
+	if c.Admin == "" {
+		c.Admin = "127.0.0.1:4001"
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = Duration(10 * time.Second)
+	}
+	if c.Proxy == "" {
+		c.Proxy = "builtin"
+	}
+	return nil
+}
+
+// firstAddress is the first non-loopback IPv4 address of the host, or
+// 127.0.0.1.
+func firstAddress() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// Sidecar is a running sidecar.
+type Sidecar struct {
+	cfg   Config
+	log   *slog.Logger
+	atlas *client.Atlas
+	table *proxy.Table
+	m     *metrics
+	state *stateFile
+
+	// Addresses bound, known once Start returns.
+	ListenAddr, AdminAddr string
+	// TCPAddrs maps each L4 upstream to its bound address.
+	TCPAddrs map[string]string
+
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	front      *proxy.HTTP
+	admin      *http.Server
+	l4         []*proxy.TCP
+	announcers []*announcer
+	// announceCancel stops the announcers apart, before the drain.
+	announceCancel context.CancelFunc
+	announceWG     sync.WaitGroup
+}
+
+// New checks cfg (after Defaults) and prepares a sidecar; Start runs it.
+func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
+	if err := cfg.Defaults(); err != nil {
+		return nil, err
+	}
+	if cfg.Proxy == "haproxy" {
+		return nil, errors.New("proxy: haproxy mode is not built yet; use proxy: builtin")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	token := ""
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token_file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	s := &Sidecar{
+		cfg:      cfg,
+		log:      log,
+		atlas:    &client.Atlas{URLs: cfg.Atlas, Token: token},
+		TCPAddrs: map[string]string{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.m = newMetrics(s)
+	s.table = &proxy.Table{Realm: cfg.Realm, OnNew: s.watch, OnEject: func(service, id string) {
+		s.m.ejections.WithLabelValues(service).Inc()
+		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
+	}}
+	if cfg.StateDir != "" {
+		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
+	}
+	for _, sc := range cfg.Services {
+		a, err := newAnnouncer(sc, cfg.Host, cfg.Advertise, cfg.Realm, s.atlas, log)
+		if err != nil {
+			return nil, err
+		}
+		s.announcers = append(s.announcers, a)
+	}
+	return s, nil
+}
+
+// SetToken sets the bearer token used with Atlas (instead of token_file).
+// Call it before Start.
+func (s *Sidecar) SetToken(token string) { s.atlas.Token = token }
+
+// Start binds every listener, restores the last known routes, and starts
+// announcing, watching and routing. It returns once everything listens.
+func (s *Sidecar) Start() error {
+	if s.state != nil {
+		if err := s.state.restore(s.table); err != nil {
+			s.log.Warn("sidecar: last known routes not restored", "err", err)
+		}
+	}
+	var lns []net.Listener
+	fail := func(err error) error {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		return err
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("listen: %w", err))
+	}
+	lns = append(lns, ln)
+	aln, err := net.Listen("tcp", s.cfg.Admin)
+	if err != nil {
+		return fail(fmt.Errorf("admin: %w", err))
+	}
+	lns = append(lns, aln)
+	type l4 struct {
+		t  *proxy.TCP
+		ln net.Listener
+	}
+	var tcps []l4
+	for _, u := range s.cfg.Upstreams {
+		pool := s.table.Get(u.Name) // watched from the start
+		if u.Listen == "" {
+			continue
+		}
+		tln, err := net.Listen("tcp", u.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("upstreams %s: listen: %w", u.Name, err))
+		}
+		lns = append(lns, tln)
+		tcps = append(tcps, l4{&proxy.TCP{Pool: pool, Logger: s.log, Observe: s.m.observeTCP}, tln})
+		s.TCPAddrs[u.Name] = tln.Addr().String()
+	}
+	s.ListenAddr, s.AdminAddr = ln.Addr().String(), aln.Addr().String()
+
+	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	s.goServe("frontend", func() error { return s.front.Serve(ln) })
+	s.goServe("admin", func() error { return s.admin.Serve(aln) })
+	for _, t := range tcps {
+		s.l4 = append(s.l4, t.t)
+		s.goServe("l4", func() error { return t.t.Serve(t.ln) })
+	}
+	actx, acancel := context.WithCancel(s.ctx)
+	s.announceCancel = acancel
+	for _, a := range s.announcers {
+		s.announceWG.Add(1)
+		go func() {
+			defer s.announceWG.Done()
+			a.run(actx)
+		}()
+	}
+	if s.state != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.state.run(s.ctx, s.table)
+		}()
+	}
+	return nil
+}
+
+func (s *Sidecar) goServe(what string, serve func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && s.ctx.Err() == nil {
+			s.log.Error("sidecar: "+what+" stopped", "err", err)
+		}
+	}()
+}
+
+// Run starts the sidecar and serves until ctx ends, then shuts down in
+// order: drain this host's instances (disabled, confirmed by Atlas's
+// watchers, at most drain_timeout), deregister them, stop routing.
+func (s *Sidecar) Run(ctx context.Context) error {
+	if err := s.Start(); err != nil {
+		return err
+	}
+	s.log.Info("sidecar: running", "listen", s.ListenAddr, "admin", s.AdminAddr, "realm", s.cfg.Realm, "atlas", strings.Join(s.cfg.Atlas, ","))
+	<-ctx.Done()
+	return s.Shutdown()
+}
+
+// Shutdown drains and deregisters this host's instances, then stops every
+// listener and goroutine. It keeps routing while it drains, so that calls
+// from this host go on meanwhile.
+func (s *Sidecar) Shutdown() error {
+	if s.announceCancel != nil {
+		s.announceCancel()
+		s.announceWG.Wait()
+	}
+	var wg sync.WaitGroup
+	for _, a := range s.announcers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.drain(context.Background(), s.cfg.Host, time.Duration(s.cfg.DrainTimeout))
+		}()
+	}
+	wg.Wait()
+	s.cancel()
+	if s.front != nil {
+		_ = s.front.Shutdown()
+	}
+	if s.admin != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = s.admin.Shutdown(sctx)
+		cancel()
+	}
+	for _, t := range s.l4 {
+		t.Close()
+	}
+	s.wg.Wait()
+	if s.state != nil {
+		s.state.save(s.table)
+	}
+	return nil
+}
+
+// watch follows one service's instances from Atlas's event stream into its
+// pool, until the sidecar stops; it reconnects with backoff, resuming from
+// the last event.
+func (s *Sidecar) watch(service string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		pool := s.table.Get(service)
+		last := ""
+		backoff := 100 * time.Millisecond
+		for s.ctx.Err() == nil {
+			var err error
+			last, err = s.atlas.Watch(s.ctx, s.cfg.Realm, []string{service}, last, func(ev client.Event) error {
+				backoff = 100 * time.Millisecond
+				for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
+					proxy.CloseEndpoint(e)
+				}
+				s.m.applied(service, ev.Service.Index)
+				if s.state != nil {
+					s.state.dirty()
+				}
+				return nil
+			})
+			if s.ctx.Err() != nil {
+				return
+			}
+			s.m.watchErrors.WithLabelValues(service).Inc()
+			// A stream that fails keeps the last known instances: routing
+			// goes on (static stability).
+			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", backoff)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}()
+}

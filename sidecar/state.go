@@ -1,0 +1,127 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/sidecar/proxy"
+)
+
+// stateFile keeps the last known instances of every watched service on
+// disk, so that a sidecar started while Atlas is down still routes.
+type stateFile struct {
+	path    string
+	log     *slog.Logger
+	changed atomic.Bool
+}
+
+func stateFilePath(dir string) string { return filepath.Join(dir, "routes.json") }
+
+// savedState is the file's format.
+type savedState struct {
+	Realm    string                 `json:"realm"`
+	SavedAt  time.Time              `json:"saved_at"`
+	Services []*sb.ServiceInstances `json:"services"`
+}
+
+func (f *stateFile) dirty() { f.changed.Store(true) }
+
+// run saves the routes at most once a second while they change.
+func (f *stateFile) run(ctx context.Context, t *proxy.Table) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if f.changed.Swap(false) {
+				f.save(t)
+			}
+		}
+	}
+}
+
+// save writes the file atomically (a temporary file renamed over it),
+// mode 0600.
+func (f *stateFile) save(t *proxy.Table) {
+	st := savedState{Realm: t.Realm, SavedAt: time.Now().UTC()}
+	for _, p := range t.All() {
+		if p.Index() == 0 {
+			continue // never heard of: nothing to keep
+		}
+		si := &sb.ServiceInstances{Index: p.Index(), Service: p.Service, Realm: p.Realm, Instances: []*sb.Instance{}}
+		for _, e := range p.Endpoints() {
+			si.Instances = append(si.Instances, e.Instance())
+		}
+		st.Services = append(st.Services, si)
+	}
+	b, err := json.MarshalIndent(st, "", " ")
+	if err == nil {
+		err = writeFileAtomic(f.path, b)
+	}
+	if err != nil {
+		f.log.Warn("sidecar: could not save the last known routes", "path", f.path, "err", err)
+	}
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".routes-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// restore fills the table from the file, if there is one. Atlas's first
+// answer for each service replaces what it restored.
+func (f *stateFile) restore(t *proxy.Table) error {
+	b, err := os.ReadFile(f.path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("%s: %w", f.path, err)
+	}
+	if st.Realm != t.Realm {
+		return fmt.Errorf("%s: saved for realm %s, this sidecar routes in %s", f.path, st.Realm, t.Realm)
+	}
+	for _, si := range st.Services {
+		if sb.ValidateName("service", si.Service) != nil {
+			continue
+		}
+		t.Get(si.Service).Update(si.Instances, si.Index)
+	}
+	f.log.Info("sidecar: restored the last known routes", "path", f.path, "services", len(st.Services), "saved_at", st.SavedAt)
+	return nil
+}
