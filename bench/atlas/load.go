@@ -39,8 +39,9 @@ type throughput struct {
 	elapsed  time.Duration
 	atlasCPU time.Duration
 	selfCPU  time.Duration
-	otherCPU time.Duration // used by every other process meanwhile
-	capped   bool          // stopped by the time bound before the count
+	otherCPU time.Duration   // used by every other process meanwhile
+	capped   bool            // stopped by the time bound before the count
+	lat      []time.Duration // of the successful requests
 }
 
 func (t *throughput) perSecond() float64 {
@@ -63,6 +64,7 @@ func (b *bench) run(ctx context.Context, clients, count int, maxDur time.Duratio
 		errs    atomic.Int64
 		errOnce sync.Once
 		wg      sync.WaitGroup
+		latMu   sync.Mutex
 	)
 	cpu0, self0, all0 := b.atlas.cpu(), selfCPU(), machineCPU()
 	start := time.Now()
@@ -70,11 +72,18 @@ func (b *bench) run(ctx context.Context, clients, count int, maxDur time.Duratio
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var lat []time.Duration
+			defer func() {
+				latMu.Lock()
+				t.lat = append(t.lat, lat...)
+				latMu.Unlock()
+			}()
 			for ctx.Err() == nil {
 				i := next.Add(1) - 1
 				if count >= 0 && i >= int64(count) {
 					return
 				}
+				start := time.Now()
 				if err := do(ctx, int(i)); err != nil {
 					if ctx.Err() != nil {
 						return // the time bound, not a failure
@@ -86,6 +95,7 @@ func (b *bench) run(ctx context.Context, clients, count int, maxDur time.Duratio
 					}
 					continue
 				}
+				lat = append(lat, time.Since(start))
 				done.Add(1)
 			}
 		}()

@@ -344,6 +344,10 @@ func (b *bench) phases(ctx context.Context) error {
 			return err
 		}
 		r.bigCount = total
+		progress("heartbeats to %d instances with %d clients for %s", total, o.clients, o.hbTime)
+		if r.hbBig, err = b.heartbeats(ctx, o.clients, total, o.hbTime); err != nil {
+			return fmt.Errorf("heartbeats to %d: %w", total, err)
+		}
 	}
 	return nil
 }
@@ -366,6 +370,7 @@ func (b *bench) expectInstances(ctx context.Context, n int) error {
 // It first leaves Atlas idle for 2 s, measuring the CPU it uses meanwhile.
 func (b *bench) memory(ctx context.Context) (*memSample, error) {
 	const idle = 2 * time.Second
+	progress("memory and idle CPU of Atlas (%s idle)", idle)
 	cpu0 := b.atlas.cpu()
 	if err := sleep(ctx, idle); err != nil {
 		return nil, err

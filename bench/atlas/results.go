@@ -20,7 +20,7 @@ type results struct {
 	reg1, regN, regBig *throughput
 	regSteps           []regStep // regBig by instances held
 
-	hb                 *throughput
+	hb, hbBig          *throughput
 	hbAccepted         float64
 	hbStoreWrites      float64
 	hbIndexMoved       float64
@@ -47,6 +47,7 @@ func (t *throughput) add(u *throughput) {
 	t.atlasCPU += u.atlasCPU
 	t.selfCPU += u.selfCPU
 	t.capped = t.capped || u.capped
+	t.lat = append(t.lat, u.lat...)
 }
 
 type memSample struct {
@@ -160,6 +161,13 @@ func (r *results) rows(o options) []row {
 	} else {
 		add("  store writes during heartbeats", "", "0", "—", "—")
 	}
+	if o.big > 0 {
+		n := r.bigCount
+		if n == 0 {
+			n = o.big
+		}
+		add(fmt.Sprintf("heartbeats, %d clients, %s live", o.clients, count(float64(n))), rate(r.hbBig), "—", "—", "—")
+	}
 	name := fmt.Sprintf("query %s-instance service", count(float64(o.querySize)))
 	if len(r.query) > 0 {
 		p50 := percentile(r.query, .5)
@@ -252,6 +260,9 @@ func (r *results) details(w io.Writer, o options) {
 		if t.capped {
 			fmt.Fprint(w, "; stopped by its time bound")
 		}
+		if len(t.lat) > 0 {
+			fmt.Fprintf(w, "; request latency p50 %s, p99 %s, max %s", ms(percentile(t.lat, .5)), ms(percentile(t.lat, .99)), ms(t.lat[len(t.lat)-1]))
+		}
 		fmt.Fprintln(w)
 		if t.firstErr != nil {
 			fmt.Fprintf(w, "    first error: %v\n", t.firstErr)
@@ -279,6 +290,7 @@ func (r *results) details(w io.Writer, o options) {
 		}
 		fmt.Fprintln(w)
 	}
+	phase(fmt.Sprintf("heartbeats, %s live", short(r.bigCount)), r.hbBig)
 	if len(r.query) > 0 {
 		fmt.Fprintf(w, "  queries:                   %d timed, answer %s bytes, mean %s\n", len(r.query), count(float64(r.queryBytes)), ms(mean(r.query)))
 	}
