@@ -299,9 +299,7 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 			s.st.mu.RLock()
 			out := s.serviceInstancesLocked(q)
 			s.st.mu.RUnlock()
-			for _, in := range out.Instances {
-				s.addLease(in)
-			}
+			s.addLeases(out.Instances)
 			return marshal(out), nil
 		}
 	}

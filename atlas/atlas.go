@@ -68,11 +68,8 @@ type Server struct {
 
 	// lmu guards the lease bookkeeping below: it lives in memory, per
 	// replica, and is never written to the store.
-	lmu        sync.Mutex
-	heartbeats map[string]time.Time // id -> last heartbeat seen here
-	expiries   map[string]time.Time // id -> lease expiry as last known here
-	published  map[string]time.Time // id -> when its output was last written
-	pending    map[string]string    // id -> newer output not yet written
+	lmu    sync.Mutex
+	leases map[string]*leaseInfo // by instance id
 }
 
 // New loads the store's state and starts following its changes. Close
@@ -97,15 +94,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.OutputInterval = time.Minute
 	}
 	s := &Server{
-		cfg:        cfg,
-		store:      cfg.Store,
-		st:         newState(),
-		log:        cfg.Logger,
-		heartbeats: make(map[string]time.Time),
-		expiries:   make(map[string]time.Time),
-		published:  make(map[string]time.Time),
-		pending:    make(map[string]string),
-		started:    cfg.Now(),
+		cfg:     cfg,
+		store:   cfg.Store,
+		st:      newState(),
+		log:     cfg.Logger,
+		leases:  make(map[string]*leaseInfo),
+		started: cfg.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.waits, s.endWaits = context.WithCancel(s.ctx)

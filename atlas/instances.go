@@ -13,6 +13,31 @@ import (
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
 
+// leaseInfo is what this server knows of an instance's lease beyond the
+// store: kept in memory only, per replica.
+type leaseInfo struct {
+	heartbeat time.Time // last heartbeat seen here; zero: none since start
+	expires   time.Time // lease expiry as last known here
+	published time.Time // when its output was last written
+	pending   *string   // a newer output not written yet
+}
+
+// leaseLocked returns id's lease info, creating it. Call with lmu held.
+func (s *Server) leaseLocked(id string) *leaseInfo {
+	l := s.leases[id]
+	if l == nil {
+		l = &leaseInfo{}
+		s.leases[id] = l
+	}
+	return l
+}
+
+// renewedLocked records a write that renewed id's lease.
+func (s *Server) renewedLocked(id string, now time.Time, ttl sb.Duration) {
+	l := s.leaseLocked(id)
+	l.heartbeat, l.expires, l.published, l.pending = now, now.Add(time.Duration(ttl)), now, nil
+}
+
 // register puts an instance and starts its lease. Registering an id again
 // keeps its registered_at (and status_changed_at when the status is the
 // same) and its operator switch.
@@ -58,10 +83,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 			return nil, err
 		}
 		s.lmu.Lock()
-		s.heartbeats[id] = now
-		s.expiries[id] = now.Add(time.Duration(in.TTL))
-		s.published[id] = now
-		delete(s.pending, id)
+		s.renewedLocked(id, now, in.TTL)
 		s.lmu.Unlock()
 		s.metrics.registrations.Inc()
 		return s.instance(id, true)
@@ -82,7 +104,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 			return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 		}
 		s.lmu.Lock()
-		outputDue := now.Sub(s.published[id]) >= s.cfg.OutputInterval
+		outputDue := now.Sub(s.leaseLocked(id).published) >= s.cfg.OutputInterval
 		s.lmu.Unlock()
 		statusChanged := r.inst.Status != hb.Status
 		outputChanged := r.inst.Output != hb.Output
@@ -108,10 +130,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 				return nil, err
 			}
 			s.lmu.Lock()
-			s.heartbeats[id] = now
-			s.expiries[id] = now.Add(time.Duration(in.TTL))
-			s.published[id] = now
-			delete(s.pending, id)
+			s.renewedLocked(id, now, in.TTL)
 			s.lmu.Unlock()
 		} else {
 			exp, err := s.store.KeepAlive(ctx, pfxInstance+id)
@@ -122,12 +141,11 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 				return nil, sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
 			}
 			s.lmu.Lock()
-			s.heartbeats[id] = now
-			s.expiries[id] = exp.UTC()
+			l := s.leaseLocked(id)
+			l.heartbeat, l.expires, l.pending = now, exp.UTC(), nil
 			if outputChanged {
-				s.pending[id] = hb.Output
-			} else {
-				delete(s.pending, id)
+				out := hb.Output
+				l.pending = &out
 			}
 			s.lmu.Unlock()
 		}
@@ -138,7 +156,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 
 // flushOutputs writes check outputs held back by the once-per-interval
 // rule, so that the latest output is published even when heartbeats stop
-// changing it.
+// changing it; and forgets the lease info of instances that are gone.
 func (s *Server) flushOutputs() {
 	defer s.wg.Done()
 	t := time.NewTicker(max(s.cfg.OutputInterval/6, 100*time.Millisecond))
@@ -151,13 +169,19 @@ func (s *Server) flushOutputs() {
 		}
 		now := s.cfg.Now()
 		due := map[string]string{}
+		s.st.mu.RLock()
 		s.lmu.Lock()
-		for id, out := range s.pending {
-			if now.Sub(s.published[id]) >= s.cfg.OutputInterval {
-				due[id] = out
+		for id, l := range s.leases {
+			if _, ok := s.st.instances[id]; !ok {
+				delete(s.leases, id) // expired or deleted
+				continue
+			}
+			if l.pending != nil && now.Sub(l.published) >= s.cfg.OutputInterval {
+				due[id] = *l.pending
 			}
 		}
 		s.lmu.Unlock()
+		s.st.mu.RUnlock()
 		for id, out := range due {
 			s.st.mu.RLock()
 			r := s.st.instances[id]
@@ -207,10 +231,7 @@ func (s *Server) deregister(ctx context.Context, id string) error {
 		return err
 	}
 	s.lmu.Lock()
-	delete(s.heartbeats, id)
-	delete(s.expiries, id)
-	delete(s.published, id)
-	delete(s.pending, id)
+	delete(s.leases, id)
 	s.lmu.Unlock()
 	return nil
 }
@@ -229,20 +250,28 @@ func (s *Server) instance(id string, leases bool) (*sb.Instance, error) {
 	return in, nil
 }
 
-func (s *Server) addLease(in *sb.Instance) {
+func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}) }
+
+// addLeases fills the lease fields of instances, under one lock.
+func (s *Server) addLeases(ins []*sb.Instance) {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
-	if hb, ok := s.heartbeats[in.ID]; ok {
-		hb := hb
-		in.LastHeartbeat = &hb
+	for _, in := range ins {
+		var exp time.Time
+		if l := s.leases[in.ID]; l != nil {
+			if !l.heartbeat.IsZero() {
+				hb := l.heartbeat
+				in.LastHeartbeat = &hb
+			}
+			exp = l.expires
+		}
+		if exp.IsZero() {
+			// Not renewed since this server started: the store gave it a
+			// full TTL from then.
+			exp = s.started.Add(time.Duration(in.TTL)).UTC()
+		}
+		in.ExpiresAt = &exp
 	}
-	exp, ok := s.expiries[in.ID]
-	if !ok {
-		// Not renewed since this server started: the store gave it a full
-		// TTL from then.
-		exp = s.started.Add(time.Duration(in.TTL)).UTC()
-	}
-	in.ExpiresAt = &exp
 }
 
 // serviceQuery is a parsed GET /v1/services/{name}.

@@ -127,8 +127,14 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	keepAlive := time.NewTicker(KeepAliveInterval)
 	defer keepAlive.Stop()
+	// A stream of one service wakes for that service only; others for any
+	// change in the realm.
+	wakeKey := listKey(realm)
+	if !all && len(services) == 1 {
+		wakeKey = svcKey(realm, services[0])
+	}
 	for {
-		woke := s.st.waitChan(listKey(realm))
+		woke := s.st.waitChan(wakeKey)
 		s.st.mu.RLock()
 		gap := last < s.st.historyFloor
 		var changed []string

@@ -4,6 +4,7 @@
 package boltstore
 
 import (
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -28,7 +29,8 @@ type Config struct {
 	// Path is the bbolt file. Required.
 	Path string
 	// History is how many changes, at least, are kept in memory for
-	// watchers that resume from an older index. Zero means 16384.
+	// watchers that resume from an older index (Atlas re-watches from its
+	// last applied index when it falls behind). Zero means 4096.
 	History int
 	// SweepInterval is how often expired leases are looked for. Zero means
 	// 100ms.
@@ -53,15 +55,42 @@ type Store struct {
 	mu       sync.Mutex
 	index    uint64                // last committed index
 	leases   map[string]*lease     // leased keys
+	due      leaseHeap             // every lease, soonest first (some stale)
 	history  []atlas.Change        // ring of recent changes, oldest first
 	floor    uint64                // Watch(after) works for after >= floor
 	watchers map[*watcher]struct{} // live Watch calls
 }
 
 type lease struct {
+	key     string
 	index   uint64 // the key's Index when the lease was set
 	ttl     time.Duration
-	expires time.Time
+	expires time.Time // moved by KeepAlive
+	due     time.Time // when the sweeper looks at it next (its place in the heap)
+}
+
+// leaseHeap orders leases by due, so that a sweep looks only at leases
+// that may have run out, not at all of them. KeepAlive moves expires
+// without touching the heap; the sweeper pushes a renewed lease back.
+type leaseHeap []*lease
+
+func (h leaseHeap) Len() int           { return len(h) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h leaseHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *leaseHeap) Push(x any)        { *h = append(*h, x.(*lease)) }
+func (h *leaseHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return l
+}
+
+// setLeaseLocked starts (or restarts) the lease of a key.
+func (s *Store) setLeaseLocked(key string, index uint64, ttl time.Duration, now time.Time) {
+	l := &lease{key: key, index: index, ttl: ttl, expires: now.Add(ttl), due: now.Add(ttl)}
+	s.leases[key] = l
+	heap.Push(&s.due, l)
 }
 
 type watcher struct {
@@ -89,7 +118,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: path required")
 	}
 	if cfg.History <= 0 {
-		cfg.History = 16384
+		cfg.History = 4096
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 100 * time.Millisecond
@@ -130,7 +159,7 @@ func Open(cfg Config) (*Store, error) {
 				return err
 			}
 			if e.TTL > 0 {
-				s.leases[e.Key] = &lease{index: e.Index, ttl: e.TTL, expires: now.Add(e.TTL)}
+				s.setLeaseLocked(e.Key, e.Index, e.TTL, now)
 			}
 			return nil
 		})
@@ -367,7 +396,7 @@ func (s *Store) commit(batch []*writeReq) {
 			if kv.Deleted || kv.TTL == 0 {
 				delete(s.leases, kv.Key)
 			} else {
-				s.leases[kv.Key] = &lease{index: kv.Index, ttl: kv.TTL, expires: now.Add(kv.TTL)}
+				s.setLeaseLocked(kv.Key, kv.Index, kv.TTL, now)
 			}
 		}
 		s.history = append(s.history, c)
@@ -433,10 +462,21 @@ func (s *Store) sweeper() {
 		now := s.cfg.Now()
 		var ops []atlas.Op
 		s.mu.Lock()
-		for k, l := range s.leases {
-			if now.After(l.expires) {
-				ops = append(ops, atlas.Op{Key: k, Delete: true, IfIndex: atlas.IfIndex(l.index)})
+		for len(s.due) > 0 && !s.due[0].due.After(now) {
+			l := heap.Pop(&s.due).(*lease)
+			if s.leases[l.key] != l {
+				continue // replaced or deleted since
 			}
+			if l.expires.After(now) {
+				l.due = l.expires // renewed: look again then
+				heap.Push(&s.due, l)
+				continue
+			}
+			ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
+			// Looked at again if the delete does not happen (renewed in
+			// the meantime, or a failed write).
+			l.due = now.Add(max(l.ttl/4, s.cfg.SweepInterval))
+			heap.Push(&s.due, l)
 		}
 		s.mu.Unlock()
 		for _, op := range ops {
