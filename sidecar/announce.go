@@ -62,7 +62,8 @@ func newAnnouncer(sc ServiceConfig, host, advertise, realm string, atlas *client
 	}
 	a.reg = sb.Registration{
 		Service: sc.Name, Realm: realm, Address: addr, Port: sc.Port, Tags: sc.Tags, Meta: sc.Meta,
-		TTL: sb.Duration(3 * a.interval),
+		// A lease of three intervals, and never under Atlas's minimum.
+		TTL: sb.Duration(max(3*a.interval, sb.MinTTL)),
 	}
 	if err := sb.ValidateID(a.id); err != nil {
 		return nil, fmt.Errorf("instance id %q: %s", a.id, sb.ErrorMessage(err))

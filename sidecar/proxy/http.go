@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -46,11 +47,19 @@ type HTTP struct {
 	// Logger receives the few things worth logging; nil discards.
 	Logger *slog.Logger
 
-	srv *fasthttp.Server
+	once sync.Once
+	srv  *fasthttp.Server
 }
 
 // Serve serves the frontend on ln until Shutdown.
 func (h *HTTP) Serve(ln net.Listener) error {
+	h.once.Do(h.setup)
+	return h.srv.Serve(ln)
+}
+
+// setup fills the defaults and builds the server, once, whichever of Serve
+// and Shutdown comes first.
+func (h *HTTP) setup() {
 	if h.Budget == nil {
 		h.Budget = &Budget{}
 	}
@@ -78,14 +87,11 @@ func (h *HTTP) Serve(ln net.Listener) error {
 		CloseOnShutdown:               true,
 		Logger:                        fasthttpLogger{h.Logger},
 	}
-	return h.srv.Serve(ln)
 }
 
 // Shutdown stops accepting and waits for requests in progress.
 func (h *HTTP) Shutdown() error {
-	if h.srv == nil {
-		return nil
-	}
+	h.once.Do(h.setup)
 	return h.srv.Shutdown()
 }
 

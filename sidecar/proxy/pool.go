@@ -131,8 +131,14 @@ func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoi
 	for _, in := range instances {
 		e, ok := old[in.ID]
 		if ok && e.Addr == joinHostPort(in.Address, in.Port) {
-			// The same endpoint: keep what the proxy learnt of it.
+			// The same endpoint: keep what the proxy learnt of it, but an
+			// instance whose check saw it down and up again is a new
+			// start: its ejection is over.
 			delete(old, in.ID)
+			if e.Info().Status == sb.Critical && in.Status != sb.Critical {
+				e.ejectedUntil.Store(0)
+				e.failures.Store(0)
+			}
 			e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
 			next = append(next, e)
 			continue

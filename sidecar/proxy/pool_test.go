@@ -100,6 +100,14 @@ func TestEjection(t *testing.T) {
 	if ej, _ := eps[2].Ejected(time.Now()); ej {
 		t.Fatal("more than half of the pool was ejected")
 	}
+	// A check that sees the instance down and up again ends its ejection.
+	ids[0].Status = sb.Critical
+	p.Update(ids, 2)
+	ids[0].Status = sb.Passing
+	p.Update(ids, 3)
+	if ej, _ := eps[0].Ejected(time.Now()); ej {
+		t.Fatal("an instance that recovered by its check stayed ejected")
+	}
 	// A success resets the count.
 	for range EjectAfter - 1 {
 		p.Report(eps[3], false)

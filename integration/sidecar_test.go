@@ -1,0 +1,364 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// freePort returns a loopback port nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// pyServer runs `python3 -m http.server PORT` in a directory that holds a
+// file named after the instance, so that answers say who served them. It
+// is a service not written in Go.
+type pyServer struct {
+	name string
+	port int
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startPy(t *testing.T, name string, port int) *pyServer {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "who"), []byte(name), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &pyServer{name: name, port: port, dir: dir}
+	p.start(t)
+	return p
+}
+
+func (p *pyServer) start(t *testing.T) {
+	t.Helper()
+	p.cmd = exec.Command("python3", "-m", "http.server", fmt.Sprint(p.port), "--bind", "127.0.0.1", "--directory", p.dir)
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("python3: %v", err)
+	}
+	p.done = make(chan struct{})
+	cmd, done := p.cmd, p.done
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(p.kill)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port)); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("python3 http.server on %d did not listen", p.port)
+}
+
+func (p *pyServer) kill() {
+	select {
+	case <-p.done:
+	default:
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// sidecarProc runs `switchboard sidecar -c FILE`.
+type sidecarProc struct {
+	*proc
+	listen, admin string
+}
+
+func startSidecar(t *testing.T, yaml string) *sidecarProc {
+	t.Helper()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sidecar.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := &proc{t: t, cmd: exec.Command(binary, "sidecar", "-c", file, "--listen", listen, "--admin", admin), done: make(chan struct{})}
+	stderr, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	running := make(chan struct{}, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if strings.Contains(sc.Text(), `"msg":"sidecar: running"`) {
+				running <- struct{}{}
+			}
+		}
+	}()
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.kill)
+	select {
+	case <-running:
+	case <-p.done:
+		t.Fatalf("sidecar exited: %v\n%s", p.err, p.log())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sidecar did not start\n%s", p.log())
+	}
+	return &sidecarProc{proc: p, listen: listen, admin: admin}
+}
+
+// get calls service through the sidecar and returns the status and body.
+func (s *sidecarProc) get(service, path string) (int, string, error) {
+	req, _ := http.NewRequest("GET", "http://"+s.listen+path, nil)
+	req.Header.Set("Switchboard-Service", service)
+	res, err := httpc.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b), nil
+}
+
+// routed returns the ids of the routable (enabled, passing, not ejected)
+// instances of service in the sidecar's /routes.
+func (s *sidecarProc) routed(service string) []string { return s.instances(service, false) }
+
+// passing returns the ids of the instances Atlas says are passing, as the
+// sidecar knows them, ejected or not.
+func (s *sidecarProc) passing(service string) []string { return s.instances(service, true) }
+
+func (s *sidecarProc) instances(service string, evenEjected bool) []string {
+	res, err := httpc.Get("http://" + s.admin + "/routes")
+	if err != nil {
+		return nil
+	}
+	defer res.Body.Close()
+	var r struct {
+		Services []struct {
+			Service   string
+			Instances []struct {
+				ID      string
+				Status  string
+				Enabled bool
+				Ejected bool
+			}
+		}
+	}
+	json.NewDecoder(res.Body).Decode(&r)
+	var ids []string
+	for _, svc := range r.Services {
+		if svc.Service != service {
+			continue
+		}
+		for _, in := range svc.Instances {
+			if in.Enabled && in.Status == "passing" && (evenEjected || !in.Ejected) {
+				ids = append(ids, in.ID)
+			}
+		}
+	}
+	return ids
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s", what, limit)
+	return 0
+}
+
+// load sends GETs through the sidecar from several goroutines until
+// stopped, counting answers by body and failures.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	by         map[string]int
+	errs       []string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(s *sidecarProc, service string, workers int) *load {
+	l := &load{by: map[string]int{}, stop: make(chan struct{})}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for n := 0; n < 200000; n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				status, body, err := s.get(service, "/who")
+				if err != nil || status != 200 {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 10 {
+						l.errs = append(l.errs, fmt.Sprintf("%d %q %v", status, body, err))
+					}
+					l.mu.Unlock()
+					continue
+				}
+				l.ok.Add(1)
+				l.mu.Lock()
+				l.by[body]++
+				l.mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+func twoBackendYAML(atlasURL string, p1, p2 int, interval string) string {
+	return fmt.Sprintf(`atlas: %s
+host: itest
+advertise: 127.0.0.1
+drain_timeout: 3s
+upstreams: [{name: files}]
+services:
+  - name: files
+    port: %d
+    check: {http: /who, interval: %s, timeout: 500ms, rise: 2, fall: 2}
+  - name: files
+    port: %d
+    check: {http: /who, interval: %s, timeout: 500ms, rise: 2, fall: 2}
+`, atlasURL, p1, interval, p2, interval)
+}
+
+// TestSidecarKillNineOfABackend: two python instances behind one sidecar;
+// load spreads over both; kill -9 of one in the middle of a stream of GETs
+// fails none of them, and the dead instance leaves the rotation.
+func TestSidecarKillNineOfABackend(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "500ms"))
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+
+	l := startLoad(s, "files", 4)
+	time.Sleep(time.Second)
+	p1.kill()
+	left := waitFor(t, "the dead instance leaves the rotation", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	time.Sleep(500 * time.Millisecond)
+	l.end()
+	t.Logf("%d GETs, %d failed; split %v; dead instance out of rotation %s after kill -9 (check interval 500ms x fall 2; ejection may come first)",
+		l.ok.Load()+l.failed.Load(), l.failed.Load(), l.by, left)
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+	if l.by["one"] == 0 || l.by["two"] == 0 {
+		t.Fatalf("load did not spread over both instances: %v", l.by)
+	}
+}
+
+// TestSidecarFailingCheckAndRecovery: an instance whose check fails leaves
+// the rotation; when the check passes again it comes back.
+func TestSidecarFailingCheckAndRecovery(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "300ms"))
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	// The check GETs /who: take the file away and it answers 404.
+	os.Rename(filepath.Join(p1.dir, "who"), filepath.Join(p1.dir, "gone"))
+	waitFor(t, "failing instance leaves", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	for range 20 {
+		if _, body, _ := s.get("files", "/who"); body != "two" {
+			t.Fatalf("a call went to the failing instance: %q", body)
+		}
+	}
+	os.Rename(filepath.Join(p1.dir, "gone"), filepath.Join(p1.dir, "who"))
+	waitFor(t, "recovered instance comes back", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+}
+
+// TestSidecarStaticStability: with Atlas killed the sidecar keeps routing;
+// a sidecar restarted while Atlas is still down routes from its state_dir.
+func TestSidecarStaticStability(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	state := t.TempDir()
+	yaml := fmt.Sprintf("atlas: %s\nstate_dir: %s\nupstreams: [{name: files}]\n", a.url, state)
+	// The instances are registered by hand, with a long lease.
+	for i, p := range []*pyServer{p1, p2} {
+		body := fmt.Sprintf(`{"service":"files","address":"127.0.0.1","port":%d,"ttl":"1h"}`, p.port)
+		if st, b, err := call(context.Background(), "PUT", fmt.Sprintf("%s/v1/instances/files-%d", a.url, i), body); err != nil || st != 200 {
+			t.Fatalf("register: %d %s %v", st, b, err)
+		}
+	}
+	s := startSidecar(t, yaml)
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	time.Sleep(1500 * time.Millisecond) // the state file is written at most once a second
+	a.kill()
+	for range 20 {
+		if st, body, err := s.get("files", "/who"); err != nil || st != 200 {
+			t.Fatalf("with Atlas down: %d %q %v", st, body, err)
+		}
+	}
+	if err := s.stop(); err != nil {
+		t.Fatalf("sidecar did not exit 0 on SIGTERM with Atlas down: %v\n%s", err, s.log())
+	}
+	s2 := startSidecar(t, yaml)
+	seen := map[string]bool{}
+	for range 40 {
+		st, body, err := s2.get("files", "/who")
+		if err != nil || st != 200 {
+			t.Fatalf("restarted sidecar, Atlas still down: %d %q %v", st, body, err)
+		}
+		seen[body] = true
+	}
+	if !seen["one"] || !seen["two"] {
+		t.Fatalf("restarted sidecar used %v; want both instances", seen)
+	}
+}
+
+// TestSidecarRollingRestart: both instances restarted one after the other
+// under steady load: no request fails.
+func TestSidecarRollingRestart(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "300ms"))
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	l := startLoad(s, "files", 4)
+	for _, p := range []*pyServer{p1, p2} {
+		time.Sleep(500 * time.Millisecond)
+		p.kill()
+		waitFor(t, "the stopped instance's check fails", 20*time.Second, func() bool { return len(s.passing("files")) == 1 })
+		p.start(t)
+		waitFor(t, "the restarted instance comes back", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	}
+	time.Sleep(500 * time.Millisecond)
+	l.end()
+	t.Logf("%d GETs during a rolling restart, %d failed, split %v", l.ok.Load()+l.failed.Load(), l.failed.Load(), l.by)
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+}
