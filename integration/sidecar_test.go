@@ -362,3 +362,41 @@ func TestSidecarRollingRestart(t *testing.T) {
 		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
 	}
 }
+
+// TestSidecarDrainOnSIGTERM: the sidecar that announces an instance gets
+// SIGTERM; before it exits, another host's sidecar has stopped routing to
+// the instance (disabled, confirmed, then deregistered), and no request
+// through that other sidecar fails.
+func TestSidecarDrainOnSIGTERM(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	announceOne := fmt.Sprintf("atlas: %s\nhost: hosta\nadvertise: 127.0.0.1\ndrain_timeout: 5s\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p1.port)
+	announceTwo := fmt.Sprintf("atlas: %s\nhost: hostb\nadvertise: 127.0.0.1\nupstreams: [{name: files}]\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p2.port)
+	sa := startSidecar(t, announceOne)
+	sb := startSidecar(t, announceTwo)
+	waitFor(t, "both instances routable through b", 20*time.Second, func() bool { return len(sb.routed("files")) == 2 })
+	l := startLoad(sb, "files", 4)
+	time.Sleep(500 * time.Millisecond)
+	if err := sa.stop(); err != nil {
+		t.Fatalf("sidecar a did not exit 0 on SIGTERM: %v\n%s", err, sa.log())
+	}
+	// The moment a has exited, b no longer routes to a's instance...
+	if got := sb.routed("files"); len(got) != 1 || got[0] != fmt.Sprintf("files-hostb-%d", p2.port) {
+		t.Fatalf("right after a drained, b routes to %v", got)
+	}
+	// ...so the backend may go at once.
+	p1.kill()
+	time.Sleep(500 * time.Millisecond)
+	l.end()
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d of %d GETs failed during the drain: %v", l.failed.Load(), l.ok.Load()+l.failed.Load(), l.errs)
+	}
+	if !strings.Contains(sa.log(), `"msg":"sidecar: drained"`) {
+		t.Fatalf("sidecar a did not confirm its drain:\n%s", sa.log())
+	}
+	status, _, _ := call(context.Background(), "GET", a.url+fmt.Sprintf("/v1/instances/files-hosta-%d", p1.port), "")
+	if status != 404 {
+		t.Fatalf("a's instance after the drain: %d; want it deregistered", status)
+	}
+	t.Logf("%d GETs through b while a drained, none failed", l.ok.Load())
+}
