@@ -273,6 +273,45 @@ func (h *Heartbeat) Validate() error {
 	return nil
 }
 
+// MaxBatch is how many heartbeats one PUT /v1/heartbeats may carry.
+const MaxBatch = 10000
+
+// HeartbeatBatch is the body of PUT /v1/heartbeats: the heartbeats of many
+// instances (a sidecar's) in one request.
+type HeartbeatBatch struct {
+	Heartbeats []BatchHeartbeat `json:"heartbeats"`
+}
+
+// BatchHeartbeat is one heartbeat of a batch.
+type BatchHeartbeat struct {
+	ID     string `json:"id"`
+	Status Status `json:"status"`
+	Output string `json:"output,omitempty"`
+}
+
+// Validate checks every entry, naming the first bad one.
+func (b *HeartbeatBatch) Validate() error {
+	if len(b.Heartbeats) > MaxBatch {
+		return Errorf(EInvalid, "heartbeats: at most %d in one request, got %d", MaxBatch, len(b.Heartbeats))
+	}
+	for i, h := range b.Heartbeats {
+		if err := ValidateID(h.ID); err != nil {
+			return Errorf(EInvalid, "heartbeats[%d].%s", i, ErrorMessage(err))
+		}
+		if !h.Status.Valid() {
+			return Errorf(EInvalid, "heartbeats[%d].status: must be passing, warning or critical, got %q", i, clip(string(h.Status)))
+		}
+	}
+	return nil
+}
+
+// BatchResult is the outcome of one heartbeat of a batch: Error is nil when
+// it was taken; a not_found error means the caller must register again.
+type BatchResult struct {
+	ID    string `json:"id"`
+	Error *Error `json:"error,omitempty"`
+}
+
 // EnabledSwitch is the body of PUT /v1/instances/{id}/enabled.
 type EnabledSwitch struct {
 	Enabled *bool  `json:"enabled"`

@@ -46,6 +46,7 @@ func (s *Server) routes() http.Handler {
 	handle := func(pattern string, h apiFunc) { mux.Handle(pattern, s.wrap(pattern, false, h)) }
 	handle("PUT /v1/instances/{id}", s.handleRegister)
 	handle("PUT /v1/instances/{id}/status", s.handleHeartbeat)
+	handle("PUT /v1/heartbeats", s.handleHeartbeats)
 	handle("PUT /v1/instances/{id}/enabled", s.handleEnabled)
 	handle("DELETE /v1/instances/{id}", s.handleDeregister)
 	handle("GET /v1/instances/{id}", s.handleInstance)
@@ -163,6 +164,38 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, s.serviceIndex(in), marshal(in))
+	return nil
+}
+
+// handleHeartbeats serves PUT /v1/heartbeats: many heartbeats in one
+// request, each answered on its own (a sidecar with many instances sends
+// one request an interval instead of one per instance).
+func (s *Server) handleHeartbeats(w http.ResponseWriter, r *http.Request) error {
+	var b sb.HeartbeatBatch
+	if err := decodeBody(w, r, sb.MaxBodyBytes, &b); err != nil {
+		return err
+	}
+	if err := b.Validate(); err != nil {
+		return err
+	}
+	out := struct {
+		Results []sb.BatchResult `json:"results"`
+	}{Results: make([]sb.BatchResult, len(b.Heartbeats))}
+	for i, h := range b.Heartbeats {
+		out.Results[i].ID = h.ID
+		err := s.ownInstance(r, h.ID)
+		if err == nil {
+			err = s.beat(r.Context(), h.ID, sb.Heartbeat{Status: h.Status, Output: h.Output})
+		}
+		if err != nil {
+			code := sb.ErrorCode(err)
+			if code == sb.EInternal {
+				s.log.Error("atlas: heartbeat failed", "id", h.ID, "err", err)
+			}
+			out.Results[i].Error = &sb.Error{Code: code, Message: sb.ErrorMessage(err)}
+		}
+	}
+	writeJSON(w, http.StatusOK, 0, marshal(out))
 	return nil
 }
 

@@ -94,6 +94,14 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 // heartbeat that changes nothing writes nothing; a change of output alone
 // is written at most once per OutputInterval.
 func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
+	if err := s.beat(ctx, id, hb); err != nil {
+		return nil, err
+	}
+	return s.instance(id, true)
+}
+
+// beat is a heartbeat without the answer.
+func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 	hb.Output = sb.TruncateOutput(hb.Output)
 	now := s.cfg.Now().UTC()
 	for attempt := 0; ; attempt++ {
@@ -101,7 +109,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 		r := s.st.instances[id]
 		s.st.mu.RUnlock()
 		if r == nil {
-			return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+			return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 		}
 		s.lmu.Lock()
 		outputDue := now.Sub(s.leaseLocked(id).published) >= s.cfg.OutputInterval
@@ -116,7 +124,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 			}
 			val, err := jsonMarshal(&in)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
 			if errors.Is(err, ErrConflict) && attempt < 5 {
@@ -124,10 +132,10 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 			}
 			if errors.Is(err, ErrConflict) {
 				// Deleted (expired) or re-registered under us.
-				return nil, sb.Errorf(sb.ENotFound, "instance %s: changed or expired during the heartbeat; register it again", id)
+				return sb.Errorf(sb.ENotFound, "instance %s: changed or expired during the heartbeat; register it again", id)
 			}
 			if err != nil {
-				return nil, err
+				return err
 			}
 			s.lmu.Lock()
 			s.renewedLocked(id, now, in.TTL)
@@ -135,10 +143,10 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 		} else {
 			exp, err := s.store.KeepAlive(ctx, pfxInstance+id)
 			if errors.Is(err, ErrNotFound) {
-				return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+				return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 			}
 			if err != nil {
-				return nil, sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
+				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
 			}
 			s.lmu.Lock()
 			l := s.leaseLocked(id)
@@ -150,7 +158,7 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 			s.lmu.Unlock()
 		}
 		s.metrics.heartbeats.Inc()
-		return s.instance(id, true)
+		return nil
 	}
 }
 
@@ -191,7 +199,7 @@ func (s *Server) flushOutputs() {
 			}
 			// The heartbeat path writes pending outputs when due; a failure
 			// here is retried at the next tick.
-			_, _ = s.heartbeat(s.ctx, id, sb.Heartbeat{Status: r.inst.Status, Output: out})
+			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.inst.Status, Output: out})
 		}
 	}
 }

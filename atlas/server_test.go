@@ -471,3 +471,28 @@ func TestPropagationConfirmsStreams(t *testing.T) {
 		t.Fatalf("the stream's update = %+v", ev)
 	}
 }
+
+func TestBatchHeartbeats(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	a.must("PUT", "/v1/instances/a-2", reg("a", 5001, ""))
+	before, _, _ := a.store.Snapshot(context.Background())
+	var out struct{ Results []sb.BatchResult }
+	a.must("PUT", "/v1/heartbeats", `{"heartbeats":[{"id":"a-1","status":"passing"},{"id":"a-2","status":"warning","output":"slow"},{"id":"gone","status":"passing"}]}`).decode(t, &out)
+	if len(out.Results) != 3 || out.Results[0].Error != nil || out.Results[1].Error != nil ||
+		out.Results[2].Error == nil || out.Results[2].Error.Code != sb.ENotFound {
+		t.Fatalf("batch results = %+v", out.Results)
+	}
+	after, _, _ := a.store.Snapshot(context.Background())
+	if after != before+1 {
+		t.Fatalf("store index %d -> %d; want one write (a-2's status change), none for a-1", before, after)
+	}
+	var in sb.Instance
+	a.must("GET", "/v1/instances/a-2", "").decode(t, &in)
+	if in.Status != sb.Warning || in.Output != "slow" {
+		t.Fatalf("a-2 after the batch = %s %q", in.Status, in.Output)
+	}
+	if r := a.do("PUT", "/v1/heartbeats", `{"heartbeats":[{"id":"a-1","status":"fine"}]}`); r.status != 400 || !strings.Contains(string(r.body), "heartbeats[0].status: must be passing") {
+		t.Fatalf("bad batch = %d %s", r.status, r.body)
+	}
+}

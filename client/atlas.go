@@ -185,6 +185,17 @@ func (a *Atlas) Heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.
 	return &in, err
 }
 
+// Heartbeats sends many heartbeats in one request; each result says
+// whether its heartbeat was taken (a not_found result means register
+// again).
+func (a *Atlas) Heartbeats(ctx context.Context, hbs []sb.BatchHeartbeat) ([]sb.BatchResult, error) {
+	var out struct {
+		Results []sb.BatchResult `json:"results"`
+	}
+	_, err := a.call(ctx, http.MethodPut, "/v1/heartbeats", nil, sb.HeartbeatBatch{Heartbeats: hbs}, &out)
+	return out.Results, err
+}
+
 // SetEnabled flips the operator switch of instance id.
 func (a *Atlas) SetEnabled(ctx context.Context, id string, enabled bool, reason string) (*sb.Instance, error) {
 	var in sb.Instance
