@@ -92,23 +92,8 @@ func (a *announcer) current() (sb.Status, string) {
 	return a.status, a.output
 }
 
-// run checks and heartbeats every interval until ctx ends.
-func (a *announcer) run(ctx context.Context) {
-	defer a.check.close()
-	t := time.NewTicker(a.interval)
-	defer t.Stop()
-	for {
-		a.tick(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// tick runs the check once and tells Atlas.
-func (a *announcer) tick(ctx context.Context) {
+// checkOnce runs the check and applies rise and fall.
+func (a *announcer) checkOnce(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, a.timeout)
 	raw, out := a.check.check(cctx)
 	cancel()
@@ -122,25 +107,88 @@ func (a *announcer) tick(ctx context.Context) {
 	if a.status == sb.Critical && raw != sb.Critical {
 		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.rise)
 	}
-	status, output, registered := a.status, a.output, a.registered
+	status, output := a.status, a.output
 	a.mu.Unlock()
 	if status != before {
 		a.log.Info("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)
 	}
-	hctx, hcancel := context.WithTimeout(ctx, max(a.interval, 2*time.Second))
-	defer hcancel()
-	if registered {
-		_, err := a.atlas.Heartbeat(hctx, a.id, sb.Heartbeat{Status: status, Output: output})
-		if err == nil {
+}
+
+func (a *announcer) isRegistered() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.registered
+}
+
+// announceGroup checks the announcers that share an interval together and
+// sends their heartbeats in one request; those Atlas does not know (a
+// lease that expired, an Atlas that lost its data) register again.
+func announceGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger) {
+	defer func() {
+		for _, a := range as {
+			a.check.close()
+		}
+	}()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		var wg sync.WaitGroup
+		for _, a := range as {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.checkOnce(ctx)
+			}()
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
 			return
 		}
-		if !client.IsNotFound(err) {
-			a.log.Warn("sidecar: heartbeat failed; will retry", "id", a.id, "err", err)
+		heartbeatGroup(ctx, interval, as, atlas, log)
+		select {
+		case <-ctx.Done():
 			return
+		case <-t.C:
+		}
+	}
+}
+
+func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger) {
+	hctx, cancel := context.WithTimeout(ctx, max(interval, 2*time.Second))
+	defer cancel()
+	var batch []sb.BatchHeartbeat
+	var sent []*announcer
+	for _, a := range as {
+		if !a.isRegistered() {
+			st, out := a.current()
+			a.register(hctx, st, out)
+			continue
+		}
+		st, out := a.current()
+		batch = append(batch, sb.BatchHeartbeat{ID: a.id, Status: st, Output: out})
+		sent = append(sent, a)
+	}
+	if len(batch) == 0 {
+		return
+	}
+	results, err := atlas.Heartbeats(hctx, batch)
+	if err != nil {
+		log.Warn("sidecar: heartbeats failed; will retry", "instances", len(batch), "err", err)
+		return
+	}
+	for i, r := range results {
+		if i >= len(sent) || r.Error == nil {
+			continue
+		}
+		a := sent[i]
+		if r.Error.Code != sb.ENotFound {
+			a.log.Warn("sidecar: heartbeat refused", "id", a.id, "err", r.Error)
+			continue
 		}
 		a.log.Info("sidecar: Atlas does not know the instance (lease expired?); registering again", "id", a.id)
+		st, out := a.current()
+		a.register(hctx, st, out)
 	}
-	a.register(hctx, status, output)
 }
 
 func (a *announcer) register(ctx context.Context, status sb.Status, output string) {

@@ -193,11 +193,15 @@ func (s *Sidecar) Start() error {
 	}
 	actx, acancel := context.WithCancel(s.ctx)
 	s.announceCancel = acancel
+	groups := map[time.Duration][]*announcer{}
 	for _, a := range s.announcers {
+		groups[a.interval] = append(groups[a.interval], a)
+	}
+	for interval, as := range groups {
 		s.announceWG.Add(1)
 		go func() {
 			defer s.announceWG.Done()
-			a.run(actx)
+			announceGroup(actx, interval, as, s.atlas, s.log)
 		}()
 	}
 	if s.state != nil {
