@@ -178,6 +178,25 @@ func (s *sidecarProc) instances(service string, evenEjected bool) []string {
 	return ids
 }
 
+// metric returns the value of one sample of the sidecar's /metrics.
+func (s *sidecarProc) metric(name string) string {
+	res, err := httpc.Get("http://" + s.admin + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			// Gauges print large integers in exponent form.
+			var f float64
+			fmt.Sscan(v, &f)
+			return fmt.Sprint(uint64(f))
+		}
+	}
+	return ""
+}
+
 func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -399,4 +418,77 @@ func TestSidecarDrainOnSIGTERM(t *testing.T) {
 		t.Fatalf("a's instance after the drain: %d; want it deregistered", status)
 	}
 	t.Logf("%d GETs through b while a drained, none failed", l.ok.Load())
+}
+
+// rss returns a process's resident memory in KiB.
+func rss(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+// TestSidecarTenThousandInstances: a service with 10,000 instances in
+// Atlas; the sidecar routes to it, applies a change to it, and says what
+// that costs (memory and time to apply an update), without bounds: the
+// figures are for the note, not a pass/fail.
+func TestSidecarTenThousandInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("registers 10,000 instances")
+	}
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	const n = 10000
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				body := fmt.Sprintf(`{"service":"big","address":"10.0.%d.%d","port":%d,"ttl":"1h"}`, i/250, i%250+1, 1000+i%50000)
+				if st, _, err := call(ctx, "PUT", fmt.Sprintf("%s/v1/instances/big-%05d", a.url, i), body); err != nil || st != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d registrations failed", failed.Load())
+	}
+	s := startSidecar(t, fmt.Sprintf("atlas: %s\nupstreams: [{name: big}]\n", a.url))
+	idle := rss(s.cmd.Process.Pid)
+	waitFor(t, "10,000 instances in the sidecar", 60*time.Second, func() bool { return len(s.routed("big")) == n })
+	loaded := rss(s.cmd.Process.Pid)
+	// One change: how long until the sidecar has applied it, read from
+	// its metrics (cheap) rather than /routes (10,000 entries).
+	var lat []time.Duration
+	for i := range 5 {
+		start := time.Now()
+		req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/v1/instances/big-%05d/enabled", a.url, i), strings.NewReader(`{"enabled":false}`))
+		res, err := httpc.Do(req)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("disable: %v %v", res, err)
+		}
+		res.Body.Close()
+		want := res.Header.Get("Switchboard-Index")
+		waitFor(t, "the change applied", 30*time.Second, func() bool {
+			return s.metric(`switchboard_sidecar_atlas_index{service="big"}`) == want
+		})
+		lat = append(lat, time.Since(start))
+	}
+	if got := len(s.routed("big")); got != n-5 {
+		t.Fatalf("after 5 disables the sidecar routes to %d instances; want %d", got, n-5)
+	}
+	t.Logf("sidecar with a 10,000-instance service: RSS %d KiB idle, %d KiB with the service (%.2f KiB per instance); a change applied in %v (each update carries the whole service, %d instances)",
+		idle, loaded, float64(loaded-idle)/n, lat, n)
 }
