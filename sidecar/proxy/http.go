@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 // DefaultTimeout bounds a request that names no Switchboard-Timeout.
@@ -32,7 +33,7 @@ type HTTP struct {
 	// Table holds the pools. Required.
 	Table *Table
 	// Budget caps retries; nil means the SPEC's default budget.
-	Budget *Budget
+	Budget *balance.Budget
 	// Timeout is the default per-request timeout; zero means 30 s. It
 	// covers the whole exchange except for streams and upgrades.
 	Timeout time.Duration
@@ -61,7 +62,7 @@ func (h *HTTP) Serve(ln net.Listener) error {
 // and Shutdown comes first.
 func (h *HTTP) setup() {
 	if h.Budget == nil {
-		h.Budget = &Budget{}
+		h.Budget = &balance.Budget{}
 	}
 	if h.Timeout == 0 {
 		h.Timeout = DefaultTimeout
@@ -181,7 +182,7 @@ func (h *HTTP) observe(service string, code int, start time.Time, retries int) {
 	}
 }
 
-func where(p *Pool) string { return fmt.Sprintf("service %s in realm %s", p.Service, p.Realm) }
+func where(p *balance.Pool) string { return fmt.Sprintf("service %s in realm %s", p.Service, p.Realm) }
 
 // route sends the request to an instance of service and copies the answer
 // back. It returns the status sent and how many retries it took.
@@ -228,7 +229,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, service string) (int, int) {
 	h.Budget.Request()
 	resp := fasthttp.AcquireResponse()
 	resp.StreamBody = true
-	var tried []*Endpoint
+	var tried []*balance.Endpoint
 	var lastErr error
 	retries := 0
 	for {
@@ -348,8 +349,8 @@ func isStream(hdr *fasthttp.RequestHeader) bool {
 }
 
 // clientFor returns the endpoint's connection pool, creating it once.
-func clientFor(e *Endpoint) *fasthttp.HostClient {
-	if c, ok := e.client.Load().(*fasthttp.HostClient); ok {
+func clientFor(e *balance.Endpoint) *fasthttp.HostClient {
+	if c, ok := e.Attached().(*fasthttp.HostClient); ok {
 		return c
 	}
 	c := &fasthttp.HostClient{
@@ -366,16 +367,13 @@ func clientFor(e *Endpoint) *fasthttp.HostClient {
 			return net.DialTimeout("tcp", addr, 2*time.Second)
 		},
 	}
-	if !e.client.CompareAndSwap(nil, c) {
-		return e.client.Load().(*fasthttp.HostClient)
-	}
-	return c
+	return e.Attach(c).(*fasthttp.HostClient)
 }
 
 // CloseEndpoint drops an endpoint's idle connections once it has left its
 // pool.
-func CloseEndpoint(e *Endpoint) {
-	if c, ok := e.client.Load().(*fasthttp.HostClient); ok {
+func CloseEndpoint(e *balance.Endpoint) {
+	if c, ok := e.Attached().(*fasthttp.HostClient); ok {
 		c.CloseIdleConnections()
 	}
 }
@@ -383,7 +381,7 @@ func CloseEndpoint(e *Endpoint) {
 // stream serves an upgrade or an event stream: the client's connection is
 // taken over, the request written to an instance as it came, and bytes
 // piped both ways until either side closes.
-func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *Pool) int {
+func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	ctx.Request.Header.Del(ServiceHeader)
 	ctx.Request.Header.Del(TimeoutHeader)
 	var head bytes.Buffer
@@ -391,7 +389,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *Pool) int {
 		return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))
 	}
 	var (
-		tried   []*Endpoint
+		tried   []*balance.Endpoint
 		backend net.Conn
 		done    func(bool)
 		lastErr error

@@ -1,9 +1,14 @@
+// Package proxy is the sidecar's built-in proxy: the table of pools, the
+// HTTP frontend (fasthttp) and the L4 TCP listeners. Choosing instances is
+// package balance's work.
 package proxy
 
 import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 // Table maps service names to their pools. The first time a service is
@@ -20,11 +25,11 @@ type Table struct {
 
 	// mu guards pools.
 	mu    sync.RWMutex
-	pools map[string]*Pool
+	pools map[string]*balance.Pool
 }
 
 // Get returns the pool of service, creating it the first time.
-func (t *Table) Get(service string) *Pool {
+func (t *Table) Get(service string) *balance.Pool {
 	t.mu.RLock()
 	p := t.pools[service]
 	t.mu.RUnlock()
@@ -37,10 +42,10 @@ func (t *Table) Get(service string) *Pool {
 		return p
 	}
 	if t.pools == nil {
-		t.pools = make(map[string]*Pool)
+		t.pools = make(map[string]*balance.Pool)
 	}
-	p = NewPool(service, t.Realm)
-	p.onEject = t.OnEject
+	p = balance.NewPool(service, t.Realm)
+	p.OnEject = t.OnEject
 	t.pools[service] = p
 	t.mu.Unlock()
 	if t.OnNew != nil {
@@ -50,20 +55,20 @@ func (t *Table) Get(service string) *Pool {
 }
 
 // Lookup returns the pool of service, or nil.
-func (t *Table) Lookup(service string) *Pool {
+func (t *Table) Lookup(service string) *balance.Pool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return t.pools[service]
 }
 
 // All returns every pool, sorted by service.
-func (t *Table) All() []*Pool {
+func (t *Table) All() []*balance.Pool {
 	t.mu.RLock()
-	out := make([]*Pool, 0, len(t.pools))
+	out := make([]*balance.Pool, 0, len(t.pools))
 	for _, p := range t.pools {
 		out = append(out, p)
 	}
 	t.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Pool) int { return strings.Compare(a.Service, b.Service) })
+	slices.SortFunc(out, func(a, b *balance.Pool) int { return strings.Compare(a.Service, b.Service) })
 	return out
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 // TCP is an L4 listener for one upstream: each connection goes to an
@@ -14,9 +16,9 @@ import (
 // instance, and bytes are copied both ways.
 type TCP struct {
 	// Pool is the upstream's pool. Required.
-	Pool *Pool
+	Pool *balance.Pool
 	// Budget caps retries; nil means the SPEC's default.
-	Budget *Budget
+	Budget *balance.Budget
 	// Observe is told of every connection's end (metrics); may be nil.
 	Observe func(service string, ok bool, d time.Duration)
 	// Logger; nil discards.
@@ -33,7 +35,7 @@ type TCP struct {
 // Serve accepts on ln until Close.
 func (t *TCP) Serve(ln net.Listener) error {
 	if t.Budget == nil {
-		t.Budget = &Budget{}
+		t.Budget = &balance.Budget{}
 	}
 	if t.Logger == nil {
 		t.Logger = slog.New(slog.DiscardHandler)
@@ -105,7 +107,7 @@ func (t *TCP) handle(client net.Conn) {
 	start := time.Now()
 	defer client.Close()
 	t.Budget.Request()
-	var tried []*Endpoint
+	var tried []*balance.Endpoint
 	for {
 		e := t.Pool.Pick(tried)
 		if e == nil {

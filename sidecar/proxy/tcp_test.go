@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 func echoServer(t *testing.T, name string) string {
@@ -37,7 +38,7 @@ func echoServer(t *testing.T, name string) string {
 }
 
 func TestTCPBalancesAndSkipsDeadInstances(t *testing.T) {
-	pool := NewPool("redis", "dev")
+	pool := balance.NewPool("redis", "dev")
 	var ins []*sb.Instance
 	for i, addr := range []string{echoServer(t, "a"), strings.TrimPrefix(deadAddr(t), "http://"), echoServer(t, "b")} {
 		host, port, _ := net.SplitHostPort(addr)

@@ -1,7 +1,8 @@
-// Package proxy is the sidecar's built-in proxy: the routing table of
-// pools, power-of-two-choices balancing on in-flight requests, outlier
-// ejection, the retry budget, the HTTP frontend and the L4 TCP listeners.
-package proxy
+// Package balance chooses instances: a pool per service with
+// power-of-two-choices balancing on in-flight requests, passing instances
+// before warning ones, outlier ejection, and a Linkerd-style retry budget.
+// The sidecar's proxy and the smart client share it; it does no I/O.
+package balance
 
 import (
 	"math/rand/v2"
@@ -37,9 +38,9 @@ type Endpoint struct {
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 = not ejected
 	requests     atomic.Uint64
 
-	// client is the engine's per-endpoint state (connection pool); set by
-	// the engine, kept across updates of the same endpoint.
-	client atomic.Value
+	// attached is the engine's per-endpoint state (its connection pool),
+	// kept across updates of the same endpoint.
+	attached atomic.Pointer[any]
 }
 
 // Info is what Atlas says of an endpoint; replaced whole on each update.
@@ -64,6 +65,24 @@ func newEndpoint(in *sb.Instance) *Endpoint {
 	e := &Endpoint{ID: in.ID, Addr: joinHostPort(in.Address, in.Port)}
 	e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
 	return e
+}
+
+// Attached returns what the engine attached to the endpoint (its
+// connection pool), or nil.
+func (e *Endpoint) Attached() any {
+	if p := e.attached.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Attach attaches v unless something is attached already, and returns what
+// is attached now.
+func (e *Endpoint) Attach(v any) any {
+	if e.attached.CompareAndSwap(nil, &v) {
+		return v
+	}
+	return *e.attached.Load()
 }
 
 // Inflight is how many requests are at the endpoint now.
@@ -95,8 +114,9 @@ type Pool struct {
 	readyOnce sync.Once
 	// mu serialises updates (readers never take it).
 	mu sync.Mutex
-	// onEject is called when an endpoint is ejected (metrics); may be nil.
-	onEject func(service, id string)
+	// OnEject is called when an endpoint is ejected (metrics); may be nil.
+	// Set it before the pool is used.
+	OnEject func(service, id string)
 }
 
 // NewPool returns an empty pool.
@@ -255,7 +275,7 @@ func (p *Pool) Report(e *Endpoint, ok bool) {
 	n := min(e.ejections.Add(1), MaxEjections)
 	e.ejectedUntil.Store(now.Add(time.Duration(n) * EjectBase).UnixNano())
 	e.failures.Store(0)
-	if p.onEject != nil {
-		p.onEject(p.Service, e.ID)
+	if p.OnEject != nil {
+		p.OnEject(p.Service, e.ID)
 	}
 }
