@@ -1,0 +1,328 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
+)
+
+// DefaultSidecar is where the local sidecar listens unless
+// SWITCHBOARD_SIDECAR says otherwise.
+const DefaultSidecar = "127.0.0.1:4000"
+
+// defaultSidecar is DefaultSidecar; tests move it.
+var defaultSidecar = DefaultSidecar
+
+// Scheme is the URL scheme of calls to services: service://NAME/path.
+const Scheme = "service"
+
+// Transport is an http.RoundTripper that understands service://NAME/path
+// URLs. Through a sidecar (the usual case) it sends the request to the
+// sidecar with the Switchboard-Service header and lets the sidecar balance
+// and retry. With no sidecar it resolves instances from Atlas itself and
+// balances and retries as the sidecar does. Other URLs pass through Base.
+type Transport struct {
+	// Sidecar is the sidecar's host:port. Empty means SWITCHBOARD_SIDECAR,
+	// else 127.0.0.1:4000; "none" means no sidecar: go to instances
+	// directly. When nothing listens at the default address, calls go
+	// directly too.
+	Sidecar string
+	// Atlas finds instances when there is no sidecar; nil means Atlas at
+	// SWITCHBOARD_ATLAS (else 127.0.0.1:4400) with SWITCHBOARD_TOKEN.
+	Atlas *Atlas
+	// Realm of the instances called directly; empty means
+	// SWITCHBOARD_REALM, else dev.
+	Realm string
+	// Base carries the requests; nil means a tuned http.Transport.
+	Base http.RoundTripper
+	// Budget caps direct retries; nil means 20% of requests + 10/s.
+	Budget *balance.Budget
+	// Logger; nil discards.
+	Logger *slog.Logger
+
+	once     sync.Once
+	sidecar  string // resolved: host:port, or "" for direct
+	explicit bool   // the sidecar address was configured, not defaulted
+	// absentUntil: nothing listened at the default sidecar address; go
+	// direct until then (unix nanoseconds).
+	absentUntil atomic.Int64
+	// mu guards pools and watching.
+	mu    sync.Mutex
+	pools map[string]*balance.Pool
+	ctx   context.Context
+	stop  context.CancelFunc
+}
+
+// New returns an *http.Client whose transport understands service://
+// URLs; see Transport.
+func New() *http.Client { return &http.Client{Transport: &Transport{}} }
+
+var defaultBase = &http.Transport{
+	Proxy:               nil,
+	DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	MaxIdleConns:        512,
+	MaxIdleConnsPerHost: 64,
+	IdleConnTimeout:     90 * time.Second,
+	ForceAttemptHTTP2:   false,
+}
+
+func (t *Transport) init() {
+	t.sidecar = t.Sidecar
+	if t.sidecar == "" {
+		t.sidecar = os.Getenv("SWITCHBOARD_SIDECAR")
+	}
+	t.explicit = t.sidecar != ""
+	if t.sidecar == "" {
+		t.sidecar = defaultSidecar
+	}
+	if t.sidecar == "none" {
+		t.sidecar = ""
+	}
+	if t.Base == nil {
+		t.Base = defaultBase
+	}
+	if t.Budget == nil {
+		t.Budget = &balance.Budget{}
+	}
+	if t.Logger == nil {
+		t.Logger = slog.New(slog.DiscardHandler)
+	}
+	if t.Realm == "" {
+		t.Realm = os.Getenv("SWITCHBOARD_REALM")
+	}
+	if t.Realm == "" {
+		t.Realm = sb.DefaultRealm
+	}
+	if t.Atlas == nil {
+		t.Atlas = &Atlas{URLs: splitURLs(os.Getenv("SWITCHBOARD_ATLAS")), Token: os.Getenv("SWITCHBOARD_TOKEN")}
+	}
+	t.ctx, t.stop = context.WithCancel(context.Background())
+}
+
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// CloseIdleConnections closes idle connections and stops watching Atlas.
+func (t *Transport) CloseIdleConnections() {
+	t.once.Do(t.init)
+	t.stop()
+	t.mu.Lock()
+	t.pools = nil
+	t.ctx, t.stop = context.WithCancel(context.Background())
+	t.mu.Unlock()
+	if c, ok := t.Base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// ParseServiceURL returns the service a service:// URL names.
+func ParseServiceURL(u *url.URL) (string, error) {
+	if u.Scheme != Scheme {
+		return "", fmt.Errorf("not a %s:// URL: %q", Scheme, u.Redacted())
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("%s:// URL %q: must not carry user info", Scheme, u.Redacted())
+	}
+	if u.Port() != "" {
+		return "", fmt.Errorf("%s:// URL %q: must not carry a port: the sidecar finds the instance", Scheme, u.Redacted())
+	}
+	name := u.Hostname()
+	if err := sb.ValidateName("service", name); err != nil {
+		return "", fmt.Errorf("%s:// URL %q: %s", Scheme, u.Redacted(), sb.ErrorMessage(err))
+	}
+	return name, nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.once.Do(t.init)
+	if req.URL.Scheme != Scheme {
+		return t.Base.RoundTrip(req)
+	}
+	service, err := ParseServiceURL(req.URL)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	if t.sidecar != "" && time.Now().UnixNano() >= t.absentUntil.Load() {
+		res, err := t.viaSidecar(req, service)
+		if err == nil || t.explicit || !isDialError(err) {
+			return res, err
+		}
+		// Nothing listens at the default sidecar address: go direct, and
+		// look for a sidecar again in a few seconds.
+		t.absentUntil.Store(time.Now().Add(5 * time.Second).UnixNano())
+		t.Logger.Warn("client: no sidecar at "+t.sidecar+"; calling instances directly", "service", service)
+	}
+	return t.direct(req, service)
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// viaSidecar sends the request to the sidecar, naming the service.
+func (t *Transport) viaSidecar(req *http.Request, service string) (*http.Response, error) {
+	out := req.Clone(req.Context())
+	u := *req.URL
+	u.Scheme, u.Host = "http", t.sidecar
+	out.URL = &u
+	out.Host = service + ".localhost"
+	out.Header.Set("Switchboard-Service", service)
+	if deadline, ok := req.Context().Deadline(); ok && out.Header.Get("Switchboard-Timeout") == "" {
+		if d := time.Until(deadline); d > time.Millisecond {
+			out.Header.Set("Switchboard-Timeout", d.Round(time.Millisecond).String())
+		}
+	}
+	return t.Base.RoundTrip(out)
+}
+
+// pool returns the pool of service, starting to watch it the first time
+// and waiting (within the request's context) for Atlas's first answer.
+func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, error) {
+	t.mu.Lock()
+	if t.pools == nil {
+		t.pools = make(map[string]*balance.Pool)
+	}
+	p := t.pools[service]
+	if p == nil {
+		p = balance.NewPool(service, t.Realm)
+		t.pools[service] = p
+		go t.watch(t.ctx, p)
+	}
+	t.mu.Unlock()
+	select {
+	case <-p.Ready():
+		return p, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("service %s in realm %s: no answer from Atlas: %w", service, t.Realm, ctx.Err())
+	case <-time.After(5 * time.Second):
+		return nil, fmt.Errorf("service %s in realm %s: no answer from Atlas within 5s", service, t.Realm)
+	}
+}
+
+// watch keeps p current from Atlas's event stream until ctx ends.
+func (t *Transport) watch(ctx context.Context, p *balance.Pool) {
+	last := ""
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		last, err = t.Atlas.Watch(ctx, t.Realm, []string{p.Service}, last, func(ev Event) error {
+			backoff = 100 * time.Millisecond
+			p.Update(ev.Service.Instances, ev.Service.Index)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		t.Logger.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// direct sends the request to an instance chosen as the sidecar would,
+// retrying by the same rules.
+func (t *Transport) direct(req *http.Request, service string) (*http.Response, error) {
+	p, err := t.pool(req.Context(), service)
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	retryable := replayable && (idempotent(req.Method) || req.Header.Get("Idempotency-Key") != "")
+	t.Budget.Request()
+	var tried []*balance.Endpoint
+	var lastErr error
+	for {
+		e := p.Pick(tried)
+		if e == nil {
+			closeBody(req)
+			if lastErr != nil {
+				return nil, fmt.Errorf("service %s in realm %s: every try failed, the last with: %w", service, t.Realm, lastErr)
+			}
+			return nil, fmt.Errorf("service %s in realm %s has no routable instance", service, t.Realm)
+		}
+		tried = append(tried, e)
+		out := req.Clone(req.Context())
+		if len(tried) > 1 && req.GetBody != nil {
+			if out.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+		u := *req.URL
+		u.Scheme, u.Host = "http", e.Addr
+		out.URL = &u
+		if out.Host == "" || out.Host == req.URL.Host {
+			out.Host = service + ".localhost"
+		}
+		done := p.Acquire(e)
+		res, err := t.Base.RoundTrip(out)
+		if err == nil {
+			ok := res.StatusCode < 500
+			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(ok) }}
+			return res, nil
+		}
+		done(false)
+		lastErr = err
+		if req.Context().Err() != nil {
+			return nil, err
+		}
+		if !(isDialError(err) && replayable || retryable) || !t.Budget.Retry() {
+			return nil, fmt.Errorf("service %s in realm %s: %w", service, t.Realm, err)
+		}
+	}
+}
+
+// doneBody reports the end of a response to the balancer once, when the
+// body is closed.
+type doneBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case "", http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}

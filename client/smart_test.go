@@ -1,0 +1,154 @@
+package client_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+func TestServiceURLGoesToTheSidecar(t *testing.T) {
+	var got atomic.Value
+	sidecar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get("Switchboard-Service") + " " + r.Method + " " + r.URL.RequestURI() + " " + r.Host)
+		io.WriteString(w, "ok")
+	}))
+	defer sidecar.Close()
+	c := &http.Client{Transport: &client.Transport{Sidecar: strings.TrimPrefix(sidecar.URL, "http://")}}
+	res, err := c.Get("service://identity/teams?x=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if want := "identity GET /teams?x=1 identity.localhost"; got.Load() != want {
+		t.Fatalf("sidecar saw %q; want %q", got.Load(), want)
+	}
+	// Plain URLs pass through.
+	res, err = c.Get(sidecar.URL + "/plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if got.Load() != " GET /plain "+strings.TrimPrefix(sidecar.URL, "http://") {
+		t.Fatalf("plain URL: sidecar saw %q", got.Load())
+	}
+	for _, bad := range []string{"service://Bad/x", "service://a:80/x", "service://u@a/x", "service:///x"} {
+		if _, err := c.Get(bad); err == nil || !strings.Contains(err.Error(), "service:// URL") {
+			t.Errorf("Get(%q) = %v; want an error naming the URL rule", bad, err)
+		}
+	}
+}
+
+// directSetup runs an Atlas and registers backends for service "files".
+func directSetup(t *testing.T, backends ...string) *client.Atlas {
+	t.Helper()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "a.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
+	a := &client.Atlas{URLs: []string{hs.URL}}
+	for i, b := range backends {
+		host, port, _ := net.SplitHostPort(strings.TrimPrefix(b, "http://"))
+		p, _ := strconv.Atoi(port)
+		if _, err := a.Register(t.Context(), fmt.Sprint("files-", i), sb.Registration{Service: "files", Address: host, Port: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
+}
+
+func named(t *testing.T, name string) string {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %s", name, r.Method, b)
+	}))
+	t.Cleanup(s.Close)
+	return s.URL
+}
+
+func deadURL(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return "http://" + ln.Addr().String()
+}
+
+func TestDirectBalancesAndRetries(t *testing.T) {
+	a := directSetup(t, named(t, "a"), named(t, "b"), deadURL(t))
+	tr := &client.Transport{Sidecar: "none", Atlas: a}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	seen := map[string]int{}
+	for range 100 {
+		res, err := c.Post("service://files/x", "text/plain", strings.NewReader("hi"))
+		if err != nil {
+			t.Fatalf("POST with a dead instance among live ones: %v", err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		name, rest, _ := strings.Cut(string(b), " ")
+		if rest != "POST hi" {
+			t.Fatalf("answer %q", b)
+		}
+		seen[name]++
+	}
+	if seen["a"] < 20 || seen["b"] < 20 {
+		t.Fatalf("split %v; want both live instances used", seen)
+	}
+	if _, err := c.Get("service://nobody/x"); err == nil || !strings.Contains(err.Error(), "service nobody in realm dev has no routable instance") {
+		t.Fatalf("unknown service: %v", err)
+	}
+}
+
+func TestNoSidecarFallsBackToDirect(t *testing.T) {
+	restore := client.SetDefaultSidecar(strings.TrimPrefix(deadURL(t), "http://"))
+	defer restore()
+	t.Setenv("SWITCHBOARD_SIDECAR", "")
+	a := directSetup(t, named(t, "a"))
+	tr := &client.Transport{Atlas: a}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr}).Get("service://files/")
+	if err != nil {
+		t.Fatalf("with no sidecar running: %v", err)
+	}
+	res.Body.Close()
+}
+
+func FuzzParseServiceURL(f *testing.F) {
+	for _, s := range []string{"service://identity/teams?x=1", "service://a", "service://A/x", "service://a:1/", "service://%41/", "service://a.b/x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return
+		}
+		name, err := client.ParseServiceURL(u)
+		if err != nil {
+			return
+		}
+		if sb.ValidateName("service", name) != nil || u.Port() != "" || u.User != nil {
+			t.Fatalf("ParseServiceURL(%q) = %q: accepted a URL it should refuse", raw, name)
+		}
+	})
+}
