@@ -1,7 +1,14 @@
-// Package health runs named checks and serves their results as
-// Runscope-compatible healthcheck JSON: 200 when every check passes, 500
-// (or 503) otherwise, each result cached 27 s after a pass and 9 s after a
-// failure.
+// Package health runs named checks and serves them four ways from one
+// definition: Runscope-compatible healthcheck JSON (200 when every check
+// passes, 500 or 503 otherwise, each result cached 27 s after a pass and
+// 9 s after a failure), Kubernetes /livez and /readyz (?verbose, ?exclude=,
+// /readyz/NAME), and gRPC grpc.health.v1 (Check, Watch, List).
+//
+// Every check counts for readiness and /healthcheck; a check declared
+// Liveness counts for /livez too (liveness must not depend on other
+// services: a dependency that is down makes an instance unready, not
+// broken). While draining, readiness and /healthcheck fail with a
+// "shutdown" result, so that sidecars stop routing to the instance.
 package health
 
 import (
@@ -62,15 +69,22 @@ type Checker struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	// mu guards checks and cache.
-	mu     sync.Mutex
-	checks []check
-	cache  map[string]Result
+	// mu guards checks, cache, draining and changed.
+	mu       sync.Mutex
+	checks   []Check
+	cache    map[string]Result
+	draining bool
+	changed  chan struct{} // closed when a result or draining changes
 }
 
-type check struct {
-	name string
-	fn   Func
+// Check is one named check.
+type Check struct {
+	Name string
+	Func Func
+	// Liveness makes the check decide /livez too.
+	Liveness bool
+	// Timeout overrides the Checker's for this check.
+	Timeout time.Duration
 }
 
 // New returns a Checker with Runscope's cache times.
@@ -78,16 +92,58 @@ func New() *Checker {
 	return &Checker{SuccessTTL: DefaultSuccessTTL, FailureTTL: DefaultFailureTTL}
 }
 
-// Add registers a check. Adding a name twice is an error, as in Runscope's
-// healthcheck.
+// Add registers a readiness check. Adding a name twice is an error, as in
+// Runscope's healthcheck.
 func (c *Checker) Add(name string, fn Func) error {
+	return c.AddCheck(Check{Name: name, Func: fn})
+}
+
+// ShutdownCheck is the name of the result that fails while draining.
+const ShutdownCheck = "shutdown"
+
+// AddCheck registers a check.
+func (c *Checker) AddCheck(ch Check) error {
+	if ch.Name == "" || ch.Func == nil {
+		return fmt.Errorf("health: a check needs a name and a func")
+	}
+	if ch.Name == ShutdownCheck {
+		return fmt.Errorf("health: the name %q is reserved", ch.Name)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if slices.ContainsFunc(c.checks, func(ch check) bool { return ch.name == name }) {
-		return fmt.Errorf("health: the name %q is already taken", name)
+	if slices.ContainsFunc(c.checks, func(x Check) bool { return x.Name == ch.Name }) {
+		return fmt.Errorf("health: the name %q is already taken", ch.Name)
 	}
-	c.checks = append(c.checks, check{name, fn})
+	c.checks = append(c.checks, ch)
 	return nil
+}
+
+// SetDraining makes readiness and /healthcheck fail (true) or not (false):
+// the first step of a graceful shutdown.
+func (c *Checker) SetDraining(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.draining != on {
+		c.draining = on
+		c.signalLocked()
+	}
+}
+
+func (c *Checker) signalLocked() {
+	if c.changed != nil {
+		close(c.changed)
+	}
+	c.changed = make(chan struct{})
+}
+
+// changedChan returns a channel closed at the next change of a result.
+func (c *Checker) changedChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
 }
 
 func (c *Checker) now() time.Time {
@@ -97,20 +153,32 @@ func (c *Checker) now() time.Time {
 	return time.Now()
 }
 
-func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+func unix(t time.Time) float64 { return float64(t.Unix()) + float64(t.Nanosecond())/1e9 }
 
-// Run runs every check whose cached result has expired, concurrently, each
-// under its timeout, and returns the report.
+// Run runs every check (readiness) whose cached result has expired,
+// concurrently, each under its timeout, and returns the report.
 func (c *Checker) Run(ctx context.Context) *Report {
+	return c.run(ctx, func(Check) bool { return true }, true)
+}
+
+// run runs the checks keep selects; withShutdown adds the shutdown result
+// while draining.
+func (c *Checker) run(ctx context.Context, keep func(Check) bool, withShutdown bool) *Report {
 	c.mu.Lock()
-	checks := slices.Clone(c.checks)
+	var checks []Check
+	for _, ch := range c.checks {
+		if keep(ch) {
+			checks = append(checks, ch)
+		}
+	}
+	draining := c.draining
 	c.mu.Unlock()
 	now := c.now()
 	results := make([]Result, len(checks))
 	var wg sync.WaitGroup
 	for i, ch := range checks {
 		c.mu.Lock()
-		cached, ok := c.cache[ch.name]
+		cached, ok := c.cache[ch.Name]
 		c.mu.Unlock()
 		if ok && cached.Expires >= unix(now) {
 			results[i] = cached
@@ -123,6 +191,10 @@ func (c *Checker) Run(ctx context.Context) *Report {
 		}()
 	}
 	wg.Wait()
+	if withShutdown && draining {
+		now := unix(c.now())
+		results = append(results, Result{Checker: ShutdownCheck, Output: "draining: taking no new requests", Timestamp: now, Expires: now})
+	}
 	rep := &Report{Hostname: c.Hostname, Status: "success", Timestamp: unix(c.now()), Results: results}
 	if rep.Hostname == "" {
 		rep.Hostname, _ = os.Hostname()
@@ -135,30 +207,41 @@ func (c *Checker) Run(ctx context.Context) *Report {
 	return rep
 }
 
-func (c *Checker) runOne(ctx context.Context, ch check) Result {
-	timeout := c.Timeout
+func (c *Checker) runOne(ctx context.Context, ch Check) Result {
+	timeout := ch.Timeout
+	if timeout <= 0 {
+		timeout = c.Timeout
+	}
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := c.now()
-	out, err := safeRun(ctx, ch.fn)
-	r := Result{Checker: ch.name, Output: out, Passed: err == nil, Timestamp: unix(start)}
+	out, err := safeRun(ctx, ch.Func)
+	r := Result{Checker: ch.Name, Output: out, Passed: err == nil, Timestamp: unix(start)}
 	ttl := c.SuccessTTL
 	if err != nil {
 		r.Output = err.Error()
 		ttl = c.FailureTTL
 	}
 	r.Expires = unix(start.Add(ttl))
-	if ttl > 0 {
-		c.mu.Lock()
-		if c.cache == nil {
-			c.cache = make(map[string]Result)
-		}
-		c.cache[ch.name] = r
-		c.mu.Unlock()
+	c.mu.Lock()
+	if c.cache == nil {
+		c.cache = make(map[string]Result)
 	}
+	if prev, ok := c.cache[ch.Name]; !ok || prev.Passed != r.Passed {
+		c.signalLocked()
+	}
+	if ttl > 0 {
+		c.cache[ch.Name] = r
+	} else {
+		// Not reused, but kept to notice changes.
+		r2 := r
+		r2.Expires = 0
+		c.cache[ch.Name] = r2
+	}
+	c.mu.Unlock()
 	return r
 }
 
