@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/config"
 )
 
 // ParseLayer checks that b is one JSON object within the layer limit and
@@ -68,47 +69,9 @@ func Merge(layers []sb.LayerKey, raws []json.RawMessage) (merged map[string]any,
 		if dec.Decode(&obj) != nil {
 			continue
 		}
-		mergeInto(merged, obj, "", layers[i].String(), sources)
+		config.MergeInto(merged, obj, layers[i].String(), sources)
 	}
 	return merged, sources
-}
-
-func mergeInto(dst, src map[string]any, prefix, layer string, sources map[string]string) {
-	for k, v := range src {
-		path := k
-		if prefix != "" {
-			path = prefix + "." + k
-		}
-		switch v := v.(type) {
-		case nil:
-			delete(dst, k)
-			dropSources(sources, path)
-		case map[string]any:
-			sub, ok := dst[k].(map[string]any)
-			if !ok {
-				sub = map[string]any{}
-				dst[k] = sub
-				dropSources(sources, path)
-			}
-			mergeInto(sub, v, path, layer, sources)
-		default:
-			if _, wasObj := dst[k].(map[string]any); wasObj {
-				dropSources(sources, path)
-			}
-			dst[k] = v
-			sources[path] = layer
-		}
-	}
-}
-
-// dropSources forgets path and everything below it.
-func dropSources(sources map[string]string, path string) {
-	delete(sources, path)
-	for p := range sources {
-		if strings.HasPrefix(p, path+".") {
-			delete(sources, p)
-		}
-	}
 }
 
 func (s *Server) mergedLocked(realm, service string) *sb.MergedConfig {

@@ -1,0 +1,490 @@
+// Package config is a service's smart config: layers of defaults (in code
+// and in config.yaml, per realm), the Atlas merged config of the service in
+// its realm, and SWITCHBOARD_CONFIG_* environment variables, merged in that
+// order, with the layer every value came from. It watches Atlas and tells
+// the service about changes; when Atlas is unreachable it runs on its
+// local layers alone.
+package config
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// EnvPrefix starts the environment variables that set config keys:
+// SWITCHBOARD_CONFIG_DB__DSN=x sets db.dsn ("__" nests, names are
+// lower-cased; a value that is valid JSON is taken as JSON).
+const EnvPrefix = "SWITCHBOARD_CONFIG_"
+
+// Source names of the local layers.
+const (
+	SourceDefault = "default"
+	SourceFile    = "file"
+	SourceEnv     = "env"
+)
+
+// Options say where a service's config comes from. The zero value of every
+// field but Service is useful.
+type Options struct {
+	// Service whose config this is. Required.
+	Service string
+	// Realm; empty means dev.
+	Realm string
+	// Defaults are the code's defaults: a map or a struct (encoded as
+	// JSON). Nil: none.
+	Defaults any
+	// File is a config.yaml: "defaults:" for every realm, "realms:" with
+	// one section per realm. Empty: none. A missing file is an error.
+	File string
+	// Atlas serves the merged config of the service in its realm; nil: no
+	// Atlas layer.
+	Atlas *client.Atlas
+	// Environ is the environment to read SWITCHBOARD_CONFIG_* from; nil
+	// means os.Environ().
+	Environ []string
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Values is one merged view: immutable.
+type Values struct {
+	data    map[string]any
+	sources map[string]string
+	// AtlasIndex is the index of the Atlas layer merged in (0: none).
+	AtlasIndex uint64
+}
+
+// Get returns the value at a dotted path, or nil.
+func (v *Values) Get(path string) any {
+	var cur any = v.data
+	for _, k := range strings.Split(path, ".") {
+		obj, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		if cur, ok = obj[k]; !ok {
+			return nil
+		}
+	}
+	return cur
+}
+
+// String returns the value at path as a string, or def when it is absent.
+func (v *Values) String(path, def string) string {
+	switch x := v.Get(path).(type) {
+	case nil:
+		return def
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	default:
+		b, _ := json.Marshal(x)
+		return string(b)
+	}
+}
+
+// Int returns the value at path as an int, or def when absent or not an
+// integer.
+func (v *Values) Int(path string, def int) int {
+	switch x := v.Get(path).(type) {
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return int(n)
+		}
+	case string:
+		if n, err := strconv.Atoi(x); err == nil {
+			return n
+		}
+	}
+	return def
+}
+
+// Bool returns the value at path as a bool, or def.
+func (v *Values) Bool(path string, def bool) bool {
+	switch x := v.Get(path).(type) {
+	case bool:
+		return x
+	case string:
+		if b, err := strconv.ParseBool(x); err == nil {
+			return b
+		}
+	}
+	return def
+}
+
+// Duration returns the value at path ("2s", or a number of seconds), or
+// def.
+func (v *Values) Duration(path string, def time.Duration) time.Duration {
+	switch x := v.Get(path).(type) {
+	case string:
+		if d, err := time.ParseDuration(x); err == nil {
+			return d
+		}
+	case json.Number:
+		if f, err := x.Float64(); err == nil {
+			return time.Duration(f * float64(time.Second))
+		}
+	}
+	return def
+}
+
+// Decode decodes the value at path ("" for everything) into out, as JSON.
+func (v *Values) Decode(path string, out any) error {
+	var val any = v.data
+	if path != "" {
+		val = v.Get(path)
+	}
+	b, err := json.Marshal(val)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Map returns a deep copy of everything.
+func (v *Values) Map() map[string]any {
+	var out map[string]any
+	_ = v.Decode("", &out)
+	if out == nil {
+		out = map[string]any{}
+	}
+	return out
+}
+
+// Source returns the layer a leaf path came from: "default", "file",
+// "file:realm=R", "atlas:LAYER" (LAYER as Atlas names it) or
+// "env:VARIABLE"; "" when the path is not a leaf.
+func (v *Values) Source(path string) string { return v.sources[path] }
+
+// Sources returns the source of every leaf path.
+func (v *Values) Sources() map[string]string {
+	out := make(map[string]string, len(v.sources))
+	for k, s := range v.sources {
+		out[k] = s
+	}
+	return out
+}
+
+// Config is a service's config, kept current.
+type Config struct {
+	opts  Options
+	local []layer // defaults, file, file realm: below Atlas
+	env   layer   // above Atlas
+	cur   atomic.Pointer[Values]
+	log   *slog.Logger
+
+	// mu guards watchers.
+	mu       sync.Mutex
+	watchers []func(old, new *Values)
+	// atlasOK reports whether the last call to Atlas worked.
+	atlasOK atomic.Bool
+}
+
+type layer struct {
+	source string
+	data   map[string]any
+}
+
+// Load builds the local layers, asks Atlas once (a failure is logged, not
+// returned: the service runs on its local layers), and returns the config.
+func Load(ctx context.Context, opts Options) (*Config, error) {
+	if err := sb.ValidateName("service", opts.Service); err != nil {
+		return nil, fmt.Errorf("config: %s", sb.ErrorMessage(err))
+	}
+	if opts.Realm == "" {
+		opts.Realm = sb.DefaultRealm
+	}
+	if err := sb.ValidateName("realm", opts.Realm); err != nil {
+		return nil, fmt.Errorf("config: %s", sb.ErrorMessage(err))
+	}
+	if opts.Environ == nil {
+		opts.Environ = os.Environ()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Config{opts: opts, log: opts.Logger}
+	if opts.Defaults != nil {
+		m, err := toMap(opts.Defaults)
+		if err != nil {
+			return nil, fmt.Errorf("config: defaults: %w", err)
+		}
+		c.local = append(c.local, layer{SourceDefault, m})
+	}
+	if opts.File != "" {
+		def, realm, err := readFile(opts.File, opts.Realm)
+		if err != nil {
+			return nil, err
+		}
+		c.local = append(c.local, layer{SourceFile, def}, layer{SourceFile + ":realm=" + opts.Realm, realm})
+	}
+	env, err := envLayer(opts.Environ)
+	if err != nil {
+		return nil, err
+	}
+	c.env = layer{SourceEnv, env}
+	var atlasCfg *sb.MergedConfig
+	if opts.Atlas != nil {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		atlasCfg, err = opts.Atlas.Config(actx, opts.Realm, opts.Service, client.QueryOptions{})
+		cancel()
+		if err != nil {
+			c.log.Warn("config: Atlas unreachable; running on local config alone", "err", err)
+			atlasCfg = nil
+		} else {
+			c.atlasOK.Store(true)
+		}
+	}
+	c.cur.Store(c.merge(atlasCfg))
+	return c, nil
+}
+
+// Values returns the current merged view.
+func (c *Config) Values() *Values { return c.cur.Load() }
+
+// FromAtlas reports whether the Atlas layer is in the current view.
+func (c *Config) FromAtlas() bool { return c.atlasOK.Load() }
+
+// OnChange registers fn to be called, from Watch's goroutine, after every
+// change.
+func (c *Config) OnChange(fn func(old, new *Values)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchers = append(c.watchers, fn)
+}
+
+// Watch follows the service's merged config in Atlas with blocking
+// queries until ctx ends, applying every change. Without Atlas it returns
+// at once.
+func (c *Config) Watch(ctx context.Context) {
+	if c.opts.Atlas == nil {
+		return
+	}
+	backoff := time.Second
+	for ctx.Err() == nil {
+		index := c.Values().AtlasIndex
+		m, err := c.opts.Atlas.Config(ctx, c.opts.Realm, c.opts.Service, client.QueryOptions{Index: index, Wait: 5 * time.Minute})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if c.atlasOK.Swap(false) {
+				c.log.Warn("config: lost Atlas; keeping the last config", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		if !c.atlasOK.Swap(true) {
+			c.log.Info("config: Atlas reachable again")
+		}
+		if m.Index < index {
+			index = 0 // Atlas went back: start again (Consul's rule)
+		}
+		if m.Index == index {
+			continue
+		}
+		old := c.Values()
+		next := c.merge(m)
+		if same(old, next) {
+			c.cur.Store(next)
+			continue
+		}
+		c.cur.Store(next)
+		c.log.Info("config: changed in Atlas", "index", m.Index)
+		c.mu.Lock()
+		ws := slices.Clone(c.watchers)
+		c.mu.Unlock()
+		for _, fn := range ws {
+			fn(old, next)
+		}
+	}
+}
+
+func same(a, b *Values) bool {
+	x, _ := json.Marshal(a.data)
+	y, _ := json.Marshal(b.data)
+	return bytes.Equal(x, y)
+}
+
+// merge builds a view from the local layers, the Atlas answer (may be nil)
+// and the environment.
+func (c *Config) merge(atlasCfg *sb.MergedConfig) *Values {
+	v := &Values{data: map[string]any{}, sources: map[string]string{}}
+	for _, l := range c.local {
+		MergeInto(v.data, l.data, l.source, v.sources)
+	}
+	if atlasCfg != nil {
+		v.AtlasIndex = atlasCfg.Index
+		// Keep Atlas's own provenance: which of its layers each key is from.
+		tmp := map[string]string{}
+		MergeInto(v.data, numbers(atlasCfg.Config), "atlas", tmp)
+		for p := range tmp {
+			if src, ok := atlasCfg.Sources[p]; ok {
+				tmp[p] = "atlas:" + src
+			}
+		}
+		for p, s := range tmp {
+			v.sources[p] = s
+		}
+	}
+	envSrc := map[string]string{}
+	MergeInto(v.data, c.env.data, "", envSrc)
+	for p := range envSrc {
+		v.sources[p] = "env:" + EnvPrefix + strings.ToUpper(strings.ReplaceAll(p, ".", "__"))
+	}
+	return v
+}
+
+// numbers turns the float64s of a decoded answer into json.Number, as the
+// local layers have them.
+func numbers(m map[string]any) map[string]any {
+	b, _ := json.Marshal(m)
+	out, _ := decodeObject(b)
+	return out
+}
+
+func decodeObject(b []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = map[string]any{}
+	}
+	return m, nil
+}
+
+func toMap(v any) (map[string]any, error) {
+	if m, ok := v.(map[string]any); ok {
+		b, err := json.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return decodeObject(b)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	m, err := decodeObject(b)
+	if err != nil {
+		return nil, errors.New("must encode as a JSON object")
+	}
+	return m, nil
+}
+
+// readFile reads config.yaml and returns its defaults and the section of
+// realm.
+func readFile(path, realm string) (defaults, realmSection map[string]any, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	var f struct {
+		Defaults map[string]any            `yaml:"defaults"`
+		Realms   map[string]map[string]any `yaml:"realms"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, fmt.Errorf("config: %s: %v (the file has \"defaults:\" and \"realms:\" sections)", path, err)
+	}
+	for r := range f.Realms {
+		if sb.ValidateName("realm", r) != nil {
+			return nil, nil, fmt.Errorf("config: %s: realms: %q is not a realm name (^[a-z][a-z0-9-]{0,62}$)", path, r)
+		}
+	}
+	if defaults, err = yamlToJSON(f.Defaults); err != nil {
+		return nil, nil, fmt.Errorf("config: %s: defaults: %w", path, err)
+	}
+	if realmSection, err = yamlToJSON(f.Realms[realm]); err != nil {
+		return nil, nil, fmt.Errorf("config: %s: realms.%s: %w", path, realm, err)
+	}
+	return defaults, realmSection, nil
+}
+
+// yamlToJSON brings a YAML mapping to the JSON model (string keys,
+// json.Number).
+func yamlToJSON(m map[string]any) (map[string]any, error) {
+	if m == nil {
+		return map[string]any{}, nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("must hold JSON-compatible values: %w", err)
+	}
+	return decodeObject(b)
+}
+
+// envLayer reads SWITCHBOARD_CONFIG_* variables.
+func envLayer(environ []string) (map[string]any, error) {
+	out := map[string]any{}
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, EnvPrefix) || len(name) == len(EnvPrefix) {
+			continue
+		}
+		path := strings.ToLower(strings.ReplaceAll(name[len(EnvPrefix):], "__", "."))
+		var v any = val
+		if d, err := decodeValue(val); err == nil {
+			v = d
+		}
+		keys := strings.Split(path, ".")
+		cur := out
+		for i, k := range keys {
+			if k == "" {
+				return nil, fmt.Errorf("config: %s: an empty key in the path %q", name, path)
+			}
+			if i == len(keys)-1 {
+				cur[k] = v
+				break
+			}
+			next, ok := cur[k].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				cur[k] = next
+			}
+			cur = next
+		}
+	}
+	return out, nil
+}
+
+func decodeValue(s string) (any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data")
+	}
+	return v, nil
+}

@@ -1,0 +1,170 @@
+package config_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/config"
+)
+
+func startAtlas(t *testing.T) *client.Atlas {
+	t.Helper()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "a.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
+	return &client.Atlas{URLs: []string{hs.URL}}
+}
+
+const fileYAML = `defaults:
+  log: info
+  db: {pool: 5, dsn: "postgres://localhost/identity"}
+  listen: ":5000"
+realms:
+  production:
+    log: warn
+    db: {dsn: "postgres://prod/identity"}
+  test:
+    log: debug
+`
+
+// TestPrecedenceAndProvenance: defaults < file < file realm < Atlas < env,
+// each value with its source.
+func TestPrecedenceAndProvenance(t *testing.T) {
+	a := startAtlas(t)
+	ctx := context.Background()
+	a.PutLayer(ctx, sb.LayerKey{}, json.RawMessage(`{"feature":{"x":true},"timeout":"2s"}`), nil)
+	a.PutLayer(ctx, sb.LayerKey{Realm: "production", Service: "identity"}, json.RawMessage(`{"db":{"pool":20}}`), nil)
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(file, []byte(fileYAML), 0o600)
+	c, err := config.Load(ctx, config.Options{
+		Service: "identity", Realm: "production", File: file, Atlas: a,
+		Defaults: map[string]any{"log": "error", "retries": 3, "listen": ":8080"},
+		Environ:  []string{"SWITCHBOARD_CONFIG_FEATURE__X=false", "SWITCHBOARD_CONFIG_NAME=svc", "OTHER=1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Values()
+	tests := []struct {
+		path, want, source string
+	}{
+		{"retries", "3", "default"},
+		{"listen", ":5000", "file"},
+		{"log", "warn", "file:realm=production"},
+		{"db.dsn", "postgres://prod/identity", "file:realm=production"},
+		{"db.pool", "20", "atlas:service=identity,realm=production"},
+		{"timeout", "2s", "atlas:global"},
+		{"feature.x", "false", "env:SWITCHBOARD_CONFIG_FEATURE__X"},
+		{"name", "svc", "env:SWITCHBOARD_CONFIG_NAME"},
+	}
+	for _, tt := range tests {
+		if got, src := v.String(tt.path, ""), v.Source(tt.path); got != tt.want || src != tt.source {
+			t.Errorf("%s = %q from %q; want %q from %q", tt.path, got, src, tt.want, tt.source)
+		}
+	}
+	if v.Int("db.pool", 0) != 20 || v.Bool("feature.x", true) || v.Duration("timeout", 0) != 2*time.Second {
+		t.Errorf("typed: pool %d, x %v, timeout %v", v.Int("db.pool", 0), v.Bool("feature.x", true), v.Duration("timeout", 0))
+	}
+	var db struct {
+		DSN  string
+		Pool int
+	}
+	if err := v.Decode("db", &db); err != nil || db.Pool != 20 || db.DSN != "postgres://prod/identity" {
+		t.Errorf("Decode(db) = %+v, %v", db, err)
+	}
+	if !c.FromAtlas() {
+		t.Error("FromAtlas = false")
+	}
+}
+
+func TestAtlasUnreachableRunsOnLocalConfig(t *testing.T) {
+	dead := &client.Atlas{URLs: []string{"http://127.0.0.1:1"}}
+	c, err := config.Load(context.Background(), config.Options{Service: "identity", Atlas: dead, Defaults: map[string]any{"log": "info"}, Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.FromAtlas() || c.Values().String("log", "") != "info" {
+		t.Fatalf("FromAtlas %v, log %q", c.FromAtlas(), c.Values().String("log", ""))
+	}
+}
+
+func TestChangeInAtlasReachesTheService(t *testing.T) {
+	a := startAtlas(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := config.Load(ctx, config.Options{Service: "identity", Atlas: a, Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan string, 10)
+	c.OnChange(func(old, new *config.Values) { changed <- new.String("log", "") })
+	go c.Watch(ctx)
+	// A change to another service's layer must not wake it.
+	a.PutLayer(ctx, sb.LayerKey{Service: "billing"}, json.RawMessage(`{"log":"x"}`), nil)
+	a.PutLayer(ctx, sb.LayerKey{Service: "identity", Realm: "dev"}, json.RawMessage(`{"log":"debug"}`), nil)
+	select {
+	case got := <-changed:
+		if got != "debug" {
+			t.Fatalf("change seen: log=%q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the change in Atlas did not reach the service")
+	}
+	if c.Values().Source("log") != "atlas:service=identity,realm=dev" {
+		t.Fatalf("source = %q", c.Values().Source("log"))
+	}
+}
+
+func TestFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown.yaml":  "defaults: {}\nrealm: {}\n",
+		"badrealm.yaml": "realms:\n  Prod: {}\n",
+	} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o600)
+		if _, err := config.Load(context.Background(), config.Options{Service: "a", File: p, Environ: []string{}}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := config.Load(context.Background(), config.Options{Service: "a", File: filepath.Join(dir, "missing.yaml")}); err == nil {
+		t.Error("a missing file was accepted")
+	}
+	empty := filepath.Join(dir, "empty.yaml")
+	os.WriteFile(empty, nil, 0o600)
+	if _, err := config.Load(context.Background(), config.Options{Service: "a", File: empty, Environ: []string{}}); err != nil {
+		t.Errorf("an empty file: %v", err)
+	}
+}
+
+func TestMergeInto(t *testing.T) {
+	dst := map[string]any{}
+	src := map[string]string{}
+	config.MergeInto(dst, map[string]any{"a": map[string]any{"b": 1, "c": 2}, "d": 3}, "one", src)
+	config.MergeInto(dst, map[string]any{"a": map[string]any{"b": nil}, "d": map[string]any{"e": 4}}, "two", src)
+	want := map[string]any{"a": map[string]any{"c": 2}, "d": map[string]any{"e": 4}}
+	if diff := cmp.Diff(want, dst); diff != "" {
+		t.Fatalf("merged (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]string{"a.c": "one", "d.e": "two"}, src); diff != "" {
+		t.Fatalf("sources (-want +got):\n%s", diff)
+	}
+}

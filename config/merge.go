@@ -1,0 +1,50 @@
+package config
+
+import "strings"
+
+// MergeInto deep-merges src over dst, as Switchboard merges config layers:
+// objects merge key by key, anything else replaces, null (nil) deletes.
+// sources records, for every leaf path (keys joined with "."), source as
+// the layer it came from. src is not modified; dst takes copies of its
+// objects.
+func MergeInto(dst, src map[string]any, source string, sources map[string]string) {
+	mergeInto(dst, src, "", source, sources)
+}
+
+func mergeInto(dst, src map[string]any, prefix, source string, sources map[string]string) {
+	for k, v := range src {
+		path := k
+		if prefix != "" {
+			path = prefix + "." + k
+		}
+		switch v := v.(type) {
+		case nil:
+			delete(dst, k)
+			dropSources(sources, path)
+		case map[string]any:
+			sub, ok := dst[k].(map[string]any)
+			if !ok {
+				sub = map[string]any{}
+				dst[k] = sub
+				dropSources(sources, path)
+			}
+			mergeInto(sub, v, path, source, sources)
+		default:
+			if _, wasObj := dst[k].(map[string]any); wasObj {
+				dropSources(sources, path)
+			}
+			dst[k] = v
+			sources[path] = source
+		}
+	}
+}
+
+// dropSources forgets path and everything below it.
+func dropSources(sources map[string]string, path string) {
+	delete(sources, path)
+	for p := range sources {
+		if strings.HasPrefix(p, path+".") {
+			delete(sources, p)
+		}
+	}
+}
