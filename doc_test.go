@@ -59,7 +59,7 @@ func TestLibraryDeps(t *testing.T) {
 		t.Skip("runs go list")
 	}
 	const mod = "github.com/switchboard-go/switchboard"
-	libs := []string{mod, mod + "/client", mod + "/health", mod + "/config", mod + "/balance"}
+	libs := []string{mod, mod + "/client", mod + "/health", mod + "/config", mod + "/balance", mod + "/service"}
 	forbidden := []string{"go.etcd.io/", mod + "/atlas", mod + "/sidecar", mod + "/cli", "github.com/spf13/cobra"}
 	for _, lib := range libs {
 		out, err := exec.Command("go", "list", "-deps", lib).CombinedOutput()

@@ -214,17 +214,7 @@ func (a *Atlas) Drain(ctx context.Context, id, reason string) (*sb.Propagation, 
 	if err != nil {
 		return nil, err
 	}
-	wait := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		wait = time.Until(dl) - 100*time.Millisecond
-	}
-	q := url.Values{}
-	setRealm(q, in.Realm)
-	q.Set("index", strconv.FormatUint(idx, 10))
-	q.Set("wait", max(wait, time.Millisecond).String())
-	var p sb.Propagation
-	_, err = a.call(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(in.Service)+"/propagation", q, nil, &p)
-	return &p, err
+	return a.Propagation(ctx, in.Realm, in.Service, idx)
 }
 
 // Deregister removes instance id.
@@ -502,3 +492,20 @@ func (a *Atlas) Ping(ctx context.Context) error {
 
 // IsNotFound reports whether err is a not_found answer.
 func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }
+
+// Propagation asks how many event streams watching service have been sent
+// every change up to index, waiting (within ctx, at most 10 minutes) until
+// all have.
+func (a *Atlas) Propagation(ctx context.Context, realm, service string, index uint64) (*sb.Propagation, error) {
+	wait := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = time.Until(dl) - 100*time.Millisecond
+	}
+	q := url.Values{}
+	setRealm(q, realm)
+	q.Set("index", strconv.FormatUint(index, 10))
+	q.Set("wait", max(wait, time.Millisecond).String())
+	var p sb.Propagation
+	_, err := a.call(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(service)+"/propagation", q, nil, &p)
+	return &p, err
+}

@@ -71,6 +71,9 @@ type Values struct {
 	AtlasIndex uint64
 }
 
+// Empty returns a view with nothing in it.
+func Empty() *Values { return &Values{data: map[string]any{}, sources: map[string]string{}} }
+
 // Get returns the value at a dotted path, or nil.
 func (v *Values) Get(path string) any {
 	var cur any = v.data
@@ -256,6 +259,9 @@ func Load(ctx context.Context, opts Options) (*Config, error) {
 	c.cur.Store(c.merge(atlasCfg))
 	return c, nil
 }
+
+// SetLogger replaces the logger given in Options; call it before Watch.
+func (c *Config) SetLogger(l *slog.Logger) { c.log = l }
 
 // Values returns the current merged view.
 func (c *Config) Values() *Values { return c.cur.Load() }

@@ -1,0 +1,10 @@
+package service
+
+import "io"
+
+// SetLogOutput moves the logs of services built after it, for a test.
+func SetLogOutput(w io.Writer) (restore func()) {
+	old := logOutput
+	logOutput = w
+	return func() { logOutput = old }
+}

@@ -1,0 +1,443 @@
+// Package service is the smart service kit: it wraps an http.Handler into
+// a service with the standard endpoints (/healthcheck, /livez, /readyz,
+// /environment, /metrics), JSON logs, an access log, panic recovery,
+// layered config, the smart client, a database handle, and a shutdown that
+// fails readiness first, waits for the sidecars to stop routing to it, and
+// then drains in-flight requests.
+//
+//	svc := service.New("identity")
+//	svc.Check("redis", func(ctx context.Context) (string, error) { ... })
+//	svc.Handle("/teams", teams)
+//	if err := svc.Run(ctx); err != nil { ... }
+package service
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/config"
+	"github.com/switchboard-go/switchboard/health"
+)
+
+// Service is one smart service. Build it with New; set fields before Run.
+type Service struct {
+	// Name of the service.
+	Name string
+	// Realm, from SWITCHBOARD_REALM (default dev).
+	Realm string
+	// Instance is this instance's id in Atlas, as the sidecar registers it:
+	// SWITCHBOARD_INSTANCE, else NAME-HOST-PORT.
+	Instance string
+	// Listen is the address served: SWITCHBOARD_LISTEN, else the config
+	// key "listen", else :8080.
+	Listen string
+	// DrainTimeout bounds the shutdown: waiting for the sidecars, then for
+	// in-flight requests, each. Config key "drain_timeout", else 10s.
+	DrainTimeout time.Duration
+	// PublicConfig lists the config keys (and key prefixes ending in ".")
+	// whose values /environment shows; every other value is masked. Config
+	// key "public_config" adds to it.
+	PublicConfig []string
+
+	log     *slog.Logger
+	cfg     *config.Config
+	cfgErr  error
+	atlas   *client.Atlas
+	checker *health.Checker
+	mux     *http.ServeMux
+	reg     *prometheus.Registry
+	reqs    *prometheus.CounterVec
+	lat     *prometheus.HistogramVec
+	started time.Time
+	client  *http.Client
+
+	// dbMu guards db and dbErr.
+	dbMu  sync.Mutex
+	db    *sql.DB
+	dbErr error
+
+	// ready is closed once Run listens; Addr is then the bound address.
+	ready chan struct{}
+	addr  string
+}
+
+// New builds the service name from the environment and its config:
+// SWITCHBOARD_REALM, SWITCHBOARD_ATLAS (and SWITCHBOARD_TOKEN), the file
+// SWITCHBOARD_CONFIG_FILE (else ./config.yaml when it exists), and the
+// Atlas merged config of the service in its realm; when Atlas is
+// unreachable it runs on its local config alone and says so in its log. A
+// config that cannot be read makes Run fail.
+func New(name string) *Service {
+	s := &Service{
+		Name:         name,
+		Realm:        envOr("SWITCHBOARD_REALM", sb.DefaultRealm),
+		PublicConfig: []string{"listen", "log", "log_level", "drain_timeout", "public_config"},
+		mux:          http.NewServeMux(),
+		checker:      health.New(),
+		started:      time.Now(),
+		ready:        make(chan struct{}),
+	}
+	host, _ := os.Hostname()
+	host = strings.ToLower(strings.Split(host, ".")[0])
+	s.checker.Hostname = host
+	s.atlas = &client.Atlas{URLs: splitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), Token: os.Getenv("SWITCHBOARD_TOKEN")}
+	base := slog.New(slog.NewJSONHandler(logOutput, nil))
+	s.log = base.With("service", name, "realm", s.Realm)
+	if err := sb.ValidateName("service", name); err != nil {
+		s.cfgErr = fmt.Errorf("service.New: %s", sb.ErrorMessage(err))
+		return s
+	}
+	file := os.Getenv("SWITCHBOARD_CONFIG_FILE")
+	if file == "" {
+		if _, err := os.Stat("config.yaml"); err == nil {
+			file = "config.yaml"
+		}
+	}
+	s.cfg, s.cfgErr = config.Load(context.Background(), config.Options{
+		Service: name, Realm: s.Realm, File: file, Atlas: s.atlas,
+		Defaults: map[string]any{"listen": ":8080", "drain_timeout": "10s"},
+	})
+	if s.cfgErr != nil {
+		return s
+	}
+	v := s.cfg.Values()
+	s.Listen = envOr("SWITCHBOARD_LISTEN", v.String("listen", ":8080"))
+	s.DrainTimeout = v.Duration("drain_timeout", 10*time.Second)
+	s.Instance = os.Getenv("SWITCHBOARD_INSTANCE")
+	if s.Instance == "" {
+		_, port, _ := net.SplitHostPort(s.Listen)
+		s.Instance = fmt.Sprintf("%s-%s-%s", name, host, port)
+	}
+	s.log = base.With("service", name, "realm", s.Realm, "instance", s.Instance)
+	s.cfg.SetLogger(s.log)
+	if !s.cfg.FromAtlas() {
+		s.log.Warn("service: Atlas unreachable; running on local config alone", "atlas", strings.Join(s.atlas.URLs, ","))
+	}
+	s.initMetrics()
+	return s
+}
+
+// logOutput is where logs go: stdout (tests move it).
+var logOutput io.Writer = os.Stdout
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Logger returns the service's logger: JSON on stdout, with service, realm
+// and instance on every line.
+func (s *Service) Logger() *slog.Logger { return s.log }
+
+// Config returns the service's config, current (Atlas changes are applied
+// while the service runs).
+func (s *Service) Config() *config.Values {
+	if s.cfg == nil {
+		return config.Empty()
+	}
+	return s.cfg.Values()
+}
+
+// OnConfigChange registers fn to be called after every config change.
+func (s *Service) OnConfigChange(fn func(old, new *config.Values)) {
+	if s.cfg != nil {
+		s.cfg.OnChange(fn)
+	}
+}
+
+// Client returns the smart client: service://NAME/path URLs go through the
+// local sidecar.
+func (s *Service) Client() *http.Client {
+	if s.client == nil {
+		s.client = &http.Client{Transport: &client.Transport{Atlas: s.atlas, Realm: s.Realm, Logger: s.log}}
+	}
+	return s.client
+}
+
+// Check adds a readiness check (it also decides /healthcheck).
+func (s *Service) Check(name string, fn health.Func) {
+	if err := s.checker.Add(name, fn); err != nil {
+		panic(err) // a programming error: two checks of one name
+	}
+}
+
+// LivenessCheck adds a check that decides /livez too: only for what a
+// restart would fix, never for a dependency.
+func (s *Service) LivenessCheck(name string, fn health.Func) {
+	if err := s.checker.AddCheck(health.Check{Name: name, Func: fn, Liveness: true}); err != nil {
+		panic(err)
+	}
+}
+
+// Health returns the service's checker.
+func (s *Service) Health() *health.Checker { return s.checker }
+
+// GRPCHealth returns the grpc.health.v1 server for the service's checks,
+// to register on the service's gRPC server.
+func (s *Service) GRPCHealth() healthpb.HealthServer { return s.checker.GRPC() }
+
+// Handle serves pattern with h (http.ServeMux patterns), wrapped in the
+// access log, panic recovery and metrics.
+func (s *Service) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, s.wrap(h))
+}
+
+// HandleFunc is Handle for a function.
+func (s *Service) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	s.Handle(pattern, http.HandlerFunc(h))
+}
+
+// Metrics returns the service's Prometheus registry, for metrics of its
+// own.
+func (s *Service) Metrics() *prometheus.Registry { return s.reg }
+
+// Addr returns the address the service listens on, once it does.
+func (s *Service) Addr(ctx context.Context) (string, error) {
+	select {
+	case <-s.ready:
+		return s.addr, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (s *Service) initMetrics() {
+	s.reg = prometheus.NewRegistry()
+	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "http_requests_total", Help: "Requests by route and status code.",
+	}, []string{"route", "code"})
+	s.lat = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "http_request_duration_seconds", Help: "Request latency by route.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"route"})
+	s.reg.MustRegister(s.reqs, s.lat, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// DB returns the database named by the config key "database" ({"driver":
+// "postgres", "dsn": "..."}), opened once; the driver is registered by the
+// service's own import. A built-in "database" check pings it.
+func (s *Service) DB() (*sql.DB, error) {
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	if s.db != nil || s.dbErr != nil {
+		return s.db, s.dbErr
+	}
+	var spec struct {
+		Driver string `json:"driver"`
+		DSN    string `json:"dsn"`
+	}
+	if err := s.Config().Decode("database", &spec); err != nil || spec.Driver == "" {
+		s.dbErr = errors.New(`service: config key "database" must be {"driver": "...", "dsn": "..."}`)
+		return nil, s.dbErr
+	}
+	db, err := sql.Open(spec.Driver, spec.DSN)
+	if err != nil {
+		s.dbErr = fmt.Errorf("service: database: %w", err)
+		return nil, s.dbErr
+	}
+	s.db = db
+	_ = s.checker.Add("database", func(ctx context.Context) (string, error) {
+		if err := db.PingContext(ctx); err != nil {
+			return "", fmt.Errorf("%s: %w", spec.Driver, err)
+		}
+		return spec.Driver + " ok", nil
+	})
+	return s.db, nil
+}
+
+// Run serves until ctx ends (SIGTERM in main), then shuts down: readiness
+// fails first, then it waits until Atlas says the sidecars have stopped
+// routing here (at most DrainTimeout), then in-flight requests drain (at
+// most DrainTimeout). It returns nil after a clean shutdown.
+func (s *Service) Run(ctx context.Context) error {
+	if s.cfgErr != nil {
+		return s.cfgErr
+	}
+	s.checker.Register(s.mux)
+	s.mux.Handle("GET /environment", http.HandlerFunc(s.environment))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	ln, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		return fmt.Errorf("service %s: listen: %w", s.Name, err)
+	}
+	s.addr = ln.Addr().String()
+	close(s.ready)
+	srv := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go s.cfg.Watch(wctx)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	s.log.Info("service: listening", "addr", s.addr)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("service %s: %w", s.Name, err)
+	case <-ctx.Done():
+	}
+	s.log.Info("service: shutting down: readiness fails from now")
+	s.checker.SetDraining(true)
+	s.waitForSidecars()
+	sctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		s.log.Warn("service: requests still running at the end of the drain", "err", err)
+	}
+	if s.db != nil {
+		s.db.Close()
+	}
+	s.log.Info("service: stopped")
+	return nil
+}
+
+// waitForSidecars waits until this instance is out of rotation: Atlas has
+// it critical (its sidecar's check saw readiness fail), disabled or gone,
+// and every event stream watching the service has been sent that. Without
+// Atlas it waits a short grace, since sidecars that still route here retry
+// elsewhere on the first refused connection.
+func (s *Service) waitForSidecars() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
+	defer cancel()
+	start := time.Now()
+	var index uint64
+	for {
+		si, err := s.atlas.Service(ctx, s.Realm, s.Name, client.ServiceOptions{QueryOptions: client.QueryOptions{Index: index, Wait: time.Until(deadline(ctx))}})
+		if err != nil {
+			if ctx.Err() == nil {
+				grace := min(2*time.Second, s.DrainTimeout)
+				s.log.Warn("service: cannot ask Atlas whether the sidecars stopped routing here; waiting a grace period", "err", err, "grace", grace)
+				select {
+				case <-ctx.Done():
+				case <-time.After(grace):
+				}
+			}
+			return
+		}
+		var me *sb.Instance
+		for _, in := range si.Instances {
+			if in.ID == s.Instance {
+				me = in
+			}
+		}
+		if me == nil && index == 0 {
+			s.log.Info("service: not registered in Atlas (no sidecar announces it): nothing to wait for", "instance", s.Instance)
+			return
+		}
+		if me == nil || !me.Routable() {
+			p, err := s.atlas.Propagation(ctx, s.Realm, s.Name, si.Index)
+			switch {
+			case err != nil:
+				s.log.Warn("service: out of rotation in Atlas; could not confirm the sidecars saw it", "err", err)
+			case p.Confirmed < p.Watchers:
+				s.log.Warn("service: not every sidecar confirmed in time", "watchers", p.Watchers, "confirmed", p.Confirmed)
+			default:
+				s.log.Info("service: out of rotation", "watchers", p.Watchers, "after", time.Since(start).Round(time.Millisecond))
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			s.log.Warn("service: still in rotation at the end of the drain timeout")
+			return
+		}
+		index = si.Index
+	}
+}
+
+func deadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// statusWriter records the status for the access log and metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// wrap adds the access log, panic recovery (500, stack in the log) and
+// metrics to a handler.
+func (s *Service) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("service: panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", stack())
+				if sw.status == 0 {
+					http.Error(sw, `{"error":{"code":"internal","message":"internal error"}}`, http.StatusInternalServerError)
+				}
+			}
+			route := r.Pattern
+			if route == "" {
+				route = "other"
+			}
+			d := time.Since(start)
+			s.reqs.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
+			s.lat.WithLabelValues(route).Observe(d.Seconds())
+			s.log.Info("access", "method", r.Method, "path", r.URL.Path, "route", route, "status", sw.status,
+				"bytes", sw.bytes, "duration_ms", float64(d.Microseconds())/1000, "remote", r.RemoteAddr)
+		}()
+		h.ServeHTTP(sw, r)
+	})
+}
+
+func stack() string { return string(debug.Stack()) }

@@ -1,0 +1,255 @@
+package service_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/service"
+)
+
+// syncBuffer collects logs from the service's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// run starts a service built by build with Atlas unreachable, and returns
+// its base URL and a stop function that returns Run's error.
+func run(t *testing.T, build func(*service.Service)) (string, *syncBuffer, func() error) {
+	t.Helper()
+	logs := &syncBuffer{}
+	restore := service.SetLogOutput(logs)
+	t.Cleanup(restore)
+	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+	t.Setenv("SWITCHBOARD_ATLAS", "http://127.0.0.1:1")
+	t.Setenv("SWITCHBOARD_CONFIG_DB__PASSWORD", "hunter2")
+	t.Setenv("SWITCHBOARD_CONFIG_LOG", "debug")
+	t.Setenv("SWITCHBOARD_CONFIG_DRAIN_TIMEOUT", "1s")
+	t.Setenv("API_SECRET", "s3cr3t")
+	svc := service.New("identity")
+	build(svc)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- svc.Run(ctx) }()
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	addr, err := svc.Addr(actx)
+	if err != nil {
+		cancel()
+		t.Fatalf("service did not listen: %v / %v", err, <-errc)
+	}
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		return <-errc
+	}
+	t.Cleanup(func() { stop() })
+	return "http://" + addr, logs, stop
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func TestStandardEndpoints(t *testing.T) {
+	redisUp := true
+	var mu sync.Mutex
+	base, logs, stop := run(t, func(s *service.Service) {
+		s.Check("redis", func(context.Context) (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !redisUp {
+				return "", errors.New("redis down")
+			}
+			return "redis ok", nil
+		})
+		s.HandleFunc("GET /teams", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "teams") })
+		s.HandleFunc("GET /boom", func(w http.ResponseWriter, r *http.Request) { panic("kaboom") })
+	})
+	if code, body := get(t, base+"/teams"); code != 200 || body != "teams" {
+		t.Fatalf("/teams = %d %q", code, body)
+	}
+	code, body := get(t, base+"/healthcheck")
+	var rep struct {
+		Status  string
+		Results []struct {
+			Checker string
+			Passed  bool
+		}
+	}
+	json.Unmarshal([]byte(body), &rep)
+	if code != 200 || rep.Status != "success" || len(rep.Results) != 1 || rep.Results[0].Checker != "redis" {
+		t.Fatalf("/healthcheck = %d %s", code, body)
+	}
+	for _, p := range []string{"/livez", "/readyz"} {
+		if code, body := get(t, base+p); code != 200 || body != "ok" {
+			t.Fatalf("%s = %d %q", p, code, body)
+		}
+	}
+	if code, body := get(t, base+"/boom"); code != 500 || !strings.Contains(body, `"code":"internal"`) {
+		t.Fatalf("/boom = %d %q", code, body)
+	}
+	if !strings.Contains(logs.String(), `"panic":"kaboom"`) || !strings.Contains(logs.String(), "service_test.go") {
+		t.Fatalf("the panic and its stack are not in the log:\n%s", logs.String())
+	}
+	// /environment: provenance, masked secrets.
+	code, body = get(t, base+"/environment")
+	var env struct {
+		Service map[string]any
+		Go      map[string]any
+		Process struct{ Environ map[string]string }
+		Config  struct {
+			FromAtlas bool `json:"from_atlas"`
+			Keys      map[string]struct {
+				Value  any
+				Source string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &env); err != nil || code != 200 {
+		t.Fatalf("/environment = %d %v", code, err)
+	}
+	if env.Config.FromAtlas || env.Config.Keys["db.password"].Value != service.Masked ||
+		env.Config.Keys["db.password"].Source != "env:SWITCHBOARD_CONFIG_DB__PASSWORD" ||
+		env.Config.Keys["log"].Value != "debug" || env.Process.Environ["API_SECRET"] != service.Masked ||
+		strings.Contains(body, "hunter2") || strings.Contains(body, "s3cr3t") || env.Go["version"] == nil {
+		t.Fatalf("/environment:\n%s", body)
+	}
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, `http_requests_total{code="200",route="GET /teams"} 1`) {
+		t.Fatalf("/metrics = %d, no request counter for GET /teams", code)
+	}
+	// Every log line carries service, realm and instance.
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil || m["service"] != "identity" || m["realm"] != "dev" || m["instance"] == nil {
+			t.Fatalf("log line without service, realm, instance: %s", line)
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"access"`) || !strings.Contains(logs.String(), `"route":"GET /teams"`) {
+		t.Fatalf("no access log:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "running on local config alone") {
+		t.Fatal("the log does not say Atlas was unreachable")
+	}
+	mu.Lock()
+	redisUp = false
+	mu.Unlock()
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v after a clean shutdown", err)
+	}
+}
+
+func TestShutdownFailsReadinessThenDrains(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{})
+	base, _, stop := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+			close(started)
+			<-release
+			io.WriteString(w, "done")
+		})
+	})
+	slow := make(chan string, 1)
+	go func() {
+		_, body := get(t, base+"/slow")
+		slow <- body
+	}()
+	<-started
+	done := make(chan error, 1)
+	go func() { done <- stop() }()
+	// While it drains, readiness fails (sidecars see it) and the request
+	// in flight finishes.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, _ := get(t, base+"/readyz"); code == 500 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, body := get(t, base+"/readyz?verbose"); code != 500 || !strings.Contains(body, "[-]shutdown failed") {
+		t.Fatalf("readyz while draining = %d %q", code, body)
+	}
+	close(release)
+	if body := <-slow; body != "done" {
+		t.Fatalf("the request in flight got %q", body)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+// testDriver is a database/sql driver whose Ping fails on demand: the
+// kit's wiring (open from config, check) is what is under test.
+type testDriver struct{ down *bool }
+
+func (d testDriver) Open(string) (driver.Conn, error) { return testConn(d), nil }
+
+type testConn testDriver
+
+func (c testConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("not supported") }
+func (c testConn) Close() error                        { return nil }
+func (c testConn) Begin() (driver.Tx, error)           { return nil, errors.New("not supported") }
+func (c testConn) Ping(context.Context) error {
+	if *c.down {
+		return errors.New("database unreachable")
+	}
+	return nil
+}
+
+var dbDown bool
+
+func init() { sql.Register("switchboardtest", testDriver{down: &dbDown}) }
+
+func TestDB(t *testing.T) {
+	t.Setenv("SWITCHBOARD_CONFIG_DATABASE", `{"driver":"switchboardtest","dsn":"x"}`)
+	var svc *service.Service
+	base, _, _ := run(t, func(s *service.Service) {
+		svc = s
+		s.Health().SuccessTTL = 0 // see the failure at once
+	})
+	db, err := svc.DB()
+	if err != nil || db == nil {
+		t.Fatalf("DB() = %v, %v", db, err)
+	}
+	if code, body := get(t, base+"/readyz?verbose"); code != 200 || !strings.Contains(body, "[+]database ok") {
+		t.Fatalf("readyz with the database up = %d %q", code, body)
+	}
+	dbDown = true
+	defer func() { dbDown = false }()
+	if code, body := get(t, base+"/readyz?verbose"); code != 500 || !strings.Contains(body, "database unreachable") {
+		t.Fatalf("readyz with the database down = %d %q", code, body)
+	}
+}
