@@ -222,6 +222,10 @@ type load struct {
 }
 
 func startLoad(s *sidecarProc, service string, workers int) *load {
+	return startLoadPath(s, service, "/who", workers)
+}
+
+func startLoadPath(s *sidecarProc, service, path string, workers int) *load {
 	l := &load{by: map[string]int{}, stop: make(chan struct{})}
 	for range workers {
 		l.wg.Add(1)
@@ -233,7 +237,7 @@ func startLoad(s *sidecarProc, service string, workers int) *load {
 					return
 				default:
 				}
-				status, body, err := s.get(service, "/who")
+				status, body, err := s.get(service, path)
 				if err != nil || status != 200 {
 					l.failed.Add(1)
 					l.mu.Lock()
