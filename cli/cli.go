@@ -104,7 +104,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	pf.StringVarP(&g.output, "output", "o", "table", "output of read commands: table or json")
 
 	root.AddCommand(
-		atlasCmd(g), devCmd(g), sidecarCmd(g),
+		atlasCmd(g), devCmd(g), sidecarCmd(g), newCmd(g),
 		servicesCmd(g), instancesCmd(g), registerCmd(g), deregisterCmd(g), enableCmd(g), disableCmd(g), watchCmd(g),
 		configCmd(g), tokenCmd(g), policyCmd(g),
 	)

@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/scaffold"
+)
+
+func newCmd(g *globals) *cobra.Command {
+	var (
+		dir, module string
+		port        int
+	)
+	c := &cobra.Command{
+		Use:   "new NAME",
+		Short: "Generate a new service on the smart service kit",
+		Long: `Generate a service that has, from its first minute, health checks, config,
+logging, metrics, the smart client and a graceful shutdown: main.go, a handler
+and its test, config.yaml, sidecar.yaml, Makefile, Dockerfile, README.md and
+.gitignore; then resolve its dependencies and make the first git commit.
+
+The port comes from Atlas (every service its own, stable) or, with no Atlas, is
+a free local one. Until Switchboard is published, go.mod points at a source
+checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
+		Example: `  switchboard new identity
+  switchboard new billing --dir ~/src/billing --module example.com/billing`,
+		Args: cobra.ExactArgs(1),
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			start := time.Now()
+			o := scaffold.Options{Name: args[0], Dir: dir, Module: module, Port: port}
+			if err := sb.ValidateName("NAME", o.Name); err != nil {
+				return usagef("%s", sb.ErrorMessage(err))
+			}
+			if o.Dir == "" {
+				o.Dir = o.Name
+			}
+			abs, err := filepath.Abs(o.Dir)
+			if err != nil {
+				return err
+			}
+			o.Dir = abs
+			if err := scaffold.CheckDir(o.Dir); err != nil {
+				return usagef("%v", err)
+			}
+			if cmd.Flags().Changed("port") && (port < 1 || port > 65535) {
+				return usagef("--port: must be 1-65535, got %d", port)
+			}
+			source, err := scaffold.SourceDir()
+			if err != nil {
+				return err
+			}
+			o.Source = source
+			from := "--port"
+			if o.Port == 0 {
+				o.Port, from, err = pickPort(cmd.Context(), g, o.Name)
+				if err != nil {
+					return err
+				}
+			}
+			if err := o.Validate(); err != nil {
+				return usagef("%v", err)
+			}
+			fmt.Fprintf(g.stdout, "service    %s\n", o.Name)
+			fmt.Fprintf(g.stdout, "directory  %s\n", o.Dir)
+			fmt.Fprintf(g.stdout, "module     %s\n", o.Module)
+			fmt.Fprintf(g.stdout, "port       %d (%s)\n", o.Port, from)
+			fmt.Fprintf(g.stdout, "switchboard source  %s (go.mod replace; Switchboard is not published yet)\n", o.Source)
+			if err := scaffold.Create(cmd.Context(), o, g.stdout); err != nil {
+				if _, statErr := os.Stat(o.Dir); statErr == nil {
+					return fmt.Errorf("%w\n(the files are in %s; fix the cause and run go mod tidy there)", err, o.Dir)
+				}
+				return err
+			}
+			rel := o.Dir
+			if wd, err := os.Getwd(); err == nil {
+				if r, err := filepath.Rel(wd, o.Dir); err == nil {
+					rel = r
+				}
+			}
+			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  cd %s\n  switchboard dev -c sidecar.yaml &\n  go run .\n  curl http://%s.localhost:4000/hello\n",
+				time.Since(start).Round(100*time.Millisecond), rel, o.Name)
+			return nil
+		}),
+	}
+	c.Flags().StringVar(&dir, "dir", "", "directory to create (default ./NAME)")
+	c.Flags().StringVar(&module, "module", "", "Go module path (default NAME)")
+	c.Flags().IntVar(&port, "port", 0, "port (default: assigned by Atlas, else a free local one)")
+	return c
+}
+
+// pickPort asks Atlas for the service's port; with no Atlas it takes a
+// free local port from 5000-5999.
+func pickPort(ctx context.Context, g *globals, name string) (int, string, error) {
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	port, err := g.client().AssignPort(actx, name)
+	if err == nil {
+		return port, "assigned by Atlas", nil
+	}
+	if sb.ErrorCode(err) != sb.EUnavailable {
+		return 0, "", err
+	}
+	for p := 5000; p <= 5999; p++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			ln.Close()
+			return p, "free here; no Atlas answered", nil
+		}
+	}
+	return 0, "", fmt.Errorf("no Atlas answered and no port in 5000-5999 is free here; give --port")
+}
