@@ -133,14 +133,16 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 }
 
 func devCmd(g *globals) *cobra.Command {
-	var dir, listen, sidecarListen, sidecarAdmin, file string
+	var dir, listen, sidecarListen, sidecarAdmin string
+	var files []string
 	c := &cobra.Command{
 		Use:   "dev",
 		Short: "Run Switchboard on a laptop: Atlas and a sidecar, no auth, loopback only",
 		Long: `Run everything a laptop needs in one process: Atlas with its embedded store
 under ./.switchboard/ and a sidecar routing calls made to 127.0.0.1:4000, all
-without auth and on loopback only. With -c, the sidecar also announces the
-services a sidecar.yaml lists. Ctrl-C stops it.`,
+without auth and on loopback only. With -c (repeatable), the sidecar also
+announces the services that sidecar.yaml files list; their other fields are
+ignored, dev sets them. Ctrl-C stops it.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			for _, a := range []struct{ flag, v string }{{"--listen", listen}, {"--sidecar-listen", sidecarListen}, {"--sidecar-admin", sidecarAdmin}} {
@@ -152,12 +154,18 @@ services a sidecar.yaml lists. Ctrl-C stops it.`,
 					return usagef("%s: switchboard dev runs without auth and listens on loopback only, got %q", a.flag, a.v)
 				}
 			}
+			// Each -c file adds the services it announces.
 			cfg := &sidecar.Config{}
-			if file != "" {
-				var err error
-				if cfg, err = sidecar.LoadConfig(file); err != nil {
+			for _, f := range files {
+				c, err := sidecar.LoadConfig(f)
+				if err != nil {
 					return usagef("%v", err)
 				}
+				cfg.Services = append(cfg.Services, c.Services...)
+				cfg.Upstreams = append(cfg.Upstreams, c.Upstreams...)
+			}
+			if err := cfg.Check(); err != nil {
+				return usagef("%v", err)
 			}
 			log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			ra, err := startAtlas(atlasOptions{listen: listen, dataDir: filepath.Join(dir, "atlas"), insecure: true, ports: "5000-5999"}, log)
@@ -205,7 +213,7 @@ services a sidecar.yaml lists. Ctrl-C stops it.`,
 	f.StringVar(&listen, "listen", "127.0.0.1:4400", "Atlas address (loopback only)")
 	f.StringVar(&sidecarListen, "sidecar-listen", "127.0.0.1:4000", "sidecar frontend address (loopback only)")
 	f.StringVar(&sidecarAdmin, "sidecar-admin", "127.0.0.1:4001", "sidecar admin address (loopback only)")
-	f.StringVarP(&file, "config", "c", "", "a sidecar.yaml whose services the sidecar announces")
+	f.StringSliceVarP(&files, "config", "c", nil, "sidecar.yaml files whose services the sidecar announces (repeatable)")
 	return c
 }
 

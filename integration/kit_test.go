@@ -29,7 +29,9 @@ func buildIdentity(t *testing.T) string {
 		return identityBinary
 	}
 	out := filepath.Join(filepath.Dir(binary), "identity")
-	b, err := exec.Command("go", "build", "-o", out, "../examples/identity").CombinedOutput()
+	build := exec.Command("go", "build", "-o", out, ".")
+	build.Dir = "../examples/identity" // a module of its own, as switchboard new made it
+	b, err := build.CombinedOutput()
 	if err != nil {
 		t.Fatalf("building examples/identity: %v\n%s", err, b)
 	}

@@ -84,6 +84,20 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// replacePath is the source for go.mod's replace: relative when the new
+// service lives inside the source tree (examples/), so that it stays valid
+// in every clone; absolute otherwise.
+func replacePath(source, dir string) string {
+	if source == "" || !filepath.IsAbs(source) || !filepath.IsAbs(dir) {
+		return source
+	}
+	rel, err := filepath.Rel(dir, source)
+	if err != nil || !strings.HasPrefix(dir, source+string(filepath.Separator)) {
+		return source
+	}
+	return filepath.ToSlash(rel)
+}
+
 // CheckDir refuses a directory that exists and is not empty.
 func CheckDir(dir string) error {
 	entries, err := os.ReadDir(dir)
@@ -115,7 +129,7 @@ func Generate(o Options) error {
 	if err := CheckDir(o.Dir); err != nil {
 		return err
 	}
-	d := data{Options: o, Replace: o.Source, Listen: fmt.Sprintf("127.0.0.1:%d", o.Port)}
+	d := data{Options: o, Replace: replacePath(o.Source, o.Dir), Listen: fmt.Sprintf("127.0.0.1:%d", o.Port)}
 	rendered := map[string][]byte{}
 	for _, f := range files {
 		t, err := template.New(f.tmpl).ParseFS(templates, "templates/"+f.tmpl)
@@ -140,7 +154,8 @@ func Generate(o Options) error {
 }
 
 // Create generates the service, resolves its dependencies (go mod tidy)
-// and makes its first commit. Progress goes to out.
+// and makes its first commit, unless the directory is inside a git
+// repository already. Progress goes to out.
 func Create(ctx context.Context, o Options, out io.Writer) error {
 	if err := Generate(o); err != nil {
 		return err
@@ -158,6 +173,14 @@ func Create(ctx context.Context, o Options, out io.Writer) error {
 	fmt.Fprintln(out, "  resolving dependencies (go mod tidy)")
 	if err := run("go", "mod", "tidy"); err != nil {
 		return err
+	}
+	// Inside an existing repository (a monorepo, examples/), the service
+	// joins it: no repository of its own.
+	probe := exec.CommandContext(ctx, "git", "rev-parse", "--is-inside-work-tree")
+	probe.Dir = filepath.Dir(o.Dir)
+	if b, err := probe.Output(); err == nil && strings.TrimSpace(string(b)) == "true" {
+		fmt.Fprintln(out, "  inside a git repository already: no git init, no commit")
+		return nil
 	}
 	fmt.Fprintln(out, "  git init and a first commit")
 	if err := run("git", "init", "-q"); err != nil {
