@@ -15,8 +15,15 @@ need() { # need COMMAND DEBIAN-PACKAGE
 }
 need git git
 
+need python3 python3 # a service not written in Go, in the sidecar tests
+need curl curl       # the README tutorial
+
 go vet ./...
 go test -race -count=1 -timeout 12m ./...
+# The examples are modules of their own, as switchboard new makes them.
+for ex in examples/*/; do
+	(cd "$ex" && go vet ./... && go test -count=1 ./...)
+done
 
 fuzztime=${FUZZTIME:-5s}
 if [ "$fuzztime" != 0 ]; then
