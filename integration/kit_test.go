@@ -18,7 +18,7 @@ type kitProc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
-	out  *strings.Builder
+	out  *lockedBuffer
 }
 
 var identityBinary string
@@ -41,7 +41,7 @@ func buildIdentity(t *testing.T) string {
 
 func startKit(t *testing.T, atlasURL string, port int) *kitProc {
 	t.Helper()
-	k := &kitProc{port: port, done: make(chan struct{}), out: &strings.Builder{}}
+	k := &kitProc{port: port, done: make(chan struct{}), out: &lockedBuffer{}}
 	k.cmd = exec.Command(buildIdentity(t))
 	k.cmd.Dir = t.TempDir()
 	k.cmd.Env = append(os.Environ(),

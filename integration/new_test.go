@@ -53,7 +53,7 @@ func TestNewServiceRunsAndRegisters(t *testing.T) {
 	svc := exec.Command(bin)
 	svc.Dir = dir // its config.yaml sets the listen address
 	svc.Env = append(os.Environ(), "SWITCHBOARD_ATLAS="+a.url)
-	var logs strings.Builder
+	var logs lockedBuffer
 	svc.Stdout, svc.Stderr = &logs, &logs
 	if err := svc.Start(); err != nil {
 		t.Fatal(err)
