@@ -50,6 +50,20 @@ func newMetrics(s *Sidecar) *metrics {
 			Name: "switchboard_sidecar_route_updates_total", Help: "Updates of a service's instances applied.",
 		}, []string{"service"}),
 	}
+	hapCounter := func(name, help string, get func() int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+			if hap := s.hap.Load(); hap != nil {
+				return float64(get())
+			}
+			return 0
+		})
+	}
+	m.reg.MustRegister(
+		hapCounter("switchboard_sidecar_haproxy_reloads_total", "HAProxy reloads (haproxy mode).", func() int64 { return s.hap.Load().Reloads() }),
+		hapCounter("switchboard_sidecar_haproxy_refused_configs_total", "Configs haproxy -c refused (haproxy mode).", func() int64 { return s.hap.Load().RefusedConfigs() }),
+		hapCounter("switchboard_sidecar_haproxy_runtime_commands_total", "Runtime API commands sent (haproxy mode).", func() int64 { return s.hap.Load().RuntimeCommands() }),
+		hapCounter("switchboard_sidecar_haproxy_restarts_total", "HAProxy restarts after it died (haproxy mode).", func() int64 { return s.hap.Load().Restarts() }),
+	)
 	m.reg.MustRegister(m.requests, m.latency, m.retries, m.ejections, m.tcp, m.watchErrors, m.index, m.updates,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

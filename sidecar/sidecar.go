@@ -8,12 +8,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/sidecar/haproxy"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
@@ -82,6 +85,7 @@ type Sidecar struct {
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	front      *proxy.HTTP
+	hap        atomic.Pointer[haproxy.Driver] // haproxy mode only
 	admin      *http.Server
 	l4         []*proxy.TCP
 	announcers []*announcer
@@ -96,7 +100,18 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		return nil, err
 	}
 	if cfg.Proxy == "haproxy" {
-		return nil, errors.New("proxy: haproxy mode is not built yet; use proxy: builtin")
+		if cfg.HAProxy.Binary == "" {
+			cfg.HAProxy.Binary = "haproxy"
+		}
+		if cfg.HAProxy.Dir == "" {
+			if cfg.StateDir == "" {
+				return nil, errors.New("haproxy.dir: required in haproxy mode (or state_dir, for STATE_DIR/haproxy)")
+			}
+			cfg.HAProxy.Dir = filepath.Join(cfg.StateDir, "haproxy")
+		}
+		if _, err := haproxy.CheckVersion(cfg.HAProxy.Binary); err != nil {
+			return nil, err
+		}
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -153,7 +168,14 @@ func (s *Sidecar) Start() error {
 		}
 		return err
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	// In haproxy mode HAProxy owns the frontend and the L4 listeners; the
+	// built-in proxy listens on a loopback port of its own, for the
+	// services HAProxy does not route yet.
+	frontAddr := s.cfg.Listen
+	if s.cfg.Proxy == "haproxy" {
+		frontAddr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", frontAddr)
 	if err != nil {
 		return fail(fmt.Errorf("listen: %w", err))
 	}
@@ -170,7 +192,7 @@ func (s *Sidecar) Start() error {
 	var tcps []l4
 	for _, u := range s.cfg.Upstreams {
 		pool := s.table.Get(u.Name) // watched from the start
-		if u.Listen == "" {
+		if u.Listen == "" || s.cfg.Proxy == "haproxy" {
 			continue
 		}
 		tln, err := net.Listen("tcp", u.Listen)
@@ -182,6 +204,25 @@ func (s *Sidecar) Start() error {
 		s.TCPAddrs[u.Name] = tln.Addr().String()
 	}
 	s.ListenAddr, s.AdminAddr = ln.Addr().String(), aln.Addr().String()
+	if s.cfg.Proxy == "haproxy" {
+		tcp := map[string]string{}
+		for _, u := range s.cfg.Upstreams {
+			if u.Listen != "" {
+				tcp[u.Name] = u.Listen
+				s.TCPAddrs[u.Name] = u.Listen
+			}
+		}
+		hap := &haproxy.Driver{Binary: s.cfg.HAProxy.Binary, Dir: s.cfg.HAProxy.Dir, Listen: s.cfg.Listen,
+			Fallback: s.ListenAddr, Realm: s.cfg.Realm, TCP: tcp, Logger: s.log}
+		if err := hap.Start(); err != nil {
+			return fail(err)
+		}
+		s.hap.Store(hap)
+		s.ListenAddr = s.cfg.Listen
+		for _, p := range s.table.All() {
+			s.pushHAProxy(p.Service)
+		}
+	}
 
 	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
@@ -265,12 +306,34 @@ func (s *Sidecar) Shutdown() error {
 	for _, t := range s.l4 {
 		t.Close()
 	}
+	if hap := s.hap.Load(); hap != nil {
+		hap.Close()
+	}
 	s.wg.Wait()
 	if s.state != nil {
 		s.state.save(s.table)
 	}
 	return nil
 }
+
+// pushHAProxy hands a service's instances to HAProxy, in haproxy mode.
+func (s *Sidecar) pushHAProxy(service string) {
+	hap := s.hap.Load()
+	if hap == nil {
+		return
+	}
+	p := s.table.Lookup(service)
+	if p == nil {
+		return
+	}
+	hap.Update(service, false, p.Endpoints())
+	if _, ok := s.TCPAddrs[service]; ok {
+		hap.Update(service, true, p.Endpoints())
+	}
+}
+
+// HAProxy returns the HAProxy driver in haproxy mode, else nil.
+func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 
 // watch follows one service's instances from Atlas's event stream into its
 // pool, until the sidecar stops; it reconnects with backoff, resuming from
@@ -290,6 +353,7 @@ func (s *Sidecar) watch(service string) {
 					proxy.CloseEndpoint(e)
 				}
 				s.m.applied(service, ev.Service.Index)
+				s.pushHAProxy(service)
 				if s.state != nil {
 					s.state.dirty()
 				}

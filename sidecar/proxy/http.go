@@ -74,19 +74,18 @@ func (h *HTTP) setup() {
 		h.Logger = slog.New(slog.DiscardHandler)
 	}
 	h.srv = &fasthttp.Server{
-		Handler:                       h.serve,
-		Name:                          "",
-		NoDefaultServerHeader:         true,
-		NoDefaultContentType:          true,
-		NoDefaultDate:                 true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePreParseMultipartForm:  true,
-		ReadBufferSize:                16 << 10,
-		MaxRequestBodySize:            64 << 20,
-		IdleTimeout:                   2 * time.Minute,
-		ReadTimeout:                   2 * time.Minute,
-		CloseOnShutdown:               true,
-		Logger:                        fasthttpLogger{h.Logger},
+		Handler:                      h.serve,
+		Name:                         "",
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		NoDefaultDate:                true,
+		DisablePreParseMultipartForm: true,
+		ReadBufferSize:               16 << 10,
+		MaxRequestBodySize:           64 << 20,
+		IdleTimeout:                  2 * time.Minute,
+		ReadTimeout:                  2 * time.Minute,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{h.Logger},
 	}
 }
 

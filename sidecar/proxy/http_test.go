@@ -105,6 +105,17 @@ func TestRoutesAndBalances(t *testing.T) {
 	if seen["a"] < 40 || seen["b"] < 40 {
 		t.Fatalf("load split %v; want both instances used", seen)
 	}
+	// HAProxy (and HTTP/2) lower-case header names.
+	lreq, _ := http.NewRequest("GET", f.url+"/teams", nil)
+	lreq.Header["switchboard-service"] = []string{"identity"}
+	lres, err := http.DefaultClient.Do(lreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lres.Body.Close()
+	if lres.StatusCode != 200 {
+		t.Fatalf("lower-case service header = %d", lres.StatusCode)
+	}
 	// The Host forms route without the header.
 	req, _ := http.NewRequest("POST", f.url+"/x", strings.NewReader("hi"))
 	req.Host = "identity.localhost:4000"

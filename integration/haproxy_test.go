@@ -1,0 +1,140 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// masterReloads asks HAProxy's master CLI how many reloads it has done.
+// The master re-executes itself on a reload: its socket may refuse for a
+// moment.
+func masterReloads(t *testing.T, dir string) int {
+	t.Helper()
+	var c net.Conn
+	var err error
+	for range 100 {
+		if c, err = net.DialTimeout("unix", filepath.Join(dir, "master.sock"), 2*time.Second); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("master CLI: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "show proc; quit\n")
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 3 && f[1] == "master" {
+			n, _ := strconv.Atoi(f[2])
+			return n
+		}
+	}
+	t.Fatal("master CLI: no master line")
+	return 0
+}
+
+func haproxySidecar(t *testing.T, atlasURL string) (*sidecarProc, string) {
+	t.Helper()
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Fatal("haproxy is not installed: test.sh installs it (apt-get install haproxy)")
+	}
+	dir := t.TempDir()
+	s := startSidecar(t, fmt.Sprintf("atlas: %s\nproxy: haproxy\nstate_dir: %s\nupstreams: [{name: files}]\n", atlasURL, dir))
+	return s, filepath.Join(dir, "haproxy")
+}
+
+func register(t *testing.T, atlasURL, id, service string, port int) {
+	t.Helper()
+	body := fmt.Sprintf(`{"service":%q,"address":"127.0.0.1","port":%d,"ttl":"1h"}`, service, port)
+	if st, b, err := call(context.Background(), "PUT", atlasURL+"/v1/instances/"+id, body); err != nil || st != 200 {
+		t.Fatalf("register %s: %d %s %v", id, st, b, err)
+	}
+}
+
+// TestHAProxyMembershipChangesWithoutReload: 100 membership changes while
+// a steady stream of GETs runs through HAProxy: no request fails and
+// HAProxy never reloads (the master's own count).
+func TestHAProxyMembershipChangesWithoutReload(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2, p3 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t)), startPy(t, "three", freePort(t))
+	register(t, a.url, "files-1", "files", p1.port)
+	register(t, a.url, "files-2", "files", p2.port)
+	s, dir := haproxySidecar(t, a.url)
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	// Let the first reload (adding the files backend) settle.
+	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/who")
+		return st == 200 && (body == "one" || body == "two")
+	})
+	before := masterReloads(t, dir)
+	l := startLoad(s, "files", 4)
+	for i := range 50 {
+		register(t, a.url, "files-3", "files", p3.port)
+		time.Sleep(40 * time.Millisecond)
+		if st, _, err := call(context.Background(), "DELETE", a.url+"/v1/instances/files-3", ""); err != nil || st != 200 {
+			t.Fatalf("change %d: deregister: %d %v", i, st, err)
+		}
+		time.Sleep(40 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	l.end()
+	after := masterReloads(t, dir)
+	t.Logf("%d GETs through HAProxy during 100 membership changes, %d failed; split %v; HAProxy reloads %d -> %d; runtime commands %s",
+		l.ok.Load()+l.failed.Load(), l.failed.Load(), l.by, before, after, s.metric("switchboard_sidecar_haproxy_runtime_commands_total"))
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+	if after != before {
+		t.Fatalf("HAProxy reloaded %d times for membership changes; want none", after-before)
+	}
+	if l.by["three"] == 0 {
+		t.Fatalf("the instance that came and went never got traffic: %v", l.by)
+	}
+}
+
+// TestHAProxyReloadsLoseNothing: 10 new services, each a reload, while a
+// steady stream of GETs runs through HAProxy: no request fails.
+func TestHAProxyReloadsLoseNothing(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1 := startPy(t, "one", freePort(t))
+	register(t, a.url, "files-1", "files", p1.port)
+	s, dir := haproxySidecar(t, a.url)
+	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/who")
+		return st == 200 && body == "one"
+	})
+	before := masterReloads(t, dir)
+	l := startLoad(s, "files", 4)
+	for i := range 10 {
+		svc := fmt.Sprintf("extra%d", i)
+		register(t, a.url, svc+"-1", svc, p1.port)
+		// The first call to a new service goes through the sidecar's own
+		// proxy, which starts watching it; HAProxy gets a backend for it.
+		if st, body, err := s.get(svc, "/who"); err != nil || st != 200 {
+			t.Fatalf("first call to %s: %d %q %v", svc, st, body, err)
+		}
+		want := before + i + 1
+		waitFor(t, fmt.Sprintf("reload %d", i+1), 20*time.Second, func() bool { return masterReloads(t, dir) >= want })
+	}
+	time.Sleep(300 * time.Millisecond)
+	l.end()
+	after := masterReloads(t, dir)
+	t.Logf("%d GETs through HAProxy during %d reloads, %d failed", l.ok.Load()+l.failed.Load(), after-before, l.failed.Load())
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+	if after-before < 10 {
+		t.Fatalf("%d reloads; want 10", after-before)
+	}
+}

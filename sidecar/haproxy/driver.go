@@ -1,0 +1,573 @@
+package haproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
+)
+
+// MinReloadInterval is the least time between two reloads.
+var MinReloadInterval = 2 * time.Second
+
+// Driver owns one HAProxy: it starts it, keeps its config and servers in
+// step with the pools, restarts it if it dies, and stops it.
+type Driver struct {
+	// Binary is the haproxy executable. Default "haproxy".
+	Binary string
+	// Dir holds haproxy.cfg, rejected candidates and the sockets. Required.
+	Dir string
+	// Listen is the shared HTTP frontend. Required.
+	Listen string
+	// Fallback is the sidecar's built-in frontend. Required.
+	Fallback string
+	// Realm is named in HAProxy's error answers.
+	Realm string
+	// TCP maps L4 upstreams to their listen addresses.
+	TCP map[string]string
+	// Logger; nil discards.
+	Logger *slog.Logger
+
+	reloads, refused, commands, restarts atomic.Int64
+
+	// mu guards everything below.
+	mu         sync.Mutex
+	backends   map[string]*backendState // key "http/NAME" or "tcp/NAME"
+	shape      string                   // of the config HAProxy runs
+	lastReload time.Time
+	reloadDue  *time.Timer
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	stopping   bool
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+// backendState is what one backend's slots hold: the desired slots, and
+// what HAProxy has applied.
+type backendState struct {
+	service string
+	tcp     bool
+	ids     []string // instance id per slot; "" free
+	want    []Slot   // desired
+	applied []Slot   // in HAProxy now
+}
+
+func (d *Driver) log() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}
+
+func (d *Driver) cfgPath() string    { return filepath.Join(d.Dir, "haproxy.cfg") }
+func (d *Driver) adminSock() string  { return filepath.Join(d.Dir, "admin.sock") }
+func (d *Driver) masterSock() string { return filepath.Join(d.Dir, "master.sock") }
+
+// Reloads, RefusedConfigs, RuntimeCommands and Restarts are counters for
+// metrics.
+func (d *Driver) Reloads() int64         { return d.reloads.Load() }
+func (d *Driver) RefusedConfigs() int64  { return d.refused.Load() }
+func (d *Driver) RuntimeCommands() int64 { return d.commands.Load() }
+func (d *Driver) Restarts() int64        { return d.restarts.Load() }
+
+// CheckVersion runs `haproxy -v` and refuses versions before 2.4.
+func CheckVersion(binary string) (string, error) {
+	out, err := exec.Command(binary, "-v").Output()
+	if err != nil {
+		return "", fmt.Errorf("haproxy: %s -v: %w", binary, err)
+	}
+	m := regexp.MustCompile(`version (\d+)\.(\d+)`).FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("haproxy: cannot read the version of %s", binary)
+	}
+	major, _ := strconv.Atoi(string(m[1]))
+	minor, _ := strconv.Atoi(string(m[2]))
+	v := fmt.Sprintf("%d.%d", major, minor)
+	if major < 2 || major == 2 && minor < 4 {
+		return v, fmt.Errorf("haproxy: %s is version %s; Switchboard needs 2.4 or later", binary, v)
+	}
+	return v, nil
+}
+
+// Start writes the first config and starts HAProxy in master-worker mode.
+func (d *Driver) Start() error {
+	if d.Binary == "" {
+		d.Binary = "haproxy"
+	}
+	if _, err := CheckVersion(d.Binary); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
+		return fmt.Errorf("haproxy: dir: %w", err)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.backends = map[string]*backendState{}
+	for svc := range d.TCP {
+		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), want: make([]Slot, 8)}
+	}
+	spec := d.specLocked()
+	if err := d.writeCheckedLocked(spec); err != nil {
+		return err
+	}
+	d.shape = spec.Shape()
+	d.markAppliedLocked()
+	if err := d.startLocked(); err != nil {
+		return err
+	}
+	d.wg.Add(1)
+	go d.supervise()
+	return nil
+}
+
+// specLocked builds the Spec of the desired state.
+func (d *Driver) specLocked() Spec {
+	spec := Spec{Listen: d.Listen, Dir: d.Dir, Realm: d.Realm, Fallback: d.Fallback}
+	for _, b := range d.backends {
+		if b.tcp {
+			spec.TCP = append(spec.TCP, TCPFrontend{Backend: Backend{Service: b.service, Slots: b.want}, Listen: d.TCP[b.service]})
+		} else {
+			spec.HTTP = append(spec.HTTP, Backend{Service: b.service, Slots: b.want})
+		}
+	}
+	return spec
+}
+
+func (d *Driver) markAppliedLocked() {
+	for _, b := range d.backends {
+		b.applied = append([]Slot(nil), b.want...)
+	}
+}
+
+// writeCheckedLocked renders spec to a candidate file, has `haproxy -c`
+// check it, and moves it into place; a refused candidate is kept as
+// haproxy.cfg.rejected and the running config stays.
+func (d *Driver) writeCheckedLocked(spec Spec) error {
+	text, err := Render(spec)
+	if err != nil {
+		return err
+	}
+	cand := d.cfgPath() + ".new"
+	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("haproxy: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, d.Binary, "-c", "-q", "-f", cand).CombinedOutput()
+	if err != nil {
+		d.refused.Add(1)
+		rej := d.cfgPath() + ".rejected"
+		_ = os.Rename(cand, rej)
+		return fmt.Errorf("haproxy: the new config was refused (kept as %s; the running config stays): %v: %s", rej, err, strings.TrimSpace(string(out)))
+	}
+	return os.Rename(cand, d.cfgPath())
+}
+
+func (d *Driver) startLocked() error {
+	_ = os.Remove(d.adminSock())
+	_ = os.Remove(d.masterSock())
+	cmd := exec.Command(d.Binary, "-W", "-db", "-f", d.cfgPath(), "-S", d.masterSock()+",mode,600")
+	cmd.Stdout = logWriter{d.log(), "haproxy"}
+	cmd.Stderr = logWriter{d.log(), "haproxy"}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("haproxy: start: %w", err)
+	}
+	d.cmd = cmd
+	exited := make(chan struct{})
+	d.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
+	// Wait for the worker's admin socket.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := d.workerPID(); err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("haproxy: exited at start (see the sidecar's log)")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("haproxy: the admin socket did not answer within 10s")
+}
+
+// workerPID asks the worker (through the admin socket) for its pid.
+func (d *Driver) workerPID() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	out, err := runtimeAPI{d.adminSock()}.send(ctx, "show info")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("haproxy: no Pid in show info")
+}
+
+// MasterCLI sends one command to the master CLI (e.g. "show proc"); the
+// master keeps the connection open unless told to quit.
+func (d *Driver) MasterCLI(cmd string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return runtimeAPI{d.masterSock()}.send(ctx, cmd+"; quit")
+}
+
+// MasterReloads is the master's own count of reloads ("show proc").
+func (d *Driver) MasterReloads() (int, error) {
+	out, err := d.MasterCLI("show proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[1] == "master" {
+			return strconv.Atoi(f[2])
+		}
+	}
+	return 0, fmt.Errorf("haproxy: no master line in show proc: %q", out)
+}
+
+// supervise restarts HAProxy when it exits on its own.
+func (d *Driver) supervise() {
+	defer d.wg.Done()
+	backoff := 200 * time.Millisecond
+	for {
+		d.mu.Lock()
+		exited := d.exited
+		d.mu.Unlock()
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-exited:
+		}
+		d.mu.Lock()
+		if d.stopping {
+			d.mu.Unlock()
+			return
+		}
+		d.log().Error("haproxy: exited; restarting it", "in", backoff)
+		d.mu.Unlock()
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		d.mu.Lock()
+		spec := d.specLocked()
+		err := d.writeCheckedLocked(spec)
+		if err == nil {
+			d.shape = spec.Shape()
+			d.markAppliedLocked()
+			err = d.startLocked()
+		}
+		d.mu.Unlock()
+		if err != nil {
+			d.log().Error("haproxy: restart failed", "err", err)
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		d.restarts.Add(1)
+		backoff = 200 * time.Millisecond
+	}
+}
+
+// Close stops HAProxy (a soft stop: connections in progress finish, 10 s
+// at most).
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	d.stopping = true
+	if d.reloadDue != nil {
+		d.reloadDue.Stop()
+	}
+	cmd, exited := d.cmd, d.exited
+	d.mu.Unlock()
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.wg.Wait()
+	if cmd == nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(syscall.SIGUSR1) // soft stop
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	return nil
+}
+
+// slotOf describes an endpoint as a slot.
+func slotOf(e *balance.Endpoint, anyPassing bool) (Slot, error) {
+	host, port, err := net.SplitHostPort(e.Addr)
+	if err != nil {
+		return Slot{}, err
+	}
+	if net.ParseIP(host) == nil {
+		ips, err := net.LookupIP(host)
+		if err != nil || len(ips) == 0 {
+			return Slot{}, fmt.Errorf("resolving %s: %v", host, err)
+		}
+		host = ips[0].String()
+	}
+	info := e.Info()
+	s := Slot{Addr: net.JoinHostPort(host, port), Weight: 100, Ready: info.Enabled && info.Status != sb.Critical}
+	// Warning instances take traffic only when no passing one is left.
+	if info.Status == sb.Warning && anyPassing {
+		s.Weight = 0
+	}
+	return s, nil
+}
+
+// Update sets the instances of an HTTP service (or an L4 upstream when
+// tcp). Changes of membership and status go through the Runtime API; a new
+// backend, or more instances than slots, reloads HAProxy (at most once per
+// MinReloadInterval).
+func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return
+	}
+	key := "http/" + service
+	if tcp {
+		key = "tcp/" + service
+	}
+	b := d.backends[key]
+	if b == nil {
+		b = &backendState{service: service, tcp: tcp}
+		d.backends[key] = b
+	}
+	anyPassing := false
+	for _, e := range eps {
+		if info := e.Info(); info.Enabled && info.Status == sb.Passing {
+			anyPassing = true
+		}
+	}
+	wanted := map[string]Slot{}
+	for _, e := range eps {
+		s, err := slotOf(e, anyPassing)
+		if err != nil {
+			d.log().Warn("haproxy: instance left out", "service", service, "id", e.ID, "err", err)
+			continue
+		}
+		wanted[e.ID] = s
+	}
+	// Keep every instance in its slot; free the slots of those gone.
+	for i, id := range b.ids {
+		if s, ok := wanted[id]; ok && b.want[i].Addr == s.Addr {
+			b.want[i] = s
+			delete(wanted, id)
+			continue
+		}
+		b.ids[i], b.want[i] = "", Slot{}
+	}
+	for id, s := range wanted {
+		i := indexOf(b.ids, "")
+		if i < 0 {
+			grow := slotsFor(len(b.ids) + len(wanted))
+			b.ids = append(b.ids, make([]string, grow-len(b.ids))...)
+			b.want = append(b.want, make([]Slot, grow-len(b.want))...)
+			i = indexOf(b.ids, "")
+		}
+		b.ids[i], b.want[i] = id, s
+	}
+	if len(b.ids) < 8 {
+		b.ids = append(b.ids, make([]string, 8-len(b.ids))...)
+		b.want = append(b.want, make([]Slot, 8-len(b.want))...)
+	}
+	d.applyLocked()
+}
+
+func indexOf(ids []string, id string) int {
+	for i, x := range ids {
+		if x == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// slotsFor is the slot count for n instances: twice as many, a power of
+// two, at least 8.
+func slotsFor(n int) int {
+	s := 8
+	for s < 2*n {
+		s *= 2
+	}
+	return s
+}
+
+// applyLocked brings HAProxy to the desired state: a reload when the shape
+// changed (now or, rate-limited, later), runtime commands otherwise.
+func (d *Driver) applyLocked() {
+	spec := d.specLocked()
+	if spec.Shape() != d.shape {
+		wait := time.Until(d.lastReload.Add(MinReloadInterval))
+		if wait > 0 {
+			if d.reloadDue == nil {
+				d.reloadDue = time.AfterFunc(wait, func() {
+					d.mu.Lock()
+					defer d.mu.Unlock()
+					d.reloadDue = nil
+					if !d.stopping {
+						d.applyLocked()
+					}
+				})
+			}
+			// Meanwhile the backends HAProxy has can still follow.
+			d.runtimeLocked(true)
+			return
+		}
+		if err := d.reloadLocked(spec); err != nil {
+			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err)
+			d.runtimeLocked(true)
+		}
+		return
+	}
+	d.runtimeLocked(false)
+}
+
+// runtimeLocked sends the commands that bring each backend's servers from
+// applied to want. With onlyLoaded, backends whose slot count differs from
+// the running config are left for the reload.
+func (d *Driver) runtimeLocked(onlyLoaded bool) {
+	var cmds []string
+	var touched []*backendState
+	for _, b := range d.backends {
+		if len(b.applied) != len(b.want) {
+			if onlyLoaded || len(b.applied) == 0 {
+				continue
+			}
+		}
+		name := "be_" + b.service
+		if b.tcp {
+			name = "tcpbe_" + b.service
+		}
+		n := len(cmds)
+		for i := range b.want {
+			var old Slot
+			if i < len(b.applied) {
+				old = b.applied[i]
+			}
+			cmds = append(cmds, slotCommands(name, i, old, b.want[i])...)
+		}
+		if len(cmds) > n {
+			touched = append(touched, b)
+		}
+	}
+	if len(cmds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d.commands.Add(int64(len(cmds)))
+	if err := (runtimeAPI{d.adminSock()}).run(ctx, cmds); err != nil {
+		d.log().Error("haproxy: runtime API failed; reloading to get back in step", "err", err)
+		d.shape = "" // force a reload on the next change
+		if rerr := d.reloadLocked(d.specLocked()); rerr != nil {
+			d.log().Error("haproxy: reload failed", "err", rerr)
+		}
+		return
+	}
+	for _, b := range touched {
+		b.applied = append([]Slot(nil), b.want...)
+	}
+}
+
+// slotCommands are the Runtime API commands that turn slot i from old into
+// new: out of rotation first, then the new address and weight, then back.
+func slotCommands(backend string, i int, old, new Slot) []string {
+	if old == new {
+		return nil
+	}
+	srv := fmt.Sprintf("%s/s%d", backend, i)
+	var cmds []string
+	if new.Addr == "" {
+		if old.Ready || old.Addr != "" {
+			cmds = append(cmds, "set server "+srv+" state maint")
+		}
+		return cmds
+	}
+	if old.Addr != new.Addr {
+		host, port, _ := net.SplitHostPort(new.Addr)
+		if old.Ready {
+			cmds = append(cmds, "set server "+srv+" state maint")
+		}
+		cmds = append(cmds, fmt.Sprintf("set server %s addr %s port %s", srv, host, port))
+		old.Ready = false
+	}
+	if old.Weight != new.Weight || old.Addr != new.Addr {
+		cmds = append(cmds, fmt.Sprintf("set server %s weight %d", srv, new.Weight))
+	}
+	if old.Ready != new.Ready {
+		state := "maint"
+		if new.Ready {
+			state = "ready"
+		}
+		cmds = append(cmds, "set server "+srv+" state "+state)
+	}
+	return cmds
+}
+
+// reloadLocked writes and checks the config, then reloads HAProxy
+// seamlessly (SIGUSR2 to the master; listeners pass to the new worker),
+// waits for the new worker, and applies what changed since the render.
+func (d *Driver) reloadLocked(spec Spec) error {
+	if err := d.writeCheckedLocked(spec); err != nil {
+		return err
+	}
+	before, _ := d.workerPID()
+	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		return fmt.Errorf("haproxy: reload: %w", err)
+	}
+	d.lastReload = time.Now()
+	d.reloads.Add(1)
+	d.shape = spec.Shape()
+	d.markAppliedLocked()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if pid, err := d.workerPID(); err == nil && pid != before {
+			d.log().Info("haproxy: reloaded", "worker", pid)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("haproxy: no new worker answered within 10s of the reload")
+}
+
+// logWriter sends HAProxy's output to the log, a line at a time.
+type logWriter struct {
+	l    *slog.Logger
+	what string
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		if line != "" {
+			w.l.Warn(w.what+": "+line, "from", w.what)
+		}
+	}
+	return len(p), nil
+}

@@ -1,0 +1,160 @@
+// Package haproxy drives a real HAProxy (2.4 or later) as the sidecar's
+// proxy, as SmartStack's Synapse does: it renders haproxy.cfg with one
+// shared HTTP frontend, a backend per service with pre-allocated server
+// slots, and TCP frontends for L4 upstreams; it applies membership and
+// status changes through the Runtime API with no reload; and it reloads
+// (seamlessly, in master-worker mode with expose-fd listeners) only when a
+// backend or frontend must be added or removed or slots run out, at most
+// once per 2 s, and only after `haproxy -c` accepts the new file.
+package haproxy
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"text/template"
+)
+
+// Slot is one pre-allocated server line of a backend.
+type Slot struct {
+	Addr   string // ip:port; "" for a free slot
+	Weight int    // 0 takes no new traffic
+	Ready  bool   // false: maint
+}
+
+// Backend is one service's backend.
+type Backend struct {
+	Service string
+	Slots   []Slot
+}
+
+// TCPFrontend is an L4 upstream's listener and backend.
+type TCPFrontend struct {
+	Backend
+	Listen string
+}
+
+// Spec is everything haproxy.cfg says.
+type Spec struct {
+	// Listen is the shared HTTP frontend.
+	Listen string
+	// Dir holds the sockets.
+	Dir string
+	// Realm is named in HAProxy's own error answers.
+	Realm string
+	// Fallback is the sidecar's built-in frontend, for services HAProxy
+	// does not know yet (the first call to a service subscribes to it).
+	Fallback string
+	HTTP     []Backend
+	TCP      []TCPFrontend
+}
+
+// freeAddr is where a free slot points; it is always in maintenance.
+const freeAddr = "127.0.0.1:9"
+
+var cfgTemplate = template.Must(template.New("haproxy.cfg").Funcs(template.FuncMap{
+	"quote": regexp.QuoteMeta,
+}).Parse(`# Written by the switchboard sidecar; changes are overwritten.
+global
+    master-worker
+    stats socket {{.Dir}}/admin.sock mode 600 level admin expose-fd listeners
+    stats timeout 10s
+    log stderr format raw local0 warning
+    hard-stop-after 30s
+
+defaults
+    log global
+    mode http
+    option httplog
+    option redispatch
+    option http-keep-alive
+    retries 3
+    retry-on conn-failure empty-response response-timeout
+    timeout connect 2s
+    timeout client 2m
+    timeout server 30s
+    timeout tunnel 1h
+    timeout http-keep-alive 2m
+    timeout http-request 30s
+
+frontend http-in
+    bind {{.Listen}}
+    http-request set-header X-Forwarded-For %[src] if !{ req.hdr(x-forwarded-for) -m found }
+    acl has_service req.hdr(switchboard-service) -m found
+{{- range .HTTP}}
+    acl hdr_{{.Service}} req.hdr(switchboard-service),lower -m str {{.Service}}
+    acl host_{{.Service}} req.hdr(host),lower,field(1,:) -m reg ^{{quote .Service}}(\.([a-z0-9-]+\.)*localhost\.?)?$
+{{- end}}
+{{- range .HTTP}}
+    use_backend be_{{.Service}} if hdr_{{.Service}} || !has_service host_{{.Service}}
+{{- end}}
+    default_backend be_sidecar
+
+# Services HAProxy does not route yet go to the sidecar's built-in proxy,
+# which starts watching them.
+backend be_sidecar
+    server sidecar {{.Fallback}}
+{{range .HTTP}}
+backend be_{{.Service}}
+    balance leastconn
+    # A request whose answer never started is retried only when idempotent
+    # or carrying Idempotency-Key (connect failures always are).
+    acl idempotent method GET HEAD PUT DELETE OPTIONS
+    acl idempotency_key req.hdr(idempotency-key) -m found
+    http-request disable-l7-retry if !idempotent !idempotency_key
+    http-request del-header switchboard-service
+    http-request del-header switchboard-timeout
+    http-error status 503 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
+    http-error status 502 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
+    http-error status 504 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"
+{{- range $i, $s := .Slots}}
+    server s{{$i}} {{if $s.Addr}}{{$s.Addr}} weight {{$s.Weight}}{{if not $s.Ready}} disabled{{end}}{{else}}` + freeAddr + ` weight 0 disabled{{end}}
+{{- end}}
+{{end}}
+{{- range .TCP}}
+frontend tcp_{{.Service}}
+    mode tcp
+    bind {{.Listen}}
+    option tcplog
+    default_backend tcpbe_{{.Service}}
+
+backend tcpbe_{{.Service}}
+    mode tcp
+    balance leastconn
+{{- range $i, $s := .Slots}}
+    server s{{$i}} {{if $s.Addr}}{{$s.Addr}} weight {{$s.Weight}}{{if not $s.Ready}} disabled{{end}}{{else}}` + freeAddr + ` weight 0 disabled{{end}}
+{{- end}}
+{{end}}`))
+
+// Render writes haproxy.cfg for spec. Services are written in name order,
+// so the same spec always gives the same file.
+func Render(spec Spec) (string, error) {
+	spec.HTTP = slices.Clone(spec.HTTP)
+	spec.TCP = slices.Clone(spec.TCP)
+	slices.SortFunc(spec.HTTP, func(a, b Backend) int { return strings.Compare(a.Service, b.Service) })
+	slices.SortFunc(spec.TCP, func(a, b TCPFrontend) int { return strings.Compare(a.Service, b.Service) })
+	var b strings.Builder
+	if err := cfgTemplate.Execute(&b, spec); err != nil {
+		return "", fmt.Errorf("haproxy: render: %w", err)
+	}
+	return b.String(), nil
+}
+
+// Shape is what forces a reload when it changes: the frontends, the
+// backends and their slot counts (not who is in the slots).
+func (s Spec) Shape() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen=%s fallback=%s", s.Listen, s.Fallback)
+	http := slices.Clone(s.HTTP)
+	slices.SortFunc(http, func(a, b Backend) int { return strings.Compare(a.Service, b.Service) })
+	for _, be := range http {
+		fmt.Fprintf(&b, " http:%s/%d", be.Service, len(be.Slots))
+	}
+	tcp := slices.Clone(s.TCP)
+	slices.SortFunc(tcp, func(a, b TCPFrontend) int { return strings.Compare(a.Service, b.Service) })
+	for _, t := range tcp {
+		fmt.Fprintf(&b, " tcp:%s@%s/%d", t.Service, t.Listen, len(t.Slots))
+	}
+	return b.String()
+}

@@ -1,0 +1,107 @@
+package haproxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// runtimeAPI talks to HAProxy's admin socket (the Runtime API): one
+// connection per batch of commands, separated by ";".
+type runtimeAPI struct {
+	path string
+}
+
+// maxBatch is how many commands go in one connection.
+const maxBatch = 32
+
+// run sends commands and returns HAProxy's answer to each batch; an answer
+// that reports an error is returned as an error.
+func (r runtimeAPI) run(ctx context.Context, cmds []string) error {
+	for len(cmds) > 0 {
+		n := min(len(cmds), maxBatch)
+		out, err := r.send(ctx, strings.Join(cmds[:n], ";"))
+		if err != nil {
+			return err
+		}
+		if bad := errorLine(out); bad != "" {
+			return fmt.Errorf("haproxy runtime API: %s (after %q)", bad, strings.Join(cmds[:n], ";"))
+		}
+		cmds = cmds[n:]
+	}
+	return nil
+}
+
+// send sends one line and reads the answer until HAProxy closes.
+func (r runtimeAPI) send(ctx context.Context, line string) (string, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", r.path)
+	if err != nil {
+		return "", fmt.Errorf("haproxy runtime API: %w", err)
+	}
+	defer c.Close()
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(5 * time.Second)
+	}
+	c.SetDeadline(dl)
+	if _, err := fmt.Fprintf(c, "%s\n", line); err != nil {
+		return "", fmt.Errorf("haproxy runtime API: %w", err)
+	}
+	var b strings.Builder
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		return b.String(), fmt.Errorf("haproxy runtime API: %w", err)
+	}
+	return b.String(), nil
+}
+
+// errorLine returns the first line of an answer that reports a failure.
+// "set server ... addr" answers "IP changed from ..." on success, and the
+// other commands used here answer nothing.
+func errorLine(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "IP changed from") || strings.HasPrefix(l, "no need to change") || strings.HasPrefix(l, "port changed from") {
+			continue
+		}
+		return l
+	}
+	return ""
+}
+
+// serverState is one line of `show servers state`: the backend, server,
+// address, port and operational and admin state.
+type serverState struct {
+	backend, server, addr string
+	port                  string
+	opState, adminState   string
+	weight                string
+}
+
+// serversState reads `show servers state`.
+func (r runtimeAPI) serversState(ctx context.Context) ([]serverState, error) {
+	out, err := r.send(ctx, "show servers state")
+	if err != nil {
+		return nil, err
+	}
+	var states []serverState
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		// be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
+		// srv_uweight srv_iweight ... srv_port (column 19)
+		if len(f) < 19 || strings.HasPrefix(l, "#") {
+			continue
+		}
+		states = append(states, serverState{backend: f[1], server: f[3], addr: f[4], opState: f[5], adminState: f[6], weight: f[7], port: f[18]})
+	}
+	return states, nil
+}
