@@ -1,0 +1,122 @@
+package haproxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
+)
+
+func unusedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func endpoints(t *testing.T, urls ...string) []*balance.Endpoint {
+	p := balance.NewPool("x", "dev")
+	var ins []*sb.Instance
+	for i, u := range urls {
+		host, port, _ := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+		n, _ := strconv.Atoi(port)
+		ins = append(ins, &sb.Instance{ID: fmt.Sprint("i", i), Address: host, Port: n, Status: sb.Passing, Enabled: true})
+	}
+	p.Update(ins, 1)
+	return p.Endpoints()
+}
+
+func get(addr, service string) (int, string) {
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	req.Header.Set("Switchboard-Service", service)
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func waitGet(t *testing.T, addr, service string, want int) string {
+	t.Helper()
+	var body string
+	for range 250 {
+		var st int
+		if st, body = get(addr, service); st == want {
+			return body
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("GET through HAProxy never answered %d: %s", want, body)
+	return ""
+}
+
+// TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside runs the real
+// haproxy: it is restarted after kill -9 with the current membership, and
+// a config `haproxy -c` refuses is kept aside while the running one stays.
+func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer backend.Close()
+	old := MinReloadInterval
+	MinReloadInterval = 0
+	defer func() { MinReloadInterval = old }()
+	listen := unusedAddr(t)
+	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Update("files", false, endpoints(t, backend.URL))
+	if body := waitGet(t, listen, "files", 200); body != "hello" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	// kill -9 of the master: the driver starts a new one, same routes.
+	d.mu.Lock()
+	pid := d.cmd.Process.Pid
+	d.mu.Unlock()
+	syscall.Kill(pid, syscall.SIGKILL)
+	for range 500 {
+		if d.Restarts() == 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d.Restarts() != 1 {
+		t.Fatal("HAProxy was not restarted after it died")
+	}
+	if body := waitGet(t, listen, "files", 200); body != "hello" {
+		t.Fatalf("after the restart: %q", body)
+	}
+	// An L4 upstream with no listen address makes a config haproxy -c
+	// refuses: it is kept aside, and routing goes on.
+	before, _ := os.ReadFile(filepath.Join(d.Dir, "haproxy.cfg"))
+	reloads := d.Reloads()
+	d.Update("ghost", true, endpoints(t, backend.URL))
+	if d.RefusedConfigs() == 0 {
+		t.Fatal("a broken config was not refused")
+	}
+	if _, err := os.Stat(filepath.Join(d.Dir, "haproxy.cfg.rejected")); err != nil {
+		t.Fatalf("the refused config was not kept aside: %v", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(d.Dir, "haproxy.cfg"))
+	if string(after) != string(before) || d.Reloads() != reloads {
+		t.Fatal("a refused config replaced the running one")
+	}
+	if st, body := get(listen, "files"); st != 200 || body != "hello" {
+		t.Fatalf("after a refused config: %d %q", st, body)
+	}
+}
