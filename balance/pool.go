@@ -114,6 +114,9 @@ type Pool struct {
 	readyOnce sync.Once
 	// mu serialises updates (readers never take it).
 	mu sync.Mutex
+	// denied, when set, is why calls to the service are refused (a policy
+	// forbids it): every call gets this error instead of an instance.
+	denied atomic.Pointer[error]
 	// OnEject is called when an endpoint is ejected (metrics); may be nil.
 	// Set it before the pool is used.
 	OnEject func(service, id string)
@@ -125,6 +128,25 @@ func NewPool(service, realm string) *Pool {
 	empty := []*Endpoint{}
 	p.eps.Store(&empty)
 	return p
+}
+
+// Deny makes every call to the service fail with err (nil lifts it). It
+// counts as an answer: Ready is closed.
+func (p *Pool) Deny(err error) {
+	if err == nil {
+		p.denied.Store(nil)
+		return
+	}
+	p.denied.Store(&err)
+	p.readyOnce.Do(func() { close(p.ready) })
+}
+
+// Denied returns why calls to the service are refused, or nil.
+func (p *Pool) Denied() error {
+	if e := p.denied.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // Ready is closed once the pool has been given instances (perhaps none).
@@ -170,6 +192,7 @@ func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoi
 	}
 	p.eps.Store(&next)
 	p.index.Store(index)
+	p.denied.Store(nil)
 	p.readyOnce.Do(func() { close(p.ready) })
 	return removed
 }

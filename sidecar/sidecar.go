@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -316,6 +317,23 @@ func (s *Sidecar) Shutdown() error {
 	return nil
 }
 
+// localServices names this host's services, for messages.
+func (s *Sidecar) localServices() string {
+	var names []string
+	for _, a := range s.announcers {
+		if !slices.Contains(names, a.reg.Service) {
+			names = append(names, a.reg.Service)
+		}
+	}
+	switch len(names) {
+	case 0:
+		return "this host"
+	case 1:
+		return "service " + names[0]
+	}
+	return "services " + strings.Join(names, ", ")
+}
+
 // pushHAProxy hands a service's instances to HAProxy, in haproxy mode.
 func (s *Sidecar) pushHAProxy(service string) {
 	hap := s.hap.Load()
@@ -361,6 +379,12 @@ func (s *Sidecar) watch(service string) {
 			})
 			if s.ctx.Err() != nil {
 				return
+			}
+			if sb.ErrorCode(err) == sb.EPermissionDenied {
+				// Least authority: Atlas lets this host's token watch only
+				// what its services may call. Calls get 403 naming both.
+				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: no policy allows it (%s)",
+					s.localServices(), service, s.cfg.Realm, sb.ErrorMessage(err)))
 			}
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing

@@ -206,6 +206,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, service string) (int, int) {
 	case <-time.After(min(h.FirstWatch, timeout)):
 		return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s: no answer from Atlas about it yet", where(pool))), 0
 	}
+	if err := pool.Denied(); err != nil {
+		return writeError(ctx, err), 0
+	}
 	if isStream(&ctx.Request.Header) {
 		return h.stream(ctx, pool), 0
 	}

@@ -106,6 +106,10 @@ func (t *TCP) Close() error {
 func (t *TCP) handle(client net.Conn) {
 	start := time.Now()
 	defer client.Close()
+	if t.Pool.Denied() != nil {
+		t.observe(false, start)
+		return
+	}
 	t.Budget.Request()
 	var tried []*balance.Endpoint
 	for {
