@@ -71,8 +71,8 @@ type Change struct {
 type ChangedKV struct {
 	KV
 	Deleted bool
-	// Expired is set when the store deleted the key because its lease ran
-	// out.
+	// Expired is set when the store knows that it deleted the key because
+	// its lease ran out (the embedded store does; etcd cannot tell).
 	Expired bool
 }
 
@@ -82,6 +82,9 @@ var (
 	ErrNotFound  = errors.New("store: key not found")
 	ErrCompacted = errors.New("store: history compacted")
 	ErrClosed    = errors.New("store: closed")
+	// ErrUnavailable wraps errors of a store that cannot be reached (an
+	// etcd cluster without quorum): Atlas answers 503.
+	ErrUnavailable = errors.New("store: unavailable")
 )
 
 // IfIndex is a helper for Op.IfIndex.

@@ -1,0 +1,333 @@
+// Package etcdstore is Atlas's store on an etcd cluster, for several Atlas
+// replicas that serve one truth: the index is etcd's revision, conditions
+// are etcd transactions, leases are etcd leases (owned by the cluster: an
+// instance registered through a replica that dies still expires on time,
+// and a heartbeat may go to any replica), and every replica follows the
+// changes through an etcd watch.
+package etcdstore
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/switchboard-go/switchboard/atlas"
+)
+
+// Config configures a Store. Endpoints is required.
+type Config struct {
+	// Endpoints are the etcd members' client URLs.
+	Endpoints []string
+	// Prefix is put before every key. Empty means "/switchboard/".
+	Prefix string
+	// Timeout bounds each etcd call. Zero means 5 s.
+	Timeout time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Store implements atlas.Store on etcd.
+type Store struct {
+	cfg    Config
+	cli    *clientv3.Client
+	prefix string
+	once   sync.Once
+
+	// mu guards leases: the etcd lease of each leased key, learnt from
+	// snapshots, watches and our own writes.
+	mu     sync.Mutex
+	leases map[string]clientv3.LeaseID
+}
+
+var _ atlas.Store = (*Store)(nil)
+
+// Open connects to etcd and checks that it answers.
+func Open(cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdstore: no endpoints")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "/switchboard/"
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          cfg.Timeout,
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(), // errors come back to the caller
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{}}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
+	defer cancel()
+	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		return nil, unavailable("connect to "+strings.Join(cfg.Endpoints, ","), err)
+	}
+	return s, nil
+}
+
+// Close closes the etcd client. It is safe to call more than once.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() { err = s.cli.Close() })
+	return err
+}
+
+// unavailable wraps an etcd error so that Atlas answers 503.
+func unavailable(what string, err error) error {
+	return fmt.Errorf("%w: etcd: %s: %v", atlas.ErrUnavailable, what, err)
+}
+
+func (s *Store) ctx(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, s.cfg.Timeout)
+}
+
+// A value in etcd is the TTL in nanoseconds (8 bytes), then the payload.
+func encode(ttl time.Duration, v []byte) string {
+	b := make([]byte, 8+len(v))
+	binary.BigEndian.PutUint64(b, uint64(ttl))
+	copy(b[8:], v)
+	return string(b)
+}
+
+func decode(b []byte) (time.Duration, []byte) {
+	if len(b) < 8 {
+		return 0, b
+	}
+	return time.Duration(binary.BigEndian.Uint64(b)), append([]byte(nil), b[8:]...)
+}
+
+// Snapshot implements atlas.Store.
+func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, nil, unavailable("snapshot", err)
+	}
+	kvs := make([]atlas.KV, 0, len(resp.Kvs))
+	s.mu.Lock()
+	for _, kv := range resp.Kvs {
+		ttl, v := decode(kv.Value)
+		key := strings.TrimPrefix(string(kv.Key), s.prefix)
+		kvs = append(kvs, atlas.KV{Key: key, Value: v, Index: uint64(kv.ModRevision), TTL: ttl})
+		if kv.Lease != 0 {
+			s.leases[key] = clientv3.LeaseID(kv.Lease)
+		}
+	}
+	s.mu.Unlock()
+	return uint64(resp.Header.Revision), kvs, nil
+}
+
+// Txn implements atlas.Store: one etcd transaction; a leased put grants a
+// lease of its own.
+func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var (
+		cmps    []clientv3.Cmp
+		thens   []clientv3.Op
+		granted []clientv3.LeaseID
+		leaseOf = map[string]clientv3.LeaseID{}
+	)
+	revoke := func() {
+		for _, id := range granted {
+			rctx, rcancel := s.ctx(context.Background())
+			_, _ = s.cli.Revoke(rctx, id)
+			rcancel()
+		}
+	}
+	for _, op := range ops {
+		k := s.prefix + op.Key
+		if op.IfIndex != nil {
+			if *op.IfIndex == 0 {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+			} else {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", int64(*op.IfIndex)))
+			}
+		}
+		switch {
+		case op.Delete:
+			thens = append(thens, clientv3.OpDelete(k))
+		case op.TTL > 0:
+			secs := int64((op.TTL + time.Second - 1) / time.Second)
+			l, err := s.cli.Grant(ctx, secs)
+			if err != nil {
+				revoke()
+				return 0, unavailable("grant a lease", err)
+			}
+			granted = append(granted, l.ID)
+			leaseOf[op.Key] = l.ID
+			thens = append(thens, clientv3.OpPut(k, encode(op.TTL, op.Value), clientv3.WithLease(l.ID)))
+		default:
+			thens = append(thens, clientv3.OpPut(k, encode(0, op.Value)))
+		}
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	if err != nil {
+		revoke()
+		return 0, unavailable("write", err)
+	}
+	if !resp.Succeeded {
+		revoke()
+		return 0, atlas.ErrConflict
+	}
+	s.mu.Lock()
+	for _, op := range ops {
+		if id, ok := leaseOf[op.Key]; ok {
+			s.leases[op.Key] = id
+		} else {
+			delete(s.leases, op.Key)
+		}
+	}
+	s.mu.Unlock()
+	// A transaction that changed nothing (deletes of missing keys) makes no
+	// event: ask for a progress notification, so that watchers learn the
+	// revision the caller will wait for.
+	changed := false
+	for _, r := range resp.Responses {
+		if d := r.GetResponseDeleteRange(); d == nil || d.Deleted > 0 {
+			changed = true
+		}
+	}
+	if !changed {
+		_ = s.cli.RequestProgress(ctx)
+	}
+	return uint64(resp.Header.Revision), nil
+}
+
+// KeepAlive implements atlas.Store: one lease renewal, which etcd's leader
+// handles without a raft write.
+func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	s.mu.Lock()
+	id, ok := s.leases[key]
+	s.mu.Unlock()
+	if !ok {
+		resp, err := s.cli.Get(ctx, s.prefix+key)
+		if err != nil {
+			return time.Time{}, unavailable("read a lease", err)
+		}
+		if len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
+			return time.Time{}, atlas.ErrNotFound
+		}
+		id = clientv3.LeaseID(resp.Kvs[0].Lease)
+		s.mu.Lock()
+		s.leases[key] = id
+		s.mu.Unlock()
+	}
+	resp, err := s.cli.KeepAliveOnce(ctx, id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.mu.Lock()
+		delete(s.leases, key)
+		s.mu.Unlock()
+		return time.Time{}, atlas.ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, unavailable("renew a lease", err)
+	}
+	return time.Now().Add(time.Duration(resp.TTL) * time.Second), nil
+}
+
+// Watch implements atlas.Store with an etcd watch from after+1. Progress
+// notifications become changes with no entries, so that the index moves
+// on even when nothing of ours changed.
+func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wch := s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1), clientv3.WithProgressNotify())
+	out := make(chan atlas.Change, 1024)
+	// The first answer tells whether the history is still there.
+	go func() {
+		defer cancel()
+		defer close(out)
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				s.cfg.Logger.Warn("etcdstore: the history Atlas needs was compacted; reloading", "compacted", resp.CompactRevision)
+				return
+			}
+			if err := resp.Err(); err != nil {
+				s.cfg.Logger.Warn("etcdstore: watch ended", "err", err)
+				return
+			}
+			var changes []atlas.Change
+			for _, ev := range resp.Events {
+				rev := uint64(ev.Kv.ModRevision)
+				if len(changes) == 0 || changes[len(changes)-1].Index != rev {
+					changes = append(changes, atlas.Change{Index: rev})
+				}
+				c := &changes[len(changes)-1]
+				key := strings.TrimPrefix(string(ev.Kv.Key), s.prefix)
+				if ev.Type == clientv3.EventTypeDelete {
+					c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: key, Index: rev}, Deleted: true})
+					s.mu.Lock()
+					delete(s.leases, key)
+					s.mu.Unlock()
+					continue
+				}
+				ttl, v := decode(ev.Kv.Value)
+				c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: key, Value: v, Index: rev, TTL: ttl}})
+				s.mu.Lock()
+				if ev.Kv.Lease != 0 {
+					s.leases[key] = clientv3.LeaseID(ev.Kv.Lease)
+				} else {
+					delete(s.leases, key)
+				}
+				s.mu.Unlock()
+			}
+			if len(changes) == 0 && resp.IsProgressNotify() {
+				changes = append(changes, atlas.Change{Index: uint64(resp.Header.Revision)})
+			}
+			for _, c := range changes {
+				select {
+				case out <- c:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	// A compacted start shows at once as a closed watch; ask etcd directly
+	// so that the caller can tell it from a broken connection.
+	gctx, gcancel := s.ctx(ctx)
+	defer gcancel()
+	if _, err := s.cli.Get(gctx, s.prefix, clientv3.WithRev(int64(after)+1), clientv3.WithCountOnly()); err != nil {
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			cancel()
+			return nil, atlas.ErrCompacted
+		}
+		if !errors.Is(err, rpctypes.ErrFutureRev) {
+			cancel()
+			return nil, unavailable("watch", err)
+		}
+	}
+	return out, nil
+}
+
+// Ping reports whether etcd answers (a linearizable read of nothing).
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	if _, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly()); err != nil {
+		return unavailable("ping", err)
+	}
+	return nil
+}

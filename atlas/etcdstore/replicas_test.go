@@ -1,0 +1,209 @@
+package etcdstore_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/etcdstore"
+	"github.com/switchboard-go/switchboard/internal/etcdtest"
+)
+
+// replica is one Atlas over the shared etcd.
+type replica struct {
+	srv   *atlas.Server
+	store *etcdstore.Store
+	http  *httptest.Server
+	once  sync.Once
+}
+
+func startReplica(t *testing.T, endpoints []string) *replica {
+	t.Helper()
+	st, err := etcdstore.Open(etcdstore.Config{Endpoints: endpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{srv: srv, store: st, http: httptest.NewServer(srv.Handler())}
+	t.Cleanup(r.kill)
+	return r
+}
+
+// kill stops the replica as a crash would: its connections drop, and it
+// no longer renews anything.
+func (r *replica) kill() {
+	r.once.Do(func() {
+		r.srv.StopWaiting()
+		r.http.CloseClientConnections()
+		r.http.Close()
+		r.srv.Close()
+		r.store.Close()
+	})
+}
+
+func do(t *testing.T, method, url, body string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b), res.Header
+}
+
+func reg(service string, port int, ttl string) string {
+	return fmt.Sprintf(`{"service":%q,"address":"127.0.0.1","port":%d,"ttl":%q}`, service, port, ttl)
+}
+
+// TestTwoReplicasServeOneTruth: a three-member etcd cluster and two Atlas
+// replicas: a registration through A wakes a blocking query on B; config
+// written through A is read through B; an instance registered through A
+// with a short TTL expires after A is killed.
+func TestTwoReplicasServeOneTruth(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	a := startReplica(t, cluster.Endpoints())
+	b := startReplica(t, cluster.Endpoints())
+	_, _, hdr := do(t, "GET", b.http.URL+"/v1/services/identity", "")
+	idx := hdr.Get(sb.IndexHeader)
+	woke := make(chan string, 1)
+	go func() {
+		_, body, _ := do(t, "GET", b.http.URL+"/v1/services/identity?wait=30s&index="+idx, "")
+		woke <- body
+	}()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/identity-1", reg("identity", 5000, "30s")); st != 200 {
+		t.Fatalf("register through A: %d %s", st, body)
+	}
+	select {
+	case body := <-woke:
+		if !strings.Contains(body, `"id":"identity-1"`) {
+			t.Fatalf("B's blocking query woke with %s", body)
+		}
+		t.Logf("a registration through A woke a blocking query on B after %s", time.Since(start).Round(time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatal("a registration through A did not wake B's blocking query")
+	}
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/config/layer?service=identity", `{"db":{"pool":7}}`); st != 200 {
+		t.Fatalf("config through A: %d %s", st, body)
+	}
+	var m sb.MergedConfig
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		_, body, _ := do(t, "GET", b.http.URL+"/v1/config?service=identity", "")
+		json.Unmarshal([]byte(body), &m)
+		if m.Sources["db.pool"] == "service=identity" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m.Sources["db.pool"] != "service=identity" {
+		t.Fatalf("config written through A, read through B: %+v", m)
+	}
+	// A short lease through A; A dies; the lease is etcd's: it expires.
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/short-1", reg("short", 5001, "2s")); st != 200 {
+		t.Fatalf("register short: %d %s", st, body)
+	}
+	// A heartbeat may go to any replica.
+	if st, body, _ := do(t, "PUT", b.http.URL+"/v1/instances/short-1/status", `{"status":"passing"}`); st != 200 {
+		t.Fatalf("heartbeat through B of an instance registered through A: %d %s", st, body)
+	}
+	a.kill()
+	killed := time.Now()
+	for time.Since(killed) < 20*time.Second {
+		if st, _, _ := do(t, "GET", b.http.URL+"/v1/instances/short-1", ""); st == 404 {
+			t.Logf("an instance registered through A (ttl 2s) expired %s after A was killed", time.Since(killed).Round(100*time.Millisecond))
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("an instance registered through a killed replica never expired")
+}
+
+// TestEtcdMemberLostDuringWrites: one of three etcd members is stopped in
+// the middle of a stream of registrations: every acknowledged write is
+// there afterwards, and writes go on.
+func TestEtcdMemberLostDuringWrites(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	a := startReplica(t, cluster.Endpoints())
+	var (
+		mu    sync.Mutex
+		acked []string
+		fails int
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 100000 && ctx.Err() == nil; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("w%d-%d", w, n)
+				req, _ := http.NewRequestWithContext(ctx, "PUT", a.http.URL+"/v1/instances/"+id, strings.NewReader(reg("svc", 1000+n%50000, "1h")))
+				req.Header.Set("Content-Type", "application/json")
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					continue
+				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				mu.Lock()
+				if res.StatusCode == 200 {
+					acked = append(acked, id)
+				} else {
+					fails++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	for count() < 200 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cluster.Members[0].Stop()
+	lostAt := count()
+	for count() < lostAt+200 {
+		if ctx.Err() != nil {
+			t.Fatalf("writes stopped after a member was lost: %d acknowledged before, %d after", lostAt, count()-lostAt)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	// Every acknowledged write is in etcd, read through a fresh replica on
+	// the members left.
+	b := startReplica(t, cluster.Endpoints()[1:])
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range acked {
+		if st, _, _ := do(t, "GET", b.http.URL+"/v1/instances/"+id, ""); st != 200 {
+			t.Fatalf("acknowledged registration %s is missing after a member was lost", id)
+		}
+	}
+	t.Logf("%d registrations acknowledged (%d before the member was lost), %d refused meanwhile, none lost", len(acked), lostAt, fails)
+}

@@ -1,0 +1,113 @@
+// Package etcdtest starts real etcd members in the test process (the
+// embedded server of go.etcd.io/etcd/server/v3), on loopback ports, for
+// the tests of the etcd store and of Atlas replicas.
+package etcdtest
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Cluster is a running etcd cluster.
+type Cluster struct {
+	Members []*Member
+}
+
+// Member is one etcd member.
+type Member struct {
+	Name      string
+	ClientURL string
+	cfg       *embed.Config
+	etcd      *embed.Etcd
+	stopped   bool
+}
+
+func freeURL(t testing.TB) *url.URL {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	u, _ := url.Parse("http://" + ln.Addr().String())
+	return u
+}
+
+// Start starts an n-member cluster and stops it when the test ends.
+func Start(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	var initial []string
+	dir := t.TempDir()
+	for i := range n {
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = filepath.Join(dir, cfg.Name)
+		peer, client := freeURL(t), freeURL(t)
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
+		cfg.LogLevel = "panic" // its shutdown logs errors that are not
+		cfg.InitialClusterToken = "switchboard-test"
+		initial = append(initial, cfg.Name+"="+peer.String())
+		c.Members = append(c.Members, &Member{Name: cfg.Name, ClientURL: client.String(), cfg: cfg})
+	}
+	for _, m := range c.Members {
+		m.cfg.InitialCluster = strings.Join(initial, ",")
+	}
+	// Members of a new cluster wait for each other: start them together.
+	errc := make(chan error, n)
+	for _, m := range c.Members {
+		go func() {
+			e, err := embed.StartEtcd(m.cfg)
+			if err == nil {
+				m.etcd = e
+			}
+			errc <- err
+		}()
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatalf("etcd: %v", err)
+		}
+	}
+	for _, m := range c.Members {
+		select {
+		case <-m.etcd.Server.ReadyNotify():
+		case <-time.After(60 * time.Second):
+			t.Fatal("etcd did not become ready")
+		}
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Endpoints returns every member's client URL.
+func (c *Cluster) Endpoints() []string {
+	var out []string
+	for _, m := range c.Members {
+		out = append(out, m.ClientURL)
+	}
+	return out
+}
+
+// Stop stops every member still running.
+func (c *Cluster) Stop() {
+	for _, m := range c.Members {
+		m.Stop()
+	}
+}
+
+// Stop stops one member, as losing it would.
+func (m *Member) Stop() {
+	if m.stopped || m.etcd == nil {
+		return
+	}
+	m.stopped = true
+	m.etcd.Close()
+}
