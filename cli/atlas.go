@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/etcdstore"
 	"github.com/switchboard-go/switchboard/sidecar"
 )
 
@@ -25,6 +26,7 @@ type atlasOptions struct {
 	dataDir  string
 	insecure bool
 	ports    string
+	store    string // "" or bolt: embedded; etcd://h1:2379,h2:2379: a cluster
 }
 
 func atlasCmd(g *globals) *cobra.Command {
@@ -50,7 +52,28 @@ DATA/admin.token (mode 0600) and logs that path.`,
 	f.StringVar(&o.dataDir, "data", "./atlas-data", "directory of the embedded store and the admin token")
 	f.BoolVar(&o.insecure, "insecure", false, "run without authentication")
 	f.StringVar(&o.ports, "ports", "5000-5999", "range of ports given to new services")
+	f.StringVar(&o.store, "store", "", "etcd://h1:2379,h2:2379 to keep the state in an etcd cluster (default: embedded, in --data)")
 	return c
+}
+
+// parseStore reads --store: "" for the embedded store, or the etcd
+// endpoints of etcd://h1:2379,h2:2379 (https+etcd:// is not supported yet).
+func parseStore(s string) ([]string, error) {
+	if s == "" || s == "bolt" {
+		return nil, nil
+	}
+	rest, ok := strings.CutPrefix(s, "etcd://")
+	if !ok {
+		return nil, usagef("--store: must be etcd://HOST:PORT[,HOST:PORT...], got %q", s)
+	}
+	var eps []string
+	for _, hp := range strings.Split(rest, ",") {
+		if _, _, err := net.SplitHostPort(hp); err != nil {
+			return nil, usagef("--store: %q is not HOST:PORT", hp)
+		}
+		eps = append(eps, "http://"+hp)
+	}
+	return eps, nil
 }
 
 func parsePorts(s string) (lo, hi int, err error) {
@@ -105,7 +128,17 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	store, err := boltstore.Open(boltstore.Config{Path: filepath.Join(o.dataDir, "atlas.db"), Logger: log})
+	endpoints, err := parseStore(o.store)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	var store atlas.Store
+	if endpoints != nil {
+		store, err = etcdstore.Open(etcdstore.Config{Endpoints: endpoints, Logger: log})
+	} else {
+		store, err = boltstore.Open(boltstore.Config{Path: filepath.Join(o.dataDir, "atlas.db"), Logger: log})
+	}
 	if err != nil {
 		ln.Close()
 		return nil, err

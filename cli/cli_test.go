@@ -80,11 +80,17 @@ func TestCommands(t *testing.T) {
 		{[]string{"config", "get", "realm=prod,colour=red"}, 2, "", "LAYER: must be global, realm=R"},
 		{[]string{"token", "create", "--name", "x", "--role", "root"}, 2, "", "--role: must be admin, reader or service"},
 		{[]string{"atlas", "--ports", "9-1"}, 2, "", "--ports: must be a range"},
+		{[]string{"atlas", "--store", "redis://x:1", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", "--store: must be etcd://HOST:PORT"},
 		// Runtime errors: exit 1 with the API's code and message.
 		{[]string{"deregister", "nope"}, 1, "", "not_found: instance nope: not registered"},
 		{[]string{"config", "get", "service=nope"}, 1, "", "not_found: config layer service=nope: not set"},
 	}
 	for _, tt := range tests {
+		for i, a := range tt.args {
+			if a == "TMP" {
+				tt.args[i] = t.TempDir()
+			}
+		}
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			out, errs, code := run(t, url, tt.args...)
 			if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errs, tt.errIn) {
