@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -66,6 +67,11 @@ type Server struct {
 	wg       sync.WaitGroup
 	once     sync.Once
 
+	// staleSince is when the store stopped answering (unix nanoseconds;
+	// 0 while it answers): reads are then served from memory, marked
+	// stale.
+	staleSince atomic.Int64
+
 	// lmu guards the lease bookkeeping below: it lives in memory, per
 	// replica, and is never written to the store.
 	lmu    sync.Mutex
@@ -109,9 +115,10 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s)
 	s.health = s.newHealth()
 	s.handler = s.routes()
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.follow()
 	go s.flushOutputs()
+	go s.probe()
 	if !cfg.Insecure && cfg.DataDir != "" {
 		if err := s.bootstrap(s.ctx); err != nil {
 			s.Close()
@@ -194,6 +201,49 @@ func (s *Server) follow() {
 			s.st.apply(c)
 		}
 	}
+}
+
+// StaleHeader marks answers served from memory while the store does not
+// answer: its value is when the store stopped answering (RFC 3339).
+const StaleHeader = "Switchboard-Stale"
+
+// probe pings the store every second; while it fails, reads carry
+// StaleHeader (they are deliberate stale reads, which keep sidecars
+// routing) and /v1/health fails.
+func (s *Server) probe() {
+	defer s.wg.Done()
+	p, ok := s.store.(Pinger)
+	if !ok {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+		err := p.Ping(ctx)
+		cancel()
+		switch {
+		case err != nil && s.staleSince.Load() == 0:
+			s.staleSince.Store(time.Now().UnixNano())
+			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale", "err", err)
+		case err == nil && s.staleSince.Load() != 0:
+			s.staleSince.Store(0)
+			s.log.Info("atlas: the store answers again")
+		}
+	}
+}
+
+// Stale returns when the store stopped answering, or the zero time.
+func (s *Server) Stale() time.Time {
+	if n := s.staleSince.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // waitApplied waits until the change at index is in memory, so that a
@@ -293,6 +343,9 @@ type Pinger interface {
 func (s *Server) newHealth() *health.Checker {
 	h := &health.Checker{Timeout: 5 * time.Second, FailedStatus: http.StatusServiceUnavailable}
 	_ = h.Add("store", func(ctx context.Context) (string, error) {
+		if since := s.Stale(); !since.IsZero() {
+			return "", fmt.Errorf("store: not answering since %s; reads are stale", since.UTC().Format(time.RFC3339))
+		}
 		if p, ok := s.store.(Pinger); ok {
 			if err := p.Ping(ctx); err != nil {
 				return "", fmt.Errorf("store: %w", err)

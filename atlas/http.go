@@ -193,6 +193,9 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 		}()
 		// Blocking handlers move this deadline out as far as they need.
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if since := s.Stale(); !since.IsZero() && r.Method == http.MethodGet {
+			w.Header().Set(StaleHeader, since.UTC().Format(time.RFC3339))
+		}
 		if !public {
 			p, err := s.authenticate(r)
 			if err != nil {

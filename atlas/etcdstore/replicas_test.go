@@ -207,3 +207,35 @@ func TestEtcdMemberLostDuringWrites(t *testing.T) {
 	}
 	t.Logf("%d registrations acknowledged (%d before the member was lost), %d refused meanwhile, none lost", len(acked), lostAt, fails)
 }
+
+// TestQuorumLost: two of three members stopped: writes answer 503 with a
+// message, reads are served from memory marked Switchboard-Stale, and
+// Atlas's health fails.
+func TestQuorumLost(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	a := startReplica(t, cluster.Endpoints()[:1])
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/x-1", reg("x", 5000, "1h")); st != 200 {
+		t.Fatalf("register: %d %s", st, body)
+	}
+	cluster.Members[1].Stop()
+	cluster.Members[2].Stop()
+	st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/x-2", reg("x", 5001, "1h"))
+	if st != 503 || !strings.Contains(body, `"code":"unavailable"`) || !strings.Contains(body, "store is unavailable") {
+		t.Fatalf("a write without quorum = %d %s; want 503 unavailable", st, body)
+	}
+	var hdr http.Header
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		st, body, hdr = do(t, "GET", a.http.URL+"/v1/services/x", "")
+		if hdr.Get(atlas.StaleHeader) != "" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st != 200 || hdr.Get(atlas.StaleHeader) == "" || !strings.Contains(body, `"id":"x-1"`) {
+		t.Fatalf("a read without quorum = %d %v %s; want the last state, marked %s", st, hdr, body, atlas.StaleHeader)
+	}
+	if st, _, _ := do(t, "GET", a.http.URL+"/v1/health", ""); st != 503 {
+		t.Fatalf("health without quorum = %d; want 503", st)
+	}
+}
