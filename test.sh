@@ -18,6 +18,7 @@ need git git
 need python3 python3 # a service not written in Go, in the sidecar tests
 need curl curl       # the README tutorial
 need haproxy haproxy # haproxy mode, driven for real
+need chromium chromium # the dashboard, in a real browser
 
 go vet ./...
 go test -race -count=1 -timeout 12m ./...

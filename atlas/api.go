@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/ui"
 )
 
 // renderCache keeps the last rendered body per query, so that a thousand
@@ -73,6 +74,9 @@ func (s *Server) routes() http.Handler {
 		return nil
 	})
 	mux.Handle("GET /v1/health", s.wrap("GET /v1/health", true, s.handleHealth))
+	// The dashboard's files hold no data: they need no token.
+	mux.Handle("GET /ui/", ui.Handler("/ui/"))
+	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	mux.Handle("/", s.wrap("other", true, func(w http.ResponseWriter, r *http.Request) error {
 		return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint", r.Method, r.URL.Path)
 	}))

@@ -224,6 +224,7 @@ ignored, dev sets them. Ctrl-C stops it.`,
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Switchboard dev is running (no auth, loopback only, realm %s). Ctrl-C stops it.\n\n", g.realm)
+			fmt.Fprintf(g.stdout, "  dashboard       http://%s/ui/\n", ra.addr)
 			fmt.Fprintf(g.stdout, "  Atlas API       http://%s/v1/services\n", ra.addr)
 			fmt.Fprintf(g.stdout, "  Atlas health    http://%s/v1/health\n", ra.addr)
 			fmt.Fprintf(g.stdout, "  Atlas metrics   http://%s/metrics\n", ra.addr)

@@ -1,0 +1,275 @@
+package ui_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// dashboard runs an Atlas with auth on and some state.
+type dashboard struct {
+	url, admin, reader string
+	api                *client.Atlas
+}
+
+func startAtlas(t *testing.T) *dashboard {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
+	tok, _ := os.ReadFile(filepath.Join(dir, "admin.token"))
+	d := &dashboard{url: hs.URL, admin: strings.TrimSpace(string(tok))}
+	d.api = &client.Atlas{URLs: []string{hs.URL}, Token: d.admin}
+	ctx := context.Background()
+	for i, st := range []sb.Status{sb.Passing, sb.Passing, sb.Warning} {
+		_, err := d.api.Register(ctx, fmt.Sprintf("identity-h%d-5000", i), sb.Registration{Service: "identity", Address: "10.0.0.5", Port: 5000 + i,
+			Status: st, Output: "3 checks passed", Tags: []string{"v2"}, Meta: map[string]string{"version": "1.4.2"}, TTL: sb.Duration(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.api.PutLayer(ctx, sb.LayerKey{}, json.RawMessage(`{"log":"info","db":{"pool":5}}`), nil)
+	d.api.PutLayer(ctx, sb.LayerKey{Service: "identity", Realm: "dev"}, json.RawMessage(`{"db":{"pool":9}}`), nil)
+	r, err := d.api.CreateToken(ctx, sb.TokenRequest{Name: "oncall", Role: sb.RoleReader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.reader = r.Secret
+	return d
+}
+
+// browser starts Debian's chromium, headless.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is not installed: test.sh installs it (apt-get install chromium)")
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true), chromedp.UserDataDir(t.TempDir()))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	ctx, cancel3 := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(cancel3)
+	return ctx
+}
+
+func text(ctx context.Context, t *testing.T, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		t.Fatalf("text of %s: %v", sel, err)
+	}
+	return s
+}
+
+// answerDialogs makes the page's prompt (the reason for a disable) and
+// confirm answer at once, as a person would.
+func answerDialogs(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.prompt = () => "kernel upgrade"; window.confirm = () => true; true`)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoginFormWithoutToken(t *testing.T) {
+	d := startAtlas(t)
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/"), chromedp.WaitVisible(chromedp.CSS("#login-form"))); err != nil {
+		t.Fatalf("no login form for a page without a token: %v", err)
+	}
+	// Logging in with a reader token shows the services, read-only.
+	err := chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS("#login-token"), d.reader),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.Click(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table tr[data-id="identity-h0-5000"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := text(ctx, t, "#who"); got != "read-only" {
+		t.Fatalf("a reader is shown as %q", got)
+	}
+	buttons, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#instances-table button").length`))
+	if buttons != 0 {
+		t.Fatalf("a reader sees %d enable/disable buttons", buttons)
+	}
+}
+
+func TestServicesLiveAndSwitch(t *testing.T) {
+	d := startAtlas(t)
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row := text(ctx, t, `tr[data-service="identity"]`); !strings.Contains(row, "identity\t3\t2\t1\t0\t0") {
+		t.Fatalf("identity row = %q; want 3 instances: 2 passing, 1 warning", row)
+	}
+	// A registration appears without a reload: the event stream.
+	if _, err := d.api.Register(context.Background(), "billing-h1-6000", sb.Registration{Service: "billing", Address: "10.0.0.6", Port: 6000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-service="billing"]`))); err != nil {
+		t.Fatalf("a new service did not appear live: %v", err)
+	}
+	// The instances, and the switch with its reason.
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table button[data-id="identity-h1-5000"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := text(ctx, t, `#instances-table tr[data-id="identity-h1-5000"]`)
+	for _, want := range []string{"10.0.0.5:5001", "passing", "3 checks passed", "v2", "version=1.4.2", "ago", "in "} {
+		if !strings.Contains(row, want) {
+			t.Fatalf("instance row %q lacks %q", row, want)
+		}
+	}
+	answerDialogs(ctx, t)
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#instances-table button[data-id="identity-h1-5000"]`))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		in, _ := d.api.Instance(context.Background(), "identity-h1-5000")
+		if in != nil && !in.Enabled {
+			if in.DisabledReason != "kernel upgrade" {
+				t.Fatalf("disabled with reason %q", in.DisabledReason)
+			}
+			if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#instances-table tr.disabled[data-id="identity-h1-5000"]`))); err != nil {
+				t.Fatalf("the disabled instance is not shown disabled: %v", err)
+			}
+			shot(ctx, t, "services")
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the disable button did not disable the instance")
+}
+
+func TestConfigEditor(t *testing.T) {
+	d := startAtlas(t)
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.Navigate(d.url+"/ui/#config"),
+		chromedp.WaitVisible(chromedp.CSS(`#merged-table tr[data-key="log"]`)),
+		chromedp.SetValue(chromedp.CSS("#merged-service"), "identity"),
+		chromedp.Click(chromedp.CSS("#merged-form button")),
+		chromedp.WaitVisible(chromedp.CSS(`#merged-table tr[data-key="db.pool"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row := text(ctx, t, `#merged-table tr[data-key="db.pool"]`); !strings.Contains(row, "9") || !strings.Contains(row, "service=identity,realm=dev") {
+		t.Fatalf("merged db.pool row = %q; want 9 from service=identity,realm=dev", row)
+	}
+	// Invalid JSON is refused before anything is sent.
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`tr[data-layer="global"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#editor-text")),
+		chromedp.SetValue(chromedp.CSS("#editor-text"), `{"log": `),
+		chromedp.Click(chromedp.CSS("#editor-save")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := text(ctx, t, "#editor-error"); !strings.Contains(msg, "Not valid JSON, nothing sent") {
+		t.Fatalf("invalid JSON: %q", msg)
+	}
+	// Someone else changes the layer meanwhile: 409, both versions shown.
+	l, _ := d.api.Layer(context.Background(), sb.LayerKey{})
+	if _, err := d.api.PutLayer(context.Background(), sb.LayerKey{}, json.RawMessage(`{"log":"debug"}`), &l.Index); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.CSS("#editor-text"), `{"log": "warn"}`),
+		chromedp.Click(chromedp.CSS("#editor-save")),
+		chromedp.WaitVisible(chromedp.CSS("#editor-conflict")))
+	if err != nil {
+		t.Fatalf("a conflicting save did not show the conflict: %v", err)
+	}
+	if theirs := text(ctx, t, "#conflict-theirs"); !strings.Contains(theirs, `"debug"`) {
+		t.Fatalf("theirs = %q", theirs)
+	}
+	shot(ctx, t, "config")
+	got, _ := d.api.Layer(context.Background(), sb.LayerKey{})
+	if !strings.Contains(string(got.Config), "debug") {
+		t.Fatalf("the other writer's change was overwritten: %s", got.Config)
+	}
+}
+
+func TestTokens(t *testing.T) {
+	d := startAtlas(t)
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.Navigate(d.url+"/ui/#tokens"),
+		chromedp.WaitVisible(chromedp.CSS(`#tokens-table tbody tr`)),
+		chromedp.SendKeys(chromedp.CSS("#token-name"), "ci"),
+		chromedp.Click(chromedp.CSS("#token-form button")),
+		chromedp.WaitVisible(chromedp.CSS("#token-secret")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := text(ctx, t, "#token-secret")
+	if !strings.Contains(secret, "shown once") || !strings.Contains(secret, "sb.") {
+		t.Fatalf("secret line = %q", secret)
+	}
+	toks, _ := d.api.Tokens(context.Background())
+	if len(toks) != 3 {
+		t.Fatalf("%d tokens after create; want 3", len(toks))
+	}
+	var id string
+	for _, tk := range toks {
+		if tk.Name == "ci" {
+			id = tk.ID
+		}
+	}
+	answerDialogs(ctx, t)
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-token="%s"] button`, id))),
+		chromedp.WaitNotPresent(chromedp.CSS(fmt.Sprintf(`tr[data-token="%s"]`, id)))); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if toks, _ := d.api.Tokens(context.Background()); len(toks) != 2 {
+		t.Fatalf("%d tokens after delete; want 2", len(toks))
+	}
+}
+
+// shot saves a screenshot when SWITCHBOARD_UI_SHOTS names a directory.
+func shot(ctx context.Context, t *testing.T, name string) {
+	dir := os.Getenv("SWITCHBOARD_UI_SHOTS")
+	if dir == "" {
+		return
+	}
+	if buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		os.WriteFile(filepath.Join(dir, name+".png"), buf, 0o644)
+	}
+}
