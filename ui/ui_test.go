@@ -135,12 +135,14 @@ func TestServicesLiveAndSwitch(t *testing.T) {
 		t.Fatalf("identity row = %q; want 3 instances: 2 passing, 1 warning", row)
 	}
 	// A registration appears without a reload: the event stream.
+	start := time.Now()
 	if _, err := d.api.Register(context.Background(), "billing-h1-6000", sb.Registration{Service: "billing", Address: "10.0.0.6", Port: 6000}); err != nil {
 		t.Fatal(err)
 	}
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-service="billing"]`))); err != nil {
 		t.Fatalf("a new service did not appear live: %v", err)
 	}
+	t.Logf("a registration through the API appeared on the page %s later, without a reload", time.Since(start).Round(time.Millisecond))
 	// The instances, and the switch with its reason.
 	err = chromedp.Do(ctx,
 		chromedp.Click(chromedp.CSS(`tr[data-service="identity"]`)),
@@ -224,6 +226,24 @@ func TestConfigEditor(t *testing.T) {
 	if !strings.Contains(string(got.Config), "debug") {
 		t.Fatalf("the other writer's change was overwritten: %s", got.Config)
 	}
+	// Take theirs, edit, save: the edit round-trips.
+	err = chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS("#conflict-take-theirs")),
+		chromedp.SetValue(chromedp.CSS("#editor-text"), `{"log": "error", "db": {"pool": 6}}`),
+		chromedp.Click(chromedp.CSS("#editor-save")),
+		chromedp.WaitVisible(chromedp.CSS(`#merged-table tr[data-key="log"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		got, _ = d.api.Layer(context.Background(), sb.LayerKey{})
+		if string(got.Config) == `{"log":"error","db":{"pool":6}}` {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the saved layer is %s", got.Config)
 }
 
 func TestTokens(t *testing.T) {
@@ -263,13 +283,67 @@ func TestTokens(t *testing.T) {
 	}
 }
 
-// shot saves a screenshot when SWITCHBOARD_UI_SHOTS names a directory.
+// shot saves a screenshot under ui/testoutput (or SWITCHBOARD_UI_SHOTS).
 func shot(ctx context.Context, t *testing.T, name string) {
 	dir := os.Getenv("SWITCHBOARD_UI_SHOTS")
 	if dir == "" {
+		dir = "testoutput"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("screenshot %s: %v", name, err)
 		return
 	}
 	if buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
 		os.WriteFile(filepath.Join(dir, name+".png"), buf, 0o644)
+		t.Logf("screenshot: %s", filepath.Join(dir, name+".png"))
 	}
+}
+
+// TestScale: 1,000 services of 10 instances each (10,000 instances): how
+// long the page takes to show them, and to apply one live change. Logged,
+// not bounded: this machine is shared.
+func TestScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("registers 10,000 instances")
+	}
+	d := startAtlas(t)
+	ctx := context.Background()
+	errc := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			for i := w; i < 1000; i += 8 {
+				for j := range 10 {
+					if _, err := d.api.Register(ctx, fmt.Sprintf("svc%04d-%d", i, j), sb.Registration{Service: fmt.Sprintf("svc%04d", i), Address: "10.1.0.1", Port: 1000 + j, TTL: sb.Duration(time.Hour)}); err != nil {
+						errc <- err
+						return
+					}
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	bctx := browser(t)
+	start := time.Now()
+	if err := chromedp.Do(bctx, chromedp.Navigate(d.url+"/ui/#token="+d.admin), chromedp.WaitVisible(chromedp.CSS(`tr[data-service="svc0999"]`))); err != nil {
+		t.Fatal(err)
+	}
+	loaded := time.Since(start)
+	rows, _ := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll("#services-table tbody tr").length`))
+	if rows < 1000 {
+		t.Fatalf("%d service rows; want 1,000 or more", rows)
+	}
+	start = time.Now()
+	if _, err := d.api.SetEnabled(ctx, "svc0500-3", false, "scale test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.querySelector('tr[data-service="svc0500"] td:nth-child(6)').textContent === "1"`)); err != nil {
+		t.Fatalf("a change did not show: %v", err)
+	}
+	t.Logf("1,000 services / 10,000 instances: the page showed them %s after navigating; a change showed %s after the API call",
+		loaded.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }

@@ -156,18 +156,35 @@ function summarize(si) {
   return sum;
 }
 
+function serviceRow(n) {
+  const s = state.services.get(n);
+  const open = () => selectService(n);
+  return el("tr", { class: "clickable" + (n === state.selected ? " selected" : ""), "data-service": n, tabindex: "0",
+    onclick: open, onkeydown: (ev) => { if (ev.key === "Enter") open(); } },
+  el("td", {}, n), el("td", {}, s.instances), el("td", { class: "passing" }, s.passing),
+  el("td", { class: "warning" }, s.warning), el("td", { class: "critical" }, s.critical), el("td", {}, s.disabled));
+}
+
+// renderServices draws the whole table (on load); renderService replaces
+// one row (on an event), so that a realm of 1,000 services stays cheap.
 function renderServices() {
   const tbody = $("#services-table tbody");
-  tbody.replaceChildren();
-  const names = [...state.services.keys()].sort();
+  const names = [...state.services.keys()].filter((n) => state.services.get(n).instances > 0).sort();
+  tbody.replaceChildren(...names.map(serviceRow));
   $("#services-empty").hidden = names.length > 0;
-  for (const n of names) {
-    const s = state.services.get(n);
-    if (s.instances === 0) continue;
-    tbody.append(el("tr", { class: "clickable" + (n === state.selected ? " selected" : ""), "data-service": n, onclick: () => selectService(n) },
-      el("td", {}, n), el("td", {}, s.instances), el("td", { class: "passing" }, s.passing),
-      el("td", { class: "warning" }, s.warning), el("td", { class: "critical" }, s.critical), el("td", {}, s.disabled)));
+}
+
+function renderService(n) {
+  const tbody = $("#services-table tbody");
+  const old = tbody.querySelector(`tr[data-service="${CSS.escape(n)}"]`);
+  const gone = state.services.get(n).instances === 0;
+  if (old && gone) old.remove();
+  else if (old) old.replaceWith(serviceRow(n));
+  else if (!gone) {
+    const next = [...tbody.children].find((tr) => tr.dataset.service > n);
+    tbody.insertBefore(serviceRow(n), next || null);
   }
+  $("#services-empty").hidden = tbody.children.length > 0;
 }
 
 async function showServices() {
@@ -228,19 +245,38 @@ async function watch() {
 function onEvent(si) {
   if (si.realm !== state.realm) return;
   state.services.set(si.service, summarize(si));
-  renderServices();
+  renderService(si.service);
   if (si.service === state.selected) selectService(si.service);
 }
 
+// At most this many instances are drawn; the filter finds the others.
+const maxRows = 500;
+
 async function selectService(name) {
+  const changed = state.selected !== name;
   state.selected = name;
-  renderServices();
+  for (const tr of document.querySelectorAll("#services-table tr.selected")) tr.classList.remove("selected");
+  const row = document.querySelector(`#services-table tr[data-service="${CSS.escape(name)}"]`);
+  if (row) row.classList.add("selected");
+  if (changed) $("#instance-filter").value = "";
   const si = await api("/v1/services/" + encodeURIComponent(name) + "?leases=true&realm=" + encodeURIComponent(state.realm));
   $("#service-detail").hidden = false;
   $("#service-name").textContent = name + " in " + state.realm;
+  state.instances = si.instances;
+  renderInstances();
+}
+
+function renderInstances() {
+  const f = $("#instance-filter").value.trim().toLowerCase();
+  const match = (i) => !f || (i.id + " " + i.address + " " + i.status + " " + (i.tags || []).join(" ")).toLowerCase().includes(f);
+  const all = state.instances.filter(match);
+  const shown = all.slice(0, maxRows);
+  $("#instances-count").textContent = all.length > shown.length
+    ? `showing ${shown.length} of ${all.length}: filter to find the others`
+    : `${all.length} instance${all.length === 1 ? "" : "s"}`;
   const tbody = $("#instances-table tbody");
   tbody.replaceChildren();
-  for (const i of si.instances) {
+  for (const i of shown) {
     const meta = Object.entries(i.meta || {}).map(([k, v]) => k + "=" + v).join(" ");
     const sw = state.admin
       ? el("button", { "data-id": i.id, onclick: () => toggle(i) }, i.enabled ? "Disable…" : "Enable")
@@ -266,6 +302,8 @@ async function toggle(inst) {
     showError(e);
   }
 }
+
+$("#instance-filter").addEventListener("input", () => { if (state.instances) renderInstances(); });
 
 // ---- config: layers, merged view with sources, an editor that checks ------
 
@@ -299,7 +337,8 @@ async function showConfig() {
   const tbody = $("#layers-table tbody");
   tbody.replaceChildren();
   for (const l of list.layers) {
-    tbody.append(el("tr", { class: "clickable", "data-layer": layerName(l), onclick: () => openLayer(l) },
+    const open = () => openLayer(l).catch(showError);
+    tbody.append(el("tr", { class: "clickable", "data-layer": layerName(l), tabindex: "0", onclick: open, onkeydown: (ev) => { if (ev.key === "Enter") open(); } },
       el("td", {}, layerName(l)), el("td", {}, l.index), el("td", {}, l.size)));
   }
   await showMerged();
