@@ -138,3 +138,44 @@ func TestHAProxyReloadsLoseNothing(t *testing.T) {
 		t.Fatalf("%d reloads; want 10", after-before)
 	}
 }
+
+// TestHAProxyKillNineOfAnInstance: in haproxy mode, kill -9 of one of two
+// instances in the middle of a stream of GETs: HAProxy's retries and
+// redispatch answer every GET, and the dead instance leaves rotation when
+// its check fails.
+func TestHAProxyKillNineOfAnInstance(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`atlas: %s
+proxy: haproxy
+state_dir: %s
+host: itest
+advertise: 127.0.0.1
+upstreams: [{name: files}]
+services:
+  - {name: files, port: %d, check: {http: /who, interval: 300ms}}
+  - {name: files, port: %d, check: {http: /who, interval: 300ms}}
+`, a.url, dir, p1.port, p2.port)
+	s := startSidecar(t, yaml)
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	waitFor(t, "HAProxy routes to both", 20*time.Second, func() bool {
+		seen := map[string]bool{}
+		for range 20 {
+			if st, body, _ := s.get("files", "/who"); st == 200 {
+				seen[body] = true
+			}
+		}
+		return seen["one"] && seen["two"]
+	})
+	l := startLoad(s, "files", 4)
+	time.Sleep(500 * time.Millisecond)
+	p1.kill()
+	waitFor(t, "the dead instance leaves", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	time.Sleep(500 * time.Millisecond)
+	l.end()
+	t.Logf("%d GETs through HAProxy around a kill -9, %d failed; split %v", l.ok.Load()+l.failed.Load(), l.failed.Load(), l.by)
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+}

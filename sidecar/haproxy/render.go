@@ -67,7 +67,7 @@ defaults
     log global
     mode http
     option httplog
-    option redispatch
+    option redispatch 1
     option http-keep-alive
     retries 3
     retry-on conn-failure empty-response response-timeout
