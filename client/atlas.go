@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -444,7 +445,37 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 		return lastEventID, err
 	}
 	defer res.Body.Close()
-	sc := bufio.NewScanner(res.Body)
+	var fnErr error
+	err = ReadEvents(res.Body, func(ev Event) error {
+		if ev.ID != "" {
+			lastEventID = ev.ID
+		}
+		fnErr = fn(ev)
+		return fnErr
+	})
+	switch {
+	case fnErr != nil:
+		return lastEventID, fnErr
+	case ctx.Err() != nil:
+		return lastEventID, ctx.Err()
+	case err == nil:
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
+	case errors.Is(err, errStream):
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", base, err)
+	}
+	return lastEventID, fmt.Errorf("atlas %s: %w", base, err)
+}
+
+var (
+	errBadEvent = errors.New("event stream: an event's data is not a service answer")
+	errStream   = errors.New("event stream")
+)
+
+// ReadEvents parses a Server-Sent Events stream of Atlas's events and calls
+// fn for each, until the stream ends (nil), breaks, carries an event whose
+// data is not a service answer, or fn returns an error (returned as is).
+func ReadEvents(r io.Reader, fn func(Event) error) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	var kind, id, data string
 	for sc.Scan() {
@@ -456,13 +487,10 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 			}
 			var si sb.ServiceInstances
 			if err := json.Unmarshal([]byte(data), &si); err != nil {
-				return lastEventID, fmt.Errorf("atlas %s: event stream: %w", base, err)
-			}
-			if id != "" {
-				lastEventID = id
+				return fmt.Errorf("%w: %v", errBadEvent, err)
 			}
 			if err := fn(Event{Kind: kind, ID: id, Service: &si}); err != nil {
-				return lastEventID, err
+				return err
 			}
 			kind, id, data = "", "", ""
 		case strings.HasPrefix(line, ":"):
@@ -474,13 +502,10 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 			data += strings.TrimPrefix(line[len("data:"):], " ")
 		}
 	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
-		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", base, err)
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%w: %v", errStream, err)
 	}
-	if ctx.Err() != nil {
-		return lastEventID, ctx.Err()
-	}
-	return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
+	return nil
 }
 
 // Ping asks Atlas's own healthcheck (GET /v1/health, no token needed)

@@ -152,3 +152,22 @@ func FuzzParseServiceURL(f *testing.F) {
 		}
 	})
 }
+
+func FuzzReadEvents(f *testing.F) {
+	f.Add("event: snapshot\nid: 3\ndata: {\"index\":3,\"service\":\"a\",\"realm\":\"dev\",\"instances\":[]}\n\n: keep-alive\n\n")
+	f.Add("event: update\ndata: {\"index\":1}\ndata: \n\nevent: x\n\n")
+	f.Add("id: 9\n\ndata: nope\n\n")
+	f.Fuzz(func(t *testing.T, stream string) {
+		n := 0
+		err := client.ReadEvents(strings.NewReader(stream), func(ev client.Event) error {
+			n++
+			if ev.Kind == "" || ev.Service == nil {
+				t.Fatalf("event without kind or data: %+v", ev)
+			}
+			return nil
+		})
+		if err != nil && n > strings.Count(stream, "\n\n") {
+			t.Fatalf("more events than blocks: %d", n)
+		}
+	})
+}
