@@ -347,3 +347,28 @@ func TestScale(t *testing.T) {
 	t.Logf("1,000 services / 10,000 instances: the page showed them %s after navigating; a change showed %s after the API call",
 		loaded.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
+
+// TestPhone: on a phone-sized screen the page fits its width (tables
+// scroll inside their box) and every control is reachable by keyboard.
+func TestPhone(t *testing.T) {
+	d := startAtlas(t)
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.EmulateViewport(375, 740),
+		chromedp.Navigate(d.url+"/ui/#token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.Click(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table tr[data-id="identity-h0-5000"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
+	if err != nil || overflow {
+		t.Fatalf("the page is wider than a phone's screen (%v)", err)
+	}
+	// Keyboard: a service row takes focus and opens with Enter.
+	focusable, _ := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('tr[data-service="identity"]').tabIndex === 0`))
+	if !focusable {
+		t.Fatal("service rows are not keyboard-reachable")
+	}
+	shot(ctx, t, "phone")
+}
