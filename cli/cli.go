@@ -98,7 +98,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetContext(ctx)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return &UsageError{err.Error()} })
 	pf := root.PersistentFlags()
-	pf.StringSliceVar(&g.atlas, "atlas", splitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
+	pf.StringSliceVar(&g.atlas, "atlas", client.SplitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
 	pf.StringVar(&g.token, "token", os.Getenv("SWITCHBOARD_TOKEN"), "bearer token ($SWITCHBOARD_TOKEN)")
 	pf.StringVar(&g.realm, "realm", envOr("SWITCHBOARD_REALM", sb.DefaultRealm), "realm ($SWITCHBOARD_REALM)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output of read commands: table or json")
@@ -165,16 +165,6 @@ func wrapArgs(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		wrapArgs(sub)
 	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func (g *globals) client() *client.Atlas {

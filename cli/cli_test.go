@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,30 +11,11 @@ import (
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
-	"github.com/switchboard-go/switchboard/atlas"
-	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/cli"
 )
 
-func startAtlas(t *testing.T) string {
-	t.Helper()
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "atlas.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		srv.StopWaiting()
-		hs.Close()
-		srv.Close()
-		st.Close()
-	})
-	return hs.URL
-}
+func startAtlas(t *testing.T) string { return atlastest.Start(t, true).URL }
 
 // run runs the command line and returns stdout, stderr and the exit code.
 func run(t *testing.T, url string, args ...string) (string, string, int) {

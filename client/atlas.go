@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,23 @@ type Atlas struct {
 
 // DefaultAtlasURL is where Atlas listens unless told otherwise.
 const DefaultAtlasURL = "http://127.0.0.1:4400"
+
+// AtlasFromEnv returns a client of the replicas SWITCHBOARD_ATLAS lists
+// (comma-separated; default DefaultAtlasURL), with SWITCHBOARD_TOKEN.
+func AtlasFromEnv() *Atlas {
+	return &Atlas{URLs: SplitList(os.Getenv("SWITCHBOARD_ATLAS")), Token: os.Getenv("SWITCHBOARD_TOKEN")}
+}
+
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 var defaultHTTP = &http.Client{Transport: &http.Transport{
 	Proxy:               nil,

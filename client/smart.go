@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,19 +106,9 @@ func (t *Transport) init() {
 		t.Realm = sb.DefaultRealm
 	}
 	if t.Atlas == nil {
-		t.Atlas = &Atlas{URLs: splitURLs(os.Getenv("SWITCHBOARD_ATLAS")), Token: os.Getenv("SWITCHBOARD_TOKEN")}
+		t.Atlas = AtlasFromEnv()
 	}
 	t.ctx, t.stop = context.WithCancel(context.Background())
-}
-
-func splitURLs(s string) []string {
-	var out []string
-	for _, u := range strings.Split(s, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			out = append(out, u)
-		}
-	}
-	return out
 }
 
 // CloseIdleConnections closes idle connections and stops watching Atlas.

@@ -7,15 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	sb "github.com/switchboard-go/switchboard"
-	"github.com/switchboard-go/switchboard/atlas"
-	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
 )
 
@@ -54,17 +52,7 @@ func TestServiceURLGoesToTheSidecar(t *testing.T) {
 // directSetup runs an Atlas and registers backends for service "files".
 func directSetup(t *testing.T, backends ...string) *client.Atlas {
 	t.Helper()
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "a.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
-	a := &client.Atlas{URLs: []string{hs.URL}}
+	a := atlastest.Start(t, true).Client()
 	for i, b := range backends {
 		host, port, _ := net.SplitHostPort(strings.TrimPrefix(b, "http://"))
 		p, _ := strconv.Atoi(port)

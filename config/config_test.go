@@ -3,7 +3,6 @@ package config_test
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,26 +11,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	sb "github.com/switchboard-go/switchboard"
-	"github.com/switchboard-go/switchboard/atlas"
-	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/config"
 )
 
-func startAtlas(t *testing.T) *client.Atlas {
-	t.Helper()
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "a.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
-	return &client.Atlas{URLs: []string{hs.URL}}
-}
+func startAtlas(t *testing.T) *client.Atlas { return atlastest.Start(t, true).Client() }
 
 const fileYAML = `defaults:
   log: info

@@ -99,7 +99,7 @@ func New(name string) *Service {
 	host, _ := os.Hostname()
 	host = strings.ToLower(strings.Split(host, ".")[0])
 	s.checker.Hostname = host
-	s.atlas = &client.Atlas{URLs: splitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), Token: os.Getenv("SWITCHBOARD_TOKEN")}
+	s.atlas = client.AtlasFromEnv()
 	base := slog.New(slog.NewJSONHandler(logOutput, nil))
 	s.log = base.With("service", name, "realm", s.Realm)
 	if err := sb.ValidateName("service", name); err != nil {
@@ -144,16 +144,6 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // Logger returns the service's logger: JSON on stdout, with service, realm

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	sb "github.com/switchboard-go/switchboard"
-	"github.com/switchboard-go/switchboard/atlas"
-	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
 )
 
@@ -28,20 +26,8 @@ type dashboard struct {
 
 func startAtlas(t *testing.T) *dashboard {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { srv.StopWaiting(); hs.CloseClientConnections(); hs.Close(); srv.Close(); st.Close() })
-	tok, _ := os.ReadFile(filepath.Join(dir, "admin.token"))
-	d := &dashboard{url: hs.URL, admin: strings.TrimSpace(string(tok))}
-	d.api = &client.Atlas{URLs: []string{hs.URL}, Token: d.admin}
+	a := atlastest.Start(t, false)
+	d := &dashboard{url: a.URL, admin: a.AdminToken, api: a.Client()}
 	ctx := context.Background()
 	for i, st := range []sb.Status{sb.Passing, sb.Passing, sb.Warning} {
 		_, err := d.api.Register(ctx, fmt.Sprintf("identity-h%d-5000", i), sb.Registration{Service: "identity", Address: "10.0.0.5", Port: 5000 + i,
