@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -494,5 +495,14 @@ func TestBatchHeartbeats(t *testing.T) {
 	}
 	if r := a.do("PUT", "/v1/heartbeats", `{"heartbeats":[{"id":"a-1","status":"fine"}]}`); r.status != 400 || !strings.Contains(string(r.body), "heartbeats[0].status: must be passing") {
 		t.Fatalf("bad batch = %d %s", r.status, r.body)
+	}
+}
+
+// TestSameInstanceCoversEveryField: sameInstance must look at every field
+// watchers see; a field added to Instance and forgotten there would make
+// a change invisible to blocking queries.
+func TestSameInstanceCoversEveryField(t *testing.T) {
+	if n := reflect.TypeOf(sb.Instance{}).NumField(); n != 16 {
+		t.Fatalf("Instance has %d fields; sameInstance (atlas/state.go) compares 14 of 16 (not the lease fields): update it, then this count", n)
 	}
 }

@@ -1,8 +1,8 @@
 package atlas
 
 import (
-	"bytes"
 	"encoding/json"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -183,12 +183,7 @@ func (s *state) visibleLocked(id string) *sb.Instance {
 // before and after (either may be nil): when what watchers see differs,
 // every affected answer is marked changed.
 func (s *state) touchInstanceLocked(id string, before, after *sb.Instance, index uint64, woken *[]string) {
-	if woken == nil {
-		return
-	}
-	b, _ := json.Marshal(before)
-	a, _ := json.Marshal(after)
-	if bytes.Equal(a, b) {
+	if woken == nil || sameInstance(before, after) {
 		return
 	}
 	*woken = append(*woken, instKey(id))
@@ -208,6 +203,18 @@ func (s *state) touchInstanceLocked(id string, before, after *sb.Instance, index
 		s.historyFloor = s.history[over-1].index
 		s.history = append(s.history[:0:0], s.history[over:]...)
 	}
+}
+
+// sameInstance reports whether watchers would see no difference between
+// a and b (nil is no instance).
+func sameInstance(a, b *sb.Instance) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.ID == b.ID && a.Service == b.Service && a.Realm == b.Realm && a.Address == b.Address &&
+		a.Port == b.Port && a.Status == b.Status && a.Output == b.Output && a.Enabled == b.Enabled &&
+		a.DisabledReason == b.DisabledReason && a.TTL == b.TTL && a.RegisteredAt.Equal(b.RegisteredAt) &&
+		a.StatusChangedAt.Equal(b.StatusChangedAt) && slices.Equal(a.Tags, b.Tags) && maps.Equal(a.Meta, b.Meta)
 }
 
 func (s *state) putLocked(kv KV, woken *[]string) {
