@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,8 @@ type metrics struct {
 	watchErrors *prometheus.CounterVec
 	index       *prometheus.GaugeVec
 	updates     *prometheus.CounterVec
+	counters    sync.Map // codeKey -> prometheus.Counter
+	observers   sync.Map // service -> prometheus.Observer
 }
 
 func newMetrics(s *Sidecar) *metrics {
@@ -69,12 +72,27 @@ func newMetrics(s *Sidecar) *metrics {
 	return m
 }
 
+// codeKey names one requests counter; counters and histograms are looked
+// up once and kept, so that a request costs no label formatting.
+type codeKey struct {
+	service string
+	code    int
+}
+
 func (m *metrics) observeHTTP(service string, code int, d time.Duration, retries int) {
 	if service == "" {
 		service = "(none)"
 	}
-	m.requests.WithLabelValues(service, strconv.Itoa(code)).Inc()
-	m.latency.WithLabelValues(service).Observe(d.Seconds())
+	c, ok := m.counters.Load(codeKey{service, code})
+	if !ok {
+		c, _ = m.counters.LoadOrStore(codeKey{service, code}, m.requests.WithLabelValues(service, strconv.Itoa(code)))
+	}
+	c.(prometheus.Counter).Inc()
+	o, ok := m.observers.Load(service)
+	if !ok {
+		o, _ = m.observers.LoadOrStore(service, m.latency.WithLabelValues(service))
+	}
+	o.(prometheus.Observer).Observe(d.Seconds())
 	if retries > 0 {
 		m.retries.WithLabelValues(service).Add(float64(retries))
 	}

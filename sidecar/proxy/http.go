@@ -166,13 +166,19 @@ func gatewayTimeout(format string, args ...any) error {
 
 func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	service, err := ServiceOf(string(ctx.Request.Header.Peek(ServiceHeader)), string(ctx.Host()))
-	if err != nil {
-		h.observe("", writeError(ctx, err), start, 0)
-		return
+	var pool *balance.Pool
+	if name, ok := serviceOfFast(ctx.Request.Header.Peek(ServiceHeader), ctx.Host()); ok {
+		pool = h.Table.GetBytes(name)
+	} else {
+		service, err := ServiceOf(string(ctx.Request.Header.Peek(ServiceHeader)), string(ctx.Host()))
+		if err != nil {
+			h.observe("", writeError(ctx, err), start, 0)
+			return
+		}
+		pool = h.Table.Get(service)
 	}
-	status, retries := h.route(ctx, service)
-	h.observe(service, status, start, retries)
+	status, retries := h.route(ctx, pool)
+	h.observe(pool.Service, status, start, retries)
 }
 
 func (h *HTTP) observe(service string, code int, start time.Time, retries int) {
@@ -183,11 +189,12 @@ func (h *HTTP) observe(service string, code int, start time.Time, retries int) {
 
 func where(p *balance.Pool) string { return fmt.Sprintf("service %s in realm %s", p.Service, p.Realm) }
 
-// route sends the request to an instance of service and copies the answer
-// back. It returns the status sent and how many retries it took.
-func (h *HTTP) route(ctx *fasthttp.RequestCtx, service string) (int, int) {
+// route sends the request to an instance of the pool's service and copies
+// the answer back. It returns the status sent and how many retries it
+// took.
+func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 	if h.Allow != nil {
-		if err := h.Allow(service); err != nil {
+		if err := h.Allow(pool.Service); err != nil {
 			return writeError(ctx, err), 0
 		}
 	}
@@ -200,11 +207,17 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, service string) (int, int) {
 		timeout = d
 	}
 	deadline := time.Now().Add(timeout)
-	pool := h.Table.Get(service)
 	select {
 	case <-pool.Ready():
-	case <-time.After(min(h.FirstWatch, timeout)):
-		return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s: no answer from Atlas about it yet", where(pool))), 0
+	default:
+		// The first call to a service waits for Atlas's first answer.
+		t := time.NewTimer(min(h.FirstWatch, timeout))
+		select {
+		case <-pool.Ready():
+			t.Stop()
+		case <-t.C:
+			return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s: no answer from Atlas about it yet", where(pool))), 0
+		}
 	}
 	if err := pool.Denied(); err != nil {
 		return writeError(ctx, err), 0
@@ -286,9 +299,12 @@ func (h *HTTP) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, done f
 	n := resp.Header.ContentLength()
 	if n >= 0 && n <= 64<<10 {
 		// Small bodies are read here: one write to the client, and the
-		// connection goes back to the pool at once.
+		// connection goes back to the pool at once. The copy buffer is
+		// pooled: io.Copy's own would be 32 KiB of garbage a request.
 		bw := ctx.Response.BodyWriter()
-		_, err := io.Copy(bw, stream)
+		buf := copyBuffers.Get().(*[]byte)
+		_, err := io.CopyBuffer(bw, stream, *buf)
+		copyBuffers.Put(buf)
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 		done()
@@ -300,6 +316,8 @@ func (h *HTTP) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, done f
 	ctx.Response.SetBodyStream(&streamBody{r: stream, resp: resp, done: done}, n)
 	return status
 }
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // streamBody hands a response body to fasthttp's server, which closes it
 // after sending; Close releases the instance's response and connection.

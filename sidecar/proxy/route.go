@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"net"
 	"strings"
 
@@ -43,4 +44,35 @@ func ServiceOf(header, host string) (string, error) {
 		return h, nil
 	}
 	return "", sb.Errorf(sb.EInvalid, "no target service: send the %s header, or use a Host such as NAME.localhost (got Host %q)", ServiceHeader, host)
+}
+
+// validName reports whether b is a service name, with no allocation.
+func validName(b []byte) bool {
+	if len(b) == 0 || len(b) > 63 || b[0] < 'a' || b[0] > 'z' {
+		return false
+	}
+	for _, c := range b[1:] {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// serviceOfFast is ServiceOf for the common forms (a lower-case header,
+// or a lower-case NAME.localhost[:port] Host) without allocating: it
+// returns a slice of its input. ok is false when the slow path must decide.
+func serviceOfFast(header, host []byte) (name []byte, ok bool) {
+	if len(header) > 0 {
+		return header, validName(header)
+	}
+	h := host
+	if i := bytes.LastIndexByte(h, ':'); i >= 0 && bytes.IndexByte(h, ']') < 0 {
+		h = h[:i]
+	}
+	label, found := bytes.CutSuffix(h, []byte(".localhost"))
+	if !found || bytes.IndexByte(label, '.') >= 0 {
+		return nil, false
+	}
+	return label, validName(label)
 }

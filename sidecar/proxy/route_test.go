@@ -38,6 +38,13 @@ func FuzzServiceOf(f *testing.F) {
 	f.Add("", "[::1]:4000")
 	f.Add("", "a.b.c.localhost")
 	f.Fuzz(func(t *testing.T, header, host string) {
+		// The allocation-free path agrees with the full one whenever it
+		// decides.
+		if fast, ok := serviceOfFast([]byte(header), []byte(host)); ok {
+			if slow, err := ServiceOf(header, host); err != nil || slow != string(fast) {
+				t.Fatalf("serviceOfFast(%q, %q) = %q; ServiceOf = %q, %v", header, host, fast, slow, err)
+			}
+		}
 		name, err := ServiceOf(header, host)
 		if err != nil {
 			return

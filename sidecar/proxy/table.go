@@ -54,6 +54,18 @@ func (t *Table) Get(service string) *balance.Pool {
 	return p
 }
 
+// GetBytes is Get for a name held as bytes: finding an existing pool
+// allocates nothing.
+func (t *Table) GetBytes(service []byte) *balance.Pool {
+	t.mu.RLock()
+	p := t.pools[string(service)]
+	t.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	return t.Get(string(service))
+}
+
 // Lookup returns the pool of service, or nil.
 func (t *Table) Lookup(service string) *balance.Pool {
 	t.mu.RLock()
