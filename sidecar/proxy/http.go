@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -226,9 +225,11 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 		return h.stream(ctx, pool), 0
 	}
 
-	req := fasthttp.AcquireRequest()
-	defer fasthttp.ReleaseRequest(req)
-	ctx.Request.CopyTo(req)
+	// The request goes out as it came in (no copy), less the hop-by-hop
+	// headers and the ones meant for the sidecar; the answer is read into
+	// ctx.Response and streamed to the client by fasthttp's server.
+	req := &ctx.Request
+	clientClose := req.Header.ConnectionClose()
 	stripHop(req.Header.Peek, req.Header.Del)
 	req.Header.Del(ServiceHeader)
 	req.Header.Del(TimeoutHeader)
@@ -239,18 +240,16 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 			req.Header.Set("X-Forwarded-For", ip.String())
 		}
 	}
-	retryable := idempotent(ctx.Method()) || len(ctx.Request.Header.Peek("Idempotency-Key")) > 0
+	retryable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
-	resp := fasthttp.AcquireResponse()
-	resp.StreamBody = true
+	resp := &ctx.Response
 	var tried []*balance.Endpoint
 	var lastErr error
 	retries := 0
 	for {
 		e := pool.Pick(tried)
 		if e == nil {
-			fasthttp.ReleaseResponse(resp)
 			if len(tried) == 0 {
 				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance", where(pool))), retries
 			}
@@ -258,87 +257,33 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
+		resp.StreamBody = true
 		err := clientFor(e).DoDeadline(req, resp, deadline)
 		if err == nil {
 			status := resp.StatusCode()
-			ok := status < 500
-			return h.respond(ctx, resp, func() { done(ok) }), retries
+			// The request leaves the in-flight count when its answer's
+			// headers are in: the body streams on without it.
+			done(status < 500)
+			stripHop(resp.Header.Peek, resp.Header.Del)
+			if clientClose {
+				ctx.SetConnectionClose()
+			}
+			return status, retries
 		}
 		done(false)
 		lastErr = err
+		resp.Reset()
 		if errors.Is(err, fasthttp.ErrTimeout) || time.Now().After(deadline) {
-			fasthttp.ReleaseResponse(resp)
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s", where(pool), timeout)), retries
 		}
 		// A connection that failed before any byte was sent is safe to
 		// retry for every method; any other failure only when the
 		// request is idempotent.
 		if !(isDialError(err) || retryable) || !h.Budget.Retry() {
-			fasthttp.ReleaseResponse(resp)
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
-		resp.Reset()
-		resp.StreamBody = true
 	}
-}
-
-// respond copies the instance's answer to the client. done is called when
-// the body has been sent (or abandoned).
-func (h *HTTP) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, done func()) int {
-	status := resp.StatusCode()
-	resp.Header.CopyTo(&ctx.Response.Header)
-	stripHop(ctx.Response.Header.Peek, ctx.Response.Header.Del)
-	stream := resp.BodyStream()
-	if stream == nil {
-		ctx.Response.SetBody(resp.Body()) // copies
-		fasthttp.ReleaseResponse(resp)
-		done()
-		return status
-	}
-	n := resp.Header.ContentLength()
-	if n >= 0 && n <= 64<<10 {
-		// Small bodies are read here: one write to the client, and the
-		// connection goes back to the pool at once. The copy buffer is
-		// pooled: io.Copy's own would be 32 KiB of garbage a request.
-		bw := ctx.Response.BodyWriter()
-		buf := copyBuffers.Get().(*[]byte)
-		_, err := io.CopyBuffer(bw, stream, *buf)
-		copyBuffers.Put(buf)
-		_ = resp.CloseBodyStream()
-		fasthttp.ReleaseResponse(resp)
-		done()
-		if err != nil {
-			return writeError(ctx, badGateway("reading the answer: %v", err))
-		}
-		return status
-	}
-	ctx.Response.SetBodyStream(&streamBody{r: stream, resp: resp, done: done}, n)
-	return status
-}
-
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
-
-// streamBody hands a response body to fasthttp's server, which closes it
-// after sending; Close releases the instance's response and connection.
-type streamBody struct {
-	r    io.Reader
-	resp *fasthttp.Response
-	done func()
-	shut bool
-}
-
-func (s *streamBody) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-func (s *streamBody) Close() error {
-	if s.shut {
-		return nil
-	}
-	s.shut = true
-	err := s.resp.CloseBodyStream()
-	fasthttp.ReleaseResponse(s.resp)
-	s.done()
-	return err
 }
 
 func idempotent(method []byte) bool {
