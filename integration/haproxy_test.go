@@ -14,20 +14,27 @@ import (
 )
 
 // masterReloads asks HAProxy's master CLI how many reloads it has done.
-// The master re-executes itself on a reload: its socket may refuse for a
-// moment.
+// The master re-executes itself on a reload: its socket may refuse, or
+// answer nothing, for a moment.
 func masterReloads(t *testing.T, dir string) int {
 	t.Helper()
-	var c net.Conn
-	var err error
+	var last error
 	for range 100 {
-		if c, err = net.DialTimeout("unix", filepath.Join(dir, "master.sock"), 2*time.Second); err == nil {
-			break
+		n, err := askMaster(filepath.Join(dir, "master.sock"))
+		if err == nil {
+			return n
 		}
+		last = err
 		time.Sleep(50 * time.Millisecond)
 	}
+	t.Fatalf("master CLI: %v", last)
+	return 0
+}
+
+func askMaster(sock string) (int, error) {
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
 	if err != nil {
-		t.Fatalf("master CLI: %v", err)
+		return 0, err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -36,12 +43,10 @@ func masterReloads(t *testing.T, dir string) int {
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) >= 3 && f[1] == "master" {
-			n, _ := strconv.Atoi(f[2])
-			return n
+			return strconv.Atoi(f[2])
 		}
 	}
-	t.Fatal("master CLI: no master line")
-	return 0
+	return 0, fmt.Errorf("no master line in the answer")
 }
 
 func haproxySidecar(t *testing.T, atlasURL string) (*sidecarProc, string) {
