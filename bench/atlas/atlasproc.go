@@ -105,27 +105,14 @@ func (l *logSink) Tail() string {
 }
 
 // startAtlas runs `switchboard atlas --insecure --listen 127.0.0.1:0 --data
-// dataDir` and waits for the line that says where it listens.
-func startAtlas(ctx context.Context, bin, dataDir, logPath string) (*atlasProc, error) {
-	f, err := os.Create(logPath)
+// dataDir [extra...]` and waits for the line that says where it listens.
+func startAtlas(ctx context.Context, bin, dataDir, logPath string, extra ...string) (*atlasProc, error) {
+	args := append([]string{"atlas", "--insecure", "--listen", "127.0.0.1:0", "--data", dataDir}, extra...)
+	p, err := spawn(bin, args, logPath)
 	if err != nil {
 		return nil, err
 	}
-	sink := &logSink{file: f, url: make(chan string, 1)}
-	cmd := exec.Command(bin, "atlas", "--insecure", "--listen", "127.0.0.1:0", "--data", dataDir)
-	cmd.Stdout = sink
-	cmd.Stderr = sink
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &atlasProc{cmd: cmd, pid: cmd.Process.Pid, log: sink, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
+	sink := p.log
 	timer := time.NewTimer(30 * time.Second)
 	defer timer.Stop()
 	select {
@@ -143,6 +130,31 @@ func startAtlas(ctx context.Context, bin, dataDir, logPath string) (*atlasProc, 
 		p.stop()
 		return nil, fmt.Errorf("atlas listens on %s, not on 127.0.0.1", p.url)
 	}
+	return p, nil
+}
+
+// spawn starts bin with args in its own process group, its output going
+// to logPath.
+func spawn(bin string, args []string, logPath string) (*atlasProc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	sink := &logSink{file: f, url: make(chan string, 1)}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout = sink
+	cmd.Stderr = sink
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &atlasProc{cmd: cmd, pid: cmd.Process.Pid, log: sink, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
 	return p, nil
 }
 

@@ -124,11 +124,16 @@ func (b *bench) run(ctx context.Context, clients, count int, maxDur time.Duratio
 // do sends one request and reads the whole answer; anything but 200 is an
 // error naming the answer.
 func (b *bench) do(ctx context.Context, c *http.Client, method, path string, body []byte) (*http.Response, []byte, error) {
+	return b.doAt(ctx, c, b.url, method, path, body)
+}
+
+// doAt is do against the Atlas at base.
+func (b *bench) doAt(ctx context.Context, c *http.Client, base, method, path string, body []byte) (*http.Response, []byte, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, b.url+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -245,4 +250,43 @@ func (b *bench) queryLatency(ctx context.Context, path string, count int, maxDur
 		size = len(body)
 	}
 	return lat, size, nil
+}
+
+// batchHeartbeats sends unchanged heartbeats for instances 0..n-1 through
+// PUT /v1/heartbeats, size per request, round robin, from clients clients
+// for d. The throughput counts requests; beats is heartbeats accepted (a
+// batch entry with an error is not counted).
+func (b *bench) batchHeartbeats(ctx context.Context, clients, n, size int, d time.Duration) (*throughput, int64, error) {
+	batches := (n + size - 1) / size
+	bodies := make([][]byte, batches)
+	per := make([]int, batches)
+	for k := range bodies {
+		buf := []byte(`{"heartbeats":[`)
+		for i := k * size; i < min(n, (k+1)*size); i++ {
+			if i > k*size {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, `{"id":"`...)
+			buf = append(buf, b.instanceID(i)...)
+			buf = append(buf, `","status":"passing"}`...)
+			per[k]++
+		}
+		bodies[k] = append(buf, "]}"...)
+	}
+	var beats atomic.Int64
+	errMark := []byte(`"error"`)
+	t, err := b.run(ctx, clients, -1, d, func(ctx context.Context, i int) error {
+		k := i % batches
+		_, data, err := b.do(ctx, b.load, http.MethodPut, "/v1/heartbeats", bodies[k])
+		if err != nil {
+			return err
+		}
+		bad := bytes.Count(data, errMark)
+		beats.Add(int64(per[k] - bad))
+		if bad > 0 {
+			return fmt.Errorf("PUT /v1/heartbeats: %d of %d entries failed: %.300s", bad, per[k], data)
+		}
+		return nil
+	})
+	return t, beats.Load(), err
 }

@@ -40,6 +40,8 @@ type options struct {
 	queries   int
 	leaseQ    int // queries with ?leases=true
 	hbTime    time.Duration
+	batch     int // heartbeats per PUT /v1/heartbeats; 0 skips
+	batchCli  int
 	watchers  int
 	changes   int
 	spacing   time.Duration
@@ -50,6 +52,10 @@ type options struct {
 	tmp       string
 	keep      bool
 	cpuProf   string
+
+	store         string // embedded, etcd or both
+	etcdInstances int    // -instances at most, with etcd
+	replicas      int    // Atlas replicas the watchers spread over (set per store)
 }
 
 func parseFlags() options {
@@ -62,6 +68,8 @@ func parseFlags() options {
 	flag.IntVar(&o.queries, "queries", 2000, "sequential queries timed")
 	flag.IntVar(&o.leaseQ, "lease-queries", 300, "sequential queries with ?leases=true timed (0 skips)")
 	flag.DurationVar(&o.hbTime, "hb-time", 5*time.Second, "how long to send heartbeats")
+	flag.IntVar(&o.batch, "batch", 500, "heartbeats per PUT /v1/heartbeats in the batch-heartbeat phase (0 skips it)")
+	flag.IntVar(&o.batchCli, "batch-clients", 4, "concurrent clients in the batch-heartbeat phase")
 	flag.IntVar(&o.watchers, "watchers", 1000, "watchers of one service, for each of SSE and blocking queries")
 	flag.IntVar(&o.changes, "changes", 20, "changes made to the watched service in each propagation phase")
 	flag.DurationVar(&o.spacing, "spacing", 200*time.Millisecond, "pause after every watcher saw a change, before the next")
@@ -72,6 +80,8 @@ func parseFlags() options {
 	flag.StringVar(&o.tmp, "tmp", "", "parent of the temporary directory (default: $TMPDIR or /tmp); the Atlas data directory goes there")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binary, data, atlas.log)")
 	flag.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of the load generator (this process) to this file")
+	flag.StringVar(&o.store, "store", "embedded", "embedded (bolt in --data), etcd (a 3-member etcd cluster on loopback and two Atlas replicas; installs etcd-server if missing) or both")
+	flag.IntVar(&o.etcdInstances, "etcd-instances", 10000, "with -store etcd: -instances at most (the 100,000-instance phase is skipped)")
 	flag.Parse()
 	if o.quick {
 		set := map[string]bool{}
@@ -109,6 +119,12 @@ func (o options) validate() error {
 		return errors.New("-big: must be 0 or more than -instances")
 	case o.watchers < 1 || o.changes < 1 || o.changes > 999:
 		return errors.New("-watchers: must be at least 1; -changes: 1 to 999")
+	case o.store != "embedded" && o.store != "bolt" && o.store != "etcd" && o.store != "both":
+		return errors.New("-store: embedded, etcd or both")
+	case o.etcdInstances < 4:
+		return errors.New("-etcd-instances: at least 4")
+	case o.batch < 0 || o.batch > 10000 || o.batchCli < 1:
+		return errors.New("-batch: 0 to 10,000; -batch-clients: at least 1")
 	case o.queries < 1 || o.leaseQ < 0 || o.watchSize < 0 || o.hbTime <= 0 || o.spacing < 0:
 		return errors.New("-queries, -lease-queries, -watch-size, -hb-time, -spacing: out of range")
 	}
@@ -121,6 +137,7 @@ type bench struct {
 	ctx   context.Context
 	atlas *atlasProc
 	url   string
+	urls  []string     // every Atlas replica, when there are several
 	load  *http.Client // registrations, heartbeats, queries
 	ctl   *http.Client // changes and /metrics, apart from the load
 	res   results
@@ -185,16 +202,66 @@ func run(ctx context.Context, o options) (err error) {
 			return err
 		}
 	}
-	dataDir := filepath.Join(tmp, "data")
+	var stores []string
+	switch o.store {
+	case "embedded", "bolt", "":
+		stores = []string{"embedded"}
+	case "etcd":
+		stores = []string{"etcd"}
+	case "both":
+		stores = []string{"embedded", "etcd"}
+	}
+	printed := false
+	for _, st := range stores {
+		if err := runStore(ctx, o, st, root, bin, tmp, !printed); err != nil {
+			return fmt.Errorf("store %s: %w", st, err)
+		}
+		printed = true
+	}
+	return nil
+}
+
+// runStore runs every phase against Atlas with one store: embedded (one
+// Atlas, bolt in --data) or etcd (a 3-member etcd cluster, two Atlas
+// replicas, the watchers spread over both).
+func runStore(ctx context.Context, o options, store, root, bin, tmp string, header bool) (err error) {
+	dataDir := filepath.Join(tmp, "data-"+store)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
 	b := &bench{o: o, ctx: ctx}
 	b.res.machine = machineInfo(root, bin, dataDir)
-	printMachine(b.res.machine)
+	if header {
+		printMachine(b.res.machine)
+	}
+	var extra []string
+	var replica2 *atlasProc
+	if store == "etcd" {
+		b.o.replicas = 2
+		// Sizes an etcd cluster on these cores gets through in bounded
+		// time; the 100,000-instance phase is skipped.
+		b.o.big = 0
+		b.o.instances = min(o.instances, o.etcdInstances)
+		b.o.reg1 = min(o.reg1, b.o.instances/4)
+		b.o.querySize = min(o.querySize, b.o.instances)
+		if err := ensureEtcd(ctx); err != nil {
+			return err
+		}
+		progress("starting a 3-member etcd cluster")
+		cl, err := startEtcd(ctx, tmp)
+		if err != nil {
+			return err
+		}
+		defer cl.stop()
+		extra = []string{"--store", "etcd://" + strings.Join(cl.endpoints, ",")}
+		fmt.Printf("\n== store: etcd (3 members on 127.0.0.1, %s), 2 Atlas replicas; watchers spread over both ==\n", strings.Join(cl.endpoints, ","))
+	} else {
+		fmt.Printf("\n== store: embedded (one Atlas, --data on %s) ==\n", b.res.machine.fs)
+	}
+	o = b.o
 
 	progress("starting switchboard atlas")
-	b.atlas, err = startAtlas(ctx, bin, dataDir, filepath.Join(tmp, "atlas.log"))
+	b.atlas, err = startAtlas(ctx, bin, dataDir, filepath.Join(tmp, "atlas-"+store+".log"), extra...)
 	if err != nil {
 		return err
 	}
@@ -208,6 +275,19 @@ func run(ctx context.Context, o options) (err error) {
 	}()
 	b.url = b.atlas.url
 	progress("atlas pid %d at %s", b.atlas.pid, b.url)
+	if store == "etcd" {
+		dir2 := filepath.Join(tmp, "data-etcd-2")
+		if err := os.MkdirAll(dir2, 0o700); err != nil {
+			return err
+		}
+		replica2, err = startAtlas(ctx, bin, dir2, filepath.Join(tmp, "atlas-etcd-2.log"), extra...)
+		if err != nil {
+			return err
+		}
+		defer replica2.stop()
+		progress("second atlas replica pid %d at %s", replica2.pid, replica2.url)
+		b.urls = []string{b.url, replica2.url}
+	}
 	loadTr, ctlTr := newTransport(o.clients), newTransport(4)
 	defer loadTr.CloseIdleConnections()
 	defer ctlTr.CloseIdleConnections()
@@ -216,10 +296,7 @@ func run(ctx context.Context, o options) (err error) {
 
 	err = b.phases(ctx)
 	b.res.print(os.Stdout, o)
-	if err != nil {
-		return err
-	}
-	return nil
+	return err
 }
 
 // phases runs every measurement in order; results so far stay in b.res
@@ -273,6 +350,13 @@ func (b *bench) phases(ctx context.Context) error {
 	r.hbIndexMoved = m1["switchboard_atlas_index"] - m0["switchboard_atlas_index"]
 	r.hbAccepted = m1["switchboard_atlas_heartbeats_total"] - m0["switchboard_atlas_heartbeats_total"]
 	r.hbWriteBytes, r.hbWriteBytesOK = wb1-wb0, wbOK
+
+	if o.batch > 0 {
+		progress("batch heartbeats to %d instances, %d per request, %d clients, for %s", o.instances, o.batch, o.batchCli, o.hbTime)
+		if r.hbBatch, r.hbBatchBeats, err = b.batchHeartbeats(ctx, o.batchCli, o.instances, o.batch, o.hbTime); err != nil {
+			return fmt.Errorf("batch heartbeats: %w", err)
+		}
+	}
 
 	svc := b.serviceOf(0)
 	progress("%d sequential queries of %s (%d instances)", o.queries, svc, o.querySize)

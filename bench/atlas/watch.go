@@ -101,13 +101,14 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 			}
 		}
 		onReady := func() { ready.Add(1) }
+		base := b.watchURLs()[w%len(b.watchURLs())]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if mode == "sse" {
-				b.sseWatcher(wctx, client, onReady, check, onErr)
+				b.sseWatcher(wctx, client, base, onReady, check, onErr)
 			} else {
-				b.blockingWatcher(wctx, client, onReady, check, onErr)
+				b.blockingWatcher(wctx, client, base, onReady, check, onErr)
 			}
 		}()
 		// Open the connections in steps rather than all in one burst.
@@ -143,11 +144,15 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 			return p, err
 		}
 		if int(ready.Load()) >= o.watchers {
-			m, err := metrics(ctx, b.ctl, b.url)
-			if err != nil {
-				return p, err
+			held := 0
+			for _, u := range b.watchURLs() {
+				m, err := metrics(ctx, b.ctl, u)
+				if err != nil {
+					return p, err
+				}
+				held += int(m[gauge])
 			}
-			if int(m[gauge]) >= o.watchers {
+			if held >= o.watchers {
 				break
 			}
 		}
@@ -206,11 +211,11 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 
 // sseWatcher reads GET /v1/watch?service=watched, reconnecting after an
 // error, until ctx ends.
-func (b *bench) sseWatcher(ctx context.Context, c *http.Client, ready func(), check func([]byte, time.Time), onErr func(error)) {
+func (b *bench) sseWatcher(ctx context.Context, c *http.Client, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
 	isReady := false
 	for ctx.Err() == nil {
 		err := func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url+"/v1/watch?service="+watchedService, nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/watch?service="+watchedService, nil)
 			if err != nil {
 				return err
 			}
@@ -255,7 +260,7 @@ func (b *bench) sseWatcher(ctx context.Context, c *http.Client, ready func(), ch
 
 // blockingWatcher polls GET /v1/services/watched as a blocking query,
 // issuing it again after every answer, until ctx ends.
-func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, ready func(), check func([]byte, time.Time), onErr func(error)) {
+func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
 	var index uint64
 	isReady := false
 	for ctx.Err() == nil {
@@ -263,7 +268,7 @@ func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, ready func(
 		if index > 0 {
 			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
 		}
-		resp, body, err := b.do(ctx, c, http.MethodGet, path, nil)
+		resp, body, err := b.doAt(ctx, c, base, http.MethodGet, path, nil)
 		now := time.Now()
 		if ctx.Err() != nil {
 			return
@@ -303,4 +308,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// watchURLs are the Atlas replicas the watchers spread over: every replica
+// (b.urls) or, with one, b.url.
+func (b *bench) watchURLs() []string {
+	if len(b.urls) > 0 {
+		return b.urls
+	}
+	return []string{b.url}
 }
