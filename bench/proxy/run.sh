@@ -7,7 +7,9 @@
 #   PROFILE=1 bench/proxy/run.sh       # also perf-profiles both proxies
 #
 # Rows: wrk -> backend (direct); wrk -> HAProxy -> 2 backends; wrk -> sidecar
-# -> 2 backends; for HTTP (HAProxy mode http, the sidecar's frontend) and for
+# -> 2 backends; wrk -> the HAProxy a second sidecar in haproxy mode (proxy:
+# haproxy) runs and drives -> 2 backends (http-sidecar-haproxy, HTTP only);
+# for HTTP (HAProxy mode http, the sidecar's frontend) and for
 # L4 TCP (HAProxy mode tcp, the sidecar's upstream listener), with the same
 # wrk settings for every row. Everything listens on 127.0.0.1; everything the
 # script starts is stopped on exit (trap). Environment knobs:
@@ -82,6 +84,10 @@ else
 	[ "$PROFILE" = 1 ] && KEEP=1
 fi
 PIDS=()
+# EXTRA: processes the script did not start itself but counts as its own
+# (the HAProxy that the haproxy-mode sidecar runs); stopped last, should the
+# sidecar not have stopped them.
+EXTRA=()
 cleanup() {
 	local pid i
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -92,6 +98,10 @@ cleanup() {
 		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
+	done
+	for pid in "${EXTRA[@]}"; do
+		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null || true
 	done
 	if [ "$KEEP" = 1 ]; then
 		echo "logs and profiles kept in $WORK"
@@ -285,6 +295,52 @@ waitfor "haproxy tcp" 10 curl -fsS "http://127.0.0.1:$HATCP/"
 waitfor "sidecar http" 10 curl -fsS -H 'Switchboard-Service: bench' "http://127.0.0.1:$SCHTTP/"
 waitfor "sidecar tcp" 10 curl -fsS "http://127.0.0.1:$SCTCP/"
 
+# --- the sidecar in haproxy mode ----------------------------------------------
+# Its HAProxy (a child: master, then worker) serves listen; pinned with the
+# sidecar on the proxy CPU (taskset's affinity is inherited), so HAProxy 2.6
+# starts one thread, as the hand-written one (nbthread 1) does.
+freeport SC2HTTP
+freeport SC2ADMIN
+mkdir -p "$WORK/sidecar-haproxy-state"
+cat >"$WORK/sidecar-haproxy.yaml" <<EOF
+atlas: $ATLAS
+host: bench
+advertise: 127.0.0.1
+proxy: haproxy
+state_dir: $WORK/sidecar-haproxy-state
+upstreams:
+  - name: bench
+EOF
+"${ONPROXY[@]}" "${SCENV[@]}" "$WORK/switchboard" sidecar -c "$WORK/sidecar-haproxy.yaml" \
+	--listen "127.0.0.1:$SC2HTTP" --admin "127.0.0.1:$SC2ADMIN" >/dev/null 2>"$WORK/sidecar-haproxy.log" &
+SC2PID=$!
+PIDS+=("$SC2PID")
+routes2_ready() {
+	local r
+	r=$(curl -fsS "http://127.0.0.1:$SC2ADMIN/routes") || return 1
+	for id in bench-1 bench-2; do
+		grep -Eq "\"id\": *\"$id\"" <<<"$r" || return 1
+	done
+}
+waitfor "haproxy-mode sidecar routes" 20 routes2_ready
+waitfor "haproxy-mode sidecar http" 20 curl -fsS -H 'Switchboard-Service: bench' "http://127.0.0.1:$SC2HTTP/"
+# The HAProxy worker: the newest haproxy child of the newest haproxy child
+# of the sidecar (by parent pid, never by name alone).
+hapworker() {
+	local m
+	m=$(pgrep -n -P "$SC2PID" -x haproxy) || return 1
+	pgrep -n -P "$m" -x haproxy
+}
+waitfor "haproxy-mode HAProxy worker" 20 hapworker
+HAMASTER=$(pgrep -n -P "$SC2PID" -x haproxy)
+HA2PID=$(hapworker)
+EXTRA+=("$HAMASTER" "$HA2PID")
+# Let the sidecar put both servers in HAProxy's backend (Runtime API) and
+# settle before measuring; requests that HAProxy would not route yet go to
+# the sidecar's own proxy (be_sidecar): the sidecar CPU printed under the
+# table shows whether any did.
+sleep 2
+
 # --- measuring -------------------------------------------------------------------
 cputicks() { # utime+stime of a process, in clock ticks
 	local s
@@ -316,7 +372,7 @@ wrkrun() { # wrkrun SECONDS URL [HEADER]: prints wrk's output
 cpubusy() { awk '/^cpu[0-9]+ / { printf "%d:%d:%d ", $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $7 + $8 }' /proc/stat; }
 ours() {
 	local t=0 p
-	for p in "${PIDS[@]}"; do t=$((t + $(cputicks "$p"))); done
+	for p in "${PIDS[@]}" "${EXTRA[@]}"; do t=$((t + $(cputicks "$p"))); done
 	echo "$t"
 }
 # outsegs prints how many TCP segments the machine has sent (loopback
@@ -415,9 +471,11 @@ ROWS=(
 	"http-direct http://127.0.0.1:$B1/ - -"
 	"http-haproxy http://127.0.0.1:$HAHTTP/ Switchboard-Service:bench $HAPID"
 	"http-sidecar http://127.0.0.1:$SCHTTP/ Switchboard-Service:bench $SCPID"
+	"http-sidecar-haproxy http://127.0.0.1:$SC2HTTP/ Switchboard-Service:bench $HA2PID"
 	"tcp-haproxy http://127.0.0.1:$HATCP/ - $HAPID"
 	"tcp-sidecar http://127.0.0.1:$SCTCP/ - $SCPID"
 )
+SC2T0=$(cputicks "$SC2PID")
 echo "measuring: $ROUNDS round(s) of ${#ROWS[@]} rows, each ${WARMUP}s + ${DURATION}s ..." >&2
 for ((r = 1; r <= ROUNDS; r++)); do
 	# Odd rounds go down the list, even rounds up it, so that a drift in
@@ -433,6 +491,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 LOADAVG2=$(cut -d' ' -f1-3 /proc/loadavg)
+SC2T1=$(cputicks "$SC2PID")
+HA2NOW=$(hapworker 2>/dev/null || echo gone)
 
 # --- the report ------------------------------------------------------------------
 echo
@@ -448,6 +508,9 @@ else
 fi
 echo "machine: $NCPU CPUs, $(uname -r), load average $LOADAVG before, $LOADAVG2 after"
 echo "HTTP: HAProxy mode http (leastconn, keep-alive both sides, no http-server-close, forwardfor) vs the sidecar frontend (Switchboard-Service: bench)"
+echo "haproxy mode: http-sidecar-haproxy = a second sidecar with proxy: haproxy; its HAProxy (config rendered by the sidecar:"
+echo "      httplog at level warning, retries 3, redispatch) serves listen, pinned with the sidecar; proxy CPU = the HAProxy worker;"
+echo "      the sidecar process itself used $(awk -v t=$((SC2T1 - SC2T0)) -v tck="$TCK" 'BEGIN { printf "%.2f", t / tck }')s of CPU over all rows (HAProxy worker pid $HA2PID before, $HA2NOW after: same = no reload)"
 echo "L4:   HAProxy mode tcp (leastconn) vs the sidecar's upstream listen; wrk's keep-alive HTTP through both"
 echo
 awk -v tck="$TCK" -v dur="$DURATION" -v pin="$PIN" '
@@ -467,7 +530,7 @@ END {
 		n = name[i]; c = cnt[n]
 		rps[n] /= c; p50[n] /= c; p99[n] /= c; busy0[n] /= c; busy1[n] /= c; irq[n] /= c; oth[n] /= c
 	}
-	printf "%-13s %8s %7s %9s %9s %9s %9s %6s %5s %5s %5s %6s %8s\n", "row", "req/s", "spread", "p50", "p99", "proxy CPU", "CPU/req", "errors", "CPU0", "CPU1", "irq", "other", "segs/req"
+	printf "%-20s %8s %7s %9s %9s %9s %9s %6s %5s %5s %5s %6s %8s\n", "row", "req/s", "spread", "p50", "p99", "proxy CPU", "CPU/req", "errors", "CPU0", "CPU1", "irq", "other", "segs/req"
 	for (i = 1; i <= rows; i++) {
 		n = name[i]
 		if (cpu[n] == "-") { cp = "-"; cr = "-" }
@@ -477,7 +540,7 @@ END {
 			cr = sprintf("%.1fus", 1e6 * s / req[n])
 		}
 		sp = (cnt[n] > 1 && rps[n] > 0) ? sprintf("%.0f%%", 100 * (hi[n] - lo[n]) / rps[n]) : "-"
-		printf "%-13s %8.0f %7s %9s %9s %9s %9s %6d %4d%% %4d%% %4d%% %5d%% %8.2f%s\n", n, rps[n], sp, ms(p50[n]), ms(p99[n]), cp, cr, err[n], busy0[n], busy1[n], irq[n], oth[n], (req[n] > 0 ? segs[n] / req[n] : 0), (oth[n] > 10 ? "  !busy" : "")
+		printf "%-20s %8.0f %7s %9s %9s %9s %9s %6d %4d%% %4d%% %4d%% %5d%% %8.2f%s\n", n, rps[n], sp, ms(p50[n]), ms(p99[n]), cp, cr, err[n], busy0[n], busy1[n], irq[n], oth[n], (req[n] > 0 ? segs[n] / req[n] : 0), (oth[n] > 10 ? "  !busy" : "")
 		if (oth[n] > 10) noisy = 1
 	}
 	print "(spread: (max - min) / mean of the rounds req/s; proxy CPU: user+sys time of the proxy process, % of one CPU;"
@@ -509,6 +572,13 @@ END {
 		if (cpu[h] != "-" && cpu[sc] != "-" && req[h] > 0 && req[sc] > 0 && cpu[h] > 0) {
 			printf "%-36s %8.2f   %-24s haproxy %.1fus, sidecar %.1fus\n", m " CPU/req sidecar/haproxy", (cpu[sc] / req[sc]) / (cpu[h] / req[h]), "-", 1e6 * cpu[h] / tck / req[h], 1e6 * cpu[sc] / tck / req[sc]
 		}
+	}
+	hm = "http-sidecar-haproxy"; h = "http-haproxy"
+	if ((hm in rps) && rps[h] > 0 && p99[h] > 0) {
+		r = rps[hm] / rps[h]
+		printf "%-36s %8.2f   %-24s %s\n", "http rps haproxy-mode/hand-written", r, ">= 0.95 (within 5%)", (r >= 0.95 ? "meets" : "below target")
+		r = p99[hm] / p99[h]
+		printf "%-36s %8.2f   %-24s %s\n", "http p99 haproxy-mode/hand-written", r, "<= 1.05 (within 5%)", (r <= 1.05 ? "meets" : "below target")
 	}
 	bad = 0
 	for (n in err) if (err[n] > 0) bad = 1
