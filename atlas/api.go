@@ -185,20 +185,30 @@ func (s *Server) handleHeartbeats(w http.ResponseWriter, r *http.Request) error 
 	out := struct {
 		Results []sb.BatchResult `json:"results"`
 	}{Results: make([]sb.BatchResult, len(b.Heartbeats))}
+	// A store may renew each lease with a round trip (etcd): the entries
+	// go concurrently, 32 at a time.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
 	for i, h := range b.Heartbeats {
 		out.Results[i].ID = h.ID
-		err := s.ownInstance(r, h.ID)
-		if err == nil {
-			err = s.beat(r.Context(), h.ID, sb.Heartbeat{Status: h.Status, Output: h.Output})
-		}
-		if err != nil {
-			code := sb.ErrorCode(err)
-			if code == sb.EInternal {
-				s.log.Error("atlas: heartbeat failed", "id", h.ID, "err", err)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := s.ownInstance(r, h.ID)
+			if err == nil {
+				err = s.beat(r.Context(), h.ID, sb.Heartbeat{Status: h.Status, Output: h.Output})
 			}
-			out.Results[i].Error = &sb.Error{Code: code, Message: sb.ErrorMessage(err)}
-		}
+			if err != nil {
+				code := sb.ErrorCode(err)
+				if code == sb.EInternal {
+					s.log.Error("atlas: heartbeat failed", "id", h.ID, "err", err)
+				}
+				out.Results[i].Error = &sb.Error{Code: code, Message: sb.ErrorMessage(err)}
+			}
+		}()
 	}
+	wg.Wait()
 	writeJSON(w, http.StatusOK, 0, marshal(out))
 	return nil
 }

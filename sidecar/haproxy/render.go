@@ -61,12 +61,12 @@ global
     stats socket {{.Dir}}/admin.sock mode 600 level admin expose-fd listeners
     stats timeout 10s
     log stderr format raw local0 warning
+    # No per-request log lines (the sidecar's metrics count requests):
+    # HAProxy's own alerts and warnings only.
     hard-stop-after 30s
 
 defaults
-    log global
     mode http
-    option httplog
     option redispatch 1
     option http-keep-alive
     retries 3
@@ -116,7 +116,6 @@ backend be_{{.Service}}
 frontend tcp_{{.Service}}
     mode tcp
     bind {{.Listen}}
-    option tcplog
     default_backend tcpbe_{{.Service}}
 
 backend tcpbe_{{.Service}}
