@@ -114,7 +114,9 @@ func startSidecar(t *testing.T, yaml string) *sidecarProc {
 		}
 	}()
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(p.kill)
+	// SIGTERM first: a sidecar in haproxy mode stops its HAProxy on the way
+	// out, which a SIGKILL would leave running.
+	t.Cleanup(func() { p.stop() })
 	select {
 	case <-running:
 	case <-p.done:
