@@ -489,6 +489,33 @@ var (
 	errStream   = errors.New("event stream")
 )
 
+// Follow watches services in realm until ctx ends: it calls fn for every
+// event and, when the stream breaks, onErr with the error and the wait
+// before it reconnects (resuming from the last event; 100 ms doubling to
+// 5 s, reset by an event). Callers keep what they had meanwhile.
+func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn func(Event), onErr func(err error, retryIn time.Duration)) {
+	last := ""
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var err error
+		last, err = a.Watch(ctx, realm, services, last, func(ev Event) error {
+			backoff = 100 * time.Millisecond
+			fn(ev)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		onErr(err, backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
 // ReadEvents parses a Server-Sent Events stream of Atlas's events and calls
 // fn for each, until the stream ends (nil), breaks, carries an event whose
 // data is not a service answer, or fn returns an error (returned as is).

@@ -214,26 +214,11 @@ func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, er
 
 // watch keeps p current from Atlas's event stream until ctx ends.
 func (t *Transport) watch(ctx context.Context, p *balance.Pool) {
-	last := ""
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		var err error
-		last, err = t.Atlas.Watch(ctx, t.Realm, []string{p.Service}, last, func(ev Event) error {
-			backoff = 100 * time.Millisecond
-			p.Update(ev.Service.Instances, ev.Service.Index)
-			return nil
+	t.Atlas.Follow(ctx, t.Realm, []string{p.Service},
+		func(ev Event) { p.Update(ev.Service.Instances, ev.Service.Index) },
+		func(err error, _ time.Duration) {
+			t.Logger.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
 		})
-		if ctx.Err() != nil {
-			return
-		}
-		t.Logger.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
 }
 
 // direct sends the request to an instance chosen as the sidecar would,

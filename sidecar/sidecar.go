@@ -361,25 +361,16 @@ func (s *Sidecar) watch(service string) {
 	go func() {
 		defer s.wg.Done()
 		pool := s.table.Get(service)
-		last := ""
-		backoff := 100 * time.Millisecond
-		for s.ctx.Err() == nil {
-			var err error
-			last, err = s.atlas.Watch(s.ctx, s.cfg.Realm, []string{service}, last, func(ev client.Event) error {
-				backoff = 100 * time.Millisecond
-				for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
-					proxy.CloseEndpoint(e)
-				}
-				s.m.applied(service, ev.Service.Index)
-				s.pushHAProxy(service)
-				if s.state != nil {
-					s.state.dirty()
-				}
-				return nil
-			})
-			if s.ctx.Err() != nil {
-				return
+		s.atlas.Follow(s.ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
+			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
+				proxy.CloseEndpoint(e)
 			}
+			s.m.applied(service, ev.Service.Index)
+			s.pushHAProxy(service)
+			if s.state != nil {
+				s.state.dirty()
+			}
+		}, func(err error, retryIn time.Duration) {
 			if sb.ErrorCode(err) == sb.EPermissionDenied {
 				// Least authority: Atlas lets this host's token watch only
 				// what its services may call. Calls get 403 naming both.
@@ -389,13 +380,7 @@ func (s *Sidecar) watch(service string) {
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
 			// goes on (static stability).
-			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", backoff)
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-		}
+			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn)
+		})
 	}()
 }

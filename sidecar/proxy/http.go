@@ -39,9 +39,6 @@ type HTTP struct {
 	// FirstWatch bounds the wait for the instances of a service asked for
 	// the first time. Zero means 5 s.
 	FirstWatch time.Duration
-	// Allow says whether the local service may call service; nil allows
-	// every call.
-	Allow func(service string) error
 	// Observe is told of every request answered (metrics); may be nil.
 	Observe func(service string, code int, d time.Duration, retries int)
 	// Logger receives the few things worth logging; nil discards.
@@ -192,11 +189,6 @@ func where(p *balance.Pool) string { return fmt.Sprintf("service %s in realm %s"
 // the answer back. It returns the status sent and how many retries it
 // took.
 func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
-	if h.Allow != nil {
-		if err := h.Allow(pool.Service); err != nil {
-			return writeError(ctx, err), 0
-		}
-	}
 	timeout := h.Timeout
 	if v := ctx.Request.Header.Peek(TimeoutHeader); len(v) > 0 {
 		d, err := time.ParseDuration(string(v))

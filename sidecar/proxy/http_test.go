@@ -181,18 +181,11 @@ func TestOwnAnswers(t *testing.T) {
 	}
 }
 
+// TestPolicyDenies: a service whose pool is denied (Atlas refused to let
+// this host watch it) answers 403 with the pool's message.
 func TestPolicyDenies(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &frontend{t: t, table: &Table{Realm: "dev"}, url: "http://" + ln.Addr().String()}
-	f.h = &HTTP{Table: f.table, Allow: func(s string) error {
-		return sb.Errorf(sb.EPermissionDenied, "service web may not call service %s in realm dev", s)
-	}}
-	go f.h.Serve(ln)
-	defer f.h.Shutdown()
-	f.set("slow", backend(t, "x").URL)
+	f := newFrontend(t)
+	f.table.Get("slow").Deny(sb.Errorf(sb.EPermissionDenied, "service web may not call service slow in realm dev"))
 	res, body := f.do("GET", "slow", "/", "")
 	if res.StatusCode != 403 || !strings.Contains(errorOf(t, body).Message, "may not call service slow") {
 		t.Fatalf("forbidden = %d %s", res.StatusCode, body)
