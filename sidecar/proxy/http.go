@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -102,19 +104,76 @@ var hopHeaders = []string{
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// stripHop removes the hop-by-hop headers, including those that
-// Connection names.
-func stripHop(peek func(string) []byte, del func(string)) {
-	if c := peek("Connection"); len(c) > 0 {
+// stripHopRequest removes the hop-by-hop headers of a request, including
+// those that Connection names. Most requests carry none: it looks before
+// it deletes.
+func stripHopRequest(h *fasthttp.RequestHeader) {
+	found := false
+	for _, k := range hopHeaders {
+		if len(h.Peek(k)) > 0 {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return
+	}
+	if c := h.Peek("Connection"); len(c) > 0 {
 		for _, f := range strings.Split(string(c), ",") {
 			if f = strings.TrimSpace(f); f != "" {
-				del(f)
+				h.Del(f)
 			}
 		}
 	}
 	for _, k := range hopHeaders {
-		del(k)
+		h.Del(k)
 	}
+}
+
+// stripHopResponse removes the hop-by-hop headers of an answer, including
+// those that Connection names, whatever their case (answers keep the
+// instance's header case).
+func stripHopResponse(h *fasthttp.ResponseHeader) {
+	var named []string
+	found := false
+	for k, v := range h.All() {
+		if !hopHeader(k) {
+			continue
+		}
+		found = true
+		if bytes.EqualFold(k, []byte("Connection")) {
+			for _, f := range strings.Split(string(v), ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					named = append(named, f)
+				}
+			}
+		}
+	}
+	if !found {
+		return
+	}
+	var del [][]byte
+	for k := range h.All() {
+		if hopHeader(k) || slices.ContainsFunc(named, func(n string) bool { return strings.EqualFold(n, string(k)) }) {
+			del = append(del, bytes.Clone(k))
+		}
+	}
+	for _, k := range del {
+		h.DelBytes(k)
+	}
+}
+
+// hopHeader reports whether k, in any case, is one of hopHeaders.
+func hopHeader(k []byte) bool {
+	switch len(k) {
+	case 2, 7, 10, 16, 17, 18, 19:
+		for _, h := range hopHeaders {
+			if len(h) == len(k) && bytes.EqualFold(k, []byte(h)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // writeError answers with Switchboard's JSON error body.
@@ -163,17 +222,21 @@ func gatewayTimeout(format string, args ...any) error {
 func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	var pool *balance.Pool
-	if name, ok := serviceOfFast(ctx.Request.Header.Peek(ServiceHeader), ctx.Host()); ok {
+	// The Host header, not ctx.Host(): that would parse the request URI,
+	// which then goes out re-encoded rather than as it came.
+	host := ctx.Request.Header.Host()
+	named := ctx.Request.Header.Peek(ServiceHeader)
+	if name, ok := serviceOfFast(named, host); ok {
 		pool = h.Table.GetBytes(name)
 	} else {
-		service, err := ServiceOf(string(ctx.Request.Header.Peek(ServiceHeader)), string(ctx.Host()))
+		service, err := ServiceOf(string(named), string(host))
 		if err != nil {
 			h.observe("", writeError(ctx, err), start, 0)
 			return
 		}
 		pool = h.Table.Get(service)
 	}
-	status, retries := h.route(ctx, pool)
+	status, retries := h.route(ctx, pool, start, len(named) > 0)
 	h.observe(pool.Service, status, start, retries)
 }
 
@@ -188,16 +251,18 @@ func where(p *balance.Pool) string { return fmt.Sprintf("service %s in realm %s"
 // route sends the request to an instance of the pool's service and copies
 // the answer back. It returns the status sent and how many retries it
 // took.
-func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
+func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time, named bool) (int, int) {
 	timeout := h.Timeout
+	timed := false
 	if v := ctx.Request.Header.Peek(TimeoutHeader); len(v) > 0 {
+		timed = true
 		d, err := time.ParseDuration(string(v))
 		if err != nil || d <= 0 || d > MaxTimeout {
 			return writeError(ctx, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)), 0
 		}
 		timeout = d
 	}
-	deadline := time.Now().Add(timeout)
+	deadline := now.Add(timeout)
 	select {
 	case <-pool.Ready():
 	default:
@@ -222,17 +287,15 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 	// ctx.Response and streamed to the client by fasthttp's server.
 	req := &ctx.Request
 	clientClose := req.Header.ConnectionClose()
-	stripHop(req.Header.Peek, req.Header.Del)
-	req.Header.Del(ServiceHeader)
-	req.Header.Del(TimeoutHeader)
-	if ip := ctx.RemoteIP(); ip != nil {
-		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-			req.Header.Set("X-Forwarded-For", string(prior)+", "+ip.String())
-		} else {
-			req.Header.Set("X-Forwarded-For", ip.String())
-		}
+	stripHopRequest(&req.Header)
+	if named {
+		req.Header.Del(ServiceHeader)
 	}
-	retryable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
+	if timed {
+		req.Header.Del(TimeoutHeader)
+	}
+	setForwardedFor(&req.Header, ctx.RemoteIP())
+	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
 	resp := &ctx.Response
@@ -249,14 +312,13 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		resp.StreamBody = true
-		err := clientFor(e).DoDeadline(req, resp, deadline)
+		err := backendOf(e).do(req, resp, deadline, now, replayable)
 		if err == nil {
 			status := resp.StatusCode()
 			// The request leaves the in-flight count when its answer's
-			// headers are in: the body streams on without it.
+			// headers are in: a streamed body goes on without it.
 			done(status < 500)
-			stripHop(resp.Header.Peek, resp.Header.Del)
+			stripHopResponse(&resp.Header)
 			if clientClose {
 				ctx.SetConnectionClose()
 			}
@@ -265,17 +327,40 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool) (int, int) {
 		done(false)
 		lastErr = err
 		resp.Reset()
-		if errors.Is(err, fasthttp.ErrTimeout) || time.Now().After(deadline) {
+		if errors.Is(err, errTimeout) || time.Now().After(deadline) {
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s", where(pool), timeout)), retries
 		}
 		// A connection that failed before any byte was sent is safe to
 		// retry for every method; any other failure only when the
 		// request is idempotent.
-		if !(isDialError(err) || retryable) || !h.Budget.Retry() {
+		if !(isDialError(err) || replayable) || !h.Budget.Retry() {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
 	}
+}
+
+// setForwardedFor appends the client's address to X-Forwarded-For.
+func setForwardedFor(hdr *fasthttp.RequestHeader, ip net.IP) {
+	if ip == nil {
+		return
+	}
+	var buf [64]byte
+	v := buf[:0]
+	if prior := hdr.Peek("X-Forwarded-For"); len(prior) > 0 {
+		v = append(append(v, prior...), ", "...)
+	}
+	if ip4 := ip.To4(); ip4 != nil {
+		for i, b := range ip4 {
+			if i > 0 {
+				v = append(v, '.')
+			}
+			v = strconv.AppendUint(v, uint64(b), 10)
+		}
+	} else {
+		v = append(v, ip.String()...)
+	}
+	hdr.SetCanonical([]byte("X-Forwarded-For"), v)
 }
 
 func idempotent(method []byte) bool {
@@ -288,11 +373,8 @@ func idempotent(method []byte) bool {
 
 // isDialError reports whether err happened before a connection existed.
 func isDialError(err error) bool {
-	if errors.Is(err, fasthttp.ErrDialTimeout) || errors.Is(err, fasthttp.ErrNoFreeConns) {
-		return true
-	}
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	var de *dialError
+	return errors.As(err, &de)
 }
 
 // isStream reports whether a request asks for a stream that must not be
@@ -305,33 +387,24 @@ func isStream(hdr *fasthttp.RequestHeader) bool {
 	return bytes.Contains(hdr.Peek("Accept"), []byte("text/event-stream"))
 }
 
-// clientFor returns the endpoint's connection pool, creating it once.
-func clientFor(e *balance.Endpoint) *fasthttp.HostClient {
-	if c, ok := e.Attached().(*fasthttp.HostClient); ok {
-		return c
+// backendOf returns the endpoint's connection pool, creating it once.
+func backendOf(e *balance.Endpoint) *backend {
+	if b, ok := e.Attached().(*backend); ok {
+		return b
 	}
-	c := &fasthttp.HostClient{
-		Addr:                          e.Addr,
-		MaxConns:                      4096,
-		MaxIdleConnDuration:           4 * time.Second, // under the 5 s idle timeout of Node.js servers
-		MaxIdemponentCallAttempts:     1,               // retries are ours, under the budget
-		StreamResponseBody:            true,
-		DisableHeaderNamesNormalizing: true,
-		DisablePathNormalizing:        true,
-		NoDefaultUserAgentHeader:      true,
-		ReadBufferSize:                16 << 10,
-		Dial: func(addr string) (net.Conn, error) {
-			return net.DialTimeout("tcp", addr, 2*time.Second)
-		},
+	b := newBackend(e.Addr)
+	if got := e.Attach(b).(*backend); got != b {
+		b.close()
+		return got
 	}
-	return e.Attach(c).(*fasthttp.HostClient)
+	return b
 }
 
 // CloseEndpoint drops an endpoint's idle connections once it has left its
 // pool.
 func CloseEndpoint(e *balance.Endpoint) {
-	if c, ok := e.Attached().(*fasthttp.HostClient); ok {
-		c.CloseIdleConnections()
+	if b, ok := e.Attached().(*backend); ok {
+		b.close()
 	}
 }
 

@@ -68,7 +68,7 @@ func (f *frontend) do(method, service, path, body string, hdr ...string) (*http.
 	return res, string(b)
 }
 
-func backend(t *testing.T, name string) *httptest.Server {
+func testBackend(t *testing.T, name string) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Backend", name)
@@ -92,7 +92,7 @@ func deadAddr(t *testing.T) string {
 
 func TestRoutesAndBalances(t *testing.T) {
 	f := newFrontend(t)
-	a, b := backend(t, "a"), backend(t, "b")
+	a, b := testBackend(t, "a"), testBackend(t, "b")
 	f.set("identity", a.URL, b.URL)
 	seen := map[string]int{}
 	for range 200 {
@@ -132,7 +132,7 @@ func TestRoutesAndBalances(t *testing.T) {
 
 func TestHopByHopHeadersAreDropped(t *testing.T) {
 	f := newFrontend(t)
-	f.set("a", backend(t, "a").URL)
+	f.set("a", testBackend(t, "a").URL)
 	res, _ := f.do("GET", "a", "/", "", "Connection", "X-Hop", "X-Hop", "secret")
 	if got := res.Header.Get("X-Saw-Connection-Header"); got != "" {
 		t.Fatalf("a header named by Connection reached the instance: %q", got)
@@ -194,7 +194,7 @@ func TestPolicyDenies(t *testing.T) {
 
 func TestRetriesAConnectFailureForEveryMethod(t *testing.T) {
 	f := newFrontend(t)
-	live := backend(t, "live")
+	live := testBackend(t, "live")
 	f.set("a", deadAddr(t), live.URL)
 	for range 50 {
 		res, body := f.do("POST", "a", "/pay", "1")
@@ -225,7 +225,7 @@ func TestNoRetryOfAStartedNonIdempotentRequest(t *testing.T) {
 	if res.StatusCode != 502 || n != 1 {
 		t.Fatalf("POST to a dropping instance = %d after %d tries; want 502 after 1", res.StatusCode, n)
 	}
-	live := backend(t, "live")
+	live := testBackend(t, "live")
 	f.set("a", drop.URL, live.URL)
 	for range 20 {
 		if res, body := f.do("GET", "a", "/", ""); res.StatusCode != 200 {
