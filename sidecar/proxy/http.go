@@ -221,10 +221,22 @@ func gatewayTimeout(format string, args ...any) error {
 
 func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
+	if err := malformed(&ctx.Request.Header); err != nil {
+		// What fasthttp reads leniently where net/http refuses: refused,
+		// and the connection closed, since where the next request starts
+		// is then in doubt.
+		status := writeError(ctx, err)
+		ctx.SetConnectionClose()
+		h.observe("", status, start, 0)
+		return
+	}
 	var pool *balance.Pool
-	// The Host header, not ctx.Host(): that would parse the request URI,
-	// which then goes out re-encoded rather than as it came.
+	// The Host header; for a request target in absolute form
+	// (http://host/path), the target's host, as RFC 9112 says.
 	host := ctx.Request.Header.Host()
+	if !originForm(ctx.Request.Header.RequestURI()) {
+		host = ctx.Host()
+	}
 	named := ctx.Request.Header.Peek(ServiceHeader)
 	if name, ok := serviceOfFast(named, host); ok {
 		pool = h.Table.GetBytes(name)
@@ -295,6 +307,12 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		req.Header.Del(TimeoutHeader)
 	}
 	setForwardedFor(&req.Header, ctx.RemoteIP())
+	// The target and Host go out as they came (fasthttp would write them
+	// back from its parsed URI: the path re-encoded, the host lower-cased),
+	// but for an absolute-form target, sent on in origin form with its
+	// host as Host.
+	req.URI().DisablePathNormalizing = true
+	req.UseHostHeader = originForm(req.Header.RequestURI())
 	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
@@ -339,6 +357,67 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		retries++
 	}
 }
+
+// malformed returns an error for a request that fasthttp reads but that is
+// not valid HTTP/1.1 in a way that matters to a proxy: a request target
+// with a fragment, a bad percent-escape or a control byte (fasthttp would
+// send it on changed), or a transfer coding other than chunked.
+func malformed(h *fasthttp.RequestHeader) error {
+	target := h.RequestURI()
+	if i := badTargetByte(target); i >= 0 {
+		return sb.Errorf(sb.EInvalid, "request target: byte %d of %q is not allowed there (a fragment, a bad %%-escape or a control byte)", i, target)
+	}
+	if te := unsupportedTE(h.RawHeaders()); te != nil {
+		return sb.Errorf(sb.EInvalid, "Transfer-Encoding: only chunked is supported, got %q", te)
+	}
+	return nil
+}
+
+// badTargetByte returns the index of the first byte that may not appear
+// in a request target, or -1.
+func badTargetByte(t []byte) int {
+	for i := 0; i < len(t); i++ {
+		switch c := t[i]; {
+		case c <= ' ' || c == 0x7f || c == '#':
+			return i
+		case c == '%':
+			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// unsupportedTE returns the value of a Transfer-Encoding header other than
+// chunked, or nil. fasthttp reads "identity" as no transfer coding (RFC
+// 2616); RFC 9112 dropped it and net/http refuses it, so the sidecar
+// refuses it too rather than read a body differently from what is behind
+// or in front of it.
+func unsupportedTE(raw []byte) []byte {
+	const name = "transfer-encoding:"
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		if len(line) > len(name) && line[0]|0x20 == 't' && bytes.EqualFold(line[:len(name)], []byte(name)) {
+			if v := bytes.TrimSpace(line[len(name):]); !bytes.EqualFold(v, []byte("chunked")) {
+				return v
+			}
+		}
+	}
+	return nil
+}
+
+// originForm reports whether a request target is in origin form (/path).
+func originForm(target []byte) bool { return len(target) > 0 && target[0] == '/' }
 
 // setForwardedFor appends the client's address to X-Forwarded-For.
 func setForwardedFor(hdr *fasthttp.RequestHeader, ip net.IP) {

@@ -20,13 +20,13 @@ import (
 // frontend runs an HTTP proxy on loopback over a table whose pools the
 // test fills by hand.
 type frontend struct {
-	t     *testing.T
+	t     testing.TB
 	h     *HTTP
 	url   string
 	table *Table
 }
 
-func newFrontend(t *testing.T) *frontend {
+func newFrontend(t testing.TB) *frontend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
