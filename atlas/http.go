@@ -166,6 +166,14 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// setStatus records the status of an answer written past the recorder (an
+// event stream on a connection taken over).
+func (r *statusRecorder) setStatus(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+}
+
 // Flush lets the event stream flush through the recorder.
 func (r *statusRecorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {

@@ -368,6 +368,43 @@ func TestWatchStream(t *testing.T) {
 	}
 }
 
+func TestWatchStreamLargeEventsAndHangUp(t *testing.T) {
+	a := start(t, true)
+	for i := range 60 { // an answer well over net/http's 4 KiB buffer
+		a.must("PUT", fmt.Sprintf("/v1/instances/a-%d", i), reg("a", 5000+i, ""))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?service=a", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" || len(res.TransferEncoding) != 0 || !res.Close {
+		t.Fatalf("stream answer: %d, %v, transfer encoding %v, close %v", res.StatusCode, res.Header, res.TransferEncoding, res.Close)
+	}
+	events := readEvents(res.Body)
+	ev := next(t, events)
+	var svc sb.ServiceInstances
+	if err := json.Unmarshal([]byte(ev.data), &svc); err != nil || len(svc.Instances) != 60 || len(ev.data) < 8<<10 {
+		t.Fatalf("snapshot of %d bytes: %v, %d instances", len(ev.data), err, len(svc.Instances))
+	}
+	a.must("PUT", "/v1/instances/a-60", reg("a", 5060, ""))
+	if ev = next(t, events); ev.kind != "update" || !strings.Contains(ev.data, `"id":"a-60"`) {
+		t.Fatalf("update = %.200s", ev.data)
+	}
+	// The client hangs up: the stream ends on Atlas's side too.
+	cancel()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(string(a.do("GET", "/metrics", "").body), "\nswitchboard_atlas_event_streams 0\n") {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream was still open 5s after its client left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 type sse struct{ kind, id, data string }
 
 func readEvents(r io.Reader) <-chan sse {

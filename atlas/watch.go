@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -56,13 +57,15 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		}
 		resuming = true
 	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 32<<10)
+	out, err := openStream(w)
+	if err != nil {
+		return err
+	}
+	defer out.close()
+	bw := out.bw
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
@@ -73,7 +76,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	// write sends one event; id 0 sends none. A slow reader must not hold
 	// a goroutine forever, hence the deadline.
 	write := func(kind string, id uint64, body []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 		if id == 0 {
 			_, err := fmt.Fprintf(bw, "event: %s\ndata: %s\n", kind, body)
 			return err
@@ -81,12 +84,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		_, err := fmt.Fprintf(bw, "event: %s\nid: %d\ndata: %s\n", kind, id, body)
 		return err
 	}
-	flush := func() error {
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
+	flush := out.flush
 	// snapshot sends every service's answer. Only the last event carries an
 	// id, the index the snapshot is current at: a stream cut in the middle
 	// of a snapshot resumes with a whole snapshot.
@@ -184,7 +182,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		select {
 		case <-woke:
 		case <-keepAlive.C:
-			_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := bw.WriteString(": keep-alive\n\n"); err != nil {
 				return nil
 			}
@@ -193,8 +191,71 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			}
 		case <-r.Context().Done():
 			return nil
+		case <-out.gone:
+			return nil
 		case <-s.waits.Done():
 			return nil
 		}
 	}
+}
+
+// stream is where an event stream's bytes go: the connection itself,
+// taken over from net/http, so that an event goes out in one write. (Through
+// a ResponseWriter, chunked encoding and its 4 KiB buffer turn one event of
+// a large service into three writes, and three wake-ups of the reader.)
+// Where the connection cannot be taken over (HTTP/2), the ResponseWriter.
+type stream struct {
+	bw               *bufio.Writer
+	flush            func() error
+	setWriteDeadline func(time.Time) error
+	gone             <-chan struct{} // closed when the client hangs up
+	close            func()
+}
+
+func openStream(w http.ResponseWriter) (*stream, error) {
+	rc := http.NewResponseController(w)
+	conn, brw, err := rc.Hijack()
+	if err != nil {
+		_ = rc.SetWriteDeadline(time.Time{})
+		w.WriteHeader(http.StatusOK)
+		bw := bufio.NewWriterSize(w, 32<<10)
+		return &stream{
+			bw: bw,
+			flush: func() error {
+				if err := bw.Flush(); err != nil {
+					return err
+				}
+				return rc.Flush()
+			},
+			setWriteDeadline: rc.SetWriteDeadline,
+			gone:             make(chan struct{}),
+			close:            func() {},
+		}, nil
+	}
+	if sr, ok := w.(interface{ setStatus(int) }); ok {
+		sr.setStatus(http.StatusOK)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	bw := bufio.NewWriterSize(conn, 32<<10)
+	// The body ends when the connection closes: no chunked framing.
+	bw.WriteString("HTTP/1.1 200 OK\r\n")
+	w.Header().Set("Connection", "close")
+	if err := w.Header().Write(bw); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	bw.WriteString("\r\n")
+	// The client sends nothing more: a read that ends means it left.
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		_, _ = io.Copy(io.Discard, brw.Reader)
+	}()
+	return &stream{
+		bw:               bw,
+		flush:            bw.Flush,
+		setWriteDeadline: conn.SetWriteDeadline,
+		gone:             gone,
+		close:            func() { conn.Close() },
+	}, nil
 }
