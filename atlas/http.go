@@ -60,6 +60,9 @@ func writeJSON(w http.ResponseWriter, status int, index uint64, body []byte) {
 		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
 	}
 	// index 0 marks answers that are not GETs: they carry no index.
+	// Content-Length spares an answer over 2 KiB chunked framing and a
+	// write of its own.
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	w.Write(body)
 }
