@@ -41,6 +41,7 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	once   sync.Once
+	renew  *renewer
 
 	// mu guards leases: the etcd lease of each leased key, learnt from
 	// snapshots, watches and our own writes.
@@ -74,7 +75,7 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{}}
+	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{}, renew: newRenewer(cli)}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
@@ -87,7 +88,10 @@ func Open(cfg Config) (*Store, error) {
 // Close closes the etcd client. It is safe to call more than once.
 func (s *Store) Close() error {
 	var err error
-	s.once.Do(func() { err = s.cli.Close() })
+	s.once.Do(func() {
+		s.renew.close()
+		err = s.cli.Close()
+	})
 	return err
 }
 
@@ -235,7 +239,10 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 		s.leases[key] = id
 		s.mu.Unlock()
 	}
-	resp, err := s.cli.KeepAliveOnce(ctx, id)
+	ttl, err := s.renew.renew(ctx, id)
+	if err == nil && ttl <= 0 {
+		err = rpctypes.ErrLeaseNotFound
+	}
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		s.mu.Lock()
 		delete(s.leases, key)
@@ -245,7 +252,7 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, unavailable("renew a lease", err)
 	}
-	return time.Now().Add(time.Duration(resp.TTL) * time.Second), nil
+	return time.Now().Add(time.Duration(ttl) * time.Second), nil
 }
 
 // Watch implements atlas.Store with an etcd watch from after+1. Progress
