@@ -65,17 +65,21 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            cfg.Endpoints,
-		DialTimeout:          cfg.Timeout,
-		DialKeepAliveTime:    5 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               zap.NewNop(), // errors come back to the caller
-	})
+	dial := func(endpoints ...string) (*clientv3.Client, error) {
+		return clientv3.New(clientv3.Config{
+			Endpoints:            endpoints,
+			DialTimeout:          cfg.Timeout,
+			DialKeepAliveTime:    5 * time.Second,
+			DialKeepAliveTimeout: 5 * time.Second,
+			Logger:               zap.NewNop(), // errors come back to the caller
+		})
+	}
+	cli, err := dial(cfg.Endpoints...)
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{}, renew: newRenewer(cli)}
+	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{},
+		renew: newRenewer(cli, func(ep string) (*clientv3.Client, error) { return dial(ep) })}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {

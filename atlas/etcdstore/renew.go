@@ -4,19 +4,28 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 )
 
 // renewer renews leases over one long-lived LeaseKeepAlive stream, many
 // renewals in flight at once. clientv3's KeepAliveOnce opens a stream for
 // each renewal (a round trip to set it up, then one for the renewal), which
 // held a batch of heartbeats to a few thousand a second.
+//
+// The stream goes to the etcd leader when the renewer can tell which member
+// that is: a follower forwards every renewal to the leader as an HTTP
+// request of its own.
 type renewer struct {
 	cli *clientv3.Client
+	// dial opens a client to one endpoint (the leader).
+	dial func(endpoint string) (*clientv3.Client, error)
 
 	mu      sync.Mutex // serialises Send, guards what follows
+	leader  *clientv3.Client
 	stream  pb.Lease_LeaseKeepAliveClient
 	cancel  context.CancelFunc
 	waiting map[int64][]chan renewal // by lease, oldest first: etcd answers a stream's requests in order
@@ -30,8 +39,31 @@ type renewal struct {
 
 var errRenewerClosed = errors.New("lease renewer closed")
 
-func newRenewer(cli *clientv3.Client) *renewer {
-	return &renewer{cli: cli, waiting: map[int64][]chan renewal{}}
+func newRenewer(cli *clientv3.Client, dial func(string) (*clientv3.Client, error)) *renewer {
+	return &renewer{cli: cli, dial: dial, waiting: map[int64][]chan renewal{}}
+}
+
+// connLocked returns a connection to the leader if it can find it, else
+// the shared client's.
+func (r *renewer) connLocked() *grpc.ClientConn {
+	if r.leader == nil && r.dial != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for _, ep := range r.cli.Endpoints() {
+			st, err := r.cli.Status(ctx, ep)
+			if err != nil || st.Header == nil || st.Header.MemberId != st.Leader {
+				continue
+			}
+			if c, err := r.dial(ep); err == nil {
+				r.leader = c
+			}
+			break
+		}
+	}
+	if r.leader != nil {
+		return r.leader.ActiveConnection()
+	}
+	return r.cli.ActiveConnection()
 }
 
 // renew renews lease id once and returns its TTL in seconds, 0 when etcd
@@ -47,7 +79,7 @@ func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error)
 		// The stream needs a leader, so that a member cut off from the
 		// others fails the renewal instead of holding it.
 		sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
-		stream, err := pb.NewLeaseClient(r.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+		stream, err := pb.NewLeaseClient(r.connLocked()).LeaseKeepAlive(sctx)
 		if err != nil {
 			cancel()
 			r.mu.Unlock()
@@ -102,6 +134,11 @@ func (r *renewer) failLocked(stream pb.Lease_LeaseKeepAliveClient, err error) {
 	}
 	r.cancel()
 	r.stream, r.cancel = nil, nil
+	// The leader may have changed: look again for the next stream.
+	if r.leader != nil {
+		r.leader.Close()
+		r.leader = nil
+	}
 	for id, q := range r.waiting {
 		for _, ch := range q {
 			ch <- renewal{err: err}
@@ -116,5 +153,9 @@ func (r *renewer) close() {
 	r.closed = true
 	if r.stream != nil {
 		r.failLocked(r.stream, errRenewerClosed)
+	}
+	if r.leader != nil {
+		r.leader.Close()
+		r.leader = nil
 	}
 }
