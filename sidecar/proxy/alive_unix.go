@@ -18,12 +18,19 @@ func alive(c net.Conn) bool {
 	if err != nil {
 		return false
 	}
+	// Control, not Read: Read would refuse at once on the read deadline
+	// the connection's last request left behind.
 	open := false
 	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK
-		return true
+	err = rc.Control(func(fd uintptr) {
+		for {
+			_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if rerr == syscall.EINTR {
+				continue
+			}
+			open = rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK
+			return
+		}
 	})
 	return err == nil && open
 }

@@ -157,9 +157,12 @@ func (b *backend) get(now time.Time) *bconn {
 	}
 }
 
-// put returns a connection to the pool, or closes it.
-func (b *backend) put(c *bconn, reuse bool, now time.Time) {
-	if reuse {
+// put returns a connection to the pool, or closes it. One with bytes
+// already read past its answer (an instance sending more than its framing
+// said) is closed: they would be read as the next request's answer.
+func (b *backend) put(c *bconn, reuse bool) {
+	if reuse && c.br.Buffered() == 0 {
+		now := time.Now()
 		b.mu.Lock()
 		if !b.closed {
 			c.used = now
@@ -256,11 +259,14 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		}
 	}
 	status := resp.StatusCode()
-	reuse := !resp.ConnectionClose() && !req.Header.ConnectionClose() && status != fasthttp.StatusSwitchingProtocols
+	// A request that goes out as HTTP/1.0 lets the instance close after
+	// its answer, whatever that answer says.
+	reuse := !resp.ConnectionClose() && !req.Header.ConnectionClose() && req.Header.IsHTTP11() &&
+		status != fasthttp.StatusSwitchingProtocols
 	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified ||
 		status == fasthttp.StatusSwitchingProtocols {
 		resp.SkipBody = true
-		b.put(c, reuse, now)
+		b.put(c, reuse)
 		return nil
 	}
 	cl := resp.Header.ContentLength()
@@ -269,10 +275,10 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		if err := resp.ReadBody(c.br, smallBody); err != nil {
 			return ioError(err)
 		}
-		b.put(c, reuse, now)
+		b.put(c, reuse)
 		return nil
 	}
-	s := &bodyStream{b: b, c: c, reuse: reuse && cl != -2, left: int64(cl), now: now}
+	s := &bodyStream{b: b, c: c, reuse: reuse && cl != -2, left: int64(cl)}
 	switch cl {
 	case -1: // chunked
 		s.r = httputil.NewChunkedReader(c.br)
@@ -298,7 +304,6 @@ type bodyStream struct {
 	left    int64 // bytes left of a known Content-Length
 	reuse   bool
 	done    bool // the body ended where its framing said
-	now     time.Time
 }
 
 func (s *bodyStream) Read(p []byte) (int, error) {
@@ -339,7 +344,7 @@ func (s *bodyStream) Close() error {
 	if s.c == nil {
 		return nil
 	}
-	s.b.put(s.c, s.reuse && s.done, time.Now())
+	s.b.put(s.c, s.reuse && s.done)
 	s.c = nil
 	return nil
 }

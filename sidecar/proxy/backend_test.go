@@ -184,3 +184,92 @@ func TestTruncatedAnswerIsNotReused(t *testing.T) {
 		t.Fatalf("after a truncated answer: %d %q", res.StatusCode, body)
 	}
 }
+
+func TestBytesPastAnAnswerAreNotReadAsTheNext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					if n == 1 {
+						// A whole second answer after the first: it must not
+						// become the answer to the next request.
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
+				}
+			}()
+		}
+	}()
+	f := newFrontend(t)
+	f.set("a", "http://"+ln.Addr().String())
+	if res, body := f.do("GET", "a", "/", ""); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("first = %d %q", res.StatusCode, body)
+	}
+	time.Sleep(50 * time.Millisecond) // the extra bytes reach the sidecar
+	if res, body := f.do("POST", "a", "/", "x"); res.StatusCode != 200 || body != "right" {
+		t.Fatalf("second = %d %q; want the second connection's answer", res.StatusCode, body)
+	}
+}
+
+func TestIdleConnectionPastItsDeadlineIsReused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the probe threshold")
+	}
+	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	for i := range 2 {
+		// A 200ms timeout leaves a deadline in the past on the idle
+		// connection: the probe must still find it open.
+		if res, body := f.do("POST", "a", "/", "x", TimeoutHeader, "200ms"); res.StatusCode != 200 || body != "ok" {
+			t.Fatalf("POST %d = %d %q", i, res.StatusCode, body)
+		}
+		if i == 0 {
+			time.Sleep(probeAfter + 300*time.Millisecond)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("two requests took %d connections, want 1", n)
+	}
+}
+
+func TestOddButValidRequests(t *testing.T) {
+	rec := newRecorder(t)
+	f := newFrontend(t)
+	f.set("a", rec.addr)
+	for _, tc := range []struct{ raw, want string }{
+		// HTTP/1.0 without Host, routed by the header: Host becomes the service.
+		{"GET /old HTTP/1.0\r\nSwitchboard-Service: a\r\n\r\n", "GET /old a"},
+		// A stray % in a query string goes on as it is.
+		{"GET /search?q=100% HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n", "GET /search?q=100% a.localhost"},
+		{"GET //app/cb?r=https://x HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n", "GET //app/cb?r=https://x a.localhost"},
+		{"GET /x? HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n", "GET /x? a.localhost"},
+	} {
+		through(t, f.url, []byte(tc.raw))
+		got, bad := rec.take()
+		if len(bad) > 0 || len(got) != 1 || got[0].Method+" "+got[0].URI+" "+got[0].Host != tc.want {
+			t.Errorf("%q reached the instance as %v (%v), want %q", tc.raw, got, bad, tc.want)
+		}
+	}
+	res, _ := f.do("CONNECT", "a", "/", "")
+	if res.StatusCode != 400 {
+		t.Fatalf("CONNECT = %d, want 400", res.StatusCode)
+	}
+}

@@ -307,12 +307,22 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		req.Header.Del(TimeoutHeader)
 	}
 	setForwardedFor(&req.Header, ctx.RemoteIP())
-	// The target and Host go out as they came (fasthttp would write them
-	// back from its parsed URI: the path re-encoded, the host lower-cased),
-	// but for an absolute-form target, sent on in origin form with its
-	// host as Host.
-	req.URI().DisablePathNormalizing = true
-	req.UseHostHeader = originForm(req.Header.RequestURI())
+	// The target and Host go out byte for byte (fasthttp's server parsed
+	// the URI, and would write them back from it: a leading // read as a
+	// host, an empty query dropped, the host lower-cased). An absolute-form
+	// target goes on in origin form, its host as Host.
+	if target := req.Header.RequestURI(); originForm(target) {
+		req.SetRequestURIBytes(target)
+	} else {
+		req.URI().DisablePathNormalizing = true
+	}
+	if len(req.Header.Host()) == 0 {
+		// HTTP/1.0 may come without one; fasthttp will not write a
+		// request without it.
+		req.Header.SetHost(pool.Service)
+	}
+	// No Content-Type of fasthttp's own on a body that came without one.
+	req.Header.SetNoDefaultContentType(true)
 	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
@@ -363,9 +373,12 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 // with a fragment, a bad percent-escape or a control byte (fasthttp would
 // send it on changed), or a transfer coding other than chunked.
 func malformed(h *fasthttp.RequestHeader) error {
+	if h.IsConnect() {
+		return sb.Errorf(sb.EInvalid, "CONNECT: the sidecar does not tunnel; give the upstream a listen address for TCP")
+	}
 	target := h.RequestURI()
 	if i := badTargetByte(target); i >= 0 {
-		return sb.Errorf(sb.EInvalid, "request target: byte %d of %q is not allowed there (a fragment, a bad %%-escape or a control byte)", i, target)
+		return sb.Errorf(sb.EInvalid, "request target: byte %d of %q is not allowed there (a fragment, a bad %%-escape in the path or a control byte)", i, target)
 	}
 	if te := unsupportedTE(h.RawHeaders()); te != nil {
 		return sb.Errorf(sb.EInvalid, "Transfer-Encoding: only chunked is supported, got %q", te)
@@ -374,13 +387,17 @@ func malformed(h *fasthttp.RequestHeader) error {
 }
 
 // badTargetByte returns the index of the first byte that may not appear
-// in a request target, or -1.
+// in a request target, or -1. %-escapes are checked in the path only (as
+// net/http does): query strings in the wild carry stray % signs.
 func badTargetByte(t []byte) int {
+	inQuery := false
 	for i := 0; i < len(t); i++ {
 		switch c := t[i]; {
 		case c <= ' ' || c == 0x7f || c == '#':
 			return i
-		case c == '%':
+		case c == '?':
+			inQuery = true
+		case c == '%' && !inQuery:
 			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
 				return i
 			}
@@ -482,9 +499,10 @@ func backendOf(e *balance.Endpoint) *backend {
 // CloseEndpoint drops an endpoint's idle connections once it has left its
 // pool.
 func CloseEndpoint(e *balance.Endpoint) {
-	if b, ok := e.Attached().(*backend); ok {
-		b.close()
-	}
+	// backendOf attaches one if none is: a request still in flight to the
+	// endpoint then finds it closed rather than opening a pool nobody
+	// closes.
+	backendOf(e).close()
 }
 
 // stream serves an upgrade or an event stream: the client's connection is
