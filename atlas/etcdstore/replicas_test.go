@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -237,5 +239,104 @@ func TestQuorumLost(t *testing.T) {
 	}
 	if st, _, _ := do(t, "GET", a.http.URL+"/v1/health", ""); st != 503 {
 		t.Fatalf("health without quorum = %d; want 503", st)
+	}
+}
+
+// TestTwoReplicasShareTokensPoliciesAndPorts: with authentication on, a
+// token created through A works on B, a policy written through A is read
+// through B, a token deleted through A stops working on B, and a port
+// allocated through A is the one B gives.
+func TestTwoReplicasShareTokensPoliciesAndPorts(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	dir := t.TempDir()
+	a := startSecureReplica(t, cluster.Endpoints(), dir)
+	b := startSecureReplica(t, cluster.Endpoints(), t.TempDir())
+	admin := readToken(t, dir)
+	st, body := authDo(t, "POST", a.http.URL+"/v1/tokens", admin, `{"name":"ops","role":"admin"}`)
+	if st != 200 {
+		t.Fatalf("create token through A: %d %s", st, body)
+	}
+	var tok sb.Token
+	if err := json.Unmarshal([]byte(body), &tok); err != nil || tok.Secret == "" {
+		t.Fatalf("token answer %s: %v", body, err)
+	}
+	eventually(t, "the token works on B", func() bool {
+		st, _ := authDo(t, "GET", b.http.URL+"/v1/services", tok.Secret, "")
+		return st == 200
+	})
+	if st, body := authDo(t, "PUT", a.http.URL+"/v1/policies/dashboard?realm=production", tok.Secret, `{"may_call":["identity"]}`); st != 200 {
+		t.Fatalf("policy through A: %d %s", st, body)
+	}
+	eventually(t, "the policy is read through B", func() bool {
+		_, body := authDo(t, "GET", b.http.URL+"/v1/policies?realm=production", tok.Secret, "")
+		return strings.Contains(body, `"identity"`)
+	})
+	_, pa := authDo(t, "POST", a.http.URL+"/v1/services/identity/port", tok.Secret, "")
+	_, pb := authDo(t, "POST", b.http.URL+"/v1/services/identity/port", tok.Secret, "")
+	_, pc := authDo(t, "POST", b.http.URL+"/v1/services/billing/port", tok.Secret, "")
+	var p1, p2, p3 sb.PortAssignment
+	json.Unmarshal([]byte(pa), &p1)
+	json.Unmarshal([]byte(pb), &p2)
+	json.Unmarshal([]byte(pc), &p3)
+	if p1.Port == 0 || p1.Port != p2.Port || p3.Port == p1.Port || p3.Port == 0 {
+		t.Fatalf("ports: identity through A %s, through B %s, billing through B %s", pa, pb, pc)
+	}
+	if st, body := authDo(t, "DELETE", a.http.URL+"/v1/tokens/"+tok.ID, admin, ""); st != 200 && st != 204 {
+		t.Fatalf("delete token through A: %d %s", st, body)
+	}
+	eventually(t, "the deleted token is refused by B", func() bool {
+		st, _ := authDo(t, "GET", b.http.URL+"/v1/services", tok.Secret, "")
+		return st == 401
+	})
+}
+
+func startSecureReplica(t *testing.T, endpoints []string, dataDir string) *replica {
+	t.Helper()
+	st, err := etcdstore.Open(etcdstore.Config{Endpoints: endpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{srv: srv, store: st, http: httptest.NewServer(srv.Handler())}
+	t.Cleanup(r.kill)
+	return r
+}
+
+func readToken(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func authDo(t *testing.T, method, url, token, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
