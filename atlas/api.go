@@ -3,6 +3,7 @@ package atlas
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -93,7 +94,9 @@ func realmParam(r *http.Request) (string, error) {
 }
 
 func idParam(r *http.Request) (string, error) {
-	id := r.PathValue("id")
+	// A copy: the path value is a slice of the whole request line, which
+	// the lease table would otherwise keep alive for the instance's life.
+	id := strings.Clone(r.PathValue("id"))
 	return id, sb.ValidateID(id)
 }
 

@@ -543,3 +543,28 @@ func TestSameInstanceCoversEveryField(t *testing.T) {
 		t.Fatalf("Instance has %d fields; sameInstance (atlas/state.go) compares 14 of 16 (not the lease fields): update it, then this count", n)
 	}
 }
+
+// TestEqualMetaIsSharedSafely: instances with equal meta share one map in
+// Atlas's memory; changing one instance's meta leaves the others' alone.
+func TestEqualMetaIsSharedSafely(t *testing.T) {
+	a := start(t, true)
+	for i := range 3 {
+		a.must("PUT", fmt.Sprintf("/v1/instances/a-%d", i), reg("a", 5000+i, `,"meta":{"version":"1.0","zone":"x"}`))
+	}
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5001, `,"meta":{"version":"2.0"}`))
+	a.must("PUT", "/v1/instances/a-2", reg("a", 5002, `,"meta":{}`))
+	var svc sb.ServiceInstances
+	a.must("GET", "/v1/services/a", "").decode(t, &svc)
+	got := map[string]map[string]string{}
+	for _, in := range svc.Instances {
+		got[in.ID] = in.Meta
+	}
+	want := map[string]map[string]string{
+		"a-0": {"version": "1.0", "zone": "x"},
+		"a-1": {"version": "2.0"},
+		"a-2": {},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("meta (-want +got):\n%s", diff)
+	}
+}

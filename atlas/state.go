@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unique"
 
 	sb "github.com/switchboard-go/switchboard"
 )
@@ -80,6 +81,8 @@ type state struct {
 	res map[string]uint64
 	// floor is the index every resource starts at: the snapshot's.
 	floor uint64
+	// metas: shared meta maps by their contents (internInstance).
+	metas map[string]map[string]string
 	// history of service changes, oldest first, for event stream resume.
 	history      []event
 	historyFloor uint64
@@ -123,6 +126,7 @@ func (s *state) reset(index uint64) {
 	s.portUsed = make(map[int]string)
 	s.policies = make(map[string][]string)
 	s.byService = make(map[string]map[string]map[string]*instRecord)
+	s.metas = make(map[string]map[string]string)
 	s.res = make(map[string]uint64)
 	s.floor = index
 	s.history = nil
@@ -226,6 +230,7 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		if json.Unmarshal(kv.Value, &in) != nil {
 			return
 		}
+		s.internInstance(&in, id)
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
 		r := &instRecord{inst: &in, index: kv.Index, ttl: int64(kv.TTL)}
@@ -390,3 +395,45 @@ func (s *state) wakeAll() {
 	close(s.appliedCh)
 	s.appliedCh = make(chan struct{})
 }
+
+// internInstance makes the strings instances share (service, realm, tags,
+// meta keys and values) one copy each, equal meta maps one map (a map of one
+// entry costs some 300 bytes), and the id the key's: 100,000 instances of a
+// few services otherwise hold 100,000 copies of each. Instances in the state
+// are never changed in place, so sharing is safe. Call with mu held.
+func (s *state) internInstance(in *sb.Instance, id string) {
+	in.ID = id
+	in.Service = unique.Make(in.Service).Value()
+	in.Realm = unique.Make(in.Realm).Value()
+	for i, t := range in.Tags {
+		in.Tags[i] = unique.Make(t).Value()
+	}
+	if in.Meta == nil {
+		return
+	}
+	keys := slices.Sorted(maps.Keys(in.Meta))
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(in.Meta[k])
+		b.WriteByte(0)
+	}
+	canon := b.String()
+	if m, ok := s.metas[canon]; ok {
+		in.Meta = m
+		return
+	}
+	m := make(map[string]string, len(in.Meta))
+	for k, v := range in.Meta {
+		m[unique.Make(k).Value()] = unique.Make(v).Value()
+	}
+	in.Meta = m
+	if len(s.metas) < maxSharedMetas {
+		s.metas[canon] = m
+	}
+}
+
+// maxSharedMetas bounds the shared meta maps (they are not dropped when
+// their instances go, until the next snapshot).
+const maxSharedMetas = 4096
