@@ -373,14 +373,7 @@ func TestWatchStreamLargeEventsAndHangUp(t *testing.T) {
 	for i := range 60 { // an answer well over net/http's 4 KiB buffer
 		a.must("PUT", fmt.Sprintf("/v1/instances/a-%d", i), reg("a", 5000+i, ""))
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?service=a", nil)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
+	res, cancel := watch(t, a.http.URL+"/v1/watch?service=a")
 	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" || len(res.TransferEncoding) != 0 || !res.Close {
 		t.Fatalf("stream answer: %d, %v, transfer encoding %v, close %v", res.StatusCode, res.Header, res.TransferEncoding, res.Close)
 	}
@@ -403,6 +396,20 @@ func TestWatchStreamLargeEventsAndHangUp(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// watch opens an event stream, closed at the end of the test or by cancel.
+func watch(t *testing.T, url string) (*http.Response, context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	return res, cancel
 }
 
 type sse struct{ kind, id, data string }
@@ -489,14 +496,7 @@ func TestPropagationConfirmsStreams(t *testing.T) {
 	if p.Watchers != 0 || p.Confirmed != 0 {
 		t.Fatalf("no streams: %+v", p)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?service=a", nil)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
+	res, _ := watch(t, a.http.URL+"/v1/watch?service=a")
 	events := readEvents(res.Body)
 	next(t, events) // the snapshot
 	r := a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"drain"}`)

@@ -30,11 +30,18 @@ type replica struct {
 
 func startReplica(t *testing.T, endpoints []string) *replica {
 	t.Helper()
+	return startReplicaWith(t, endpoints, atlas.Config{Insecure: true})
+}
+
+// startReplicaWith starts a replica with cfg, its Store set here.
+func startReplicaWith(t *testing.T, endpoints []string, cfg atlas.Config) *replica {
+	t.Helper()
 	st, err := etcdstore.Open(etcdstore.Config{Endpoints: endpoints})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
+	cfg.Store = st
+	srv, err := atlas.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +64,16 @@ func (r *replica) kill() {
 
 func do(t *testing.T, method, url, body string) (int, string, http.Header) {
 	t.Helper()
+	return doAs(t, method, url, "", body)
+}
+
+// doAs is do with a bearer token ("" sends none).
+func doAs(t *testing.T, method, url, token, body string) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -249,8 +265,8 @@ func TestQuorumLost(t *testing.T) {
 func TestTwoReplicasShareTokensPoliciesAndPorts(t *testing.T) {
 	cluster := etcdtest.Start(t, 3)
 	dir := t.TempDir()
-	a := startSecureReplica(t, cluster.Endpoints(), dir)
-	b := startSecureReplica(t, cluster.Endpoints(), t.TempDir())
+	a := startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: dir})
+	b := startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: t.TempDir()})
 	admin := readToken(t, dir)
 	st, body := authDo(t, "POST", a.http.URL+"/v1/tokens", admin, `{"name":"ops","role":"admin"}`)
 	if st != 200 {
@@ -290,21 +306,6 @@ func TestTwoReplicasShareTokensPoliciesAndPorts(t *testing.T) {
 	})
 }
 
-func startSecureReplica(t *testing.T, endpoints []string, dataDir string) *replica {
-	t.Helper()
-	st, err := etcdstore.Open(etcdstore.Config{Endpoints: endpoints})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &replica{srv: srv, store: st, http: httptest.NewServer(srv.Handler())}
-	t.Cleanup(r.kill)
-	return r
-}
-
 func readToken(t *testing.T, dir string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
@@ -316,18 +317,8 @@ func readToken(t *testing.T, dir string) string {
 
 func authDo(t *testing.T, method, url, token, body string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+token)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b)
+	st, b, _ := doAs(t, method, url, token, body)
+	return st, b
 }
 
 func eventually(t *testing.T, what string, ok func() bool) {

@@ -211,7 +211,7 @@ func (b *backend) do(req *fasthttp.Request, resp *fasthttp.Response, deadline, n
 				return err
 			}
 		}
-		err := b.roundTrip(c, req, resp, deadline, now)
+		err := b.roundTrip(c, req, resp, deadline)
 		if err == nil {
 			return nil
 		}
@@ -228,7 +228,7 @@ func (b *backend) do(req *fasthttp.Request, resp *fasthttp.Response, deadline, n
 	}
 }
 
-func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Response, deadline, now time.Time) error {
+func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
 	if !deadline.Equal(c.deadline) {
 		if err := c.SetDeadline(deadline); err != nil {
 			return err

@@ -65,9 +65,11 @@ func TestConnectionsAreKeptAlive(t *testing.T) {
 	}
 }
 
-// rudeServer answers each request on a connection with keep-alive, then
-// closes the connection without saying so after `answers` answers.
-func rudeServer(t *testing.T, answers int) (addr string, accepted *atomic.Int64) {
+// rawInstance is an instance that reads requests with net/http and writes
+// raw answers: answer gets the connection's number (from 1), the request's
+// number on it (from 1) and the connection, writes what it likes, and
+// says whether to read another request (false closes the connection).
+func rawInstance(t *testing.T, answer func(conn, req int64, c net.Conn) bool) (addr string, accepted *atomic.Int64) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,22 +82,33 @@ func rudeServer(t *testing.T, answers int) (addr string, accepted *atomic.Int64)
 			if err != nil {
 				return
 			}
-			accepted.Add(1)
+			n := accepted.Add(1)
 			go func() {
 				defer c.Close()
 				br := bufio.NewReader(c)
-				for range answers {
+				for i := int64(1); ; i++ {
 					req, err := http.ReadRequest(br)
 					if err != nil {
 						return
 					}
 					io.Copy(io.Discard, req.Body)
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					if !answer(n, i, c) {
+						return
+					}
 				}
 			}()
 		}
 	}()
 	return "http://" + ln.Addr().String(), accepted
+}
+
+// rudeServer answers each request on a connection with keep-alive, then
+// closes the connection without saying so after `answers` answers.
+func rudeServer(t *testing.T, answers int64) (addr string, accepted *atomic.Int64) {
+	return rawInstance(t, func(_, req int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return req < answers
+	})
 }
 
 func TestStaleConnectionIsReplacedForReplayableRequests(t *testing.T) {
@@ -139,38 +152,17 @@ func TestIdleConnectionIsProbedBeforeUse(t *testing.T) {
 }
 
 func TestTruncatedAnswerIsNotReused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := accepted.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					if n == 1 {
-						// Announces more than it sends, then closes.
-						fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", smallBody*2, strings.Repeat("x", 1000))
-						return
-					}
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+	addr, _ := rawInstance(t, func(conn, _ int64, c net.Conn) bool {
+		if conn == 1 {
+			// Announces more than it sends, then closes.
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", smallBody*2, strings.Repeat("x", 1000))
+			return false
 		}
-	}()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
 	f := newFrontend(t)
-	f.set("a", "http://"+ln.Addr().String())
+	f.set("a", addr)
 	req, _ := http.NewRequest("GET", f.url+"/", nil)
 	req.Header.Set(ServiceHeader, "a")
 	if res, err := http.DefaultClient.Do(req); err == nil {
@@ -186,39 +178,18 @@ func TestTruncatedAnswerIsNotReused(t *testing.T) {
 }
 
 func TestBytesPastAnAnswerAreNotReadAsTheNext(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := accepted.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					if n == 1 {
-						// A whole second answer after the first: it must not
-						// become the answer to the next request.
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
-				}
-			}()
+	addr, _ := rawInstance(t, func(conn, _ int64, c net.Conn) bool {
+		if conn == 1 {
+			// A whole second answer after the first: it must not become
+			// the answer to the next request.
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nWRONG")
+			return true
 		}
-	}()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
+		return true
+	})
 	f := newFrontend(t)
-	f.set("a", "http://"+ln.Addr().String())
+	f.set("a", addr)
 	if res, body := f.do("GET", "a", "/", ""); res.StatusCode != 200 || body != "ok" {
 		t.Fatalf("first = %d %q", res.StatusCode, body)
 	}
