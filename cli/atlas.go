@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -27,6 +29,8 @@ type atlasOptions struct {
 	insecure bool
 	ports    string
 	store    string // "" or bolt: embedded; etcd://h1:2379,h2:2379: a cluster
+	// etcdCA, etcdCert, etcdKey: PEM files for TLS to etcd.
+	etcdCA, etcdCert, etcdKey string
 }
 
 func atlasCmd(g *globals) *cobra.Command {
@@ -53,12 +57,45 @@ DATA/admin.token (mode 0600) and logs that path.`,
 	f.BoolVar(&o.insecure, "insecure", false, "run without authentication")
 	f.StringVar(&o.ports, "ports", "5000-5999", "range of ports given to new services")
 	f.StringVar(&o.store, "store", "", "etcd://h1:2379,h2:2379 to keep the state in an etcd cluster (default: embedded, in --data)")
+	f.StringVar(&o.etcdCA, "etcd-ca", "", "with --store etcd://: reach etcd over TLS, trusting this CA (PEM file)")
+	f.StringVar(&o.etcdCert, "etcd-cert", "", "with --etcd-ca: client certificate (PEM file) for etcd's --client-cert-auth")
+	f.StringVar(&o.etcdKey, "etcd-key", "", "with --etcd-cert: its private key (PEM file)")
 	return c
 }
 
+// etcdTLS builds the TLS configuration of --etcd-ca, --etcd-cert and
+// --etcd-key, or nil when none is given.
+func (o atlasOptions) etcdTLS() (*tls.Config, error) {
+	switch {
+	case o.etcdCA == "" && o.etcdCert == "" && o.etcdKey == "":
+		return nil, nil
+	case o.etcdCA == "":
+		return nil, usagef("--etcd-cert and --etcd-key: need --etcd-ca (the CA that signed etcd's certificate)")
+	case (o.etcdCert == "") != (o.etcdKey == ""):
+		return nil, usagef("--etcd-cert and --etcd-key: give both or neither")
+	}
+	pemCA, err := os.ReadFile(o.etcdCA)
+	if err != nil {
+		return nil, usagef("--etcd-ca: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemCA) {
+		return nil, usagef("--etcd-ca: %s holds no PEM certificate", o.etcdCA)
+	}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if o.etcdCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.etcdCert, o.etcdKey)
+		if err != nil {
+			return nil, usagef("--etcd-cert, --etcd-key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
 // parseStore reads --store: "" for the embedded store, or the etcd
-// endpoints of etcd://h1:2379,h2:2379 (https+etcd:// is not supported yet).
-func parseStore(s string) ([]string, error) {
+// endpoints of etcd://h1:2379,h2:2379 (http://, or https:// with secure).
+func parseStore(s string, secure bool) ([]string, error) {
 	if s == "" || s == "bolt" {
 		return nil, nil
 	}
@@ -71,7 +108,11 @@ func parseStore(s string) ([]string, error) {
 		if _, _, err := net.SplitHostPort(hp); err != nil {
 			return nil, usagef("--store: %q is not HOST:PORT", hp)
 		}
-		eps = append(eps, "http://"+hp)
+		if secure {
+			eps = append(eps, "https://"+hp)
+		} else {
+			eps = append(eps, "http://"+hp)
+		}
 	}
 	return eps, nil
 }
@@ -128,14 +169,23 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	endpoints, err := parseStore(o.store)
+	etcdTLS, err := o.etcdTLS()
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
+	endpoints, err := parseStore(o.store, etcdTLS != nil)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if endpoints == nil && etcdTLS != nil {
+		ln.Close()
+		return nil, usagef("--etcd-ca: goes with --store etcd://...")
+	}
 	var store atlas.Store
 	if endpoints != nil {
-		store, err = etcdstore.Open(etcdstore.Config{Endpoints: endpoints, Logger: log})
+		store, err = etcdstore.Open(etcdstore.Config{Endpoints: endpoints, Logger: log, TLS: etcdTLS})
 	} else {
 		store, err = boltstore.Open(boltstore.Config{Path: filepath.Join(o.dataDir, "atlas.db"), Logger: log})
 	}

@@ -8,6 +8,7 @@ package etcdstore
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -33,6 +34,10 @@ type Config struct {
 	Timeout time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// TLS, when set, is used for every connection to etcd (the endpoints
+	// are then https:// URLs): the CA to trust and, for etcd's
+	// --client-cert-auth, the client certificate.
+	TLS *tls.Config
 }
 
 // Store implements atlas.Store on etcd.
@@ -72,6 +77,7 @@ func Open(cfg Config) (*Store, error) {
 			DialKeepAliveTime:    5 * time.Second,
 			DialKeepAliveTimeout: 5 * time.Second,
 			Logger:               zap.NewNop(), // errors come back to the caller
+			TLS:                  cfg.TLS,
 		})
 	}
 	cli, err := dial(cfg.Endpoints...)

@@ -83,3 +83,27 @@ func TestManyRenewalsShareOneStream(t *testing.T) {
 		t.Fatal("a renewal after Close hung")
 	}
 }
+
+// TestTLS: a store reaches an etcd that takes only TLS clients with a
+// certificate; without the client certificate it fails at Open, with an
+// unavailable error rather than a hang.
+func TestTLS(t *testing.T) {
+	cluster, pki := etcdtest.StartTLS(t, 1)
+	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints(), Prefix: "/tls/", TLS: pki.ClientConfig(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, "k"); err != nil {
+		t.Fatalf("renewal over TLS: %v", err)
+	}
+	noCert := pki.ClientConfig(t)
+	noCert.Certificates = nil
+	if _, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints(), Prefix: "/tls/", TLS: noCert, Timeout: 2 * time.Second}); !errors.Is(err, atlas.ErrUnavailable) {
+		t.Fatalf("without a client certificate: %v, want unavailable", err)
+	}
+}

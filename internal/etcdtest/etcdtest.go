@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -42,6 +43,19 @@ func freeURL(t testing.TB) *url.URL {
 // Start starts an n-member cluster and stops it when the test ends.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return start(t, n, nil)
+}
+
+// StartTLS starts an n-member cluster whose clients must use TLS and
+// present a certificate signed by the returned PKI's CA.
+func StartTLS(t testing.TB, n int) (*Cluster, TLSFiles) {
+	t.Helper()
+	files := WriteTLSFiles(t, t.TempDir())
+	return start(t, n, &files), files
+}
+
+func start(t testing.TB, n int, pki *TLSFiles) *Cluster {
+	t.Helper()
 	c := &Cluster{}
 	var initial []string
 	dir := t.TempDir()
@@ -50,6 +64,11 @@ func Start(t testing.TB, n int) *Cluster {
 		cfg.Name = fmt.Sprintf("m%d", i)
 		cfg.Dir = filepath.Join(dir, cfg.Name)
 		peer, client := freeURL(t), freeURL(t)
+		if pki != nil {
+			client.Scheme = "https"
+			cfg.ClientTLSInfo = transport.TLSInfo{CertFile: pki.ServerCert, KeyFile: pki.ServerKey,
+				TrustedCAFile: pki.CA, ClientCertAuth: true}
+		}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 		cfg.LogLevel = "panic" // its shutdown logs errors that are not
