@@ -10,8 +10,10 @@
 // It measures registrations per second (1 and 16 clients), unchanged
 // heartbeats per second (which must not write to disk), the latency of a
 // query of a 1,000-instance service, how long a change takes to reach 1,000
-// watchers (event streams and blocking queries), and Atlas's resident
-// memory per instance. See bench/README.md.
+// watchers (event streams, and blocking queries twice: from net/http's
+// client, then from a lean HTTP/1.1 client that leaves Atlas more of the
+// shared CPU), and Atlas's resident memory per instance. See
+// bench/README.md.
 package main
 
 import (
@@ -376,13 +378,16 @@ func (b *bench) phases(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, mode := range []string{"sse", "blocking"} {
+	for _, mode := range []string{"sse", "blocking", "blocking-lean"} {
 		progress("propagation to %d %s watchers: %d changes", o.watchers, mode, o.changes)
 		p, err := b.propagate(ctx, mode)
-		if mode == "sse" {
+		switch mode {
+		case "sse":
 			r.sse = p
-		} else {
+		case "blocking":
 			r.blocking = p
+		default:
+			r.blockingLean = p
 		}
 		if err != nil {
 			return fmt.Errorf("propagation (%s): %w", mode, err)

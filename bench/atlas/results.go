@@ -31,6 +31,7 @@ type results struct {
 	query, queryLeases []time.Duration
 	queryBytes         int
 	sse, blocking      *propagation
+	blockingLean       *propagation // blocking queries from a lean HTTP client
 }
 
 type regStep struct {
@@ -197,7 +198,7 @@ func (r *results) rows(o options) []row {
 	for _, p := range []struct {
 		label, consul string
 		p             *propagation
-	}{{"SSE", "—", r.sse}, {"blocking query", "p99 ~400 ms", r.blocking}} {
+	}{{"SSE", "—", r.sse}, {"blocking query", "p99 ~400 ms", r.blocking}, {"blocking query, lean client", "—", r.blockingLean}} {
 		label := fmt.Sprintf("propagation, %s watchers, %s", count(float64(o.watchers)), p.label)
 		targetMS := 50.0
 		if o.replicas > 1 {
@@ -318,7 +319,7 @@ func (r *results) details(w io.Writer, o options) {
 	if len(r.queryLeases) > 0 {
 		fmt.Fprintf(w, "  queries ?leases=true:      %d timed, mean %s\n", len(r.queryLeases), ms(mean(r.queryLeases)))
 	}
-	for _, p := range []*propagation{r.sse, r.blocking} {
+	for _, p := range []*propagation{r.sse, r.blocking, r.blockingLean} {
 		if p == nil {
 			continue
 		}
