@@ -307,22 +307,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		req.Header.Del(TimeoutHeader)
 	}
 	setForwardedFor(&req.Header, ctx.RemoteIP())
-	// The target and Host go out byte for byte (fasthttp's server parsed
-	// the URI, and would write them back from it: a leading // read as a
-	// host, an empty query dropped, the host lower-cased). An absolute-form
-	// target goes on in origin form, its host as Host.
-	if target := req.Header.RequestURI(); originForm(target) {
-		req.SetRequestURIBytes(target)
-	} else {
-		req.URI().DisablePathNormalizing = true
-	}
-	if len(req.Header.Host()) == 0 {
-		// HTTP/1.0 may come without one; fasthttp will not write a
-		// request without it.
-		req.Header.SetHost(pool.Service)
-	}
-	// No Content-Type of fasthttp's own on a body that came without one.
-	req.Header.SetNoDefaultContentType(true)
+	asReceived(req, pool.Service)
 	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
@@ -433,6 +418,25 @@ func unsupportedTE(raw []byte) []byte {
 	return nil
 }
 
+// asReceived makes req go out with its target and Host byte for byte.
+// fasthttp's server parsed the URI and would write both back from it (a
+// leading // read as a host, an empty query dropped, the host lower-cased);
+// an absolute-form target goes on in origin form, its host as Host. A
+// request without Host (HTTP/1.0) gets the service's name, since fasthttp
+// writes none without one; and no Content-Type is added to a body that came
+// without one.
+func asReceived(req *fasthttp.Request, service string) {
+	if target := req.Header.RequestURI(); originForm(target) {
+		req.SetRequestURIBytes(target)
+	} else {
+		req.URI().DisablePathNormalizing = true
+	}
+	if len(req.Header.Host()) == 0 {
+		req.Header.SetHost(service)
+	}
+	req.Header.SetNoDefaultContentType(true)
+}
+
 // originForm reports whether a request target is in origin form (/path).
 func originForm(target []byte) bool { return len(target) > 0 && target[0] == '/' }
 
@@ -511,6 +515,7 @@ func CloseEndpoint(e *balance.Endpoint) {
 func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	ctx.Request.Header.Del(ServiceHeader)
 	ctx.Request.Header.Del(TimeoutHeader)
+	asReceived(&ctx.Request, pool.Service)
 	var head bytes.Buffer
 	if _, err := ctx.Request.WriteTo(&head); err != nil {
 		return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))

@@ -270,6 +270,10 @@ func TestUpgradePassesThrough(t *testing.T) {
 			http.Error(w, "want an upgrade, got Upgrade="+r.Header.Get("Upgrade")+" Connection="+r.Header.Get("Connection"), 400)
 			return
 		}
+		if r.RequestURI != "/chat/!room?" || r.Host != "WS.localhost" {
+			http.Error(w, "target and Host must come as sent, got "+r.RequestURI+" "+r.Host, 400)
+			return
+		}
 		c, rw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return
@@ -289,7 +293,8 @@ func TestUpgradePassesThrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "GET /chat/!room? HTTP/1.1\r\nHost: WS.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	br := bufio.NewReader(c)
 	status, _ := br.ReadString('\n')
 	if !strings.HasPrefix(status, "HTTP/1.1 101") {
