@@ -13,6 +13,7 @@ import (
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/cli"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 func startAtlas(t *testing.T) string { return atlastest.Start(t, true).URL }
@@ -128,7 +129,7 @@ func TestWatchPrintsEvents(t *testing.T) {
 	url := startAtlas(t)
 	run(t, url, "register", "--service", "a", "--address", "127.0.0.1", "--port", "1", "--id", "a-1")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- cli.Run(ctx, []string{"--atlas", url, "watch", "a", "-o", "json"}, &out, &out) }()
 	deadline := time.Now().Add(10 * time.Second)

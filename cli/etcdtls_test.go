@@ -11,6 +11,7 @@ import (
 
 	"github.com/switchboard-go/switchboard/cli"
 	"github.com/switchboard-go/switchboard/internal/etcdtest"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // TestAtlasOverEtcdTLS runs `switchboard atlas --store etcd://...` against
@@ -46,7 +47,7 @@ func TestAtlasOverEtcdTLS(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var out, errs syncBuffer
+	var out, errs syncbuf.Buffer
 	go func() {
 		done <- cli.Run(ctx, []string{"atlas", "--store", store, "--etcd-ca", pki.CA, "--etcd-cert", pki.ClientCert,
 			"--etcd-key", pki.ClientKey, "--listen", "127.0.0.1:0", "--data", data, "--insecure"}, &out, &errs)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // kitProc is the examples/identity service (the smart service kit) run as
@@ -18,7 +20,7 @@ type kitProc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 }
 
 var identityBinary string
@@ -41,7 +43,7 @@ func buildIdentity(t *testing.T) string {
 
 func startKit(t *testing.T, atlasURL string, port int) *kitProc {
 	t.Helper()
-	k := &kitProc{port: port, done: make(chan struct{}), out: &lockedBuffer{}}
+	k := &kitProc{port: port, done: make(chan struct{}), out: &syncbuf.Buffer{}}
 	k.cmd = exec.Command(buildIdentity(t))
 	k.cmd.Dir = t.TempDir()
 	k.cmd.Env = append(os.Environ(),

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // TestNewServiceRunsAndRegisters: `switchboard new` against an Atlas; the
@@ -53,7 +55,7 @@ func TestNewServiceRunsAndRegisters(t *testing.T) {
 	svc := exec.Command(bin)
 	svc.Dir = dir // its config.yaml sets the listen address
 	svc.Env = append(os.Environ(), "SWITCHBOARD_ATLAS="+a.url)
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	svc.Stdout, svc.Stderr = &logs, &logs
 	if err := svc.Start(); err != nil {
 		t.Fatal(err)

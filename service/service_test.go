@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -14,32 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 	"github.com/switchboard-go/switchboard/service"
 )
 
-// syncBuffer collects logs from the service's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // run starts a service built by build with Atlas unreachable, and returns
 // its base URL and a stop function that returns Run's error.
-func run(t *testing.T, build func(*service.Service)) (string, *syncBuffer, func() error) {
+func run(t *testing.T, build func(*service.Service)) (string, *syncbuf.Buffer, func() error) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	restore := service.SetLogOutput(logs)
 	t.Cleanup(restore)
 	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
