@@ -288,14 +288,15 @@ SCENV+=(${SIDECAR_ENV:-})
 SCPID=$!
 PIDS+=("$SCPID")
 
-routes_ready() {
-	local r
-	r=$(curl -fsS "http://127.0.0.1:$SCADMIN/routes") || return 1
-	for id in bench-1 bench-2 benchtcp-1 benchtcp-2; do
+routes_have() { # routes_have ADMINPORT ID...: the sidecar's /routes lists every ID
+	local r id port=$1
+	shift
+	r=$(curl -fsS "http://127.0.0.1:$port/routes") || return 1
+	for id in "$@"; do
 		grep -Eq "\"id\": *\"$id\"" <<<"$r" || return 1
 	done
 }
-waitfor "sidecar routes" 20 routes_ready
+waitfor "sidecar routes" 20 routes_have "$SCADMIN" bench-1 bench-2 benchtcp-1 benchtcp-2
 waitfor "haproxy http" 10 curl -fsS -H 'Switchboard-Service: bench' "http://127.0.0.1:$HAHTTP/"
 waitfor "haproxy tcp" 10 curl -fsS "http://127.0.0.1:$HATCP/"
 waitfor "sidecar http" 10 curl -fsS -H 'Switchboard-Service: bench' "http://127.0.0.1:$SCHTTP/"
@@ -321,14 +322,7 @@ EOF
 	--listen "127.0.0.1:$SC2HTTP" --admin "127.0.0.1:$SC2ADMIN" >/dev/null 2>"$WORK/sidecar-haproxy.log" &
 SC2PID=$!
 PIDS+=("$SC2PID")
-routes2_ready() {
-	local r
-	r=$(curl -fsS "http://127.0.0.1:$SC2ADMIN/routes") || return 1
-	for id in bench-1 bench-2; do
-		grep -Eq "\"id\": *\"$id\"" <<<"$r" || return 1
-	done
-}
-waitfor "haproxy-mode sidecar routes" 20 routes2_ready
+waitfor "haproxy-mode sidecar routes" 20 routes_have "$SC2ADMIN" bench-1 bench-2
 waitfor "haproxy-mode sidecar http" 20 curl -fsS -H 'Switchboard-Service: bench' "http://127.0.0.1:$SC2HTTP/"
 # The HAProxy worker: the newest haproxy child of the newest haproxy child
 # of the sidecar (by parent pid, never by name alone).
