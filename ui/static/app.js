@@ -344,11 +344,17 @@ async function showConfig() {
   await showMerged();
 }
 
+// mergedSeq numbers showMerged's calls: an answer that comes back after a
+// newer call's (the page's first load, overtaken by a submit) is dropped.
+let mergedSeq = 0;
+
 async function showMerged() {
+  const seq = ++mergedSeq;
   const q = new URLSearchParams({ realm: state.realm });
   const svc = $("#merged-service").value.trim();
   if (svc) q.set("service", svc);
   const m = await api("/v1/config?" + q);
+  if (seq !== mergedSeq) return;
   const tbody = $("#merged-table tbody");
   tbody.replaceChildren();
   for (const key of Object.keys(m.sources).sort()) {
