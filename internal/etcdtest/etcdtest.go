@@ -54,11 +54,28 @@ func StartTLS(t testing.TB, n int) (*Cluster, TLSFiles) {
 	return start(t, n, &files), files
 }
 
+// start starts the cluster on free loopback ports. A port found free can
+// be taken by another test process before etcd binds it: then the cluster
+// is started again on other ports.
 func start(t testing.TB, n int, pki *TLSFiles) *Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	for attempt := 1; ; attempt++ {
+		c, err := tryStart(t, filepath.Join(dir, fmt.Sprint(attempt)), n, pki)
+		if err == nil {
+			t.Cleanup(c.Stop)
+			return c
+		}
+		if attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("etcd: %v", err)
+		}
+	}
+}
+
+func tryStart(t testing.TB, dir string, n int, pki *TLSFiles) (*Cluster, error) {
 	t.Helper()
 	c := &Cluster{}
 	var initial []string
-	dir := t.TempDir()
 	for i := range n {
 		cfg := embed.NewConfig()
 		cfg.Name = fmt.Sprintf("m%d", i)
@@ -90,20 +107,25 @@ func start(t testing.TB, n int, pki *TLSFiles) *Cluster {
 			errc <- err
 		}()
 	}
+	var err error
 	for range n {
-		if err := <-errc; err != nil {
-			t.Fatalf("etcd: %v", err)
+		if e := <-errc; e != nil && err == nil {
+			err = e
 		}
+	}
+	if err != nil {
+		c.Stop()
+		return nil, err
 	}
 	for _, m := range c.Members {
 		select {
 		case <-m.etcd.Server.ReadyNotify():
 		case <-time.After(60 * time.Second):
-			t.Fatal("etcd did not become ready")
+			c.Stop()
+			return nil, fmt.Errorf("member %s did not become ready in 60s", m.Name)
 		}
 	}
-	t.Cleanup(c.Stop)
-	return c
+	return c, nil
 }
 
 // Endpoints returns every member's client URL.
