@@ -197,8 +197,24 @@ func (s *Server) follow() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		// Apply what the store has sent so far together (a batch it
+		// committed in one transaction, say), then wait for more.
+		batch := make([]Change, 0, 64)
 		for c := range ch {
-			s.st.apply(c)
+			batch = append(batch[:0], c)
+		more:
+			for len(batch) < cap(batch) {
+				select {
+				case c, ok := <-ch:
+					if !ok {
+						break more
+					}
+					batch = append(batch, c)
+				default:
+					break more
+				}
+			}
+			s.st.apply(batch...)
 		}
 	}
 }

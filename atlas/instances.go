@@ -72,7 +72,9 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 		if err != nil {
 			return nil, err
 		}
+		s.st.hint(pfxInstance+id, val, in)
 		_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(prev)})
+		s.st.unhint(pfxInstance+id, val)
 		if errors.Is(err, ErrConflict) && attempt < 5 {
 			continue
 		}
@@ -126,7 +128,9 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			if err != nil {
 				return err
 			}
+			s.st.hint(pfxInstance+id, val, &in)
 			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
+			s.st.unhint(pfxInstance+id, val)
 			if errors.Is(err, ErrConflict) && attempt < 5 {
 				continue
 			}

@@ -1,6 +1,7 @@
 package atlas
 
 import (
+	"bytes"
 	"encoding/json"
 	"maps"
 	"slices"
@@ -87,6 +88,10 @@ type state struct {
 	history      []event
 	historyFloor uint64
 
+	// hmu guards hints: instances being written here, by store key.
+	hmu   sync.Mutex
+	hints map[string]decodedHint
+
 	// wmu guards waits: per watch key, a channel closed at the next change.
 	wmu   sync.Mutex
 	waits map[string]chan struct{}
@@ -111,7 +116,7 @@ func (s *state) changedSinceLocked(realm string, after uint64, want func(string)
 }
 
 func newState() *state {
-	s := &state{waits: make(map[string]chan struct{}), appliedCh: make(chan struct{})}
+	s := &state{waits: make(map[string]chan struct{}), appliedCh: make(chan struct{}), hints: make(map[string]decodedHint)}
 	s.reset(0)
 	return s
 }
@@ -144,27 +149,79 @@ func (s *state) load(index uint64, kvs []KV) {
 	s.wakeAll()
 }
 
-// apply applies one change and wakes the waiters of what it changed.
-func (s *state) apply(c Change) {
-	var woken []string
+// apply applies changes, in order, and then wakes the waiters of what
+// they changed, once: a batch of writes the store committed together wakes
+// the writers waiting for them (and the blocking queries) once, not once
+// per write.
+func (s *state) apply(cs ...Change) {
+	var wake, woken []string
 	s.mu.Lock()
-	if c.Index <= s.applied {
-		s.mu.Unlock()
-		return
-	}
-	for _, kv := range c.KVs {
-		if kv.Deleted {
-			s.deleteLocked(kv.Key, c.Index, &woken)
-		} else {
-			s.putLocked(kv.KV, &woken)
+	for _, c := range cs {
+		if c.Index <= s.applied {
+			continue
 		}
-	}
-	s.applied = c.Index
-	for _, k := range woken {
-		s.res[k] = c.Index
+		woken = woken[:0]
+		for _, kv := range c.KVs {
+			if kv.Deleted {
+				s.deleteLocked(kv.Key, c.Index, &woken)
+			} else {
+				s.putLocked(kv.KV, &woken)
+			}
+		}
+		s.applied = c.Index
+		for _, k := range woken {
+			s.res[k] = c.Index
+		}
+		wake = append(wake, woken...)
 	}
 	s.mu.Unlock()
-	s.wake(woken)
+	s.wake(wake)
+}
+
+// decodedHint is an instance this server is writing, with the JSON it
+// wrote it as.
+type decodedHint struct {
+	val []byte
+	in  *sb.Instance
+}
+
+// hint tells apply that the instance stored under key as val is in, so
+// that applying this server's own write does not decode the JSON it has
+// just encoded. The caller must not change in afterwards, and must call
+// unhint when its write is done (or failed).
+func (s *state) hint(key string, val []byte, in *sb.Instance) {
+	s.hmu.Lock()
+	s.hints[key] = decodedHint{val: val, in: in}
+	s.hmu.Unlock()
+}
+
+func (s *state) unhint(key string, val []byte) {
+	s.hmu.Lock()
+	if h, ok := s.hints[key]; ok && bytes.Equal(h.val, val) {
+		delete(s.hints, key)
+	}
+	s.hmu.Unlock()
+}
+
+// decodeInstance decodes the stored value of an instance, or takes the
+// hint for exactly that value.
+func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, bool) {
+	s.hmu.Lock()
+	h, ok := s.hints[key]
+	if ok && bytes.Equal(h.val, val) {
+		delete(s.hints, key)
+	}
+	s.hmu.Unlock()
+	if ok && bytes.Equal(h.val, val) {
+		in := *h.in
+		in.Tags = slices.Clone(in.Tags) // internInstance rewrites them
+		return &in, true
+	}
+	var in sb.Instance
+	if json.Unmarshal(val, &in) != nil {
+		return nil, false
+	}
+	return &in, true
 }
 
 // visibleLocked returns the instance as the API shows it (without lease
@@ -226,14 +283,14 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 	switch {
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
-		var in sb.Instance
-		if json.Unmarshal(kv.Value, &in) != nil {
+		in, ok := s.decodeInstance(key, kv.Value)
+		if !ok {
 			return
 		}
-		s.internInstance(&in, id)
+		s.internInstance(in, id)
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
-		r := &instRecord{inst: &in, index: kv.Index, ttl: int64(kv.TTL)}
+		r := &instRecord{inst: in, index: kv.Index, ttl: int64(kv.TTL)}
 		s.instances[id] = r
 		svcs := s.byService[in.Realm]
 		if svcs == nil {

@@ -1,0 +1,105 @@
+package atlas
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+func instanceKV(t *testing.T, in *sb.Instance, index uint64) ChangedKV {
+	t.Helper()
+	val, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ChangedKV{KV: KV{Key: pfxInstance + in.ID, Value: val, Index: index, TTL: time.Minute}}
+}
+
+// Changes applied together must each be indexed and recorded as if applied
+// one by one: two writes to one service in one batch leave the service at
+// the second's index, with a history entry for each.
+func TestStateApplyBatch(t *testing.T) {
+	st := newState()
+	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, Status: sb.Passing, Tags: []string{}}
+	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Address: "10.0.0.2", Port: 80, Status: sb.Passing, Tags: []string{}}
+	c := &sb.Instance{ID: "c", Service: "db", Realm: "dev", Address: "10.0.0.3", Port: 5432, Status: sb.Passing, Tags: []string{}}
+	waitWeb := st.waitChan(svcKey("dev", "web"))
+	waitDB := st.waitChan(svcKey("dev", "db"))
+	st.apply(
+		Change{Index: 5, KVs: []ChangedKV{instanceKV(t, a, 5)}},
+		Change{Index: 6, KVs: []ChangedKV{instanceKV(t, b, 6)}},
+		Change{Index: 7, KVs: []ChangedKV{instanceKV(t, c, 7)}},
+		Change{Index: 6, KVs: []ChangedKV{instanceKV(t, c, 6)}}, // already applied: ignored
+	)
+	for name, ch := range map[string]<-chan struct{}{"web": waitWeb, "db": waitDB} {
+		select {
+		case <-ch:
+		default:
+			t.Errorf("waiters of %s not woken", name)
+		}
+	}
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if st.applied != 7 {
+		t.Errorf("applied = %d, want 7", st.applied)
+	}
+	if got := st.indexOfLocked(svcKey("dev", "web")); got != 6 {
+		t.Errorf("index of web = %d, want 6", got)
+	}
+	if got := st.indexOfLocked(svcKey("dev", "db")); got != 7 {
+		t.Errorf("index of db = %d, want 7", got)
+	}
+	if got := st.indexOfLocked(instKey("a")); got != 5 {
+		t.Errorf("index of instance a = %d, want 5", got)
+	}
+	var web []uint64
+	for _, e := range st.history {
+		if e.service == "web" {
+			web = append(web, e.index)
+		}
+	}
+	if len(web) != 2 || web[0] != 5 || web[1] != 6 {
+		t.Errorf("history of web = %v, want [5 6]", web)
+	}
+}
+
+// A hint stands in for decoding only for exactly the value it was given
+// with; any other value of the key is decoded.
+func TestStateDecodeHint(t *testing.T) {
+	st := newState()
+	mine := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, Status: sb.Passing, Tags: []string{"v1"}}
+	kv := instanceKV(t, mine, 3)
+	st.hint(kv.Key, kv.Value, mine)
+
+	// Another writer's value for the same key got there first.
+	theirs := *mine
+	theirs.Address = "10.0.0.9"
+	st.apply(Change{Index: 2, KVs: []ChangedKV{instanceKV(t, &theirs, 2)}})
+	st.mu.RLock()
+	got := st.instances["a"].inst.Address
+	st.mu.RUnlock()
+	if got != "10.0.0.9" {
+		t.Fatalf("address = %q, want the applied value's 10.0.0.9", got)
+	}
+
+	// Then ours, which takes the hint: the stored instance is a copy.
+	st.apply(Change{Index: 3, KVs: []ChangedKV{kv}})
+	st.mu.RLock()
+	r := st.instances["a"]
+	st.mu.RUnlock()
+	if r.inst == mine || r.inst.Address != "10.0.0.1" || r.index != 3 {
+		t.Fatalf("stored %+v at %d, want a copy of the hinted instance at 3", r.inst, r.index)
+	}
+	if &r.inst.Tags[0] == &mine.Tags[0] {
+		t.Error("stored instance shares its tags with the hinted one")
+	}
+	st.hmu.Lock()
+	left := len(st.hints)
+	st.hmu.Unlock()
+	if left != 0 {
+		t.Errorf("%d hints left after apply took it", left)
+	}
+	st.unhint(kv.Key, kv.Value) // after apply took it: nothing to do
+}
