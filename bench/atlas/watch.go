@@ -211,6 +211,13 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 	}
 	p.answers, p.useless, p.errors = answers.Load(), useless.Load(), errs.Load()
 	p.bodyBytes = lastBody.Load()
+	// Take this phase's instances out again, so that every phase starts
+	// from the same -watch-size instances and sends answers of the same size.
+	for _, id := range ids[:sent.Load()] {
+		if _, _, err := b.do(ctx, b.ctl, http.MethodDelete, "/v1/instances/"+id, nil); err != nil {
+			return p, err
+		}
+	}
 	return p, b.atlas.alive()
 }
 
