@@ -11,7 +11,12 @@ import (
 	sb "github.com/switchboard-go/switchboard"
 )
 
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+func jsonMarshal(v any) ([]byte, error) {
+	if in, ok := v.(*sb.Instance); ok {
+		return in.AppendJSON(make([]byte, 0, 320)) // without encoding/json's check of its output
+	}
+	return json.Marshal(v)
+}
 
 // leaseInfo is what this server knows of an instance's lease beyond the
 // store: kept in memory only, per replica.
