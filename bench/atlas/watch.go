@@ -273,14 +273,17 @@ func (b *bench) sseWatcher(ctx context.Context, c *http.Client, base string, rea
 // blockingWatcher polls GET /v1/services/watched as a blocking query,
 // issuing it again after every answer, until ctx ends.
 func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
-	var index uint64
-	isReady := false
+	var (
+		index   uint64
+		isReady bool
+		body    []byte
+	)
 	for ctx.Err() == nil {
 		path := "/v1/services/" + watchedService
 		if index > 0 {
 			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
 		}
-		resp, body, err := b.doAt(ctx, c, base, http.MethodGet, path, nil)
+		resp, err := getInto(ctx, c, base+path, &body)
 		now := time.Now()
 		if ctx.Err() != nil {
 			return
@@ -308,6 +311,42 @@ func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string
 			ready()
 		}
 	}
+}
+
+// getInto GETs url with c and reads a 200 answer's body into *buf, reused
+// from one answer to the next (io.ReadAll would grow a new buffer from 512
+// bytes for each, costing the load generator, which shares the cores with
+// Atlas, more than it need). Anything but 200 is an error naming the answer.
+func getInto(ctx context.Context, c *http.Client, url string, buf *[]byte) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return resp, fmt.Errorf("GET %s: %s: %s", req.URL.Path, resp.Status, bytes.TrimSpace(data))
+	}
+	if cl := resp.ContentLength; cl >= 0 && cl <= 64<<20 {
+		if int64(cap(*buf)) < cl {
+			*buf = make([]byte, cl)
+		}
+		*buf = (*buf)[:cl]
+		if _, err := io.ReadFull(resp.Body, *buf); err != nil {
+			return resp, fmt.Errorf("GET %s: reading the answer: %w", req.URL.Path, err)
+		}
+		return resp, nil
+	}
+	data, err := io.ReadAll(resp.Body)
+	*buf = data
+	if err != nil {
+		return resp, fmt.Errorf("GET %s: reading the answer: %w", req.URL.Path, err)
+	}
+	return resp, nil
 }
 
 // leanBlockingWatcher is blockingWatcher with a minimal HTTP/1.1 client of
