@@ -86,7 +86,7 @@ func (s *Server) routes() http.Handler {
 
 // realmParam reads ?realm (default dev).
 func realmParam(r *http.Request) (string, error) {
-	realm := r.URL.Query().Get("realm")
+	realm := query(r).Get("realm")
 	if realm == "" {
 		return sb.DefaultRealm, nil
 	}
@@ -314,7 +314,7 @@ func (s *Server) parseServiceQuery(r *http.Request) (serviceQuery, error) {
 	if err := sb.ValidateName("name", q.service); err != nil {
 		return q, err
 	}
-	vals := r.URL.Query()
+	vals := query(r)
 	for _, v := range vals["status"] {
 		st, err := sb.ParseStatus("status", v)
 		if err != nil {
@@ -383,7 +383,7 @@ func (s *Server) handlePort(w http.ResponseWriter, r *http.Request) error {
 // layerParams reads ?realm and ?service for the layer endpoints (both
 // optional) and ?cas.
 func layerParams(r *http.Request) (sb.LayerKey, *uint64, error) {
-	q := r.URL.Query()
+	q := query(r)
 	k := sb.LayerKey{Realm: q.Get("realm"), Service: q.Get("service")}
 	if err := k.Validate(); err != nil {
 		return k, nil, err
@@ -479,7 +479,7 @@ func (s *Server) handleLayers(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
+	q := query(r)
 	realm, err := realmParam(r)
 	if err != nil {
 		return err
@@ -577,7 +577,7 @@ func (s *Server) handlePutPolicy(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) error {
-	realm := r.URL.Query().Get("realm")
+	realm := query(r).Get("realm")
 	if realm != "" {
 		if err := sb.ValidateName("realm", realm); err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -46,7 +47,14 @@ type principal struct {
 	srv *Server
 }
 
-type principalKey struct{}
+// reqInfo is what wrap works out once per request for its handler: who
+// calls, and the parsed query string.
+type reqInfo struct {
+	principal *principal
+	query     url.Values
+}
+
+type reqInfoKey struct{}
 
 // authenticate resolves the bearer token of r. It returns (nil, nil) in
 // insecure mode.
@@ -87,8 +95,18 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 }
 
 func principalFrom(ctx context.Context) *principal {
-	p, _ := ctx.Value(principalKey{}).(*principal)
-	return p
+	if ri, ok := ctx.Value(reqInfoKey{}).(*reqInfo); ok {
+		return ri.principal
+	}
+	return nil
+}
+
+// query returns r's query string, parsed once per request.
+func query(r *http.Request) url.Values {
+	if ri, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
+		return ri.query
+	}
+	return r.URL.Query()
 }
 
 func denied(format string, args ...any) error {

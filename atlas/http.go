@@ -224,7 +224,7 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 				s.writeError(rec, r, err)
 				return
 			}
-			r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
+			r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, &reqInfo{principal: p, query: r.URL.Query()}))
 		}
 		if err := h(rec, r); err != nil {
 			s.writeError(rec, r, err)
@@ -234,7 +234,7 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 
 // blockingParams reads ?index and ?wait.
 func blockingParams(r *http.Request) (index uint64, wait time.Duration, err error) {
-	q := r.URL.Query()
+	q := query(r)
 	if v := q.Get("index"); v != "" {
 		index, err = strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -275,7 +275,7 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 	if err != nil {
 		return err
 	}
-	blockingQuery := r.URL.Query().Has("index") && want > 0
+	blockingQuery := query(r).Has("index") && want > 0
 	chans := func() []<-chan struct{} {
 		out := make([]<-chan struct{}, len(keys))
 		for i, k := range keys {

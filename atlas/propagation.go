@@ -100,7 +100,7 @@ func (s *Server) handlePropagation(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	if !r.URL.Query().Has("wait") {
+	if !query(r).Has("wait") {
 		wait = 10 * time.Second
 	}
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))

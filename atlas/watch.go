@@ -29,7 +29,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	services := r.URL.Query()["service"]
+	services := query(r)["service"]
 	if len(services) == 0 {
 		return sb.Errorf(sb.EInvalid, "service: at least one is required (or service=*)")
 	}
