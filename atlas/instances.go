@@ -20,12 +20,17 @@ func jsonMarshal(v any) ([]byte, error) {
 
 // leaseInfo is what this server knows of an instance's lease beyond the
 // store: kept in memory only, per replica.
+// Times are Unix nanoseconds (0: none), which keeps it at 32 bytes an
+// instance where three time.Time took 80.
 type leaseInfo struct {
-	heartbeat time.Time // last heartbeat seen here; zero: none since start
-	expires   time.Time // lease expiry as last known here
-	published time.Time // when its output was last written
-	pending   *string   // a newer output not written yet
+	heartbeat int64   // last heartbeat seen here; 0: none since start
+	expires   int64   // lease expiry as last known here; 0: not renewed here
+	published int64   // when its output was last written
+	pending   *string // a newer output not written yet
 }
+
+// unixTime turns leaseInfo's nanoseconds back into a time, in UTC.
+func unixTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
 
 // leaseLocked returns id's lease info, creating it. Call with lmu held.
 func (s *Server) leaseLocked(id string) *leaseInfo {
@@ -40,7 +45,7 @@ func (s *Server) leaseLocked(id string) *leaseInfo {
 // renewedLocked records a write that renewed id's lease.
 func (s *Server) renewedLocked(id string, now time.Time, ttl sb.Duration) {
 	l := s.leaseLocked(id)
-	l.heartbeat, l.expires, l.published, l.pending = now, now.Add(time.Duration(ttl)), now, nil
+	l.heartbeat, l.expires, l.published, l.pending = now.UnixNano(), now.Add(time.Duration(ttl)).UnixNano(), now.UnixNano(), nil
 }
 
 // register puts an instance and starts its lease. Registering an id again
@@ -119,7 +124,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 		}
 		s.lmu.Lock()
-		outputDue := now.Sub(s.leaseLocked(id).published) >= s.cfg.OutputInterval
+		outputDue := now.UnixNano()-s.leaseLocked(id).published >= int64(s.cfg.OutputInterval)
 		s.lmu.Unlock()
 		statusChanged := r.inst.Status != hb.Status
 		outputChanged := r.inst.Output != hb.Output
@@ -159,7 +164,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			}
 			s.lmu.Lock()
 			l := s.leaseLocked(id)
-			l.heartbeat, l.expires, l.pending = now, exp.UTC(), nil
+			l.heartbeat, l.expires, l.pending = now.UnixNano(), exp.UnixNano(), nil
 			if outputChanged {
 				out := hb.Output
 				l.pending = &out
@@ -193,7 +198,7 @@ func (s *Server) flushOutputs() {
 				delete(s.leases, id) // expired or deleted
 				continue
 			}
-			if l.pending != nil && now.Sub(l.published) >= s.cfg.OutputInterval {
+			if l.pending != nil && now.UnixNano()-l.published >= int64(s.cfg.OutputInterval) {
 				due[id] = *l.pending
 			}
 		}
@@ -276,11 +281,13 @@ func (s *Server) addLeases(ins []*sb.Instance) {
 	for _, in := range ins {
 		var exp time.Time
 		if l := s.leases[in.ID]; l != nil {
-			if !l.heartbeat.IsZero() {
-				hb := l.heartbeat
+			if l.heartbeat != 0 {
+				hb := unixTime(l.heartbeat)
 				in.LastHeartbeat = &hb
 			}
-			exp = l.expires
+			if l.expires != 0 {
+				exp = unixTime(l.expires)
+			}
 		}
 		if exp.IsZero() {
 			// Not renewed since this server started: the store gave it a

@@ -62,11 +62,12 @@ type Store struct {
 }
 
 type lease struct {
-	key     string
-	index   uint64 // the key's Index when the lease was set
-	ttl     time.Duration
-	expires time.Time // moved by KeepAlive
-	due     time.Time // when the sweeper looks at it next (its place in the heap)
+	key   string
+	index uint64 // the key's Index when the lease was set
+	ttl   time.Duration
+	// Unix nanoseconds, which keep a lease at 48 bytes (time.Time: 80).
+	expires int64 // moved by KeepAlive
+	due     int64 // when the sweeper looks at it next (its place in the heap)
 }
 
 // leaseHeap orders leases by due, so that a sweep looks only at leases
@@ -75,7 +76,7 @@ type lease struct {
 type leaseHeap []*lease
 
 func (h leaseHeap) Len() int           { return len(h) }
-func (h leaseHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h leaseHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *leaseHeap) Push(x any)        { *h = append(*h, x.(*lease)) }
 func (h *leaseHeap) Pop() any {
@@ -88,7 +89,8 @@ func (h *leaseHeap) Pop() any {
 
 // setLeaseLocked starts (or restarts) the lease of a key.
 func (s *Store) setLeaseLocked(key string, index uint64, ttl time.Duration, now time.Time) {
-	l := &lease{key: key, index: index, ttl: ttl, expires: now.Add(ttl), due: now.Add(ttl)}
+	exp := now.Add(ttl).UnixNano()
+	l := &lease{key: key, index: index, ttl: ttl, expires: exp, due: exp}
 	s.leases[key] = l
 	heap.Push(&s.due, l)
 }
@@ -258,8 +260,9 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	if !ok {
 		return time.Time{}, atlas.ErrNotFound
 	}
-	l.expires = s.cfg.Now().Add(l.ttl)
-	return l.expires, nil
+	exp := s.cfg.Now().Add(l.ttl)
+	l.expires = exp.UnixNano()
+	return exp, nil
 }
 
 // Watch implements atlas.Store.
@@ -437,7 +440,7 @@ func (s *Store) check(b *bolt.Bucket, req *writeReq, now time.Time) error {
 		if req.expire {
 			s.mu.Lock()
 			l, ok := s.leases[op.Key]
-			renewed := ok && !now.After(l.expires)
+			renewed := ok && now.UnixNano() <= l.expires
 			s.mu.Unlock()
 			if renewed {
 				return atlas.ErrConflict
@@ -462,12 +465,12 @@ func (s *Store) sweeper() {
 		now := s.cfg.Now()
 		var ops []atlas.Op
 		s.mu.Lock()
-		for len(s.due) > 0 && !s.due[0].due.After(now) {
+		for len(s.due) > 0 && s.due[0].due <= now.UnixNano() {
 			l := heap.Pop(&s.due).(*lease)
 			if s.leases[l.key] != l {
 				continue // replaced or deleted since
 			}
-			if l.expires.After(now) {
+			if l.expires > now.UnixNano() {
 				l.due = l.expires // renewed: look again then
 				heap.Push(&s.due, l)
 				continue
@@ -475,7 +478,7 @@ func (s *Store) sweeper() {
 			ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
 			// Looked at again if the delete does not happen (renewed in
 			// the meantime, or a failed write).
-			l.due = now.Add(max(l.ttl/4, s.cfg.SweepInterval))
+			l.due = now.Add(max(l.ttl/4, s.cfg.SweepInterval)).UnixNano()
 			heap.Push(&s.due, l)
 		}
 		s.mu.Unlock()
