@@ -64,10 +64,10 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 		}
 		if old != nil {
 			prev = old.index
-			if old.inst.Service == in.Service && old.inst.Realm == in.Realm {
-				in.RegisteredAt = old.inst.RegisteredAt
-				if old.inst.Status == in.Status {
-					in.StatusChangedAt = old.inst.StatusChangedAt
+			if old.service == in.Service && old.realm == in.Realm {
+				in.RegisteredAt = fromNanos(old.registered)
+				if old.status == in.Status {
+					in.StatusChangedAt = fromNanos(old.statusChanged)
 				}
 			}
 		}
@@ -126,10 +126,10 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		s.lmu.Lock()
 		outputDue := now.UnixNano()-s.leaseLocked(id).published >= int64(s.cfg.OutputInterval)
 		s.lmu.Unlock()
-		statusChanged := r.inst.Status != hb.Status
-		outputChanged := r.inst.Output != hb.Output
+		statusChanged := r.status != hb.Status
+		outputChanged := r.output != hb.Output
 		if statusChanged || (outputChanged && outputDue) {
-			in := *r.inst
+			in := *r.stored(id)
 			in.Status, in.Output = hb.Status, hb.Output
 			if statusChanged {
 				in.StatusChangedAt = now
@@ -213,7 +213,7 @@ func (s *Server) flushOutputs() {
 			}
 			// The heartbeat path writes pending outputs when due; a failure
 			// here is retried at the next tick.
-			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.inst.Status, Output: out})
+			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.status, Output: out})
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 	"unique"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -35,10 +36,46 @@ type tokenRecord struct {
 	Hash string `json:"hash"` // hex SHA-256 of the secret
 }
 
+// instRecord is an instance as the state keeps it: the fields it is stored
+// with, in one allocation of about 150 bytes (an sb.Instance and a record
+// took 264), times in Unix nanoseconds (0: none); the id is its map key,
+// and what the API derives (enabled, the lease fields) is not kept.
 type instRecord struct {
-	inst  *sb.Instance // as stored: Enabled and lease fields unset
-	index uint64
-	ttl   int64
+	index          uint64 // of the write that stored it
+	service, realm string
+	address        string
+	port           int
+	tags           []string // shared between instances with equal tags
+	meta           map[string]string
+	status         sb.Status
+	output         string
+	ttl            sb.Duration
+	registered     int64
+	statusChanged  int64
+}
+
+// stored returns the instance as it was stored (Enabled false, no lease
+// fields): a new value the caller may change.
+func (r *instRecord) stored(id string) *sb.Instance {
+	return &sb.Instance{
+		ID: id, Service: r.service, Realm: r.realm, Address: r.address, Port: r.port,
+		Tags: r.tags, Meta: r.meta, Status: r.status, Output: r.output, TTL: r.ttl,
+		RegisteredAt: fromNanos(r.registered), StatusChangedAt: fromNanos(r.statusChanged),
+	}
+}
+
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
 }
 
 type layerRecord struct {
@@ -82,8 +119,10 @@ type state struct {
 	res map[string]uint64
 	// floor is the index every resource starts at: the snapshot's.
 	floor uint64
-	// metas: shared meta maps by their contents (internInstance).
-	metas map[string]map[string]string
+	// metas and tagLists: shared meta maps and tag lists by their
+	// contents (newRecord).
+	metas    map[string]map[string]string
+	tagLists map[string][]string
 	// history of service changes, oldest first, for event stream resume.
 	history      []event
 	historyFloor uint64
@@ -132,6 +171,7 @@ func (s *state) reset(index uint64) {
 	s.policies = make(map[string][]string)
 	s.byService = make(map[string]map[string]map[string]*instRecord)
 	s.metas = make(map[string]map[string]string)
+	s.tagLists = make(map[string][]string)
 	s.res = make(map[string]uint64)
 	s.floor = index
 	s.history = nil
@@ -213,9 +253,7 @@ func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, bool) {
 	}
 	s.hmu.Unlock()
 	if ok && bytes.Equal(h.val, val) {
-		in := *h.in
-		in.Tags = slices.Clone(in.Tags) // internInstance rewrites them
-		return &in, true
+		return h.in, true // newRecord only reads it
 	}
 	var in sb.Instance
 	if json.Unmarshal(val, &in) != nil {
@@ -231,13 +269,13 @@ func (s *state) visibleLocked(id string) *sb.Instance {
 	if r == nil {
 		return nil
 	}
-	in := *r.inst
+	in := r.stored(id)
 	in.Enabled = true
 	if sw, ok := s.switches[id]; ok {
 		in.Enabled = false
 		in.DisabledReason = sw.Reason
 	}
-	return &in
+	return in
 }
 
 // touchInstanceLocked records that instance id may have changed between
@@ -287,20 +325,19 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		if !ok {
 			return
 		}
-		s.internInstance(in, id)
+		r := s.newRecord(in, kv.Index)
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
-		r := &instRecord{inst: in, index: kv.Index, ttl: int64(kv.TTL)}
 		s.instances[id] = r
-		svcs := s.byService[in.Realm]
+		svcs := s.byService[r.realm]
 		if svcs == nil {
 			svcs = make(map[string]map[string]*instRecord)
-			s.byService[in.Realm] = svcs
+			s.byService[r.realm] = svcs
 		}
-		if svcs[in.Service] == nil {
-			svcs[in.Service] = make(map[string]*instRecord)
+		if svcs[r.service] == nil {
+			svcs[r.service] = make(map[string]*instRecord)
 		}
-		svcs[in.Service][id] = r
+		svcs[r.service][id] = r
 		s.touchInstanceLocked(id, before, s.visibleLocked(id), kv.Index, woken)
 	case strings.HasPrefix(key, pfxSwitch):
 		id := key[len(pfxSwitch):]
@@ -384,13 +421,13 @@ func (s *state) unindexLocked(id string) {
 	if r == nil {
 		return
 	}
-	svcs := s.byService[r.inst.Realm]
-	delete(svcs[r.inst.Service], id)
-	if len(svcs[r.inst.Service]) == 0 {
-		delete(svcs, r.inst.Service)
+	svcs := s.byService[r.realm]
+	delete(svcs[r.service], id)
+	if len(svcs[r.service]) == 0 {
+		delete(svcs, r.service)
 	}
 	if len(svcs) == 0 {
-		delete(s.byService, r.inst.Realm)
+		delete(s.byService, r.realm)
 	}
 }
 
@@ -453,44 +490,73 @@ func (s *state) wakeAll() {
 	s.appliedCh = make(chan struct{})
 }
 
-// internInstance makes the strings instances share (service, realm, tags,
-// meta keys and values) one copy each, equal meta maps one map (a map of one
-// entry costs some 300 bytes), and the id the key's: 100,000 instances of a
-// few services otherwise hold 100,000 copies of each. Instances in the state
-// are never changed in place, so sharing is safe. Call with mu held.
-func (s *state) internInstance(in *sb.Instance, id string) {
-	in.ID = id
-	in.Service = unique.Make(in.Service).Value()
-	in.Realm = unique.Make(in.Realm).Value()
-	for i, t := range in.Tags {
-		in.Tags[i] = unique.Make(t).Value()
+// newRecord makes the record of in, stored at index, without changing in.
+// Records share strings (service, realm, status, tags, meta keys and
+// values: one copy each), equal tag lists and equal meta maps (a map of one
+// entry costs some 300 bytes): 100,000 instances of a few services
+// otherwise hold 100,000 copies of each. Records are never changed in
+// place, so sharing is safe. Call with mu held.
+func (s *state) newRecord(in *sb.Instance, index uint64) *instRecord {
+	return &instRecord{
+		index:         index,
+		service:       unique.Make(in.Service).Value(),
+		realm:         unique.Make(in.Realm).Value(),
+		address:       in.Address,
+		port:          in.Port,
+		tags:          s.sharedTags(in.Tags),
+		meta:          s.sharedMeta(in.Meta),
+		status:        unique.Make(in.Status).Value(),
+		output:        in.Output,
+		ttl:           in.TTL,
+		registered:    toNanos(in.RegisteredAt),
+		statusChanged: toNanos(in.StatusChangedAt),
 	}
-	if in.Meta == nil {
-		return
+}
+
+func (s *state) sharedTags(tags []string) []string {
+	if len(tags) == 0 {
+		return tags // nil or empty: allocates nothing
 	}
-	keys := slices.Sorted(maps.Keys(in.Meta))
+	canon := strings.Join(tags, "\x00")
+	if t, ok := s.tagLists[canon]; ok {
+		return t
+	}
+	t := make([]string, len(tags))
+	for i, tag := range tags {
+		t[i] = unique.Make(tag).Value()
+	}
+	if len(s.tagLists) < maxShared {
+		s.tagLists[canon] = t
+	}
+	return t
+}
+
+func (s *state) sharedMeta(meta map[string]string) map[string]string {
+	if len(meta) == 0 {
+		return meta
+	}
+	keys := slices.Sorted(maps.Keys(meta))
 	var b strings.Builder
 	for _, k := range keys {
 		b.WriteString(k)
 		b.WriteByte(0)
-		b.WriteString(in.Meta[k])
+		b.WriteString(meta[k])
 		b.WriteByte(0)
 	}
 	canon := b.String()
 	if m, ok := s.metas[canon]; ok {
-		in.Meta = m
-		return
+		return m
 	}
-	m := make(map[string]string, len(in.Meta))
-	for k, v := range in.Meta {
+	m := make(map[string]string, len(meta))
+	for k, v := range meta {
 		m[unique.Make(k).Value()] = unique.Make(v).Value()
 	}
-	in.Meta = m
-	if len(s.metas) < maxSharedMetas {
+	if len(s.metas) < maxShared {
 		s.metas[canon] = m
 	}
+	return m
 }
 
-// maxSharedMetas bounds the shared meta maps (they are not dropped when
-// their instances go, until the next snapshot).
-const maxSharedMetas = 4096
+// maxShared bounds the shared tag lists and meta maps, each (they are not
+// dropped when their instances go, until the next snapshot).
+const maxShared = 4096

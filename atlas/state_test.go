@@ -2,8 +2,11 @@ package atlas
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	sb "github.com/switchboard-go/switchboard"
 )
@@ -78,22 +81,24 @@ func TestStateDecodeHint(t *testing.T) {
 	theirs.Address = "10.0.0.9"
 	st.apply(Change{Index: 2, KVs: []ChangedKV{instanceKV(t, &theirs, 2)}})
 	st.mu.RLock()
-	got := st.instances["a"].inst.Address
+	got := st.instances["a"].address
 	st.mu.RUnlock()
 	if got != "10.0.0.9" {
 		t.Fatalf("address = %q, want the applied value's 10.0.0.9", got)
 	}
 
-	// Then ours, which takes the hint: the stored instance is a copy.
+	// Then ours, which takes the hint; the record shares nothing the
+	// writer could still change.
 	st.apply(Change{Index: 3, KVs: []ChangedKV{kv}})
 	st.mu.RLock()
 	r := st.instances["a"]
+	in := st.visibleLocked("a")
 	st.mu.RUnlock()
-	if r.inst == mine || r.inst.Address != "10.0.0.1" || r.index != 3 {
-		t.Fatalf("stored %+v at %d, want a copy of the hinted instance at 3", r.inst, r.index)
+	if r.address != "10.0.0.1" || r.index != 3 || !in.Enabled || in.ID != "a" || in.Tags[0] != "v1" {
+		t.Fatalf("stored %+v at %d, want the hinted instance at 3", in, r.index)
 	}
-	if &r.inst.Tags[0] == &mine.Tags[0] {
-		t.Error("stored instance shares its tags with the hinted one")
+	if &r.tags[0] == &mine.Tags[0] {
+		t.Error("record shares its tags with the hinted instance")
 	}
 	st.hmu.Lock()
 	left := len(st.hints)
@@ -102,4 +107,34 @@ func TestStateDecodeHint(t *testing.T) {
 		t.Errorf("%d hints left after apply took it", left)
 	}
 	st.unhint(kv.Key, kv.Value) // after apply took it: nothing to do
+}
+
+// A record gives back every field it was stored with, and instances with
+// equal tags and meta share one copy of them.
+func TestStateRecordRoundTrip(t *testing.T) {
+	st := newState()
+	at := time.Date(2026, 11, 27, 19, 4, 5, 123456789, time.UTC)
+	want := &sb.Instance{ID: "a", Service: "web", Realm: "prod", Address: "10.0.0.1", Port: 8080,
+		Tags: []string{"v2", "canary"}, Meta: map[string]string{"version": "1.4.2"}, Status: sb.Warning,
+		Output: "slow", TTL: sb.Duration(30 * time.Second), RegisteredAt: at, StatusChangedAt: at.Add(time.Second)}
+	other := *want
+	other.ID, other.Tags, other.Meta = "b", []string{"v2", "canary"}, map[string]string{"version": "1.4.2"}
+	st.apply(Change{Index: 1, KVs: []ChangedKV{instanceKV(t, want, 1), instanceKV(t, &other, 1)}})
+	st.switches["a"] = switchRecord{Reason: "deploy"}
+
+	st.mu.RLock()
+	got := st.visibleLocked("a")
+	ra, rb := st.instances["a"], st.instances["b"]
+	st.mu.RUnlock()
+	exp := *want
+	exp.DisabledReason = "deploy"
+	if diff := cmp.Diff(&exp, got); diff != "" {
+		t.Errorf("visible instance (-want +got):\n%s", diff)
+	}
+	if &ra.tags[0] != &rb.tags[0] {
+		t.Error("equal tag lists are not shared")
+	}
+	if reflect.ValueOf(ra.meta).UnsafePointer() != reflect.ValueOf(rb.meta).UnsafePointer() {
+		t.Error("equal meta maps are not shared")
+	}
 }
