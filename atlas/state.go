@@ -42,6 +42,7 @@ type tokenRecord struct {
 // and what the API derives (enabled, the lease fields) is not kept.
 type instRecord struct {
 	index          uint64 // of the write that stored it
+	res            uint64 // of the last change to its answer (its watch key's)
 	service, realm string
 	address        string
 	port           int
@@ -115,7 +116,8 @@ type state struct {
 	policies  map[string][]string // REALM/SERVICE -> may_call
 	// byService indexes instances: realm -> service -> id -> record.
 	byService map[string]map[string]map[string]*instRecord
-	// res is, per watch key, the index of the last change to its answer.
+	// res is, per watch key, the index of the last change to its answer
+	// (an instance's is in its record: setResLocked).
 	res map[string]uint64
 	// floor is the index every resource starts at: the snapshot's.
 	floor uint64
@@ -210,7 +212,7 @@ func (s *state) apply(cs ...Change) {
 		}
 		s.applied = c.Index
 		for _, k := range woken {
-			s.res[k] = c.Index
+			s.setResLocked(k, c.Index)
 		}
 		wake = append(wake, woken...)
 	}
@@ -326,6 +328,9 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 			return
 		}
 		r := s.newRecord(in, kv.Index)
+		if old := s.instances[id]; old != nil {
+			r.res = old.res
+		}
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
 		s.instances[id] = r
@@ -442,9 +447,32 @@ func (s *state) indexOfLocked(keys ...string) uint64 {
 	// Never 0: a client blocking with index 0 would not block.
 	idx := max(s.floor, 1)
 	for _, k := range keys {
-		idx = max(idx, s.res[k])
+		idx = max(idx, s.resLocked(k))
 	}
 	return idx
+}
+
+// setResLocked records index as the last change to key's answer. An
+// instance's is kept in its record rather than in res, which saves an
+// entry per instance; a deleted instance's answer is a 404 and needs none.
+func (s *state) setResLocked(key string, index uint64) {
+	if id, ok := strings.CutPrefix(key, "i/"); ok {
+		if r := s.instances[id]; r != nil {
+			r.res = index
+		}
+		return
+	}
+	s.res[key] = index
+}
+
+func (s *state) resLocked(key string) uint64 {
+	if id, ok := strings.CutPrefix(key, "i/"); ok {
+		if r := s.instances[id]; r != nil {
+			return r.res
+		}
+		return 0
+	}
+	return s.res[key]
 }
 
 // waitChan returns a channel closed at the next change of key.
