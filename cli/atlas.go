@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,10 @@ type atlasOptions struct {
 	etcdCA, etcdCert, etcdKey string
 }
 
+// atlasGCPercent is switchboard atlas's GOGC unless the environment sets
+// one.
+const atlasGCPercent = 75
+
 func atlasCmd(g *globals) *cobra.Command {
 	o := atlasOptions{}
 	c := &cobra.Command{
@@ -46,6 +51,12 @@ DATA/admin.token (mode 0600) and logs that path.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			log := slog.New(slog.NewJSONHandler(g.stderr, nil))
+			if os.Getenv("GOGC") == "" {
+				// Atlas's heap is mostly long-lived records: collect at 75%
+				// growth rather than Go's 100%, as Prometheus does, for
+				// about an eighth less memory at a little more GC work.
+				debug.SetGCPercent(atlasGCPercent)
+			}
 			return runAtlas(cmd.Context(), o, log, func(addr string) {
 				log.Info("atlas: listening", "url", "http://"+addr, "data", o.dataDir, "insecure", o.insecure)
 			})
