@@ -95,7 +95,7 @@ func realmParam(r *http.Request) (string, error) {
 
 func idParam(r *http.Request) (string, error) {
 	// A copy: the path value is a slice of the whole request line, which
-	// the lease table would otherwise keep alive for the instance's life.
+	// anything kept for the instance's life would otherwise pin.
 	id := strings.Clone(r.PathValue("id"))
 	return id, sb.ValidateID(id)
 }

@@ -72,10 +72,10 @@ type Server struct {
 	// stale.
 	staleSince atomic.Int64
 
-	// lmu guards the lease bookkeeping below: it lives in memory, per
-	// replica, and is never written to the store.
-	lmu    sync.Mutex
-	leases map[string]*leaseInfo // by instance id
+	// lmu guards the fields of every leaseInfo (in the state's instance
+	// records): lease bookkeeping that lives in memory, per replica, and
+	// is never written to the store. Take it after st.mu, never before.
+	lmu sync.Mutex
 }
 
 // New loads the store's state and starts following its changes. Close
@@ -104,7 +104,6 @@ func New(cfg Config) (*Server, error) {
 		store:   cfg.Store,
 		st:      newState(),
 		log:     cfg.Logger,
-		leases:  make(map[string]*leaseInfo),
 		started: cfg.Now(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

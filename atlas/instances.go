@@ -32,20 +32,21 @@ type leaseInfo struct {
 // unixTime turns leaseInfo's nanoseconds back into a time, in UTC.
 func unixTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
 
-// leaseLocked returns id's lease info, creating it. Call with lmu held.
-func (s *Server) leaseLocked(id string) *leaseInfo {
-	l := s.leases[id]
-	if l == nil {
-		l = &leaseInfo{}
-		s.leases[id] = l
-	}
-	return l
+// renewedLocked records a write that renewed the lease. Call with lmu
+// held.
+func (l *leaseInfo) renewedLocked(now time.Time, ttl sb.Duration) {
+	l.heartbeat, l.expires, l.published, l.pending = now.UnixNano(), now.Add(time.Duration(ttl)).UnixNano(), now.UnixNano(), nil
 }
 
-// renewedLocked records a write that renewed id's lease.
-func (s *Server) renewedLocked(id string, now time.Time, ttl sb.Duration) {
-	l := s.leaseLocked(id)
-	l.heartbeat, l.expires, l.published, l.pending = now.UnixNano(), now.Add(time.Duration(ttl)).UnixNano(), now.UnixNano(), nil
+// leaseOf returns the lease info of instance id, nil when it is gone. Its
+// fields are guarded by lmu, which is taken after st.mu, never before.
+func (s *Server) leaseOf(id string) *leaseInfo {
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
+	if r := s.st.instances[id]; r != nil {
+		return r.lease
+	}
+	return nil
 }
 
 // register puts an instance and starts its lease. Registering an id again
@@ -66,7 +67,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 			prev = old.index
 			if old.service == in.Service && old.realm == in.Realm {
 				in.RegisteredAt = fromNanos(old.registered)
-				if old.status == in.Status {
+				if old.status() == in.Status {
 					in.StatusChangedAt = fromNanos(old.statusChanged)
 				}
 			}
@@ -94,9 +95,11 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (
 		if err != nil {
 			return nil, err
 		}
-		s.lmu.Lock()
-		s.renewedLocked(id, now, in.TTL)
-		s.lmu.Unlock()
+		if l := s.leaseOf(id); l != nil {
+			s.lmu.Lock()
+			l.renewedLocked(now, in.TTL)
+			s.lmu.Unlock()
+		}
 		s.metrics.registrations.Inc()
 		return s.instance(id, true)
 	}
@@ -123,10 +126,12 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		if r == nil {
 			return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 		}
+		// The record changes with every write; its lease info stays.
+		l := r.lease
 		s.lmu.Lock()
-		outputDue := now.UnixNano()-s.leaseLocked(id).published >= int64(s.cfg.OutputInterval)
+		outputDue := now.UnixNano()-l.published >= int64(s.cfg.OutputInterval)
 		s.lmu.Unlock()
-		statusChanged := r.status != hb.Status
+		statusChanged := r.status() != hb.Status
 		outputChanged := r.output != hb.Output
 		if statusChanged || (outputChanged && outputDue) {
 			in := *r.stored(id)
@@ -152,7 +157,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 				return err
 			}
 			s.lmu.Lock()
-			s.renewedLocked(id, now, in.TTL)
+			l.renewedLocked(now, in.TTL)
 			s.lmu.Unlock()
 		} else {
 			exp, err := s.store.KeepAlive(ctx, pfxInstance+id)
@@ -163,7 +168,6 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
 			}
 			s.lmu.Lock()
-			l := s.leaseLocked(id)
 			l.heartbeat, l.expires, l.pending = now.UnixNano(), exp.UnixNano(), nil
 			if outputChanged {
 				out := hb.Output
@@ -193,12 +197,8 @@ func (s *Server) flushOutputs() {
 		due := map[string]string{}
 		s.st.mu.RLock()
 		s.lmu.Lock()
-		for id, l := range s.leases {
-			if _, ok := s.st.instances[id]; !ok {
-				delete(s.leases, id) // expired or deleted
-				continue
-			}
-			if l.pending != nil && now.UnixNano()-l.published >= int64(s.cfg.OutputInterval) {
+		for id, r := range s.st.instances {
+			if l := r.lease; l.pending != nil && now.UnixNano()-l.published >= int64(s.cfg.OutputInterval) {
 				due[id] = *l.pending
 			}
 		}
@@ -213,7 +213,7 @@ func (s *Server) flushOutputs() {
 			}
 			// The heartbeat path writes pending outputs when due; a failure
 			// here is retried at the next tick.
-			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.status, Output: out})
+			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.status(), Output: out})
 		}
 	}
 }
@@ -249,13 +249,8 @@ func (s *Server) deregister(ctx context.Context, id string) error {
 	if !exists {
 		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
-	if _, err := s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true}); err != nil {
-		return err
-	}
-	s.lmu.Lock()
-	delete(s.leases, id)
-	s.lmu.Unlock()
-	return nil
+	_, err := s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})
+	return err
 }
 
 // instance returns one instance, with its lease fields when leases is set.
@@ -276,11 +271,14 @@ func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}) }
 
 // addLeases fills the lease fields of instances, under one lock.
 func (s *Server) addLeases(ins []*sb.Instance) {
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
 	for _, in := range ins {
 		var exp time.Time
-		if l := s.leases[in.ID]; l != nil {
+		if r := s.st.instances[in.ID]; r != nil {
+			l := r.lease
 			if l.heartbeat != 0 {
 				hb := unixTime(l.heartbeat)
 				in.LastHeartbeat = &hb

@@ -87,7 +87,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counts := map[string]int{string(sb.Passing): 0, string(sb.Warning): 0, string(sb.Critical): 0, "disabled": 0}
 		for _, ids := range svcs {
 			for id, r := range ids {
-				counts[string(r.status)]++
+				counts[string(r.status())]++
 				if _, off := st.switches[id]; off {
 					counts["disabled"]++
 				}

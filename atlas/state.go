@@ -45,22 +45,43 @@ type instRecord struct {
 	res            uint64 // of the last change to its answer (its watch key's)
 	service, realm string
 	address        string
-	port           int
 	tags           []string // shared between instances with equal tags
 	meta           map[string]string
-	status         sb.Status
 	output         string
 	ttl            sb.Duration
 	registered     int64
 	statusChanged  int64
+	// lease is this server's lease bookkeeping (guarded by Server.lmu),
+	// handed from each record of the instance to the next.
+	lease  *leaseInfo
+	port   int32
+	health uint8 // index in statuses
 }
+
+// statuses numbers the statuses for records, which keep one in a byte.
+// Every write validates its status, so no other is stored; one would
+// read as critical (never routed).
+var statuses = [...]sb.Status{sb.Critical, sb.Passing, sb.Warning}
+
+func healthOf(st sb.Status) uint8 {
+	switch st {
+	case sb.Passing:
+		return 1
+	case sb.Warning:
+		return 2
+	}
+	return 0
+}
+
+// status is the instance's status.
+func (r *instRecord) status() sb.Status { return statuses[r.health] }
 
 // stored returns the instance as it was stored (Enabled false, no lease
 // fields): a new value the caller may change.
 func (r *instRecord) stored(id string) *sb.Instance {
 	return &sb.Instance{
-		ID: id, Service: r.service, Realm: r.realm, Address: r.address, Port: r.port,
-		Tags: r.tags, Meta: r.meta, Status: r.status, Output: r.output, TTL: r.ttl,
+		ID: id, Service: r.service, Realm: r.realm, Address: r.address, Port: int(r.port),
+		Tags: r.tags, Meta: r.meta, Status: r.status(), Output: r.output, TTL: r.ttl,
 		RegisteredAt: fromNanos(r.registered), StatusChangedAt: fromNanos(r.statusChanged),
 	}
 }
@@ -329,7 +350,9 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		}
 		r := s.newRecord(in, kv.Index)
 		if old := s.instances[id]; old != nil {
-			r.res = old.res
+			r.res, r.lease = old.res, old.lease
+		} else {
+			r.lease = &leaseInfo{}
 		}
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
@@ -519,7 +542,7 @@ func (s *state) wakeAll() {
 }
 
 // newRecord makes the record of in, stored at index, without changing in.
-// Records share strings (service, realm, status, tags, meta keys and
+// Records share strings (service, realm, tags, meta keys and
 // values: one copy each), equal tag lists and equal meta maps (a map of one
 // entry costs some 300 bytes): 100,000 instances of a few services
 // otherwise hold 100,000 copies of each. Records are never changed in
@@ -530,10 +553,10 @@ func (s *state) newRecord(in *sb.Instance, index uint64) *instRecord {
 		service:       unique.Make(in.Service).Value(),
 		realm:         unique.Make(in.Realm).Value(),
 		address:       in.Address,
-		port:          in.Port,
+		port:          int32(in.Port), // 1-65535: validated on every write
 		tags:          s.sharedTags(in.Tags),
 		meta:          s.sharedMeta(in.Meta),
-		status:        unique.Make(in.Status).Value(),
+		health:        healthOf(in.Status),
 		output:        in.Output,
 		ttl:           in.TTL,
 		registered:    toNanos(in.RegisteredAt),
