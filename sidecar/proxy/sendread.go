@@ -20,15 +20,6 @@ type sendReader struct {
 	rc      syscall.RawConn // nil: send, then read as Go does
 	bw      *bufio.Writer
 	pending bool // bw holds a request to send before the next read
-
-	// The state of one readSending, kept here so that its callback
-	// (step, bound once) allocates nothing per request.
-	step  func(fd uintptr) bool
-	buf   []byte
-	sent  bool
-	n     int
-	errno error
-	werr  error
 }
 
 func newSendReader(c net.Conn, bw *bufio.Writer) *sendReader {

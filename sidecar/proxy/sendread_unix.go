@@ -12,13 +12,26 @@ import (
 // readSending sends what bw holds from inside RawConn.Read, then waits for
 // and reads the answer.
 func (r *sendReader) readSending(p []byte) (int, error) {
-	if r.step == nil {
-		r.step = r.readStep
-	}
-	r.buf, r.sent, r.n, r.errno, r.werr = p, false, 0, nil, nil
-	err := r.rc.Read(r.step)
-	n, errno, werr := r.n, r.errno, r.werr
-	r.buf = nil
+	var (
+		n     int
+		errno error
+		werr  error
+		sent  bool
+	)
+	err := r.rc.Read(func(fd uintptr) bool {
+		if !sent {
+			sent = true
+			werr = r.bw.Flush()
+			return werr != nil // sent: wait for the answer
+		}
+		for {
+			n, errno = syscall.Read(int(fd), p)
+			if errno != syscall.EINTR {
+				break
+			}
+		}
+		return errno != syscall.EAGAIN
+	})
 	switch {
 	case werr != nil:
 		return 0, werr
@@ -30,21 +43,4 @@ func (r *sendReader) readSending(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
-}
-
-// readStep is readSending's RawConn.Read callback: the first call sends,
-// and returns false so that Read parks until the answer can be read.
-func (r *sendReader) readStep(fd uintptr) bool {
-	if !r.sent {
-		r.sent = true
-		r.werr = r.bw.Flush()
-		return r.werr != nil // sent: wait for the answer
-	}
-	for {
-		r.n, r.errno = syscall.Read(int(fd), r.buf)
-		if r.errno != syscall.EINTR {
-			break
-		}
-	}
-	return r.errno != syscall.EAGAIN
 }
