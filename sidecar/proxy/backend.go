@@ -47,11 +47,10 @@ type backend struct {
 // bconn is one connection to an instance.
 type bconn struct {
 	net.Conn
-	br       *bufio.Reader // reads through sr
+	br       *bufio.Reader
 	bw       *bufio.Writer
-	sr       *sendReader // sends what bw holds before the answer is read
-	used     time.Time   // when it last went back to the pool
-	deadline time.Time   // the deadline set on it
+	used     time.Time // when it last went back to the pool
+	deadline time.Time // the deadline set on it
 }
 
 // Errors of a round trip that route tells apart.
@@ -194,9 +193,7 @@ func (b *backend) dial(deadline time.Time) (*bconn, error) {
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	bw := bufio.NewWriterSize(c, 4<<10)
-	sr := newSendReader(c, bw)
-	return &bconn{Conn: c, br: bufio.NewReaderSize(sr, 16<<10), bw: bw, sr: sr}, nil
+	return &bconn{Conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 
 // do sends req and reads the answer into resp, until deadline. A small
@@ -241,8 +238,9 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 	if err := req.Write(c.bw); err != nil {
 		return ioError(err)
 	}
-	// The rest of the request goes when the answer is first read for.
-	c.sr.sendOnRead()
+	if err := c.bw.Flush(); err != nil {
+		return ioError(err)
+	}
 	resp.Header.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := resp.Header.Read(c.br); err != nil {
