@@ -74,8 +74,16 @@ func marshal(v any) []byte {
 	// would check their own MarshalJSON's output byte by byte again.
 	switch v := v.(type) {
 	case *sb.Instance:
+		if v == nil {
+			b = []byte("null") // a deleted instance, compared by blocking queries
+			break
+		}
 		b, err = v.AppendJSON(make([]byte, 0, 320))
 	case *sb.ServiceInstances:
+		if v == nil {
+			b = []byte("null")
+			break
+		}
 		b, err = v.AppendJSON(make([]byte, 0, 64+320*len(v.Instances)))
 	default:
 		b, err = json.Marshal(v)

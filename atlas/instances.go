@@ -167,6 +167,11 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			if err != nil {
 				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
 			}
+			// The lease the store renewed is the key's now: the record
+			// read above may since have been deleted and registered anew.
+			if l = s.leaseOf(id); l == nil {
+				return sb.Errorf(sb.ENotFound, "instance %s: expired or deleted during the heartbeat; register it again", id)
+			}
 			s.lmu.Lock()
 			l.heartbeat, l.expires, l.pending = now.UnixNano(), exp.UnixNano(), nil
 			if outputChanged {

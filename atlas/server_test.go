@@ -568,3 +568,29 @@ func TestEqualMetaIsSharedSafely(t *testing.T) {
 		t.Fatalf("meta (-want +got):\n%s", diff)
 	}
 }
+
+// A blocking query on one instance answers 404 when the instance goes, and
+// the instance's index goes on from there when it is registered again.
+func TestBlockingQueryOnADeletedInstance(t *testing.T) {
+	a := start(t, true)
+	first := a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	idx := a.must("GET", "/v1/instances/a-1", "").index(t)
+	done := make(chan resp, 1)
+	go func() {
+		done <- a.do("GET", fmt.Sprintf("/v1/instances/a-1?index=%d&wait=20s", idx), "")
+	}()
+	time.Sleep(100 * time.Millisecond) // the query waits
+	a.must("DELETE", "/v1/instances/a-1", "")
+	select {
+	case r := <-done:
+		if r.status != http.StatusNotFound {
+			t.Fatalf("blocking query on a deleted instance = %d %s, want 404", r.status, r.body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("blocking query did not return when its instance was deleted")
+	}
+	again := a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	if got := a.must("GET", "/v1/instances/a-1", "").index(t); got <= idx || again.index(t) <= first.index(t) {
+		t.Fatalf("index after re-registering = %d, want above %d", got, idx)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -138,7 +139,7 @@ type state struct {
 	// byService indexes instances: realm -> service -> id -> record.
 	byService map[string]map[string]map[string]*instRecord
 	// res is, per watch key, the index of the last change to its answer
-	// (an instance's is in its record: setResLocked).
+	// (a live instance's is in its record: setResLocked).
 	res map[string]uint64
 	// floor is the index every resource starts at: the snapshot's.
 	floor uint64
@@ -146,6 +147,8 @@ type state struct {
 	// contents (newRecord).
 	metas    map[string]map[string]string
 	tagLists map[string][]string
+	// carried: lease bookkeeping by id, during load only.
+	carried map[string]*leaseInfo
 	// history of service changes, oldest first, for event stream resume.
 	history      []event
 	historyFloor uint64
@@ -204,10 +207,17 @@ func (s *state) reset(index uint64) {
 // load replaces the whole state with a snapshot and wakes every waiter.
 func (s *state) load(index uint64, kvs []KV) {
 	s.mu.Lock()
+	// This server's lease bookkeeping is not in the store: carry it over
+	// to the instances the snapshot still has.
+	s.carried = make(map[string]*leaseInfo, len(s.instances))
+	for id, r := range s.instances {
+		s.carried[id] = r.lease
+	}
 	s.reset(index)
 	for _, kv := range kvs {
 		s.putLocked(kv, nil)
 	}
+	s.carried = nil
 	s.mu.Unlock()
 	s.wakeAll()
 }
@@ -352,7 +362,12 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		if old := s.instances[id]; old != nil {
 			r.res, r.lease = old.res, old.lease
 		} else {
-			r.lease = &leaseInfo{}
+			r.res = s.res[instKey(id)] // deleted before: its index goes on
+			delete(s.res, instKey(id))
+			r.lease = s.carried[id] // kept across a reload, or nil
+			if r.lease == nil {
+				r.lease = &leaseInfo{}
+			}
 		}
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
@@ -475,15 +490,16 @@ func (s *state) indexOfLocked(keys ...string) uint64 {
 	return idx
 }
 
-// setResLocked records index as the last change to key's answer. An
+// setResLocked records index as the last change to key's answer. A live
 // instance's is kept in its record rather than in res, which saves an
-// entry per instance; a deleted instance's answer is a 404 and needs none.
+// entry per instance; a deleted one's goes to res, so that its index never
+// goes backwards, and back into its record if it is registered again.
 func (s *state) setResLocked(key string, index uint64) {
 	if id, ok := strings.CutPrefix(key, "i/"); ok {
 		if r := s.instances[id]; r != nil {
 			r.res = index
+			return
 		}
-		return
 	}
 	s.res[key] = index
 }
@@ -493,7 +509,6 @@ func (s *state) resLocked(key string) uint64 {
 		if r := s.instances[id]; r != nil {
 			return r.res
 		}
-		return 0
 	}
 	return s.res[key]
 }
@@ -568,7 +583,7 @@ func (s *state) sharedTags(tags []string) []string {
 	if len(tags) == 0 {
 		return tags // nil or empty: allocates nothing
 	}
-	canon := strings.Join(tags, "\x00")
+	canon := canonical(tags...)
 	if t, ok := s.tagLists[canon]; ok {
 		return t
 	}
@@ -586,15 +601,11 @@ func (s *state) sharedMeta(meta map[string]string) map[string]string {
 	if len(meta) == 0 {
 		return meta
 	}
-	keys := slices.Sorted(maps.Keys(meta))
-	var b strings.Builder
-	for _, k := range keys {
-		b.WriteString(k)
-		b.WriteByte(0)
-		b.WriteString(meta[k])
-		b.WriteByte(0)
+	kv := make([]string, 0, 2*len(meta))
+	for _, k := range slices.Sorted(maps.Keys(meta)) {
+		kv = append(kv, k, meta[k])
 	}
-	canon := b.String()
+	canon := canonical(kv...)
 	if m, ok := s.metas[canon]; ok {
 		return m
 	}
@@ -606,6 +617,18 @@ func (s *state) sharedMeta(meta map[string]string) map[string]string {
 		s.metas[canon] = m
 	}
 	return m
+}
+
+// canonical names a list of strings unambiguously (each prefixed with its
+// length: tags and meta may hold any byte, a separator included).
+func canonical(parts ...string) string {
+	var b strings.Builder
+	for _, p := range parts {
+		b.WriteString(strconv.Itoa(len(p)))
+		b.WriteByte(':')
+		b.WriteString(p)
+	}
+	return b.String()
 }
 
 // maxShared bounds the shared tag lists and meta maps, each (they are not

@@ -138,3 +138,41 @@ func TestStateRecordRoundTrip(t *testing.T) {
 		t.Error("equal meta maps are not shared")
 	}
 }
+
+// Tag lists and meta maps are shared only when equal: no separator can
+// make two different ones look alike.
+func TestStateSharesOnlyEqualTagsAndMeta(t *testing.T) {
+	st := newState()
+	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Status: sb.Passing,
+		Tags: []string{"x\x00y"}, Meta: map[string]string{"k": "\x00"}}
+	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Status: sb.Passing,
+		Tags: []string{"x", "y"}, Meta: map[string]string{"k\x00": ""}}
+	st.apply(Change{Index: 1, KVs: []ChangedKV{instanceKV(t, a, 1), instanceKV(t, b, 1)}})
+	st.mu.RLock()
+	ga, gb := st.visibleLocked("a"), st.visibleLocked("b")
+	st.mu.RUnlock()
+	if !reflect.DeepEqual(ga.Tags, a.Tags) || !reflect.DeepEqual(gb.Tags, b.Tags) {
+		t.Errorf("tags = %q and %q, want %q and %q", ga.Tags, gb.Tags, a.Tags, b.Tags)
+	}
+	if !reflect.DeepEqual(ga.Meta, a.Meta) || !reflect.DeepEqual(gb.Meta, b.Meta) {
+		t.Errorf("meta = %q and %q, want %q and %q", ga.Meta, gb.Meta, a.Meta, b.Meta)
+	}
+}
+
+// A reload from a snapshot keeps this server's lease bookkeeping (it is
+// not in the store) for the instances the snapshot still has.
+func TestStateReloadKeepsLeases(t *testing.T) {
+	st := newState()
+	in := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Status: sb.Passing}
+	kv := instanceKV(t, in, 1)
+	st.apply(Change{Index: 1, KVs: []ChangedKV{kv}})
+	st.mu.Lock()
+	st.instances["a"].lease.heartbeat = 42
+	st.mu.Unlock()
+	st.load(5, []KV{kv.KV})
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	if r := st.instances["a"]; r == nil || r.lease == nil || r.lease.heartbeat != 42 {
+		t.Fatalf("lease after reload = %+v, want the one from before", r)
+	}
+}

@@ -44,6 +44,7 @@ type Config struct {
 // Store implements atlas.Store on bbolt.
 type Store struct {
 	cfg    Config
+	opened time.Time // cfg.Now() at Open: the origin of lease times
 	db     *bolt.DB
 	writes chan *writeReq
 	ctx    context.Context
@@ -65,7 +66,9 @@ type lease struct {
 	key   string
 	index uint64 // the key's Index when the lease was set
 	ttl   time.Duration
-	// Unix nanoseconds, which keep a lease at 48 bytes (time.Time: 80).
+	// Nanoseconds since the store opened (Store.mono), which keep a lease
+	// at 48 bytes (time.Time: 80) and, like time.Time's own comparisons,
+	// follow the monotonic clock: a step of the wall clock expires nothing.
 	expires int64 // moved by KeepAlive
 	due     int64 // when the sweeper looks at it next (its place in the heap)
 }
@@ -87,9 +90,13 @@ func (h *leaseHeap) Pop() any {
 	return l
 }
 
+// mono turns t into a lease time: nanoseconds since the store opened, by
+// the monotonic clock when t has its reading (time.Now's times do).
+func (s *Store) mono(t time.Time) int64 { return int64(t.Sub(s.opened)) }
+
 // setLeaseLocked starts (or restarts) the lease of a key.
 func (s *Store) setLeaseLocked(key string, index uint64, ttl time.Duration, now time.Time) {
-	exp := now.Add(ttl).UnixNano()
+	exp := s.mono(now.Add(ttl))
 	l := &lease{key: key, index: index, ttl: ttl, expires: exp, due: exp}
 	s.leases[key] = l
 	heap.Push(&s.due, l)
@@ -137,6 +144,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		cfg:      cfg,
+		opened:   cfg.Now(),
 		db:       db,
 		writes:   make(chan *writeReq, 1024),
 		leases:   make(map[string]*lease),
@@ -261,7 +269,7 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 		return time.Time{}, atlas.ErrNotFound
 	}
 	exp := s.cfg.Now().Add(l.ttl)
-	l.expires = exp.UnixNano()
+	l.expires = s.mono(exp)
 	return exp, nil
 }
 
@@ -440,7 +448,7 @@ func (s *Store) check(b *bolt.Bucket, req *writeReq, now time.Time) error {
 		if req.expire {
 			s.mu.Lock()
 			l, ok := s.leases[op.Key]
-			renewed := ok && now.UnixNano() <= l.expires
+			renewed := ok && s.mono(now) <= l.expires
 			s.mu.Unlock()
 			if renewed {
 				return atlas.ErrConflict
@@ -465,12 +473,12 @@ func (s *Store) sweeper() {
 		now := s.cfg.Now()
 		var ops []atlas.Op
 		s.mu.Lock()
-		for len(s.due) > 0 && s.due[0].due <= now.UnixNano() {
+		for len(s.due) > 0 && s.due[0].due <= s.mono(now) {
 			l := heap.Pop(&s.due).(*lease)
 			if s.leases[l.key] != l {
 				continue // replaced or deleted since
 			}
-			if l.expires > now.UnixNano() {
+			if l.expires > s.mono(now) {
 				l.due = l.expires // renewed: look again then
 				heap.Push(&s.due, l)
 				continue
@@ -478,7 +486,7 @@ func (s *Store) sweeper() {
 			ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
 			// Looked at again if the delete does not happen (renewed in
 			// the meantime, or a failed write).
-			l.due = now.Add(max(l.ttl/4, s.cfg.SweepInterval)).UnixNano()
+			l.due = s.mono(now.Add(max(l.ttl/4, s.cfg.SweepInterval)))
 			heap.Push(&s.due, l)
 		}
 		s.mu.Unlock()
