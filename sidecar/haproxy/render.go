@@ -84,10 +84,12 @@ defaults
 
 frontend http-in
     bind {{.Listen}}
-    http-request set-header X-Forwarded-For %[src] if !{ req.hdr(x-forwarded-for) -m found }
+    # X-Forwarded-For when the caller sent none, and the service header
+    # matched ignoring case, without converters: the cheapest forms.
+    option forwardfor if-none
     acl has_service req.hdr(switchboard-service) -m found
 {{- range .HTTP}}
-    acl hdr_{{.Service}} req.hdr(switchboard-service),lower -m str {{.Service}}
+    acl hdr_{{.Service}} req.hdr(switchboard-service) -i {{.Service}}
     acl host_{{.Service}} req.hdr(host),lower,field(1,:) -m reg ^{{quote .Service}}(\.([a-z0-9-]+\.)*localhost\.?)?$
 {{- end}}
 {{- range .HTTP}}
