@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -182,5 +184,68 @@ services:
 	t.Logf("%d GETs through HAProxy around a kill -9, %d failed; split %v", l.ok.Load()+l.failed.Load(), l.failed.Load(), l.by)
 	if l.failed.Load() != 0 {
 		t.Fatalf("%d GETs failed: %v", l.failed.Load(), l.errs)
+	}
+}
+
+// TestHAProxyFrontendHeaders: the HAProxy frontend the sidecar renders
+// routes on the service header whatever its case, strips it, and adds
+// X-Forwarded-For only when the caller sent none.
+func TestHAProxyFrontendHeaders(t *testing.T) {
+	type seen struct{ xff, svc string }
+	got := make(chan seen, 16)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), ", "), r.Header.Get("Switchboard-Service")}:
+		default:
+		}
+		io.WriteString(w, "ok")
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	register(t, a.url, "files-1", "files", ln.Addr().(*net.TCPAddr).Port)
+	s, _ := haproxySidecar(t, a.url)
+	waitFor(t, "the instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/")
+		return st == 200 && body == "ok"
+	})
+	for len(got) > 0 {
+		<-got
+	}
+	for _, tc := range []struct {
+		header, xff, want string
+	}{
+		{"FILES", "", "127.0.0.1"},
+		{"files", "10.9.8.7", "10.9.8.7"},
+	} {
+		req, _ := http.NewRequest("GET", "http://"+s.listen+"/", nil)
+		req.Header.Set("Switchboard-Service", tc.header)
+		if tc.xff != "" {
+			req.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		res, err := httpc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("Switchboard-Service: %s: %d", tc.header, res.StatusCode)
+		}
+		select {
+		case g := <-got:
+			if g.xff != tc.want || g.svc != "" {
+				t.Errorf("Switchboard-Service: %s, X-Forwarded-For: %q: the instance saw X-Forwarded-For %q and Switchboard-Service %q; want %q and none",
+					tc.header, tc.xff, g.xff, g.svc, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the instance saw no request")
+		}
 	}
 }
