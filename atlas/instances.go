@@ -124,6 +124,9 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		r := s.st.instances[id]
 		s.st.mu.RUnlock()
 		if r == nil {
+			r = s.awaitInstance(ctx, id)
+		}
+		if r == nil {
 			return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 		}
 		// The record changes with every write; its lease info stays.
@@ -184,6 +187,38 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		return nil
 	}
 }
+
+// awaitInstance is for an instance this server does not know: when the
+// store has it (registered an instant ago through another replica, whose
+// write has not reached this one yet), it waits for it to arrive here, a
+// few seconds at most. It returns nil when the store does not have it.
+func (s *Server) awaitInstance(ctx context.Context, id string) *instRecord {
+	if _, err := s.store.KeepAlive(ctx, pfxInstance+id); err != nil {
+		return nil
+	}
+	timer := time.NewTimer(catchUpWait)
+	defer timer.Stop()
+	for {
+		ch := s.st.appliedChan()
+		s.st.mu.RLock()
+		r := s.st.instances[id]
+		s.st.mu.RUnlock()
+		if r != nil {
+			return r
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// catchUpWait bounds how long a replica waits for a write made through
+// another one to reach it.
+const catchUpWait = 3 * time.Second
 
 // flushOutputs writes check outputs held back by the once-per-interval
 // rule, so that the latest output is published even when heartbeats stop
