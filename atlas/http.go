@@ -68,26 +68,7 @@ func writeJSON(w http.ResponseWriter, status int, index uint64, body []byte) {
 }
 
 func marshal(v any) []byte {
-	var b []byte
-	var err error
-	// The two answers that list instances, written directly: encoding/json
-	// would check their own MarshalJSON's output byte by byte again.
-	switch v := v.(type) {
-	case *sb.Instance:
-		if v == nil {
-			b = []byte("null") // a deleted instance, compared by blocking queries
-			break
-		}
-		b, err = v.AppendJSON(make([]byte, 0, 320))
-	case *sb.ServiceInstances:
-		if v == nil {
-			b = []byte("null")
-			break
-		}
-		b, err = v.AppendJSON(make([]byte, 0, 64+320*len(v.Instances)))
-	default:
-		b, err = json.Marshal(v)
-	}
+	b, err := jsonMarshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("atlas: marshal %T: %v", v, err)) // only our own types are marshalled
 	}

@@ -11,9 +11,21 @@ import (
 	sb "github.com/switchboard-go/switchboard"
 )
 
+// jsonMarshal is json.Marshal, but writes the two types that carry
+// instances directly: encoding/json would check their own MarshalJSON's
+// output byte by byte again.
 func jsonMarshal(v any) ([]byte, error) {
-	if in, ok := v.(*sb.Instance); ok {
-		return in.AppendJSON(make([]byte, 0, 320)) // without encoding/json's check of its output
+	switch v := v.(type) {
+	case *sb.Instance:
+		if v == nil {
+			return []byte("null"), nil // a deleted instance, compared by blocking queries
+		}
+		return v.AppendJSON(make([]byte, 0, 320))
+	case *sb.ServiceInstances:
+		if v == nil {
+			return []byte("null"), nil
+		}
+		return v.AppendJSON(make([]byte, 0, 64+320*len(v.Instances)))
 	}
 	return json.Marshal(v)
 }
@@ -28,9 +40,6 @@ type leaseInfo struct {
 	published int64   // when its output was last written
 	pending   *string // a newer output not written yet
 }
-
-// unixTime turns leaseInfo's nanoseconds back into a time, in UTC.
-func unixTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
 
 // renewedLocked records a write that renewed the lease. Call with lmu
 // held.
@@ -137,16 +146,16 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		statusChanged := r.status() != hb.Status
 		outputChanged := r.output != hb.Output
 		if statusChanged || (outputChanged && outputDue) {
-			in := *r.stored(id)
+			in := r.stored(id)
 			in.Status, in.Output = hb.Status, hb.Output
 			if statusChanged {
 				in.StatusChangedAt = now
 			}
-			val, err := jsonMarshal(&in)
+			val, err := jsonMarshal(in)
 			if err != nil {
 				return err
 			}
-			s.st.hint(pfxInstance+id, val, &in)
+			s.st.hint(pfxInstance+id, val, in)
 			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
 			s.st.unhint(pfxInstance+id, val)
 			if errors.Is(err, ErrConflict) && attempt < 5 {
@@ -320,12 +329,10 @@ func (s *Server) addLeases(ins []*sb.Instance) {
 		if r := s.st.instances[in.ID]; r != nil {
 			l := r.lease
 			if l.heartbeat != 0 {
-				hb := unixTime(l.heartbeat)
+				hb := fromNanos(l.heartbeat)
 				in.LastHeartbeat = &hb
 			}
-			if l.expires != 0 {
-				exp = unixTime(l.expires)
-			}
+			exp = fromNanos(l.expires)
 		}
 		if exp.IsZero() {
 			// Not renewed since this server started: the store gave it a

@@ -147,8 +147,6 @@ type state struct {
 	// contents (newRecord).
 	metas    map[string]map[string]string
 	tagLists map[string][]string
-	// carried: lease bookkeeping by id, during load only.
-	carried map[string]*leaseInfo
 	// history of service changes, oldest first, for event stream resume.
 	history      []event
 	historyFloor uint64
@@ -207,17 +205,18 @@ func (s *state) reset(index uint64) {
 // load replaces the whole state with a snapshot and wakes every waiter.
 func (s *state) load(index uint64, kvs []KV) {
 	s.mu.Lock()
-	// This server's lease bookkeeping is not in the store: carry it over
-	// to the instances the snapshot still has.
-	s.carried = make(map[string]*leaseInfo, len(s.instances))
-	for id, r := range s.instances {
-		s.carried[id] = r.lease
-	}
+	before := s.instances
 	s.reset(index)
 	for _, kv := range kvs {
 		s.putLocked(kv, nil)
 	}
-	s.carried = nil
+	// This server's lease bookkeeping is not in the store: carry it over
+	// to the instances the snapshot still has.
+	for id, r := range s.instances {
+		if old := before[id]; old != nil {
+			r.lease = old.lease
+		}
+	}
 	s.mu.Unlock()
 	s.wakeAll()
 }
@@ -281,11 +280,12 @@ func (s *state) unhint(key string, val []byte) {
 func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, bool) {
 	s.hmu.Lock()
 	h, ok := s.hints[key]
-	if ok && bytes.Equal(h.val, val) {
+	ok = ok && bytes.Equal(h.val, val)
+	if ok {
 		delete(s.hints, key)
 	}
 	s.hmu.Unlock()
-	if ok && bytes.Equal(h.val, val) {
+	if ok {
 		return h.in, true // newRecord only reads it
 	}
 	var in sb.Instance
@@ -364,10 +364,7 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		} else {
 			r.res = s.res[instKey(id)] // deleted before: its index goes on
 			delete(s.res, instKey(id))
-			r.lease = s.carried[id] // kept across a reload, or nil
-			if r.lease == nil {
-				r.lease = &leaseInfo{}
-			}
+			r.lease = &leaseInfo{}
 		}
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)

@@ -473,12 +473,13 @@ func (s *Store) sweeper() {
 		now := s.cfg.Now()
 		var ops []atlas.Op
 		s.mu.Lock()
-		for len(s.due) > 0 && s.due[0].due <= s.mono(now) {
+		monoNow := s.mono(now)
+		for len(s.due) > 0 && s.due[0].due <= monoNow {
 			l := heap.Pop(&s.due).(*lease)
 			if s.leases[l.key] != l {
 				continue // replaced or deleted since
 			}
-			if l.expires > s.mono(now) {
+			if l.expires > monoNow {
 				l.due = l.expires // renewed: look again then
 				heap.Push(&s.due, l)
 				continue
