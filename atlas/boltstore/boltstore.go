@@ -30,7 +30,10 @@ type Config struct {
 	Path string
 	// History is how many changes, at least, are kept in memory for
 	// watchers that resume from an older index (Atlas re-watches from its
-	// last applied index when it falls behind). Zero means 4096.
+	// last applied index when it falls behind). Zero means 1024. Each
+	// change holds its values, so the history is most of the store's
+	// memory that does not grow with the instances; a watcher further
+	// behind than the history reloads a snapshot instead (ErrCompacted).
 	History int
 	// SweepInterval is how often expired leases are looked for. Zero means
 	// 100ms.
@@ -127,7 +130,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: path required")
 	}
 	if cfg.History <= 0 {
-		cfg.History = 4096
+		cfg.History = 1024
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 100 * time.Millisecond
