@@ -309,6 +309,12 @@ func (b *bench) phases(ctx context.Context) error {
 		return err
 	}
 	var err error
+	if r.memCold, err = b.memory(ctx); err != nil {
+		return err
+	}
+	if err := b.warmUp(ctx); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
 	if r.memEmpty, err = b.memory(ctx); err != nil {
 		return err
 	}

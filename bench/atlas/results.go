@@ -14,8 +14,10 @@ import (
 type results struct {
 	machine machine
 
-	memEmpty, memSmall, memBig *memSample
-	bigCount                   int
+	// memCold is Atlas just started; memEmpty the same after the warm-up,
+	// the base that RSS per instance is counted from.
+	memCold, memEmpty, memSmall, memBig *memSample
+	bigCount                            int
 
 	reg1, regN, regBig *throughput
 	regSteps           []regStep // regBig by instances held
@@ -221,21 +223,26 @@ func (r *results) rows(o options) []row {
 		add(maxName, ms(lat[len(lat)-1]), "—", "—", "—")
 	}
 	mib := func(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
-	if r.memEmpty != nil {
-		add("Atlas RSS, empty", mib(r.memEmpty.RSS), "—", "—", "—")
-	} else {
-		add("Atlas RSS, empty", "", "—", "—", "—")
+	for _, m := range []struct {
+		label string
+		s     *memSample
+	}{{"Atlas RSS, empty, just started", r.memCold}, {"Atlas RSS, empty, after a warm-up", r.memEmpty}} {
+		if m.s != nil {
+			add(m.label, mib(m.s.RSS), "—", "—", "—")
+		} else {
+			add(m.label, "", "—", "—", "—")
+		}
 	}
 	perInstance := func(m *memSample, n int, consul string) {
 		label := fmt.Sprintf("Atlas RSS, %s instances", count(float64(n)))
 		if m == nil || r.memEmpty == nil {
 			add(label, "", "—", "—", consul)
-			add("  RSS per instance (minus empty)", "", "≤ 1 KiB", "—", "—")
+			add("  RSS per instance (minus warm empty)", "", "≤ 1 KiB", "—", "—")
 			return
 		}
 		add(label, mib(m.RSS), "—", "—", consul)
 		per := float64(m.RSS-r.memEmpty.RSS) / float64(n)
-		add("  RSS per instance (minus empty)", fmt.Sprintf("%.2f KiB", per), "≤ 1 KiB", atMost(per, 1), "—")
+		add("  RSS per instance (minus warm empty)", fmt.Sprintf("%.2f KiB", per), "≤ 1 KiB", atMost(per, 1), "—")
 	}
 	perInstance(r.memSmall, o.instances, "310–340 MiB")
 	if o.big > 0 {
@@ -244,6 +251,11 @@ func (r *results) rows(o options) []row {
 			n = o.big
 		}
 		perInstance(r.memBig, n, "—")
+		if r.memSmall != nil && r.memBig != nil && n > o.instances {
+			per := float64(r.memBig.RSS-r.memSmall.RSS) / float64(n-o.instances)
+			add(fmt.Sprintf("  RSS per instance from %s to %s", count(float64(o.instances)), count(float64(n))),
+				fmt.Sprintf("%.2f KiB", per), "—", "—", "—")
+		}
 	}
 	return rows
 }
@@ -340,7 +352,7 @@ func (r *results) details(w io.Writer, o options) {
 	for _, m := range []struct {
 		name string
 		s    *memSample
-	}{{"empty", r.memEmpty}, {count(float64(o.instances)), r.memSmall}, {count(float64(r.bigCount)), r.memBig}} {
+	}{{"start", r.memCold}, {"warm empty", r.memEmpty}, {count(float64(o.instances)), r.memSmall}, {count(float64(r.bigCount)), r.memBig}} {
 		if m.s == nil {
 			continue
 		}
