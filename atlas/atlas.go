@@ -147,7 +147,8 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // HTTPServer returns an http.Server for the API with timeouts that keep a
 // slow client from holding a connection: headers in 10 s, the body in 30 s,
 // the answer in 30 s except for blocking queries and the event stream,
-// which set their own deadlines.
+// which set their own deadlines. Serve it on Listener(ln) for answers in
+// one write each.
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{
 		Handler:           s.handler,
@@ -155,6 +156,7 @@ func (s *Server) HTTPServer() *http.Server {
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		ConnContext:       connContext,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }

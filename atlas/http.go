@@ -64,6 +64,10 @@ func writeJSON(w http.ResponseWriter, status int, index uint64, body []byte) {
 	// write of its own.
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
+	if rec, ok := w.(*statusRecorder); ok {
+		rec.writeWhole(body)
+		return
+	}
 	w.Write(body)
 }
 
@@ -147,10 +151,25 @@ func jsonTypeName(kind string) string {
 	return kind
 }
 
-// statusRecorder remembers the status for metrics.
+// statusRecorder remembers the status for metrics, and writes answers
+// whole.
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	conn   *coalescingConn // nil unless served through Listener
+}
+
+// writeWhole writes body, the whole body of an answer whose headers are
+// set, and has the answer leave in one write when the connection allows.
+func (r *statusRecorder) writeWhole(body []byte) {
+	if r.conn == nil {
+		r.Write(body)
+		return
+	}
+	r.conn.hold()
+	r.Write(body)
+	r.Flush()
+	r.conn.release()
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
@@ -190,6 +209,9 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
+		if r.ProtoMajor == 1 {
+			rec.conn, _ = r.Context().Value(connKey{}).(*coalescingConn)
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {

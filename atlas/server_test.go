@@ -50,7 +50,11 @@ func startIn(t *testing.T, dir string, insecure bool) *testAtlas {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	// As switchboard atlas serves it: HTTPServer on Listener.
+	hs := httptest.NewUnstartedServer(nil)
+	hs.Config = srv.HTTPServer()
+	hs.Listener = atlas.Listener(hs.Listener)
+	hs.Start()
 	a := &testAtlas{t: t, srv: srv, store: st, http: hs, dir: dir}
 	if !insecure {
 		b, err := os.ReadFile(filepath.Join(dir, "admin.token"))

@@ -213,7 +213,7 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	}
 	hs := srv.HTTPServer()
 	ra := &runningAtlas{addr: ln.Addr().String(), errc: make(chan error, 1)}
-	go func() { ra.errc <- hs.Serve(ln) }()
+	go func() { ra.errc <- hs.Serve(atlas.Listener(ln)) }()
 	ra.stop = func() error {
 		srv.StopWaiting()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

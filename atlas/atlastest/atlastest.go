@@ -37,7 +37,11 @@ func Start(t testing.TB, insecure bool) *Atlas {
 		st.Close()
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	// As switchboard atlas serves it: HTTPServer on Listener.
+	hs := httptest.NewUnstartedServer(nil)
+	hs.Config = srv.HTTPServer()
+	hs.Listener = atlas.Listener(hs.Listener)
+	hs.Start()
 	t.Cleanup(func() {
 		srv.StopWaiting()
 		hs.CloseClientConnections()
