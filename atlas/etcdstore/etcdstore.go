@@ -47,6 +47,7 @@ type Store struct {
 	prefix string
 	once   sync.Once
 	renew  *renewer
+	pool   *leasePool
 
 	// mu guards leases: the etcd lease of each leased key, learnt from
 	// snapshots, watches and our own writes.
@@ -86,9 +87,17 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{},
 		renew: newRenewer(cli, func(ep string) (*clientv3.Client, error) { return dial(ep) })}
+	s.pool = newLeasePool(func(ctx context.Context, secs int64) (clientv3.LeaseID, error) {
+		l, err := cli.Grant(ctx, secs)
+		if err != nil {
+			return 0, err
+		}
+		return l.ID, nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		s.pool.close()
 		cli.Close()
 		return nil, unavailable("connect to "+strings.Join(cfg.Endpoints, ","), err)
 	}
@@ -99,6 +108,7 @@ func Open(cfg Config) (*Store, error) {
 func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.pool.close()
 		s.renew.close()
 		err = s.cli.Close()
 	})
@@ -160,6 +170,7 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		cmps    []clientv3.Cmp
 		thens   []clientv3.Op
 		granted []clientv3.LeaseID
+		renew   []clientv3.LeaseID // taken from the pool
 		leaseOf = map[string]clientv3.LeaseID{}
 	)
 	revoke := func() {
@@ -183,19 +194,52 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 			thens = append(thens, clientv3.OpDelete(k))
 		case op.TTL > 0:
 			secs := int64((op.TTL + time.Second - 1) / time.Second)
-			l, err := s.cli.Grant(ctx, secs)
-			if err != nil {
-				revoke()
-				return 0, unavailable("grant a lease", err)
+			id, pooled := s.pool.take(secs)
+			if pooled {
+				renew = append(renew, id)
+			} else {
+				l, err := s.cli.Grant(ctx, secs)
+				if err != nil {
+					revoke()
+					return 0, unavailable("grant a lease", err)
+				}
+				id = l.ID
 			}
-			granted = append(granted, l.ID)
-			leaseOf[op.Key] = l.ID
-			thens = append(thens, clientv3.OpPut(k, encode(op.TTL, op.Value), clientv3.WithLease(l.ID)))
+			granted = append(granted, id)
+			leaseOf[op.Key] = id
+			thens = append(thens, clientv3.OpPut(k, encode(op.TTL, op.Value), clientv3.WithLease(id)))
 		default:
 			thens = append(thens, clientv3.OpPut(k, encode(0, op.Value)))
 		}
 	}
+	// Leases from the pool are renewed, so that they run their whole TTL
+	// from now, while the transaction is on its way.
+	var renewed chan error
+	if len(renew) > 0 {
+		renewed = make(chan error, 1)
+		go func() {
+			var first error
+			for _, id := range renew {
+				ttl, err := s.renew.renew(ctx, id)
+				if err == nil && ttl <= 0 {
+					err = rpctypes.ErrLeaseNotFound
+				}
+				if first == nil {
+					first = err
+				}
+			}
+			renewed <- first
+		}()
+	}
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	if renewed != nil {
+		if rerr := <-renewed; rerr != nil && err == nil {
+			// Written, but the lease may end before its TTL: say the
+			// write failed, and a retry (a PUT is idempotent) does it
+			// again with a new lease.
+			return 0, unavailable("renew a lease", rerr)
+		}
+	}
 	if err != nil {
 		revoke()
 		return 0, unavailable("write", err)
