@@ -6,9 +6,9 @@ import (
 	"sync"
 )
 
-// Listener wraps the listener Atlas serves on so that each answer leaves
-// in one write. net/http writes through a 4 KiB buffer, so an answer
-// larger than that leaves in two writes or more, and on loopback a write
+// Listener wraps the listener Atlas serves on so that each answer up to
+// 64 KiB leaves in one write. net/http writes through a 4 KiB buffer, so an
+// answer larger than that leaves in two writes or more, and on loopback a write
 // costs the sender the receiver's side of TCP as well: a 9 KB blocking
 // query answer to 1,000 watchers was 2,000 writes instead of 1,000, and
 // Atlas spent about 12% more CPU on it (bench/README.md, session 4).
@@ -45,6 +45,16 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// CloseWrite lets net/http half-close the connection before it closes it
+// (after a 431, or with a request body left unread), as it does a bare
+// *net.TCPConn, so that the client reads the answer rather than a reset.
+func (c *coalescingConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 func (c *coalescingConn) hold() { c.held = heldPool.Get().(*[]byte) }
 
 // release writes what was held. net/http has been told those writes
@@ -57,11 +67,20 @@ func (c *coalescingConn) release() {
 	if _, err := c.Conn.Write(*b); err != nil {
 		c.Conn.Close()
 	}
-	if cap(*b) <= 1<<20 {
+	if cap(*b) <= maxHeld+4<<10 {
 		*b = (*b)[:0]
 		heldPool.Put(b)
 	}
 }
+
+// Answers are held only when their body is over minHeld (under it the
+// answer fits net/http's buffer and leaves in one write anyway) and at
+// most maxHeld: a larger answer leaves in a few writes, as net/http writes
+// it, rather than be copied once more for every connection it goes to.
+const (
+	minHeld = 3 << 10
+	maxHeld = 64 << 10
+)
 
 type connKey struct{}
 

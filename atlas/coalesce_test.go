@@ -141,6 +141,9 @@ func TestAnswersLeaveInOneWrite(t *testing.T) {
 // connection end, not wait for an answer that will never come.
 func TestAFailedWholeWriteClosesTheConnection(t *testing.T) {
 	a := start(t, true)
+	for i := range 30 { // an answer of about 8 KB: one that is held
+		a.must("PUT", fmt.Sprintf("/v1/instances/big-%02d", i), reg("big", 5000+i, ""))
+	}
 	cl, addr := serveCounted(t, a)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -148,7 +151,7 @@ func TestAFailedWholeWriteClosesTheConnection(t *testing.T) {
 	}
 	defer c.Close()
 	cl.failing.Store(true)
-	fmt.Fprintf(c, "GET /v1/services HTTP/1.1\r\nHost: atlas\r\n\r\n")
+	fmt.Fprintf(c, "GET /v1/services/big HTTP/1.1\r\nHost: atlas\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	got, err := io.ReadAll(c)
 	if err != nil {
@@ -171,4 +174,51 @@ func waitBlocking(t *testing.T, a *testAtlas, n int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("Atlas never held %d blocking queries", n)
+}
+
+// TestListenerConnsHalfClose: net/http half-closes a connection before
+// closing it (after a 431, or a request body left unread) only when the
+// connection has CloseWrite; the wrapper must keep it, so that the client
+// reads the answer and an end of stream, not a reset.
+func TestListenerConnsHalfClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := atlas.Listener(ln)
+	defer wl.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := wl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	cw, ok := sc.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("a connection from atlas.Listener has no CloseWrite")
+	}
+	if _, err := sc.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "answer" {
+		t.Fatalf("client read %q, %v; want the answer, then the end of the stream", got, err)
+	}
+	// Half-closed: the client can still send.
+	if _, err := c.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(sc, buf); err != nil || string(buf) != "more" {
+		t.Fatalf("server read %q, %v after its half-close; want \"more\"", buf, err)
+	}
 }

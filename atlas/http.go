@@ -162,14 +162,14 @@ type statusRecorder struct {
 // writeWhole writes body, the whole body of an answer whose headers are
 // set, and has the answer leave in one write when the connection allows.
 func (r *statusRecorder) writeWhole(body []byte) {
-	if r.conn == nil {
+	if r.conn == nil || len(body) <= minHeld || len(body) > maxHeld {
 		r.Write(body)
 		return
 	}
 	r.conn.hold()
+	defer r.conn.release() // also if a write panics: nothing stays held
 	r.Write(body)
 	r.Flush()
-	r.conn.release()
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
