@@ -221,6 +221,11 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 			var first error
 			for _, id := range renew {
 				ttl, err := s.renew.renew(ctx, id)
+				if err != nil && ctx.Err() == nil {
+					// A broken stream fails every renewal waiting on it;
+					// the next renewal opens a new one.
+					ttl, err = s.renew.renew(ctx, id)
+				}
 				if err == nil && ttl <= 0 {
 					err = rpctypes.ErrLeaseNotFound
 				}
@@ -234,9 +239,9 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
 	if renewed != nil {
 		if rerr := <-renewed; rerr != nil && err == nil {
-			// Written, but the lease may end before its TTL: say the
-			// write failed, and a retry (a PUT is idempotent) does it
-			// again with a new lease.
+			// Written, but the lease may end before its TTL (its
+			// renewal failed twice): say the write failed, so that the
+			// client registers again, with a new lease.
 			return 0, unavailable("renew a lease", rerr)
 		}
 	}

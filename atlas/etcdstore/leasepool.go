@@ -17,14 +17,20 @@ import (
 // that it cannot have expired before the renewal reaches etcd. A lease
 // grown too old in the pool is dropped and left to expire in etcd.
 //
-// The pool costs no extra raft writes: every lease taken, pooled or granted
-// on the spot, is replaced by one grant, and nothing is granted for a TTL
-// no registration asked for. At most maxPooled leases wait per TTL.
+// What the pool costs: every registration starts one background grant (to
+// replace the lease it took, or, when it found none young enough and was
+// granted one on the spot, to have one for the next); nothing is granted
+// for a TTL no registration asked for, and at most maxPooled leases wait
+// per TTL. The waste is the pooled leases that age out unused, each left
+// in etcd until its TTL ends: at most one grant more than registrations
+// per half TTL when they come further apart than that. Only TTLs of at
+// least minPooledTTL are pooled, so that half of one leaves a renewal time
+// to reach etcd even when it must first find the leader.
 type leasePool struct {
 	grant func(ctx context.Context, secs int64) (clientv3.LeaseID, error)
 
 	mu      sync.Mutex
-	free    map[int64][]pooledLease // by TTL in seconds, oldest first
+	free    map[int64][]pooledLease // by TTL in seconds
 	pending map[int64]int           // background grants in flight, by TTL
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -39,6 +45,10 @@ type pooledLease struct {
 
 const maxPooled = 64
 
+// minPooledTTL is the shortest TTL pooled: twice the 5 s that an etcd
+// call may take.
+const minPooledTTL = 10
+
 func newLeasePool(grant func(ctx context.Context, secs int64) (clientv3.LeaseID, error)) *leasePool {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &leasePool{grant: grant, free: map[int64][]pooledLease{}, pending: map[int64]int{},
@@ -48,30 +58,43 @@ func newLeasePool(grant func(ctx context.Context, secs int64) (clientv3.LeaseID,
 // take returns a pooled lease of secs seconds, or false when there is none
 // young enough; either way it starts one background grant to replace it.
 func (p *leasePool) take(secs int64) (clientv3.LeaseID, bool) {
+	if secs < minPooledTTL {
+		return 0, false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ctx.Err() != nil {
 		return 0, false
 	}
 	p.refillLocked(secs)
+	// Leases join the pool as their grants end, not in the order the
+	// grants began, so look at each: drop those too old to trust (they
+	// expire in etcd), take the youngest (it lives longest).
 	maxAge := time.Duration(secs) * time.Second / 2
-	q := p.free[secs]
 	now := p.now()
-	for len(q) > 0 && now.Sub(q[0].granted) >= maxAge {
-		q = q[1:] // too old to trust: let it expire
+	q := p.free[secs][:0]
+	youngest := -1
+	for _, l := range p.free[secs] {
+		if now.Sub(l.granted) >= maxAge {
+			continue
+		}
+		if youngest < 0 || l.granted.After(q[youngest].granted) {
+			youngest = len(q)
+		}
+		q = append(q, l)
 	}
-	if len(q) == 0 {
+	if youngest < 0 {
 		delete(p.free, secs)
 		return 0, false
 	}
-	// The youngest lease lives longest; take it.
-	l := q[len(q)-1]
-	if q = q[:len(q)-1]; len(q) == 0 {
+	id := q[youngest].id
+	q = append(q[:youngest], q[youngest+1:]...)
+	if len(q) == 0 {
 		delete(p.free, secs)
 	} else {
 		p.free[secs] = q
 	}
-	return l.id, true
+	return id, true
 }
 
 // refillLocked starts a background grant of a secs-second lease unless
