@@ -30,8 +30,10 @@ type Config struct {
 	Path string
 	// History is how many changes, at least, are kept in memory for
 	// watchers that resume from an older index (Atlas re-watches from its
-	// last applied index when it falls behind). Zero means 1024. Each
-	// change holds its values, so the history is most of the store's
+	// last applied index when it falls behind), and how many changes a
+	// watcher may leave unread before it is dropped (1024 at least).
+	// Zero means 1024.
+	// Each change holds its values, so the history is most of the store's
 	// memory that does not grow with the instances; a watcher further
 	// behind than the history reloads a snapshot instead (ErrCompacted).
 	History int
@@ -286,7 +288,10 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 	if after < s.floor || after > s.index {
 		return nil, atlas.ErrCompacted
 	}
-	w := &watcher{ch: make(chan atlas.Change, 4096)}
+	// A watcher History changes behind (1024 at least) is dropped; it
+	// can then resume from the history if fewer than History more came
+	// meanwhile.
+	w := &watcher{ch: make(chan atlas.Change, max(s.cfg.History, 1024))}
 	// Replay what the watcher missed from history, then go live; both under
 	// mu so nothing is lost or doubled in between.
 	for _, c := range s.history {
