@@ -23,9 +23,7 @@ import (
 // for a TTL no registration asked for, and at most maxPooled leases wait
 // per TTL. The waste is the pooled leases that age out unused, each left
 // in etcd until its TTL ends: at most one grant more than registrations
-// per half TTL when they come further apart than that. Only TTLs of at
-// least minPooledTTL are pooled, so that half of one leaves a renewal time
-// to reach etcd even when it must first find the leader.
+// per half TTL when they come further apart than that.
 type leasePool struct {
 	grant func(ctx context.Context, secs int64) (clientv3.LeaseID, error)
 
@@ -45,9 +43,13 @@ type pooledLease struct {
 
 const maxPooled = 64
 
-// minPooledTTL is the shortest TTL pooled: twice the 5 s that an etcd
-// call may take.
-const minPooledTTL = 10
+// minPooledTTL is the shortest TTL pooled, in seconds: the 6 s lease of a
+// sidecar checking every 2 s is, and half of it leaves a renewal on the
+// open stream ample time. Should the renewal have to wait for a new stream
+// to the leader longer than the lease has left, the registration fails
+// (lease not found: the sidecar registers again) or the instance expires
+// early and its next heartbeat registers it again.
+const minPooledTTL = 6
 
 func newLeasePool(grant func(ctx context.Context, secs int64) (clientv3.LeaseID, error)) *leasePool {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -42,8 +42,8 @@ func TestPooledLeaseRunsItsWholeTTL(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	const ttl = minPooledTTL * time.Second
-	const secs = int64(minPooledTTL)
+	const ttl = 10 * time.Second
+	const secs = int64(ttl / time.Second)
 
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("v"), TTL: ttl}}); err != nil {
 		t.Fatal(err)
