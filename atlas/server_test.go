@@ -2,6 +2,7 @@ package atlas_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -596,5 +597,27 @@ func TestBlockingQueryOnADeletedInstance(t *testing.T) {
 	again := a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
 	if got := a.must("GET", "/v1/instances/a-1", "").index(t); got <= idx || again.index(t) <= first.index(t) {
 		t.Fatalf("index after re-registering = %d, want above %d", got, idx)
+	}
+}
+
+// TestEventFraming: an event is exactly "event: KIND\nid: N\ndata: JSON\n\n",
+// its JSON the service's answer (one line), and an update without an id
+// has no id line.
+func TestEventFraming(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	answer := a.must("GET", "/v1/services/a", "")
+	res, _ := watch(t, a.http.URL+"/v1/watch?service=a")
+	br := bufio.NewReader(res.Body)
+	want := "event: snapshot\nid: " + answer.header.Get(atlas.IndexHeader) + "\ndata: " + string(answer.body) + "\n"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(br, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("first event:\n%q\nwant\n%q", got, want)
+	}
+	if !bytes.HasSuffix(answer.body, []byte("}\n")) || bytes.Count(answer.body, []byte("\n")) != 1 {
+		t.Fatalf("answer %q: want one line of JSON", answer.body)
 	}
 }
