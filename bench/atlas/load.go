@@ -129,50 +129,54 @@ func (b *bench) do(ctx context.Context, c *http.Client, method, path string, bod
 
 // doAt is do against the Atlas at base.
 func (b *bench) doAt(ctx context.Context, c *http.Client, base, method, path string, body []byte) (*http.Response, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	resp, err := send(ctx, c, method, base+path, body)
 	if err != nil {
-		return nil, nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, nil, err
+		return resp, nil, err
 	}
 	data, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
 		return resp, nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return resp, data, fmt.Errorf("%s %s: %s: %.300s", method, path, resp.Status, bytes.TrimSpace(data))
-	}
 	return resp, data, nil
 }
 
 // put sends a small PUT and discards the answer.
 func (b *bench) put(ctx context.Context, c *http.Client, path string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.url+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
+	resp, err := send(ctx, c, http.MethodPut, b.url+path, body)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("PUT %s: %s: %s", path, resp.Status, bytes.TrimSpace(data))
-	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	return err
+}
+
+// send sends one request (a body as JSON) and returns a 200 answer with
+// its body for the caller to read and close; anything else is an error
+// naming the request and the answer's first 512 bytes.
+func send(ctx context.Context, c *http.Client, method, url string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return resp, fmt.Errorf("%s %s: %s: %s", method, req.URL.RequestURI(), resp.Status, bytes.TrimSpace(data))
+	}
+	return resp, nil
 }
 
 // serviceOf names the service of instance i: querySize instances each.

@@ -321,33 +321,25 @@ func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string
 // bytes for each, costing the load generator, which shares the cores with
 // Atlas, more than it need). Anything but 200 is an error naming the answer.
 func getInto(ctx context.Context, c *http.Client, url string, buf *[]byte) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := send(ctx, c, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
+		return resp, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return resp, fmt.Errorf("GET %s: %s: %s", req.URL.Path, resp.Status, bytes.TrimSpace(data))
-	}
 	if cl := resp.ContentLength; cl >= 0 && cl <= 64<<20 {
 		if int64(cap(*buf)) < cl {
 			*buf = make([]byte, cl)
 		}
 		*buf = (*buf)[:cl]
 		if _, err := io.ReadFull(resp.Body, *buf); err != nil {
-			return resp, fmt.Errorf("GET %s: reading the answer: %w", req.URL.Path, err)
+			return resp, fmt.Errorf("GET %s: reading the answer: %w", resp.Request.URL.Path, err)
 		}
 		return resp, nil
 	}
 	data, err := io.ReadAll(resp.Body)
 	*buf = data
 	if err != nil {
-		return resp, fmt.Errorf("GET %s: reading the answer: %w", req.URL.Path, err)
+		return resp, fmt.Errorf("GET %s: reading the answer: %w", resp.Request.URL.Path, err)
 	}
 	return resp, nil
 }
