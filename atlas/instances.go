@@ -47,6 +47,12 @@ func (l *leaseInfo) renewedLocked(now time.Time, ttl sb.Duration) {
 	l.heartbeat, l.expires, l.published, l.pending = now.UnixNano(), now.Add(time.Duration(ttl)).UnixNano(), now.UnixNano(), nil
 }
 
+// outputDueLocked reports whether a check output may be written at now:
+// none was for interval. Call with lmu held.
+func (l *leaseInfo) outputDueLocked(now time.Time, interval time.Duration) bool {
+	return now.UnixNano()-l.published >= int64(interval)
+}
+
 // leaseOf returns the lease info of instance id, nil when it is gone. Its
 // fields are guarded by lmu, which is taken after st.mu, never before.
 func (s *Server) leaseOf(id string) *leaseInfo {
@@ -141,7 +147,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		// The record changes with every write; its lease info stays.
 		l := r.lease
 		s.lmu.Lock()
-		outputDue := now.UnixNano()-l.published >= int64(s.cfg.OutputInterval)
+		outputDue := l.outputDueLocked(now, s.cfg.OutputInterval)
 		s.lmu.Unlock()
 		statusChanged := r.status() != hb.Status
 		outputChanged := r.output != hb.Output
@@ -247,7 +253,7 @@ func (s *Server) flushOutputs() {
 		s.st.mu.RLock()
 		s.lmu.Lock()
 		for id, r := range s.st.instances {
-			if l := r.lease; l.pending != nil && now.UnixNano()-l.published >= int64(s.cfg.OutputInterval) {
+			if l := r.lease; l.pending != nil && l.outputDueLocked(now, s.cfg.OutputInterval) {
 				due[id] = *l.pending
 			}
 		}

@@ -109,8 +109,11 @@ type layerRecord struct {
 // watchKey names a resource whose answers blocking queries wait on.
 func svcKey(realm, service string) string { return "s/" + realm + "/" + service }
 func listKey(realm string) string         { return "l/" + realm }
-func instKey(id string) string            { return "i/" + id }
+func instKey(id string) string            { return instWatchPfx + id }
 func layerKey(k sb.LayerKey) string       { return "c/" + k.Realm + "/" + k.Service }
+
+// instWatchPfx begins an instance's watch key (instKey).
+const instWatchPfx = "i/"
 
 const (
 	layersKey   = "layers"
@@ -492,22 +495,27 @@ func (s *state) indexOfLocked(keys ...string) uint64 {
 // entry per instance; a deleted one's goes to res, so that its index never
 // goes backwards, and back into its record if it is registered again.
 func (s *state) setResLocked(key string, index uint64) {
-	if id, ok := strings.CutPrefix(key, "i/"); ok {
-		if r := s.instances[id]; r != nil {
-			r.res = index
-			return
-		}
+	if r := s.liveRecordLocked(key); r != nil {
+		r.res = index
+		return
 	}
 	s.res[key] = index
 }
 
 func (s *state) resLocked(key string) uint64 {
-	if id, ok := strings.CutPrefix(key, "i/"); ok {
-		if r := s.instances[id]; r != nil {
-			return r.res
-		}
+	if r := s.liveRecordLocked(key); r != nil {
+		return r.res
 	}
 	return s.res[key]
+}
+
+// liveRecordLocked returns the record of the live instance whose watch key
+// is key; nil for other keys and for instances that are gone.
+func (s *state) liveRecordLocked(key string) *instRecord {
+	if id, ok := strings.CutPrefix(key, instWatchPfx); ok {
+		return s.instances[id]
+	}
+	return nil
 }
 
 // waitChan returns a channel closed at the next change of key.
