@@ -20,12 +20,12 @@ func jsonMarshal(v any) ([]byte, error) {
 		if v == nil {
 			return []byte("null"), nil // a deleted instance, compared by blocking queries
 		}
-		return v.AppendJSON(make([]byte, 0, 320))
+		return v.MarshalJSON()
 	case *sb.ServiceInstances:
 		if v == nil {
 			return []byte("null"), nil
 		}
-		return v.AppendJSON(make([]byte, 0, 64+320*len(v.Instances)))
+		return v.MarshalJSON()
 	}
 	return json.Marshal(v)
 }
