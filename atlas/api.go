@@ -113,10 +113,11 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := reg.Validate(); err != nil {
 		return err
 	}
-	if err := principalFrom(r.Context()).own(reg.Realm, reg.Service); err != nil {
+	p := principalFrom(r.Context())
+	if err := p.own(reg.Realm, reg.Service); err != nil {
 		return err
 	}
-	in, err := s.register(r.Context(), id, reg)
+	in, err := s.register(r.Context(), id, reg, p.own)
 	if err != nil {
 		return err
 	}

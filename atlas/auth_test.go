@@ -73,6 +73,7 @@ func TestAuth(t *testing.T) {
 	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["production"]}`)
 	a.must("PUT", "/v1/instances/billing-1", reg("billing", 6000, `,"realm":"production"`))
 	a.must("PUT", "/v1/instances/redis-1", reg("redis", 6379, `,"realm":"production"`))
+	a.must("PUT", "/v1/instances/dev-identity-1", reg("identity", 5004, `,"realm":"dev"`))
 	a.must("PUT", "/v1/policies/identity?realm=production", `{"may_call":["billing"]}`)
 	a.must("PUT", "/v1/config/layer?service=identity&realm=production", `{"db":"x"}`)
 	tests := []struct {
@@ -94,6 +95,9 @@ func TestAuth(t *testing.T) {
 		{"service registers itself", svc, "PUT", "/v1/instances/identity-1", reg("identity", 5000, `,"realm":"production"`), 200},
 		{"service heartbeats itself", svc, "PUT", "/v1/instances/identity-1/status", `{"status":"passing"}`, 200},
 		{"service may not register another", svc, "PUT", "/v1/instances/billing-2", reg("billing", 6001, `,"realm":"production"`), 403},
+		// Registering an id again must not take over another service's instance.
+		{"service may not take over another's id", svc, "PUT", "/v1/instances/billing-1", reg("identity", 5002, `,"realm":"production"`), 403},
+		{"service may not take over an id in another realm", svc, "PUT", "/v1/instances/dev-identity-1", reg("identity", 5003, `,"realm":"production"`), 403},
 		{"service may not use another realm", svc, "PUT", "/v1/instances/identity-2", reg("identity", 5001, `,"realm":"dev"`), 403},
 		{"service may not heartbeat another", svc, "PUT", "/v1/instances/billing-1/status", `{"status":"critical"}`, 403},
 		{"service may not deregister another", svc, "DELETE", "/v1/instances/billing-1", "", 403},
@@ -130,6 +134,14 @@ func TestAuth(t *testing.T) {
 				}
 			}
 		})
+	}
+	// The instances a service may not take over are as they were.
+	for id, want := range map[string]string{"billing-1": "billing/production", "dev-identity-1": "identity/dev"} {
+		var in sb.Instance
+		a.must("GET", "/v1/instances/"+id, "").decode(t, &in)
+		if got := in.Service + "/" + in.Realm; got != want {
+			t.Errorf("instance %s is now %s; want %s", id, got, want)
+		}
 	}
 	// A deleted token stops working at once.
 	var list struct{ Tokens []sb.Token }

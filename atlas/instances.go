@@ -66,12 +66,20 @@ func (s *Server) leaseOf(id string) *leaseInfo {
 
 // register puts an instance and starts its lease. Registering an id again
 // keeps its registered_at (and status_changed_at when the status is the
-// same) and its operator switch.
-func (s *Server) register(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
+// same) and its operator switch. An id registered for another service or
+// realm may be taken over only by a caller that may act for that one too
+// (may, which is asked about the record the write is conditional on).
+func (s *Server) register(ctx context.Context, id string, reg sb.Registration, may func(realm, service string) error) (*sb.Instance, error) {
 	now := s.cfg.Now().UTC()
 	for attempt := 0; ; attempt++ {
 		s.st.mu.RLock()
 		old := s.st.instances[id]
+		if old != nil && (old.service != reg.Service || old.realm != reg.Realm) {
+			if err := may(old.realm, old.service); err != nil {
+				s.st.mu.RUnlock()
+				return nil, err
+			}
+		}
 		var prev uint64
 		in := &sb.Instance{
 			ID: id, Service: reg.Service, Realm: reg.Realm, Address: reg.Address, Port: reg.Port,
