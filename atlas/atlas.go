@@ -292,7 +292,7 @@ func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 			return 0, err
 		}
 		if errors.Is(err, ErrUnavailable) {
-			return 0, sb.Errorf(sb.EUnavailable, "the store is unavailable (etcd without quorum?): the write may not have been made; retry")
+			return 0, sb.Errorf(sb.EUnavailable, "the store is unavailable (%v): the write may not have been made; retry", err)
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return 0, sb.Errorf(sb.EUnavailable, "the store did not take the write: %v", err)

@@ -1,14 +1,20 @@
-// Package boltstore is Atlas's embedded store: one bbolt file, writes
-// grouped into few fsyncs, leases kept in memory so that a heartbeat never
-// writes to disk, and a short history of changes in memory for watchers.
+// Package boltstore is Atlas's embedded store: a write-ahead log that makes
+// each batch of writes durable with one fdatasync, one bbolt file that gets
+// them in periodic checkpoints, leases kept in memory so that a heartbeat
+// never writes to disk, and a short history of changes in memory for
+// watchers.
 package boltstore
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +46,13 @@ type Config struct {
 	// SweepInterval is how often expired leases are looked for. Zero means
 	// 100ms.
 	SweepInterval time.Duration
+	// CheckpointInterval is how often, at most, the writes in the
+	// write-ahead log are copied into the bbolt file, which lets the log
+	// be deleted; zero means 100ms. A checkpoint also happens when the
+	// log's segment reaches 16 MiB. Writes are durable as soon as they are
+	// acknowledged, whatever this is: it sets how much the log may hold
+	// (and Open replays) and how many writes share a bbolt commit.
+	CheckpointInterval time.Duration
 	// Logger receives the few things worth logging. Nil discards.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -57,9 +70,15 @@ type Store struct {
 	wg     sync.WaitGroup
 	closed sync.Once
 
+	dir   string   // of the write-ahead log
+	seg   *segment // the log segment being appended to (writer only)
+	ckpts chan checkpoint
+
 	// mu guards everything below.
 	mu       sync.Mutex
 	index    uint64                // last committed index
+	pending  map[string]*pendingKV // in the log, not yet in bbolt, by key
+	failed   error                 // set when the log cannot be written: no more writes
 	leases   map[string]*lease     // leased keys
 	due      leaseHeap             // every lease, soonest first (some stale)
 	history  []atlas.Change        // ring of recent changes, oldest first
@@ -107,6 +126,19 @@ func (s *Store) setLeaseLocked(key string, index uint64, ttl time.Duration, now 
 	heap.Push(&s.due, l)
 }
 
+// pendingKV is the latest write of a key that bbolt does not have yet.
+type pendingKV struct {
+	kv      atlas.KV
+	deleted bool
+}
+
+// checkpoint asks the checkpointer to copy into bbolt every pending write
+// up to index, then delete the log segments named.
+type checkpoint struct {
+	index uint64
+	segs  []string
+}
+
 type watcher struct {
 	ch chan atlas.Change
 }
@@ -125,8 +157,10 @@ type writeResult struct {
 
 var _ atlas.Store = (*Store)(nil)
 
-// Open opens or creates the store file and starts its writer and lease
-// sweeper. Every leased key gets a full TTL from now.
+// Open opens or creates the store file and its write-ahead log, replays
+// into the file the writes the log holds (a crash leaves some), and starts
+// the writer, the checkpointer and the lease sweeper. Every leased key gets
+// a full TTL from now.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("boltstore: path required")
@@ -136,6 +170,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = 100 * time.Millisecond
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = 100 * time.Millisecond
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -151,14 +188,31 @@ func Open(cfg Config) (*Store, error) {
 		cfg:      cfg,
 		opened:   cfg.Now(),
 		db:       db,
+		dir:      walDir(cfg.Path),
 		writes:   make(chan *writeReq, 1024),
+		ckpts:    make(chan checkpoint, 1),
 		leases:   make(map[string]*lease),
+		pending:  make(map[string]*pendingKV),
 		watchers: make(map[*watcher]struct{}),
 	}
-	now := cfg.Now()
-	err = db.Update(func(tx *bolt.Tx) error {
-		kv, err := tx.CreateBucketIfNotExists(bucketKV)
-		if err != nil {
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: load %s: %w", cfg.Path, err)
+	}
+	s.floor = s.index
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(3)
+	go s.writer()
+	go s.checkpointer()
+	go s.sweeper()
+	return s, nil
+}
+
+// load replays the log into the file, deletes it, starts a new one and
+// reads the leases.
+func (s *Store) load() error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketKV); err != nil {
 			return err
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -168,7 +222,63 @@ func Open(cfg Config) (*Store, error) {
 		if v := meta.Get(keyIndex); len(v) == 8 {
 			s.index = binary.BigEndian.Uint64(v)
 		}
-		return kv.ForEach(func(k, v []byte) error {
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	changes, dropped, err := readLog(s.dir)
+	if err != nil {
+		return fmt.Errorf("write-ahead log: %w", err)
+	}
+	if dropped > 0 {
+		s.cfg.Logger.Warn("boltstore: the write-ahead log ended in an incomplete write, which was never acknowledged; dropped it", "bytes", dropped)
+	}
+	// What the file has already is skipped; the rest must follow on.
+	changes = slices.DeleteFunc(changes, func(c atlas.Change) bool { return c.Index <= s.index })
+	for i, c := range changes {
+		if want := s.index + 1 + uint64(i); c.Index != want {
+			return fmt.Errorf("write-ahead log: change %d where %d belongs: changes are missing", c.Index, want)
+		}
+	}
+	if len(changes) > 0 {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketKV)
+			for _, c := range changes {
+				for _, kv := range c.KVs {
+					if err := putKV(b, kv.KV, kv.Deleted); err != nil {
+						return err
+					}
+				}
+			}
+			return putIndex(tx, changes[len(changes)-1].Index)
+		})
+		if err != nil {
+			return err
+		}
+		s.index = changes[len(changes)-1].Index
+		s.cfg.Logger.Info("boltstore: replayed the write-ahead log", "changes", len(changes), "index", s.index)
+	}
+	paths, seqs, err := segments(s.dir)
+	if err != nil {
+		return err
+	}
+	var seq uint64 = 1
+	if len(seqs) > 0 {
+		seq = seqs[len(seqs)-1] + 1
+	}
+	if err := removeSegments(s.dir, paths); err != nil {
+		return err
+	}
+	if s.seg, err = createSegment(s.dir, seq, s.cfg.Now()); err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketKV).ForEach(func(k, v []byte) error {
 			e, err := decode(k, v)
 			if err != nil {
 				return err
@@ -179,19 +289,36 @@ func Open(cfg Config) (*Store, error) {
 			return nil
 		})
 	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("boltstore: load %s: %w", cfg.Path, err)
-	}
-	s.floor = s.index
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(2)
-	go s.writer()
-	go s.sweeper()
-	return s, nil
 }
 
-// Close stops the writer and sweeper, ends every watch and closes the file.
+func removeSegments(dir string, paths []string) error {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if len(paths) == 0 {
+		return nil
+	}
+	return syncDir(dir)
+}
+
+// putKV writes (or deletes) one entry in bbolt.
+func putKV(b *bolt.Bucket, kv atlas.KV, deleted bool) error {
+	if deleted {
+		return b.Delete([]byte(kv.Key))
+	}
+	return b.Put([]byte(kv.Key), encode(kv))
+}
+
+func putIndex(tx *bolt.Tx, index uint64) error {
+	var ib [8]byte
+	binary.BigEndian.PutUint64(ib[:], index)
+	return tx.Bucket(bucketMeta).Put(keyIndex, ib[:])
+}
+
+// Close stops the writer, checkpointer and sweeper, ends every watch,
+// copies what the log holds into the file and closes it.
 func (s *Store) Close() error {
 	var err error
 	s.closed.Do(func() {
@@ -203,36 +330,78 @@ func (s *Store) Close() error {
 			delete(s.watchers, w)
 		}
 		s.mu.Unlock()
-		err = s.db.Close()
+		s.seg.f.Close()
+		// Every acknowledged write is in the log already: a failure here
+		// only leaves more for the next Open to replay.
+		if err = s.checkpoint(s.index); err == nil {
+			paths, _, lerr := segments(s.dir)
+			if err = lerr; err == nil {
+				err = removeSegments(s.dir, paths)
+			}
+		}
+		if cerr := s.db.Close(); err == nil {
+			err = cerr
+		}
 	})
 	return err
 }
 
-// Snapshot implements atlas.Store.
+// crash stops the store as a crash would: no checkpoint, the log left as
+// it is (for tests).
+func (s *Store) crash() {
+	s.closed.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		s.seg.f.Close()
+		s.db.Close()
+	})
+}
+
+// Snapshot implements atlas.Store: the file, with the writes that only
+// the log has yet laid over it, in key order.
 func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, nil, err
 	}
-	var (
-		index uint64
-		kvs   []atlas.KV
-	)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get(keyIndex); len(v) == 8 {
-			index = binary.BigEndian.Uint64(v)
-		}
-		return tx.Bucket(bucketKV).ForEach(func(k, v []byte) error {
-			e, err := decode(k, v)
-			if err != nil {
-				return err
-			}
-			kvs = append(kvs, e)
+	// The read transaction begins under mu, so that the file it sees and
+	// the pending writes agree: the checkpointer removes pending writes
+	// (under mu) only once the file has them.
+	s.mu.Lock()
+	index := s.index
+	over := make(map[string]pendingKV, len(s.pending))
+	for k, p := range s.pending {
+		over[k] = *p
+	}
+	tx, err := s.db.Begin(false)
+	s.mu.Unlock()
+	if err != nil {
+		return 0, nil, fmt.Errorf("boltstore: snapshot: %w", err)
+	}
+	defer tx.Rollback()
+	var kvs []atlas.KV
+	err = tx.Bucket(bucketKV).ForEach(func(k, v []byte) error {
+		if _, ok := over[string(k)]; ok {
 			return nil
-		})
+		}
+		e, err := decode(k, v)
+		if err != nil {
+			return err
+		}
+		kvs = append(kvs, e)
+		return nil
 	})
 	if err != nil {
 		return 0, nil, fmt.Errorf("boltstore: snapshot: %w", err)
 	}
+	if len(over) == 0 {
+		return index, kvs, nil
+	}
+	for _, p := range over {
+		if !p.deleted {
+			kvs = append(kvs, p.kv)
+		}
+	}
+	slices.SortFunc(kvs, func(a, b atlas.KV) int { return cmp.Compare(a.Key, b.Key) })
 	return index, kvs, nil
 }
 
@@ -331,14 +500,20 @@ func (s *Store) sendLocked(w *watcher, c atlas.Change) bool {
 	}
 }
 
-// writer applies queued writes, many per bbolt transaction.
+// writer applies queued writes, many per log append, and starts a
+// checkpoint when one is due.
 func (s *Store) writer() {
 	defer s.wg.Done()
+	tick := time.NewTicker(s.cfg.CheckpointInterval)
+	defer tick.Stop()
 	for {
 		var batch []*writeReq
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-tick.C:
+			s.rotate(false)
+			continue
 		case req := <-s.writes:
 			batch = append(batch, req)
 		}
@@ -352,66 +527,141 @@ func (s *Store) writer() {
 			}
 		}
 		s.commit(batch)
+		s.rotate(true)
 	}
 }
 
-// commit applies a batch in one bbolt transaction. A request whose
+// maxSegment is the size at which a segment is closed and checkpointed
+// without waiting for CheckpointInterval.
+const maxSegment = 16 << 20
+
+// rotate closes the current segment and hands its writes to the
+// checkpointer, when it holds any, is old (or, if onlyBig, large) enough,
+// and the checkpointer is free. Writer only.
+func (s *Store) rotate(onlyBig bool) {
+	g := s.seg
+	if g.size == 0 {
+		return
+	}
+	if g.size < maxSegment && (onlyBig || s.cfg.Now().Sub(g.opened) < s.cfg.CheckpointInterval) {
+		return
+	}
+	if len(s.ckpts) > 0 {
+		return // one is waiting already: keep appending to this segment
+	}
+	s.mu.Lock()
+	index, failed := s.index, s.failed
+	s.mu.Unlock()
+	if failed != nil {
+		return
+	}
+	next, err := createSegment(s.dir, g.seq+1, s.cfg.Now())
+	if err != nil {
+		s.cfg.Logger.Error("boltstore: new write-ahead log segment", "err", err)
+		return // keep appending to this one
+	}
+	g.f.Close()
+	s.seg = next
+	s.ckpts <- checkpoint{index: index, segs: []string{g.path}}
+}
+
+// commit makes a batch durable with one log append. A request whose
 // condition fails gets ErrConflict and changes nothing; the others commit.
 func (s *Store) commit(batch []*writeReq) {
-	s.mu.Lock()
-	next := s.index
-	s.mu.Unlock()
 	results := make([]writeResult, len(batch))
 	changes := make([]atlas.Change, 0, len(batch))
-	now := s.cfg.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		changes = changes[:0]
-		index := next
-		b := tx.Bucket(bucketKV)
-		for i, req := range batch {
-			if err := s.check(b, req, now); err != nil {
-				results[i] = writeResult{err: err}
-				continue
-			}
-			index++
-			change := atlas.Change{Index: index}
-			for _, op := range req.ops {
-				kv := atlas.ChangedKV{KV: atlas.KV{Key: op.Key, Index: index}}
-				if op.Delete {
-					if b.Get([]byte(op.Key)) == nil {
-						continue
-					}
-					if err := b.Delete([]byte(op.Key)); err != nil {
-						return err
-					}
-					kv.Deleted, kv.Expired = true, req.expire
-				} else {
-					kv.Value, kv.TTL = op.Value, op.TTL
-					if err := b.Put([]byte(op.Key), encode(kv.KV)); err != nil {
-						return err
-					}
-				}
-				change.KVs = append(change.KVs, kv)
-			}
-			results[i] = writeResult{index: index}
-			changes = append(changes, change)
-		}
-		var ib [8]byte
-		binary.BigEndian.PutUint64(ib[:], index)
-		return tx.Bucket(bucketMeta).Put(keyIndex, ib[:])
-	})
-	if err != nil {
-		s.cfg.Logger.Error("boltstore: commit failed", "err", err)
+	s.mu.Lock()
+	if s.failed != nil {
+		err := s.failed
+		s.mu.Unlock()
 		for _, req := range batch {
-			req.reply <- writeResult{err: fmt.Errorf("boltstore: commit: %w", err)}
+			req.reply <- writeResult{err: err}
 		}
 		return
+	}
+	// Conditions are checked against the file, the pending writes and
+	// those earlier in the batch (local: key -> index, 0 when deleted).
+	// The read transaction begins under mu: see Snapshot.
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		s.mu.Unlock()
+		for _, req := range batch {
+			req.reply <- writeResult{err: fmt.Errorf("boltstore: %w", err)}
+		}
+		return
+	}
+	b := tx.Bucket(bucketKV)
+	local := make(map[string]uint64)
+	exists := func(key string) (index uint64, err error) {
+		if i, ok := local[key]; ok {
+			return i, nil
+		}
+		if p, ok := s.pending[key]; ok {
+			if p.deleted {
+				return 0, nil
+			}
+			return p.kv.Index, nil
+		}
+		v := b.Get([]byte(key))
+		if v == nil {
+			return 0, nil
+		}
+		if len(v) < 16 {
+			return 0, fmt.Errorf("boltstore: corrupt entry %q", key)
+		}
+		return binary.BigEndian.Uint64(v), nil
+	}
+	now := s.cfg.Now()
+	index := s.index
+	for i, req := range batch {
+		if err := s.checkLocked(exists, req, now); err != nil {
+			results[i] = writeResult{err: err}
+			continue
+		}
+		index++
+		change := atlas.Change{Index: index}
+		for _, op := range req.ops {
+			kv := atlas.ChangedKV{KV: atlas.KV{Key: op.Key, Index: index}}
+			if op.Delete {
+				if cur, err := exists(op.Key); err != nil || cur == 0 {
+					continue
+				}
+				kv.Deleted, kv.Expired = true, req.expire
+				local[op.Key] = 0
+			} else {
+				kv.Value, kv.TTL = op.Value, op.TTL
+				local[op.Key] = index
+			}
+			change.KVs = append(change.KVs, kv)
+		}
+		results[i] = writeResult{index: index}
+		changes = append(changes, change)
+	}
+	tx.Rollback()
+	s.mu.Unlock()
+
+	if len(changes) > 0 {
+		if err := s.seg.append(changes); err != nil {
+			// Part of the frame may be in the segment; appending after it
+			// would put acknowledged writes behind a damaged frame. Stop
+			// writing: Open drops the damaged frame.
+			err = fmt.Errorf("%w: boltstore: write-ahead log %s: %v; restart Atlas", atlas.ErrUnavailable, s.seg.path, err)
+			s.cfg.Logger.Error("boltstore: writing the write-ahead log failed; no more writes are taken", "err", err)
+			s.mu.Lock()
+			s.failed = err
+			s.mu.Unlock()
+			for _, req := range batch {
+				req.reply <- writeResult{err: err}
+			}
+			return
+		}
 	}
 	now = s.cfg.Now()
 	s.mu.Lock()
 	for _, c := range changes {
 		s.index = c.Index
 		for _, kv := range c.KVs {
+			s.pending[kv.Key] = &pendingKV{kv: kv.KV, deleted: kv.Deleted}
 			if kv.Deleted || kv.TTL == 0 {
 				delete(s.leases, kv.Key)
 			} else {
@@ -435,34 +685,93 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 }
 
-// check returns ErrConflict unless every condition of req holds. A lease
-// sweeper's delete also needs the lease to be still expired: a KeepAlive
-// may have come in since the sweep.
-func (s *Store) check(b *bolt.Bucket, req *writeReq, now time.Time) error {
+// checkLocked returns ErrConflict unless every condition of req holds. A
+// lease sweeper's delete also needs the lease to be still expired: a
+// KeepAlive may have come in since the sweep.
+func (s *Store) checkLocked(exists func(string) (uint64, error), req *writeReq, now time.Time) error {
 	for _, op := range req.ops {
 		if op.IfIndex == nil {
 			continue
 		}
-		var cur uint64
-		if v := b.Get([]byte(op.Key)); v != nil {
-			if len(v) < 16 {
-				return fmt.Errorf("boltstore: corrupt entry %q", op.Key)
-			}
-			cur = binary.BigEndian.Uint64(v)
+		cur, err := exists(op.Key)
+		if err != nil {
+			return err
 		}
 		if cur != *op.IfIndex {
 			return atlas.ErrConflict
 		}
 		if req.expire {
-			s.mu.Lock()
 			l, ok := s.leases[op.Key]
-			renewed := ok && s.mono(now) <= l.expires
-			s.mu.Unlock()
-			if renewed {
+			if ok && s.mono(now) <= l.expires {
 				return atlas.ErrConflict
 			}
 		}
 	}
+	return nil
+}
+
+// checkpointer copies the log's writes into the file and deletes the
+// segments that held them.
+func (s *Store) checkpointer() {
+	defer s.wg.Done()
+	for {
+		var c checkpoint
+		select {
+		case <-s.ctx.Done():
+			return
+		case c = <-s.ckpts:
+		}
+		if err := s.checkpoint(c.index); err != nil {
+			// The writes stay in the log and in memory; the next
+			// checkpoint, or the next Open, tries again.
+			s.cfg.Logger.Error("boltstore: checkpoint failed", "err", err)
+			continue
+		}
+		if err := removeSegments(s.dir, c.segs); err != nil {
+			s.cfg.Logger.Error("boltstore: removing checkpointed log segments", "err", err)
+		}
+	}
+}
+
+// checkpoint writes into the file every pending write up to index, in one
+// bbolt transaction, and forgets them.
+func (s *Store) checkpoint(index uint64) error {
+	type entry struct {
+		key string
+		p   *pendingKV
+	}
+	s.mu.Lock()
+	var todo []entry
+	for k, p := range s.pending {
+		if p.kv.Index <= index {
+			todo = append(todo, entry{k, p})
+		}
+	}
+	s.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	// In key order, bbolt touches each page once.
+	slices.SortFunc(todo, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKV)
+		for _, e := range todo {
+			if err := putKV(b, e.p.kv, e.p.deleted); err != nil {
+				return err
+			}
+		}
+		return putIndex(tx, index)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: checkpoint: %w", err)
+	}
+	s.mu.Lock()
+	for _, e := range todo {
+		if s.pending[e.key] == e.p { // not written again meanwhile
+			delete(s.pending, e.key)
+		}
+	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -530,10 +839,16 @@ func decode(k, v []byte) (atlas.KV, error) {
 	}, nil
 }
 
-// Ping reports whether the file can be read.
+// Ping reports whether the file can be read and the log written.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	s.mu.Lock()
+	failed := s.failed
+	s.mu.Unlock()
+	if failed != nil {
+		return failed
 	}
 	return s.db.View(func(tx *bolt.Tx) error { return nil })
 }

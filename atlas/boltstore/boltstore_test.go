@@ -25,6 +25,22 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) atlas.Store { return open(t, filepath.Join(t.TempDir(), "atlas.db")) })
 }
 
+// The store behaves the same whether the writes are still in the log only
+// (no checkpoint during a test) or copied into the file at once.
+func TestConformanceAcrossCheckpoints(t *testing.T) {
+	for name, every := range map[string]time.Duration{"never": time.Hour, "constantly": time.Millisecond} {
+		t.Run(name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) atlas.Store {
+				s, err := boltstore.Open(boltstore.Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 20 * time.Millisecond, History: 64, CheckpointInterval: every})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			})
+		})
+	}
+}
+
 func TestReopenKeepsIndexAndGivesLeasesAFullTTL(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "atlas.db")
 	s := open(t, path)

@@ -1,0 +1,299 @@
+package boltstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas"
+)
+
+// The write-ahead log makes a write durable with one append and one
+// fdatasync; bbolt gets the writes later, many at a time, in a checkpoint.
+// A bbolt commit rewrites every page on the path to each key it touches and
+// syncs twice, so one per batch of writes was most of the cost of a write.
+//
+// The log is a directory of segments, PATH.wal/SEQ.log, SEQ in 16 hex
+// digits. A segment is a series of frames:
+//
+//	length  uint32, little endian: of the payload
+//	crc     uint32, little endian: CRC-32C of the payload
+//	payload the changes of one batch (appendChanges)
+//
+// A frame is appended and synced before any of its writes is acknowledged,
+// so only the last frame of the last segment can be incomplete (a crash
+// during its write); Open drops such a frame, whose writes were never
+// acknowledged, and refuses a log damaged anywhere else.
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+const (
+	frameHeader = 8
+	// maxFrame bounds a frame's payload when reading: a larger length is
+	// damage, not a batch (a batch is at most 512 writes of at most a few
+	// MiB each).
+	maxFrame = 1 << 30
+)
+
+// walDir is the directory of the log of the bbolt file at path.
+func walDir(path string) string { return path + ".wal" }
+
+func segmentName(seq uint64) string { return fmt.Sprintf("%016x.log", seq) }
+
+// segments lists the segments in dir, oldest first, with their numbers.
+func segments(dir string) ([]string, []uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var (
+		paths []string
+		seqs  []uint64
+	)
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".log")
+		if !ok || len(name) != 16 {
+			continue
+		}
+		seq, err := strconv.ParseUint(name, 16, 64)
+		if err != nil {
+			continue
+		}
+		paths = append(paths, filepath.Join(dir, e.Name()))
+		seqs = append(seqs, seq)
+	}
+	// ReadDir sorts by name, and fixed-width hex sorts as the numbers do.
+	return paths, seqs, nil
+}
+
+// Payload: for each change, uvarint index, uvarint number of entries, and
+// for each entry a flags byte (1 deleted, 2 expired), uvarint key length,
+// key, varint TTL in nanoseconds, uvarint value length, value. An entry's
+// Index is its change's.
+const (
+	flagDeleted = 1 << iota
+	flagExpired
+)
+
+func appendChanges(buf []byte, cs []atlas.Change) []byte {
+	for _, c := range cs {
+		buf = binary.AppendUvarint(buf, c.Index)
+		buf = binary.AppendUvarint(buf, uint64(len(c.KVs)))
+		for _, kv := range c.KVs {
+			var flags byte
+			if kv.Deleted {
+				flags |= flagDeleted
+			}
+			if kv.Expired {
+				flags |= flagExpired
+			}
+			buf = append(buf, flags)
+			buf = binary.AppendUvarint(buf, uint64(len(kv.Key)))
+			buf = append(buf, kv.Key...)
+			buf = binary.AppendVarint(buf, int64(kv.TTL))
+			buf = binary.AppendUvarint(buf, uint64(len(kv.Value)))
+			buf = append(buf, kv.Value...)
+		}
+	}
+	return buf
+}
+
+var errPayload = errors.New("malformed payload")
+
+// decodeChanges is the inverse of appendChanges. The values it returns are
+// copies, not slices of p.
+func decodeChanges(p []byte) ([]atlas.Change, error) {
+	uvarint := func() (uint64, error) {
+		v, n := binary.Uvarint(p)
+		if n <= 0 {
+			return 0, errPayload
+		}
+		p = p[n:]
+		return v, nil
+	}
+	bytesOf := func() ([]byte, error) {
+		n, err := uvarint()
+		if err != nil || n > uint64(len(p)) {
+			return nil, errPayload
+		}
+		b := p[:n:n]
+		p = p[n:]
+		return b, nil
+	}
+	var out []atlas.Change
+	for len(p) > 0 {
+		index, err := uvarint()
+		if err != nil {
+			return nil, err
+		}
+		n, err := uvarint()
+		// An entry takes 4 bytes at least: no count can exceed that.
+		if err != nil || n > uint64(len(p))/4 {
+			return nil, errPayload
+		}
+		c := atlas.Change{Index: index, KVs: make([]atlas.ChangedKV, 0, n)}
+		for range n {
+			if len(p) == 0 || p[0]&^(flagDeleted|flagExpired) != 0 {
+				return nil, errPayload
+			}
+			flags := p[0]
+			p = p[1:]
+			key, err := bytesOf()
+			if err != nil {
+				return nil, err
+			}
+			ttl, m := binary.Varint(p)
+			if m <= 0 {
+				return nil, errPayload
+			}
+			p = p[m:]
+			val, err := bytesOf()
+			if err != nil {
+				return nil, err
+			}
+			kv := atlas.ChangedKV{
+				KV:      atlas.KV{Key: string(key), Index: index, TTL: time.Duration(ttl)},
+				Deleted: flags&flagDeleted != 0,
+				Expired: flags&flagExpired != 0,
+			}
+			if !kv.Deleted {
+				kv.Value = slices.Clone(val)
+				if kv.Value == nil {
+					kv.Value = []byte{}
+				}
+			}
+			c.KVs = append(c.KVs, kv)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// readSegment returns the changes in the segment at path, and, when its
+// end is an incomplete or damaged frame, the offset where that frame
+// begins (-1 when the segment is whole).
+func readSegment(path string) ([]atlas.Change, int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []atlas.Change
+	off := 0
+	for off < len(data) {
+		rest := data[off:]
+		if len(rest) < frameHeader {
+			return out, int64(off), nil
+		}
+		n := binary.LittleEndian.Uint32(rest)
+		sum := binary.LittleEndian.Uint32(rest[4:])
+		if n > maxFrame || int(n) > len(rest)-frameHeader {
+			return out, int64(off), nil
+		}
+		payload := rest[frameHeader : frameHeader+int(n)]
+		if crc32.Checksum(payload, castagnoli) != sum {
+			return out, int64(off), nil
+		}
+		cs, err := decodeChanges(payload)
+		if err != nil {
+			// The checksum holds, so this is no torn write.
+			return nil, 0, fmt.Errorf("%s at byte %d: %w", path, off, err)
+		}
+		out = append(out, cs...)
+		off += frameHeader + int(n)
+	}
+	return out, -1, nil
+}
+
+// readLog reads every segment of dir in order. Only the last may end in an
+// incomplete frame; it is cut off there (its writes were never
+// acknowledged) and dropped reports how many bytes that removed. Segments
+// that a checkpoint left behind (it failed, or the process died before it
+// removed them) may precede a gap; the caller checks that what it replays
+// has none.
+func readLog(dir string) (changes []atlas.Change, dropped int64, err error) {
+	paths, _, err := segments(dir)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i, p := range paths {
+		cs, torn, err := readSegment(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		if torn >= 0 {
+			if i != len(paths)-1 {
+				return nil, 0, fmt.Errorf("%s: damaged at byte %d, and later segments follow it", p, torn)
+			}
+			fi, err := os.Stat(p)
+			if err != nil {
+				return nil, 0, err
+			}
+			dropped = fi.Size() - torn
+		}
+		changes = append(changes, cs...)
+	}
+	return changes, dropped, nil
+}
+
+// segment is the log segment being appended to.
+type segment struct {
+	f      *os.File
+	path   string
+	seq    uint64
+	size   int64
+	opened time.Time
+	buf    []byte // reused frame buffer
+}
+
+func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
+	path := filepath.Join(dir, segmentName(seq))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syncDir(dir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &segment{f: f, path: path, seq: seq, opened: now}, nil
+}
+
+// append writes the changes as one frame and syncs it. After an error the
+// segment must not be appended to again: part of the frame may be there.
+func (g *segment) append(cs []atlas.Change) error {
+	g.buf = appendChanges(append(g.buf[:0], make([]byte, frameHeader)...), cs)
+	payload := g.buf[frameHeader:]
+	binary.LittleEndian.PutUint32(g.buf, uint32(len(payload)))
+	binary.LittleEndian.PutUint32(g.buf[4:], crc32.Checksum(payload, castagnoli))
+	if _, err := g.f.Write(g.buf); err != nil {
+		return err
+	}
+	if err := fdatasync(g.f); err != nil {
+		return err
+	}
+	g.size += int64(len(g.buf))
+	if cap(g.buf) > 1<<20 {
+		g.buf = nil // a large batch's buffer is not kept
+	}
+	return nil
+}
+
+// syncDir makes the creation or removal of files in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas"
+)
+
+func openT(t *testing.T, path string, checkpoint time.Duration, log *bytes.Buffer) *Store {
+	t.Helper()
+	cfg := Config{Path: path, CheckpointInterval: checkpoint, SweepInterval: time.Hour}
+	if log != nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writeSome makes puts (one leased), a delete of a key the file already
+// has, a conditional write and a transaction of two keys, and returns the
+// entries the store must then hold.
+func writeSome(t *testing.T, s *Store) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	txn := func(ops ...atlas.Op) uint64 {
+		t.Helper()
+		i, err := s.Txn(ctx, ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return i
+	}
+	txn(atlas.Op{Key: "a", Value: []byte("1")})
+	i := txn(atlas.Op{Key: "b", Value: []byte("2"), TTL: time.Hour})
+	txn(atlas.Op{Key: "b", Value: []byte("3"), TTL: time.Hour, IfIndex: atlas.IfIndex(i)})
+	txn(atlas.Op{Key: "a", Delete: true})
+	txn(atlas.Op{Key: "c", Value: []byte{}}, atlas.Op{Key: "d", Value: []byte("4")})
+	return map[string]string{"b": "3", "c": "", "d": "4"}
+}
+
+func snapshotOf(t *testing.T, s *Store) (uint64, map[string]string) {
+	t.Helper()
+	index, kvs, err := s.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for i, kv := range kvs {
+		if i > 0 && kvs[i-1].Key >= kv.Key {
+			t.Fatalf("snapshot not in key order: %q then %q", kvs[i-1].Key, kv.Key)
+		}
+		got[kv.Key] = string(kv.Value)
+	}
+	return index, got
+}
+
+// reopen opens the store at path again, checks that it holds want at index
+// and returns what Open logged; the store is closed at the end of the test.
+func reopen(t *testing.T, path string, index uint64, want map[string]string) (*Store, string) {
+	t.Helper()
+	var log bytes.Buffer
+	s := openT(t, path, time.Hour, &log)
+	t.Cleanup(func() { s.Close() })
+	if index2, got := snapshotOf(t, s); index2 != index || !reflect.DeepEqual(got, want) {
+		t.Fatalf("after reopening: index %d %v; want %d %v", index2, got, index, want)
+	}
+	return s, log.String()
+}
+
+func logSegments(t *testing.T, path string) []string {
+	t.Helper()
+	paths, _, err := segments(walDir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return paths
+}
+
+// A crash leaves acknowledged writes in the log only (no checkpoint ran);
+// Open replays them into the file.
+func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, time.Hour, nil)
+	want := writeSome(t, s)
+	index, got := snapshotOf(t, s)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("before the crash: %v; want %v", got, want)
+	}
+	s.crash()
+
+	s, log := reopen(t, path, index, want)
+	if !strings.Contains(log, "replayed the write-ahead log") {
+		t.Fatalf("Open replayed nothing; log: %s", log)
+	}
+	// The file has them now: the old segments are gone.
+	if segs := logSegments(t, path); len(segs) != 1 {
+		t.Fatalf("segments after Open: %v; want only the new one", segs)
+	}
+	if _, err := s.KeepAlive(context.Background(), "b"); err != nil {
+		t.Fatalf("the replayed leased key has no lease: %v", err)
+	}
+}
+
+// Checkpoints copy the writes into the file and delete the log behind them.
+func TestCheckpointEmptiesTheLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, 10*time.Millisecond, nil)
+	want := writeSome(t, s)
+	index, _ := snapshotOf(t, s)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.pending)
+		s.mu.Unlock()
+		if n == 0 && len(logSegments(t, path)) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %d writes pending, segments %v", n, logSegments(t, path))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.crash()
+	// Nothing is left to replay: the file alone has every write.
+	if _, log := reopen(t, path, index, want); strings.Contains(log, "replayed") {
+		t.Fatalf("Open replayed writes a checkpoint had copied: %s", log)
+	}
+}
+
+// A write cut short by a crash was never acknowledged: Open drops it and
+// keeps everything before it.
+func TestTornTailIsDropped(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, time.Hour, nil)
+	want := writeSome(t, s)
+	index, _ := snapshotOf(t, s)
+	s.crash()
+	segs := logSegments(t, path)
+	last := segs[len(segs)-1]
+	frame := appendChanges(nil, []atlas.Change{{Index: index + 1, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "e", Value: []byte("5")}}}}})
+	f, err := os.OpenFile(last, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A header that promises more than follows.
+	f.Write([]byte{byte(len(frame) + 10), 0, 0, 0, 1, 2, 3, 4})
+	f.Write(frame)
+	f.Close()
+
+	if _, log := reopen(t, path, index, want); !strings.Contains(log, "incomplete write") {
+		t.Fatalf("the dropped bytes were not logged: %s", log)
+	}
+}
+
+// Damage anywhere but at the end of the last segment is not a torn write:
+// Open refuses the log rather than lose acknowledged writes silently.
+func TestDamagedLogIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, dir string, segs []string)
+		want   string
+	}{
+		{"damage before a later segment", func(t *testing.T, dir string, segs []string) {
+			data, err := os.ReadFile(segs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[len(data)-1] ^= 0xff
+			os.WriteFile(segs[0], data, 0o600)
+			// A later segment, as after a rotation.
+			os.WriteFile(filepath.Join(dir, segmentName(99)), nil, 0o600)
+		}, "later segments follow"},
+		{"a missing segment", func(t *testing.T, dir string, segs []string) {
+			g, err := createSegment(dir, 99, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.append([]atlas.Change{{Index: 1000, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "z", Value: []byte("9")}}}}})
+			g.f.Close()
+		}, "changes are missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "atlas.db")
+			s := openT(t, path, time.Hour, nil)
+			writeSome(t, s)
+			s.crash()
+			tc.damage(t, walDir(path), logSegments(t, path))
+			_, err := Open(Config{Path: path})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open of a damaged log: %v; want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A store whose log cannot be written takes no more writes and says so.
+func TestLogWriteFailureStopsWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, time.Hour, nil)
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	s.seg.f.Close() // the next append fails
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "b", Value: []byte("2")}}); !errors.Is(err, atlas.ErrUnavailable) || !strings.Contains(err.Error(), "write-ahead log") {
+		t.Fatalf("write after a log failure: %v; want ErrUnavailable naming the write-ahead log", err)
+	}
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "c", Value: []byte("3")}}); err == nil {
+		t.Fatal("a later write succeeded after the log failed")
+	}
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("Ping is fine after the log failed")
+	}
+	if _, got := snapshotOf(t, s); !reflect.DeepEqual(got, map[string]string{"a": "1"}) {
+		t.Fatalf("after the failure the store holds %v; want only the acknowledged a", got)
+	}
+}
+
+func FuzzWALPayload(f *testing.F) {
+	f.Add(appendChanges(nil, []atlas.Change{
+		{Index: 7, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "i/a", Value: []byte(`{"x":1}`), TTL: time.Minute}}}},
+		{Index: 8, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "i/a"}, Deleted: true, Expired: true}, {KV: atlas.KV{Key: "c/", Value: []byte{}}}}},
+	}))
+	f.Add([]byte{})
+	f.Add([]byte{1, 200, 200, 200, 200, 1})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		cs, err := decodeChanges(p)
+		if err != nil {
+			return
+		}
+		// What decodes encodes back to the same changes.
+		again, err := decodeChanges(appendChanges(nil, cs))
+		if err != nil {
+			t.Fatalf("re-encoded changes do not decode: %v", err)
+		}
+		if !reflect.DeepEqual(again, cs) {
+			t.Fatalf("round trip: %+v became %+v", cs, again)
+		}
+	})
+}
