@@ -18,6 +18,10 @@ const (
 	EUnsupportedMedia = "unsupported_media_type"
 	EUnavailable      = "unavailable"
 	EInternal         = "internal"
+	// The sidecar's own answers when the instances it tried failed
+	// (502) or did not answer in time (504).
+	EBadGateway       = "bad_gateway"
+	EDeadlineExceeded = "deadline_exceeded"
 )
 
 var statusByCode = map[string]int{
@@ -30,6 +34,15 @@ var statusByCode = map[string]int{
 	EUnsupportedMedia: http.StatusUnsupportedMediaType,
 	EUnavailable:      http.StatusServiceUnavailable,
 	EInternal:         http.StatusInternalServerError,
+	EBadGateway:       http.StatusBadGateway,
+	EDeadlineExceeded: http.StatusGatewayTimeout,
+}
+
+// Transient reports whether an error with code may go away when the call is
+// made again, later or to another replica: unavailable, bad_gateway and
+// deadline_exceeded.
+func Transient(code string) bool {
+	return code == EUnavailable || code == EBadGateway || code == EDeadlineExceeded
 }
 
 // Error is an error meant for the user: a code from the table above and a

@@ -259,7 +259,7 @@ func watchCmd(g *globals) *cobra.Command {
 				if cmd.Context().Err() != nil {
 					return nil
 				}
-				if code := sb.ErrorCode(err); code != sb.EUnavailable {
+				if !sb.Transient(sb.ErrorCode(err)) {
 					return err
 				}
 				fmt.Fprintf(g.stderr, "switchboard: watch: %s; reconnecting\n", sb.ErrorMessage(err))

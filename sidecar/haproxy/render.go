@@ -112,8 +112,8 @@ backend be_{{.Service}}
     http-request del-header switchboard-service
     http-request del-header switchboard-timeout
     http-error status 503 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
-    http-error status 502 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
-    http-error status 504 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"
+    http-error status 502 content-type application/json lf-string "{\"error\":{\"code\":\"bad_gateway\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
+    http-error status 504 content-type application/json lf-string "{\"error\":{\"code\":\"deadline_exceeded\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"
 {{- range $i, $s := .Slots}}
     server s{{$i}} {{if $s.Addr}}{{$s.Addr}} weight {{$s.Weight}}{{if not $s.Ready}} disabled{{end}}{{else}}` + freeAddr + ` weight 0 disabled{{end}}
 {{- end}}

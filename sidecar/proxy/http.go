@@ -180,12 +180,6 @@ func hopHeader(k []byte) bool {
 func writeError(ctx *fasthttp.RequestCtx, err error) int {
 	code := sb.ErrorCode(err)
 	status := sb.HTTPStatus(code)
-	switch {
-	case code == sb.EUnavailable && errors.Is(err, errBadGateway):
-		status = fasthttp.StatusBadGateway
-	case errors.Is(err, errGatewayTimeout):
-		status = fasthttp.StatusGatewayTimeout
-	}
 	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: sb.ErrorMessage(err)}})
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(status)
@@ -195,28 +189,12 @@ func writeError(ctx *fasthttp.RequestCtx, err error) int {
 	return status
 }
 
-// Sentinels that pick the status of an unavailable error.
-var (
-	errBadGateway     = errors.New("bad gateway")
-	errGatewayTimeout = errors.New("gateway timeout")
-)
-
-// proxyError is an unavailable error that answers 502 or 504 rather than
-// 503.
-type proxyError struct {
-	err  *sb.Error
-	kind error
-}
-
-func (e *proxyError) Error() string   { return e.err.Error() }
-func (e *proxyError) Unwrap() []error { return []error{e.err, e.kind} }
-
 func badGateway(format string, args ...any) error {
-	return &proxyError{sb.Errorf(sb.EUnavailable, format, args...), errBadGateway}
+	return sb.Errorf(sb.EBadGateway, format, args...)
 }
 
 func gatewayTimeout(format string, args ...any) error {
-	return &proxyError{sb.Errorf(sb.EUnavailable, format, args...), errGatewayTimeout}
+	return sb.Errorf(sb.EDeadlineExceeded, format, args...)
 }
 
 func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {

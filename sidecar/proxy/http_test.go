@@ -160,19 +160,19 @@ func TestOwnAnswers(t *testing.T) {
 	}
 	f.set("empty")
 	res, body = f.do("GET", "empty", "/", "")
-	if res.StatusCode != 503 || errorOf(t, body).Message != "service empty in realm dev has no routable instance" {
+	if res.StatusCode != 503 || errorOf(t, body).Code != sb.EUnavailable || errorOf(t, body).Message != "service empty in realm dev has no routable instance" {
 		t.Fatalf("empty service = %d %s", res.StatusCode, body)
 	}
 	f.set("dead", deadAddr(t), deadAddr(t))
 	res, body = f.do("POST", "dead", "/", "x")
-	if res.StatusCode != 502 || !strings.Contains(errorOf(t, body).Message, "service dead in realm dev: every try failed") {
+	if res.StatusCode != 502 || errorOf(t, body).Code != sb.EBadGateway || !strings.Contains(errorOf(t, body).Message, "service dead in realm dev: every try failed") {
 		t.Fatalf("dead service = %d %s", res.StatusCode, body)
 	}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Second) }))
 	defer slow.Close()
 	f.set("slow", slow.URL)
 	res, body = f.do("GET", "slow", "/", "", TimeoutHeader, "100ms")
-	if res.StatusCode != 504 || !strings.Contains(errorOf(t, body).Message, "service slow in realm dev: no answer within 100ms") {
+	if res.StatusCode != 504 || errorOf(t, body).Code != sb.EDeadlineExceeded || !strings.Contains(errorOf(t, body).Message, "service slow in realm dev: no answer within 100ms") {
 		t.Fatalf("slow service = %d %s", res.StatusCode, body)
 	}
 	res, body = f.do("GET", "slow", "/", "", TimeoutHeader, "soon")
