@@ -174,6 +174,9 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	if o.dataDir == "" {
 		return nil, usagef("--data: must name a directory")
 	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return nil, usagef("--listen: must be HOST:PORT or :PORT, got %q", o.listen)
+	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data: %w", err)
 	}

@@ -153,6 +153,16 @@ func runE(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command,
 
 // wrapArgs makes cobra's argument-count errors usage errors, recursively.
 func wrapArgs(c *cobra.Command) {
+	if c.HasSubCommands() && !c.Runnable() {
+		// A group such as "config": cobra shows its help for any
+		// arguments, "config bogus" included, and exits 0.
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return cmd.Help()
+		}
+	}
 	if c.Args != nil {
 		check := c.Args
 		c.Args = func(cmd *cobra.Command, args []string) error {

@@ -37,6 +37,8 @@ func TestCommands(t *testing.T) {
 	}{
 		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5000", "--id", "identity-h1-5000", "--tag", "v2", "--meta", "version=1.4.2"}, 0, "identity-h1-5000", ""},
 		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5001", "--id", "identity-h2-5001", "--status", "warning", "--realm", "production"}, 0, "warning", ""},
+		// -o is the global output flag, not the check output.
+		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5002", "--id", "identity-h3-5002", "--check-output", "slow disk", "-o", "json", "--realm", "test"}, 0, `"output": "slow disk"`, ""},
 		{[]string{"services"}, 0, "identity  1          1", ""},
 		{[]string{"services", "--realm", "production"}, 0, "identity  1          0        1", ""},
 		{[]string{"instances", "identity"}, 0, "127.0.0.1:5000  passing  yes      v2", ""},
@@ -58,9 +60,15 @@ func TestCommands(t *testing.T) {
 		{[]string{"services", "--realm", "Prod"}, 2, "", "--realm: must match"},
 		{[]string{"services", "--bogus"}, 2, "", "unknown flag: --bogus"},
 		{[]string{"nonsense"}, 2, "", `unknown command "nonsense"`},
+		{[]string{"config", "bogus"}, 2, "", `unknown command "bogus" for "switchboard config"`},
+		{[]string{"register", "--service", "a", "--address", "x", "--port", "1", "--ttl", "0s"}, 2, "", "--ttl: must be between 1s and 24h, got 0s"},
+		{[]string{"token", "bogus"}, 2, "", `unknown command "bogus" for "switchboard token"`},
+		{[]string{"policy", "bogus"}, 2, "", `unknown command "bogus" for "switchboard policy"`},
+		{[]string{"config"}, 0, "Available Commands", ""},
 		{[]string{"config", "get", "realm=prod,colour=red"}, 2, "", "LAYER: must be global, realm=R"},
 		{[]string{"token", "create", "--name", "x", "--role", "root"}, 2, "", "--role: must be admin, reader or service"},
 		{[]string{"atlas", "--ports", "9-1"}, 2, "", "--ports: must be a range"},
+		{[]string{"atlas", "--listen", "bogus", "--data", "TMP"}, 2, "", `--listen: must be HOST:PORT or :PORT, got "bogus"`},
 		{[]string{"atlas", "--store", "redis://x:1", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", "--store: must be etcd://HOST:PORT"},
 		// Runtime errors: exit 1 with the API's code and message.
 		{[]string{"deregister", "nope"}, 1, "", "not_found: instance nope: not registered"},

@@ -105,6 +105,11 @@ func registerCmd(g *globals) *cobra.Command {
 			reg.Status = sb.Status(status)
 			reg.Output = output
 			reg.TTL = sb.Duration(ttl)
+			if ttl <= 0 && cmd.Flags().Changed("ttl") {
+				// The API reads a zero TTL as "the default": not what
+				// --ttl 0s asks for.
+				return usagef("--ttl: must be between 1s and 24h, got %s", ttl)
+			}
 			if len(meta) > 0 {
 				reg.Meta = map[string]string{}
 				for _, kv := range meta {
@@ -141,7 +146,8 @@ func registerCmd(g *globals) *cobra.Command {
 	f.StringSliceVar(&tags, "tag", nil, "tags")
 	f.StringSliceVar(&meta, "meta", nil, "meta entries KEY=VALUE")
 	f.StringVar(&status, "status", "passing", "initial status")
-	f.StringVar(&output, "output", "", "check output")
+	// Not --output: that is the global -o (table or json).
+	f.StringVar(&output, "check-output", "", "check output, as a health check would report it")
 	f.DurationVar(&ttl, "ttl", 30*time.Second, "lease: the instance is removed if not renewed within it")
 	return c
 }
