@@ -2,6 +2,7 @@ package atlas
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,35 +46,43 @@ func (c *renderCache) get(key string, index uint64, build func() []byte) []byte 
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, h apiFunc) { mux.Handle(pattern, s.wrap(pattern, false, h)) }
+	// handle serves an API route that takes the query parameters named
+	// and no other: a misspelt one (?servce=identity on a config layer
+	// write) would otherwise be ignored, and the write meant for one
+	// layer go to another.
+	handle := func(pattern string, h apiFunc, params ...string) {
+		mux.Handle(pattern, s.wrap(pattern, false, onlyParams(pattern, params, h)))
+	}
+	blocking := []string{"index", "wait"}
 	handle("PUT /v1/instances/{id}", s.handleRegister)
 	handle("PUT /v1/instances/{id}/status", s.handleHeartbeat)
 	handle("PUT /v1/heartbeats", s.handleHeartbeats)
 	handle("PUT /v1/instances/{id}/enabled", s.handleEnabled)
 	handle("DELETE /v1/instances/{id}", s.handleDeregister)
-	handle("GET /v1/instances/{id}", s.handleInstance)
-	handle("GET /v1/services", s.handleServices)
-	handle("GET /v1/services/{name}", s.handleService)
+	handle("GET /v1/instances/{id}", s.handleInstance, blocking...)
+	handle("GET /v1/services", s.handleServices, append([]string{"realm"}, blocking...)...)
+	handle("GET /v1/services/{name}", s.handleService, append([]string{"realm", "status", "tag", "leases"}, blocking...)...)
 	handle("POST /v1/services/{name}/port", s.handlePort)
-	handle("GET /v1/services/{name}/propagation", s.handlePropagation)
-	handle("GET /v1/watch", s.handleWatch)
-	handle("PUT /v1/config/layer", s.handlePutLayer)
-	handle("DELETE /v1/config/layer", s.handleDeleteLayer)
-	handle("GET /v1/config/layer", s.handleGetLayer)
-	handle("GET /v1/config/layers", s.handleLayers)
-	handle("GET /v1/config", s.handleConfig)
+	handle("GET /v1/services/{name}/propagation", s.handlePropagation, append([]string{"realm"}, blocking...)...)
+	handle("GET /v1/watch", s.handleWatch, "realm", "service")
+	handle("PUT /v1/config/layer", s.handlePutLayer, "realm", "service", "cas")
+	handle("DELETE /v1/config/layer", s.handleDeleteLayer, "realm", "service", "cas")
+	handle("GET /v1/config/layer", s.handleGetLayer, append([]string{"realm", "service"}, blocking...)...)
+	handle("GET /v1/config/layers", s.handleLayers, blocking...)
+	handle("GET /v1/config", s.handleConfig, append([]string{"realm", "service"}, blocking...)...)
 	handle("POST /v1/tokens", s.handleCreateToken)
 	handle("GET /v1/tokens", s.handleTokens)
 	handle("DELETE /v1/tokens/{id}", s.handleDeleteToken)
-	handle("PUT /v1/policies/{service}", s.handlePutPolicy)
-	handle("GET /v1/policies", s.handlePolicies)
-	handle("GET /metrics", func(w http.ResponseWriter, r *http.Request) error {
+	handle("PUT /v1/policies/{service}", s.handlePutPolicy, "realm")
+	handle("GET /v1/policies", s.handlePolicies, "realm")
+	// /metrics takes whatever a Prometheus scrape config adds.
+	mux.Handle("GET /metrics", s.wrap("GET /metrics", false, func(w http.ResponseWriter, r *http.Request) error {
 		if err := principalFrom(r.Context()).readAll(); err != nil {
 			return err
 		}
 		s.metrics.handler.ServeHTTP(w, r)
 		return nil
-	})
+	}))
 	mux.Handle("GET /v1/health", s.wrap("GET /v1/health", true, s.handleHealth))
 	// The dashboard's files hold no data: they need no token.
 	mux.Handle("GET /ui/", ui.Handler("/ui/"))
@@ -82,6 +91,22 @@ func (s *Server) routes() http.Handler {
 		return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint", r.Method, r.URL.Path)
 	}))
 	return mux
+}
+
+// onlyParams refuses a request with a query parameter not in params.
+func onlyParams(route string, params []string, h apiFunc) apiFunc {
+	takes := "takes none"
+	if len(params) > 0 {
+		takes = "takes " + strings.Join(params, ", ")
+	}
+	return func(w http.ResponseWriter, r *http.Request) error {
+		for k := range query(r) {
+			if !slices.Contains(params, k) {
+				return sb.Errorf(sb.EInvalid, "%s: unknown query parameter (%s %s)", k, route, takes)
+			}
+		}
+		return h(w, r)
+	}
 }
 
 // realmParam reads ?realm (default dev).
@@ -249,10 +274,11 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) error 
 	if err := s.ownInstance(r, id); err != nil {
 		return err
 	}
-	if err := s.deregister(r.Context(), id); err != nil {
+	index, err := s.deregister(r.Context(), id)
+	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, 0, []byte("{}\n"))
+	writeJSON(w, http.StatusOK, index, []byte("{}\n"))
 	return nil
 }
 
@@ -372,6 +398,12 @@ func (s *Server) handlePort(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := principalFrom(r.Context()).admin(); err != nil {
 		return err
+	}
+	// No body is needed; one that is sent must be an empty object.
+	if r.ContentLength != 0 {
+		if err := decodeBody(w, r, sb.MaxBodyBytes, &struct{}{}); err != nil {
+			return err
+		}
 	}
 	pa, err := s.assignPort(r.Context(), name)
 	if err != nil {

@@ -24,6 +24,9 @@ func TestBadInput(t *testing.T) {
 		code, msg                       string
 	}{
 		{"port too big", "PUT", "/v1/instances/a-2", reg("a", 70000, ""), "", 400, sb.EInvalid, "port: must be 1-65535, got 70000"},
+		{"misspelt query parameter", "PUT", "/v1/config/layer?servce=identity", `{"oops":1}`, "", 400, sb.EInvalid, "servce: unknown query parameter (PUT /v1/config/layer takes realm, service, cas)"},
+		{"query parameter where none is taken", "PUT", "/v1/instances/a-2?realm=production", reg("a", 1, ""), "", 400, sb.EInvalid, "realm: unknown query parameter (PUT /v1/instances/{id} takes none)"},
+		{"port request with a body", "POST", "/v1/services/a/port", `{"x":1}`, "", 400, sb.EInvalid, "x: unknown field"},
 		{"port zero", "PUT", "/v1/instances/a-2", reg("a", 0, ""), "", 400, sb.EInvalid, "port: must be 1-65535"},
 		{"bad service name", "PUT", "/v1/instances/a-2", reg("Bad_Name", 1, ""), "", 400, sb.EInvalid, "service: must match"},
 		{"missing service", "PUT", "/v1/instances/a-2", `{"address":"127.0.0.1","port":1}`, "", 400, sb.EInvalid, "service: required"},

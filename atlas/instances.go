@@ -305,15 +305,14 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 }
 
 // deregister removes an instance and its operator switch.
-func (s *Server) deregister(ctx context.Context, id string) error {
+func (s *Server) deregister(ctx context.Context, id string) (uint64, error) {
 	s.st.mu.RLock()
 	_, exists := s.st.instances[id]
 	s.st.mu.RUnlock()
 	if !exists {
-		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+		return 0, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
-	_, err := s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})
-	return err
+	return s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})
 }
 
 // instance returns one instance, with its lease fields when leases is set.
@@ -465,7 +464,7 @@ func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssign
 			return &sb.PortAssignment{Service: service, Port: port}, nil
 		}
 		if port == 0 {
-			return nil, sb.Errorf(sb.EUnavailable, "port: every port in %d-%d is taken", s.cfg.PortMin, s.cfg.PortMax)
+			return nil, sb.Errorf(sb.EConflict, "port: every port in %d-%d is taken; start Atlas with a wider --ports", s.cfg.PortMin, s.cfg.PortMax)
 		}
 		val, _ := jsonMarshal(port)
 		name, _ := jsonMarshal(service)

@@ -41,13 +41,18 @@ func start(t *testing.T, insecure bool) *testAtlas {
 	return startIn(t, dir, insecure)
 }
 
-func startIn(t *testing.T, dir string, insecure bool) *testAtlas {
+// startIn starts an Atlas on the store in dir; options change its Config.
+func startIn(t *testing.T, dir string, insecure bool, options ...func(*atlas.Config)) *testAtlas {
 	t.Helper()
 	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db"), SweepInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir, Insecure: insecure, OutputInterval: time.Hour})
+	cfg := atlas.Config{Store: st, DataDir: dir, Insecure: insecure, OutputInterval: time.Hour}
+	for _, o := range options {
+		o(&cfg)
+	}
+	srv, err := atlas.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,6 +338,33 @@ func TestPortAllocationIsStable(t *testing.T) {
 	a.must("POST", "/v1/services/identity/port", "").decode(t, &p3)
 	if p1.Port != 5000 || p2.Port != 5001 || p3.Port != p1.Port {
 		t.Fatalf("ports = %d, %d, %d; want 5000, 5001, 5000", p1.Port, p2.Port, p3.Port)
+	}
+}
+
+// Every write to an instance answers with the index to wait for, the
+// deregistration included.
+func TestInstanceWritesAnswerWithTheirIndex(t *testing.T) {
+	a := start(t, true)
+	i1 := a.must("PUT", "/v1/instances/a-1", reg("a", 5000, "")).index(t)
+	i2 := a.must("PUT", "/v1/instances/a-1/status", `{"status":"critical"}`).index(t)
+	i3 := a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"x"}`).index(t)
+	i4 := a.must("DELETE", "/v1/instances/a-1", "").index(t)
+	if !(i1 < i2 && i2 < i3 && i3 < i4) {
+		t.Fatalf("indexes of the writes %d, %d, %d, %d; want increasing", i1, i2, i3, i4)
+	}
+	if got := a.must("GET", "/v1/services/a", "").index(t); got != i4 {
+		t.Fatalf("the service's index after the deregistration is %d; want %d", got, i4)
+	}
+}
+
+// A range with every port taken is a conflict with what Atlas holds, not a
+// passing unavailability: retrying does not help, widening --ports does.
+func TestPortRangeExhausted(t *testing.T) {
+	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) { c.PortMin, c.PortMax = 6000, 6000 })
+	a.must("POST", "/v1/services/identity/port", "")
+	r := a.do("POST", "/v1/services/billing/port", "")
+	if r.status != 409 || !strings.Contains(string(r.body), "port: every port in 6000-6000 is taken") {
+		t.Fatalf("port from a full range = %d %s; want 409 naming the range", r.status, r.body)
 	}
 }
 

@@ -109,12 +109,13 @@ func pickPort(ctx context.Context, g *globals, name string) (int, string, error)
 	if sb.ErrorCode(err) != sb.EUnavailable {
 		return 0, "", err
 	}
+	why := sb.ErrorMessage(err)
 	for p := 5000; p <= 5999; p++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err == nil {
 			ln.Close()
-			return p, "free here; no Atlas answered", nil
+			return p, "free here; Atlas gave none: " + why, nil
 		}
 	}
-	return 0, "", fmt.Errorf("no Atlas answered and no port in 5000-5999 is free here; give --port")
+	return 0, "", fmt.Errorf("Atlas gave no port (%s) and no port in 5000-5999 is free here; give --port", why)
 }

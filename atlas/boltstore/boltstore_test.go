@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,5 +91,14 @@ func TestClosedStoreRefusesWrites(t *testing.T) {
 	s.Close()
 	if _, err := s.Txn(context.Background(), []atlas.Op{{Key: "k", Value: []byte("v")}}); err != atlas.ErrClosed {
 		t.Fatalf("Txn on a closed store: %v; want ErrClosed", err)
+	}
+}
+
+func TestOpenInUseSaysSo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := open(t, path)
+	defer s.Close()
+	if _, err := boltstore.Open(boltstore.Config{Path: path}); err == nil || !strings.Contains(err.Error(), "another process has it open") {
+		t.Fatalf("a second Open of one file: %v; want it to say the file is in use", err)
 	}
 }
