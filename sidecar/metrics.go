@@ -106,6 +106,24 @@ func (m *metrics) observeTCP(service string, ok bool, _ time.Duration) {
 	m.tcp.WithLabelValues(service, result).Inc()
 }
 
+// forget drops every series of a service the sidecar no longer follows,
+// so that names called once (typos included) do not stay in /metrics.
+func (m *metrics) forget(service string) {
+	l := prometheus.Labels{"service": service}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.requests, m.latency, m.retries, m.ejections, m.tcp, m.watchErrors, m.index, m.updates,
+	} {
+		v.DeletePartialMatch(l)
+	}
+	m.counters.Range(func(k, _ any) bool {
+		if k.(codeKey).service == service {
+			m.counters.Delete(k)
+		}
+		return true
+	})
+	m.observers.Delete(service)
+}
+
 func (m *metrics) applied(service string, index uint64) {
 	m.index.WithLabelValues(service).Set(float64(index))
 	m.updates.WithLabelValues(service).Inc()

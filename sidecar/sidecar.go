@@ -93,6 +93,9 @@ type Sidecar struct {
 	// announceCancel stops the announcers apart, before the drain.
 	announceCancel context.CancelFunc
 	announceWG     sync.WaitGroup
+	// sweepEvery is how often services no call asked for are dropped
+	// (after one to two of it unused).
+	sweepEvery time.Duration
 }
 
 // New checks cfg (after Defaults) and prepares a sidecar; Start runs it.
@@ -126,10 +129,11 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		token = strings.TrimSpace(string(b))
 	}
 	s := &Sidecar{
-		cfg:      cfg,
-		log:      log,
-		atlas:    &client.Atlas{URLs: cfg.Atlas, Token: token},
-		TCPAddrs: map[string]string{},
+		cfg:        cfg,
+		log:        log,
+		atlas:      &client.Atlas{URLs: cfg.Atlas, Token: token},
+		TCPAddrs:   map[string]string{},
+		sweepEvery: 5 * time.Minute,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(s)
@@ -192,7 +196,7 @@ func (s *Sidecar) Start() error {
 	}
 	var tcps []l4
 	for _, u := range s.cfg.Upstreams {
-		pool := s.table.Get(u.Name) // watched from the start
+		pool := s.table.Pin(u.Name) // watched from the start, and kept
 		if u.Listen == "" || s.cfg.Proxy == "haproxy" {
 			continue
 		}
@@ -227,6 +231,13 @@ func (s *Sidecar) Start() error {
 
 	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	if s.cfg.Proxy != "haproxy" {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.sweep(s.sweepEvery)
+		}()
+	}
 	s.goServe("frontend", func() error { return s.front.Serve(ln) })
 	s.goServe("admin", func() error { return s.admin.Serve(aln) })
 	for _, t := range tcps {
@@ -354,14 +365,21 @@ func (s *Sidecar) pushHAProxy(service string) {
 func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 
 // watch follows one service's instances from Atlas's event stream into its
-// pool, until the sidecar stops; it reconnects with backoff, resuming from
-// the last event.
-func (s *Sidecar) watch(service string) {
+// pool, until the sidecar stops or the returned function is called (the
+// table dropped the pool); it reconnects with backoff, resuming from the
+// last event.
+func (s *Sidecar) watch(service string) (stop func()) {
+	ctx, cancel := context.WithCancel(s.ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		pool := s.table.Get(service)
-		s.atlas.Follow(s.ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
+		pool := s.table.Lookup(service)
+		if pool == nil {
+			return // dropped already
+		}
+		var lastErr string
+		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
+			lastErr = ""
 			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
 				proxy.CloseEndpoint(e)
 			}
@@ -379,8 +397,32 @@ func (s *Sidecar) watch(service string) {
 			}
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
-			// goes on (static stability).
-			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn)
+			// goes on (static stability). The same failure is logged once.
+			if msg := err.Error(); msg != lastErr {
+				lastErr = msg
+				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
+			}
 		})
 	}()
+	return cancel
+}
+
+// sweep drops, every interval, the services no call has asked for in the
+// last one or two intervals: it stops following them and forgets their
+// metrics. Configured upstreams are kept. haproxy mode keeps everything
+// (HAProxy holds a backend for each).
+func (s *Sidecar) sweep(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, name := range s.table.Sweep() {
+			s.m.forget(name)
+			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
+		}
+	}
 }

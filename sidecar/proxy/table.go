@@ -7,78 +7,144 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/switchboard-go/switchboard/balance"
 )
 
 // Table maps service names to their pools. The first time a service is
 // asked for, its pool is created and OnNew is called, so that the sidecar
-// starts watching it.
+// starts watching it. Pools that no call has asked for since the last two
+// Sweeps are dropped, unless pinned: a sidecar called with many names
+// (typos in Host headers, names no policy allows) follows only those still
+// in use.
 type Table struct {
 	// Realm of every pool.
 	Realm string
-	// OnNew is called once per new service, outside the table's lock.
-	OnNew func(service string)
+	// OnNew is called once per new service, outside the table's lock. The
+	// function it returns, if not nil, is called when the pool is dropped.
+	OnNew func(service string) (stop func())
 	// OnEject is called when outlier detection ejects an endpoint; may be
 	// nil.
 	OnEject func(service, id string)
 
 	// mu guards pools.
 	mu    sync.RWMutex
-	pools map[string]*balance.Pool
+	pools map[string]*entry
+}
+
+type entry struct {
+	pool   *balance.Pool
+	used   atomic.Bool // asked for since the last Sweep
+	pinned bool        // never dropped
+	stop   func()      // from OnNew
 }
 
 // Get returns the pool of service, creating it the first time.
 func (t *Table) Get(service string) *balance.Pool {
+	return t.get(service, false)
+}
+
+// Pin returns the pool of service, creating it the first time, and keeps
+// it: a configured upstream is followed whether it is called or not.
+func (t *Table) Pin(service string) *balance.Pool {
+	return t.get(service, true)
+}
+
+func (t *Table) get(service string, pin bool) *balance.Pool {
 	t.mu.RLock()
-	p := t.pools[service]
+	e := t.pools[service]
 	t.mu.RUnlock()
-	if p != nil {
-		return p
+	if e != nil && !pin {
+		e.used.Store(true)
+		return e.pool
 	}
 	t.mu.Lock()
-	if p = t.pools[service]; p != nil {
+	if e = t.pools[service]; e != nil {
+		e.pinned = e.pinned || pin
+		e.used.Store(true)
 		t.mu.Unlock()
-		return p
+		return e.pool
 	}
 	if t.pools == nil {
-		t.pools = make(map[string]*balance.Pool)
+		t.pools = make(map[string]*entry)
 	}
-	p = balance.NewPool(service, t.Realm)
-	p.OnEject = t.OnEject
-	t.pools[service] = p
+	e = &entry{pool: balance.NewPool(service, t.Realm), pinned: pin}
+	e.pool.OnEject = t.OnEject
+	e.used.Store(true)
+	t.pools[service] = e
 	t.mu.Unlock()
 	if t.OnNew != nil {
-		t.OnNew(service)
+		if stop := t.OnNew(service); stop != nil {
+			t.mu.Lock()
+			if t.pools[service] == e {
+				e.stop = stop
+				stop = nil
+			}
+			t.mu.Unlock()
+			if stop != nil { // dropped meanwhile
+				stop()
+			}
+		}
 	}
-	return p
+	return e.pool
 }
 
 // GetBytes is Get for a name held as bytes: finding an existing pool
 // allocates nothing.
 func (t *Table) GetBytes(service []byte) *balance.Pool {
 	t.mu.RLock()
-	p := t.pools[string(service)]
+	e := t.pools[string(service)]
 	t.mu.RUnlock()
-	if p != nil {
-		return p
+	if e != nil {
+		e.used.Store(true)
+		return e.pool
 	}
 	return t.Get(string(service))
 }
 
-// Lookup returns the pool of service, or nil.
+// Sweep drops the pools that are not pinned and were not asked for since
+// the previous Sweep, calls their stop functions and returns their names.
+func (t *Table) Sweep() []string {
+	var (
+		names []string
+		stops []func()
+	)
+	t.mu.Lock()
+	for name, e := range t.pools {
+		if e.pinned || e.used.Swap(false) {
+			continue
+		}
+		delete(t.pools, name)
+		names = append(names, name)
+		if e.stop != nil {
+			stops = append(stops, e.stop)
+		}
+	}
+	t.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Lookup returns the pool of service, or nil. It does not count as a use.
 func (t *Table) Lookup(service string) *balance.Pool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return t.pools[service]
+	if e := t.pools[service]; e != nil {
+		return e.pool
+	}
+	return nil
 }
 
 // All returns every pool, sorted by service.
 func (t *Table) All() []*balance.Pool {
 	t.mu.RLock()
 	out := make([]*balance.Pool, 0, len(t.pools))
-	for _, p := range t.pools {
-		out = append(out, p)
+	for _, e := range t.pools {
+		out = append(out, e.pool)
 	}
 	t.mu.RUnlock()
 	slices.SortFunc(out, func(a, b *balance.Pool) int { return strings.Compare(a.Service, b.Service) })

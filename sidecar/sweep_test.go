@@ -1,0 +1,76 @@
+package sidecar
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
+)
+
+// A name called once (a typo in a Host header) is followed only until a
+// sweep finds it unused: then its event stream on Atlas is closed and its
+// series leave /metrics. A configured upstream stays.
+func TestUnusedServicesAreDropped(t *testing.T) {
+	a := atlastest.Start(t, true)
+	s, err := New(Config{
+		Atlas:     StringList{a.URL},
+		Listen:    "127.0.0.1:0",
+		Admin:     "127.0.0.1:0",
+		Upstreams: []UpstreamConfig{{Name: "billing"}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sweepEvery = 50 * time.Millisecond
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+
+	res, err := http.Get("http://" + s.ListenAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+	req.Host = "tpyo.localhost"
+	if res, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 503 {
+		t.Fatalf("call to a service with no instance = %d; want 503", res.StatusCode)
+	}
+	watchers := func(service string) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		p, err := a.Client().Propagation(ctx, "dev", service, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Watchers
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.table.Lookup("tpyo") != nil || watchers("tpyo") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s the unused service is still followed: in the table %v, %d streams on Atlas", s.table.Lookup("tpyo") != nil, watchers("tpyo"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s.table.Lookup("billing") == nil || watchers("billing") != 1 {
+		t.Fatalf("the configured upstream was dropped: in the table %v, %d streams", s.table.Lookup("billing") != nil, watchers("billing"))
+	}
+	res, err = http.Get("http://" + s.AdminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if strings.Contains(string(body), `service="tpyo"`) {
+		t.Fatal("/metrics still has series of the dropped service")
+	}
+}
