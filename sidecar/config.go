@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -167,6 +168,9 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	if len(root.Content) == 0 {
 		return &cfg, nil // an empty file: every default
 	}
+	if err := checkShape(root.Content[0], reflect.TypeFor[Config](), nil); err != nil {
+		return nil, yamlError(name, err)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
@@ -198,9 +202,7 @@ func yamlError(name string, err error) error {
 	for _, m := range msgs {
 		m = strings.TrimSpace(m)
 		if sub := yamlLine.FindStringSubmatch(m); sub != nil {
-			msg := sub[2]
-			msg = strings.Replace(msg, "not found in type sidecar.", "is not a key of sidecar.", 1)
-			out = append(out, fmt.Sprintf("%s:%s: %s", name, sub[1], msg))
+			out = append(out, fmt.Sprintf("%s:%s: %s", name, sub[1], sub[2]))
 		} else {
 			out = append(out, fmt.Sprintf("%s: %s", name, strings.TrimPrefix(m, "yaml: ")))
 		}

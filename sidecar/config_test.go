@@ -44,24 +44,29 @@ func TestParseSpecExample(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	tests := []struct{ yaml, want string }{
-		{"realm: production\ncolour: red\n", "sidecar.yaml:2: field colour is not a key of sidecar.Config"},
+		{"realm: production\ncolour: red\n", "sidecar.yaml:2: colour: unknown key; the file takes atlas, token_file, realm,"},
 		{"services:\n  - name: a\n    port: 0\n", "sidecar.yaml:3: services[0].port: must be 1-65535, got 0"},
-		{"services:\n  - name: a\n    port: x\n", "sidecar.yaml:3: cannot unmarshal !!str `x` into int"},
+		{"services:\n  - name: a\n    port: x\n", `sidecar.yaml:3: services[0].port: must be a whole number, got "x"`},
 		{"services:\n  - name: A\n    port: 1\n", "sidecar.yaml:2: services[0].name: must match"},
-		{"services:\n  - name: a\n    port: 1\n    check: {http: /h, interval: fast}\n", `sidecar.yaml:4: must be a duration such as 2s, got "fast"`},
+		{"services:\n  - name: a\n    port: 1\n    check: {http: /h, interval: fast}\n", `sidecar.yaml:4: services[0].check.interval: must be a duration such as 2s, got "fast"`},
 		{"services:\n  - name: a\n    port: 1\n    check: {http: h}\n", `sidecar.yaml:4: services[0].check.http: must be a path starting with /`},
 		{"services:\n  - name: a\n    port: 1\n    check: {tcp: true, none: true}\n", "sidecar.yaml:4: services[0].check: give one of http, tcp, grpc or none"},
 		{"services:\n  - name: a\n    port: 1\n    check:\n      rise: -1\n", "sidecar.yaml:5: services[0].check.rise: must be 1-100, got -1"},
-		{"services:\n  - name: a\n    port: 1\n    chek: {}\n", "sidecar.yaml:4: field chek is not a key of sidecar.ServiceConfig"},
+		{"services:\n  - name: a\n    port: 1\n    chek: {}\n", "sidecar.yaml:4: services[0].chek: unknown key; services[0] takes name, port, tags, meta, address, check"},
 		{"atlas: ftp://x\n", `sidecar.yaml:1: atlas[0]: must be an http:// or https:// URL, got "ftp://x"`},
 		{"listen: 4000\n", `sidecar.yaml:1: listen: must be host:port, got "4000"`},
 		{"proxy: nginx\n", `sidecar.yaml:1: proxy: must be builtin or haproxy, got "nginx"`},
 		{"realm: Prod\n", `sidecar.yaml:1: realm: must match`},
 		{"drain_timeout: 1h\n", `sidecar.yaml:1: drain_timeout: must be 0-10m, got 1h0m0s`},
+		{"realm: dev\ndrain_timeout: soon\n", `sidecar.yaml:2: drain_timeout: must be a duration such as 2s, got "soon"`},
+		{"services:\n  - name: a\n    port: 1\n    meta: {v: [1]}\n", `sidecar.yaml:4: services[0].meta.v: must be a string`},
+		{"services:\n  - name: a\n    port: 1\n    check: {tcp: maybe}\n", `sidecar.yaml:4: services[0].check.tcp: must be true or false, got "maybe"`},
+		{"upstreams: b\n", `sidecar.yaml:1: upstreams: must be a list`},
+		{"atlas: [http://a:1, {x: 1}]\n", `sidecar.yaml:1: atlas[1]: must be a string`},
 		{"upstreams:\n  - name: b\n  - name: b\n", "sidecar.yaml:3: upstreams[1].name: b is listed twice"},
 		{"upstreams:\n  - name: b\n    listen: nope\n", `sidecar.yaml:3: upstreams[0].listen: must be host:port, got "nope"`},
 		{"services: [\n", "sidecar.yaml:"},
-		{"- a\n- b\n", "sidecar.yaml:1: cannot unmarshal !!seq into sidecar.Config"},
+		{"- a\n- b\n", "sidecar.yaml:1: the file: must be a mapping of atlas, token_file,"},
 	}
 	for _, tt := range tests {
 		_, err := ParseConfig("sidecar.yaml", []byte(tt.yaml))
