@@ -175,6 +175,9 @@ func (r *Registration) Validate() error {
 	if err := ValidateAddress(r.Address); err != nil {
 		return err
 	}
+	if r.Port == 0 {
+		return Errorf(EInvalid, "port: required, 1-65535")
+	}
 	if r.Port < 1 || r.Port > 65535 {
 		return Errorf(EInvalid, "port: must be 1-65535, got %d", r.Port)
 	}

@@ -291,8 +291,10 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 	in := s.st.visibleLocked(id)
 	s.st.mu.RUnlock()
 	if in == nil {
-		if err := principalFrom(r.Context()).readAll(); err != nil {
-			return err
+		// Whoever may read some instance learns no more than that this
+		// one is not there for them.
+		if principalFrom(r.Context()).readAll() != nil {
+			return sb.Errorf(sb.ENotFound, "instance %s: not registered, or not one this token may read", id)
 		}
 		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
@@ -523,7 +525,11 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if err := principalFrom(r.Context()).readConfig(realm, service); err != nil {
+	p := principalFrom(r.Context())
+	if service == "" && p.readAll() != nil {
+		return sb.Errorf(sb.EInvalid, "service: required with a service token (it reads its own services' config)")
+	}
+	if err := p.readConfig(realm, service); err != nil {
 		return err
 	}
 	keys := make([]string, 0, 4)

@@ -109,6 +109,8 @@ func TestAuth(t *testing.T) {
 		{"service may not watch all", svc, "GET", "/v1/watch?realm=production&service=*", "", 403},
 		{"service may not list", svc, "GET", "/v1/services?realm=production", "", 403},
 		{"service reads its config", svc, "GET", "/v1/config?service=identity&realm=production", "", 200},
+		{"service names the service whose config it reads", svc, "GET", "/v1/config?realm=production", "", 400},
+		{"service learns nothing of an unknown id", svc, "GET", "/v1/instances/nope-1", "", 404},
 		{"service may not read others' config", svc, "GET", "/v1/config?service=billing&realm=production", "", 403},
 		{"service may not read raw layers", svc, "GET", "/v1/config/layer?service=identity&realm=production", "", 403},
 		{"service may not flip others", svc, "PUT", "/v1/instances/billing-1/enabled", `{"enabled":false}`, 403},

@@ -103,7 +103,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 // DecodeJSON decodes one JSON value into v, refusing unknown fields and
 // trailing data, with errors that name the field.
 func DecodeJSON(body []byte, v any) error {
-	if len(bytes.TrimSpace(body)) == 0 {
+	if t := bytes.TrimSpace(body); len(t) == 0 || bytes.Equal(t, []byte("null")) {
 		return sb.Errorf(sb.EInvalid, "body: a JSON object is required")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

@@ -19,6 +19,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
 	"github.com/switchboard-go/switchboard/atlas/etcdstore"
+	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/sidecar"
 )
 
@@ -296,7 +297,12 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			fmt.Fprintf(g.stdout, "  sidecar         http://%s  (call http://NAME.localhost:%s/...)\n", sc.ListenAddr, portOf(sc.ListenAddr))
 			fmt.Fprintf(g.stdout, "  sidecar routes  http://%s/routes\n", sc.AdminAddr)
 			fmt.Fprintf(g.stdout, "  data            %s\n\n", dir)
-			fmt.Fprintf(g.stdout, "Try: switchboard register --service hello --address 127.0.0.1 --port 8080 && switchboard services\n")
+			try := "switchboard"
+			if "http://"+ra.addr != client.DefaultAtlasURL {
+				// Not where the commands look by default: say where.
+				try = "SWITCHBOARD_ATLAS=http://" + ra.addr + " switchboard"
+			}
+			fmt.Fprintf(g.stdout, "Try: %s register --service hello --address 127.0.0.1 --port 8080 && %s services\n", try, try)
 			select {
 			case <-cmd.Context().Done():
 			case err := <-ra.errc:

@@ -145,8 +145,20 @@ func readObject(name string, stdin io.Reader) (json.RawMessage, error) {
 		return nil, err
 	}
 	var obj map[string]any
-	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
+	err = json.Unmarshal(data, &obj)
+	var (
+		typeErr   *json.UnmarshalTypeError
+		syntaxErr *json.SyntaxError
+	)
+	switch {
+	case errors.As(err, &typeErr):
+		return nil, usagef("%s: must hold one JSON object, got a JSON %s", name, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return nil, usagef("%s: must hold one JSON object: malformed JSON at byte %d: %v", name, syntaxErr.Offset, syntaxErr)
+	case err != nil:
 		return nil, usagef("%s: must hold one JSON object: %v", name, err)
+	case obj == nil:
+		return nil, usagef("%s: must hold one JSON object, got null", name)
 	}
 	return json.RawMessage(data), nil
 }
@@ -234,8 +246,18 @@ func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) 
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "layer.json")
+	// An edit that cannot be saved is kept, and the error says where.
+	saved := false
+	defer func() {
+		if saved {
+			os.RemoveAll(dir)
+		}
+	}()
+	keep := func(err error) error {
+		// Not a usage error any more: the command line was right.
+		return errors.New(err.Error() + "; your edit is kept in " + path)
+	}
 	var buf bytes.Buffer
 	_ = json.Indent(&buf, content, "", "  ")
 	buf.WriteByte('\n')
@@ -253,23 +275,25 @@ func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) 
 	ed := exec.CommandContext(ctx, parts[0], append(parts[1:], path)...)
 	ed.Stdin, ed.Stdout, ed.Stderr = stdin, g.stdout, g.stderr
 	if err := ed.Run(); err != nil {
-		return fmt.Errorf("editor %s: %w", editor, err)
+		return keep(fmt.Errorf("editor %s: %w", editor, err))
 	}
 	obj, err := readObject(path, nil)
 	if err != nil {
-		return err
+		return keep(err)
 	}
 	if bytes.Equal(bytes.TrimSpace(obj), bytes.TrimSpace(buf.Bytes())) {
+		saved = true
 		fmt.Fprintf(g.stdout, "layer %s unchanged\n", k)
 		return nil
 	}
 	nl, err := c.PutLayer(ctx, k, obj, &cas)
 	if sb.ErrorCode(err) == sb.EConflict {
-		return errors.New("someone else changed layer " + k.String() + " while you edited it; your edit was not saved; run edit again")
+		return keep(errors.New("someone else changed layer " + k.String() + " while you edited it; it was not saved"))
 	}
 	if err != nil {
-		return err
+		return keep(err)
 	}
+	saved = true
 	fmt.Fprintf(g.stdout, "layer %s set at index %d\n", k, nl.Index)
 	return nil
 }

@@ -43,6 +43,11 @@ func TestDevStartsAndStopsCleanly(t *testing.T) {
 					dashboard = m[1]
 				}
 				if strings.HasPrefix(l, "Try:") {
+					// Atlas is not on the default address here: the hint
+					// says where it is.
+					if u, _, _ := strings.Cut(strings.TrimPrefix(dashboard, "http://"), "/"); !strings.Contains(l, "SWITCHBOARD_ATLAS=http://"+u+" switchboard") {
+						t.Fatalf("the hint does not point at this Atlas (%s): %s", u, l)
+					}
 					break read
 				}
 			case <-deadline:
