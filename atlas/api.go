@@ -13,35 +13,66 @@ import (
 
 // renderCache keeps the last rendered body per query, so that a thousand
 // watchers woken by one change render it once: the first renders, the
-// others wait for its result.
+// others wait for its result. It holds at most maxCacheEntries bodies and
+// maxCacheBytes of them: a client that reads every service of a large
+// registry once must not leave a copy of each answer behind (a
+// 1,000-instance service renders to some 300 KB).
 type renderCache struct {
-	// mu guards m.
-	mu sync.Mutex
-	m  map[string]*cachedBody
+	// mu guards m and bytes.
+	mu    sync.Mutex
+	m     map[string]*cachedBody
+	bytes int // of the bodies in m that are rendered
 }
 
+const (
+	maxCacheEntries = 4096
+	maxCacheBytes   = 16 << 20
+)
+
 type cachedBody struct {
-	index uint64
-	done  chan struct{} // closed when body is set
-	body  []byte
+	index   uint64
+	done    chan struct{} // closed when body is set
+	body    []byte
+	counted bool // in renderCache.bytes (guarded by its mu)
 }
 
 func (c *renderCache) get(key string, index uint64, build func() []byte) []byte {
 	c.mu.Lock()
-	if e, ok := c.m[key]; ok && e.index == index {
+	old, ok := c.m[key]
+	if ok && old.index == index {
 		c.mu.Unlock()
-		<-e.done
-		return e.body
+		<-old.done
+		return old.body
 	}
 	e := &cachedBody{index: index, done: make(chan struct{})}
-	if c.m == nil || len(c.m) > 4096 {
-		c.m = make(map[string]*cachedBody)
+	if c.m == nil || len(c.m) >= maxCacheEntries || c.bytes > maxCacheBytes {
+		// Start again: whoever waits on a dropped entry still has it.
+		c.m, c.bytes, ok = make(map[string]*cachedBody), 0, false
+	}
+	if ok {
+		c.forgetLocked(old)
 	}
 	c.m[key] = e
 	c.mu.Unlock()
-	e.body = build()
+	body := build()
+	c.mu.Lock()
+	e.body = body
+	if c.m[key] == e {
+		c.bytes += len(body)
+		e.counted = true
+	}
+	c.mu.Unlock()
 	close(e.done)
-	return e.body
+	return body
+}
+
+// forgetLocked takes a replaced entry's body out of the count. One still
+// rendering is not counted yet, and will not be: it is no longer in m.
+func (c *renderCache) forgetLocked(e *cachedBody) {
+	if e.counted {
+		c.bytes -= len(e.body)
+		e.counted = false
+	}
 }
 
 func (s *Server) routes() http.Handler {
