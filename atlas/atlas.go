@@ -292,7 +292,9 @@ func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 			return 0, err
 		}
 		if errors.Is(err, ErrUnavailable) {
-			return 0, sb.Errorf(sb.EUnavailable, "the store is unavailable (%v): the write may not have been made; retry", err)
+			// Not the store's own words: they may name files on the
+			// server. The store logs its failures.
+			return 0, sb.Errorf(sb.EUnavailable, "the store is unavailable (etcd without quorum, or a local store that cannot write; Atlas's log says which): the write may not have been made; retry")
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return 0, sb.Errorf(sb.EUnavailable, "the store did not take the write: %v", err)

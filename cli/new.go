@@ -106,7 +106,7 @@ func pickPort(ctx context.Context, g *globals, name string) (int, string, error)
 	if err == nil {
 		return port, "assigned by Atlas", nil
 	}
-	if sb.ErrorCode(err) != sb.EUnavailable {
+	if !sb.Transient(sb.ErrorCode(err)) {
 		return 0, "", err
 	}
 	why := sb.ErrorMessage(err)

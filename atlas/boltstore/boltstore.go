@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -230,8 +231,13 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return err
+	if _, err := os.Stat(s.dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(s.dir, 0o700); err != nil {
+			return err
+		}
+		if err := syncDir(filepath.Dir(s.dir)); err != nil {
+			return err
+		}
 	}
 	changes, dropped, err := readLog(s.dir)
 	if err != nil {
@@ -751,9 +757,10 @@ func (s *Store) checkpoint(index uint64) error {
 		}
 	}
 	s.mu.Unlock()
-	if len(todo) == 0 {
-		return nil
-	}
+	// The index is written even when there is nothing to copy (the writes
+	// up to it were all rewritten since, or were deletes of nothing): the
+	// log up to it is about to be deleted, and Open replays from the file's
+	// index on.
 	// In key order, bbolt touches each page once.
 	slices.SortFunc(todo, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
 	err := s.db.Update(func(tx *bolt.Tx) error {

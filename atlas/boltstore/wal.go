@@ -198,6 +198,12 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		}
 		payload := rest[frameHeader : frameHeader+int(n)]
 		if crc32.Checksum(payload, castagnoli) != sum {
+			// A crash during the last append can leave a frame of the
+			// right length with the wrong bytes in it; a bad frame with
+			// more after it is damage.
+			if after := len(rest) - frameHeader - int(n); after > 0 {
+				return nil, 0, fmt.Errorf("%s: damaged frame at byte %d, with %d bytes after it", path, off, after)
+			}
 			return out, int64(off), nil
 		}
 		cs, err := decodeChanges(payload)
@@ -260,6 +266,7 @@ func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
 	}
 	if err := syncDir(dir); err != nil {
 		f.Close()
+		os.Remove(path) // or the next try at this number fails
 		return nil, err
 	}
 	return &segment{f: f, path: path, seq: seq, opened: now}, nil

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,6 +166,63 @@ func TestTornTailIsDropped(t *testing.T) {
 	}
 }
 
+// A checkpoint with nothing to copy still moves the file's index, or the log
+// it deletes leaves a gap that Open refuses (and a clean Close would let the
+// index go backwards). Nothing to copy: a delete of a key that is not there
+// (a change with no entries), or writes all rewritten since.
+func TestCheckpointWithNothingToCopyKeepsTheIndex(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, time.Millisecond, nil)
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "gone", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	first := logSegments(t, path)[0]
+	deadline := time.Now().Add(10 * time.Second)
+	for slices.Contains(logSegments(t, path), first) {
+		if time.Now().After(deadline) {
+			t.Fatal("the segment of the delete was not checkpointed within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	i, err := s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.crash()
+	reopen(t, path, i, map[string]string{"a": "1"})
+
+	// Hot keys: each checkpoint finds its writes rewritten in the next
+	// segment already.
+	path = filepath.Join(t.TempDir(), "atlas.db")
+	s = openT(t, path, time.Millisecond, nil)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				if _, err := s.Txn(ctx, []atlas.Op{{Key: "hot", Value: []byte{byte('a' + w)}}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	index, want := snapshotOf(t, s)
+	s.crash()
+	reopen(t, path, index, want)
+
+	// A clean Close after a change with no entries: the index stays.
+	path = filepath.Join(t.TempDir(), "atlas.db")
+	s = openT(t, path, time.Hour, nil)
+	s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("1")}})
+	i, _ = s.Txn(ctx, []atlas.Op{{Key: "gone", Delete: true}})
+	s.Close()
+	reopen(t, path, i, map[string]string{"a": "1"})
+}
+
 // Damage anywhere but at the end of the last segment is not a torn write:
 // Open refuses the log rather than lose acknowledged writes silently.
 func TestDamagedLogIsRefused(t *testing.T) {
@@ -182,6 +241,15 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			// A later segment, as after a rotation.
 			os.WriteFile(filepath.Join(dir, segmentName(99)), nil, 0o600)
 		}, "later segments follow"},
+		{"damage in the middle of the last segment", func(t *testing.T, dir string, segs []string) {
+			last := segs[len(segs)-1]
+			data, err := os.ReadFile(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[frameHeader] ^= 0xff // the first frame's payload
+			os.WriteFile(last, data, 0o600)
+		}, "damaged frame at byte 0"},
 		{"a missing segment", func(t *testing.T, dir string, segs []string) {
 			g, err := createSegment(dir, 99, time.Now())
 			if err != nil {
