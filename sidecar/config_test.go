@@ -62,6 +62,7 @@ func TestConfigErrors(t *testing.T) {
 		{"services:\n  - name: a\n    port: 1\n    meta: {v: [1]}\n", `sidecar.yaml:4: services[0].meta.v: must be a string`},
 		{"services:\n  - name: a\n    port: 1\n    check: {tcp: maybe}\n", `sidecar.yaml:4: services[0].check.tcp: must be true or false, got "maybe"`},
 		{"upstreams: b\n", `sidecar.yaml:1: upstreams: must be a list`},
+		{"services:\n  - name: a\n    port: 1\n    check: {<<: {intervl: 2s}}\n", `sidecar.yaml:4: services[0].check.intervl: unknown key`},
 		{"atlas: [http://a:1, {x: 1}]\n", `sidecar.yaml:1: atlas[1]: must be a string`},
 		{"upstreams:\n  - name: b\n  - name: b\n", "sidecar.yaml:3: upstreams[1].name: b is listed twice"},
 		{"upstreams:\n  - name: b\n    listen: nope\n", `sidecar.yaml:3: upstreams[0].listen: must be host:port, got "nope"`},
@@ -93,4 +94,31 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config fails validation: %v", err)
 		}
 	})
+}
+
+// What YAML itself allows passes the shape check: merge keys and the
+// other ways to write an integer.
+func TestConfigYAMLForms(t *testing.T) {
+	cfg, err := ParseConfig("sidecar.yaml", []byte(`
+defaults: &check
+  interval: 5s
+  fall: 0x3
+services:
+  - name: a
+    port: 1_000
+    check:
+      <<: *check
+      http: /healthcheck
+`[1:]))
+	if err == nil {
+		t.Fatalf("an unknown top-level key (defaults) was accepted: %+v", cfg)
+	}
+	cfg, err = ParseConfig("sidecar.yaml", []byte("services:\n  - name: a\n    port: 1_000\n    check:\n      <<: [{interval: 5s}, {fall: 0x3}]\n      http: /healthcheck\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Services[0]
+	if c.Port != 1000 || time.Duration(c.Check.Interval) != 5*time.Second || c.Check.Fall != 3 {
+		t.Fatalf("parsed %+v", c)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -55,6 +54,14 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
+			if k.Tag == "!!merge" {
+				// "<<: *defaults": the merged mapping (or list of
+				// mappings) must fit the same type.
+				if err := checkMerge(v, t, path); err != nil {
+					return err
+				}
+				continue
+			}
 			f, ok := fieldByKey(t, k.Value)
 			if !ok {
 				keys := keysOf(t)
@@ -91,10 +98,8 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 			return fail("must be a string")
 		}
 	case reflect.Int:
-		if n.Kind != yaml.ScalarNode {
-			return fail("must be a whole number")
-		}
-		if _, err := strconv.Atoi(n.Value); err != nil {
+		var i int
+		if n.Kind != yaml.ScalarNode || n.Decode(&i) != nil {
 			return fail("must be a whole number, got %q", n.Value)
 		}
 	case reflect.Bool:
@@ -104,6 +109,22 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 		}
 	}
 	return nil
+}
+
+// checkMerge checks what a merge key brings into a mapping of type t.
+func checkMerge(v *yaml.Node, t reflect.Type, path []any) error {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	if v.Kind == yaml.SequenceNode {
+		for _, m := range v.Content {
+			if err := checkMerge(m, t, path); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return checkShape(v, t, path)
 }
 
 // fieldByKey finds the field of struct t whose yaml tag is key.

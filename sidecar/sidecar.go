@@ -16,6 +16,7 @@ import (
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/sidecar/haproxy"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
@@ -368,15 +369,23 @@ func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 // pool, until the sidecar stops or the returned function is called (the
 // table dropped the pool); it reconnects with backoff, resuming from the
 // last event.
-func (s *Sidecar) watch(service string) (stop func()) {
+func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
+	service := pool.Service
 	ctx, cancel := context.WithCancel(s.ctx)
+	var dropped atomic.Bool
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		pool := s.table.Lookup(service)
-		if pool == nil {
-			return // dropped already
-		}
+		defer func() {
+			// A dropped pool's instances are closed as removed ones are:
+			// idle connections at once, those in use when their request
+			// ends. No update comes after Follow returns.
+			if dropped.Load() {
+				for _, e := range pool.Endpoints() {
+					proxy.CloseEndpoint(e)
+				}
+			}
+		}()
 		var lastErr string
 		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
 			lastErr = ""
@@ -404,7 +413,10 @@ func (s *Sidecar) watch(service string) (stop func()) {
 			}
 		})
 	}()
-	return cancel
+	return func() {
+		dropped.Store(true)
+		cancel()
+	}
 }
 
 // sweep drops, every interval, the services no call has asked for in the

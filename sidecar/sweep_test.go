@@ -4,11 +4,15 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
+	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
 // A name called once (a typo in a Host header) is followed only until a
@@ -31,12 +35,26 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	}
 	defer s.Shutdown()
 
-	res, err := http.Get("http://" + s.ListenAddr + "/")
+	// A service with an instance, called once: its connection pool goes
+	// with it.
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	port, _ := strconv.Atoi(backend.URL[strings.LastIndexByte(backend.URL, ':')+1:])
+	if _, err := a.Client().Register(context.Background(), "ping-1", sb.Registration{Service: "ping", Address: "127.0.0.1", Port: port}); err != nil {
+		t.Fatal(err)
+	}
+	before := proxy.OpenBackends()
+	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+	req.Host = "ping.localhost"
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+	if res.StatusCode != 200 || proxy.OpenBackends() != before+1 {
+		t.Fatalf("call to ping = %d with %d connection pools open; want 200 with %d", res.StatusCode, proxy.OpenBackends(), before+1)
+	}
+	req, _ = http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
 	req.Host = "tpyo.localhost"
 	if res, err = http.DefaultClient.Do(req); err != nil {
 		t.Fatal(err)
@@ -58,6 +76,12 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	for s.table.Lookup("tpyo") != nil || watchers("tpyo") != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("after 10s the unused service is still followed: in the table %v, %d streams on Atlas", s.table.Lookup("tpyo") != nil, watchers("tpyo"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for s.table.Lookup("ping") != nil || proxy.OpenBackends() != before {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s the unused ping is in the table: %v; %d connection pools open, want %d", s.table.Lookup("ping") != nil, proxy.OpenBackends(), before)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -75,6 +75,14 @@ var backends = struct {
 	started bool
 }{set: map[*backend]struct{}{}}
 
+// OpenBackends is how many instances the proxy keeps a connection pool
+// for: one per instance of every service it routes to (for tests).
+func OpenBackends() int {
+	backends.Lock()
+	defer backends.Unlock()
+	return len(backends.set)
+}
+
 func newBackend(addr string) *backend {
 	b := &backend{addr: addr}
 	backends.Lock()

@@ -21,9 +21,9 @@ import (
 type Table struct {
 	// Realm of every pool.
 	Realm string
-	// OnNew is called once per new service, outside the table's lock. The
+	// OnNew is called once per new pool, outside the table's lock. The
 	// function it returns, if not nil, is called when the pool is dropped.
-	OnNew func(service string) (stop func())
+	OnNew func(pool *balance.Pool) (stop func())
 	// OnEject is called when outlier detection ejects an endpoint; may be
 	// nil.
 	OnEject func(service, id string)
@@ -75,7 +75,7 @@ func (t *Table) get(service string, pin bool) *balance.Pool {
 	t.pools[service] = e
 	t.mu.Unlock()
 	if t.OnNew != nil {
-		if stop := t.OnNew(service); stop != nil {
+		if stop := t.OnNew(e.pool); stop != nil {
 			t.mu.Lock()
 			if t.pools[service] == e {
 				e.stop = stop

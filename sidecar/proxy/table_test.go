@@ -3,14 +3,16 @@ package proxy
 import (
 	"reflect"
 	"testing"
+
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	started := map[string]int{}
 	stopped := map[string]int{}
-	tab := &Table{Realm: "dev", OnNew: func(service string) func() {
-		started[service]++
-		return func() { stopped[service]++ }
+	tab := &Table{Realm: "dev", OnNew: func(pool *balance.Pool) func() {
+		started[pool.Service]++
+		return func() { stopped[pool.Service]++ }
 	}}
 	tab.Get("a")
 	tab.Pin("b")
