@@ -40,6 +40,15 @@ type entry struct {
 	stop   func()      // from OnNew
 }
 
+// markUsed notes a use. The flag is read first: on the request path a
+// plain load costs less than the locked exchange of a store, and it is set
+// already nearly always.
+func (e *entry) markUsed() {
+	if !e.used.Load() {
+		e.used.Store(true)
+	}
+}
+
 // Get returns the pool of service, creating it the first time.
 func (t *Table) Get(service string) *balance.Pool {
 	return t.get(service, false)
@@ -56,7 +65,7 @@ func (t *Table) get(service string, pin bool) *balance.Pool {
 	e := t.pools[service]
 	t.mu.RUnlock()
 	if e != nil && !pin {
-		e.used.Store(true)
+		e.markUsed()
 		return e.pool
 	}
 	t.mu.Lock()
@@ -97,7 +106,7 @@ func (t *Table) GetBytes(service []byte) *balance.Pool {
 	e := t.pools[string(service)]
 	t.mu.RUnlock()
 	if e != nil {
-		e.used.Store(true)
+		e.markUsed()
 		return e.pool
 	}
 	return t.Get(string(service))
