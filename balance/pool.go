@@ -201,58 +201,85 @@ func joinHostPort(host string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-// routable returns the endpoints new requests may go to: enabled,
-// not critical, passing ones if any (warning ones only when no passing one
-// is left), and not ejected, unless ejection would take out more than half.
-func routable(eps []*Endpoint, now time.Time, exclude []*Endpoint) []*Endpoint {
-	var passing, warning []*Endpoint
-	for _, e := range eps {
-		info := e.info.Load()
-		if !info.Enabled || slices.Contains(exclude, e) {
-			continue
+// The endpoints new requests may go to: enabled, not critical, not
+// already tried for this request; passing ones if any (warning ones only
+// when no passing one is left); and not ejected, unless every one of those
+// is (ejection is a guess: a request that might work beats a certain 503).
+// Pick counts and indexes them in place rather than collecting them: it
+// runs on every request and allocates nothing.
+type candidates struct {
+	eps      []*Endpoint
+	exclude  []*Endpoint
+	now      time.Time
+	status   sb.Status // the tier: passing, or warning when no passing one is left
+	liveOnly bool      // skip ejected endpoints
+}
+
+func (c *candidates) ok(e *Endpoint) bool {
+	info := e.info.Load()
+	if !info.Enabled || info.Status != c.status || slices.Contains(c.exclude, e) {
+		return false
+	}
+	if c.liveOnly {
+		ej, _ := e.Ejected(c.now)
+		return !ej
+	}
+	return true
+}
+
+func (c *candidates) count() int {
+	n := 0
+	for _, e := range c.eps {
+		if c.ok(e) {
+			n++
 		}
-		switch info.Status {
-		case sb.Passing:
-			passing = append(passing, e)
-		case sb.Warning:
-			warning = append(warning, e)
+	}
+	return n
+}
+
+// nth returns the candidate at index k (0-based) among the candidates.
+func (c *candidates) nth(k int) *Endpoint {
+	for _, e := range c.eps {
+		if c.ok(e) {
+			if k == 0 {
+				return e
+			}
+			k--
 		}
 	}
-	set := passing
-	if len(set) == 0 {
-		set = warning
-	}
-	live := set[:0:0]
-	for _, e := range set {
-		if ej, _ := e.Ejected(now); !ej {
-			live = append(live, e)
-		}
-	}
-	if len(live) == 0 {
-		// Every candidate is ejected: ejection is a guess, a request
-		// that might work beats a certain 503.
-		return set
-	}
-	return live
+	return nil
 }
 
 // Pick chooses an endpoint by the power of two choices on in-flight
 // requests, skipping exclude (endpoints already tried for this request).
 // It returns nil when no endpoint is routable.
 func (p *Pool) Pick(exclude []*Endpoint) *Endpoint {
-	set := routable(*p.eps.Load(), time.Now(), exclude)
-	switch len(set) {
+	c := candidates{eps: *p.eps.Load(), exclude: exclude, now: time.Now(), status: sb.Passing, liveOnly: true}
+	n := 0
+	for _, c.status = range [...]sb.Status{sb.Passing, sb.Warning} {
+		c.liveOnly = false
+		if c.count() == 0 {
+			continue
+		}
+		c.liveOnly = true
+		if n = c.count(); n == 0 {
+			c.liveOnly = false
+			n = c.count()
+		}
+		break
+	}
+	switch n {
 	case 0:
 		return nil
 	case 1:
-		return set[0]
+		return c.nth(0)
 	}
-	i := rand.IntN(len(set))
-	j := rand.IntN(len(set) - 1)
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	a, b := set[i], set[j]
+	a, b := c.nth(i), c.nth(j)
 	if b.inflight.Load() < a.inflight.Load() {
 		return b
 	}

@@ -142,3 +142,17 @@ func TestBudget(t *testing.T) {
 		t.Fatalf("budget after 1000 requests allowed %d retries; want 300", n)
 	}
 }
+
+// Pick runs on every request through the sidecar: it allocates nothing.
+func TestPickAllocatesNothing(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true), inst("z", 3, sb.Warning, true)}, 1)
+	exclude := []*Endpoint{p.Endpoints()[0]}
+	if n := testing.AllocsPerRun(100, func() {
+		if p.Pick(nil) == nil || p.Pick(exclude) == nil {
+			t.Fatal("no pick")
+		}
+	}); n != 0 {
+		t.Fatalf("Pick allocates %v times per call; want 0", n)
+	}
+}
