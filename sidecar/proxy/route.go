@@ -21,8 +21,10 @@ const TimeoutHeader = "Switchboard-Timeout"
 func ServiceOf(header, host string) (string, error) {
 	if header != "" {
 		name := strings.ToLower(strings.TrimSpace(header))
-		if err := sb.ValidateName(ServiceHeader, name); err != nil {
-			return "", err
+		if sb.ValidateName(ServiceHeader, name) != nil {
+			// The error quotes what was sent, not its lower-case form
+			// (which is no more valid).
+			return "", sb.ValidateName(ServiceHeader, strings.TrimSpace(header))
 		}
 		return name, nil
 	}

@@ -23,6 +23,7 @@ func TestServiceOf(t *testing.T) {
 		{"", "example.com", "", "no target service"},
 		{"", "_x.localhost", "", "names no service"},
 		{"bad_name", "", "", "Switchboard-Service: must match"},
+		{"Bad!", "", "", `Switchboard-Service: must match ^[a-z][a-z0-9-]{0,62}$ (a DNS label), got "Bad!"`},
 	}
 	for _, tt := range tests {
 		got, err := ServiceOf(tt.header, tt.host)
