@@ -355,17 +355,6 @@ func (s *Store) Close() error {
 	return err
 }
 
-// crash stops the store as a crash would: no checkpoint, the log left as
-// it is (for tests).
-func (s *Store) crash() {
-	s.closed.Do(func() {
-		s.cancel()
-		s.wg.Wait()
-		s.seg.f.Close()
-		s.db.Close()
-	})
-}
-
 // Snapshot implements atlas.Store: the file, with the writes that only
 // the log has yet laid over it, in key order.
 func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {

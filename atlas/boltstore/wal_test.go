@@ -17,6 +17,17 @@ import (
 	"github.com/switchboard-go/switchboard/atlas"
 )
 
+// crash stops the store as a crash would: no checkpoint, the log left as
+// it is.
+func (s *Store) crash() {
+	s.closed.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		s.seg.f.Close()
+		s.db.Close()
+	})
+}
+
 func openT(t *testing.T, path string, checkpoint time.Duration, log *bytes.Buffer) *Store {
 	t.Helper()
 	cfg := Config{Path: path, CheckpointInterval: checkpoint, SweepInterval: time.Hour}
