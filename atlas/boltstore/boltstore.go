@@ -403,8 +403,8 @@ func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 	return index, kvs, nil
 }
 
-// Txn implements atlas.Store. Concurrent calls are grouped into one bbolt
-// transaction and one fsync.
+// Txn implements atlas.Store. Concurrent calls are grouped into one
+// append to the write-ahead log and one fdatasync.
 func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 	req := &writeReq{ops: ops, reply: make(chan writeResult, 1)}
 	return s.submit(ctx, req)
@@ -572,9 +572,7 @@ func (s *Store) commit(batch []*writeReq) {
 	if s.failed != nil {
 		err := s.failed
 		s.mu.Unlock()
-		for _, req := range batch {
-			req.reply <- writeResult{err: err}
-		}
+		refuse(batch, err)
 		return
 	}
 	// Conditions are checked against the file, the pending writes and
@@ -583,9 +581,7 @@ func (s *Store) commit(batch []*writeReq) {
 	tx, err := s.db.Begin(false)
 	if err != nil {
 		s.mu.Unlock()
-		for _, req := range batch {
-			req.reply <- writeResult{err: fmt.Errorf("boltstore: %w", err)}
-		}
+		refuse(batch, fmt.Errorf("boltstore: %w", err))
 		return
 	}
 	b := tx.Bucket(bucketKV)
@@ -648,9 +644,7 @@ func (s *Store) commit(batch []*writeReq) {
 			s.mu.Lock()
 			s.failed = err
 			s.mu.Unlock()
-			for _, req := range batch {
-				req.reply <- writeResult{err: err}
-			}
+			refuse(batch, err)
 			return
 		}
 	}
@@ -680,6 +674,13 @@ func (s *Store) commit(batch []*writeReq) {
 	s.mu.Unlock()
 	for i, req := range batch {
 		req.reply <- results[i]
+	}
+}
+
+// refuse answers every request of a batch that was not written with err.
+func refuse(batch []*writeReq, err error) {
+	for _, req := range batch {
+		req.reply <- writeResult{err: err}
 	}
 }
 
@@ -746,10 +747,6 @@ func (s *Store) checkpoint(index uint64) error {
 		}
 	}
 	s.mu.Unlock()
-	// The index is written even when there is nothing to copy (the writes
-	// up to it were all rewritten since, or were deletes of nothing): the
-	// log up to it is about to be deleted, and Open replays from the file's
-	// index on.
 	// In key order, bbolt touches each page once.
 	slices.SortFunc(todo, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -759,6 +756,9 @@ func (s *Store) checkpoint(index uint64) error {
 				return err
 			}
 		}
+		// Also when there was nothing to copy (the writes up to index
+		// were all rewritten since, or deleted nothing): the log up to it
+		// is about to go, and Open replays from the file's index on.
 		return putIndex(tx, index)
 	})
 	if err != nil {

@@ -177,8 +177,8 @@ func decodeChanges(p []byte) ([]atlas.Change, error) {
 }
 
 // readSegment returns the changes in the segment at path, and, when its
-// end is an incomplete or damaged frame, the offset where that frame
-// begins (-1 when the segment is whole).
+// end is an incomplete or damaged frame, how many bytes that frame takes
+// to the end of the file (0 when the segment is whole).
 func readSegment(path string) ([]atlas.Change, int64, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -188,13 +188,14 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 	off := 0
 	for off < len(data) {
 		rest := data[off:]
+		torn := int64(len(rest))
 		if len(rest) < frameHeader {
-			return out, int64(off), nil
+			return out, torn, nil
 		}
 		n := binary.LittleEndian.Uint32(rest)
 		sum := binary.LittleEndian.Uint32(rest[4:])
 		if n > maxFrame || int(n) > len(rest)-frameHeader {
-			return out, int64(off), nil
+			return out, torn, nil
 		}
 		payload := rest[frameHeader : frameHeader+int(n)]
 		if crc32.Checksum(payload, castagnoli) != sum {
@@ -204,7 +205,7 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 			if after := len(rest) - frameHeader - int(n); after > 0 {
 				return nil, 0, fmt.Errorf("%s: damaged frame at byte %d, with %d bytes after it", path, off, after)
 			}
-			return out, int64(off), nil
+			return out, torn, nil
 		}
 		cs, err := decodeChanges(payload)
 		if err != nil {
@@ -214,7 +215,7 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		out = append(out, cs...)
 		off += frameHeader + int(n)
 	}
-	return out, -1, nil
+	return out, 0, nil
 }
 
 // readLog reads every segment of dir in order. Only the last may end in an
@@ -233,16 +234,10 @@ func readLog(dir string) (changes []atlas.Change, dropped int64, err error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		if torn >= 0 {
-			if i != len(paths)-1 {
-				return nil, 0, fmt.Errorf("%s: damaged at byte %d, and later segments follow it", p, torn)
-			}
-			fi, err := os.Stat(p)
-			if err != nil {
-				return nil, 0, err
-			}
-			dropped = fi.Size() - torn
+		if torn > 0 && i != len(paths)-1 {
+			return nil, 0, fmt.Errorf("%s: damaged in its last %d bytes, and later segments follow it", p, torn)
 		}
+		dropped = torn
 		changes = append(changes, cs...)
 	}
 	return changes, dropped, nil
