@@ -371,8 +371,7 @@ func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 // last event.
 func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 	service := pool.Service
-	ctx, cancel := context.WithCancel(s.ctx)
-	var dropped atomic.Bool
+	ctx, cancel := context.WithCancelCause(s.ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -380,7 +379,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			// A dropped pool's instances are closed as removed ones are:
 			// idle connections at once, those in use when their request
 			// ends. No update comes after Follow returns.
-			if dropped.Load() {
+			if context.Cause(ctx) == errDropped {
 				for _, e := range pool.Endpoints() {
 					proxy.CloseEndpoint(e)
 				}
@@ -413,11 +412,11 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			}
 		})
 	}()
-	return func() {
-		dropped.Store(true)
-		cancel()
-	}
+	return func() { cancel(errDropped) }
 }
+
+// errDropped ends the watch of a service the table dropped.
+var errDropped = errors.New("sidecar: no call asked for the service")
 
 // sweep drops, every interval, the services no call has asked for in the
 // last one or two intervals: it stops following them and forgets their
