@@ -38,11 +38,15 @@ var statusByCode = map[string]int{
 	EDeadlineExceeded: http.StatusGatewayTimeout,
 }
 
-// Transient reports whether an error with code may go away when the call is
-// made again, later or to another replica: unavailable, bad_gateway and
+// Transient reports whether err may go away when the call is made again,
+// later or to another replica: its code is unavailable, bad_gateway or
 // deadline_exceeded.
-func Transient(code string) bool {
-	return code == EUnavailable || code == EBadGateway || code == EDeadlineExceeded
+func Transient(err error) bool {
+	switch ErrorCode(err) {
+	case EUnavailable, EBadGateway, EDeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 // Error is an error meant for the user: a code from the table above and a

@@ -265,7 +265,7 @@ func watchCmd(g *globals) *cobra.Command {
 				if cmd.Context().Err() != nil {
 					return nil
 				}
-				if !sb.Transient(sb.ErrorCode(err)) {
+				if !sb.Transient(err) {
 					return err
 				}
 				fmt.Fprintf(g.stderr, "switchboard: watch: %s; reconnecting\n", sb.ErrorMessage(err))

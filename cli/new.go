@@ -106,7 +106,7 @@ func pickPort(ctx context.Context, g *globals, name string) (int, string, error)
 	if err == nil {
 		return port, "assigned by Atlas", nil
 	}
-	if !sb.Transient(sb.ErrorCode(err)) {
+	if !sb.Transient(err) {
 		return 0, "", err
 	}
 	why := sb.ErrorMessage(err)

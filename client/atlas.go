@@ -120,7 +120,7 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 		n := (start + i) % len(urls)
 		idx, err, retry := a.callOne(ctx, urls[n], method, path, q, body, out)
 		if !retry {
-			if err == nil || !sb.Transient(sb.ErrorCode(err)) {
+			if !sb.Transient(err) {
 				a.mu.Lock()
 				a.good = n
 				a.mu.Unlock()
