@@ -254,19 +254,17 @@ func (c *candidates) nth(k int) *Endpoint {
 // requests, skipping exclude (endpoints already tried for this request).
 // It returns nil when no endpoint is routable.
 func (p *Pool) Pick(exclude []*Endpoint) *Endpoint {
-	c := candidates{eps: *p.eps.Load(), exclude: exclude, now: time.Now(), status: sb.Passing, liveOnly: true}
+	c := candidates{eps: *p.eps.Load(), exclude: exclude, now: time.Now()}
 	n := 0
+	// The first tier with a candidate, its live ones when it has any: in
+	// the common case (a passing one not ejected) one count.
+tiers:
 	for _, c.status = range [...]sb.Status{sb.Passing, sb.Warning} {
-		c.liveOnly = false
-		if c.count() == 0 {
-			continue
+		for _, c.liveOnly = range [...]bool{true, false} {
+			if n = c.count(); n > 0 {
+				break tiers
+			}
 		}
-		c.liveOnly = true
-		if n = c.count(); n == 0 {
-			c.liveOnly = false
-			n = c.count()
-		}
-		break
 	}
 	switch n {
 	case 0:

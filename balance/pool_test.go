@@ -156,3 +156,25 @@ func TestPickAllocatesNothing(t *testing.T) {
 		t.Fatalf("Pick allocates %v times per call; want 0", n)
 	}
 }
+
+// When every candidate of the tier is ejected, one of them is picked
+// anyway (ejection is a guess), and still before a warning instance.
+func TestPickFallsBackToEjected(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("p1", 1, sb.Passing, true), inst("p2", 2, sb.Passing, true), inst("w", 3, sb.Warning, true)}, 1)
+	eps := p.Endpoints()
+	for range EjectAfter {
+		p.Report(eps[0], false)
+	}
+	if ej, _ := eps[0].Ejected(time.Now()); !ej {
+		t.Fatal("p1 not ejected")
+	}
+	for range 20 {
+		if e := p.Pick([]*Endpoint{eps[1]}); e != eps[0] {
+			t.Fatalf("Pick excluding p2 = %v; want the ejected p1", e)
+		}
+		if e := p.Pick(nil); e != eps[1] {
+			t.Fatalf("Pick = %v; want p2, the passing one not ejected", e)
+		}
+	}
+}
