@@ -23,11 +23,7 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 		return nil // an empty value: the field's zero value
 	}
 	fail := func(format string, args ...any) error {
-		what := "the file"
-		if len(path) > 0 {
-			what = name(path)
-		}
-		return &fieldError{line: n.Line, msg: what + ": " + fmt.Sprintf(format, args...)}
+		return &fieldError{line: n.Line, msg: where(path) + ": " + fmt.Sprintf(format, args...)}
 	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -64,12 +60,7 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 			}
 			f, ok := fieldByKey(t, k.Value)
 			if !ok {
-				keys := keysOf(t)
-				where := "the file"
-				if len(path) > 0 {
-					where = name(path)
-				}
-				return &fieldError{line: k.Line, msg: fmt.Sprintf("%s: unknown key; %s takes %s", name(append(path, k.Value)), where, strings.Join(keys, ", "))}
+				return &fieldError{line: k.Line, msg: fmt.Sprintf("%s: unknown key; %s takes %s", name(append(path, k.Value)), where(path), strings.Join(keysOf(t), ", "))}
 			}
 			if err := checkShape(v, f.Type, append(slices.Clip(path), k.Value)); err != nil {
 				return err
@@ -109,6 +100,14 @@ func checkShape(n *yaml.Node, t reflect.Type, path []any) error {
 		}
 	}
 	return nil
+}
+
+// where names path in a message; the empty path is the whole file.
+func where(path []any) string {
+	if len(path) == 0 {
+		return "the file"
+	}
+	return name(path)
 }
 
 // checkMerge checks what a merge key brings into a mapping of type t.
