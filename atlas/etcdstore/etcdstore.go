@@ -87,13 +87,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{},
 		renew: newRenewer(cli, func(ep string) (*clientv3.Client, error) { return dial(ep) })}
-	s.pool = newLeasePool(func(ctx context.Context, secs int64) (clientv3.LeaseID, error) {
-		l, err := cli.Grant(ctx, secs)
-		if err != nil {
-			return 0, err
-		}
-		return l.ID, nil
-	})
+	s.pool = newLeasePool(s.grant)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
@@ -102,6 +96,15 @@ func Open(cfg Config) (*Store, error) {
 		return nil, unavailable("connect to "+strings.Join(cfg.Endpoints, ","), err)
 	}
 	return s, nil
+}
+
+// grant grants a lease of secs seconds.
+func (s *Store) grant(ctx context.Context, secs int64) (clientv3.LeaseID, error) {
+	l, err := s.cli.Grant(ctx, secs)
+	if err != nil {
+		return 0, err
+	}
+	return l.ID, nil
 }
 
 // Close closes the etcd client. It is safe to call more than once.
@@ -198,12 +201,11 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 			if pooled {
 				renew = append(renew, id)
 			} else {
-				l, err := s.cli.Grant(ctx, secs)
-				if err != nil {
+				var err error
+				if id, err = s.grant(ctx, secs); err != nil {
 					revoke()
 					return 0, unavailable("grant a lease", err)
 				}
-				id = l.ID
 			}
 			granted = append(granted, id)
 			leaseOf[op.Key] = id
