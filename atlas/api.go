@@ -205,7 +205,7 @@ func (s *Server) ownInstance(r *http.Request, id string) error {
 		}
 		return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 	}
-	return p.own(in.realm, in.service)
+	return p.own(in.realm(), in.service())
 }
 
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {

@@ -74,8 +74,8 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 	for attempt := 0; ; attempt++ {
 		s.st.mu.RLock()
 		old := s.st.instances[id]
-		if old != nil && (old.service != reg.Service || old.realm != reg.Realm) {
-			if err := may(old.realm, old.service); err != nil {
+		if old != nil && (old.service() != reg.Service || old.realm() != reg.Realm) {
+			if err := may(old.realm(), old.service()); err != nil {
 				s.st.mu.RUnlock()
 				return nil, err
 			}
@@ -88,7 +88,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 		}
 		if old != nil {
 			prev = old.index
-			if old.service == in.Service && old.realm == in.Realm {
+			if old.service() == in.Service && old.realm() == in.Realm {
 				in.RegisteredAt = fromNanos(old.registered)
 				if old.status() == in.Status {
 					in.StatusChangedAt = fromNanos(old.statusChanged)

@@ -42,22 +42,35 @@ type tokenRecord struct {
 // took 264), times in Unix nanoseconds (0: none); the id is its map key,
 // and what the API derives (enabled, the lease fields) is not kept.
 type instRecord struct {
-	index          uint64 // of the write that stored it
-	res            uint64 // of the last change to its answer (its watch key's)
-	service, realm string
-	address        string
-	tags           []string // shared between instances with equal tags
-	meta           map[string]string
-	output         string
-	ttl            sb.Duration
-	registered     int64
-	statusChanged  int64
+	index         uint64 // of the write that stored it
+	res           uint64 // of the last change to its answer (its watch key's)
+	svc           unique.Handle[svcName]
+	address       string
+	tags          []string // shared between instances with equal tags
+	meta          map[string]string
+	output        string
+	ttl           sb.Duration
+	registered    int64
+	statusChanged int64
 	// lease is this server's lease bookkeeping (guarded by Server.lmu),
 	// handed from each record of the instance to the next.
 	lease  *leaseInfo
 	port   int32
 	health uint8 // index in statuses
 }
+
+// svcName is a service of a realm. Records and history events keep a
+// unique.Handle of one: 8 bytes where the two strings took 32, which
+// brings a record down to the 128-byte size class.
+type svcName struct{ realm, service string }
+
+func makeSvcName(realm, service string) unique.Handle[svcName] {
+	return unique.Make(svcName{realm: realm, service: service})
+}
+
+// realm and service are the record's.
+func (r *instRecord) realm() string   { return r.svc.Value().realm }
+func (r *instRecord) service() string { return r.svc.Value().service }
 
 // statuses numbers the statuses for records, which keep one in a byte.
 // Every write validates its status, so no other is stored; one would
@@ -81,7 +94,7 @@ func (r *instRecord) status() sb.Status { return statuses[r.health] }
 // fields): a new value the caller may change.
 func (r *instRecord) stored(id string) *sb.Instance {
 	return &sb.Instance{
-		ID: id, Service: r.service, Realm: r.realm, Address: r.address, Port: int(r.port),
+		ID: id, Service: r.service(), Realm: r.realm(), Address: r.address, Port: int(r.port),
 		Tags: r.tags, Meta: r.meta, Status: r.status(), Output: r.output, TTL: r.ttl,
 		RegisteredAt: fromNanos(r.registered), StatusChangedAt: fromNanos(r.statusChanged),
 	}
@@ -123,8 +136,8 @@ const (
 
 // event is one entry of the history that lets an event stream resume.
 type event struct {
-	index          uint64
-	realm, service string
+	index uint64
+	svc   unique.Handle[svcName]
 }
 
 // state is Atlas's in-memory copy of the store, kept current by apply.
@@ -174,8 +187,8 @@ func (s *state) changedSinceLocked(realm string, after uint64, want func(string)
 	var out []string
 	i := sort.Search(len(s.history), func(i int) bool { return s.history[i].index > after })
 	for _, e := range s.history[i:] {
-		if e.realm == realm && want(e.service) && !slices.Contains(out, e.service) {
-			out = append(out, e.service)
+		if n := e.svc.Value(); n.realm == realm && want(n.service) && !slices.Contains(out, n.service) {
+			out = append(out, n.service)
 		}
 	}
 	return out
@@ -329,7 +342,7 @@ func (s *state) touchInstanceLocked(id string, before, after *sb.Instance, index
 		k := svcKey(in.Realm, in.Service)
 		if !slices.Contains(*woken, k) {
 			*woken = append(*woken, k, listKey(in.Realm))
-			s.history = append(s.history, event{index: index, realm: in.Realm, service: in.Service})
+			s.history = append(s.history, event{index: index, svc: makeSvcName(in.Realm, in.Service)})
 		}
 	}
 	// Trim in halves, so that keeping the history costs O(1) a change.
@@ -372,15 +385,16 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		before := s.visibleLocked(id)
 		s.unindexLocked(id)
 		s.instances[id] = r
-		svcs := s.byService[r.realm]
+		name := r.svc.Value()
+		svcs := s.byService[name.realm]
 		if svcs == nil {
 			svcs = make(map[string]map[string]*instRecord)
-			s.byService[r.realm] = svcs
+			s.byService[name.realm] = svcs
 		}
-		if svcs[r.service] == nil {
-			svcs[r.service] = make(map[string]*instRecord)
+		if svcs[name.service] == nil {
+			svcs[name.service] = make(map[string]*instRecord)
 		}
-		svcs[r.service][id] = r
+		svcs[name.service][id] = r
 		s.touchInstanceLocked(id, before, s.visibleLocked(id), kv.Index, woken)
 	case strings.HasPrefix(key, pfxSwitch):
 		id := key[len(pfxSwitch):]
@@ -464,13 +478,14 @@ func (s *state) unindexLocked(id string) {
 	if r == nil {
 		return
 	}
-	svcs := s.byService[r.realm]
-	delete(svcs[r.service], id)
-	if len(svcs[r.service]) == 0 {
-		delete(svcs, r.service)
+	name := r.svc.Value()
+	svcs := s.byService[name.realm]
+	delete(svcs[name.service], id)
+	if len(svcs[name.service]) == 0 {
+		delete(svcs, name.service)
 	}
 	if len(svcs) == 0 {
-		delete(s.byService, r.realm)
+		delete(s.byService, name.realm)
 	}
 }
 
@@ -562,7 +577,7 @@ func (s *state) wakeAll() {
 }
 
 // newRecord makes the record of in, stored at index, without changing in.
-// Records share strings (service, realm, tags, meta keys and
+// Records share strings (service and realm, tags, meta keys and
 // values: one copy each), equal tag lists and equal meta maps (a map of one
 // entry costs some 300 bytes): 100,000 instances of a few services
 // otherwise hold 100,000 copies of each. Records are never changed in
@@ -570,8 +585,7 @@ func (s *state) wakeAll() {
 func (s *state) newRecord(in *sb.Instance, index uint64) *instRecord {
 	return &instRecord{
 		index:         index,
-		service:       unique.Make(in.Service).Value(),
-		realm:         unique.Make(in.Realm).Value(),
+		svc:           makeSvcName(in.Realm, in.Service),
 		address:       in.Address,
 		port:          int32(in.Port), // 1-65535: validated on every write
 		tags:          s.sharedTags(in.Tags),
