@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -74,6 +75,11 @@ type Store struct {
 	dir   string   // of the write-ahead log
 	seg   *segment // the log segment being appended to (writer only)
 	ckpts chan checkpoint
+	// writerDone is closed when the writer has stopped.
+	writerDone chan struct{}
+	// checkpoints counts the checkpoints that forgot pending writes
+	// (changed under mu): see beginRead.
+	checkpoints atomic.Uint64
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -189,15 +195,16 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: open %s: %w", cfg.Path, err)
 	}
 	s := &Store{
-		cfg:      cfg,
-		opened:   cfg.Now(),
-		db:       db,
-		dir:      walDir(cfg.Path),
-		writes:   make(chan *writeReq, 1024),
-		ckpts:    make(chan checkpoint, 1),
-		leases:   make(map[string]*lease),
-		pending:  make(map[string]*pendingKV),
-		watchers: make(map[*watcher]struct{}),
+		cfg:        cfg,
+		opened:     cfg.Now(),
+		db:         db,
+		dir:        walDir(cfg.Path),
+		writes:     make(chan *writeReq, 1024),
+		ckpts:      make(chan checkpoint, 1),
+		writerDone: make(chan struct{}),
+		leases:     make(map[string]*lease),
+		pending:    make(map[string]*pendingKV),
+		watchers:   make(map[*watcher]struct{}),
 	}
 	if err := s.load(); err != nil {
 		db.Close()
@@ -361,21 +368,17 @@ func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, nil, err
 	}
-	// The read transaction begins under mu, so that the file it sees and
-	// the pending writes agree: the checkpointer removes pending writes
-	// (under mu) only once the file has them.
-	s.mu.Lock()
+	tx, err := s.beginRead()
+	if err != nil {
+		return 0, nil, fmt.Errorf("boltstore: snapshot: %w", err)
+	}
+	defer tx.Rollback()
 	index := s.index
 	over := make(map[string]pendingKV, len(s.pending))
 	for k, p := range s.pending {
 		over[k] = *p
 	}
-	tx, err := s.db.Begin(false)
 	s.mu.Unlock()
-	if err != nil {
-		return 0, nil, fmt.Errorf("boltstore: snapshot: %w", err)
-	}
-	defer tx.Rollback()
 	var kvs []atlas.KV
 	err = tx.Bucket(bucketKV).ForEach(func(k, v []byte) error {
 		if _, ok := over[string(k)]; ok {
@@ -420,12 +423,20 @@ func (s *Store) submit(ctx context.Context, req *writeReq) (uint64, error) {
 	}
 	// Once queued the write will be applied or refused; wait for the answer
 	// even if ctx ends, so that the caller never mistakes a committed write
-	// for a failed one.
+	// for a failed one. When the store closes meanwhile, the writer
+	// finishes the batch it has before it stops: that batch's answers
+	// count.
 	select {
 	case r := <-req.reply:
 		return r.index, r.err
 	case <-s.ctx.Done():
-		return 0, atlas.ErrClosed
+		<-s.writerDone
+		select {
+		case r := <-req.reply:
+			return r.index, r.err
+		default:
+			return 0, atlas.ErrClosed
+		}
 	}
 }
 
@@ -502,6 +513,7 @@ func (s *Store) sendLocked(w *watcher, c atlas.Change) bool {
 // checkpoint when one is due.
 func (s *Store) writer() {
 	defer s.wg.Done()
+	defer close(s.writerDone)
 	tick := time.NewTicker(s.cfg.CheckpointInterval)
 	defer tick.Stop()
 	for {
@@ -568,20 +580,18 @@ func (s *Store) rotate(onlyBig bool) {
 func (s *Store) commit(batch []*writeReq) {
 	results := make([]writeResult, len(batch))
 	changes := make([]atlas.Change, 0, len(batch))
-	s.mu.Lock()
+	// Conditions are checked against the file, the pending writes and
+	// those earlier in the batch (local: key -> index, 0 when deleted).
+	tx, err := s.beginRead()
+	if err != nil {
+		refuse(batch, fmt.Errorf("boltstore: %w", err))
+		return
+	}
 	if s.failed != nil {
 		err := s.failed
 		s.mu.Unlock()
+		tx.Rollback()
 		refuse(batch, err)
-		return
-	}
-	// Conditions are checked against the file, the pending writes and
-	// those earlier in the batch (local: key -> index, 0 when deleted).
-	// The read transaction begins under mu: see Snapshot.
-	tx, err := s.db.Begin(false)
-	if err != nil {
-		s.mu.Unlock()
-		refuse(batch, fmt.Errorf("boltstore: %w", err))
 		return
 	}
 	b := tx.Bucket(bucketKV)
@@ -770,8 +780,34 @@ func (s *Store) checkpoint(index uint64) error {
 			delete(s.pending, e.key)
 		}
 	}
+	s.checkpoints.Add(1)
 	s.mu.Unlock()
 	return nil
+}
+
+// beginRead begins a read transaction of the file that agrees with the
+// pending writes, and returns holding mu (not on error).
+//
+// The transaction begins before mu is taken. Beginning one waits while a
+// checkpoint grows the file's mapping, which waits in turn for every open
+// read transaction, a long Snapshot's say; holding mu meanwhile would stall
+// heartbeats (KeepAlive) for as long. A checkpoint that forgot pending
+// writes between the two may have left the transaction behind them: then
+// it begins again.
+func (s *Store) beginRead() (*bolt.Tx, error) {
+	for {
+		n := s.checkpoints.Load()
+		tx, err := s.db.Begin(false)
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if s.checkpoints.Load() == n {
+			return tx, nil
+		}
+		s.mu.Unlock()
+		tx.Rollback()
+	}
 }
 
 // sweeper deletes keys whose leases ran out. The delete is conditional on

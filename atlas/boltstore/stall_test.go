@@ -1,0 +1,129 @@
+package boltstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas"
+)
+
+// A checkpoint that must grow the file's mapping waits for every open
+// read transaction, such as a long Snapshot's. Heartbeats (KeepAlive)
+// must not wait with it: the writer begins its own read transaction
+// without holding the store's lock.
+func TestHeartbeatsGoOnWhileACheckpointWaitsForASnapshot(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "atlas.db"), 5*time.Millisecond, nil)
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "leased", Value: []byte("x"), TTL: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	// A long Snapshot, as far as bbolt can tell.
+	read, err := s.db.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			read.Rollback()
+		}
+	}
+	defer release()
+	// Enough for the next checkpoint to grow the mapping, which then waits
+	// for the read transaction above; and writes after that, whose
+	// transaction waits behind the checkpoint.
+	big := make([]byte, 64<<10)
+	var writes sync.WaitGroup
+	for i := range 64 {
+		writes.Add(1)
+		go func() {
+			defer writes.Done()
+			if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprintf("big-%02d", i), Value: big}}); err != nil {
+				t.Error(err)
+			}
+		}()
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.KeepAlive(ctx, "leased")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		release()
+		writes.Wait()
+		t.Fatal("KeepAlive waited for the checkpoint, which waited for the read transaction")
+	}
+	release()
+	writes.Wait()
+}
+
+// A write that committed is never reported as failed, also when Close
+// comes while it is on its way: after Close, a reopened store holds every
+// write that was acknowledged and none that was refused.
+func TestCloseNeverRefusesACommittedWrite(t *testing.T) {
+	dir := t.TempDir()
+	for round := range 20 {
+		path := filepath.Join(dir, fmt.Sprintf("atlas-%02d.db", round))
+		s := openT(t, path, 5*time.Millisecond, nil)
+		var (
+			mu      sync.Mutex
+			acked   = map[string]bool{}
+			refused = map[string]bool{}
+			wg      sync.WaitGroup
+		)
+		for c := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					key := fmt.Sprintf("k-%d-%d", c, i)
+					_, err := s.Txn(context.Background(), []atlas.Op{{Key: key, Value: []byte("v")}})
+					mu.Lock()
+					if err == nil {
+						acked[key] = true
+					} else {
+						refused[key] = true
+					}
+					mu.Unlock()
+					if err != nil {
+						if !errors.Is(err, atlas.ErrClosed) {
+							t.Errorf("%s: %v", key, err)
+						}
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round%5+1) * time.Millisecond)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		s = openT(t, path, time.Hour, nil)
+		_, got := snapshotOf(t, s)
+		s.Close()
+		for k := range acked {
+			if _, ok := got[k]; !ok {
+				t.Fatalf("round %d: %s was acknowledged and is gone", round, k)
+			}
+		}
+		for k := range refused {
+			if _, ok := got[k]; ok {
+				t.Fatalf("round %d: %s was refused (ErrClosed) and is there", round, k)
+			}
+		}
+	}
+}
