@@ -49,10 +49,46 @@ type Store struct {
 	renew  *renewer
 	pool   *leasePool
 
-	// mu guards leases: the etcd lease of each leased key, learnt from
-	// snapshots, watches and our own writes.
-	mu     sync.Mutex
-	leases map[string]clientv3.LeaseID
+	// mu guards leases and watched.
+	mu sync.Mutex
+	// leases is the etcd lease of each leased key, learnt from snapshots,
+	// watches and this replica's own writes.
+	leases map[string]leaseEntry
+	// watched is the highest revision applied from a watch: what a write
+	// or a read at or below it says is already known, or older.
+	watched int64
+}
+
+// leaseEntry is what a replica knows of a key's lease.
+type leaseEntry struct {
+	id  clientv3.LeaseID
+	rev int64 // of the write that gave the key this lease
+	// expires is when the lease runs out as far as this replica knows
+	// (Unix nanoseconds; 0: not known).
+	expires int64
+}
+
+// noteLeaseLocked records that the write at rev gave key the lease id (0:
+// none, or deleted), unless something newer is known already: a replica's
+// own write answered late, or a read, must not undo what the watch applied
+// after it (the cache would then renew a lease the key no longer has).
+// fromWatch is set for changes applied in revision order from a watch.
+func (s *Store) noteLeaseLocked(key string, id clientv3.LeaseID, rev int64, ttl time.Duration, fromWatch bool) {
+	if !fromWatch && rev <= s.watched {
+		return
+	}
+	if cur, ok := s.leases[key]; ok && rev < cur.rev {
+		return
+	}
+	if id == 0 {
+		delete(s.leases, key)
+		return
+	}
+	e := leaseEntry{id: id, rev: rev}
+	if ttl > 0 {
+		e.expires = time.Now().Add(ttl).UnixNano()
+	}
+	s.leases[key] = e
 }
 
 var _ atlas.Store = (*Store)(nil)
@@ -85,7 +121,7 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]clientv3.LeaseID{},
+	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]leaseEntry{},
 		renew: newRenewer(cli, func(ep string) (*clientv3.Client, error) { return dial(ep) })}
 	s.pool = newLeasePool(s.grant)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
@@ -152,12 +188,14 @@ func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 	}
 	kvs := make([]atlas.KV, 0, len(resp.Kvs))
 	s.mu.Lock()
+	fresh := resp.Header.Revision > s.watched
 	for _, kv := range resp.Kvs {
 		ttl, v := decode(kv.Value)
 		key := strings.TrimPrefix(string(kv.Key), s.prefix)
 		kvs = append(kvs, atlas.KV{Key: key, Value: v, Index: uint64(kv.ModRevision), TTL: ttl})
-		if kv.Lease != 0 {
-			s.leases[key] = clientv3.LeaseID(kv.Lease)
+		if kv.Lease != 0 && fresh {
+			// When it runs out is not known: the first renewal says.
+			s.noteLeaseLocked(key, clientv3.LeaseID(kv.Lease), kv.ModRevision, 0, true)
 		}
 	}
 	s.mu.Unlock()
@@ -239,13 +277,9 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		}()
 	}
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	var rerr error
 	if renewed != nil {
-		if rerr := <-renewed; rerr != nil && err == nil {
-			// Written, but the lease may end before its TTL (its
-			// renewal failed twice): say the write failed, so that the
-			// client registers again, with a new lease.
-			return 0, unavailable("renew a lease", rerr)
-		}
+		rerr = <-renewed
 	}
 	if err != nil {
 		revoke()
@@ -255,15 +289,22 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		revoke()
 		return 0, atlas.ErrConflict
 	}
+	rev := resp.Header.Revision
 	s.mu.Lock()
 	for _, op := range ops {
-		if id, ok := leaseOf[op.Key]; ok {
-			s.leases[op.Key] = id
-		} else {
-			delete(s.leases, op.Key)
+		var ttl time.Duration
+		if !op.Delete {
+			ttl = op.TTL
 		}
+		s.noteLeaseLocked(op.Key, leaseOf[op.Key], rev, ttl, false)
 	}
 	s.mu.Unlock()
+	if rerr != nil {
+		// Written, but the lease may end before its TTL (its renewal
+		// failed twice): say the write failed, so that the client
+		// registers again, with a new lease.
+		return 0, unavailable("renew a lease", rerr)
+	}
 	// A transaction that changed nothing (deletes of missing keys) makes no
 	// event: ask for a progress notification, so that watchers learn the
 	// revision the caller will wait for.
@@ -281,11 +322,17 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 
 // KeepAlive implements atlas.Store: one lease renewal, which etcd's leader
 // handles without a raft write.
+//
+// A lease that may have run out is renewed apart, on a stream of its own:
+// etcd answers a renewal of an expired lease only once it has revoked it
+// (at most about 1,000 a second), and answers each stream's renewals in
+// order, so on the shared stream it would hold up every heartbeat behind
+// it.
 func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	s.mu.Lock()
-	id, ok := s.leases[key]
+	e, ok := s.leases[key]
 	s.mu.Unlock()
 	if !ok {
 		resp, err := s.cli.Get(ctx, s.prefix+key)
@@ -295,26 +342,53 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 		if len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
 			return time.Time{}, atlas.ErrNotFound
 		}
-		id = clientv3.LeaseID(resp.Kvs[0].Lease)
+		kv := resp.Kvs[0]
+		e = leaseEntry{id: clientv3.LeaseID(kv.Lease), rev: kv.ModRevision}
 		s.mu.Lock()
-		s.leases[key] = id
+		if resp.Header.Revision > s.watched {
+			s.noteLeaseLocked(key, e.id, e.rev, 0, true)
+		}
 		s.mu.Unlock()
 	}
-	ttl, err := s.renew.renew(ctx, id)
+	var (
+		ttl int64
+		err error
+	)
+	if e.expires == 0 || time.Now().Add(suspectBefore).UnixNano() >= e.expires {
+		var resp *clientv3.LeaseKeepAliveResponse
+		if resp, err = s.cli.KeepAliveOnce(ctx, e.id); err == nil {
+			ttl = resp.TTL
+		}
+	} else {
+		ttl, err = s.renew.renew(ctx, e.id)
+	}
 	if err == nil && ttl <= 0 {
 		err = rpctypes.ErrLeaseNotFound
 	}
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		s.mu.Lock()
-		delete(s.leases, key)
+		if cur, ok := s.leases[key]; ok && cur.id == e.id {
+			delete(s.leases, key)
+		}
 		s.mu.Unlock()
 		return time.Time{}, atlas.ErrNotFound
 	}
 	if err != nil {
 		return time.Time{}, unavailable("renew a lease", err)
 	}
-	return time.Now().Add(time.Duration(ttl) * time.Second), nil
+	until := time.Now().Add(time.Duration(ttl) * time.Second)
+	s.mu.Lock()
+	if cur, ok := s.leases[key]; ok && cur.id == e.id {
+		cur.expires = until.UnixNano()
+		s.leases[key] = cur
+	}
+	s.mu.Unlock()
+	return until, nil
 }
+
+// suspectBefore: a lease due to run out within this long, or whose end is
+// not known, is renewed apart (KeepAlive).
+const suspectBefore = time.Second
 
 // Watch implements atlas.Store with an etcd watch from after+1. Progress
 // notifications become changes with no entries, so that the index moves
@@ -347,18 +421,16 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 				if ev.Type == clientv3.EventTypeDelete {
 					c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: key, Index: rev}, Deleted: true})
 					s.mu.Lock()
-					delete(s.leases, key)
+					s.noteLeaseLocked(key, 0, ev.Kv.ModRevision, 0, true)
+					s.watched = max(s.watched, ev.Kv.ModRevision)
 					s.mu.Unlock()
 					continue
 				}
 				ttl, v := decode(ev.Kv.Value)
 				c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: key, Value: v, Index: rev, TTL: ttl}})
 				s.mu.Lock()
-				if ev.Kv.Lease != 0 {
-					s.leases[key] = clientv3.LeaseID(ev.Kv.Lease)
-				} else {
-					delete(s.leases, key)
-				}
+				s.noteLeaseLocked(key, clientv3.LeaseID(ev.Kv.Lease), ev.Kv.ModRevision, ttl, true)
+				s.watched = max(s.watched, ev.Kv.ModRevision)
 				s.mu.Unlock()
 			}
 			if len(changes) == 0 && resp.IsProgressNotify() {

@@ -58,7 +58,7 @@ func TestPooledLeaseRunsItsWholeTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.mu.Lock()
-	got := s.leases["b"]
+	got := s.leases["b"].id
 	s.mu.Unlock()
 	if got != want {
 		t.Fatalf("b got lease %x; want the pooled %x", got, want)
@@ -81,7 +81,7 @@ func TestPooledLeaseRunsItsWholeTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.mu.Lock()
-	got = s.leases["c"]
+	got = s.leases["c"].id
 	s.mu.Unlock()
 	if got == stale || got == 0 {
 		t.Fatalf("c got lease %x; want a new one, not the stale pooled %x", got, stale)

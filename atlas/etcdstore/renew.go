@@ -8,7 +8,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 )
 
 // renewer renews leases over one long-lived LeaseKeepAlive stream, many
@@ -28,8 +27,17 @@ type renewer struct {
 	leader  *clientv3.Client
 	stream  pb.Lease_LeaseKeepAliveClient
 	cancel  context.CancelFunc
+	opening *opening                 // the stream being opened, if one is
 	waiting map[int64][]chan renewal // by lease, oldest first: etcd answers a stream's requests in order
 	closed  bool
+}
+
+// opening is a stream being opened, in the background: looking for the
+// leader and opening a stream can take seconds when etcd is unreachable,
+// and each renewal waits for it only as long as its own context allows.
+type opening struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 type renewal struct {
@@ -39,31 +47,64 @@ type renewal struct {
 
 var errRenewerClosed = errors.New("lease renewer closed")
 
+// openTimeout bounds the opening of a stream.
+const openTimeout = 5 * time.Second
+
 func newRenewer(cli *clientv3.Client, dial func(string) (*clientv3.Client, error)) *renewer {
 	return &renewer{cli: cli, dial: dial, waiting: map[int64][]chan renewal{}}
 }
 
-// connLocked returns a connection to the leader if it can find it, else
-// the shared client's.
-func (r *renewer) connLocked() *grpc.ClientConn {
-	if r.leader == nil && r.dial != nil {
+// open looks for the leader and opens a stream to it (to the shared
+// client's connection when it cannot tell the leader), then installs the
+// stream, unless the renewer closed meanwhile.
+func (r *renewer) open(o *opening) {
+	var leader *clientv3.Client
+	if r.dial != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
 		for _, ep := range r.cli.Endpoints() {
 			st, err := r.cli.Status(ctx, ep)
 			if err != nil || st.Header == nil || st.Header.MemberId != st.Leader {
 				continue
 			}
 			if c, err := r.dial(ep); err == nil {
-				r.leader = c
+				leader = c
 			}
 			break
 		}
+		cancel()
 	}
-	if r.leader != nil {
-		return r.leader.ActiveConnection()
+	conn := r.cli.ActiveConnection()
+	if leader != nil {
+		conn = leader.ActiveConnection()
 	}
-	return r.cli.ActiveConnection()
+	// The stream needs a leader, so that a member cut off from the others
+	// fails the renewal instead of holding it.
+	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
+	// Opening waits for a connection; bound it, as the stream's own
+	// context has to outlive this call.
+	timer := time.AfterFunc(openTimeout, cancel)
+	stream, err := pb.NewLeaseClient(conn).LeaseKeepAlive(sctx)
+	if !timer.Stop() && err == nil {
+		err = context.DeadlineExceeded
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.opening = nil
+	if err == nil && r.closed {
+		err = errRenewerClosed
+	}
+	if err != nil {
+		cancel()
+		if leader != nil {
+			leader.Close()
+		}
+		o.err = err
+		close(o.done)
+		return
+	}
+	r.stream, r.cancel, r.leader = stream, cancel, leader
+	close(o.done)
+	go r.receive(stream)
 }
 
 // renew renews lease id once and returns its TTL in seconds, 0 when etcd
@@ -71,22 +112,27 @@ func (r *renewer) connLocked() *grpc.ClientConn {
 func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
 	ch := make(chan renewal, 1)
 	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return 0, errRenewerClosed
-	}
-	if r.stream == nil {
-		// The stream needs a leader, so that a member cut off from the
-		// others fails the renewal instead of holding it.
-		sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(context.Background()))
-		stream, err := pb.NewLeaseClient(r.connLocked()).LeaseKeepAlive(sctx)
-		if err != nil {
-			cancel()
+	for r.stream == nil {
+		if r.closed {
 			r.mu.Unlock()
-			return 0, err
+			return 0, errRenewerClosed
 		}
-		r.stream, r.cancel = stream, cancel
-		go r.receive(stream)
+		o := r.opening
+		if o == nil {
+			o = &opening{done: make(chan struct{})}
+			r.opening = o
+			go r.open(o)
+		}
+		r.mu.Unlock()
+		select {
+		case <-o.done:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		if o.err != nil {
+			return 0, o.err
+		}
+		r.mu.Lock()
 	}
 	stream := r.stream
 	r.waiting[int64(id)] = append(r.waiting[int64(id)], ch)
@@ -109,6 +155,13 @@ func (r *renewer) receive(stream pb.Lease_LeaseKeepAliveClient) {
 	for {
 		resp, err := stream.Recv()
 		r.mu.Lock()
+		if r.stream != stream {
+			// Dropped (a failed Send, Close): what it still delivers
+			// belongs to renewals already failed, not to the next
+			// stream's.
+			r.mu.Unlock()
+			return
+		}
 		if err != nil {
 			r.failLocked(stream, err)
 			r.mu.Unlock()

@@ -1,0 +1,249 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/internal/etcdtest"
+)
+
+// Two replicas write one leased key concurrently. Once the watch of the
+// first has caught up, its cache holds the key's actual lease: a write of
+// its own answered late must not put back a lease the key no longer has
+// (heartbeats would renew that one while the key's lease runs out).
+func TestLeaseCacheFollowsTheKey(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	open := func() *Store {
+		s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/cache/"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s1, s2 := open(), open()
+	ctx := context.Background()
+	index, _, err := s1.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wch, err := s1.Watch(ctx, index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		seen uint64
+	)
+	go func() {
+		for c := range wch {
+			mu.Lock()
+			seen = c.Index
+			mu.Unlock()
+		}
+	}()
+	for round := range 20 {
+		var wg sync.WaitGroup
+		for g := range 8 {
+			s := s1
+			if g%2 == 1 {
+				s = s2
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 10 {
+					// Conflicts and all: only the last write counts.
+					_, _ = s.Txn(ctx, []atlas.Op{{Key: "k", Value: fmt.Appendf(nil, "%d-%d", g, i), TTL: time.Minute}})
+				}
+			}()
+		}
+		wg.Wait()
+		resp, err := s1.cli.Get(ctx, "/cache/k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			mu.Lock()
+			caught := seen >= uint64(resp.Header.Revision)
+			mu.Unlock()
+			if caught {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the watch did not reach revision %d", round, resp.Header.Revision)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		s1.mu.Lock()
+		cached := s1.leases["k"].id
+		s1.mu.Unlock()
+		if actual := clientv3.LeaseID(resp.Kvs[0].Lease); cached != actual {
+			t.Fatalf("round %d: the cache holds lease %x for k; the key has %x", round, cached, actual)
+		}
+	}
+}
+
+// A renewal of a lease that has run out, but that etcd has not revoked
+// yet, is answered only once etcd revokes it. It must not hold up the
+// heartbeats of live instances meanwhile.
+func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/expired/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "live", Value: []byte("v"), TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, "live"); err != nil {
+		t.Fatal(err)
+	}
+	// Leases that run out together, so that etcd revokes them over a
+	// second or two (about 1,000 a second), the instance's last.
+	var wg sync.WaitGroup
+	grants := time.Now()
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 4000 / 64 {
+				if _, err := s.cli.Grant(ctx, 5); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("4,000 leases granted in %v", time.Since(grants).Round(time.Millisecond))
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "dead", Value: []byte("v"), TTL: 5 * time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5*time.Second + 300*time.Millisecond)
+	deadAt := time.Now()
+	deadTook := make(chan time.Duration, 1)
+	go func() {
+		_, err := s.KeepAlive(ctx, "dead")
+		if !errors.Is(err, atlas.ErrNotFound) {
+			t.Errorf("KeepAlive of the expired instance: %v; want not found", err)
+		}
+		deadTook <- time.Since(deadAt)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	liveAt := time.Now()
+	if _, err := s.KeepAlive(ctx, "live"); err != nil {
+		t.Fatalf("KeepAlive of the live instance: %v", err)
+	}
+	liveTook := time.Since(liveAt)
+	dead := <-deadTook
+	t.Logf("the expired lease's renewal took %v, the live one's %v", dead.Round(time.Millisecond), liveTook.Round(time.Millisecond))
+	if dead < 200*time.Millisecond {
+		t.Fatalf("the expired lease's renewal came back in %v: etcd had no revocations queued, so the test showed nothing", dead)
+	}
+	if liveTook > dead/2 {
+		t.Fatal("the live instance's heartbeat waited until etcd had revoked the expired lease")
+	}
+}
+
+// With etcd down, each heartbeat fails within its own deadline, and Close
+// returns, rather than queueing behind one another's search for a leader.
+func TestHeartbeatsDuringAnOutageKeepTheirDeadline(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/outage/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	cluster.Members[0].Stop()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if _, err := s.KeepAlive(c, "k"); !errors.Is(err, atlas.ErrUnavailable) {
+				t.Errorf("KeepAlive with etcd down: %v; want unavailable", err)
+			}
+		}()
+	}
+	wg.Wait()
+	// Each had 1 s; one after another they took 2 s each (16 s).
+	if took := time.Since(start); took > 8*time.Second {
+		t.Errorf("8 heartbeats of 1 s each took %v together", took.Round(time.Millisecond))
+	}
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(8 * time.Second):
+		t.Fatal("Close did not return within 8 s with etcd down")
+	}
+}
+
+type fakeStream struct {
+	grpc.ClientStream
+	sendErr error
+	recv    chan *pb.LeaseKeepAliveResponse
+}
+
+func (f *fakeStream) Send(*pb.LeaseKeepAliveRequest) error { return f.sendErr }
+
+func (f *fakeStream) Recv() (*pb.LeaseKeepAliveResponse, error) {
+	r, ok := <-f.recv
+	if !ok {
+		return nil, io.EOF
+	}
+	return r, nil
+}
+
+// An answer a dropped stream still delivers is not handed to a renewal
+// sent on the next stream.
+func TestAnswersOfADroppedStreamAreIgnored(t *testing.T) {
+	r := newRenewer(nil, nil)
+	old := &fakeStream{sendErr: io.EOF, recv: make(chan *pb.LeaseKeepAliveResponse, 1)}
+	r.stream, r.cancel = old, func() {}
+	go r.receive(old)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := r.renew(ctx, 7); err == nil { // Send fails: the stream is dropped
+		t.Fatal("a renewal whose Send failed succeeded")
+	}
+	next := &fakeStream{recv: make(chan *pb.LeaseKeepAliveResponse)} // never answers
+	r.mu.Lock()
+	r.stream, r.cancel = next, func() {}
+	r.mu.Unlock()
+	done := make(chan int64, 1)
+	go func() {
+		c, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		ttl, _ := r.renew(c, 7)
+		done <- ttl
+	}()
+	time.Sleep(100 * time.Millisecond)
+	old.recv <- &pb.LeaseKeepAliveResponse{ID: 7, TTL: 60} // the dropped stream's answer
+	if ttl := <-done; ttl > 0 {
+		t.Fatalf("a renewal on the new stream, never answered, got ttl %d from the dropped stream", ttl)
+	}
+}
