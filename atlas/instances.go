@@ -147,7 +147,10 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		r := s.st.instances[id]
 		s.st.mu.RUnlock()
 		if r == nil {
-			r = s.awaitInstance(ctx, id)
+			var err error
+			if r, err = s.awaitInstance(ctx, id); err != nil {
+				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
+			}
 		}
 		if r == nil {
 			return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
@@ -214,10 +217,13 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 // awaitInstance is for an instance this server does not know: when the
 // store has it (registered an instant ago through another replica, whose
 // write has not reached this one yet), it waits for it to arrive here, a
-// few seconds at most. It returns nil when the store does not have it.
-func (s *Server) awaitInstance(ctx context.Context, id string) *instRecord {
-	if _, err := s.store.KeepAlive(ctx, pfxInstance+id); err != nil {
-		return nil
+// few seconds at most. It returns nil when the store does not have it, and
+// the store's error when the store cannot tell (etcd unreachable, say).
+func (s *Server) awaitInstance(ctx context.Context, id string) (*instRecord, error) {
+	if _, err := s.store.KeepAlive(ctx, pfxInstance+id); errors.Is(err, ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
 	timer := time.NewTimer(catchUpWait)
 	defer timer.Stop()
@@ -227,14 +233,14 @@ func (s *Server) awaitInstance(ctx context.Context, id string) *instRecord {
 		r := s.st.instances[id]
 		s.st.mu.RUnlock()
 		if r != nil {
-			return r
+			return r, nil
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			return nil
+			return nil, nil
 		case <-ctx.Done():
-			return nil
+			return nil, nil
 		}
 	}
 }

@@ -653,3 +653,25 @@ func TestEventFraming(t *testing.T) {
 		t.Fatalf("answer %q: want one line of JSON", answer.body)
 	}
 }
+
+// leasesDown is a store whose lease renewals fail as an etcd without
+// quorum's do.
+type leasesDown struct{ atlas.Store }
+
+func (leasesDown) KeepAlive(context.Context, string) (time.Time, error) {
+	return time.Time{}, fmt.Errorf("%w: etcd: renew a lease: no leader", atlas.ErrUnavailable)
+}
+
+// A heartbeat the store cannot renew is answered 503, for an instance
+// this replica knows and for one it does not (yet): not 404, which tells
+// the sidecar to register again.
+func TestHeartbeatWhenLeasesCannotBeRenewed(t *testing.T) {
+	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) { c.Store = leasesDown{c.Store} })
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	for _, id := range []string{"a-1", "unknown-1"} {
+		r := a.do("PUT", "/v1/instances/"+id+"/status", `{"status":"passing"}`)
+		if r.status != 503 || !strings.Contains(string(r.body), `"unavailable"`) {
+			t.Errorf("heartbeat of %s with leases down = %d %s; want 503 unavailable", id, r.status, r.body)
+		}
+	}
+}
