@@ -136,9 +136,11 @@ func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
 	deadAt := time.Now()
 	deadTook := make(chan time.Duration, 1)
 	go func() {
+		// Not found once etcd revokes it; unavailable when that takes
+		// longer than the store's 5 s bound (a slow machine).
 		_, err := s.KeepAlive(ctx, "dead")
-		if !errors.Is(err, atlas.ErrNotFound) {
-			t.Errorf("KeepAlive of the expired instance: %v; want not found", err)
+		if !errors.Is(err, atlas.ErrNotFound) && !errors.Is(err, atlas.ErrUnavailable) {
+			t.Errorf("KeepAlive of the expired instance: %v; want not found or unavailable", err)
 		}
 		deadTook <- time.Since(deadAt)
 	}()
