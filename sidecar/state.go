@@ -116,11 +116,25 @@ func (f *stateFile) restore(t *proxy.Table) error {
 	if st.Realm != t.Realm {
 		return fmt.Errorf("%s: saved for realm %s, this sidecar routes in %s", f.path, st.Realm, t.Realm)
 	}
+	dropped := 0
 	for _, si := range st.Services {
-		if sb.ValidateName("service", si.Service) != nil {
+		if si == nil || sb.ValidateName("service", si.Service) != nil {
+			dropped++
 			continue
 		}
-		t.Get(si.Service).Update(si.Instances, si.Index)
+		// What a damaged file holds is left out, not routed to.
+		ins := make([]*sb.Instance, 0, len(si.Instances))
+		for _, in := range si.Instances {
+			if in == nil || in.ID == "" || in.Address == "" || in.Port < 1 || in.Port > 65535 {
+				dropped++
+				continue
+			}
+			ins = append(ins, in)
+		}
+		t.Get(si.Service).Update(ins, si.Index)
+	}
+	if dropped > 0 {
+		f.log.Warn("sidecar: left out entries of the saved routes that are not services or instances", "path", f.path, "entries", dropped)
 	}
 	f.log.Info("sidecar: restored the last known routes", "path", f.path, "services", len(st.Services), "saved_at", st.SavedAt)
 	return nil

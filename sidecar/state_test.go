@@ -1,0 +1,39 @@
+package sidecar
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/switchboard-go/switchboard/sidecar/proxy"
+)
+
+// A damaged state file (it parses, but holds nulls and instances that
+// cannot be routed to) is restored without what is damaged, never with a
+// panic.
+func TestRestoreLeavesOutDamagedEntries(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.json")
+	err := os.WriteFile(path, []byte(`{"realm":"dev","services":[null,
+		{"service":"billing","index":3,"instances":[null,
+			{"id":"b-1","service":"billing","realm":"dev","address":"127.0.0.1","port":5001,"status":"passing","enabled":true},
+			{"id":"b-2","service":"billing","realm":"dev","address":"","port":5002,"status":"passing","enabled":true},
+			{"id":"b-3","service":"billing","realm":"dev","address":"127.0.0.1","port":0,"status":"passing","enabled":true}]},
+		{"service":"Bad Name","index":1,"instances":[]}]}`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := &proxy.Table{Realm: "dev"}
+	f := &stateFile{path: path, log: slog.New(slog.DiscardHandler)}
+	if err := f.restore(table); err != nil {
+		t.Fatal(err)
+	}
+	p := table.Lookup("billing")
+	if p == nil {
+		t.Fatal("billing was not restored")
+	}
+	eps := p.Endpoints()
+	if len(eps) != 1 || eps[0].Instance().ID != "b-1" {
+		t.Fatalf("restored %d instances; want b-1 alone", len(eps))
+	}
+}
