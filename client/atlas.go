@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -98,9 +99,44 @@ func (o QueryOptions) apply(q url.Values) {
 	}
 }
 
+// A replica that takes the connection and never answers (stopped, or its
+// store stuck) must not keep the client from the others:
+var (
+	// attemptTimeout bounds one replica's attempt at a call whose context
+	// has no deadline (a blocking query gets its wait on top).
+	attemptTimeout = 10 * time.Second
+	// watchConnectTimeout bounds the wait for an event stream's answer.
+	watchConnectTimeout = 10 * time.Second
+	// streamIdleTimeout ends an event stream that has sent nothing, not
+	// even Atlas's keep-alive comment (every 15 s), for this long.
+	streamIdleTimeout = 45 * time.Second
+)
+
+// attemptContext is the context of one replica's attempt at a call, with
+// left replicas still to try. The caller's deadline is shared among them,
+// so that a hung first replica leaves time for the next; the last gets
+// what is left. A blocking query may take its whole wait on any replica.
+func attemptContext(ctx context.Context, left int, q url.Values) (context.Context, context.CancelFunc) {
+	if q.Has("index") {
+		wait := 5 * time.Minute // Atlas's default
+		if w, err := time.ParseDuration(q.Get("wait")); err == nil {
+			wait = w
+		}
+		return context.WithTimeout(ctx, wait+wait/16+attemptTimeout)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		if left <= 1 {
+			return context.WithCancel(ctx)
+		}
+		return context.WithTimeout(ctx, time.Until(dl)/time.Duration(left))
+	}
+	return context.WithTimeout(ctx, attemptTimeout)
+}
+
 // call does one API call, trying each replica in turn while they are
-// unreachable or answer 503. It decodes a 200 answer into out (when not
-// nil) and returns the Switchboard-Index header.
+// unreachable, slow past their share of the time, or answer 503. It
+// decodes a 200 answer into out (when not nil) and returns the
+// Switchboard-Index header.
 func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in, out any) (uint64, error) {
 	var body []byte
 	if in != nil {
@@ -118,7 +154,9 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 	var lastErr error
 	for i := range urls {
 		n := (start + i) % len(urls)
-		idx, err, retry := a.callOne(ctx, urls[n], method, path, q, body, out)
+		actx, cancel := attemptContext(ctx, len(urls)-i, q)
+		idx, err, retry := a.callOne(actx, urls[n], method, path, q, body, out)
+		cancel()
 		if !retry {
 			if !sb.Transient(err) {
 				a.mu.Lock()
@@ -422,11 +460,16 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 		res  *http.Response
 		err  error
 		base string
+		n    int                // the replica streaming
+		stop context.CancelFunc // ends the stream's request
 	)
 	for i := range urls {
-		base = urls[(start+i)%len(urls)]
-		req, rerr := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/v1/watch?"+q.Encode(), nil)
+		n = (start + i) % len(urls)
+		base = urls[n]
+		sctx, cancel := context.WithCancel(ctx)
+		req, rerr := http.NewRequestWithContext(sctx, http.MethodGet, strings.TrimRight(base, "/")+"/v1/watch?"+q.Encode(), nil)
 		if rerr != nil {
+			cancel()
 			return lastEventID, rerr
 		}
 		req.Header.Set("Accept", "text/event-stream")
@@ -436,13 +479,22 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 		if lastEventID != "" {
 			req.Header.Set("Last-Event-ID", lastEventID)
 		}
+		timer := time.AfterFunc(watchConnectTimeout, cancel)
 		res, err = a.httpClient().Do(req)
+		if !timer.Stop() {
+			if err == nil {
+				res.Body.Close()
+			}
+			err = fmt.Errorf("no answer in %v", watchConnectTimeout)
+		}
 		if err == nil && res.StatusCode == http.StatusOK {
 			a.mu.Lock()
-			a.good = (start + i) % len(urls)
+			a.good = n
 			a.mu.Unlock()
+			stop = cancel
 			break
 		}
+		cancel()
 		if err == nil {
 			data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 			res.Body.Close()
@@ -463,25 +515,55 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 		return lastEventID, err
 	}
 	defer res.Body.Close()
+	defer stop()
+	var idle atomic.Bool
+	quiet := time.AfterFunc(streamIdleTimeout, func() { idle.Store(true); stop() })
+	defer quiet.Stop()
 	var fnErr error
-	err = ReadEvents(res.Body, func(ev Event) error {
+	err = ReadEvents(idleReader{res.Body, quiet}, func(ev Event) error {
 		if ev.ID != "" {
 			lastEventID = ev.ID
 		}
 		fnErr = fn(ev)
 		return fnErr
 	})
+	if fnErr == nil && ctx.Err() == nil {
+		// The stream broke or went quiet: the next watch starts at the
+		// next replica, or a replica that answers and then goes quiet
+		// would be the only one ever tried.
+		a.mu.Lock()
+		if a.good == n {
+			a.good = (n + 1) % len(urls)
+		}
+		a.mu.Unlock()
+	}
 	switch {
 	case fnErr != nil:
 		return lastEventID, fnErr
 	case ctx.Err() != nil:
 		return lastEventID, ctx.Err()
+	case idle.Load():
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream sent nothing for %v", base, streamIdleTimeout)
 	case err == nil:
 		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
 	case errors.Is(err, errStream):
 		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", base, err)
 	}
 	return lastEventID, fmt.Errorf("atlas %s: %w", base, err)
+}
+
+// idleReader restarts quiet at every read that brings bytes.
+type idleReader struct {
+	r     io.Reader
+	quiet *time.Timer
+}
+
+func (ir idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.quiet.Reset(streamIdleTimeout)
+	}
+	return n, err
 }
 
 var (

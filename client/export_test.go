@@ -1,8 +1,17 @@
 package client
 
+import "time"
+
 // SetDefaultSidecar moves the default sidecar address for a test.
 func SetDefaultSidecar(addr string) (restore func()) {
 	old := defaultSidecar
 	defaultSidecar = addr
 	return func() { defaultSidecar = old }
+}
+
+// SetTimeouts shortens the per-replica timeouts for a test.
+func SetTimeouts(attempt, connect, idle time.Duration) (restore func()) {
+	a, c, i := attemptTimeout, watchConnectTimeout, streamIdleTimeout
+	attemptTimeout, watchConnectTimeout, streamIdleTimeout = attempt, connect, idle
+	return func() { attemptTimeout, watchConnectTimeout, streamIdleTimeout = a, c, i }
 }
