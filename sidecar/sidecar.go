@@ -83,14 +83,17 @@ type Sidecar struct {
 	// TCPAddrs maps each L4 upstream to its bound address.
 	TCPAddrs map[string]string
 
-	ctx        context.Context
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
-	front      *proxy.HTTP
-	hap        atomic.Pointer[haproxy.Driver] // haproxy mode only
-	admin      *http.Server
-	l4         []*proxy.TCP
-	announcers []*announcer
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// unreachable holds the services whose watch of Atlas is failing
+	// (keys only): the sweep keeps them.
+	unreachable sync.Map
+	front       *proxy.HTTP
+	hap         atomic.Pointer[haproxy.Driver] // haproxy mode only
+	admin       *http.Server
+	l4          []*proxy.TCP
+	announcers  []*announcer
 	// announceCancel stops the announcers apart, before the drain.
 	announceCancel context.CancelFunc
 	announceWG     sync.WaitGroup
@@ -386,8 +389,10 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			}
 		}()
 		var lastErr string
+		defer s.unreachable.Delete(service)
 		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
 			lastErr = ""
+			s.unreachable.Delete(service)
 			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
 				proxy.CloseEndpoint(e)
 			}
@@ -403,6 +408,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: no policy allows it (%s)",
 					s.localServices(), service, s.cfg.Realm, sb.ErrorMessage(err)))
 			}
+			s.unreachable.Store(service, true)
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
 			// goes on (static stability). The same failure is logged once.
@@ -420,8 +426,11 @@ var errDropped = errors.New("sidecar: no call asked for the service")
 
 // sweep drops, every interval, the services no call has asked for in the
 // last one or two intervals: it stops following them and forgets their
-// metrics. Configured upstreams are kept. haproxy mode keeps everything
-// (HAProxy holds a backend for each).
+// metrics. Configured upstreams are kept, and so are services whose watch
+// is failing: their last known instances are all there is to route to
+// while Atlas cannot be reached (static stability), also for a service
+// called once an hour. haproxy mode keeps everything (HAProxy holds a
+// backend for each).
 func (s *Sidecar) sweep(interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -431,7 +440,11 @@ func (s *Sidecar) sweep(interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		for _, name := range s.table.Sweep() {
+		keep := func(service string) bool {
+			_, failing := s.unreachable.Load(service)
+			return failing
+		}
+		for _, name := range s.table.Sweep(keep) {
 			s.m.forget(name)
 			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
 		}

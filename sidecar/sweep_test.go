@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -96,5 +98,47 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	res.Body.Close()
 	if strings.Contains(string(body), `service="tpyo"`) {
 		t.Fatal("/metrics still has series of the dropped service")
+	}
+}
+
+// While Atlas cannot be reached, a service's last known instances are all
+// there is to route to: the sweep keeps them however rarely the service
+// is called (static stability), here after a restart from the state file.
+func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	port, _ := strconv.Atoi(backend.URL[strings.LastIndexByte(backend.URL, ':')+1:])
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close() // an address where nothing answers
+	dir := t.TempDir()
+	routes := `{"realm":"dev","services":[{"service":"ping","realm":"dev","index":7,"instances":[` +
+		`{"id":"ping-1","service":"ping","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(port) + `,"status":"passing","enabled":true}]}]}`
+	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{
+		Atlas:    StringList{down.URL},
+		Listen:   "127.0.0.1:0",
+		Admin:    "127.0.0.1:0",
+		StateDir: dir,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sweepEvery = 50 * time.Millisecond
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	time.Sleep(400 * time.Millisecond) // eight sweeps, no call
+	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+	req.Host = "ping.localhost"
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("a call to ping after sweeps with Atlas down = %d; want 200 from its last known instance", res.StatusCode)
 	}
 }

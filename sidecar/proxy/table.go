@@ -112,16 +112,17 @@ func (t *Table) GetBytes(service []byte) *balance.Pool {
 	return t.Get(string(service))
 }
 
-// Sweep drops the pools that are not pinned and were not asked for since
-// the previous Sweep, calls their stop functions and returns their names.
-func (t *Table) Sweep() []string {
+// Sweep drops the pools that are not pinned, were not asked for since the
+// previous Sweep and that keep (when not nil) does not ask to keep; it
+// calls their stop functions and returns their names.
+func (t *Table) Sweep(keep func(service string) bool) []string {
 	var (
 		names []string
 		stops []func()
 	)
 	t.mu.Lock()
 	for name, e := range t.pools {
-		if e.pinned || e.used.Swap(false) {
+		if e.pinned || e.used.Swap(false) || keep != nil && keep(name) {
 			continue
 		}
 		delete(t.pools, name)

@@ -17,21 +17,21 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	tab.Get("a")
 	tab.Pin("b")
 	tab.GetBytes([]byte("c"))
-	if got := tab.Sweep(); len(got) != 0 {
+	if got := tab.Sweep(nil); len(got) != 0 {
 		t.Fatalf("first sweep dropped %v; want nothing (each was asked for since)", got)
 	}
 	tab.GetBytes([]byte("a"))
-	if got := tab.Sweep(); !reflect.DeepEqual(got, []string{"c"}) {
+	if got := tab.Sweep(nil); !reflect.DeepEqual(got, []string{"c"}) {
 		t.Fatalf("second sweep dropped %v; want [c] (a was asked for, b is pinned)", got)
 	}
 	if stopped["c"] != 1 || tab.Lookup("c") != nil {
 		t.Fatalf("c: stopped %d times, still in the table: %v", stopped["c"], tab.Lookup("c") != nil)
 	}
-	if got := tab.Sweep(); !reflect.DeepEqual(got, []string{"a"}) {
+	if got := tab.Sweep(nil); !reflect.DeepEqual(got, []string{"a"}) {
 		t.Fatalf("third sweep dropped %v; want [a]", got)
 	}
 	for range 3 {
-		if got := tab.Sweep(); len(got) != 0 {
+		if got := tab.Sweep(nil); len(got) != 0 {
 			t.Fatalf("a pinned pool was dropped: %v", got)
 		}
 	}
@@ -42,8 +42,8 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	}
 	// Pinning a pool that exists keeps it from then on.
 	tab.Pin("c")
-	tab.Sweep()
-	if got := tab.Sweep(); len(got) != 0 || tab.Lookup("c") == nil {
+	tab.Sweep(nil)
+	if got := tab.Sweep(nil); len(got) != 0 || tab.Lookup("c") == nil {
 		t.Fatalf("c, pinned after its creation, was dropped: %v", got)
 	}
 }
