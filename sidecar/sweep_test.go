@@ -17,17 +17,12 @@ import (
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
-// A name called once (a typo in a Host header) is followed only until a
-// sweep finds it unused: then its event stream on Atlas is closed and its
-// series leave /metrics. A configured upstream stays.
-func TestUnusedServicesAreDropped(t *testing.T) {
-	a := atlastest.Start(t, true)
-	s, err := New(Config{
-		Atlas:     StringList{a.URL},
-		Listen:    "127.0.0.1:0",
-		Admin:     "127.0.0.1:0",
-		Upstreams: []UpstreamConfig{{Name: "billing"}},
-	}, nil)
+// startSweeping starts a sidecar of cfg on loopback ports that sweeps
+// every 50 ms, and stops it when the test ends.
+func startSweeping(t *testing.T, cfg Config) *Sidecar {
+	t.Helper()
+	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +30,16 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Shutdown()
+	t.Cleanup(func() { s.Shutdown() })
+	return s
+}
+
+// A name called once (a typo in a Host header) is followed only until a
+// sweep finds it unused: then its event stream on Atlas is closed and its
+// series leave /metrics. A configured upstream stays.
+func TestUnusedServicesAreDropped(t *testing.T) {
+	a := atlastest.Start(t, true)
+	s := startSweeping(t, Config{Atlas: StringList{a.URL}, Upstreams: []UpstreamConfig{{Name: "billing"}}})
 
 	// A service with an instance, called once: its connection pool goes
 	// with it.
@@ -116,20 +120,7 @@ func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{
-		Atlas:    StringList{down.URL},
-		Listen:   "127.0.0.1:0",
-		Admin:    "127.0.0.1:0",
-		StateDir: dir,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.sweepEvery = 50 * time.Millisecond
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Shutdown()
+	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
 	time.Sleep(400 * time.Millisecond) // eight sweeps, no call
 	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
 	req.Host = "ping.localhost"
