@@ -215,7 +215,10 @@ func (c *Checker) runOne(ctx context.Context, ch Check) Result {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	// Bounded by the check's own timeout only: a caller that gives up
+	// early (a client gone, a probe with a shorter timeout, a gRPC watch
+	// that ends) must not cache a failure every other caller then sees.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	start := c.now()
 	out, err := safeRun(ctx, ch.Func)

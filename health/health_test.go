@@ -280,3 +280,23 @@ func TestGRPC(t *testing.T) {
 	}
 	_ = io.EOF
 }
+
+// A caller that gives up early does not fail the check for the others:
+// the check runs to its own timeout, and what is cached is its result.
+func TestAnImpatientCallerDoesNotFailTheCheck(t *testing.T) {
+	c := &health.Checker{Timeout: 5 * time.Second, SuccessTTL: time.Minute, FailureTTL: time.Minute}
+	c.Add("db", func(ctx context.Context) (string, error) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+			return "ok", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	c.Run(ctx)
+	if code, body := get(t, c, "/healthcheck"); code != 200 {
+		t.Fatalf("after a caller gave up early: %d %s; want 200", code, body)
+	}
+}
