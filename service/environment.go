@@ -3,6 +3,7 @@ package service
 import (
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -66,7 +67,7 @@ func (s *Service) environment(w http.ResponseWriter, r *http.Request) {
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
 		if slices.Contains(publicEnv, k) {
-			env[k] = v
+			env[k] = redactURLs(v)
 		} else {
 			env[k] = Masked
 		}
@@ -78,6 +79,9 @@ func (s *Service) environment(w http.ResponseWriter, r *http.Request) {
 		val := any(Masked)
 		if s.public(path) {
 			val = v.Get(path)
+			if str, ok := val.(string); ok {
+				val = redactURLs(str)
+			}
 		}
 		values[path] = map[string]any{"value": val, "source": src}
 	}
@@ -87,4 +91,20 @@ func (s *Service) environment(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(out)
+}
+
+// redactURLs masks the password of every URL in v, a list of them
+// separated by commas included (SWITCHBOARD_ATLAS=http://u:p@h:4400,...):
+// a value shown for its host must not publish credentials with it.
+func redactURLs(v string) string {
+	if !strings.Contains(v, "@") {
+		return v
+	}
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -58,17 +58,18 @@ type Service struct {
 	// key "public_config" adds to it.
 	PublicConfig []string
 
-	log     *slog.Logger
-	cfg     *config.Config
-	cfgErr  error
-	atlas   *client.Atlas
-	checker *health.Checker
-	mux     *http.ServeMux
-	reg     *prometheus.Registry
-	reqs    *prometheus.CounterVec
-	lat     *prometheus.HistogramVec
-	started time.Time
-	client  *http.Client
+	log        *slog.Logger
+	cfg        *config.Config
+	cfgErr     error
+	atlas      *client.Atlas
+	checker    *health.Checker
+	mux        *http.ServeMux
+	reg        *prometheus.Registry
+	reqs       *prometheus.CounterVec
+	lat        *prometheus.HistogramVec
+	started    time.Time
+	client     *http.Client
+	clientOnce sync.Once
 
 	// dbMu guards db and dbErr.
 	dbMu  sync.Mutex
@@ -130,7 +131,7 @@ func New(name string) *Service {
 	s.log = base.With("service", name, "realm", s.Realm, "instance", s.Instance)
 	s.cfg.SetLogger(s.log)
 	if !s.cfg.FromAtlas() {
-		s.log.Warn("service: Atlas unreachable; running on local config alone", "atlas", strings.Join(s.atlas.URLs, ","))
+		s.log.Warn("service: Atlas unreachable; running on local config alone", "atlas", redactURLs(strings.Join(s.atlas.URLs, ",")))
 	}
 	s.initMetrics()
 	return s
@@ -169,9 +170,9 @@ func (s *Service) OnConfigChange(fn func(old, new *config.Values)) {
 // Client returns the smart client: service://NAME/path URLs go through the
 // local sidecar.
 func (s *Service) Client() *http.Client {
-	if s.client == nil {
+	s.clientOnce.Do(func() {
 		s.client = &http.Client{Transport: &client.Transport{Atlas: s.atlas, Realm: s.Realm, Logger: s.log}}
-	}
+	})
 	return s.client
 }
 
@@ -269,7 +270,9 @@ func (s *Service) DB() (*sql.DB, error) {
 // Run serves until ctx ends (SIGTERM in main), then shuts down: readiness
 // fails first, then it waits until Atlas says the sidecars have stopped
 // routing here (at most DrainTimeout), then in-flight requests drain (at
-// most DrainTimeout). It returns nil after a clean shutdown.
+// most DrainTimeout). It returns nil after a clean shutdown, and an error
+// wrapping ErrDrainTimeout when requests still running at the end of the
+// drain were cut off.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfgErr != nil {
 		return s.cfgErr
@@ -307,15 +310,22 @@ func (s *Service) Run(ctx context.Context) error {
 	s.waitForSidecars()
 	sctx, cancel := context.WithTimeout(context.Background(), s.DrainTimeout)
 	defer cancel()
+	var drainErr error
 	if err := srv.Shutdown(sctx); err != nil {
-		s.log.Warn("service: requests still running at the end of the drain", "err", err)
+		srv.Close()
+		drainErr = fmt.Errorf("service %s: %w (%v): requests still running were cut off", s.Name, ErrDrainTimeout, s.DrainTimeout)
+		s.log.Warn("service: requests still running at the end of the drain were cut off", "drain_timeout", s.DrainTimeout.String())
 	}
 	if s.db != nil {
 		s.db.Close()
 	}
 	s.log.Info("service: stopped")
-	return nil
+	return drainErr
 }
+
+// ErrDrainTimeout is what Run returns when requests were still running at
+// the end of the drain, and were cut off.
+var ErrDrainTimeout = errors.New("drain_timeout ran out")
 
 // waitForSidecars waits until this instance is out of rotation: Atlas has
 // it critical (its sidecar's check saw readiness fail), disabled or gone,
@@ -400,6 +410,16 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// Flush lets streaming handlers flush through the writer.
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		if w.status == 0 {
+			w.status = http.StatusOK
+		}
+		f.Flush()
+	}
+}
+
 // wrap adds the access log, panic recovery (500, stack in the log) and
 // metrics to a handler.
 func (s *Service) wrap(h http.Handler) http.Handler {
@@ -413,8 +433,13 @@ func (s *Service) wrap(h http.Handler) http.Handler {
 				}
 				s.log.Error("service: panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", stack())
 				if sw.status == 0 {
-					http.Error(sw, `{"error":{"code":"internal","message":"internal error"}}`, http.StatusInternalServerError)
+					sw.Header().Set("Content-Type", "application/json")
+					sw.WriteHeader(http.StatusInternalServerError)
+					sw.Write([]byte(`{"error":{"code":"internal","message":"internal error"}}` + "\n"))
 				}
+			}
+			if sw.status == 0 {
+				sw.status = http.StatusOK // what net/http sends for a handler that writes nothing
 			}
 			route := r.Pattern
 			if route == "" {

@@ -235,3 +235,66 @@ func TestDB(t *testing.T) {
 		t.Fatalf("readyz with the database down = %d %q", code, body)
 	}
 }
+
+// Review findings: the drain that runs out says so and cuts what is left,
+// Client is safe to call from handlers at once, /environment redacts the
+// credentials of the URLs it shows, and a handler that writes nothing is
+// logged and counted as the 200 it sends.
+func TestDrainTimeoutIsAnError(t *testing.T) {
+	started := make(chan struct{})
+	base, _, stop := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+			close(started)
+			time.Sleep(5 * time.Second)
+		})
+	})
+	go http.Get(base + "/slow")
+	<-started
+	if err := stop(); !errors.Is(err, service.ErrDrainTimeout) {
+		t.Fatalf("Run after a drain that ran out = %v; want ErrDrainTimeout", err)
+	}
+}
+
+func TestClientFromManyHandlersAtOnce(t *testing.T) {
+	var clients sync.Map
+	base, _, _ := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /c", func(w http.ResponseWriter, r *http.Request) { clients.Store(s.Client(), true) })
+	})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if res, err := http.Get(base + "/c"); err == nil {
+				res.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	clients.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Fatalf("Client returned %d different clients; want one", n)
+	}
+}
+
+func TestEnvironmentRedactsURLCredentials(t *testing.T) {
+	t.Setenv("SWITCHBOARD_SIDECAR", "http://admin:hunter2@127.0.0.1:4001")
+	base, _, _ := run(t, func(*service.Service) {})
+	code, body := get(t, base+"/environment")
+	if code != 200 || strings.Contains(body, "hunter2") || !strings.Contains(body, "admin:xxxxx@127.0.0.1:4001") {
+		t.Fatalf("/environment = %d; want the sidecar URL with its password redacted:\n%s", code, body)
+	}
+}
+
+func TestHandlerThatWritesNothingIsLoggedAs200(t *testing.T) {
+	base, logs, _ := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /empty", func(http.ResponseWriter, *http.Request) {})
+	})
+	if code, _ := get(t, base+"/empty"); code != 200 {
+		t.Fatalf("GET /empty = %d", code)
+	}
+	if !strings.Contains(logs.String(), `"route":"GET /empty","status":200`) {
+		t.Fatalf("access log: %s", logs.String())
+	}
+}
