@@ -450,31 +450,40 @@ func (d *Driver) applyLocked() {
 }
 
 // runtimeLocked sends the commands that bring each backend's servers from
-// applied to want. With onlyLoaded, backends whose slot count differs from
-// the running config are left for the reload.
+// applied to want. With onlyLoaded, a backend whose slot count differs
+// from the running config gets only the slots HAProxy has: an instance
+// removed from one of them leaves rotation now, not at the reload (which
+// may be seconds away, or refused); the slots to come wait for it.
 func (d *Driver) runtimeLocked(onlyLoaded bool) {
 	var cmds []string
-	var touched []*backendState
+	type change struct {
+		b    *backendState
+		next []Slot // applied after the commands
+	}
+	var touched []change
 	for _, b := range d.backends {
-		if len(b.applied) != len(b.want) {
-			if onlyLoaded || len(b.applied) == 0 {
-				continue
-			}
+		if len(b.applied) == 0 && len(b.want) != 0 {
+			continue // not in HAProxy yet: the reload brings it
+		}
+		want := b.want
+		if onlyLoaded && len(b.applied) != len(b.want) {
+			want = make([]Slot, len(b.applied)) // free unless wanted
+			copy(want, b.want)
 		}
 		name := "be_" + b.service
 		if b.tcp {
 			name = "tcpbe_" + b.service
 		}
 		n := len(cmds)
-		for i := range b.want {
+		for i := range want {
 			var old Slot
 			if i < len(b.applied) {
 				old = b.applied[i]
 			}
-			cmds = append(cmds, slotCommands(name, i, old, b.want[i])...)
+			cmds = append(cmds, slotCommands(name, i, old, want[i])...)
 		}
 		if len(cmds) > n {
-			touched = append(touched, b)
+			touched = append(touched, change{b, want})
 		}
 	}
 	if len(cmds) == 0 {
@@ -491,8 +500,8 @@ func (d *Driver) runtimeLocked(onlyLoaded bool) {
 		}
 		return
 	}
-	for _, b := range touched {
-		b.applied = append([]Slot(nil), b.want...)
+	for _, c := range touched {
+		c.b.applied = append([]Slot(nil), c.next...)
 	}
 }
 

@@ -120,3 +120,57 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 		t.Fatalf("after a refused config: %d %q", st, body)
 	}
 }
+
+// A service may be named sidecar: its backend does not collide with the
+// fallback to the built-in proxy (haproxy -c refused the config, and every
+// config after it).
+func TestServiceNamedSidecar(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer backend.Close()
+	old := MinReloadInterval
+	MinReloadInterval = 0
+	defer func() { MinReloadInterval = old }()
+	listen := unusedAddr(t)
+	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Update("sidecar", false, endpoints(t, backend.URL))
+	if body := waitGet(t, listen, "sidecar", 200); body != "hello" || d.RefusedConfigs() != 0 {
+		t.Fatalf("through HAProxy: %q, %d configs refused", body, d.RefusedConfigs())
+	}
+}
+
+// While a backend waits for the reload that gives it more slots (rate
+// limited, or refused), the slots HAProxy has still follow: an instance
+// removed leaves rotation at once.
+func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
+	var urls []string
+	for i := range 10 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "i", i) }))
+		defer srv.Close()
+		urls = append(urls, srv.URL)
+	}
+	old := MinReloadInterval
+	MinReloadInterval = 0
+	defer func() { MinReloadInterval = old }()
+	listen := unusedAddr(t)
+	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Update("billing", false, endpoints(t, urls[:4]...)) // i0..i3 in 8 slots
+	waitGet(t, listen, "billing", 200)
+	MinReloadInterval = time.Hour
+	// i0 goes; six more come: 9 instances need 32 slots, so a reload
+	// that is an hour away.
+	eps := endpoints(t, urls...)
+	d.Update("billing", false, eps[1:])
+	for range 100 {
+		if st, body := get(listen, "billing"); st != 200 || body == "i0" {
+			t.Fatalf("after i0 was removed: %d %q", st, body)
+		}
+	}
+}

@@ -95,11 +95,11 @@ frontend http-in
 {{- range .HTTP}}
     use_backend be_{{.Service}} if hdr_{{.Service}} || !has_service host_{{.Service}}
 {{- end}}
-    default_backend be_sidecar
+    default_backend fallback_sidecar
 
 # Services HAProxy does not route yet go to the sidecar's built-in proxy,
-# which starts watching them.
-backend be_sidecar
+# which starts watching them. (Not be_*: a service may be named sidecar.)
+backend fallback_sidecar
     server sidecar {{.Fallback}}
 {{range .HTTP}}
 backend be_{{.Service}}
