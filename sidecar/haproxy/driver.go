@@ -205,6 +205,9 @@ func (d *Driver) startLocked() error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	// Not left running: it would hold the listen address.
+	_ = cmd.Process.Kill()
+	<-exited
 	return fmt.Errorf("haproxy: the admin socket did not answer within 10s")
 }
 
@@ -273,6 +276,10 @@ func (d *Driver) supervise() {
 		case <-time.After(backoff):
 		}
 		d.mu.Lock()
+		if d.stopping { // Close came during the backoff
+			d.mu.Unlock()
+			return
+		}
 		spec := d.specLocked()
 		err := d.writeCheckedLocked(spec)
 		if err == nil {
@@ -299,12 +306,16 @@ func (d *Driver) Close() error {
 	if d.reloadDue != nil {
 		d.reloadDue.Stop()
 	}
-	cmd, exited := d.cmd, d.exited
 	d.mu.Unlock()
 	if d.cancel != nil {
 		d.cancel()
 	}
 	d.wg.Wait()
+	// Read after the supervisor stopped: it may have started a new
+	// HAProxy meanwhile.
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.mu.Unlock()
 	if cmd == nil {
 		return nil
 	}
