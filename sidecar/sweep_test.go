@@ -34,6 +34,20 @@ func startSweeping(t *testing.T, cfg Config) *Sidecar {
 	return s
 }
 
+// callHost makes a GET through s's frontend with the Host header host and
+// returns the status.
+func callHost(t *testing.T, s *Sidecar, host string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+	req.Host = host
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
 // A name called once (a typo in a Host header) is followed only until a
 // sweep finds it unused: then its event stream on Atlas is closed and its
 // series leave /metrics. A configured upstream stays.
@@ -50,24 +64,11 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := proxy.OpenBackends()
-	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
-	req.Host = "ping.localhost"
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	if code := callHost(t, s, "ping.localhost"); code != 200 || proxy.OpenBackends() != before+1 {
+		t.Fatalf("call to ping = %d with %d connection pools open; want 200 with %d", code, proxy.OpenBackends(), before+1)
 	}
-	res.Body.Close()
-	if res.StatusCode != 200 || proxy.OpenBackends() != before+1 {
-		t.Fatalf("call to ping = %d with %d connection pools open; want 200 with %d", res.StatusCode, proxy.OpenBackends(), before+1)
-	}
-	req, _ = http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
-	req.Host = "tpyo.localhost"
-	if res, err = http.DefaultClient.Do(req); err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 503 {
-		t.Fatalf("call to a service with no instance = %d; want 503", res.StatusCode)
+	if code := callHost(t, s, "tpyo.localhost"); code != 503 {
+		t.Fatalf("call to a service with no instance = %d; want 503", code)
 	}
 	watchers := func(service string) int {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -94,7 +95,7 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	if s.table.Lookup("billing") == nil || watchers("billing") != 1 {
 		t.Fatalf("the configured upstream was dropped: in the table %v, %d streams", s.table.Lookup("billing") != nil, watchers("billing"))
 	}
-	res, err = http.Get("http://" + s.AdminAddr + "/metrics")
+	res, err := http.Get("http://" + s.AdminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,14 +123,7 @@ func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 	}
 	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
 	time.Sleep(400 * time.Millisecond) // eight sweeps, no call
-	req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
-	req.Host = "ping.localhost"
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
-	if res.StatusCode != 200 {
-		t.Fatalf("a call to ping after sweeps with Atlas down = %d; want 200 from its last known instance", res.StatusCode)
+	if code := callHost(t, s, "ping.localhost"); code != 200 {
+		t.Fatalf("a call to ping after sweeps with Atlas down = %d; want 200 from its last known instance", code)
 	}
 }

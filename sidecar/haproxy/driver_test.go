@@ -65,21 +65,30 @@ func waitGet(t *testing.T, addr, service string, want int) string {
 	return ""
 }
 
+// startDriver starts a Driver on the real haproxy, reloading as soon as
+// asked (MinReloadInterval 0 until the test ends), and returns it with the
+// address it listens on.
+func startDriver(t *testing.T) (*Driver, string) {
+	t.Helper()
+	old := MinReloadInterval
+	MinReloadInterval = 0
+	t.Cleanup(func() { MinReloadInterval = old })
+	listen := unusedAddr(t)
+	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, listen
+}
+
 // TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside runs the real
 // haproxy: it is restarted after kill -9 with the current membership, and
 // a config `haproxy -c` refuses is kept aside while the running one stays.
 func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
 	defer backend.Close()
-	old := MinReloadInterval
-	MinReloadInterval = 0
-	defer func() { MinReloadInterval = old }()
-	listen := unusedAddr(t)
-	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, listen := startDriver(t)
 	d.Update("files", false, endpoints(t, backend.URL))
 	if body := waitGet(t, listen, "files", 200); body != "hello" {
 		t.Fatalf("through HAProxy: %q", body)
@@ -127,15 +136,7 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 func TestServiceNamedSidecar(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
 	defer backend.Close()
-	old := MinReloadInterval
-	MinReloadInterval = 0
-	defer func() { MinReloadInterval = old }()
-	listen := unusedAddr(t)
-	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, listen := startDriver(t)
 	d.Update("sidecar", false, endpoints(t, backend.URL))
 	if body := waitGet(t, listen, "sidecar", 200); body != "hello" || d.RefusedConfigs() != 0 {
 		t.Fatalf("through HAProxy: %q, %d configs refused", body, d.RefusedConfigs())
@@ -152,15 +153,7 @@ func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
 		defer srv.Close()
 		urls = append(urls, srv.URL)
 	}
-	old := MinReloadInterval
-	MinReloadInterval = 0
-	defer func() { MinReloadInterval = old }()
-	listen := unusedAddr(t)
-	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, listen := startDriver(t)
 	d.Update("billing", false, endpoints(t, urls[:4]...)) // i0..i3 in 8 slots
 	waitGet(t, listen, "billing", 200)
 	MinReloadInterval = time.Hour
