@@ -216,6 +216,30 @@ func TestBlockingQueryWakesOnlyForItsOwnAnswer(t *testing.T) {
 	}
 }
 
+// The first write to a new store is newer than the index Atlas answers
+// for what holds nothing yet: a query made before it, cached or blocking,
+// sees it.
+func TestTheFirstWriteIsNewerThanAnEmptyAnswer(t *testing.T) {
+	a := start(t, true)
+	empty := a.must("GET", "/v1/services/web", "")
+	done := make(chan resp, 1)
+	go func() {
+		done <- a.do("GET", fmt.Sprintf("/v1/services/web?index=%d&wait=20s", empty.index(t)), "")
+	}()
+	a.must("PUT", "/v1/instances/web-1", reg("web", 5000, ""))
+	var woken, now sb.ServiceInstances
+	select {
+	case r := <-done:
+		r.decode(t, &woken)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a blocking query on the empty answer did not wake for the first write")
+	}
+	a.must("GET", "/v1/services/web", "").decode(t, &now)
+	if len(woken.Instances) != 1 || len(now.Instances) != 1 {
+		t.Fatalf("after the first write: woken answer %+v, new answer %+v; want web-1 in both", woken, now)
+	}
+}
+
 func TestBlockingQueryTimesOut(t *testing.T) {
 	a := start(t, true)
 	r := a.must("GET", "/v1/services", "")

@@ -7,7 +7,8 @@ import (
 )
 
 // Store is where Atlas keeps its state: a key-value store with one index
-// that only grows (also across restarts), conditional transactions, leases
+// that only grows (also across restarts) and is at least 1 in a new store,
+// so that every write's index is 2 or more, conditional transactions, leases
 // the store owns and expires, and a stream of committed changes.
 //
 // Atlas keeps a cache of everything in memory, built from Snapshot and kept

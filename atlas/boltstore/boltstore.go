@@ -233,6 +233,13 @@ func (s *Store) load() error {
 		if v := meta.Get(keyIndex); len(v) == 8 {
 			s.index = binary.BigEndian.Uint64(v)
 		}
+		if s.index == 0 {
+			// A new store is at index 1 and its first write is 2, as in
+			// etcd: Atlas answers index 1 for what holds nothing yet, and
+			// that answer must be older than any write.
+			s.index = 1
+			return putIndex(tx, s.index)
+		}
 		return nil
 	})
 	if err != nil {
