@@ -6,54 +6,20 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/internal/testnet"
 )
-
-// hungReplica takes connections and never answers, as a stopped process
-// or one whose store hangs does.
-func hungReplica(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return "http://" + ln.Addr().String()
-}
 
 // A call whose first replica hangs reaches the second within the caller's
 // deadline: each replica gets a share of it.
 func TestCallMovesOnFromAHungReplica(t *testing.T) {
 	a := atlastest.Start(t, true)
-	c := &client.Atlas{URLs: []string{hungReplica(t), a.URL}}
+	c := &client.Atlas{URLs: []string{"http://" + testnet.Hung(t), a.URL}}
 	for range 2 { // the second starts at the replica that answered
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_, err := c.Register(ctx, "web-1", sb.Registration{Service: "web", Address: "127.0.0.1", Port: 5001})
@@ -98,7 +64,7 @@ func TestWatchMovesOnFromHungAndQuietReplicas(t *testing.T) {
 	if _, err := a.Client().Register(context.Background(), "web-1", sb.Registration{Service: "web", Address: "127.0.0.1", Port: 5001}); err != nil {
 		t.Fatal(err)
 	}
-	c = &client.Atlas{URLs: []string{hungReplica(t), quietURL, a.URL}}
+	c = &client.Atlas{URLs: []string{"http://" + testnet.Hung(t), quietURL, a.URL}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	got := make(chan int, 1)

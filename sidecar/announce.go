@@ -92,13 +92,15 @@ func (a *announcer) current() (sb.Status, string) {
 	return a.status, a.output
 }
 
-// checkOnce runs the check and applies rise and fall.
-func (a *announcer) checkOnce(ctx context.Context) {
+// checkOnce runs the check and applies rise and fall. It reports whether
+// the status to announce changed (a new output alone waits for the next
+// heartbeat).
+func (a *announcer) checkOnce(ctx context.Context) bool {
 	cctx, cancel := context.WithTimeout(ctx, a.timeout)
 	raw, out := a.check.check(cctx)
 	cancel()
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	a.mu.Lock()
 	before := a.status
@@ -112,6 +114,7 @@ func (a *announcer) checkOnce(ctx context.Context) {
 	if status != before {
 		a.log.Info("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)
 	}
+	return status != before
 }
 
 func (a *announcer) isRegistered() bool {
@@ -120,31 +123,75 @@ func (a *announcer) isRegistered() bool {
 	return a.registered
 }
 
-// announceGroup checks the announcers that share an interval together and
-// sends their heartbeats in one request; those Atlas does not know (a
-// lease that expired, an Atlas that lost its data) register again.
+// announceGroup keeps the announcers that share an interval announced:
+// each is checked on its own, so that a check that hangs until its
+// timeout delays nobody's heartbeat, not even its own; their heartbeats go
+// in one request every interval, and at once when a status changes. Those
+// Atlas does not know (a lease that expired, an Atlas that lost its data)
+// register again.
 func announceGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger) {
+	changed := make(chan struct{}, 1)
+	var checking, firstChecks sync.WaitGroup
 	defer func() {
+		checking.Wait()
 		for _, a := range as {
 			a.check.close()
 		}
 	}()
+	for _, a := range as {
+		checking.Add(1)
+		firstChecks.Add(1)
+		go func() {
+			defer checking.Done()
+			a.checkLoop(ctx, &firstChecks, changed)
+		}()
+	}
+	// The first heartbeat waits for the first checks, so that instances
+	// register with a status rather than "not checked yet", but at most one
+	// interval: a check that hangs must not keep the others unannounced.
+	first := make(chan struct{})
+	go func() {
+		firstChecks.Wait()
+		close(first)
+	}()
+	wait := time.NewTimer(interval)
+	select {
+	case <-ctx.Done():
+		wait.Stop()
+		return
+	case <-first:
+	case <-wait.C:
+	}
+	wait.Stop()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		var wg sync.WaitGroup
-		for _, a := range as {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				a.checkOnce(ctx)
-			}()
-		}
-		wg.Wait()
-		if ctx.Err() != nil {
-			return
-		}
 		heartbeatGroup(ctx, interval, as, atlas, log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-changed:
+		}
+	}
+}
+
+// checkLoop checks a every interval until ctx ends. It marks first done
+// after the first check and tells changed (without waiting) when the
+// status to announce changes.
+func (a *announcer) checkLoop(ctx context.Context, first *sync.WaitGroup, changed chan<- struct{}) {
+	t := time.NewTicker(a.interval)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		if a.checkOnce(ctx) {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		}
+		if i == 0 {
+			first.Done()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -153,15 +200,28 @@ func announceGroup(ctx context.Context, interval time.Duration, as []*announcer,
 	}
 }
 
+// heartbeatGroup sends the heartbeats of the registered announcers in one
+// request and registers the others, each registration with its own time
+// budget, so that one slow answer does not leave the rest unregistered.
 func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger) {
-	hctx, cancel := context.WithTimeout(ctx, max(interval, 2*time.Second))
-	defer cancel()
+	budget := max(interval, 2*time.Second)
+	var registering sync.WaitGroup
+	defer registering.Wait()
+	register := func(a *announcer) {
+		registering.Add(1)
+		go func() {
+			defer registering.Done()
+			rctx, cancel := context.WithTimeout(ctx, budget)
+			defer cancel()
+			st, out := a.current()
+			a.register(rctx, st, out)
+		}()
+	}
 	var batch []sb.BatchHeartbeat
 	var sent []*announcer
 	for _, a := range as {
 		if !a.isRegistered() {
-			st, out := a.current()
-			a.register(hctx, st, out)
+			register(a)
 			continue
 		}
 		st, out := a.current()
@@ -171,6 +231,8 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 	if len(batch) == 0 {
 		return
 	}
+	hctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
 	results, err := atlas.Heartbeats(hctx, batch)
 	if err != nil {
 		log.Warn("sidecar: heartbeats failed; will retry", "instances", len(batch), "err", err)
@@ -186,8 +248,7 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 			continue
 		}
 		a.log.Info("sidecar: Atlas does not know the instance (lease expired?); registering again", "id", a.id)
-		st, out := a.current()
-		a.register(hctx, st, out)
+		register(a)
 	}
 }
 
