@@ -164,6 +164,7 @@ func (s *Sidecar) SetToken(token string) { s.atlas.Token = token }
 
 // Start binds every listener, restores the last known routes, and starts
 // announcing, watching and routing. It returns once everything listens.
+// When it fails it leaves nothing running, and s cannot be started again.
 func (s *Sidecar) Start() error {
 	if s.state != nil {
 		if err := s.state.restore(s.table); err != nil {
@@ -171,10 +172,14 @@ func (s *Sidecar) Start() error {
 		}
 	}
 	var lns []net.Listener
+	// fail undoes what Start did so far: listeners, and the watches that
+	// the restore and the upstreams started.
 	fail := func(err error) error {
 		for _, ln := range lns {
 			ln.Close()
 		}
+		s.cancel()
+		s.wg.Wait()
 		return err
 	}
 	// In haproxy mode HAProxy owns the frontend and the L4 listeners; the

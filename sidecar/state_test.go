@@ -2,10 +2,13 @@ package sidecar
 
 import (
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
@@ -35,5 +38,42 @@ func TestRestoreLeavesOutDamagedEntries(t *testing.T) {
 	eps := p.Endpoints()
 	if len(eps) != 1 || eps[0].Instance().ID != "b-1" {
 		t.Fatalf("restored %d instances; want b-1 alone", len(eps))
+	}
+}
+
+// A Start that fails (here on an upstream's listen address, taken) leaves
+// nothing running: not the watch of the upstream pinned before it, nor
+// those of the restored services.
+func TestAFailedStartLeavesNothingRunning(t *testing.T) {
+	a := atlastest.Start(t, true)
+	dir := t.TempDir()
+	err := os.WriteFile(stateFilePath(dir), []byte(`{"realm":"dev","services":[{"service":"billing","index":3,"instances":[
+		{"id":"b-1","service":"billing","realm":"dev","address":"127.0.0.1","port":5001,"status":"passing","enabled":true}]}]}`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	s, err := New(Config{Atlas: StringList{a.URL}, StateDir: dir, Listen: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		Upstreams: []UpstreamConfig{{Name: "identity"}, {Name: "ledger", Listen: taken.Addr().String()}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err == nil {
+		s.Shutdown()
+		t.Fatal("Start succeeded on a taken address")
+	}
+	stopped := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("goroutines still running 10s after Start failed")
 	}
 }
