@@ -490,6 +490,12 @@ type Token struct {
 	Secret string `json:"secret,omitempty"`
 }
 
+// TokenList is the answer of GET /v1/tokens.
+type TokenList struct {
+	Index  uint64  `json:"index"`
+	Tokens []Token `json:"tokens"`
+}
+
 // Policy says which services a service may call, in one realm.
 type Policy struct {
 	Service string   `json:"service"`
@@ -515,6 +521,12 @@ func (p *Policy) Validate() error {
 		}
 	}
 	return nil
+}
+
+// PolicyList is the answer of GET /v1/policies.
+type PolicyList struct {
+	Index    uint64   `json:"index"`
+	Policies []Policy `json:"policies"`
 }
 
 // IndexHeader carries the index of every GET answer of the Atlas API.

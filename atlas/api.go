@@ -447,9 +447,16 @@ func (s *Server) handlePort(w http.ResponseWriter, r *http.Request) error {
 }
 
 // layerParams reads ?realm and ?service for the layer endpoints (both
-// optional) and ?cas.
+// optional) and ?cas. A parameter given empty is refused: leaving it out
+// names another layer (?realm= from an unset variable would otherwise
+// write the global layer).
 func layerParams(r *http.Request) (sb.LayerKey, *uint64, error) {
 	q := query(r)
+	for _, p := range []string{"realm", "service"} {
+		if q.Has(p) && q.Get(p) == "" {
+			return sb.LayerKey{}, nil, sb.Errorf(sb.EInvalid, "%s: must not be empty (leave it out for the layer of every %s)", p, p)
+		}
+	}
 	k := sb.LayerKey{Realm: q.Get("realm"), Service: q.Get("service")}
 	if err := k.Validate(); err != nil {
 		return k, nil, err
@@ -602,7 +609,7 @@ func (s *Server) handleTokens(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.st.mu.RLock()
 	index := s.st.indexOfLocked(tokensKey)
-	body := marshal(map[string]any{"index": index, "tokens": s.tokensLocked()})
+	body := marshal(sb.TokenList{Index: index, Tokens: s.tokensLocked()})
 	s.st.mu.RUnlock()
 	writeJSON(w, http.StatusOK, index, body)
 	return nil
@@ -658,7 +665,7 @@ func (s *Server) handlePolicies(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.st.mu.RLock()
 	index := s.st.indexOfLocked(policiesKey)
-	body := marshal(map[string]any{"index": index, "policies": s.policiesLocked(realm)})
+	body := marshal(sb.PolicyList{Index: index, Policies: s.policiesLocked(realm)})
 	s.st.mu.RUnlock()
 	writeJSON(w, http.StatusOK, index, body)
 	return nil

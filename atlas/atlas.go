@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -309,19 +310,22 @@ func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 // DataDir/admin.token.
 func (s *Server) bootstrap(ctx context.Context) error {
 	path := filepath.Join(s.cfg.DataDir, "admin.token")
-	if _, err := os.Stat(path); err == nil {
-		s.log.Info("atlas: admin token file exists", "path", path)
-		return nil
-	}
+	_, statErr := os.Stat(path)
 	s.st.mu.RLock()
 	for _, t := range s.st.tokens {
 		if t.Role == sb.RoleAdmin {
 			s.st.mu.RUnlock()
-			s.log.Warn("atlas: an admin token exists but its file is missing; use it or delete the store to start afresh", "path", path)
+			if statErr == nil {
+				s.log.Info("atlas: admin token file exists", "path", path)
+			} else {
+				s.log.Warn("atlas: an admin token exists but its file is missing; use it or delete the store to start afresh", "path", path)
+			}
 			return nil
 		}
 	}
 	s.st.mu.RUnlock()
+	// The store has no admin token: a file there is left from a store
+	// that is gone, and names no token of this one.
 	tok, rec, err := newToken(sb.TokenRequest{Name: "bootstrap admin", Role: sb.RoleAdmin}, s.cfg.Now())
 	if err != nil {
 		return err
@@ -340,10 +344,18 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
+	// Removed first: WriteFile keeps the mode of a file that exists.
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
 	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
-	s.log.Info("atlas: created the admin token", "path", path)
+	if statErr == nil {
+		s.log.Warn("atlas: the admin token file named no token of this store; it now holds a new admin token", "path", path)
+	} else {
+		s.log.Info("atlas: created the admin token", "path", path)
+	}
 	return nil
 }
 

@@ -94,6 +94,22 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	return &principal{tok: rec.Token, srv: s}, nil
 }
 
+// current returns an error when p's token has been deleted since the
+// call was authenticated: a call that lasts (an event stream) asks it
+// again as it goes.
+func (p *principal) current() error {
+	if p == nil {
+		return nil
+	}
+	p.srv.st.mu.RLock()
+	_, ok := p.srv.st.tokens[p.tok.ID]
+	p.srv.st.mu.RUnlock()
+	if !ok {
+		return sb.Errorf(sb.EUnauthenticated, "authorization: the token has been deleted")
+	}
+	return nil
+}
+
 func principalFrom(ctx context.Context) *principal {
 	if ri, ok := ctx.Value(reqInfoKey{}).(*reqInfo); ok {
 		return ri.principal

@@ -2,12 +2,15 @@ package atlas_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
@@ -158,5 +161,94 @@ func TestAuth(t *testing.T) {
 	}
 	if r := a.doAs(reader, "GET", "/v1/services", ""); r.status != 401 {
 		t.Fatalf("deleted token = %d; want 401", r.status)
+	}
+}
+
+// TestRevokedAccessEndsTheStream: an event stream is authorized for as
+// long as it lasts, not only when it opens. Deleting its token, or the
+// policy that let a service watch another, ends it; the client's next
+// connection is then refused.
+func TestRevokedAccessEndsTheStream(t *testing.T) {
+	a := start(t, false)
+	reader := a.newToken(t, `{"name":"ops","role":"reader"}`)
+	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["dev"]}`)
+	a.must("PUT", "/v1/policies/identity", `{"may_call":["billing"]}`)
+	a.must("PUT", "/v1/instances/billing-0", reg("billing", 5999, ""))
+	var list struct{ Tokens []sb.Token }
+	a.must("GET", "/v1/tokens", "").decode(t, &list)
+	readerID := ""
+	for _, tok := range list.Tokens {
+		if tok.Role == sb.RoleReader {
+			readerID = tok.ID
+		}
+	}
+	open := func(token, query string) <-chan sse {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("watch %s: %v %v", query, err, res)
+		}
+		t.Cleanup(func() { res.Body.Close() })
+		events := readEvents(res.Body)
+		next(t, events) // the snapshot
+		return events
+	}
+	ended := func(name string, events <-chan sse) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					return
+				}
+				t.Fatalf("%s: stream sent %s after its access was revoked: %.100s", name, ev.kind, ev.data)
+			case <-timeout:
+				t.Fatalf("%s: stream still open 5s after its access was revoked", name)
+			}
+		}
+	}
+
+	byReader := open(reader, "service=*")
+	a.must("DELETE", "/v1/tokens/"+readerID, "")
+	a.must("PUT", "/v1/instances/billing-1", reg("billing", 6000, ""))
+	ended("deleted token", byReader)
+
+	bySvc := open(svc, "service=billing")
+	a.must("PUT", "/v1/policies/identity", `{"may_call":[]}`)
+	a.must("PUT", "/v1/instances/billing-2", reg("billing", 6001, ""))
+	ended("policy withdrawn", bySvc)
+	if r := a.doAs(svc, "GET", "/v1/watch?service=billing", ""); r.status != 403 {
+		t.Fatalf("watch after the policy was withdrawn = %d %s; want 403", r.status, r.body)
+	}
+}
+
+// TestAdminTokenFileOfAnotherStoreIsReplaced: an admin.token left from a
+// store that is gone (atlas.db deleted to start afresh) names no token of
+// the new one. Atlas must not keep it and start with no admin token at all,
+// refusing every call with no way in.
+func TestAdminTokenFileOfAnotherStoreIsReplaced(t *testing.T) {
+	dir := t.TempDir()
+	first := startIn(t, dir, false)
+	stale := first.token
+	first.stop()
+	for _, f := range []string{"atlas.db", "atlas.db.wal"} {
+		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startIn(t, dir, false)
+	if a.token == stale {
+		t.Fatal("admin.token still holds the token of the deleted store")
+	}
+	if r := a.do("GET", "/v1/tokens", ""); r.status != 200 {
+		t.Fatalf("GET /v1/tokens with admin.token = %d %s; want 200", r.status, r.body)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "admin.token"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin.token: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
 }

@@ -24,7 +24,7 @@ func ParseLayer(b []byte) (json.RawMessage, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, sb.Errorf(sb.EInvalid, "config: must be a JSON object: %v", err)
 	}
-	if dec.More() {
+	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
 		return nil, sb.Errorf(sb.EInvalid, "config: must be a single JSON object, found data after it")
 	}
 	if _, ok := v.(map[string]any); !ok {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
 )
 
 // TestBadInput covers every 4xx of the SPEC: each answer has the JSON error
@@ -126,5 +127,65 @@ func TestLongOutputIsTruncatedNotRefused(t *testing.T) {
 	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"output":"`+strings.Repeat("é", 3000)+`"`)).decode(t, &in)
 	if len(in.Output) > sb.MaxOutputBytes || len(in.Output) < sb.MaxOutputBytes-1 {
 		t.Fatalf("output is %d bytes; want it cut to %d", len(in.Output), sb.MaxOutputBytes)
+	}
+}
+
+// TestTrailingBracketIsRefused: a body with a stray "]" or "}" after its
+// object is malformed JSON, refused as any other data after the value is.
+func TestTrailingBracketIsRefused(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/config/layer", `{"x":1}`)
+	tests := []struct{ name, path, body string }{
+		{"registration and ]", "/v1/instances/a-1", reg("a", 5000, "") + "]"},
+		{"registration and }", "/v1/instances/a-1", reg("a", 5000, "") + " }"},
+		{"layer and }", "/v1/config/layer", `{"x":2}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := a.do("PUT", tt.path, tt.body)
+			if r.status != 400 || !strings.Contains(string(r.body), "body: must be a single JSON value, found data after it") {
+				t.Fatalf("PUT %s %q = %d %s; want 400 naming the data after the value", tt.path, tt.body, r.status, r.body)
+			}
+		})
+	}
+	if r := a.do("GET", "/v1/instances/a-1", ""); r.status != 404 {
+		t.Errorf("the malformed registration was stored: %d %s", r.status, r.body)
+	}
+	var l sb.ConfigLayer
+	a.must("GET", "/v1/config/layer", "").decode(t, &l)
+	if string(l.Config) != `{"x":1}` {
+		t.Errorf("global layer = %s; want the malformed write refused", l.Config)
+	}
+	if _, err := atlas.ParseLayer([]byte(`{"x":1}]`)); sb.ErrorCode(err) != sb.EInvalid {
+		t.Errorf("ParseLayer of an object and ] = %v; want invalid_argument", err)
+	}
+}
+
+// TestEmptyLayerParameterIsRefused: ?realm= with no value (a script's
+// unset variable) names no layer; it must not write or delete the global
+// layer, which leaving the parameter out names.
+func TestEmptyLayerParameterIsRefused(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/config/layer", `{"x":1}`)
+	a.must("PUT", "/v1/config/layer?service=identity", `{"x":1}`)
+	tests := []struct{ method, path, body, msg string }{
+		{"PUT", "/v1/config/layer?realm=", `{"x":2}`, "realm: must not be empty"},
+		{"PUT", "/v1/config/layer?realm=&service=identity", `{"x":2}`, "realm: must not be empty"},
+		{"PUT", "/v1/config/layer?service=", `{"x":2}`, "service: must not be empty"},
+		{"DELETE", "/v1/config/layer?realm=", "", "realm: must not be empty"},
+		{"GET", "/v1/config/layer?service=", "", "service: must not be empty"},
+	}
+	for _, tt := range tests {
+		r := a.do(tt.method, tt.path, tt.body)
+		if r.status != 400 || !strings.Contains(string(r.body), tt.msg) {
+			t.Errorf("%s %s = %d %s; want 400 with %q", tt.method, tt.path, r.status, r.body, tt.msg)
+		}
+	}
+	for _, path := range []string{"/v1/config/layer", "/v1/config/layer?service=identity"} {
+		var l sb.ConfigLayer
+		a.must("GET", path, "").decode(t, &l)
+		if string(l.Config) != `{"x":1}` {
+			t.Errorf("GET %s = %s; want it untouched", path, l.Config)
+		}
 	}
 }

@@ -127,7 +127,8 @@ func DecodeJSON(body []byte, v any) error {
 		// field; the only such field is ttl.
 		return sb.Errorf(sb.EInvalid, "ttl: %v", err)
 	}
-	if dec.More() {
+	// Not dec.More, which takes a stray "]" or "}" for the end of input.
+	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
 		return sb.Errorf(sb.EInvalid, "body: must be a single JSON value, found data after it")
 	}
 	return nil

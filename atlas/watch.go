@@ -34,20 +34,33 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		return sb.Errorf(sb.EInvalid, "service: at least one is required (or service=*)")
 	}
 	all := slices.Contains(services, "*")
-	p := principalFrom(r.Context())
-	if all {
-		if err := p.readAll(); err != nil {
-			return err
-		}
-	} else {
+	if !all {
 		for _, svc := range services {
 			if err := sb.ValidateName("service", svc); err != nil {
 				return err
 			}
+		}
+	}
+	// allowed is asked on connect and again whenever a token or a policy
+	// changes: a stream must end when its token is deleted, or when the
+	// policy that let it watch a service is withdrawn.
+	p := principalFrom(r.Context())
+	allowed := func() error {
+		if err := p.current(); err != nil {
+			return err
+		}
+		if all {
+			return p.readAll()
+		}
+		for _, svc := range services {
 			if err := p.readService(realm, svc); err != nil {
 				return err
 			}
 		}
+		return nil
+	}
+	if err := allowed(); err != nil {
+		return err
 	}
 	var resume uint64
 	resuming := false
@@ -133,6 +146,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	for {
 		woke := s.st.waitChan(wakeKey)
+		var tokensChanged, policiesChanged <-chan struct{}
+		if p != nil {
+			tokensChanged, policiesChanged = s.st.waitChan(tokensKey), s.st.waitChan(policiesKey)
+			if allowed() != nil {
+				return nil
+			}
+		}
 		s.st.mu.RLock()
 		gap := last < s.st.historyFloor
 		var changed []string
@@ -181,6 +201,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		s.streams.progress(track, last)
 		select {
 		case <-woke:
+		case <-tokensChanged:
+		case <-policiesChanged:
 		case <-keepAlive.C:
 			_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := bw.WriteString(": keep-alive\n\n"); err != nil {

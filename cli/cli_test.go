@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
@@ -202,5 +206,97 @@ func TestConfigEdit(t *testing.T) {
 	os.WriteFile(arr, []byte("[1]"), 0o600)
 	if _, errs, code = run(t, url, "config", "set", "realm=dev", arr); code != 2 || !strings.Contains(errs, "array.json: must hold one JSON object, got a JSON array") {
 		t.Fatalf("config set of an array: exit %d %s", code, errs)
+	}
+}
+
+// TestConfigLayerFlagsAreChecked: a LAYER with an empty name (realm=$REALM
+// with REALM unset) and a negative --cas are usage errors; neither may
+// write or delete another layer than the one meant, unconditionally.
+func TestConfigLayerFlagsAreChecked(t *testing.T) {
+	url := startAtlas(t)
+	if _, errs, code := runWithFile(t, url, "config", "set", "global", `{"x":1}`); code != 0 {
+		t.Fatalf("config set global: exit %d %s", code, errs)
+	}
+	tests := []struct {
+		args  []string
+		errIn string
+	}{
+		{[]string{"config", "set", "realm=", `{"x":2}`}, "LAYER: realm: must not be empty"},
+		{[]string{"config", "set", "service=,realm=dev", `{"x":2}`}, "LAYER: service: must not be empty"},
+		{[]string{"config", "set", "global", "--cas", "-2", `{"x":2}`}, "--cas: must be an index (0 or more), got -2"},
+	}
+	for _, tt := range tests {
+		_, errs, code := runWithFile(t, url, tt.args...)
+		if code != 2 || !strings.Contains(errs, tt.errIn) {
+			t.Errorf("switchboard %s = exit %d %q; want exit 2 with %q", strings.Join(tt.args, " "), code, errs, tt.errIn)
+		}
+	}
+	if _, errs, code := run(t, url, "config", "delete", "realm="); code != 2 || !strings.Contains(errs, "LAYER: realm: must not be empty") {
+		t.Errorf("config delete realm= = exit %d %q; want exit 2", code, errs)
+	}
+	if out, _, _ := run(t, url, "config", "get", "global"); !strings.Contains(out, `"x": 1`) {
+		t.Fatalf("global layer changed: %s", out)
+	}
+}
+
+// TestListJSONIsTheAPIs: -o json prints what the API answers, as it does
+// for services and instances, so that scripts read one shape.
+func TestListJSONIsTheAPIs(t *testing.T) {
+	a := atlastest.Start(t, false)
+	if _, errs, code := run(t, a.URL, "--token", a.AdminToken, "policy", "set", "identity", "--may-call", "billing"); code != 0 {
+		t.Fatalf("policy set: exit %d %s", code, errs)
+	}
+	for _, tt := range []struct {
+		args []string
+		path string
+	}{
+		{[]string{"token", "list"}, "/v1/tokens"},
+		{[]string{"policy", "list"}, "/v1/policies?realm=dev"},
+		{[]string{"services"}, "/v1/services?realm=dev"},
+	} {
+		out, errs, code := run(t, a.URL, append([]string{"--token", a.AdminToken, "-o", "json"}, tt.args...)...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d %s", tt.args, code, errs)
+		}
+		req, _ := http.NewRequest("GET", a.URL+tt.path, nil)
+		req.Header.Set("Authorization", "Bearer "+a.AdminToken)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		var got, want any
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("%s -o json: %v\n%s", tt.args, err, out)
+		}
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("switchboard %s -o json differs from GET %s (-api +cli):\n%s", strings.Join(tt.args, " "), tt.path, diff)
+		}
+	}
+}
+
+// TestConfigSetTooLargeFromStdin: a layer over the limit read from stdin
+// is refused for its size, as from a file, not called malformed JSON.
+func TestConfigSetTooLargeFromStdin(t *testing.T) {
+	url := startAtlas(t)
+	path := filepath.Join(t.TempDir(), "big.json")
+	if err := writeFile(path, `{"x":"`+strings.Repeat("y", sb.MaxLayerBytes)+`"}`); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stdin := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = stdin }()
+	_, errs, code := run(t, url, "config", "set", "global", "-")
+	if code == 0 || strings.Contains(errs, "malformed") || !strings.Contains(errs, "524288 bytes") {
+		t.Fatalf("config set of %d bytes from stdin = exit %d %q; want it refused naming the limit", sb.MaxLayerBytes+8, code, errs)
 	}
 }

@@ -29,6 +29,10 @@ func parseLayer(s string) (sb.LayerKey, error) {
 	}
 	for _, part := range strings.Split(s, ",") {
 		name, val, ok := strings.Cut(part, "=")
+		if ok && val == "" && (name == "realm" || name == "service") {
+			// realm=$REALM with REALM unset: not the layer of every realm.
+			return k, usagef("LAYER: %s: must not be empty, got %q", name, s)
+		}
 		switch {
 		case ok && name == "realm" && k.Realm == "":
 			k.Realm = val
@@ -144,6 +148,10 @@ func readObject(name string, stdin io.Reader) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(data) > sb.MaxLayerBytes {
+		// Not "malformed JSON": stdin is read no further than the limit.
+		return nil, usagef("%s: a config layer must be at most %d bytes", name, sb.MaxLayerBytes)
+	}
 	var obj map[string]any
 	err = json.Unmarshal(data, &obj)
 	var (
@@ -171,6 +179,9 @@ func configSetCmd(g *globals) *cobra.Command {
 		Example: `  echo '{"db":{"dsn":"postgres://prod/identity"}}' | switchboard config set service=identity,realm=production -`,
 		Args:    cobra.ExactArgs(2),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("cas") && cas < 0 {
+				return usagef("--cas: must be an index (0 or more), got %d", cas)
+			}
 			k, err := parseLayer(args[0])
 			if err != nil {
 				return err

@@ -44,13 +44,13 @@ func tokenCmd(g *globals) *cobra.Command {
 		Short: "List tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			toks, err := g.client().Tokens(cmd.Context())
+			l, err := g.client().TokenList(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return g.print(toks, func(w *tabwriter.Writer) {
+			return g.print(l, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tNAME\tROLE\tSERVICES\tREALMS\tCREATED")
-				for _, t := range toks {
+				for _, t := range l.Tokens {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, strings.Join(t.Services, ","), strings.Join(t.Realms, ","), t.CreatedAt.Format("2006-01-02 15:04"))
 				}
 			})
@@ -98,13 +98,13 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "List the call policies of --realm",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			ps, err := g.client().Policies(cmd.Context(), g.realm)
+			l, err := g.client().PolicyList(cmd.Context(), g.realm)
 			if err != nil {
 				return err
 			}
-			return g.print(ps, func(w *tabwriter.Writer) {
+			return g.print(l, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "SERVICE\tREALM\tMAY CALL")
-				for _, p := range ps {
+				for _, p := range l.Policies {
 					fmt.Fprintf(w, "%s\t%s\t%s\n", p.Service, p.Realm, strings.Join(p.MayCall, ","))
 				}
 			})

@@ -399,11 +399,16 @@ func (a *Atlas) CreateToken(ctx context.Context, req sb.TokenRequest) (*sb.Token
 
 // Tokens lists the tokens, without secrets.
 func (a *Atlas) Tokens(ctx context.Context) ([]sb.Token, error) {
-	var out struct {
-		Tokens []sb.Token `json:"tokens"`
-	}
+	l, err := a.TokenList(ctx)
+	return l.Tokens, err
+}
+
+// TokenList returns GET /v1/tokens: the tokens, without secrets, and the
+// index.
+func (a *Atlas) TokenList(ctx context.Context) (*sb.TokenList, error) {
+	var out sb.TokenList
 	_, err := a.call(ctx, http.MethodGet, "/v1/tokens", nil, nil, &out)
-	return out.Tokens, err
+	return &out, err
 }
 
 // DeleteToken revokes a token.
@@ -423,13 +428,18 @@ func (a *Atlas) PutPolicy(ctx context.Context, realm, service string, mayCall []
 
 // Policies lists the call policies of a realm (all realms when empty).
 func (a *Atlas) Policies(ctx context.Context, realm string) ([]sb.Policy, error) {
+	l, err := a.PolicyList(ctx, realm)
+	return l.Policies, err
+}
+
+// PolicyList returns GET /v1/policies: the call policies of a realm (all
+// realms when empty) and the index.
+func (a *Atlas) PolicyList(ctx context.Context, realm string) (*sb.PolicyList, error) {
 	q := url.Values{}
 	setRealm(q, realm)
-	var out struct {
-		Policies []sb.Policy `json:"policies"`
-	}
+	var out sb.PolicyList
 	_, err := a.call(ctx, http.MethodGet, "/v1/policies", q, nil, &out)
-	return out.Policies, err
+	return &out, err
 }
 
 // Event is one event of the Atlas event stream.
