@@ -420,6 +420,10 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) renderService(q serviceQuery) (uint64, []byte) {
 	s.st.mu.RLock()
 	defer s.st.mu.RUnlock()
+	return s.renderServiceLocked(q)
+}
+
+func (s *Server) renderServiceLocked(q serviceQuery) (uint64, []byte) {
 	index := s.st.indexOfLocked(svcKey(q.realm, q.service))
 	return index, s.cache.get(q.cacheKey(), index, func() []byte { return marshal(s.serviceInstancesLocked(q)) })
 }

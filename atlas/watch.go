@@ -153,12 +153,23 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 				return nil
 			}
 		}
+		// The answers are rendered as of upTo, under the same lock: one
+		// rendered later could carry a newer index than a change to
+		// another service that this pass did not see, and resuming from
+		// it would skip that change.
+		type upd struct {
+			index uint64
+			body  []byte
+		}
+		var ups []upd
 		s.st.mu.RLock()
 		gap := last < s.st.historyFloor
-		var changed []string
 		upTo := s.st.applied
 		if !gap {
-			changed = s.st.changedSinceLocked(realm, last, wants)
+			for _, svc := range s.st.changedSinceLocked(realm, last, wants) {
+				index, body := s.renderServiceLocked(serviceQuery{realm: realm, service: svc})
+				ups = append(ups, upd{index, body})
+			}
 		}
 		s.st.mu.RUnlock()
 		if gap {
@@ -168,18 +179,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			s.streams.progress(track, last)
 			continue
 		}
-		if len(changed) > 0 {
+		if len(ups) > 0 {
 			// Send in index order, so that Last-Event-ID resumes exactly.
-			type upd struct {
-				svc   string
-				index uint64
-				body  []byte
-			}
-			ups := make([]upd, 0, len(changed))
-			for _, svc := range changed {
-				index, body := s.renderService(serviceQuery{realm: realm, service: svc})
-				ups = append(ups, upd{svc, index, body})
-			}
 			slices.SortFunc(ups, func(a, b upd) int { return cmp.Compare(a.index, b.index) })
 			for i, u := range ups {
 				// One write may change two services (an instance moved
