@@ -112,7 +112,7 @@ type Pool struct {
 	// heard from Atlas (or from the state file) at all.
 	ready     chan struct{}
 	readyOnce sync.Once
-	// mu serialises updates (readers never take it).
+	// mu serialises updates and ejections (readers never take it).
 	mu sync.Mutex
 	// denied, when set, is why calls to the service are refused (a policy
 	// forbids it): every call gets this error instead of an instance.
@@ -254,6 +254,18 @@ func (c *candidates) nth(k int) *Endpoint {
 // requests, skipping exclude (endpoints already tried for this request).
 // It returns nil when no endpoint is routable.
 func (p *Pool) Pick(exclude []*Endpoint) *Endpoint {
+	for {
+		// An update or an ejection between the count of the candidates
+		// and their indexing can leave fewer than counted: count again.
+		if e, ok := p.pick(exclude); ok {
+			return e
+		}
+	}
+}
+
+// pick is one try of Pick; ok is false when the candidates changed under
+// it.
+func (p *Pool) pick(exclude []*Endpoint) (e *Endpoint, ok bool) {
 	c := candidates{eps: *p.eps.Load(), exclude: exclude, now: time.Now()}
 	n := 0
 	// The first tier with a candidate, its live ones when it has any: in
@@ -268,9 +280,10 @@ tiers:
 	}
 	switch n {
 	case 0:
-		return nil
+		return nil, true
 	case 1:
-		return c.nth(0)
+		e = c.nth(0)
+		return e, e != nil
 	}
 	i := rand.IntN(n)
 	j := rand.IntN(n - 1)
@@ -278,10 +291,13 @@ tiers:
 		j++
 	}
 	a, b := c.nth(i), c.nth(j)
-	if b.inflight.Load() < a.inflight.Load() {
-		return b
+	if a == nil || b == nil {
+		return nil, false
 	}
-	return a
+	if b.inflight.Load() < a.inflight.Load() {
+		return b, true
+	}
+	return a, true
 }
 
 // Acquire counts a request going to e; call the returned func with its
@@ -306,9 +322,21 @@ func (p *Pool) Report(e *Endpoint, ok bool) {
 	if e.failures.Add(1) < EjectAfter {
 		return
 	}
-	now := time.Now()
+	// One decision at a time: endpoints failing together must not each
+	// count the others as not ejected yet.
+	p.mu.Lock()
+	ejected := p.ejectLocked(e, time.Now())
+	p.mu.Unlock()
+	if ejected && p.OnEject != nil {
+		p.OnEject(p.Service, e.ID)
+	}
+}
+
+// ejectLocked ejects e unless it is ejected already or half of the pool's
+// endpoints are; it reports whether it did. p.mu must be held.
+func (p *Pool) ejectLocked(e *Endpoint, now time.Time) bool {
 	if ej, _ := e.Ejected(now); ej {
-		return
+		return false
 	}
 	eps := *p.eps.Load()
 	ejected := 0
@@ -318,12 +346,10 @@ func (p *Pool) Report(e *Endpoint, ok bool) {
 		}
 	}
 	if (ejected+1)*2 > len(eps) {
-		return
+		return false
 	}
 	n := min(e.ejections.Add(1), MaxEjections)
 	e.ejectedUntil.Store(now.Add(time.Duration(n) * EjectBase).UnixNano())
 	e.failures.Store(0)
-	if p.OnEject != nil {
-		p.OnEject(p.Service, e.ID)
-	}
+	return true
 }

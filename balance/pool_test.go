@@ -2,6 +2,8 @@ package balance
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,5 +178,77 @@ func TestPickFallsBackToEjected(t *testing.T) {
 		if e := p.Pick(nil); e != eps[1] {
 			t.Fatalf("Pick = %v; want p2, the passing one not ejected", e)
 		}
+	}
+}
+
+// TestEjectionNeverTakesMoreThanHalfConcurrently: two instances failing at
+// the same moment (an outage of their shared dependency) must not both be
+// ejected, nor one twice: the half limit holds under concurrent reports.
+func TestEjectionNeverTakesMoreThanHalfConcurrently(t *testing.T) {
+	for i := range 1000 {
+		p := NewPool("a", "dev")
+		var ejections atomic.Int32
+		p.OnEject = func(string, string) { ejections.Add(1) }
+		p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true)}, 1)
+		eps := p.Endpoints()
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for _, e := range eps {
+			for range 2 * EjectAfter {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					p.Report(e, false)
+				}()
+			}
+		}
+		close(start)
+		wg.Wait()
+		x, _ := eps[0].Ejected(time.Now())
+		y, _ := eps[1].Ejected(time.Now())
+		if n := ejections.Load(); (x && y) || n != 1 {
+			t.Fatalf("round %d: x ejected %v, y ejected %v, %d ejections; want one of the two, once", i, x, y, n)
+		}
+	}
+}
+
+// TestPickDuringUpdates: Pick runs while updates change what it counts (a
+// status that changes, an endpoint ejected); it must still return one of
+// the candidates, never nil or a panic (which would take the sidecar down).
+func TestPickDuringUpdates(t *testing.T) {
+	p := NewPool("a", "dev")
+	ids := []*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true), inst("z", 3, sb.Passing, true)}
+	p.Update(ids, 1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := uint64(2); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ids[2].Status = []sb.Status{sb.Passing, sb.Warning}[i%2]
+			p.Update([]*sb.Instance{ids[0], ids[1], {ID: "z", Address: "127.0.0.1", Port: 3, Status: ids[2].Status, Enabled: true}}, i)
+		}
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	for i := range 200_000 {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("Pick %d panicked: %v", i, r)
+				}
+			}()
+			if e := p.Pick(nil); e == nil {
+				t.Fatalf("Pick %d = nil with two passing instances", i)
+			}
+		}()
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http/httputil"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,8 +25,12 @@ import (
 // DefaultTimeout bounds a request that names no Switchboard-Timeout.
 const DefaultTimeout = 30 * time.Second
 
-// MaxTimeout is the largest Switchboard-Timeout accepted.
-const MaxTimeout = time.Hour
+// MinTimeout and MaxTimeout bound the Switchboard-Timeout accepted. A
+// shorter one would fail at once, and count against the instance tried.
+const (
+	MinTimeout = time.Millisecond
+	MaxTimeout = time.Hour
+)
 
 // HTTP is the sidecar's HTTP frontend. Requests are served with fasthttp
 // (the standard library's proxy reaches half of HAProxy's rate on this
@@ -48,11 +54,27 @@ type HTTP struct {
 
 	once sync.Once
 	srv  *fasthttp.Server
+	// mu guards lns, streams and closed. Shutdown closes every listener
+	// given to Serve, so that a Serve that starts after or during it
+	// returns, and both ends of every stream (fasthttp does not know of
+	// them once hijacked).
+	mu      sync.Mutex
+	lns     []net.Listener
+	streams map[net.Conn]struct{}
+	closed  bool
 }
 
 // Serve serves the frontend on ln until Shutdown.
 func (h *HTTP) Serve(ln net.Listener) error {
 	h.once.Do(h.setup)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	h.lns = append(h.lns, ln)
+	h.mu.Unlock()
 	return h.srv.Serve(ln)
 }
 
@@ -90,7 +112,21 @@ func (h *HTTP) setup() {
 // Shutdown stops accepting and waits for requests in progress.
 func (h *HTTP) Shutdown() error {
 	h.once.Do(h.setup)
-	return h.srv.Shutdown()
+	h.mu.Lock()
+	h.closed = true
+	for _, ln := range h.lns {
+		ln.Close()
+	}
+	for c := range h.streams {
+		c.Close()
+	}
+	h.mu.Unlock()
+	// fasthttp closes its listeners again: that they are closed already
+	// is no error.
+	if err := h.srv.Shutdown(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }
 
 type fasthttpLogger struct{ l *slog.Logger }
@@ -247,7 +283,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	if v := ctx.Request.Header.Peek(TimeoutHeader); len(v) > 0 {
 		timed = true
 		d, err := time.ParseDuration(string(v))
-		if err != nil || d <= 0 || d > MaxTimeout {
+		if err != nil || d < MinTimeout || d > MaxTimeout {
 			return writeError(ctx, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)), 0
 		}
 		timeout = d
@@ -488,8 +524,9 @@ func CloseEndpoint(e *balance.Endpoint) {
 }
 
 // stream serves an upgrade or an event stream: the client's connection is
-// taken over, the request written to an instance as it came, and bytes
-// piped both ways until either side closes.
+// taken over, the request written to an instance as it came, and the
+// answer relayed (an upgraded connection piped both ways until either side
+// closes).
 func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	ctx.Request.Header.Del(ServiceHeader)
 	ctx.Request.Header.Del(TimeoutHeader)
@@ -525,26 +562,123 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err))
 		}
 	}
+	bodyless := ctx.Request.Header.IsHead()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
 		ok := false
 		defer func() { done(ok) }()
-		if _, err := backend.Write(head.Bytes()); err != nil {
-			backend.Close()
-			writeRawError(client, badGateway("%s: %v", where(pool), err))
+		defer backend.Close()
+		if !h.track(true, client, backend) {
 			return
 		}
-		ok = pipe(client, backend)
+		defer h.track(false, client, backend)
+		var err error
+		if _, err = backend.Write(head.Bytes()); err == nil {
+			// ctx lives until this function returns: its response header
+			// has the server's settings (no Date or Content-Type added).
+			ok, err = relay(client, backend, &ctx.Response.Header, bodyless)
+		}
+		if err != nil {
+			writeRawError(client, badGateway("%s: %v", where(pool), err))
+		}
 	})
-	// What the instance answers is piped, not parsed: count upgrades as
-	// 101 and event streams as 200.
+	// The answer is read after this returns: count upgrades as 101 and
+	// event streams as 200.
 	if len(ctx.Request.Header.Peek("Upgrade")) > 0 {
 		return fasthttp.StatusSwitchingProtocols
 	}
 	return fasthttp.StatusOK
 }
 
+// track adds (or removes) the two ends of a stream to those Shutdown
+// closes; it reports false when Shutdown came first.
+func (h *HTTP) track(add bool, client, backend net.Conn) bool {
+	if u, ok := client.(interface{ UnsafeConn() net.Conn }); ok {
+		client = u.UnsafeConn() // the wrapper's Close does nothing
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !add {
+		delete(h.streams, client)
+		delete(h.streams, backend)
+		return true
+	}
+	if h.closed {
+		return false
+	}
+	if h.streams == nil {
+		h.streams = make(map[net.Conn]struct{})
+	}
+	h.streams[client] = struct{}{}
+	h.streams[backend] = struct{}{}
+	return true
+}
+
+// relay sends the instance's answer to a stream request on to the client.
+// A 101 makes the two connections one pipe until either side closes. Any
+// other answer (an event stream, an upgrade refused) is sent on to its end
+// and the client's connection closed: piped on, the requests the client
+// sends next would reach this instance unrouted. It returns an error only
+// when no answer came, so that the client can be sent one.
+func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool) (bool, error) {
+	br := bufio.NewReaderSize(backend, 16<<10)
+	rh.DisableNormalizing()
+	for n := 0; ; n++ {
+		if err := rh.Read(br); err != nil {
+			return false, err
+		}
+		status := rh.StatusCode()
+		if status == fasthttp.StatusSwitchingProtocols {
+			early, _ := br.Peek(br.Buffered()) // what the new protocol sent already
+			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err != nil {
+				return false, nil
+			}
+			return pipe(client, backend), nil
+		}
+		if status >= 200 {
+			break
+		}
+		if n >= maxInterim {
+			return false, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
+		}
+		if _, err := client.Write(rh.Header()); err != nil { // 100, 103
+			return false, nil
+		}
+	}
+	status, cl := rh.StatusCode(), rh.ContentLength()
+	stripHopResponse(rh)
+	rh.SetConnectionClose()
+	if cl == -1 {
+		rh.SetContentLength(-1) // chunked again: stripHopResponse took Transfer-Encoding
+	}
+	if _, err := client.Write(rh.Header()); err != nil {
+		return false, nil
+	}
+	var err error
+	switch {
+	case bodyless || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified:
+	case cl >= 0:
+		_, err = io.CopyN(client, br, int64(cl))
+	case cl == -1:
+		cw := httputil.NewChunkedWriter(client)
+		if _, err = io.Copy(cw, httputil.NewChunkedReader(br)); err == nil {
+			if err = cw.Close(); err == nil {
+				_, err = io.WriteString(client, "\r\n")
+			}
+		}
+	default: // until the instance closes
+		_, err = io.Copy(client, br)
+	}
+	return err == nil && status < 500, nil
+}
+
+// closeWrite half-closes c: the other side sees the end of what it reads.
 func closeWrite(c net.Conn) {
+	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+		// A connection fasthttp handed over: its wrapper has no
+		// CloseWrite (and its Close does nothing).
+		c = u.UnsafeConn()
+	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}

@@ -337,3 +337,159 @@ func TestChunkedAndLargeBodies(t *testing.T) {
 		t.Fatalf("1 MB echo = %d, %d bytes", res.StatusCode, len(body))
 	}
 }
+
+// TestStreamRequestAnsweredPlainlyDoesNotPinTheConnection: a request that
+// could have become a stream (Accept: text/event-stream, an Upgrade) but
+// got a plain answer leaves the client's connection an HTTP one: the next
+// request on it is routed on its own, not piped to the same instance.
+func TestStreamRequestAnsweredPlainlyDoesNotPinTheConnection(t *testing.T) {
+	f := newFrontend(t)
+	f.set("a", testBackend(t, "a").URL)
+	f.set("b", testBackend(t, "b").URL)
+	for _, hdr := range [][]string{
+		{"Accept", "application/json, text/event-stream"},
+		{"Connection", "Upgrade, HTTP2-Settings", "Upgrade", "h2c", "HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"},
+	} {
+		client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+		req, _ := http.NewRequest("GET", f.url+"/first", nil)
+		req.Header.Set(ServiceHeader, "a")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.HasPrefix(string(body), "a GET /first") {
+			t.Fatalf("%v: first = %d %q", hdr, res.StatusCode, body)
+		}
+		for range 3 {
+			req, _ = http.NewRequest("GET", f.url+"/second", nil)
+			req.Header.Set(ServiceHeader, "b")
+			res, err = client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ = io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 || !strings.HasPrefix(string(body), "b GET /second") {
+				t.Fatalf("%v: the next request for service b = %d %q; want it routed to b", hdr, res.StatusCode, body)
+			}
+		}
+		client.CloseIdleConnections()
+	}
+}
+
+// TestServeAfterShutdownReturns: Shutdown may come first (a sidecar that
+// stops while its goroutines start); Serve then returns at once rather
+// than serving forever.
+func TestServeAfterShutdownReturns(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	h := &HTTP{Table: &Table{Realm: "dev"}}
+	if err := h.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- h.Serve(ln) }()
+	select {
+	case <-served:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Serve after Shutdown still serving after 2s")
+	}
+}
+
+// TestTimeoutBelowOneMillisecondIsRefused: Switchboard-Timeout takes 1ms
+// to 1h. A shorter one is refused with 400, not tried: tried, it fails at
+// once and is counted against the instance, so a caller could eject
+// healthy instances with a handful of calls.
+func TestTimeoutBelowOneMillisecondIsRefused(t *testing.T) {
+	f := newFrontend(t)
+	f.set("a", testBackend(t, "x").URL, testBackend(t, "y").URL)
+	for _, v := range []string{"1ns", "999us", "0.5ms"} {
+		for range 2 * 5 {
+			res, body := f.do("GET", "a", "/", "", TimeoutHeader, v)
+			if res.StatusCode != 400 || !strings.Contains(errorOf(t, body).Message, "must be a duration from 1ms to 1h") {
+				t.Fatalf("%s: %s = %d %s; want 400", TimeoutHeader, v, res.StatusCode, body)
+			}
+		}
+	}
+	for _, e := range f.table.Get("a").Endpoints() {
+		if ej, _ := e.Ejected(time.Now()); ej {
+			t.Fatalf("instance %s ejected by calls with a too short timeout", e.ID)
+		}
+	}
+	if res, body := f.do("GET", "a", "/", "", TimeoutHeader, "1ms"); res.StatusCode == 400 {
+		t.Fatalf("%s: 1ms = %d %s; want it accepted", TimeoutHeader, res.StatusCode, body)
+	}
+}
+
+// TestUpgradedConnectionEndsWhenTheInstanceCloses: when the instance ends
+// an upgraded connection (it closes, restarts, is deployed), the client
+// sees the end rather than a connection that stays open, silent, forever.
+func TestUpgradedConnectionEndsWhenTheInstanceCloses(t *testing.T) {
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nbye\n")
+		rw.Flush()
+		c.Close()
+	}))
+	defer ws.Close()
+	f := newFrontend(t)
+	f.set("ws", ws.URL)
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(got), "HTTP/1.1 101") || !strings.HasSuffix(string(got), "\r\n\r\nbye\n") {
+		t.Fatalf("read %q, %v; want the 101, bye, then the end of the connection", got, err)
+	}
+}
+
+// TestShutdownEndsStreams: Shutdown ends the streams in progress (they
+// have no end of their own) as the L4 listener's Close does, rather than
+// leave them piped by goroutines nobody owns.
+func TestShutdownEndsStreams(t *testing.T) {
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprint(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		io.Copy(io.Discard, rw) // until the sidecar closes
+	}))
+	defer ws.Close()
+	f := newFrontend(t)
+	f.set("ws", ws.URL)
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	br := bufio.NewReader(c)
+	if status, _ := br.ReadString('\n'); !strings.HasPrefix(status, "HTTP/1.1 101") {
+		t.Fatalf("upgrade answer = %q", status)
+	}
+	if err := f.h.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(br); err != nil {
+		t.Fatalf("after Shutdown the stream is still open: %v", err)
+	}
+}

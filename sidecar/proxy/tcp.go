@@ -27,7 +27,7 @@ type TCP struct {
 	// mu guards ln, conns and closed.
 	mu     sync.Mutex
 	ln     net.Listener
-	conns  map[net.Conn]struct{}
+	conns  map[net.Conn]struct{} // both ends of every connection
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -41,6 +41,11 @@ func (t *TCP) Serve(ln net.Listener) error {
 		t.Logger = slog.New(slog.DiscardHandler)
 	}
 	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		ln.Close()
+		return nil
+	}
 	t.ln = ln
 	t.conns = make(map[net.Conn]struct{})
 	t.mu.Unlock()
@@ -129,7 +134,16 @@ func (t *TCP) handle(client net.Conn) {
 			}
 			continue
 		}
+		// Close closes both ends: an instance that ignores the half-close
+		// of the client's end would hold the connection open.
+		if !t.track(backend, true) {
+			backend.Close()
+			done(true)
+			t.observe(false, start)
+			return
+		}
 		ok := pipe(client, backend)
+		t.track(backend, false)
 		done(true) // the connection was made: a later error is the protocol's
 		t.observe(ok, start)
 		return
