@@ -300,23 +300,50 @@ tiers:
 	return a, true
 }
 
+// Outcome is how a request to an endpoint ended, as outlier ejection
+// counts it.
+type Outcome uint8
+
+const (
+	// Answered: an answer under 500. It ends a run of failures.
+	Answered Outcome = iota
+	// Failed: a connect error, a broken connection, a 5xx, or no answer
+	// within the timeout the caller left to the default.
+	Failed
+	// Abandoned: a timeout the caller chose, or its cancellation, ended
+	// the request first. That says nothing of the endpoint (a caller
+	// asking for 1ms would otherwise eject healthy ones), so it counts
+	// neither way.
+	Abandoned
+)
+
+// StatusOutcome is the outcome of an answer with HTTP status code.
+func StatusOutcome(code int) Outcome {
+	if code >= 500 {
+		return Failed
+	}
+	return Answered
+}
+
 // Acquire counts a request going to e; call the returned func with its
 // outcome when the request is done.
-func (p *Pool) Acquire(e *Endpoint) func(ok bool) {
+func (p *Pool) Acquire(e *Endpoint) func(Outcome) {
 	e.inflight.Add(1)
 	e.requests.Add(1)
-	return func(ok bool) {
+	return func(o Outcome) {
 		e.inflight.Add(-1)
-		p.Report(e, ok)
+		p.Report(e, o)
 	}
 }
 
-// Report records a request's outcome: a connect error or 5xx is a failure;
-// EjectAfter failures in a row eject the endpoint, unless half of the
-// pool's endpoints are ejected already.
-func (p *Pool) Report(e *Endpoint, ok bool) {
-	if ok {
+// Report records a request's outcome: EjectAfter failures in a row eject
+// the endpoint, unless half of the pool's endpoints are ejected already.
+func (p *Pool) Report(e *Endpoint, o Outcome) {
+	switch o {
+	case Answered:
 		e.failures.Store(0)
+		return
+	case Abandoned:
 		return
 	}
 	if e.failures.Add(1) < EjectAfter {

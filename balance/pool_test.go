@@ -59,7 +59,7 @@ func TestUpdateKeepsLearntState(t *testing.T) {
 	if p.Endpoints()[0] != x || x.Info().Status != sb.Warning || x.Inflight() != 1 {
 		t.Fatalf("endpoint after update: same=%v status=%s inflight=%d", p.Endpoints()[0] == x, x.Info().Status, x.Inflight())
 	}
-	done(true)
+	done(Answered)
 	if x.Inflight() != 0 {
 		t.Fatalf("inflight = %d after done", x.Inflight())
 	}
@@ -78,12 +78,12 @@ func TestEjection(t *testing.T) {
 	p.Update(ids, 1)
 	eps := p.Endpoints()
 	for range EjectAfter - 1 {
-		p.Report(eps[0], false)
+		p.Report(eps[0], Failed)
 	}
 	if ej, _ := eps[0].Ejected(time.Now()); ej {
 		t.Fatal("ejected before 5 failures")
 	}
-	p.Report(eps[0], false)
+	p.Report(eps[0], Failed)
 	ej, until := eps[0].Ejected(time.Now())
 	if !ej || time.Until(until) < 29*time.Second {
 		t.Fatalf("after 5 failures: ejected=%v for %v; want 30s", ej, time.Until(until))
@@ -94,10 +94,10 @@ func TestEjection(t *testing.T) {
 		}
 	}
 	for range EjectAfter {
-		p.Report(eps[1], false)
+		p.Report(eps[1], Failed)
 	}
 	for range EjectAfter {
-		p.Report(eps[2], false) // would be 3 of 4: refused
+		p.Report(eps[2], Failed) // would be 3 of 4: refused
 	}
 	if ej, _ := eps[2].Ejected(time.Now()); ej {
 		t.Fatal("more than half of the pool was ejected")
@@ -112,10 +112,10 @@ func TestEjection(t *testing.T) {
 	}
 	// A success resets the count.
 	for range EjectAfter - 1 {
-		p.Report(eps[3], false)
+		p.Report(eps[3], Failed)
 	}
-	p.Report(eps[3], true)
-	p.Report(eps[3], false)
+	p.Report(eps[3], Answered)
+	p.Report(eps[3], Failed)
 	if ej, _ := eps[3].Ejected(time.Now()); ej {
 		t.Fatal("failures were not consecutive but ejected")
 	}
@@ -166,7 +166,7 @@ func TestPickFallsBackToEjected(t *testing.T) {
 	p.Update([]*sb.Instance{inst("p1", 1, sb.Passing, true), inst("p2", 2, sb.Passing, true), inst("w", 3, sb.Warning, true)}, 1)
 	eps := p.Endpoints()
 	for range EjectAfter {
-		p.Report(eps[0], false)
+		p.Report(eps[0], Failed)
 	}
 	if ej, _ := eps[0].Ejected(time.Now()); !ej {
 		t.Fatal("p1 not ejected")
@@ -199,7 +199,7 @@ func TestEjectionNeverTakesMoreThanHalfConcurrently(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					<-start
-					p.Report(e, false)
+					p.Report(e, Failed)
 				}()
 			}
 		}

@@ -259,15 +259,18 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		done := p.Acquire(e)
 		res, err := t.Base.RoundTrip(out)
 		if err == nil {
-			ok := res.StatusCode < 500
-			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(ok) }}
+			outcome := balance.StatusOutcome(res.StatusCode)
+			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(outcome) }}
 			return res, nil
 		}
-		done(false)
 		lastErr = err
 		if req.Context().Err() != nil {
+			// The caller's deadline or cancellation says nothing of the
+			// instance.
+			done(balance.Abandoned)
 			return nil, err
 		}
+		done(balance.Failed)
 		if !(isDialError(err) && replayable || retryable) || !t.Budget.Retry() {
 			return nil, fmt.Errorf("service %s in realm %s: %w", service, t.Realm, err)
 		}

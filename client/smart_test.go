@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,9 +12,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
+	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
 )
 
@@ -158,4 +161,44 @@ func FuzzReadEvents(f *testing.F) {
 			t.Fatalf("more events than blocks: %d", n)
 		}
 	})
+}
+
+// A caller's own deadline says nothing of the instance it was waiting
+// for: calls that time out on a slow instance do not eject it.
+func TestCallerDeadlinesEjectNoInstance(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+		fmt.Fprint(w, "slow")
+	}))
+	t.Cleanup(slow.Close)
+	a := directSetup(t, named(t, "fast"), slow.URL)
+	tr := &client.Transport{Sidecar: "none", Atlas: a}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	get := func(timeout time.Duration) string {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "service://files/x", nil)
+		res, err := c.Do(req)
+		if err != nil {
+			return ""
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return string(b)
+	}
+	// About half go to the slow instance and time out: far more than the
+	// failures in a row that would eject it.
+	for range 6 * balance.EjectAfter {
+		get(20 * time.Millisecond)
+	}
+	for range 20 {
+		if get(10*time.Second) == "slow" {
+			return
+		}
+	}
+	t.Fatal("20 calls and none reached the slow instance: it was ejected by its callers' deadlines")
 }

@@ -344,22 +344,29 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			status := resp.StatusCode()
 			// The request leaves the in-flight count when its answer's
 			// headers are in: a streamed body goes on without it.
-			done(status < 500)
+			done(balance.StatusOutcome(status))
 			stripHopResponse(&resp.Header)
 			if clientClose {
 				ctx.SetConnectionClose()
 			}
 			return status, retries
 		}
-		done(false)
 		lastErr = err
 		resp.Reset()
 		if errors.Is(err, errTimeout) || time.Now().After(deadline) {
+			// A timeout the caller chose says nothing of the instance;
+			// the default one (30 s without an answer) does.
+			if timed {
+				done(balance.Abandoned)
+			} else {
+				done(balance.Failed)
+			}
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s", where(pool), timeout)), retries
 		}
 		// A connection that failed before any byte was sent is safe to
 		// retry for every method; any other failure only when the
 		// request is idempotent.
+		done(balance.Failed)
 		if !(isDialError(err) || replayable) || !h.Budget.Retry() {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
@@ -538,7 +545,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	var (
 		tried   []*balance.Endpoint
 		backend net.Conn
-		done    func(bool)
+		done    func(balance.Outcome)
 		lastErr error
 	)
 	for {
@@ -556,7 +563,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 			backend = c
 			break
 		}
-		done(false)
+		done(balance.Failed)
 		lastErr = err
 		if !h.Budget.Retry() {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err))
@@ -565,10 +572,11 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	bodyless := ctx.Request.Header.IsHead()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
-		ok := false
-		defer func() { done(ok) }()
+		outcome := balance.Failed
+		defer func() { done(outcome) }()
 		defer backend.Close()
 		if !h.track(true, client, backend) {
+			outcome = balance.Abandoned // shut down first
 			return
 		}
 		defer h.track(false, client, backend)
@@ -576,7 +584,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		if _, err = backend.Write(head.Bytes()); err == nil {
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
-			ok, err = relay(client, backend, &ctx.Response.Header, bodyless)
+			outcome, err = relay(client, backend, &ctx.Response.Header, bodyless)
 		}
 		if err != nil {
 			writeRawError(client, badGateway("%s: %v", where(pool), err))
@@ -619,30 +627,32 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 // other answer (an event stream, an upgrade refused) is sent on to its end
 // and the client's connection closed: piped on, the requests the client
 // sends next would reach this instance unrouted. It returns an error only
-// when no answer came, so that the client can be sent one.
-func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool) (bool, error) {
+// when no answer came, so that the client can be sent one. The outcome is
+// the answer's: what happens to the stream after it (either side closing,
+// however abruptly) is the protocol's business.
+func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool) (balance.Outcome, error) {
 	br := bufio.NewReaderSize(backend, 16<<10)
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := rh.Read(br); err != nil {
-			return false, err
+			return balance.Failed, err
 		}
 		status := rh.StatusCode()
 		if status == fasthttp.StatusSwitchingProtocols {
 			early, _ := br.Peek(br.Buffered()) // what the new protocol sent already
-			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err != nil {
-				return false, nil
+			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err == nil {
+				pipe(client, backend)
 			}
-			return pipe(client, backend), nil
+			return balance.Answered, nil
 		}
 		if status >= 200 {
 			break
 		}
 		if n >= maxInterim {
-			return false, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
+			return balance.Failed, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
 		}
 		if _, err := client.Write(rh.Header()); err != nil { // 100, 103
-			return false, nil
+			return balance.Abandoned, nil
 		}
 	}
 	status, cl := rh.StatusCode(), rh.ContentLength()
@@ -651,25 +661,40 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool)
 	if cl == -1 {
 		rh.SetContentLength(-1) // chunked again: stripHopResponse took Transfer-Encoding
 	}
+	outcome := balance.StatusOutcome(status)
 	if _, err := client.Write(rh.Header()); err != nil {
-		return false, nil
+		return outcome, nil
 	}
-	var err error
+	// The client hanging up ends the answer: the instance sees its end of
+	// the connection close, as it would without the sidecar, and stops an
+	// event stream nobody reads. What the client sends meanwhile is not
+	// for this instance and is dropped (the connection closes after this
+	// answer). The read is of the connection under fasthttp's wrapper,
+	// which is reused once the hijack handler returns; it ends when
+	// fasthttp then closes the connection.
+	c := client
+	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+		c = u.UnsafeConn()
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, c)
+		closeWrite(backend)
+	}()
+	// An error copying the body is either side going away mid-answer; the
+	// connection is closed after the answer either way.
 	switch {
 	case bodyless || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified:
 	case cl >= 0:
-		_, err = io.CopyN(client, br, int64(cl))
+		_, _ = io.CopyN(client, br, int64(cl))
 	case cl == -1:
 		cw := httputil.NewChunkedWriter(client)
-		if _, err = io.Copy(cw, httputil.NewChunkedReader(br)); err == nil {
-			if err = cw.Close(); err == nil {
-				_, err = io.WriteString(client, "\r\n")
-			}
+		if _, err := io.Copy(cw, httputil.NewChunkedReader(br)); err == nil && cw.Close() == nil {
+			_, _ = io.WriteString(client, "\r\n")
 		}
 	default: // until the instance closes
-		_, err = io.Copy(client, br)
+		_, _ = io.Copy(client, br)
 	}
-	return err == nil && status < 500, nil
+	return outcome, nil
 }
 
 // closeWrite half-closes c: the other side sees the end of what it reads.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/balance"
 )
 
 // frontend runs an HTTP proxy on loopback over a table whose pools the
@@ -491,5 +492,75 @@ func TestShutdownEndsStreams(t *testing.T) {
 	}
 	if _, err := io.ReadAll(br); err != nil {
 		t.Fatalf("after Shutdown the stream is still open: %v", err)
+	}
+}
+
+// Timeouts the caller chose eject no instance: they say nothing of it.
+// Before, ten calls with a 5ms timeout to instances that take 200ms
+// ejected one.
+func TestCallerTimeoutsEjectNoInstance(t *testing.T) {
+	slow := func() string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	f := newFrontend(t)
+	f.set("a", slow(), slow())
+	for range 2 * balance.EjectAfter {
+		if res, body := f.do("GET", "a", "/", "", TimeoutHeader, "5ms"); res.StatusCode != 504 {
+			t.Fatalf("= %d %s; want 504", res.StatusCode, body)
+		}
+	}
+	for _, e := range f.table.Get("a").Endpoints() {
+		if ej, _ := e.Ejected(time.Now()); ej {
+			t.Fatalf("instance %s ejected by timeouts its callers chose", e.ID)
+		}
+	}
+}
+
+// A client that hangs up on an event stream ends the instance's request
+// too, as it would without the sidecar; and it ejects no instance.
+func TestClientHangingUpEndsTheStream(t *testing.T) {
+	ended, release := make(chan struct{}, 16), make(chan struct{})
+	sse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			ended <- struct{}{}
+		case <-release:
+		}
+	}))
+	defer sse.Close()
+	defer close(release)
+	f := newFrontend(t)
+	f.set("events", sse.URL, sse.URL)
+	for range 2 * balance.EjectAfter {
+		c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /stream HTTP/1.1\r\nHost: x\r\n%s: events\r\nAccept: text/event-stream\r\n\r\n", ServiceHeader)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+			t.Fatalf("status line = %q, %v", line, err)
+		}
+		c.Close()
+		select {
+		case <-ended:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the instance's stream went on 10s after its client hung up")
+		}
+	}
+	for _, e := range f.table.Get("events").Endpoints() {
+		if ej, _ := e.Ejected(time.Now()); ej {
+			t.Fatalf("instance %s ejected by clients that hung up", e.ID)
+		}
 	}
 }

@@ -127,7 +127,7 @@ func (t *TCP) handle(client net.Conn) {
 		done := t.Pool.Acquire(e)
 		backend, err := net.DialTimeout("tcp", e.Addr, 2*time.Second)
 		if err != nil {
-			done(false)
+			done(balance.Failed)
 			if !t.Budget.Retry() {
 				t.observe(false, start)
 				return
@@ -138,13 +138,13 @@ func (t *TCP) handle(client net.Conn) {
 		// of the client's end would hold the connection open.
 		if !t.track(backend, true) {
 			backend.Close()
-			done(true)
+			done(balance.Abandoned) // closed first
 			t.observe(false, start)
 			return
 		}
 		ok := pipe(client, backend)
 		t.track(backend, false)
-		done(true) // the connection was made: a later error is the protocol's
+		done(balance.Answered) // the connection was made: a later error is the protocol's
 		t.observe(ok, start)
 		return
 	}
