@@ -158,6 +158,18 @@ func (p *Pool) Index() uint64 { return p.index.Load() }
 // Endpoints returns the current endpoints (do not modify).
 func (p *Pool) Endpoints() []*Endpoint { return *p.eps.Load() }
 
+// IsEmpty reports whether the pool has heard of its service (from Atlas
+// or the state file) and has no endpoint: a service that has no instance,
+// or that does not exist.
+func (p *Pool) IsEmpty() bool {
+	select {
+	case <-p.ready:
+		return len(*p.eps.Load()) == 0
+	default:
+		return false
+	}
+}
+
 // Update replaces the pool's instances with those of an Atlas answer,
 // keeping what the proxy learnt of instances that stay (in-flight count,
 // failures, ejection, connections). It returns the endpoints removed, for

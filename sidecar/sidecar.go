@@ -145,6 +145,10 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		s.m.ejections.WithLabelValues(service).Inc()
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
 	}}
+	if cfg.Proxy != "haproxy" {
+		// haproxy mode drops nothing: HAProxy keeps a backend for each.
+		s.table.MaxPools = MaxServices
+	}
 	if cfg.StateDir != "" {
 		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
 	}
@@ -386,11 +390,13 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 		defer func() {
 			// A dropped pool's instances are closed as removed ones are:
 			// idle connections at once, those in use when their request
-			// ends. No update comes after Follow returns.
+			// ends. No update comes after Follow returns. Its series
+			// leave /metrics.
 			if context.Cause(ctx) == errDropped {
 				for _, e := range pool.Endpoints() {
 					proxy.CloseEndpoint(e)
 				}
+				s.m.forget(service)
 			}
 		}()
 		var lastErr string
@@ -426,6 +432,12 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 	return func() { cancel(errDropped) }
 }
 
+// MaxServices bounds the services a sidecar follows because calls asked
+// for them, configured upstreams aside: past it, a new name replaces a
+// service with no instance or one not called in the last sweep interval,
+// or gets 503 (proxy.Table.MaxPools). haproxy mode has no bound.
+const MaxServices = 1000
+
 // errDropped ends the watch of a service the table dropped.
 var errDropped = errors.New("sidecar: no call asked for the service")
 
@@ -450,7 +462,6 @@ func (s *Sidecar) sweep(interval time.Duration) {
 			return failing
 		}
 		for _, name := range s.table.Sweep(keep) {
-			s.m.forget(name)
 			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
 		}
 	}

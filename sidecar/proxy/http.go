@@ -252,15 +252,18 @@ func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 		host = ctx.Host()
 	}
 	named := ctx.Request.Header.Peek(ServiceHeader)
+	var err error
 	if name, ok := serviceOfFast(named, host); ok {
-		pool = h.Table.GetBytes(name)
+		pool, err = h.Table.RouteBytes(name)
 	} else {
-		service, err := ServiceOf(string(named), string(host))
-		if err != nil {
-			h.observe("", writeError(ctx, err), start, 0)
-			return
+		var service string
+		if service, err = ServiceOf(string(named), string(host)); err == nil {
+			pool, err = h.Table.Route(service)
 		}
-		pool = h.Table.Get(service)
+	}
+	if err != nil {
+		h.observe("", writeError(ctx, err), start, 0)
+		return
 	}
 	status, retries := h.route(ctx, pool, start, len(named) > 0)
 	h.observe(pool.Service, status, start, retries)

@@ -4,11 +4,13 @@
 package proxy
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
 )
 
@@ -27,6 +29,15 @@ type Table struct {
 	// OnEject is called when outlier detection ejects an endpoint; may be
 	// nil.
 	OnEject func(service, id string)
+	// MaxPools bounds the pools Route creates, besides pinned ones (0: no
+	// bound). Every name a call asks for is followed on Atlas until a
+	// Sweep finds it unused, so without a bound anything that can reach
+	// the frontend (a web page fetching random NAME.localhost URLs) could
+	// make the sidecar open event streams without end. At the bound, a
+	// new name takes the place of a pool that Atlas says is empty or that
+	// no call asked for since the last Sweep; when there is none, Route
+	// refuses it.
+	MaxPools int
 
 	// mu guards pools.
 	mu    sync.RWMutex
@@ -49,40 +60,61 @@ func (e *entry) markUsed() {
 	}
 }
 
-// Get returns the pool of service, creating it the first time.
+// Get returns the pool of service, creating it the first time, whatever
+// MaxPools says.
 func (t *Table) Get(service string) *balance.Pool {
-	return t.get(service, false)
+	p, _ := t.get(service, false, false)
+	return p
+}
+
+// Route returns the pool of service for a call, creating it the first
+// time within MaxPools.
+func (t *Table) Route(service string) (*balance.Pool, error) {
+	return t.get(service, false, true)
 }
 
 // Pin returns the pool of service, creating it the first time, and keeps
 // it: a configured upstream is followed whether it is called or not.
 func (t *Table) Pin(service string) *balance.Pool {
-	return t.get(service, true)
+	p, _ := t.get(service, true, false)
+	return p
 }
 
-func (t *Table) get(service string, pin bool) *balance.Pool {
+func (t *Table) get(service string, pin, bounded bool) (*balance.Pool, error) {
 	t.mu.RLock()
 	e := t.pools[service]
 	t.mu.RUnlock()
 	if e != nil && !pin {
 		e.markUsed()
-		return e.pool
+		return e.pool, nil
 	}
 	t.mu.Lock()
 	if e = t.pools[service]; e != nil {
 		e.pinned = e.pinned || pin
 		e.used.Store(true)
 		t.mu.Unlock()
-		return e.pool
+		return e.pool, nil
 	}
 	if t.pools == nil {
 		t.pools = make(map[string]*entry)
+	}
+	var evicted *entry
+	if bounded && t.MaxPools > 0 {
+		var ok bool
+		if evicted, ok = t.makeRoomLocked(); !ok {
+			n := len(t.pools)
+			t.mu.Unlock()
+			return nil, sb.Errorf(sb.EUnavailable, "the sidecar follows %d services, the most it will, and every one was called since the last sweep: %s cannot be added", n, service)
+		}
 	}
 	e = &entry{pool: balance.NewPool(service, t.Realm), pinned: pin}
 	e.pool.OnEject = t.OnEject
 	e.used.Store(true)
 	t.pools[service] = e
 	t.mu.Unlock()
+	if evicted != nil && evicted.stop != nil {
+		evicted.stop()
+	}
 	if t.OnNew != nil {
 		if stop := t.OnNew(e.pool); stop != nil {
 			t.mu.Lock()
@@ -96,20 +128,52 @@ func (t *Table) get(service string, pin bool) *balance.Pool {
 			}
 		}
 	}
-	return e.pool
+	return e.pool, nil
 }
 
-// GetBytes is Get for a name held as bytes: finding an existing pool
+// makeRoomLocked makes room for one more unpinned pool under MaxPools:
+// when the table is full it drops a pool Atlas says is empty (a typo, a
+// name made up), or else one no call asked for since the last Sweep, and
+// returns it for its stop function to be called. ok is false when there
+// is no room and nothing to drop.
+func (t *Table) makeRoomLocked() (dropped *entry, ok bool) {
+	unpinned := 0
+	var empty, unused string
+	for name, e := range t.pools {
+		if e.pinned {
+			continue
+		}
+		unpinned++
+		switch {
+		case empty == "" && e.pool.IsEmpty():
+			empty = name
+		case unused == "" && !e.used.Load():
+			unused = name
+		}
+	}
+	if unpinned < t.MaxPools {
+		return nil, true
+	}
+	name := cmp.Or(empty, unused)
+	if name == "" {
+		return nil, false
+	}
+	dropped = t.pools[name]
+	delete(t.pools, name)
+	return dropped, true
+}
+
+// RouteBytes is Route for a name held as bytes: finding an existing pool
 // allocates nothing.
-func (t *Table) GetBytes(service []byte) *balance.Pool {
+func (t *Table) RouteBytes(service []byte) (*balance.Pool, error) {
 	t.mu.RLock()
 	e := t.pools[string(service)]
 	t.mu.RUnlock()
 	if e != nil {
 		e.markUsed()
-		return e.pool
+		return e.pool, nil
 	}
-	return t.Get(string(service))
+	return t.Route(string(service))
 }
 
 // Sweep drops the pools that are not pinned, were not asked for since the

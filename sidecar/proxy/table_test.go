@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
 )
 
@@ -16,11 +18,11 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	}}
 	tab.Get("a")
 	tab.Pin("b")
-	tab.GetBytes([]byte("c"))
+	tab.RouteBytes([]byte("c"))
 	if got := tab.Sweep(nil); len(got) != 0 {
 		t.Fatalf("first sweep dropped %v; want nothing (each was asked for since)", got)
 	}
-	tab.GetBytes([]byte("a"))
+	tab.RouteBytes([]byte("a"))
 	if got := tab.Sweep(nil); !reflect.DeepEqual(got, []string{"c"}) {
 		t.Fatalf("second sweep dropped %v; want [c] (a was asked for, b is pinned)", got)
 	}
@@ -45,5 +47,46 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	tab.Sweep(nil)
 	if got := tab.Sweep(nil); len(got) != 0 || tab.Lookup("c") == nil {
 		t.Fatalf("c, pinned after its creation, was dropped: %v", got)
+	}
+}
+
+// At MaxPools a new name takes the place of a pool Atlas says is empty,
+// or else of one no call asked for since the last sweep; when every pool
+// is in use it is refused (503), and pinned pools never count.
+func TestMaxPoolsBoundsTheNamesFollowed(t *testing.T) {
+	stopped := map[string]int{}
+	tab := &Table{Realm: "dev", MaxPools: 2, OnNew: func(pool *balance.Pool) func() {
+		return func() { stopped[pool.Service]++ }
+	}}
+	tab.Pin("pinned")
+	route := func(name string) error {
+		_, err := tab.Route(name)
+		return err
+	}
+	live := []*sb.Instance{{ID: "x-1", Address: "127.0.0.1", Port: 5001, Status: sb.Passing, Enabled: true}}
+	for _, name := range []string{"a", "b"} {
+		if err := route(name); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		tab.Lookup(name).Update(live, 1)
+	}
+	err := route("c")
+	if sb.ErrorCode(err) != sb.EUnavailable || !strings.Contains(sb.ErrorMessage(err), "the most it will") {
+		t.Fatalf("a third name with two pools in use: %v; want unavailable, too many services", err)
+	}
+	// b turns out empty: c takes its place.
+	tab.Lookup("b").Update(nil, 2)
+	if err := route("c"); err != nil || tab.Lookup("b") != nil || stopped["b"] != 1 {
+		t.Fatalf("c with b empty: %v; b still there: %v, stopped %d times", err, tab.Lookup("b") != nil, stopped["b"])
+	}
+	// A pool asked for since the sweep is kept; one that was not makes room.
+	tab.Lookup("c").Update(live, 3)
+	tab.Sweep(nil)
+	route("a")
+	if err := route("d"); err != nil || tab.Lookup("c") != nil || tab.Lookup("a") == nil {
+		t.Fatalf("d with c unused since the sweep: %v; c there: %v, a there: %v", err, tab.Lookup("c") != nil, tab.Lookup("a") != nil)
+	}
+	if tab.Lookup("pinned") == nil {
+		t.Fatal("the pinned pool was dropped")
 	}
 }
