@@ -140,6 +140,19 @@ func parsePorts(s string) (lo, hi int, err error) {
 	return lo, hi, nil
 }
 
+// checkAddr refuses an address to listen on that is not HOST:PORT with a
+// port in range, before anything is started or written.
+func checkAddr(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = net.LookupPort("tcp", port)
+	}
+	if err != nil {
+		return usagef("%s: must be HOST:PORT or :PORT, got %q", flag, addr)
+	}
+	return nil
+}
+
 // runAtlas serves Atlas until ctx ends. ready is called with the
 // listening address.
 func runAtlas(ctx context.Context, o atlasOptions, log *slog.Logger, ready func(addr string)) error {
@@ -175,8 +188,8 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	if o.dataDir == "" {
 		return nil, usagef("--data: must name a directory")
 	}
-	if _, _, err := net.SplitHostPort(o.listen); err != nil {
-		return nil, usagef("--listen: must be HOST:PORT or :PORT, got %q", o.listen)
+	if err := checkAddr("--listen", o.listen); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data: %w", err)
@@ -245,11 +258,10 @@ ignored, dev sets them. Ctrl-C stops it.`,
 		Args: cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			for _, a := range []struct{ flag, v string }{{"--listen", listen}, {"--sidecar-listen", sidecarListen}, {"--sidecar-admin", sidecarAdmin}} {
-				host, _, err := net.SplitHostPort(a.v)
-				if err != nil {
-					return usagef("%s: %v", a.flag, err)
+				if err := checkAddr(a.flag, a.v); err != nil {
+					return err
 				}
-				if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				if !isLoopback(a.v) {
 					return usagef("%s: switchboard dev runs without auth and listens on loopback only, got %q", a.flag, a.v)
 				}
 			}
@@ -259,6 +271,11 @@ ignored, dev sets them. Ctrl-C stops it.`,
 				c, err := sidecar.LoadConfig(f)
 				if err != nil {
 					return usagef("%v", err)
+				}
+				for _, u := range c.Upstreams {
+					if u.Listen != "" && !isLoopback(u.Listen) {
+						return usagef("%s: upstreams: %s: listen: switchboard dev runs without auth and listens on loopback only, got %q", f, u.Name, u.Listen)
+					}
 				}
 				cfg.Services = append(cfg.Services, c.Services...)
 				cfg.Upstreams = append(cfg.Upstreams, c.Upstreams...)
@@ -320,6 +337,13 @@ ignored, dev sets them. Ctrl-C stops it.`,
 	f.StringVar(&sidecarAdmin, "sidecar-admin", "127.0.0.1:4001", "sidecar admin address (loopback only)")
 	f.StringSliceVarP(&files, "config", "c", nil, "sidecar.yaml files whose services the sidecar announces (repeatable)")
 	return c
+}
+
+// isLoopback reports whether HOST:PORT listens on loopback only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	ip := net.ParseIP(host)
+	return err == nil && (host == "localhost" || ip != nil && ip.IsLoopback())
 }
 
 func portOf(addr string) string {

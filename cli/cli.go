@@ -76,6 +76,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			// Not the flags' defaults: --help would print the token, and
+			// any password in the Atlas URLs.
+			if !cmd.Flags().Changed("token") {
+				g.token = os.Getenv("SWITCHBOARD_TOKEN")
+			}
+			if v := os.Getenv("SWITCHBOARD_ATLAS"); v != "" && !cmd.Flags().Changed("atlas") {
+				g.atlas = client.SplitList(v)
+			}
 			switch g.output {
 			case "table", "json":
 			default:
@@ -98,8 +106,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetContext(ctx)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return &UsageError{err.Error()} })
 	pf := root.PersistentFlags()
-	pf.StringSliceVar(&g.atlas, "atlas", client.SplitList(envOr("SWITCHBOARD_ATLAS", client.DefaultAtlasURL)), "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
-	pf.StringVar(&g.token, "token", os.Getenv("SWITCHBOARD_TOKEN"), "bearer token ($SWITCHBOARD_TOKEN)")
+	pf.StringSliceVar(&g.atlas, "atlas", []string{client.DefaultAtlasURL}, "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
+	pf.StringVar(&g.token, "token", "", "bearer token ($SWITCHBOARD_TOKEN)")
 	pf.StringVar(&g.realm, "realm", envOr("SWITCHBOARD_REALM", sb.DefaultRealm), "realm ($SWITCHBOARD_REALM)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output of read commands: table or json")
 

@@ -300,3 +300,103 @@ func TestConfigSetTooLargeFromStdin(t *testing.T) {
 		t.Fatalf("config set of %d bytes from stdin = exit %d %q; want it refused naming the limit", sb.MaxLayerBytes+8, code, errs)
 	}
 }
+
+// TestNewRefusesANameGoRefuses: "context" is a valid service name but not a
+// module path the go command takes (the default module is the name): new
+// must refuse it as a usage error and write nothing, rather than leave a
+// service that go mod tidy fails on.
+func TestNewRefusesANameGoRefuses(t *testing.T) {
+	url := startAtlas(t)
+	for _, name := range []string{"context", "main", "aux"} {
+		dir := filepath.Join(t.TempDir(), name)
+		_, errs, code := run(t, url, "new", name, "--dir", dir, "--port", "5100")
+		if code != 2 || !strings.Contains(errs, "NAME: \""+name+"\" cannot be a Go module path") {
+			t.Errorf("switchboard new %s = exit %d, stderr %q; want 2 and NAME: ... cannot be a Go module path", name, code, errs)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("switchboard new %s wrote %s", name, dir)
+		}
+	}
+	if _, errs, code := run(t, url, "new", "ok", "--module", "example.com/ok@v1", "--dir", filepath.Join(t.TempDir(), "ok")); code != 2 || !strings.Contains(errs, "--module: must be a Go module path") {
+		t.Errorf("switchboard new ok --module example.com/ok@v1 = exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestHelpDoesNotPrintTheToken: --help shows every flag's default; the
+// token from SWITCHBOARD_TOKEN is a secret and must not be one of them,
+// yet it must still be used.
+func TestHelpDoesNotPrintTheToken(t *testing.T) {
+	a := atlastest.Start(t, false)
+	t.Setenv("SWITCHBOARD_TOKEN", a.AdminToken)
+	for _, args := range [][]string{{"--help"}, {"services", "--help"}, {"config", "set", "--help"}} {
+		out, errs, code := run(t, a.URL, args...)
+		if code != 0 || strings.Contains(out+errs, a.AdminToken) {
+			t.Errorf("switchboard %s = exit %d and prints the token:\n%s%s", strings.Join(args, " "), code, out, errs)
+		}
+	}
+	if out, errs, code := run(t, a.URL, "services"); code != 0 {
+		t.Fatalf("services with SWITCHBOARD_TOKEN = exit %d\n%s%s", code, out, errs)
+	}
+	if _, errs, code := run(t, a.URL, "services", "--token", "sb.x.y"); code != 1 || !strings.Contains(errs, "unauthenticated") {
+		t.Fatalf("services --token sb.x.y = exit %d %q; want the flag over the environment", code, errs)
+	}
+	// Nor a password in SWITCHBOARD_ATLAS, which is used all the same.
+	t.Setenv("SWITCHBOARD_ATLAS", strings.Replace(a.URL, "http://", "http://user:hunter2@", 1))
+	var out, errb bytes.Buffer
+	code := cli.ExitCode(cli.Run(context.Background(), []string{"--help"}, &out, &errb), &errb)
+	if code != 0 || strings.Contains(out.String()+errb.String(), "hunter2") {
+		t.Errorf("switchboard --help = exit %d and prints the password in SWITCHBOARD_ATLAS:\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := cli.ExitCode(cli.Run(context.Background(), []string{"services"}, &out, &errb), &errb); code != 0 {
+		t.Fatalf("services with SWITCHBOARD_ATLAS = exit %d\n%s%s", code, out.String(), errb.String())
+	}
+}
+
+// TestListenAddressesAreChecked: a port out of range is a usage error
+// naming the flag, found before anything is started or written.
+func TestListenAddressesAreChecked(t *testing.T) {
+	tests := []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"dev", "--listen", "127.0.0.1:99999", "--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0"}, "--listen"},
+		{[]string{"dev", "--listen", "127.0.0.1:0", "--sidecar-listen", "127.0.0.1:99999", "--sidecar-admin", "127.0.0.1:0"}, "--sidecar-listen"},
+		{[]string{"dev", "--listen", "127.0.0.1:0", "--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:-1"}, "--sidecar-admin"},
+		{[]string{"atlas", "--listen", "127.0.0.1:99999", "--insecure"}, "--listen"},
+	}
+	for _, tt := range tests {
+		dir := filepath.Join(t.TempDir(), "data")
+		args := append(tt.args, "--dir", dir)
+		if tt.args[0] == "atlas" {
+			args = append(tt.args, "--data", dir)
+		}
+		_, errs, code := run(t, "http://127.0.0.1:1", args...)
+		if code != 2 || !strings.HasPrefix(errs, "switchboard: "+tt.flag+": ") {
+			t.Errorf("switchboard %s = exit %d, stderr %q; want 2 naming %s", strings.Join(args, " "), code, errs, tt.flag)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("switchboard %s created %s", strings.Join(args, " "), dir)
+		}
+	}
+}
+
+// TestDevListensOnLoopbackOnly: dev runs without auth, so an upstream
+// listener from a -c file must not open on every interface either.
+func TestDevListensOnLoopbackOnly(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sidecar.yaml")
+	if err := writeFile(file, "upstreams:\n  - name: sessions-redis\n    listen: 0.0.0.0:0\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	err := cli.Run(ctx, []string{"dev", "--dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
+		"--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0", "-c", file}, &out, &errb)
+	code := cli.ExitCode(err, &errb)
+	if code != 2 || !strings.Contains(errb.String(), "sessions-redis") || !strings.Contains(errb.String(), "loopback only") {
+		t.Fatalf("dev with an upstream on 0.0.0.0 = exit %d\nstdout: %s\nstderr: %s\nwant exit 2 naming the upstream", code, out.String(), errb.String())
+	}
+}

@@ -40,6 +40,10 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 			if err := sb.ValidateName("NAME", o.Name); err != nil {
 				return usagef("%s", sb.ErrorMessage(err))
 			}
+			// Before Atlas gives the service a port.
+			if err := scaffold.CheckModule(o.Name, o.Module); err != nil {
+				return usagef("%v", err)
+			}
 			if o.Dir == "" {
 				o.Dir = o.Name
 			}

@@ -343,24 +343,23 @@ func (c *Config) merge(atlasCfg *sb.MergedConfig) *Values {
 	for _, l := range c.local {
 		MergeInto(v.data, l.data, l.source, v.sources)
 	}
+	// Each layer merges into v.sources itself, so that the keys it replaces
+	// or deletes leave it; its keys are then renamed from the bare source.
 	if atlasCfg != nil {
 		v.AtlasIndex = atlasCfg.Index
 		// Keep Atlas's own provenance: which of its layers each key is from.
-		tmp := map[string]string{}
-		MergeInto(v.data, numbers(atlasCfg.Config), "atlas", tmp)
-		for p := range tmp {
-			if src, ok := atlasCfg.Sources[p]; ok {
-				tmp[p] = "atlas:" + src
+		MergeInto(v.data, numbers(atlasCfg.Config), "atlas", v.sources)
+		for p, s := range v.sources {
+			if src, ok := atlasCfg.Sources[p]; ok && s == "atlas" {
+				v.sources[p] = "atlas:" + src
 			}
 		}
-		for p, s := range tmp {
-			v.sources[p] = s
-		}
 	}
-	envSrc := map[string]string{}
-	MergeInto(v.data, c.env.data, "", envSrc)
-	for p := range envSrc {
-		v.sources[p] = "env:" + EnvPrefix + strings.ToUpper(strings.ReplaceAll(p, ".", "__"))
+	MergeInto(v.data, c.env.data, SourceEnv, v.sources)
+	for p, s := range v.sources {
+		if s == SourceEnv {
+			v.sources[p] = "env:" + EnvPrefix + strings.ToUpper(strings.ReplaceAll(p, ".", "__"))
+		}
 	}
 	return v
 }

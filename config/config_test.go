@@ -153,3 +153,33 @@ func TestMergeInto(t *testing.T) {
 		t.Fatalf("sources (-want +got):\n%s", diff)
 	}
 }
+
+// TestSourcesFollowReplacedKeys: when Atlas or the environment replaces a
+// local object with a scalar, or deletes a key (null), the keys that are
+// gone must leave Sources too (GET /environment lists Sources).
+func TestSourcesFollowReplacedKeys(t *testing.T) {
+	a := startAtlas(t)
+	ctx := context.Background()
+	a.PutLayer(ctx, sb.LayerKey{}, json.RawMessage(`{"db":"postgres://atlas/identity"}`), nil)
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(file, []byte("defaults:\n  db: {pool: 5, dsn: x}\n  cache: {size: 10}\n  greeting: hello\n"), 0o600)
+	c, err := config.Load(ctx, config.Options{
+		Service: "identity", File: file, Atlas: a,
+		Environ: []string{"SWITCHBOARD_CONFIG_CACHE=off", "SWITCHBOARD_CONFIG_GREETING=null"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"db":    "atlas:global",
+		"cache": "env:SWITCHBOARD_CONFIG_CACHE",
+	}
+	if diff := cmp.Diff(want, c.Values().Sources()); diff != "" {
+		t.Fatalf("sources (-want +got):\n%s", diff)
+	}
+	for p := range c.Values().Sources() {
+		if c.Values().Get(p) == nil {
+			t.Errorf("Sources names %s, which has no value", p)
+		}
+	}
+}

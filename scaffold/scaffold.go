@@ -9,6 +9,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"go/build"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"runtime"
 	"strings"
 	"text/template"
+
+	"golang.org/x/mod/module"
 
 	sb "github.com/switchboard-go/switchboard"
 )
@@ -68,11 +71,11 @@ func (o *Options) Validate() error {
 	if o.Port < 1 || o.Port > 65535 {
 		return fmt.Errorf("--port: must be 1-65535, got %d", o.Port)
 	}
+	if err := CheckModule(o.Name, o.Module); err != nil {
+		return err
+	}
 	if o.Module == "" {
 		o.Module = o.Name
-	}
-	if strings.ContainsAny(o.Module, " \t\n\"'\\") || strings.HasPrefix(o.Module, "/") || strings.HasSuffix(o.Module, "/") {
-		return fmt.Errorf("--module: must be a Go module path such as example.com/%s, got %q", o.Name, o.Module)
 	}
 	if o.GoVersion == "" {
 		v := strings.TrimPrefix(runtime.Version(), "go")
@@ -80,6 +83,46 @@ func (o *Options) Validate() error {
 			v = parts[0] + "." + parts[1]
 		}
 		o.GoVersion = v
+	}
+	return nil
+}
+
+// CheckModule refuses a module path (empty: the service name) that the
+// go command would refuse for the new module, or that go mod tidy or go
+// test would fail on: a standard library package such as "context", or a
+// name the go command reserves such as "main".
+func CheckModule(name, module string) error {
+	if module == "" {
+		if err := checkModulePath(name); err != nil {
+			return fmt.Errorf("NAME: %q cannot be a Go module path (%v): give one with --module, e.g. --module example.com/%s", name, err, name)
+		}
+		return nil
+	}
+	if err := checkModulePath(module); err != nil {
+		return fmt.Errorf("--module: must be a Go module path such as example.com/%s, got %q (%v)", name, module, err)
+	}
+	return nil
+}
+
+// checkModulePath refuses what the go command refuses as the path of a
+// main module (module.CheckImportPath), the names it reserves, and the
+// packages of the standard library, which would shadow the module.
+func checkModulePath(path string) error {
+	if err := module.CheckImportPath(path); err != nil {
+		var perr *module.InvalidPathError
+		if errors.As(err, &perr) {
+			return perr.Err
+		}
+		return err
+	}
+	switch path {
+	case "main", "std", "cmd", "all", "go", "toolchain":
+		return errors.New("reserved by the go command")
+	}
+	if first, _, _ := strings.Cut(path, "/"); !strings.Contains(first, ".") {
+		if p, err := build.Default.Import(path, "", 0); err == nil && p.Goroot {
+			return errors.New("a package of Go's standard library")
+		}
 	}
 	return nil
 }

@@ -57,6 +57,17 @@ func TestRefusals(t *testing.T) {
 		{scaffold.Options{Name: "ok", Dir: full, Port: 5000}, "exists and is not empty"},
 		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 0}, "--port: must be 1-65535"},
 		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "bad module"}, "--module: must be a Go module path"},
+		// Valid service names that Go refuses as a module path (the
+		// default module is the name): go mod tidy or go test would fail.
+		{scaffold.Options{Name: "context", Dir: t.TempDir(), Port: 1}, "NAME: \"context\" cannot be a Go module path"},
+		{scaffold.Options{Name: "main", Dir: t.TempDir(), Port: 1}, "NAME: \"main\" cannot be a Go module path"},
+		{scaffold.Options{Name: "toolchain", Dir: t.TempDir(), Port: 1}, "cannot be a Go module path"},
+		{scaffold.Options{Name: "aux", Dir: t.TempDir(), Port: 1}, "cannot be a Go module path"},
+		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "example.com/ok@v1"}, "--module: must be a Go module path"},
+		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "example.com//ok"}, "--module: must be a Go module path"},
+		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "example.com/../ok"}, "--module: must be a Go module path"},
+		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "-ok"}, "--module: must be a Go module path"},
+		{scaffold.Options{Name: "ok", Dir: t.TempDir(), Port: 1, Module: "fmt"}, "standard library"},
 	}
 	for _, tt := range tests {
 		err := scaffold.Generate(tt.o)
