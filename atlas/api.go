@@ -336,6 +336,9 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 		s.st.mu.RLock()
 		defer s.st.mu.RUnlock()
 		in := s.st.visibleLocked(id)
+		if in == nil {
+			return 0, nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+		}
 		return s.st.indexOfLocked(instKey(id)), marshal(in), nil
 	}
 	final := func() ([]byte, error) {

@@ -288,14 +288,12 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 		return err
 	}
 	blockingQuery := query(r).Has("index") && want > 0
-	chans := func() []<-chan struct{} {
-		out := make([]<-chan struct{}, len(keys))
-		for i, k := range keys {
-			out[i] = s.st.waitChan(k)
-		}
-		return out
+	var waitFor []<-chan struct{}
+	release := func() {}
+	defer func() { release() }()
+	if blockingQuery {
+		waitFor, release = s.st.waitChans(keys)
 	}
-	waitFor := chans()
 	index, body, err := render()
 	if err != nil {
 		return err
@@ -316,7 +314,9 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 				}
 				return nil // the client left
 			}
-			waitFor = chans()
+			next, releaseNext := s.st.waitChans(keys)
+			release()
+			waitFor, release = next, releaseNext
 			index, body, err = render()
 			if err != nil {
 				return err

@@ -18,7 +18,7 @@ func jsonMarshal(v any) ([]byte, error) {
 	switch v := v.(type) {
 	case *sb.Instance:
 		if v == nil {
-			return []byte("null"), nil // a deleted instance, compared by blocking queries
+			return []byte("null"), nil // as encoding/json writes a nil pointer
 		}
 		return v.MarshalJSON()
 	case *sb.ServiceInstances:
@@ -70,8 +70,8 @@ func (s *Server) leaseOf(id string) *leaseInfo {
 // realm may be taken over only by a caller that may act for that one too
 // (may, which is asked about the record the write is conditional on).
 func (s *Server) register(ctx context.Context, id string, reg sb.Registration, may func(realm, service string) error) (*sb.Instance, error) {
-	now := s.cfg.Now().UTC()
 	for attempt := 0; ; attempt++ {
+		now := s.cfg.Now().UTC() // a retry may have waited
 		s.st.mu.RLock()
 		old := s.st.instances[id]
 		if old != nil && (old.service() != reg.Service || old.realm() != reg.Realm) {
@@ -110,6 +110,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 		_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(prev)})
 		s.st.unhint(pfxInstance+id, val)
 		if errors.Is(err, ErrConflict) && attempt < 5 {
+			s.awaitChange(ctx, id, old)
 			continue
 		}
 		if errors.Is(err, ErrConflict) {
@@ -141,8 +142,8 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 // beat is a heartbeat without the answer.
 func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 	hb.Output = sb.TruncateOutput(hb.Output)
-	now := s.cfg.Now().UTC()
 	for attempt := 0; ; attempt++ {
+		now := s.cfg.Now().UTC() // a retry may have waited
 		s.st.mu.RLock()
 		r := s.st.instances[id]
 		s.st.mu.RUnlock()
@@ -176,6 +177,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
 			s.st.unhint(pfxInstance+id, val)
 			if errors.Is(err, ErrConflict) && attempt < 5 {
+				s.awaitChange(ctx, id, r)
 				continue
 			}
 			if errors.Is(err, ErrConflict) {
@@ -248,6 +250,31 @@ func (s *Server) awaitInstance(ctx context.Context, id string) (*instRecord, err
 // catchUpWait bounds how long a replica waits for a write made through
 // another one to reach it.
 const catchUpWait = 3 * time.Second
+
+// awaitChange waits until the record of instance id in memory is no longer
+// r (nil: none), a few seconds at most. A conditional write on r failed
+// because the store has a newer write, which reaches memory a moment
+// later: retrying before it does would only fail again.
+func (s *Server) awaitChange(ctx context.Context, id string, r *instRecord) {
+	timer := time.NewTimer(catchUpWait)
+	defer timer.Stop()
+	for {
+		ch := s.st.appliedChan()
+		s.st.mu.RLock()
+		cur := s.st.instances[id]
+		s.st.mu.RUnlock()
+		if cur != r {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
 
 // flushOutputs writes check outputs held back by the once-per-interval
 // rule, so that the latest output is published even when heartbeats stop
@@ -370,15 +397,14 @@ type serviceQuery struct {
 	leases         bool
 }
 
+// cacheKey names q's answer in the render cache. Tags may hold any byte,
+// a separator included, so each is written with its length (canonical).
 func (q serviceQuery) cacheKey() string {
 	k := "svc\x00" + q.realm + "\x00" + q.service
 	for _, st := range q.statuses {
 		k += "\x00s=" + string(st)
 	}
-	for _, t := range q.tags {
-		k += "\x00t=" + t
-	}
-	return k
+	return k + "\x00t=" + canonical(q.tags...)
 }
 
 // serviceInstancesLocked answers q from memory, without lease fields.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -697,5 +698,132 @@ func TestHeartbeatWhenLeasesCannotBeRenewed(t *testing.T) {
 		if r.status != 503 || !strings.Contains(string(r.body), `"unavailable"`) {
 			t.Errorf("heartbeat of %s with leases down = %d %s; want 503 unavailable", id, r.status, r.body)
 		}
+	}
+}
+
+// Blocking queries and event streams leave nothing behind when they end:
+// a reader that asks about made-up services, which never change, must not
+// grow Atlas's memory for good.
+func TestWaitsEndWithTheirQueries(t *testing.T) {
+	a := start(t, true)
+	idx := a.must("GET", "/v1/services/none", "").index(t)
+	for i := range 20 {
+		a.must("GET", fmt.Sprintf("/v1/services/made-up-%d?index=%d&wait=10ms", i, idx), "")
+		a.must("GET", fmt.Sprintf("/v1/config?service=made-up-%d&index=%d&wait=10ms", i, idx), "")
+	}
+	// A client that leaves while its query waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/v1/services/left?index=%d&wait=1m", a.http.URL, idx), nil)
+	if res, err := http.DefaultClient.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatalf("blocking query answered %d before its client left", res.StatusCode)
+	}
+	for i := range 5 {
+		res, cancel := watch(t, fmt.Sprintf("%s/v1/watch?service=stream-%d", a.http.URL, i))
+		next(t, readEvents(res.Body))
+		cancel()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for a.srv.WaitKeys() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d watch keys still have a wait channel 5s after every query and stream ended; want 0", a.srv.WaitKeys())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An instance that is gone leaves nothing behind in Atlas's memory:
+// instances registered under ever new ids (a host name per deploy) and
+// deregistered or expired must not grow it for good.
+func TestGoneInstancesLeaveNothingBehind(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-0", reg("a", 5000, ""))
+	before := a.srv.ResKeys()
+	for i := range 50 {
+		id := fmt.Sprintf("a-host%d-5000", i)
+		a.must("PUT", "/v1/instances/"+id, reg("a", 5000, ""))
+		a.must("DELETE", "/v1/instances/"+id, "")
+	}
+	if after := a.srv.ResKeys(); after > before {
+		t.Fatalf("after 50 instances came and went, Atlas keeps %d indexes, %d before; want no more", after, before)
+	}
+}
+
+// Queries that differ only in how their tags split answer differently:
+// the answers Atlas keeps rendered are told apart by every tag whole.
+func TestTagQueriesDoNotShareAnswers(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["a","b"]`))
+	a.must("PUT", "/v1/instances/y", reg("a", 5001, `,"tags":["a\u0000t=b"]`))
+	for _, tc := range []struct{ query, want string }{
+		{"tag=a&tag=b", "x"},
+		{"tag=a%00t%3Db", "y"},
+	} {
+		var si sb.ServiceInstances
+		r := a.must("GET", "/v1/services/a?"+tc.query, "")
+		r.decode(t, &si)
+		if len(si.Instances) != 1 || si.Instances[0].ID != tc.want {
+			t.Errorf("GET /v1/services/a?%s = %s; want %s only", tc.query, r.body, tc.want)
+		}
+	}
+}
+
+// slowWatch is a store whose changes reach Atlas late, as another
+// replica's writes reach one over etcd.
+type slowWatch struct{ atlas.Store }
+
+func (s slowWatch) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, error) {
+	in, err := s.Store.Watch(ctx, after)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan atlas.Change)
+	go func() {
+		defer close(out)
+		for c := range in {
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// A heartbeat that changes the status of an instance another replica has
+// just written waits for that write to arrive rather than fail: the
+// instance is registered, so the sidecar must not be told to register it
+// again.
+func TestHeartbeatDuringAnotherReplicasWrite(t *testing.T) {
+	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) { c.Store = slowWatch{c.Store} })
+	other, err := atlas.New(atlas.Config{Store: a.store, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(other.Handler())
+	t.Cleanup(func() { hs.Close(); other.Close() })
+	b := &testAtlas{t: t, srv: other, http: hs}
+
+	a.must("PUT", "/v1/instances/x", reg("a", 5000, ""))
+	b.must("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["v2"]`))
+	if r := a.do("PUT", "/v1/instances/x/status", `{"status":"warning"}`); r.status != 200 {
+		t.Fatalf("heartbeat while another replica's write is on its way = %d %s; want 200", r.status, r.body)
+	}
+	var in sb.Instance
+	a.must("GET", "/v1/instances/x", "").decode(t, &in)
+	if in.Status != sb.Warning || !slices.Equal(in.Tags, []string{"v2"}) {
+		t.Fatalf("instance = status %s, tags %v; want warning and the other replica's tags [v2]", in.Status, in.Tags)
+	}
+	// So does a registration.
+	b.must("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["v3"]`))
+	if r := a.do("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["v4"]`)); r.status != 200 {
+		t.Fatalf("registration while another replica's write is on its way = %d %s; want 200", r.status, r.body)
 	}
 }

@@ -155,7 +155,8 @@ type state struct {
 	// byService indexes instances: realm -> service -> id -> record.
 	byService map[string]map[string]map[string]*instRecord
 	// res is, per watch key, the index of the last change to its answer
-	// (a live instance's is in its record: setResLocked).
+	// (a live instance's is in its record, a gone one's nowhere:
+	// setResLocked).
 	res map[string]uint64
 	// floor is the index every resource starts at: the snapshot's.
 	floor uint64
@@ -171,9 +172,10 @@ type state struct {
 	hmu   sync.Mutex
 	hints map[string]decodedHint
 
-	// wmu guards waits: per watch key, a channel closed at the next change.
+	// wmu guards waits: per watch key that someone waits on, a channel
+	// closed at the next change.
 	wmu   sync.Mutex
-	waits map[string]chan struct{}
+	waits map[string]*waiter
 	// appliedCh is closed after every apply (guarded by wmu).
 	appliedCh chan struct{}
 }
@@ -195,7 +197,7 @@ func (s *state) changedSinceLocked(realm string, after uint64, want func(string)
 }
 
 func newState() *state {
-	s := &state{waits: make(map[string]chan struct{}), appliedCh: make(chan struct{}), hints: make(map[string]decodedHint)}
+	s := &state{waits: make(map[string]*waiter), appliedCh: make(chan struct{}), hints: make(map[string]decodedHint)}
 	s.reset(0)
 	return s
 }
@@ -378,8 +380,6 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		if old := s.instances[id]; old != nil {
 			r.res, r.lease = old.res, old.lease
 		} else {
-			r.res = s.res[instKey(id)] // deleted before: its index goes on
-			delete(s.res, instKey(id))
 			r.lease = &leaseInfo{}
 		}
 		before := s.visibleLocked(id)
@@ -507,11 +507,15 @@ func (s *state) indexOfLocked(keys ...string) uint64 {
 
 // setResLocked records index as the last change to key's answer. A live
 // instance's is kept in its record rather than in res, which saves an
-// entry per instance; a deleted one's goes to res, so that its index never
-// goes backwards, and back into its record if it is registered again.
+// entry per instance. A deleted one's is kept nowhere: its answer is a
+// 404, which carries no index, and registering it again is a change whose
+// index is newer than any before; kept in res, the index of every id that
+// ever went would stay there for good.
 func (s *state) setResLocked(key string, index uint64) {
-	if r := s.liveRecordLocked(key); r != nil {
-		r.res = index
+	if id, ok := strings.CutPrefix(key, instWatchPfx); ok {
+		if r := s.instances[id]; r != nil {
+			r.res = index
+		}
 		return
 	}
 	s.res[key] = index
@@ -533,16 +537,46 @@ func (s *state) liveRecordLocked(key string) *instRecord {
 	return nil
 }
 
-// waitChan returns a channel closed at the next change of key.
-func (s *state) waitChan(key string) <-chan struct{} {
+// waiter is the channel of a watch key and how many wait on it.
+type waiter struct {
+	ch chan struct{}
+	n  int // callers of waitChan that have not released it
+}
+
+// waitChan returns a channel closed at the next change of key, and a
+// release the caller calls when it no longer waits on it: a key nobody
+// waits on has no entry, so that queries naming keys that never change (a
+// reader asking about made-up services) leave nothing behind.
+func (s *state) waitChan(key string) (<-chan struct{}, func()) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	ch := s.waits[key]
-	if ch == nil {
-		ch = make(chan struct{})
-		s.waits[key] = ch
+	w := s.waits[key]
+	if w == nil {
+		w = &waiter{ch: make(chan struct{})}
+		s.waits[key] = w
 	}
-	return ch
+	w.n++
+	return w.ch, func() {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		if w.n--; w.n == 0 && s.waits[key] == w {
+			delete(s.waits, key)
+		}
+	}
+}
+
+// waitChans is waitChan for several keys, with one release for all.
+func (s *state) waitChans(keys []string) ([]<-chan struct{}, func()) {
+	chans := make([]<-chan struct{}, len(keys))
+	releases := make([]func(), len(keys))
+	for i, k := range keys {
+		chans[i], releases[i] = s.waitChan(k)
+	}
+	return chans, func() {
+		for _, release := range releases {
+			release()
+		}
+	}
 }
 
 // appliedChan returns a channel closed after the next apply.
@@ -556,8 +590,8 @@ func (s *state) wake(keys []string) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	for _, k := range keys {
-		if ch := s.waits[k]; ch != nil {
-			close(ch)
+		if w := s.waits[k]; w != nil {
+			close(w.ch)
 			delete(s.waits, k)
 		}
 	}
@@ -568,8 +602,8 @@ func (s *state) wake(keys []string) {
 func (s *state) wakeAll() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	for k, ch := range s.waits {
-		close(ch)
+	for k, w := range s.waits {
+		close(w.ch)
 		delete(s.waits, k)
 	}
 	close(s.appliedCh)

@@ -29,8 +29,8 @@ func TestStateApplyBatch(t *testing.T) {
 	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, Status: sb.Passing, Tags: []string{}}
 	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Address: "10.0.0.2", Port: 80, Status: sb.Passing, Tags: []string{}}
 	c := &sb.Instance{ID: "c", Service: "db", Realm: "dev", Address: "10.0.0.3", Port: 5432, Status: sb.Passing, Tags: []string{}}
-	waitWeb := st.waitChan(svcKey("dev", "web"))
-	waitDB := st.waitChan(svcKey("dev", "db"))
+	waitWeb, _ := st.waitChan(svcKey("dev", "web"))
+	waitDB, _ := st.waitChan(svcKey("dev", "db"))
 	st.apply(
 		Change{Index: 5, KVs: []ChangedKV{instanceKV(t, a, 5)}},
 		Change{Index: 6, KVs: []ChangedKV{instanceKV(t, b, 6)}},

@@ -139,16 +139,25 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	keepAlive := time.NewTicker(KeepAliveInterval)
 	defer keepAlive.Stop()
 	// A stream of one service wakes for that service only; others for any
-	// change in the realm.
-	wakeKey := listKey(realm)
+	// change in the realm. With auth on, a change of tokens or policies
+	// wakes it too.
+	wakeKeys := []string{listKey(realm)}
 	if !all && len(services) == 1 {
-		wakeKey = svcKey(realm, services[0])
+		wakeKeys[0] = svcKey(realm, services[0])
 	}
+	if p != nil {
+		wakeKeys = append(wakeKeys, tokensKey, policiesKey)
+	}
+	release := func() {}
+	defer func() { release() }()
 	for {
-		woke := s.st.waitChan(wakeKey)
+		chans, releaseNext := s.st.waitChans(wakeKeys)
+		release()
+		release = releaseNext
+		woke := chans[0]
 		var tokensChanged, policiesChanged <-chan struct{}
 		if p != nil {
-			tokensChanged, policiesChanged = s.st.waitChan(tokensKey), s.st.waitChan(policiesKey)
+			tokensChanged, policiesChanged = chans[1], chans[2]
 			if allowed() != nil {
 				return nil
 			}

@@ -1,0 +1,17 @@
+package atlas
+
+// WaitKeys returns how many watch keys have a wait channel: what the
+// blocking queries and event streams waiting now hold.
+func (s *Server) WaitKeys() int {
+	s.st.wmu.Lock()
+	defer s.st.wmu.Unlock()
+	return len(s.st.waits)
+}
+
+// ResKeys returns how many watch keys the state keeps an index for apart
+// from its live instances' records.
+func (s *Server) ResKeys() int {
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
+	return len(s.st.res)
+}
