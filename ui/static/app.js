@@ -211,6 +211,11 @@ async function watch() {
       if (state.token) headers["Authorization"] = "Bearer " + state.token;
       if (last) headers["Last-Event-ID"] = last;
       const res = await fetch("/v1/watch?service=*&realm=" + encodeURIComponent(ctl.realm), { headers, signal: ctl.signal });
+      if (res.status === 401) {
+        // The token was deleted (Atlas then ends its streams): log in again.
+        showLogin("the token is no longer valid");
+        return;
+      }
       if (!res.ok) throw new Error("event stream: " + res.status);
       $("#live").textContent = "● live";
       const reader = res.body.getReader();
@@ -252,7 +257,12 @@ function onEvent(si) {
 // At most this many instances are drawn; the filter finds the others.
 const maxRows = 500;
 
+// selectSeq numbers selectService's calls: an answer that comes back after
+// a later call's (a click on another service, a newer event) is dropped.
+let selectSeq = 0;
+
 async function selectService(name) {
+  const seq = ++selectSeq;
   const changed = state.selected !== name;
   state.selected = name;
   for (const tr of document.querySelectorAll("#services-table tr.selected")) tr.classList.remove("selected");
@@ -260,6 +270,7 @@ async function selectService(name) {
   if (row) row.classList.add("selected");
   if (changed) $("#instance-filter").value = "";
   const si = await api("/v1/services/" + encodeURIComponent(name) + "?leases=true&realm=" + encodeURIComponent(state.realm));
+  if (seq !== selectSeq) return;
   $("#service-detail").hidden = false;
   $("#service-name").textContent = name + " in " + state.realm;
   state.instances = si.instances;
