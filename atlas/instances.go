@@ -338,11 +338,15 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 }
 
 // deregister removes an instance and its operator switch.
+// deregister deletes instance id and its enabled switch. The switch of an
+// instance whose lease ran out is kept, so that it comes back drained; a
+// DELETE of the id clears it too.
 func (s *Server) deregister(ctx context.Context, id string) (uint64, error) {
 	s.st.mu.RLock()
 	_, exists := s.st.instances[id]
+	_, switched := s.st.switches[id]
 	s.st.mu.RUnlock()
-	if !exists {
+	if !exists && !switched {
 		return 0, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
 	return s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})

@@ -304,6 +304,30 @@ func TestEnabledSurvivesReregistration(t *testing.T) {
 	}
 }
 
+// The switch of an instance whose lease ran out stays (it is drained
+// when it comes back), until a DELETE of the id clears it; a DELETE of an
+// id with neither is a 404.
+func TestDeleteClearsTheSwitchOfAnExpiredInstance(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"ttl":"1s"`))
+	a.must("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"maintenance"}`)
+	r := a.must("GET", "/v1/services/a", "")
+	a.must("GET", fmt.Sprintf("/v1/services/a?index=%d&wait=20s", r.index(t)), "") // expired
+	if got := a.do("GET", "/v1/instances/a-1", ""); got.status != 404 {
+		t.Fatalf("GET of the expired instance = %d; want 404", got.status)
+	}
+	a.must("DELETE", "/v1/instances/a-1", "")
+	var in sb.Instance
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, "")).decode(t, &in)
+	if !in.Enabled {
+		t.Fatalf("registered again after the DELETE: still disabled (%q)", in.DisabledReason)
+	}
+	a.must("DELETE", "/v1/instances/a-1", "")
+	if got := a.do("DELETE", "/v1/instances/a-1", ""); got.status != 404 {
+		t.Fatalf("DELETE of an id with neither instance nor switch = %d; want 404", got.status)
+	}
+}
+
 func TestRestartKeepsInstancesForATTL(t *testing.T) {
 	dir := t.TempDir()
 	a := startIn(t, dir, true)
