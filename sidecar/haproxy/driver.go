@@ -63,10 +63,19 @@ type Driver struct {
 type backendState struct {
 	service string
 	tcp     bool
-	ids     []string // instance id per slot; "" free
-	want    []Slot   // desired
-	applied []Slot   // in HAProxy now
+	ids     []string    // instance id per slot; "" free
+	freed   []time.Time // per slot, when its instance left (zero: never held one)
+	want    []Slot      // desired
+	applied []Slot      // in HAProxy now
 }
+
+// SlotRest is how long a slot rests, after its instance leaves, before
+// another instance may take it. A connection to the old instance that was
+// in use when the slot went to maintenance returns to the slot's idle
+// pool afterwards, and HAProxy 2.6 would reuse it for the slot's next
+// address; in maintenance, HAProxy closes it within a pool-purge-delay
+// or two (1 s, render.go).
+var SlotRest = 5 * time.Second
 
 func (d *Driver) log() *slog.Logger {
 	if d.Logger == nil {
@@ -121,7 +130,7 @@ func (d *Driver) Start() error {
 	defer d.mu.Unlock()
 	d.backends = map[string]*backendState{}
 	for svc := range d.TCP {
-		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), want: make([]Slot, 8)}
+		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), freed: make([]time.Time, 8), want: make([]Slot, 8)}
 	}
 	spec := d.specLocked()
 	if err := d.writeCheckedLocked(spec); err != nil {
@@ -386,38 +395,48 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 		wanted[e.ID] = s
 	}
 	// Keep every instance in its slot; free the slots of those gone.
+	now := time.Now()
 	for i, id := range b.ids {
 		if s, ok := wanted[id]; ok && b.want[i].Addr == s.Addr {
 			b.want[i] = s
 			delete(wanted, id)
 			continue
 		}
+		if id != "" {
+			b.freed[i] = now
+		}
 		b.ids[i], b.want[i] = "", Slot{}
 	}
 	for id, s := range wanted {
-		i := indexOf(b.ids, "")
+		i := b.restedSlot(now)
 		if i < 0 {
-			grow := slotsFor(len(b.ids) + len(wanted))
-			b.ids = append(b.ids, make([]string, grow-len(b.ids))...)
-			b.want = append(b.want, make([]Slot, grow-len(b.want))...)
-			i = indexOf(b.ids, "")
+			b.grow(slotsFor(len(b.ids) + len(wanted)))
+			i = b.restedSlot(now)
 		}
 		b.ids[i], b.want[i] = id, s
 	}
-	if len(b.ids) < 8 {
-		b.ids = append(b.ids, make([]string, 8-len(b.ids))...)
-		b.want = append(b.want, make([]Slot, 8-len(b.want))...)
-	}
+	b.grow(8)
 	d.applyLocked()
 }
 
-func indexOf(ids []string, id string) int {
-	for i, x := range ids {
-		if x == id {
+// restedSlot returns a free slot that has rested (SlotRest), or -1.
+func (b *backendState) restedSlot(now time.Time) int {
+	for i, id := range b.ids {
+		if id == "" && (b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest) {
 			return i
 		}
 	}
 	return -1
+}
+
+// grow makes b at least n slots long.
+func (b *backendState) grow(n int) {
+	if len(b.ids) >= n {
+		return
+	}
+	b.ids = append(b.ids, make([]string, n-len(b.ids))...)
+	b.freed = append(b.freed, make([]time.Time, n-len(b.freed))...)
+	b.want = append(b.want, make([]Slot, n-len(b.want))...)
 }
 
 // slotsFor is the slot count for n instances: twice as many, a power of

@@ -3,6 +3,7 @@ package haproxy
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -74,7 +75,7 @@ func startDriver(t *testing.T) (*Driver, string) {
 	MinReloadInterval = 0
 	t.Cleanup(func() { MinReloadInterval = old })
 	listen := unusedAddr(t)
-	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev"}
+	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}

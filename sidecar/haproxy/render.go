@@ -80,6 +80,10 @@ defaults
     timeout server 30s
     timeout tunnel 1h
     timeout http-keep-alive 2m
+    # Idle connections to servers in maintenance close within a second or
+    # two, so that a slot given to another instance (SlotRest, driver.go)
+    # never reuses one to the instance that held it.
+    default-server pool-purge-delay 1s
     timeout http-request 30s
 
 frontend http-in
