@@ -103,6 +103,14 @@ func TestLoginFormWithoutToken(t *testing.T) {
 	if got := text(ctx, t, "#who"); got != "read-only" {
 		t.Fatalf("a reader is shown as %q", got)
 	}
+	// Heartbeats send no event; the lease fields are fetched again.
+	hb := `#instances-table tr[data-id="identity-h0-5000"] td:nth-child(7)`
+	first := text(ctx, t, hb)
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(pctx, chromedp.Poll[bool](fmt.Sprintf(`document.querySelector(%q).textContent !== %q`, hb, first))); err != nil {
+		t.Fatalf("last heartbeat still shows %q after 15s: %v", first, err)
+	}
 	buttons, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#instances-table button").length`))
 	if buttons != 0 {
 		t.Fatalf("a reader sees %d enable/disable buttons", buttons)

@@ -509,4 +509,13 @@ async function start() {
   await route();
 }
 
+// Heartbeats that change nothing send no event, so the selected service's
+// lease fields (last heartbeat, lease expires) are fetched again every few
+// seconds while the service is shown (browsers slow timers of hidden tabs).
+const leaseRefresh = 5000;
+setInterval(() => {
+  if ($("#services").hidden || $("#service-detail").hidden || !state.selected) return;
+  selectService(state.selected).catch(() => {});
+}, leaseRefresh);
+
 start();
