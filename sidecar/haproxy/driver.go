@@ -65,16 +65,18 @@ type backendState struct {
 	tcp     bool
 	ids     []string    // instance id per slot; "" free
 	freed   []time.Time // per slot, when its instance left (zero: never held one)
+	last    []string    // per slot, the address it held last
 	want    []Slot      // desired
 	applied []Slot      // in HAProxy now
 }
 
-// SlotRest is how long a slot rests, after its instance leaves, before
-// another instance may take it. A connection to the old instance that was
-// in use when the slot went to maintenance returns to the slot's idle
-// pool afterwards, and HAProxy 2.6 would reuse it for the slot's next
-// address; in maintenance, HAProxy closes it within a pool-purge-delay
-// or two (1 s, render.go).
+// SlotRest is how long a slot rests, after its instance leaves, before an
+// instance at another address may take it (one at the same address, a
+// flapping instance that comes back, takes it at once). A connection to
+// the old instance that was in use when the slot went to maintenance
+// returns to the slot's idle pool afterwards, and HAProxy 2.6 would reuse
+// it for the slot's next address; in maintenance, HAProxy closes it within
+// a pool-purge-delay or two (1 s, render.go).
 var SlotRest = 5 * time.Second
 
 func (d *Driver) log() *slog.Logger {
@@ -130,7 +132,7 @@ func (d *Driver) Start() error {
 	defer d.mu.Unlock()
 	d.backends = map[string]*backendState{}
 	for svc := range d.TCP {
-		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), freed: make([]time.Time, 8), want: make([]Slot, 8)}
+		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), freed: make([]time.Time, 8), last: make([]string, 8), want: make([]Slot, 8)}
 	}
 	spec := d.specLocked()
 	if err := d.writeCheckedLocked(spec); err != nil {
@@ -403,15 +405,15 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 			continue
 		}
 		if id != "" {
-			b.freed[i] = now
+			b.freed[i], b.last[i] = now, b.want[i].Addr
 		}
 		b.ids[i], b.want[i] = "", Slot{}
 	}
 	for id, s := range wanted {
-		i := b.restedSlot(now)
+		i := b.freeSlot(s.Addr, now)
 		if i < 0 {
 			b.grow(slotsFor(len(b.ids) + len(wanted)))
-			i = b.restedSlot(now)
+			i = b.freeSlot(s.Addr, now)
 		}
 		b.ids[i], b.want[i] = id, s
 	}
@@ -419,14 +421,21 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	d.applyLocked()
 }
 
-// restedSlot returns a free slot that has rested (SlotRest), or -1.
-func (b *backendState) restedSlot(now time.Time) int {
+// freeSlot returns a free slot for an instance at addr: the one that last
+// held addr, or else one that never held an instance or has rested
+// (SlotRest); -1 when there is none.
+func (b *backendState) freeSlot(addr string, now time.Time) int {
+	rested := -1
 	for i, id := range b.ids {
-		if id == "" && (b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest) {
+		switch {
+		case id != "":
+		case b.last[i] == addr:
 			return i
+		case rested < 0 && (b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest):
+			rested = i
 		}
 	}
-	return -1
+	return rested
 }
 
 // grow makes b at least n slots long.
@@ -436,6 +445,7 @@ func (b *backendState) grow(n int) {
 	}
 	b.ids = append(b.ids, make([]string, n-len(b.ids))...)
 	b.freed = append(b.freed, make([]time.Time, n-len(b.freed))...)
+	b.last = append(b.last, make([]string, n-len(b.last))...)
 	b.want = append(b.want, make([]Slot, n-len(b.want))...)
 }
 
