@@ -71,12 +71,13 @@ type backendState struct {
 }
 
 // SlotRest is how long a slot rests, after its instance leaves, before an
-// instance at another address may take it (one at the same address, a
-// flapping instance that comes back, takes it at once). A connection to
-// the old instance that was in use when the slot went to maintenance
-// returns to the slot's idle pool afterwards, and HAProxy 2.6 would reuse
-// it for the slot's next address; in maintenance, HAProxy closes it within
-// a pool-purge-delay or two (1 s, render.go).
+// instance at another address takes it while other slots are free. A
+// connection to the old instance that was in use when the slot went to
+// maintenance returns to the slot's idle pool afterwards, and HAProxy 2.6
+// would reuse it for the slot's next address; in maintenance, HAProxy
+// closes it within a pool-purge-delay or two (1 s, render.go). An instance
+// back at the same address takes its old slot at once; when only resting
+// slots are free, the one that rested longest is taken rather than reload.
 var SlotRest = 5 * time.Second
 
 func (d *Driver) log() *slog.Logger {
@@ -409,33 +410,55 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 		}
 		b.ids[i], b.want[i] = "", Slot{}
 	}
+	// Too few free slots takes a reload to grow, and the new slots get
+	// their instances with it: then no resting slot is needed. Otherwise a
+	// resting slot is taken rather than reload (a service whose instances
+	// are all replaced twice within SlotRest would have none routable
+	// until the reload).
+	if free := b.free(); free < len(wanted) {
+		b.grow(slotsFor(len(b.ids) + len(wanted)))
+	}
 	for id, s := range wanted {
 		i := b.freeSlot(s.Addr, now)
-		if i < 0 {
-			b.grow(slotsFor(len(b.ids) + len(wanted)))
-			i = b.freeSlot(s.Addr, now)
-		}
 		b.ids[i], b.want[i] = id, s
 	}
 	b.grow(8)
 	d.applyLocked()
 }
 
+// free counts b's free slots.
+func (b *backendState) free() int {
+	n := 0
+	for _, id := range b.ids {
+		if id == "" {
+			n++
+		}
+	}
+	return n
+}
+
 // freeSlot returns a free slot for an instance at addr: the one that last
-// held addr, or else one that never held an instance or has rested
-// (SlotRest); -1 when there is none.
+// held addr; else one that never held an instance or has rested
+// (SlotRest); else the one that has rested longest; -1 when none is free.
 func (b *backendState) freeSlot(addr string, now time.Time) int {
-	rested := -1
+	rested, resting := -1, -1
 	for i, id := range b.ids {
 		switch {
 		case id != "":
 		case b.last[i] == addr:
 			return i
-		case rested < 0 && (b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest):
-			rested = i
+		case b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest:
+			if rested < 0 {
+				rested = i
+			}
+		case resting < 0 || b.freed[i].Before(b.freed[resting]):
+			resting = i
 		}
 	}
-	return rested
+	if rested >= 0 {
+		return rested
+	}
+	return resting
 }
 
 // grow makes b at least n slots long.

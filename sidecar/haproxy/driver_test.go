@@ -29,12 +29,17 @@ func unusedAddr(t *testing.T) string {
 }
 
 func endpoints(t *testing.T, urls ...string) []*balance.Endpoint {
+	return namedEndpoints("i", urls...)
+}
+
+// namedEndpoints are instances PREFIX0, PREFIX1, ... at urls.
+func namedEndpoints(prefix string, urls ...string) []*balance.Endpoint {
 	p := balance.NewPool("x", "dev")
 	var ins []*sb.Instance
 	for i, u := range urls {
 		host, port, _ := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
 		n, _ := strconv.Atoi(port)
-		ins = append(ins, &sb.Instance{ID: fmt.Sprint("i", i), Address: host, Port: n, Status: sb.Passing, Enabled: true})
+		ins = append(ins, &sb.Instance{ID: fmt.Sprint(prefix, i), Address: host, Port: n, Status: sb.Passing, Enabled: true})
 	}
 	p.Update(ins, 1)
 	return p.Endpoints()
@@ -166,5 +171,37 @@ func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
 		if st, body := get(listen, "billing"); st != 200 || body == "i0" {
 			t.Fatalf("after i0 was removed: %d %q", st, body)
 		}
+	}
+}
+
+// Four instances replaced by four at new addresses, twice within
+// SlotRest (a rollout, then its rollback): the instance count never
+// changes, so no reload, and the resting slots are taken rather than leave
+// the service without a server until a reload.
+func TestInstancesReplacedTwiceQuicklyStayRoutable(t *testing.T) {
+	var urls []string
+	for i := range 12 {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "i", i) }))
+		defer srv.Close()
+		urls = append(urls, srv.URL)
+	}
+	d, listen := startDriver(t)
+	d.Update("billing", false, namedEndpoints("a", urls[0:4]...))
+	waitGet(t, listen, "billing", 200)
+	MinReloadInterval = 2 * time.Second // the default
+	reloads := d.Reloads()
+	d.Update("billing", false, namedEndpoints("b", urls[4:8]...)) // rollout
+	waitGet(t, listen, "billing", 200)
+	d.Update("billing", false, namedEndpoints("c", urls[8:12]...)) // next rollout
+	failed, last := 0, 0
+	for range 20 {
+		if st, _ := get(listen, "billing"); st != 200 {
+			failed++
+			last = st
+		}
+	}
+	time.Sleep(3 * time.Second)
+	if d.Reloads() != reloads || failed > 0 {
+		t.Fatalf("4 instances replaced by 4 twice: %d of 20 GETs right after failed (last status %d); %d reload(s) followed; want no failure, no reload", failed, last, d.Reloads()-reloads)
 	}
 }
