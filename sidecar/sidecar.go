@@ -141,7 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(s)
-	s.table = &proxy.Table{Realm: cfg.Realm, OnNew: s.watch, OnEject: func(service, id string) {
+	s.table = &proxy.Table{Realm: cfg.Realm, OnNew: s.watch, Keep: s.isUnreachable, OnEject: func(service, id string) {
 		s.m.ejections.WithLabelValues(service).Inc()
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
 	}}
@@ -396,7 +396,11 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 				for _, e := range pool.Endpoints() {
 					proxy.CloseEndpoint(e)
 				}
-				s.m.forget(service)
+				// Unless a call has asked for it again since: the new
+				// pool's series are the same.
+				if s.table.Lookup(service) == nil {
+					s.m.forget(service)
+				}
 			}
 		}()
 		var lastErr string
@@ -416,10 +420,14 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			if sb.ErrorCode(err) == sb.EPermissionDenied {
 				// Least authority: Atlas lets this host's token watch only
 				// what its services may call. Calls get 403 naming both.
+				// Atlas answered: nothing is kept for it, and it is swept
+				// when unused, like any other name.
 				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: no policy allows it (%s)",
 					s.localServices(), service, s.cfg.Realm, sb.ErrorMessage(err)))
+				s.unreachable.Delete(service)
+			} else {
+				s.unreachable.Store(service, true)
 			}
-			s.unreachable.Store(service, true)
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
 			// goes on (static stability). The same failure is logged once.
@@ -437,6 +445,13 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 // service with no instance or one not called in the last sweep interval,
 // or gets 503 (proxy.Table.MaxPools). haproxy mode has no bound.
 const MaxServices = 1000
+
+// isUnreachable reports whether service's watch is failing for want of
+// Atlas (proxy.Table.Keep): its last known instances are kept.
+func (s *Sidecar) isUnreachable(service string) bool {
+	_, failing := s.unreachable.Load(service)
+	return failing
+}
 
 // errDropped ends the watch of a service the table dropped.
 var errDropped = errors.New("sidecar: no call asked for the service")
@@ -457,11 +472,7 @@ func (s *Sidecar) sweep(interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		keep := func(service string) bool {
-			_, failing := s.unreachable.Load(service)
-			return failing
-		}
-		for _, name := range s.table.Sweep(keep) {
+		for _, name := range s.table.Sweep() {
 			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
 		}
 	}

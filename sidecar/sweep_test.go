@@ -59,7 +59,7 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	// with it.
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer backend.Close()
-	port, _ := strconv.Atoi(backend.URL[strings.LastIndexByte(backend.URL, ':')+1:])
+	port := portOf(backend.Listener.Addr().String())
 	if _, err := a.Client().Register(context.Background(), "ping-1", sb.Registration{Service: "ping", Address: "127.0.0.1", Port: port}); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer backend.Close()
-	port, _ := strconv.Atoi(backend.URL[strings.LastIndexByte(backend.URL, ':')+1:])
+	port := portOf(backend.Listener.Addr().String())
 	down := httptest.NewServer(http.NotFoundHandler())
 	down.Close() // an address where nothing answers
 	dir := t.TempDir()
@@ -125,5 +125,33 @@ func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 	time.Sleep(400 * time.Millisecond) // eight sweeps, no call
 	if code := callHost(t, s, "ping.localhost"); code != 200 {
 		t.Fatalf("a call to ping after sweeps with Atlas down = %d; want 200 from its last known instance", code)
+	}
+}
+
+// While Atlas is down, a made-up name does not take the place of a
+// service's last known instances at the bound of services followed
+// (scaled down to 1 here): static stability, as the sweep keeps them.
+func TestTheServiceBoundKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	port := portOf(backend.Listener.Addr().String())
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close()
+	dir := t.TempDir()
+	routes := `{"realm":"dev","services":[{"service":"ping","realm":"dev","index":7,"instances":[` +
+		`{"id":"ping-1","service":"ping","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(port) + `,"status":"passing","enabled":true}]}]}`
+	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
+	s.table.MaxPools = 1 // MaxServices (1000) scaled down
+	time.Sleep(400 * time.Millisecond)
+	if code := callHost(t, s, "ping.localhost"); code != 200 {
+		t.Fatalf("ping = %d before", code)
+	}
+	time.Sleep(400 * time.Millisecond) // sweeps: ping not called since
+	callHost(t, s, "made-up.localhost")
+	if code := callHost(t, s, "ping.localhost"); code != 200 {
+		t.Fatalf("with Atlas down, after one call to a made-up name, ping = %d; want 200 from its last known instance", code)
 	}
 }

@@ -29,14 +29,19 @@ type Table struct {
 	// OnEject is called when outlier detection ejects an endpoint; may be
 	// nil.
 	OnEject func(service, id string)
+	// Keep, when not nil, names pools that are kept however long they go
+	// unused: a Sweep keeps them, and MaxPools never drops them (the
+	// sidecar keeps the services whose watch is failing: their last known
+	// instances are all there is to route to).
+	Keep func(service string) bool
 	// MaxPools bounds the pools Route creates, besides pinned ones (0: no
 	// bound). Every name a call asks for is followed on Atlas until a
 	// Sweep finds it unused, so without a bound anything that can reach
 	// the frontend (a web page fetching random NAME.localhost URLs) could
 	// make the sidecar open event streams without end. At the bound, a
-	// new name takes the place of a pool that Atlas says is empty or that
-	// no call asked for since the last Sweep; when there is none, Route
-	// refuses it.
+	// new name takes the place of a pool that Atlas says is empty or
+	// denies, or that no call asked for since the last Sweep, Keep's
+	// aside; when there is none, Route refuses it.
 	MaxPools int
 
 	// mu guards pools.
@@ -145,7 +150,8 @@ func (t *Table) makeRoomLocked() (dropped *entry, ok bool) {
 		}
 		unpinned++
 		switch {
-		case empty == "" && e.pool.IsEmpty():
+		case t.Keep != nil && t.Keep(name):
+		case empty == "" && (e.pool.IsEmpty() || e.pool.Denied() != nil):
 			empty = name
 		case unused == "" && !e.used.Load():
 			unused = name
@@ -177,16 +183,16 @@ func (t *Table) RouteBytes(service []byte) (*balance.Pool, error) {
 }
 
 // Sweep drops the pools that are not pinned, were not asked for since the
-// previous Sweep and that keep (when not nil) does not ask to keep; it
+// previous Sweep and that Keep (when not nil) does not ask to keep; it
 // calls their stop functions and returns their names.
-func (t *Table) Sweep(keep func(service string) bool) []string {
+func (t *Table) Sweep() []string {
 	var (
 		names []string
 		stops []func()
 	)
 	t.mu.Lock()
 	for name, e := range t.pools {
-		if e.pinned || e.used.Swap(false) || keep != nil && keep(name) {
+		if e.pinned || e.used.Swap(false) || t.Keep != nil && t.Keep(name) {
 			continue
 		}
 		delete(t.pools, name)

@@ -19,21 +19,21 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	tab.Get("a")
 	tab.Pin("b")
 	tab.RouteBytes([]byte("c"))
-	if got := tab.Sweep(nil); len(got) != 0 {
+	if got := tab.Sweep(); len(got) != 0 {
 		t.Fatalf("first sweep dropped %v; want nothing (each was asked for since)", got)
 	}
 	tab.RouteBytes([]byte("a"))
-	if got := tab.Sweep(nil); !reflect.DeepEqual(got, []string{"c"}) {
+	if got := tab.Sweep(); !reflect.DeepEqual(got, []string{"c"}) {
 		t.Fatalf("second sweep dropped %v; want [c] (a was asked for, b is pinned)", got)
 	}
 	if stopped["c"] != 1 || tab.Lookup("c") != nil {
 		t.Fatalf("c: stopped %d times, still in the table: %v", stopped["c"], tab.Lookup("c") != nil)
 	}
-	if got := tab.Sweep(nil); !reflect.DeepEqual(got, []string{"a"}) {
+	if got := tab.Sweep(); !reflect.DeepEqual(got, []string{"a"}) {
 		t.Fatalf("third sweep dropped %v; want [a]", got)
 	}
 	for range 3 {
-		if got := tab.Sweep(nil); len(got) != 0 {
+		if got := tab.Sweep(); len(got) != 0 {
 			t.Fatalf("a pinned pool was dropped: %v", got)
 		}
 	}
@@ -44,8 +44,8 @@ func TestSweepDropsPoolsNoCallAskedFor(t *testing.T) {
 	}
 	// Pinning a pool that exists keeps it from then on.
 	tab.Pin("c")
-	tab.Sweep(nil)
-	if got := tab.Sweep(nil); len(got) != 0 || tab.Lookup("c") == nil {
+	tab.Sweep()
+	if got := tab.Sweep(); len(got) != 0 || tab.Lookup("c") == nil {
 		t.Fatalf("c, pinned after its creation, was dropped: %v", got)
 	}
 }
@@ -81,12 +81,22 @@ func TestMaxPoolsBoundsTheNamesFollowed(t *testing.T) {
 	}
 	// A pool asked for since the sweep is kept; one that was not makes room.
 	tab.Lookup("c").Update(live, 3)
-	tab.Sweep(nil)
+	tab.Sweep()
 	route("a")
 	if err := route("d"); err != nil || tab.Lookup("c") != nil || tab.Lookup("a") == nil {
 		t.Fatalf("d with c unused since the sweep: %v; c there: %v, a there: %v", err, tab.Lookup("c") != nil, tab.Lookup("a") != nil)
 	}
 	if tab.Lookup("pinned") == nil {
 		t.Fatal("the pinned pool was dropped")
+	}
+	// A service Atlas denies makes room; one Keep keeps does not.
+	tab.Lookup("a").Deny(sb.Errorf(sb.EPermissionDenied, "no policy"))
+	tab.Keep = func(service string) bool { return service == "d" }
+	tab.Sweep()
+	if err := route("e"); err != nil || tab.Lookup("a") != nil || tab.Lookup("d") == nil {
+		t.Fatalf("e with a denied and d kept: %v; a there: %v, d there: %v", err, tab.Lookup("a") != nil, tab.Lookup("d") != nil)
+	}
+	if err := route("f"); err == nil {
+		t.Fatal("f with e in use and d kept: routed; want it refused")
 	}
 }
