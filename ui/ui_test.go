@@ -131,6 +131,23 @@ func TestLoginFormWithoutToken(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS("#login-form"))); err != nil {
 		t.Fatalf("no login form after the token was deleted: %v", err)
 	}
+	// Logging in again brings live updates back.
+	err = chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.CSS("#login-token"), d.admin),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.api.Register(context.Background(), "billing-h1-6000", sb.Registration{Service: "billing", Address: "10.0.0.6", Port: 6000}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(wctx, chromedp.WaitVisible(chromedp.CSS(`tr[data-service="billing"]`))); err != nil {
+		live, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#live")))
+		t.Fatalf("after logging in again, a new service did not appear within 10s (live indicator %q): %v", live, err)
+	}
 }
 
 func TestServicesLiveAndSwitch(t *testing.T) {

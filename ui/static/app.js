@@ -78,7 +78,9 @@ function showError(err) {
 function showLogin(message) {
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "login";
   $("#login-error").textContent = state.token ? message || "" : "";
+  // Ended and forgotten, so that logging in again starts a new one.
   if (state.stream) state.stream.abort();
+  state.stream = null;
 }
 
 $("#login-form").addEventListener("submit", async (ev) => {
