@@ -233,13 +233,6 @@ func (s *Store) load() error {
 		if v := meta.Get(keyIndex); len(v) == 8 {
 			s.index = binary.BigEndian.Uint64(v)
 		}
-		if s.index == 0 {
-			// A new store is at index 1 and its first write is 2, as in
-			// etcd: Atlas answers index 1 for what holds nothing yet, and
-			// that answer must be older than any write.
-			s.index = 1
-			return putIndex(tx, s.index)
-		}
 		return nil
 	})
 	if err != nil {
@@ -284,6 +277,17 @@ func (s *Store) load() error {
 		}
 		s.index = changes[len(changes)-1].Index
 		s.cfg.Logger.Info("boltstore: replayed the write-ahead log", "changes", len(changes), "index", s.index)
+	}
+	if s.index == 0 {
+		// A new store is at index 1 and its first write is 2, as in etcd:
+		// Atlas answers index 1 for what holds nothing yet, and that
+		// answer must be older than any write. (Not before the replay: a
+		// store made before this rule may have its first write, index 1,
+		// in the log only.)
+		s.index = 1
+		if err := s.db.Update(func(tx *bolt.Tx) error { return putIndex(tx, s.index) }); err != nil {
+			return err
+		}
 	}
 	paths, seqs, err := segments(s.dir)
 	if err != nil {

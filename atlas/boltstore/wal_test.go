@@ -330,3 +330,31 @@ func FuzzWALPayload(f *testing.F) {
 		}
 	})
 }
+
+// A store made before new stores started at index 1 may hold its first
+// write, index 1, in the log only (killed before the first checkpoint):
+// it is replayed, not taken for the starting index.
+func TestFirstWriteOfAnOlderStoreIsReplayed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	if err := os.Mkdir(walDir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	g, err := createSegment(walDir(path), 1, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = g.append([]atlas.Change{{Index: 1, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "k", Value: []byte("v"), Index: 1}}}}})
+	g.f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	index, kvs, err := s.Snapshot(context.Background())
+	if err != nil || index != 1 || len(kvs) != 1 || kvs[0].Key != "k" {
+		t.Fatalf("Snapshot = %d, %+v, %v; want index 1 and k, replayed from the log", index, kvs, err)
+	}
+}
