@@ -315,7 +315,10 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		}
 	}
 	if !changed {
-		_ = s.cli.RequestProgress(ctx)
+		// With the watches' own metadata: the client sends a progress
+		// request on the watch stream whose metadata match its context's,
+		// and a stream of other metadata (a new one) has no watch to tell.
+		_ = s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
 	}
 	return uint64(resp.Header.Revision), nil
 }
