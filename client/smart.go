@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,11 +59,30 @@ type Transport struct {
 	// absentUntil: nothing listened at the default sidecar address; go
 	// direct until then (unix nanoseconds).
 	absentUntil atomic.Int64
-	// mu guards pools and watching.
+	// mu guards pools and ctx.
 	mu    sync.Mutex
 	pools map[string]*balance.Pool
-	ctx   context.Context
-	stop  context.CancelFunc
+	ctx   context.Context // of the pools' watches
+	// watches stops them: at CloseIdleConnections, and once the Transport
+	// is garbage (the watches hold no reference to it, so that a dropped
+	// Transport does not follow Atlas for ever).
+	watches *stopper
+}
+
+// stopper holds the cancel function of the current watches.
+type stopper struct {
+	mu   sync.Mutex
+	stop context.CancelFunc
+}
+
+// replace stops the current watches and keeps stop for the next ones.
+func (s *stopper) replace(stop context.CancelFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop != nil {
+		s.stop()
+	}
+	s.stop = stop
 }
 
 // New returns an *http.Client whose transport understands service://
@@ -108,16 +128,20 @@ func (t *Transport) init() {
 	if t.Atlas == nil {
 		t.Atlas = AtlasFromEnv()
 	}
-	t.ctx, t.stop = context.WithCancel(context.Background())
+	var stop context.CancelFunc
+	t.ctx, stop = context.WithCancel(context.Background())
+	t.watches = &stopper{stop: stop}
+	runtime.AddCleanup(t, func(w *stopper) { w.replace(nil) }, t.watches)
 }
 
 // CloseIdleConnections closes idle connections and stops watching Atlas.
 func (t *Transport) CloseIdleConnections() {
 	t.once.Do(t.init)
-	t.stop()
 	t.mu.Lock()
 	t.pools = nil
-	t.ctx, t.stop = context.WithCancel(context.Background())
+	var stop context.CancelFunc
+	t.ctx, stop = context.WithCancel(context.Background())
+	t.watches.replace(stop)
 	t.mu.Unlock()
 	if c, ok := t.Base.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
@@ -158,6 +182,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil || t.explicit || !isDialError(err) {
 			return res, err
 		}
+		// The body is unread and still open (viaSidecar): it goes direct.
 		// Nothing listens at the default sidecar address: go direct, and
 		// look for a sidecar again in a few seconds.
 		t.absentUntil.Store(time.Now().Add(5 * time.Second).UnixNano())
@@ -185,7 +210,54 @@ func (t *Transport) viaSidecar(req *http.Request, service string) (*http.Respons
 			out.Header.Set("Switchboard-Timeout", d.Round(time.Millisecond).String())
 		}
 	}
-	return t.Base.RoundTrip(out)
+	if t.explicit || req.Body == nil || req.Body == http.NoBody {
+		return t.Base.RoundTrip(out)
+	}
+	// With a sidecar that may be absent, the body must outlive a failed
+	// dial, which Base answers by closing it: direct sends it then.
+	body := &keptBody{ReadCloser: req.Body}
+	out.Body = body
+	res, err := t.Base.RoundTrip(out)
+	if err == nil || !isDialError(err) {
+		body.release()
+	}
+	return res, err
+}
+
+// keptBody is a request body whose Close closes it only once it has been
+// read from (Base then owns it, as it owns any body); release closes one
+// that Base never read.
+type keptBody struct {
+	io.ReadCloser
+	mu     sync.Mutex
+	read   bool
+	closed bool
+}
+
+func (b *keptBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	b.read = true
+	b.mu.Unlock()
+	return b.ReadCloser.Read(p)
+}
+
+func (b *keptBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.read || b.closed {
+		return nil
+	}
+	b.closed = true
+	return b.ReadCloser.Close()
+}
+
+func (b *keptBody) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.read && !b.closed {
+		b.closed = true
+		b.ReadCloser.Close()
+	}
 }
 
 // pool returns the pool of service, starting to watch it the first time
@@ -199,7 +271,7 @@ func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, er
 	if p == nil {
 		p = balance.NewPool(service, t.Realm)
 		t.pools[service] = p
-		go t.watch(t.ctx, p)
+		go watch(t.ctx, t.Atlas, t.Realm, t.Logger, p)
 	}
 	t.mu.Unlock()
 	select {
@@ -212,12 +284,14 @@ func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, er
 	}
 }
 
-// watch keeps p current from Atlas's event stream until ctx ends.
-func (t *Transport) watch(ctx context.Context, p *balance.Pool) {
-	t.Atlas.Follow(ctx, t.Realm, []string{p.Service},
+// watch keeps p current from Atlas's event stream until ctx ends. It
+// takes no Transport, so that a dropped one can be collected (and its
+// cleanup end ctx).
+func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p *balance.Pool) {
+	atlas.Follow(ctx, realm, []string{p.Service},
 		func(ev Event) { p.Update(ev.Service.Instances, ev.Service.Index) },
 		func(err error, _ time.Duration) {
-			t.Logger.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
+			log.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
 		})
 }
 

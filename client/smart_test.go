@@ -8,6 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -201,4 +204,64 @@ func TestCallerDeadlinesEjectNoInstance(t *testing.T) {
 		}
 	}
 	t.Fatal("20 calls and none reached the slow instance: it was ejected by its callers' deadlines")
+}
+
+// With nothing at the default sidecar address, a POST whose body is a file
+// (no GetBody) goes direct with its body whole: the failed dial to the
+// sidecar used to close it first.
+func TestNoSidecarSendsAFileBodyDirect(t *testing.T) {
+	restore := client.SetDefaultSidecar(strings.TrimPrefix(deadURL(t), "http://"))
+	defer restore()
+	t.Setenv("SWITCHBOARD_SIDECAR", "")
+	a := directSetup(t, named(t, "a"))
+	tr := &client.Transport{Atlas: a}
+	defer tr.CloseIdleConnections()
+	path := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(path, []byte("hello"), 0o644)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", "service://files/x", f)
+	res, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("POST of a file with no sidecar running: %v", err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if string(b) != "a POST hello" {
+		t.Fatalf("answer %q", b)
+	}
+}
+
+// A Transport that made a direct call and is then dropped stops following
+// Atlas once it is collected: before, each kept a Follow loop and an event
+// stream for ever.
+func TestADroppedTransportStopsFollowingAtlas(t *testing.T) {
+	a := directSetup(t, named(t, "a"))
+	get := func() {
+		c := &http.Client{Transport: &client.Transport{Sidecar: "none", Atlas: a}}
+		res, err := c.Get("service://files/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	get()
+	time.Sleep(200 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	for range 10 {
+		get()
+	}
+	var after int
+	for range 20 {
+		runtime.GC()
+		time.Sleep(100 * time.Millisecond)
+		after = runtime.NumGoroutine()
+		if after <= before+2 {
+			return
+		}
+	}
+	t.Fatalf("10 dropped Transports: goroutines %d -> %d (each keeps a Follow loop and an event stream to Atlas)", before, after)
 }
