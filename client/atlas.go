@@ -620,6 +620,8 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 		switch {
 		case line == "":
 			if kind == "" {
+				// Not an event of Atlas's: its data goes with it.
+				data = ""
 				continue
 			}
 			var si sb.ServiceInstances
@@ -636,6 +638,9 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 		case strings.HasPrefix(line, "id:"):
 			id = strings.TrimSpace(line[len("id:"):])
 		case strings.HasPrefix(line, "data:"):
+			if data != "" {
+				data += "\n" // as the SSE spec joins data lines
+			}
 			data += strings.TrimPrefix(line[len("data:"):], " ")
 		}
 	}

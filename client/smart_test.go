@@ -265,3 +265,17 @@ func TestADroppedTransportStopsFollowingAtlas(t *testing.T) {
 	}
 	t.Fatalf("10 dropped Transports: goroutines %d -> %d (each keeps a Follow loop and an event stream to Atlas)", before, after)
 }
+
+// A block with no event type (not Atlas's, a proxy's say) is dropped with
+// its data, rather than have its data run into the next event's.
+func TestReadEventsDropsBlocksWithoutAType(t *testing.T) {
+	stream := "data: {\"not\": \"atlas\"}\n\nevent: update\nid: 7\ndata: {\"index\": 7,\ndata:  \"service\": \"files\"}\n\n"
+	var got []client.Event
+	err := client.ReadEvents(strings.NewReader(stream), func(ev client.Event) error {
+		got = append(got, ev)
+		return nil
+	})
+	if err != nil || len(got) != 1 || got[0].Kind != "update" || got[0].ID != "7" || got[0].Service.Service != "files" {
+		t.Fatalf("ReadEvents = %+v, %v; want the update of files alone", got, err)
+	}
+}
