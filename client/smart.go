@@ -182,9 +182,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil || t.explicit || !isDialError(err) {
 			return res, err
 		}
-		// The body is unread and still open (viaSidecar): it goes direct.
-		// Nothing listens at the default sidecar address: go direct, and
-		// look for a sidecar again in a few seconds.
+		// Nothing listens at the default sidecar address: go direct (the
+		// body is unread and still open, see viaSidecar), and look for a
+		// sidecar again in a few seconds.
 		t.absentUntil.Store(time.Now().Add(5 * time.Second).UnixNano())
 		t.Logger.Warn("client: no sidecar at "+t.sidecar+"; calling instances directly", "service", service)
 	}
