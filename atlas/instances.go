@@ -227,24 +227,7 @@ func (s *Server) awaitInstance(ctx context.Context, id string) (*instRecord, err
 	} else if err != nil {
 		return nil, err
 	}
-	timer := time.NewTimer(catchUpWait)
-	defer timer.Stop()
-	for {
-		ch := s.st.appliedChan()
-		s.st.mu.RLock()
-		r := s.st.instances[id]
-		s.st.mu.RUnlock()
-		if r != nil {
-			return r, nil
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			return nil, nil
-		case <-ctx.Done():
-			return nil, nil
-		}
-	}
+	return s.awaitRecord(ctx, id, func(r *instRecord) bool { return r != nil }), nil
 }
 
 // catchUpWait bounds how long a replica waits for a write made through
@@ -256,22 +239,29 @@ const catchUpWait = 3 * time.Second
 // because the store has a newer write, which reaches memory a moment
 // later: retrying before it does would only fail again.
 func (s *Server) awaitChange(ctx context.Context, id string, r *instRecord) {
+	s.awaitRecord(ctx, id, func(cur *instRecord) bool { return cur != r })
+}
+
+// awaitRecord waits until the record of instance id in memory (nil: none)
+// is one done accepts, and returns it; nil when catchUpWait or ctx ends
+// first.
+func (s *Server) awaitRecord(ctx context.Context, id string, done func(*instRecord) bool) *instRecord {
 	timer := time.NewTimer(catchUpWait)
 	defer timer.Stop()
 	for {
 		ch := s.st.appliedChan()
 		s.st.mu.RLock()
-		cur := s.st.instances[id]
+		r := s.st.instances[id]
 		s.st.mu.RUnlock()
-		if cur != r {
-			return
+		if done(r) {
+			return r
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			return
+			return nil
 		case <-ctx.Done():
-			return
+			return nil
 		}
 	}
 }
