@@ -114,13 +114,20 @@ func TestDirectBalancesAndRetries(t *testing.T) {
 	}
 }
 
-func TestNoSidecarFallsBackToDirect(t *testing.T) {
+// noSidecar returns a Transport with nothing at the default sidecar
+// address and no SWITCHBOARD_SIDECAR, for service "files" with one
+// instance, named "a".
+func noSidecar(t *testing.T) *client.Transport {
 	restore := client.SetDefaultSidecar(strings.TrimPrefix(deadURL(t), "http://"))
-	defer restore()
+	t.Cleanup(restore)
 	t.Setenv("SWITCHBOARD_SIDECAR", "")
-	a := directSetup(t, named(t, "a"))
-	tr := &client.Transport{Atlas: a}
-	defer tr.CloseIdleConnections()
+	tr := &client.Transport{Atlas: directSetup(t, named(t, "a"))}
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+func TestNoSidecarFallsBackToDirect(t *testing.T) {
+	tr := noSidecar(t)
 	res, err := (&http.Client{Transport: tr}).Get("service://files/")
 	if err != nil {
 		t.Fatalf("with no sidecar running: %v", err)
@@ -210,12 +217,7 @@ func TestCallerDeadlinesEjectNoInstance(t *testing.T) {
 // (no GetBody) goes direct with its body whole: the failed dial to the
 // sidecar used to close it first.
 func TestNoSidecarSendsAFileBodyDirect(t *testing.T) {
-	restore := client.SetDefaultSidecar(strings.TrimPrefix(deadURL(t), "http://"))
-	defer restore()
-	t.Setenv("SWITCHBOARD_SIDECAR", "")
-	a := directSetup(t, named(t, "a"))
-	tr := &client.Transport{Atlas: a}
-	defer tr.CloseIdleConnections()
+	tr := noSidecar(t)
 	path := filepath.Join(t.TempDir(), "body")
 	os.WriteFile(path, []byte("hello"), 0o644)
 	f, err := os.Open(path)

@@ -106,12 +106,13 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	}
 }
 
-// While Atlas cannot be reached, a service's last known instances are all
-// there is to route to: the sweep keeps them however rarely the service
-// is called (static stability), here after a restart from the state file.
-func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
+// startWithAtlasDown starts a sweeping sidecar whose Atlas does not answer,
+// restarted from a state file that knows service ping: one instance, which
+// answers 200.
+func startWithAtlasDown(t *testing.T) *Sidecar {
+	t.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	defer backend.Close()
+	t.Cleanup(backend.Close)
 	port := portOf(backend.Listener.Addr().String())
 	down := httptest.NewServer(http.NotFoundHandler())
 	down.Close() // an address where nothing answers
@@ -121,7 +122,14 @@ func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
+	return startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
+}
+
+// While Atlas cannot be reached, a service's last known instances are all
+// there is to route to: the sweep keeps them however rarely the service
+// is called (static stability), here after a restart from the state file.
+func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
+	s := startWithAtlasDown(t)
 	time.Sleep(400 * time.Millisecond) // eight sweeps, no call
 	if code := callHost(t, s, "ping.localhost"); code != 200 {
 		t.Fatalf("a call to ping after sweeps with Atlas down = %d; want 200 from its last known instance", code)
@@ -132,18 +140,7 @@ func TestSweepKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
 // service's last known instances at the bound of services followed
 // (scaled down to 1 here): static stability, as the sweep keeps them.
 func TestTheServiceBoundKeepsServicesWhileAtlasIsUnreachable(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	defer backend.Close()
-	port := portOf(backend.Listener.Addr().String())
-	down := httptest.NewServer(http.NotFoundHandler())
-	down.Close()
-	dir := t.TempDir()
-	routes := `{"realm":"dev","services":[{"service":"ping","realm":"dev","index":7,"instances":[` +
-		`{"id":"ping-1","service":"ping","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(port) + `,"status":"passing","enabled":true}]}]}`
-	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir})
+	s := startWithAtlasDown(t)
 	s.table.MaxPools = 1 // MaxServices (1000) scaled down
 	time.Sleep(400 * time.Millisecond)
 	if code := callHost(t, s, "ping.localhost"); code != 200 {

@@ -32,6 +32,18 @@ func endpoints(t *testing.T, urls ...string) []*balance.Endpoint {
 	return namedEndpoints("i", urls...)
 }
 
+// backends starts n backends, backend i answering "i<i>", and returns
+// their URLs.
+func backends(t *testing.T, n int) []string {
+	var urls []string
+	for i := range n {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "i", i) }))
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	return urls
+}
+
 // namedEndpoints are instances PREFIX0, PREFIX1, ... at urls.
 func namedEndpoints(prefix string, urls ...string) []*balance.Endpoint {
 	p := balance.NewPool("x", "dev")
@@ -153,12 +165,7 @@ func TestServiceNamedSidecar(t *testing.T) {
 // limited, or refused), the slots HAProxy has still follow: an instance
 // removed leaves rotation at once.
 func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
-	var urls []string
-	for i := range 10 {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "i", i) }))
-		defer srv.Close()
-		urls = append(urls, srv.URL)
-	}
+	urls := backends(t, 10)
 	d, listen := startDriver(t)
 	d.Update("billing", false, endpoints(t, urls[:4]...)) // i0..i3 in 8 slots
 	waitGet(t, listen, "billing", 200)
@@ -179,12 +186,7 @@ func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
 // changes, so no reload, and the resting slots are taken rather than leave
 // the service without a server until a reload.
 func TestInstancesReplacedTwiceQuicklyStayRoutable(t *testing.T) {
-	var urls []string
-	for i := range 12 {
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "i", i) }))
-		defer srv.Close()
-		urls = append(urls, srv.URL)
-	}
+	urls := backends(t, 12)
 	d, listen := startDriver(t)
 	d.Update("billing", false, namedEndpoints("a", urls[0:4]...))
 	waitGet(t, listen, "billing", 200)

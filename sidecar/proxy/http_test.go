@@ -51,6 +51,17 @@ func (f *frontend) set(service string, backends ...string) {
 	f.table.Get(service).Update(ins, 1)
 }
 
+// dial opens a raw connection to the frontend, closed when the test ends.
+func (f *frontend) dial() net.Conn {
+	f.t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func (f *frontend) do(method, service, path, body string, hdr ...string) (*http.Response, string) {
 	f.t.Helper()
 	req, _ := http.NewRequest(method, f.url+path, strings.NewReader(body))
@@ -289,11 +300,7 @@ func TestUpgradePassesThrough(t *testing.T) {
 	defer ws.Close()
 	f := newFrontend(t)
 	f.set("ws", ws.URL)
-	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.dial()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprint(c, "GET /chat/!room? HTTP/1.1\r\nHost: WS.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	br := bufio.NewReader(c)
@@ -446,11 +453,7 @@ func TestUpgradedConnectionEndsWhenTheInstanceCloses(t *testing.T) {
 	defer ws.Close()
 	f := newFrontend(t)
 	f.set("ws", ws.URL)
-	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.dial()
 	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	got, err := io.ReadAll(c)
@@ -476,11 +479,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 	defer ws.Close()
 	f := newFrontend(t)
 	f.set("ws", ws.URL)
-	c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.dial()
 	fmt.Fprint(c, "GET /chat HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	br := bufio.NewReader(c)
@@ -542,10 +541,7 @@ func TestClientHangingUpEndsTheStream(t *testing.T) {
 	f := newFrontend(t)
 	f.set("events", sse.URL, sse.URL)
 	for range 2 * balance.EjectAfter {
-		c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := f.dial()
 		fmt.Fprintf(c, "GET /stream HTTP/1.1\r\nHost: x\r\n%s: events\r\nAccept: text/event-stream\r\n\r\n", ServiceHeader)
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
