@@ -604,9 +604,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 // track adds (or removes) the two ends of a stream to those Shutdown
 // closes; it reports false when Shutdown came first.
 func (h *HTTP) track(add bool, client, backend net.Conn) bool {
-	if u, ok := client.(interface{ UnsafeConn() net.Conn }); ok {
-		client = u.UnsafeConn() // the wrapper's Close does nothing
-	}
+	client = unwrap(client)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !add {
@@ -675,10 +673,7 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool)
 	// answer). The read is of the connection under fasthttp's wrapper,
 	// which is reused once the hijack handler returns; it ends when
 	// fasthttp then closes the connection.
-	c := client
-	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
-		c = u.UnsafeConn()
-	}
+	c := unwrap(client)
 	go func() {
 		_, _ = io.Copy(io.Discard, c)
 		closeWrite(backend)
@@ -700,14 +695,20 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool)
 	return outcome, nil
 }
 
+// unwrap returns the connection under the wrapper of one fasthttp handed
+// over (hijacked): the wrapper has no CloseWrite, its Close does nothing,
+// and it is reused once the hijack handler returns. Other connections are
+// returned as they are.
+func unwrap(c net.Conn) net.Conn {
+	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+		return u.UnsafeConn()
+	}
+	return c
+}
+
 // closeWrite half-closes c: the other side sees the end of what it reads.
 func closeWrite(c net.Conn) {
-	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
-		// A connection fasthttp handed over: its wrapper has no
-		// CloseWrite (and its Close does nothing).
-		c = u.UnsafeConn()
-	}
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+	if cw, ok := unwrap(c).(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
 }
