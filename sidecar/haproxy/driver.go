@@ -133,7 +133,9 @@ func (d *Driver) Start() error {
 	defer d.mu.Unlock()
 	d.backends = map[string]*backendState{}
 	for svc := range d.TCP {
-		d.backends["tcp/"+svc] = &backendState{service: svc, tcp: true, ids: make([]string, 8), freed: make([]time.Time, 8), last: make([]string, 8), want: make([]Slot, 8)}
+		b := &backendState{service: svc, tcp: true}
+		b.grow(8)
+		d.backends["tcp/"+svc] = b
 	}
 	spec := d.specLocked()
 	if err := d.writeCheckedLocked(spec); err != nil {
