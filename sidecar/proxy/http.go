@@ -32,6 +32,15 @@ const (
 	MaxTimeout = time.Hour
 )
 
+// Limits of the frontend's reading: a request's header must fit the read
+// buffer, its body the limit, and the whole request arrive within the
+// timeout.
+const (
+	readBufferSize = 16 << 10
+	maxRequestBody = 64 << 20
+	readTimeout    = 2 * time.Minute
+)
+
 // HTTP is the sidecar's HTTP frontend. Requests are served with fasthttp
 // (the standard library's proxy reaches half of HAProxy's rate on this
 // path); Server-Sent Events and protocol upgrades are handed a raw
@@ -100,12 +109,16 @@ func (h *HTTP) setup() {
 		NoDefaultContentType:         true,
 		NoDefaultDate:                true,
 		DisablePreParseMultipartForm: true,
-		ReadBufferSize:               16 << 10,
-		MaxRequestBodySize:           64 << 20,
+		ReadBufferSize:               readBufferSize,
+		MaxRequestBodySize:           maxRequestBody,
 		IdleTimeout:                  2 * time.Minute,
-		ReadTimeout:                  2 * time.Minute,
+		ReadTimeout:                  readTimeout,
 		CloseOnShutdown:              true,
 		Logger:                       fasthttpLogger{h.Logger},
+		ErrorHandler:                 h.readError,
+		// Errors leave the request's bytes (its Authorization header,
+		// say) out of their messages, which are logged and answered.
+		SecureErrorLogMessage: true,
 	}
 }
 
@@ -215,14 +228,42 @@ func hopHeader(k []byte) bool {
 // writeError answers with Switchboard's JSON error body.
 func writeError(ctx *fasthttp.RequestCtx, err error) int {
 	code := sb.ErrorCode(err)
-	status := sb.HTTPStatus(code)
-	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: sb.ErrorMessage(err)}})
+	return writeErrorStatus(ctx, sb.HTTPStatus(code), code, sb.ErrorMessage(err))
+}
+
+// writeErrorStatus answers with Switchboard's JSON error body and a status
+// of the caller's choosing.
+func writeErrorStatus(ctx *fasthttp.RequestCtx, status int, code, message string) int {
+	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: message}})
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(status)
 	ctx.Response.Header.SetContentType("application/json")
 	ctx.Response.Header.Set("X-Switchboard-Error", "1")
 	ctx.Response.SetBody(append(body, '\n'))
 	return status
+}
+
+// readError answers a request fasthttp could not read (a malformed or
+// oversized request, or one too slow to arrive) with the same JSON error
+// body as the sidecar's other answers; fasthttp then closes the connection.
+func (h *HTTP) readError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	var status int
+	switch {
+	case errors.As(err, &small):
+		status = writeErrorStatus(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, sb.ETooLarge,
+			fmt.Sprintf("request header: larger than the sidecar's limit of %d KiB", readBufferSize>>10))
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		status = writeErrorStatus(ctx, fasthttp.StatusRequestEntityTooLarge, sb.ETooLarge,
+			fmt.Sprintf("request body: larger than the sidecar's limit of %d MiB", maxRequestBody>>20))
+	case errors.As(err, &ne) && ne.Timeout():
+		status = writeErrorStatus(ctx, fasthttp.StatusRequestTimeout, sb.EDeadlineExceeded,
+			fmt.Sprintf("request: not read within %s", readTimeout))
+	default:
+		status = writeErrorStatus(ctx, fasthttp.StatusBadRequest, sb.EInvalid, "malformed request: "+err.Error())
+	}
+	h.observe("", status, ctx.Time(), 0)
 }
 
 func badGateway(format string, args ...any) error {
@@ -244,6 +285,7 @@ func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 		h.observe("", status, start, 0)
 		return
 	}
+	dropTrailer(&ctx.Request.Header)
 	var pool *balance.Pool
 	// The Host header; for a request target in absolute form
 	// (http://host/path), the target's host, as RFC 9112 says.
@@ -374,6 +416,35 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
+	}
+}
+
+// dropTrailer discards the trailer section of a chunked request. The
+// request goes on with a Content-Length, where trailer fields have no
+// place: RFC 9110, 6.5.1 lets a recipient that removes the chunked coding
+// discard them, and forbids merging them into the header section. fasthttp
+// would merge them, so that a client could add a header after the body:
+// one the sidecar never saw, or one it routes by when the header section
+// lacks it (Switchboard-Service, Switchboard-Timeout).
+func dropTrailer(h *fasthttp.RequestHeader) {
+	keys := h.PeekTrailerKeys()
+	if len(keys) == 0 {
+		return
+	}
+	// The header-section values of the names the trailer used, which
+	// deleting the names removes too.
+	var keep [][2][]byte
+	for k, v := range h.AllInOrder() {
+		if slices.ContainsFunc(keys, func(t []byte) bool { return bytes.EqualFold(t, k) }) {
+			keep = append(keep, [2][]byte{bytes.Clone(k), bytes.Clone(v)})
+		}
+	}
+	for _, k := range slices.Clone(keys) {
+		h.DelBytes(k)
+	}
+	h.Del("Trailer")
+	for _, kv := range keep {
+		h.AddBytesKV(kv[0], kv[1])
 	}
 }
 

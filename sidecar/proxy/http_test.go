@@ -151,6 +151,57 @@ func TestHopByHopHeadersAreDropped(t *testing.T) {
 	}
 }
 
+// TestRequestTrailersAreDropped: the trailer section of a chunked request
+// neither reaches the instance as headers nor names the service: the
+// request goes on with a Content-Length, where trailers have no place.
+func TestRequestTrailersAreDropped(t *testing.T) {
+	got := make(chan http.Header, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		h := r.Header.Clone()
+		for k, v := range r.Trailer {
+			h["Trailer-"+k] = v
+		}
+		got <- h
+		w.Write(b)
+	}))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	send := func(raw string) string {
+		t.Helper()
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		return fmt.Sprintf("%d %s", res.StatusCode, b)
+	}
+	answer := send("POST / HTTP/1.1\r\nHost: a.localhost\r\nX-Same: header\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+		"5\r\nhello\r\n0\r\nX-Evil: trailer\r\nX-Same: trailer\r\n\r\n")
+	if answer != "200 hello" {
+		t.Fatalf("answer = %q", answer)
+	}
+	h := <-got
+	if h.Get("X-Evil") != "" || h.Get("Trailer-X-Evil") != "" || h.Get("Trailer") != "" {
+		t.Errorf("a trailer field reached the instance: %v", h)
+	}
+	if v := h.Values("X-Same"); len(v) != 1 || v[0] != "header" {
+		t.Errorf("X-Same = %q, want the header section's value alone", v)
+	}
+	// A trailer does not name the service a request goes to.
+	answer = send("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+		"5\r\nhello\r\n0\r\nSwitchboard-Service: a\r\n\r\n")
+	if !strings.HasPrefix(answer, "400 ") || !strings.Contains(answer, "no target service") {
+		t.Errorf("a service named in the trailer: %q, want 400 naming no target service", answer)
+	}
+}
+
 func errorOf(t *testing.T, body string) sb.Error {
 	t.Helper()
 	var e struct{ Error sb.Error }
@@ -190,6 +241,44 @@ func TestOwnAnswers(t *testing.T) {
 	res, body = f.do("GET", "slow", "/", "", TimeoutHeader, "soon")
 	if res.StatusCode != 400 || !strings.Contains(errorOf(t, body).Message, "Switchboard-Timeout: must be a duration") {
 		t.Fatalf("bad timeout = %d %s", res.StatusCode, body)
+	}
+}
+
+// TestUnreadableRequestsGetJSONErrors: what fasthttp cannot read is
+// answered with the sidecar's JSON error, like everything else it answers,
+// and the answer does not echo the request's bytes.
+func TestUnreadableRequestsGetJSONErrors(t *testing.T) {
+	f := newFrontend(t)
+	for _, tc := range []struct {
+		name, raw string
+		status    int
+		code      string
+		message   string
+	}{
+		{"malformed", "GET / HTTP/1.1\r\nHost: a.localhost\r\nAuthorization: Bearer s3cret\r\nno colon here\r\n\r\n", 400, sb.EInvalid, "malformed request"},
+		{"header too large", "GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Big: " + strings.Repeat("x", 20<<10) + "\r\n\r\n", 431, sb.ETooLarge, "request header: larger than the sidecar's limit of 16 KiB"},
+		{"body too large", fmt.Sprintf("POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", maxRequestBody+1), 413, sb.ETooLarge, "request body: larger than the sidecar's limit of 64 MiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := f.dial()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			go io.WriteString(c, tc.raw)
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			e := errorOf(t, string(b))
+			if res.StatusCode != tc.status || e.Code != tc.code || !strings.Contains(e.Message, tc.message) {
+				t.Fatalf("answer = %d %s, want %d %s %q", res.StatusCode, b, tc.status, tc.code, tc.message)
+			}
+			if res.Header.Get("Content-Type") != "application/json" || !res.Close {
+				t.Errorf("Content-Type %q, close %v: want JSON, and the connection closed", res.Header.Get("Content-Type"), res.Close)
+			}
+			if strings.Contains(string(b), "s3cret") {
+				t.Errorf("the answer echoes the request: %s", b)
+			}
+		})
 	}
 }
 
