@@ -145,10 +145,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		s.m.ejections.WithLabelValues(service).Inc()
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
 	}}
-	if cfg.Proxy != "haproxy" {
-		// haproxy mode drops nothing: HAProxy keeps a backend for each.
-		s.table.MaxPools = MaxServices
-	}
+	s.table.MaxPools = MaxServices
 	if cfg.StateDir != "" {
 		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
 	}
@@ -244,13 +241,11 @@ func (s *Sidecar) Start() error {
 
 	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	if s.cfg.Proxy != "haproxy" {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.sweep(s.sweepEvery)
-		}()
-	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.sweep(s.sweepEvery)
+	}()
 	s.goServe("frontend", func() error { return s.front.Serve(ln) })
 	s.goServe("admin", func() error { return s.admin.Serve(aln) })
 	for _, t := range tcps {
@@ -397,9 +392,16 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 					proxy.CloseEndpoint(e)
 				}
 				// Unless a call has asked for it again since: the new
-				// pool's series are the same.
+				// pool's series are the same, and so is its HAProxy
+				// backend.
 				if s.table.Lookup(service) == nil {
 					s.m.forget(service)
+					if hap := s.hap.Load(); hap != nil {
+						hap.Remove(service)
+						// A call that asked for it meanwhile, and its first
+						// instances, may have come before the removal.
+						s.pushHAProxy(service)
+					}
 				}
 			}
 		}()
@@ -443,7 +445,8 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 // MaxServices bounds the services a sidecar follows because calls asked
 // for them, configured upstreams aside: past it, a new name replaces a
 // service with no instance or one not called in the last sweep interval,
-// or gets 503 (proxy.Table.MaxPools). haproxy mode has no bound.
+// or gets 503 (proxy.Table.MaxPools). In haproxy mode, HAProxy drops the
+// backend of a service the sidecar stops following at its next reload.
 const MaxServices = 1000
 
 // isUnreachable reports whether service's watch is failing for want of
@@ -461,19 +464,55 @@ var errDropped = errors.New("sidecar: no call asked for the service")
 // metrics. Configured upstreams are kept, and so are services whose watch
 // is failing: their last known instances are all there is to route to
 // while Atlas cannot be reached (static stability), also for a service
-// called once an hour. haproxy mode keeps everything (HAProxy holds a
-// backend for each).
+// called once an hour.
 func (s *Sidecar) sweep(interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	// In haproxy mode the calls HAProxy routes never reach the table:
+	// HAProxy is asked which services it served, often enough that the
+	// bound (MaxServices) counts them as used too.
+	every := min(interval, 10*time.Second)
+	var touch <-chan time.Time
+	if s.hap.Load() != nil {
+		tt := time.NewTicker(every)
+		defer tt.Stop()
+		touch = tt.C
+	}
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-touch:
+			s.touchServed(every)
+			continue
 		case <-t.C:
+		}
+		if !s.touchServed(every) {
+			continue // not knowing what HAProxy served, drop nothing
 		}
 		for _, name := range s.table.Sweep() {
 			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
 		}
 	}
+}
+
+// touchServed marks, in haproxy mode, the services HAProxy served in the
+// last interval (and a second, HAProxy counting in seconds) as used. It
+// reports false when HAProxy could not say.
+func (s *Sidecar) touchServed(interval time.Duration) bool {
+	hap := s.hap.Load()
+	if hap == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	names, err := hap.Called(ctx, interval+time.Second)
+	if err != nil {
+		s.log.Warn("sidecar: asking HAProxy which services it served failed; no service is dropped until it answers", "err", err)
+		return false
+	}
+	for _, name := range names {
+		s.table.Touch(name)
+	}
+	return true
 }

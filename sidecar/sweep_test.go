@@ -3,9 +3,11 @@ package sidecar
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -103,6 +105,72 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	res.Body.Close()
 	if strings.Contains(string(body), `service="tpyo"`) {
 		t.Fatal("/metrics still has series of the dropped service")
+	}
+}
+
+// In haproxy mode the sweep asks HAProxy which services it served: a
+// service called through HAProxy stays, and once no call comes its backend
+// leaves with it. A name called once, with no instance, never gets a
+// backend.
+func TestHAProxyModeSweepsUnusedServices(t *testing.T) {
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Fatal("haproxy is not installed: test.sh installs it (apt-get install haproxy)")
+	}
+	a := atlastest.Start(t, true)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	if _, err := a.Client().Register(context.Background(), "ping-1", sb.Registration{Service: "ping", Address: "127.0.0.1", Port: portOf(backend.Listener.Addr().String())}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	s, err := New(Config{Atlas: StringList{a.URL}, Proxy: "haproxy", StateDir: dir, Listen: listen, Admin: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sweepEvery = 50 * time.Millisecond
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	cfg := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "haproxy", "haproxy.cfg"))
+		return string(b)
+	}
+	if code := callHost(t, s, "tpyo.localhost"); code != 503 {
+		t.Fatalf("call to a service with no instance = %d; want 503", code)
+	}
+	// Called for 4 s, through the fallback first and then through HAProxy:
+	// about 80 sweeps, which keep it.
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if code := callHost(t, s, "ping.localhost"); code != 200 {
+			t.Fatalf("call to ping = %d", code)
+		}
+		if s.table.Lookup("ping") == nil {
+			t.Fatal("a service HAProxy serves was swept")
+		}
+	}
+	if !strings.Contains(cfg(), "backend be_ping") {
+		t.Fatalf("ping has no backend after 4 s of calls:\n%s", cfg())
+	}
+	if s.table.Lookup("tpyo") != nil || strings.Contains(cfg(), "be_tpyo") {
+		t.Fatalf("the name called once is still followed (%v), or got a backend", s.table.Lookup("tpyo") != nil)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.table.Lookup("ping") != nil || strings.Contains(cfg(), "be_ping") {
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after the last call, ping is still followed (%v), or still has a backend:\n%s", s.table.Lookup("ping") != nil, cfg())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Called again: followed again, through the fallback.
+	if code := callHost(t, s, "ping.localhost"); code != 200 {
+		t.Fatalf("call to ping after it was dropped = %d", code)
 	}
 }
 

@@ -333,14 +333,23 @@ func (d *Driver) Close() error {
 	if cmd == nil {
 		return nil
 	}
-	_ = cmd.Process.Signal(syscall.SIGUSR1) // soft stop
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
+	// Soft stop, asked again every half second: a master in the middle of
+	// a reload (re-executing itself) misses the signal.
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_ = cmd.Process.Signal(syscall.SIGUSR1)
+		select {
+		case <-exited:
+			return nil
+		case <-tick.C:
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			<-exited
+			return nil
+		}
 	}
-	return nil
 }
 
 // slotOf describes an endpoint as a slot.
@@ -381,6 +390,12 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	}
 	b := d.backends[key]
 	if b == nil {
+		if !tcp && len(eps) == 0 {
+			// No backend (and no reload) for a service with no instance:
+			// a typo in a Host header, a service not deployed yet. The
+			// sidecar's own frontend answers for it.
+			return
+		}
 		b = &backendState{service: service, tcp: tcp}
 		d.backends[key] = b
 	}
@@ -426,6 +441,38 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	}
 	b.grow(8)
 	d.applyLocked()
+}
+
+// Remove drops an HTTP service's backend: the sidecar stopped following
+// the service. It leaves at the next reload (at most MinReloadInterval
+// away), and routes to its last instances until then; a call after it goes
+// to the sidecar's own frontend, which follows the service again.
+func (d *Driver) Remove(service string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping || d.backends["http/"+service] == nil {
+		return
+	}
+	delete(d.backends, "http/"+service)
+	d.applyLocked()
+}
+
+// Called returns the HTTP services HAProxy gave a request to within the
+// last `within` (whole seconds, rounded up: HAProxy counts in seconds),
+// which the sidecar's own frontend never sees.
+func (d *Driver) Called(ctx context.Context, within time.Duration) ([]string, error) {
+	last, err := runtimeAPI{d.adminSock()}.lastSessions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	limit := int((within + time.Second - 1) / time.Second)
+	var names []string
+	for px, secs := range last {
+		if service, ok := strings.CutPrefix(px, "be_"); ok && secs >= 0 && secs <= limit {
+			names = append(names, service)
+		}
+	}
+	return names, nil
 }
 
 // free counts b's free slots.

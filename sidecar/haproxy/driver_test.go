@@ -207,3 +207,35 @@ func TestInstancesReplacedTwiceQuicklyStayRoutable(t *testing.T) {
 		t.Fatalf("4 instances replaced by 4 twice: %d of 20 GETs right after failed (last status %d); %d reload(s) followed; want no failure, no reload", failed, last, d.Reloads()-reloads)
 	}
 }
+
+// A service with no instance gets no backend, and so no reload: a typo in
+// a Host header stays with the sidecar's own frontend. A backend removed
+// leaves at the next reload. Called names the services HAProxy served.
+func TestBackendsComeWithInstancesAndLeaveWhenRemoved(t *testing.T) {
+	d, listen := startDriver(t)
+	reloads := d.Reloads()
+	d.Update("typo", false, nil)
+	if d.Reloads() != reloads {
+		t.Fatal("a service with no instance reloaded HAProxy")
+	}
+	urls := backends(t, 1)
+	d.Update("files", false, endpoints(t, urls...))
+	d.Update("idle", false, namedEndpoints("j", urls...))
+	if body := waitGet(t, listen, "files", 200); body != "i0" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	called, err := d.Called(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(called) != 1 || called[0] != "files" {
+		t.Fatalf("Called = %q, want [files]", called)
+	}
+	d.Remove("files")
+	cfg, _ := os.ReadFile(filepath.Join(d.Dir, "haproxy.cfg"))
+	if strings.Contains(string(cfg), "be_files") || !strings.Contains(string(cfg), "be_idle") {
+		t.Fatalf("after Remove(files), haproxy.cfg:\n%s", cfg)
+	}
+	// The fallback (nothing listens there in this test) has the call now.
+	waitGet(t, listen, "files", 503)
+}

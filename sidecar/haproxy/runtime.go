@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -104,4 +106,41 @@ func (r runtimeAPI) serversState(ctx context.Context) ([]serverState, error) {
 		states = append(states, serverState{backend: f[1], server: f[3], addr: f[4], opState: f[5], adminState: f[6], weight: f[7], port: f[18]})
 	}
 	return states, nil
+}
+
+// lastSessions reads `show stat` for the backends: for each, the seconds
+// since it was last given a request, or -1 for never (since the worker
+// started).
+func (r runtimeAPI) lastSessions(ctx context.Context) (map[string]int, error) {
+	out, err := r.send(ctx, "show stat -1 2 -1")
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(out, "\n")
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
+		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
+	}
+	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
+	name, last := slices.Index(cols, "pxname"), slices.Index(cols, "lastsess")
+	if name < 0 || last < 0 {
+		return nil, fmt.Errorf("haproxy runtime API: show stat: no pxname or lastsess column in %q", lines[0])
+	}
+	seen := map[string]int{}
+	for _, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		if len(f) <= max(name, last) {
+			continue
+		}
+		n, err := strconv.Atoi(f[last])
+		if err != nil {
+			n = -1 // empty: never
+		}
+		seen[f[name]] = n
+	}
+	return seen, nil
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
 }

@@ -169,6 +169,17 @@ func (t *Table) makeRoomLocked() (dropped *entry, ok bool) {
 	return dropped, true
 }
 
+// Touch notes a use of service's pool, if there is one: a call routed
+// without the table (by HAProxy, in haproxy mode).
+func (t *Table) Touch(service string) {
+	t.mu.RLock()
+	e := t.pools[service]
+	t.mu.RUnlock()
+	if e != nil {
+		e.markUsed()
+	}
+}
+
 // RouteBytes is Route for a name held as bytes: finding an existing pool
 // allocates nothing.
 func (t *Table) RouteBytes(service []byte) (*balance.Pool, error) {
