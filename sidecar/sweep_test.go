@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"net"
@@ -19,11 +20,12 @@ import (
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
-// startSweeping starts a sidecar of cfg on loopback ports that sweeps
-// every 50 ms, and stops it when the test ends.
+// startSweeping starts a sidecar of cfg that sweeps every 50 ms, and stops
+// it when the test ends. The frontend listens on cfg.Listen, or on a
+// loopback port; the admin on a loopback port.
 func startSweeping(t *testing.T, cfg Config) *Sidecar {
 	t.Helper()
-	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.Admin = cmp.Or(cfg.Listen, "127.0.0.1:0"), "127.0.0.1:0"
 	s, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -129,15 +131,7 @@ func TestHAProxyModeSweepsUnusedServices(t *testing.T) {
 	listen := ln.Addr().String()
 	ln.Close()
 	dir := t.TempDir()
-	s, err := New(Config{Atlas: StringList{a.URL}, Proxy: "haproxy", StateDir: dir, Listen: listen, Admin: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.sweepEvery = 50 * time.Millisecond
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown() })
+	s := startSweeping(t, Config{Atlas: StringList{a.URL}, Proxy: "haproxy", StateDir: dir, Listen: listen})
 	cfg := func() string {
 		b, _ := os.ReadFile(filepath.Join(dir, "haproxy", "haproxy.cfg"))
 		return string(b)
