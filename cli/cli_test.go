@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -399,4 +401,44 @@ func TestDevListensOnLoopbackOnly(t *testing.T) {
 	if code != 2 || !strings.Contains(errb.String(), "sessions-redis") || !strings.Contains(errb.String(), "loopback only") {
 		t.Fatalf("dev with an upstream on 0.0.0.0 = exit %d\nstdout: %s\nstderr: %s\nwant exit 2 naming the upstream", code, out.String(), errb.String())
 	}
+}
+
+// TestSidecarTokenFlagOverridesTheFile: --token overrides token_file, as
+// every flag overrides its field; the file is then not read.
+func TestSidecarTokenFlagOverridesTheFile(t *testing.T) {
+	a := atlastest.Start(t, false)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sidecar.yaml")
+	backend := httptest.NewServer(http.NotFoundHandler())
+	defer backend.Close()
+	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
+	if err := writeFile(file, "token_file: "+filepath.Join(dir, "missing")+"\nhost: h1\nadvertise: 127.0.0.1\nservices:\n  - name: files\n    port: "+port+"\n    check: {none: true}\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb bytes.Buffer
+	done := make(chan int)
+	go func() {
+		err := cli.Run(ctx, []string{"sidecar", "-c", file, "--atlas", a.URL, "--token", a.AdminToken,
+			"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, &out, &errb)
+		done <- cli.ExitCode(err, &errb)
+	}()
+	for range 250 {
+		if _, err := a.Client().Instance(context.Background(), "files-h1-"+port); err == nil {
+			cancel()
+			if code := <-done; code != 0 {
+				t.Fatalf("sidecar exit %d: %s", code, errb.String())
+			}
+			return
+		}
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("sidecar with --token and a token_file that does not exist = exit %d\nstderr: %s", code, errb.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
+	t.Fatalf("the sidecar never registered with --token\nstderr: %s", errb.String())
 }

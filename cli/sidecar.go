@@ -55,6 +55,13 @@ instances before it deregisters them.`,
 			if f.Changed("drain-timeout") {
 				cfg.DrainTimeout = sidecar.Duration(drain)
 			}
+			// --token overrides token_file, as every flag overrides its
+			// field (README "The sidecar"): the file is then not read. An
+			// exported SWITCHBOARD_TOKEN does not: an operator's shell
+			// token must not silently replace the host's own.
+			if f.Changed("token") {
+				cfg.TokenFile = ""
+			}
 			if err := cfg.Check(); err != nil {
 				return usagef("%v", err)
 			}
