@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -43,6 +44,14 @@ func ValidateName(field, name string) error {
 		return Errorf(EInvalid, "%s: must match ^[a-z][a-z0-9-]{0,62}$ (a DNS label), got %q", field, clip(name))
 	}
 	return nil
+}
+
+// Hostname is this host's name as instance ids use it (SERVICE-HOST-PORT):
+// os.Hostname(), lower-cased. The whole name, as Consul's node names are:
+// hosts web1.a.example and web1.b.example must not share ids.
+func Hostname() (string, error) {
+	h, err := os.Hostname()
+	return strings.ToLower(h), err
 }
 
 // ValidateID checks an instance id.
@@ -96,8 +105,12 @@ func (d Duration) String() string { return time.Duration(d).String() }
 // MarshalJSON writes d as a duration string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
-// UnmarshalJSON reads a duration string such as "1m30s".
+// UnmarshalJSON reads a duration string such as "1m30s". null leaves d
+// as it was, as encoding/json does for its own types.
 func (d *Duration) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("must be a duration string such as \"30s\"")

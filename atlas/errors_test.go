@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
@@ -44,7 +45,12 @@ func TestBadInput(t *testing.T) {
 		{"too many tags", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":`+manyTags), "", 400, sb.EInvalid, "tags: at most 32"},
 		{"tag too long", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":["`+strings.Repeat("t", 129)+`"]`), "", 400, sb.EInvalid, "tags[0]: must be 1-128 bytes"},
 		{"meta value too long", "PUT", "/v1/instances/a-2", reg("a", 1, `,"meta":{"k":"`+strings.Repeat("v", 513)+`"}`), "", 400, sb.EInvalid, `meta["k"]: value must be at most 512 bytes`},
-		{"port a string", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":"80"}`, "", 400, sb.EInvalid, "port: must be a number"},
+		{"port a string", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":"80"}`, "", 400, sb.EInvalid, "port: must be a whole number, got string"},
+		{"port a fraction", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":5000.5}`, "", 400, sb.EInvalid, "port: must be a whole number, got number 5000.5"},
+		{"port out of range", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":99999999999999999999}`, "", 400, sb.EInvalid, "port: out of range, got number 99999999999999999999"},
+		{"tag a number", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":["ok",1]`), "", 400, sb.EInvalid, "tags: each element must be a string, got number"},
+		{"meta value a number", "PUT", "/v1/instances/a-2", reg("a", 1, `,"meta":{"k":1}`), "", 400, sb.EInvalid, "meta: each value must be a string, got number"},
+		{"tags an object", "PUT", "/v1/instances/a-2", reg("a", 1, `,"tags":{}`), "", 400, sb.EInvalid, "tags: must be an array, got object"},
 		{"unknown field", "PUT", "/v1/instances/a-2", reg("a", 1, `,"colour":"red"`), "", 400, sb.EInvalid, "colour: unknown field"},
 		{"malformed JSON", "PUT", "/v1/instances/a-2", `{"service":`, "", 400, sb.EInvalid, "body: malformed JSON"},
 		{"trailing data", "PUT", "/v1/instances/a-2", reg("a", 1, "") + `{}`, "", 400, sb.EInvalid, "body: must be a single JSON value"},
@@ -187,5 +193,16 @@ func TestEmptyLayerParameterIsRefused(t *testing.T) {
 		if string(l.Config) != `{"x":1}` {
 			t.Errorf("GET %s = %s; want it untouched", path, l.Config)
 		}
+	}
+}
+
+// TestNullIsNotGiven: a field sent as null is one not given, ttl as much
+// as status (encoding/json's own rule for its types).
+func TestNullIsNotGiven(t *testing.T) {
+	a := start(t, true)
+	var in sb.Instance
+	a.must("PUT", "/v1/instances/a-1", reg("a", 5000, `,"ttl":null,"status":null`)).decode(t, &in)
+	if time.Duration(in.TTL) != sb.DefaultTTL || in.Status != sb.Passing {
+		t.Fatalf("ttl and status null = %s, %s; want the defaults %s, passing", in.TTL, in.Status, sb.DefaultTTL)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"mime"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -113,7 +114,7 @@ func DecodeJSON(body []byte, v any) error {
 		var syntaxErr *json.SyntaxError
 		switch {
 		case errors.As(err, &typeErr) && typeErr.Field != "":
-			return sb.Errorf(sb.EInvalid, "%s: must be %s, got %s", typeErr.Field, jsonTypeName(typeErr.Type.Kind().String()), typeErr.Value)
+			return sb.Errorf(sb.EInvalid, "%s: %s", typeErr.Field, typeRule(reflect.TypeOf(v), typeErr))
 		case errors.As(err, &typeErr):
 			return sb.Errorf(sb.EInvalid, "body: must be a JSON object, got %s", typeErr.Value)
 		case errors.As(err, &syntaxErr):
@@ -132,6 +133,56 @@ func DecodeJSON(body []byte, v any) error {
 		return sb.Errorf(sb.EInvalid, "body: must be a single JSON value, found data after it")
 	}
 	return nil
+}
+
+// typeRule says what a value of the wrong type should have been: "must
+// be a whole number, got number 1.5". Elements of arrays and values of
+// objects are named as such, since the error names only the field.
+func typeRule(v reflect.Type, e *json.UnmarshalTypeError) string {
+	kind := e.Type.Kind()
+	if lit, ok := strings.CutPrefix(e.Value, "number "); ok && isInt(kind) && !strings.ContainsAny(lit, ".eE") {
+		return "out of range, got " + e.Value
+	}
+	what := "must be " + jsonTypeName(kind.String())
+	if isInt(kind) {
+		what = "must be a whole number"
+	}
+	if f := jsonField(v, e.Field); f != nil && f != e.Type {
+		switch f.Kind() {
+		case reflect.Slice:
+			what = "each element " + what
+		case reflect.Map:
+			what = "each value " + what
+		}
+	}
+	return what + ", got " + e.Value
+}
+
+func isInt(k reflect.Kind) bool {
+	return k >= reflect.Int && k <= reflect.Uint64
+}
+
+// jsonField finds the type of the field at a dotted JSON path in t, a
+// struct or a pointer to one; nil when there is none.
+func jsonField(t reflect.Type, path string) reflect.Type {
+	for name := range strings.SplitSeq(path, ".") {
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t == nil || t.Kind() != reflect.Struct {
+			return nil
+		}
+		var next reflect.Type
+		for f := range t.Fields() {
+			tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if tag == name || tag == "" && strings.EqualFold(f.Name, name) {
+				next = f.Type
+				break
+			}
+		}
+		t = next
+	}
+	return t
 }
 
 func jsonTypeName(kind string) string {

@@ -442,3 +442,22 @@ func TestSidecarTokenFlagOverridesTheFile(t *testing.T) {
 	<-done
 	t.Fatalf("the sidecar never registered with --token\nstderr: %s", errb.String())
 }
+
+// TestSidecarFlagsAreNamed: a bad value given by a flag is a usage error
+// naming the flag, not the key of sidecar.yaml it overrides.
+func TestSidecarFlagsAreNamed(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sidecar", "--drain-timeout", "20m"}, "switchboard: --drain-timeout: must be 0-10m, got 20m0s"},
+		{[]string{"sidecar", "--listen", "127.0.0.1:99999"}, "switchboard: --listen: "},
+		{[]string{"sidecar", "--host", "no spaces"}, "switchboard: --host: must match"},
+		{[]string{"sidecar", "--realm", "PROD"}, "switchboard: --realm: "},
+	} {
+		_, errs, code := run(t, "http://127.0.0.1:1", tt.args...)
+		if code != 2 || !strings.HasPrefix(errs, tt.want) {
+			t.Errorf("switchboard %s = exit %d, stderr %q; want 2 and %q", strings.Join(tt.args, " "), code, errs, tt.want)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -125,8 +124,8 @@ func registerCmd(g *globals) *cobra.Command {
 				return usagef("--%s", sb.ErrorMessage(err))
 			}
 			if id == "" {
-				host, _ := os.Hostname()
-				id = fmt.Sprintf("%s-%s-%d", reg.Service, strings.ToLower(strings.Split(host, ".")[0]), reg.Port)
+				host, _ := sb.Hostname()
+				id = fmt.Sprintf("%s-%s-%d", reg.Service, host, reg.Port)
 			}
 			if err := sb.ValidateID(id); err != nil {
 				return usagef("--%s", sb.ErrorMessage(err))

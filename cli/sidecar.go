@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -63,6 +64,12 @@ instances before it deregisters them.`,
 				cfg.TokenFile = ""
 			}
 			if err := cfg.Check(); err != nil {
+				// A bad value from a flag is named by its flag.
+				if key, rule := sidecar.BadField(err); key != "" {
+					if flag := strings.ReplaceAll(key, "_", "-"); f.Changed(flag) {
+						return usagef("--%s: %s", flag, rule)
+					}
+				}
 				return usagef("%v", err)
 			}
 			// A proxy's garbage is short-lived and its heap small: collect

@@ -97,8 +97,7 @@ func New(name string) *Service {
 		started:      time.Now(),
 		ready:        make(chan struct{}),
 	}
-	host, _ := os.Hostname()
-	host = strings.ToLower(strings.Split(host, ".")[0])
+	host, _ := sb.Hostname()
 	s.checker.Hostname = host
 	s.atlas = client.AtlasFromEnv()
 	base := slog.New(slog.NewJSONHandler(logOutput, nil))

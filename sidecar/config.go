@@ -218,6 +218,19 @@ type pathError struct {
 
 func (e *pathError) Error() string { return e.msg }
 
+// BadField returns the top-level key of the field an error of Check
+// names, and the rule it broke; key is "" when err names no field. The
+// command line uses them to name a flag rather than a key of the file.
+func BadField(err error) (key, rule string) {
+	var pe *pathError
+	if !errors.As(err, &pe) || len(pe.path) == 0 {
+		return "", ""
+	}
+	key, _ = pe.path[0].(string)
+	_, rule, _ = strings.Cut(pe.msg, ": ")
+	return key, rule
+}
+
 func errAt(path []any, format string, args ...any) error {
 	return &pathError{path: path, msg: fmt.Sprintf(format, args...)}
 }

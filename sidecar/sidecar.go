@@ -31,11 +31,11 @@ func (c *Config) Defaults() error {
 		c.Realm = sb.DefaultRealm
 	}
 	if c.Host == "" {
-		h, err := os.Hostname()
+		h, err := sb.Hostname()
 		if err != nil {
 			return fmt.Errorf("host: not set and os.Hostname failed: %w", err)
 		}
-		c.Host = strings.ToLower(strings.Split(h, ".")[0])
+		c.Host = h
 	}
 	if c.Advertise == "" {
 		c.Advertise = firstAddress()
