@@ -119,9 +119,30 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /ui/", ui.Handler("/ui/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	mux.Handle("/", s.wrap("other", true, func(w http.ResponseWriter, r *http.Request) error {
+		// The SPEC's one table of statuses has no 405: a path that takes
+		// other methods is a 404 that names them.
+		if m := otherMethods(mux, r); len(m) > 0 {
+			return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint; %s takes %s", r.Method, r.URL.Path, r.URL.Path, strings.Join(m, ", "))
+		}
 		return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint", r.Method, r.URL.Path)
 	}))
 	return mux
+}
+
+// otherMethods lists the methods that mux routes r's path to an endpoint
+// with, other than the catch-all.
+func otherMethods(mux *http.ServeMux, r *http.Request) []string {
+	var ms []string
+	for _, m := range []string{"GET", "PUT", "POST", "DELETE"} {
+		if m == r.Method {
+			continue
+		}
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+			ms = append(ms, m)
+		}
+	}
+	return ms
 }
 
 // onlyParams refuses a request with a query parameter not in params.

@@ -93,6 +93,8 @@ func TestBadInput(t *testing.T) {
 		{"watch without service", "GET", "/v1/watch", "", "", 400, sb.EInvalid, "service: at least one is required"},
 		{"watch bad service", "GET", "/v1/watch?service=A", "", "", 400, sb.EInvalid, "service: must match"},
 		{"no such endpoint", "GET", "/v2/nothing", "", "", 404, sb.ENotFound, "GET /v2/nothing: no such endpoint"},
+		{"wrong method", "DELETE", "/v1/health", "", "", 404, sb.ENotFound, "DELETE /v1/health: no such endpoint; /v1/health takes GET"},
+		{"wrong method, several others", "POST", "/v1/instances/a-1", "", "", 404, sb.ENotFound, "POST /v1/instances/a-1: no such endpoint; /v1/instances/a-1 takes GET, PUT, DELETE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
