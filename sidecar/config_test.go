@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,36 @@ services:
 	c := cfg.Services[0]
 	if c.Port != 1000 || time.Duration(c.Check.Interval) != 5*time.Second || c.Check.Fall != 3 {
 		t.Fatalf("parsed %+v", c)
+	}
+}
+
+// The default advertise address: a global IPv4 address first, then a
+// global IPv6 one (an IPv6-only host), never a link-local one, and
+// loopback only when there is nothing else.
+func TestDefaultAdvertiseAddress(t *testing.T) {
+	nets := func(cidrs ...string) []net.Addr {
+		var out []net.Addr
+		for _, c := range cidrs {
+			ip, n, err := net.ParseCIDR(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.IP = ip
+			out = append(out, n)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		addrs []net.Addr
+		want  string
+	}{
+		{nets("127.0.0.1/8", "::1/128", "fe80::1/64", "2001:db8::5/64", "10.0.0.5/24"), "10.0.0.5"},
+		{nets("127.0.0.1/8", "169.254.3.4/16", "fe80::1/64", "2001:db8::5/64"), "2001:db8::5"},
+		{nets("127.0.0.1/8", "169.254.3.4/16", "fe80::1/64"), "127.0.0.1"},
+		{nil, "127.0.0.1"},
+	} {
+		if got := pickAddress(tt.addrs); got != tt.want {
+			t.Errorf("pickAddress(%v) = %s, want %s", tt.addrs, got, tt.want)
+		}
 	}
 }

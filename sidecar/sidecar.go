@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,18 +56,30 @@ func (c *Config) Defaults() error {
 	return nil
 }
 
-// firstAddress is the first non-loopback IPv4 address of the host, or
-// 127.0.0.1.
+// firstAddress is the address other hosts reach this one at, by default:
+// the first global unicast IPv4 address of the host's interfaces, else the
+// first global unicast IPv6 one (an IPv6-only host), else 127.0.0.1. A
+// link-local address is never chosen: it names no one host off the link.
 func firstAddress() string {
-	addrs, err := net.InterfaceAddrs()
-	if err == nil {
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
-				return ipn.IP.String()
-			}
+	addrs, _ := net.InterfaceAddrs()
+	return pickAddress(addrs)
+}
+
+func pickAddress(addrs []net.Addr) string {
+	var v6 string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || !ipn.IP.IsGlobalUnicast() {
+			continue
+		}
+		if ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+		if v6 == "" {
+			v6 = ipn.IP.String()
 		}
 	}
-	return "127.0.0.1"
+	return cmp.Or(v6, "127.0.0.1")
 }
 
 // Sidecar is a running sidecar.
@@ -104,6 +117,7 @@ type Sidecar struct {
 
 // New checks cfg (after Defaults) and prepares a sidecar; Start runs it.
 func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
+	guessed := cfg.Advertise == ""
 	if err := cfg.Defaults(); err != nil {
 		return nil, err
 	}
@@ -123,6 +137,9 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if guessed && len(cfg.Services) > 0 && net.ParseIP(cfg.Advertise).IsLoopback() {
+		log.Warn("sidecar: this host has no global address: its services are announced at a loopback one, which only this host can reach; set advertise", "advertise", cfg.Advertise)
 	}
 	token := ""
 	if cfg.TokenFile != "" {
