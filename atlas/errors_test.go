@@ -75,6 +75,8 @@ func TestBadInput(t *testing.T) {
 		{"port bad name", "POST", "/v1/services/A/port", "", "", 400, sb.EInvalid, "name: must match"},
 		{"layer not an object", "PUT", "/v1/config/layer", `[1,2]`, "", 400, sb.EInvalid, "config: must be a JSON object, got an array"},
 		{"layer malformed", "PUT", "/v1/config/layer", `{"a":`, "", 400, sb.EInvalid, "body: malformed JSON"},
+		{"layer key with a dot", "PUT", "/v1/config/layer", `{"db":{"pool.size":5}}`, "", 400, sb.EInvalid, `config: key "pool.size" in db: must be non-empty and hold no ".", which joins key paths`},
+		{"layer key empty", "PUT", "/v1/config/layer", `{"":1}`, "", 400, sb.EInvalid, `config: key "": must be non-empty`},
 		{"layer too large", "PUT", "/v1/config/layer", bigLayer, "", 413, sb.ETooLarge, "body: must be at most 524288 bytes"},
 		{"layer bad realm", "PUT", "/v1/config/layer?realm=X", `{}`, "", 400, sb.EInvalid, "realm: must match"},
 		{"layer bad service", "GET", "/v1/config/layer?service=_", "", "", 400, sb.EInvalid, "service: must match"},

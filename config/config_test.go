@@ -154,6 +154,20 @@ func TestMergeInto(t *testing.T) {
 	}
 }
 
+// An empty object is a leaf: it has a source, until keys come into it.
+func TestEmptyObjectsHaveASource(t *testing.T) {
+	dst := map[string]any{}
+	src := map[string]string{}
+	config.MergeInto(dst, map[string]any{"a": map[string]any{}, "b": map[string]any{"c": 1}}, "one", src)
+	if diff := cmp.Diff(map[string]string{"a": "one", "b.c": "one"}, src); diff != "" {
+		t.Fatalf("sources (-want +got):\n%s", diff)
+	}
+	config.MergeInto(dst, map[string]any{"a": map[string]any{"x": 1}, "b": map[string]any{"c": nil}}, "two", src)
+	if diff := cmp.Diff(map[string]string{"a.x": "two", "b": "two"}, src); diff != "" {
+		t.Fatalf("sources after the second layer (-want +got):\n%s", diff)
+	}
+}
+
 // TestSourcesFollowReplacedKeys: when Atlas or the environment replaces a
 // local object with a scalar, or deletes a key (null), the keys that are
 // gone must leave Sources too (GET /environment lists Sources).

@@ -4,8 +4,8 @@ import "strings"
 
 // MergeInto deep-merges src over dst, as Switchboard merges config layers:
 // objects merge key by key, anything else replaces, null (nil) deletes.
-// sources records, for every leaf path (keys joined with "."), source as
-// the layer it came from. src is not modified; dst takes copies of its
+// sources records, for every leaf path (keys joined with "."; an empty
+// object is a leaf), source as the layer it came from. src is not modified; dst takes copies of its
 // objects.
 func MergeInto(dst, src map[string]any, source string, sources map[string]string) {
 	mergeInto(dst, src, "", source, sources)
@@ -28,7 +28,12 @@ func mergeInto(dst, src map[string]any, prefix, source string, sources map[strin
 				dst[k] = sub
 				dropSources(sources, path)
 			}
+			delete(sources, path) // an empty object's own entry
 			mergeInto(sub, v, path, source, sources)
+			if len(sub) == 0 {
+				// An empty object is a leaf too.
+				sources[path] = source
+			}
 		default:
 			if _, wasObj := dst[k].(map[string]any); wasObj {
 				dropSources(sources, path)
