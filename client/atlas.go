@@ -662,7 +662,12 @@ func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }
 
 // Propagation asks how many event streams watching service have been sent
 // every change up to index, waiting (within ctx, at most 10 minutes) until
-// all have.
+// all have. Each Atlas replica knows only the streams it serves, so every
+// address in URLs is asked at once and the counts are summed: replicas of
+// one etcd cluster all hold the change. One that cannot be reached is left
+// out (its streams broke with it, and a stream that reconnects elsewhere
+// starts from a snapshot holding the change); when none can, the error is
+// returned.
 func (a *Atlas) Propagation(ctx context.Context, realm, service string, index uint64) (*sb.Propagation, error) {
 	wait := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -672,7 +677,42 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 	setRealm(q, realm)
 	q.Set("index", strconv.FormatUint(index, 10))
 	q.Set("wait", max(wait, time.Millisecond).String())
-	var p sb.Propagation
-	_, err := a.call(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(service)+"/propagation", q, nil, &p)
-	return &p, err
+	path := "/v1/services/" + url.PathEscape(service) + "/propagation"
+	urls := a.urls()
+	if len(urls) == 1 {
+		var p sb.Propagation
+		_, err := a.call(ctx, http.MethodGet, path, q, nil, &p)
+		return &p, err
+	}
+	type answer struct {
+		p   sb.Propagation
+		err error
+	}
+	answers := make([]answer, len(urls))
+	var wg sync.WaitGroup
+	for i, base := range urls {
+		wg.Go(func() {
+			_, answers[i].err, _ = a.callOne(ctx, base, http.MethodGet, path, q, nil, &answers[i].p)
+		})
+	}
+	wg.Wait()
+	sum := &sb.Propagation{Service: service, Realm: realm, Index: index}
+	var firstErr error
+	reached := 0
+	for _, an := range answers {
+		if an.err != nil {
+			if firstErr == nil || !sb.Transient(an.err) {
+				firstErr = an.err
+			}
+			continue
+		}
+		reached++
+		sum.Realm = an.p.Realm
+		sum.Watchers += an.p.Watchers
+		sum.Confirmed += an.p.Confirmed
+	}
+	if reached == 0 {
+		return sum, firstErr
+	}
+	return sum, nil
 }

@@ -1,6 +1,7 @@
 package etcdstore_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/etcdstore"
+	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/internal/etcdtest"
 )
 
@@ -329,5 +331,53 @@ func eventually(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("%s: not within 10s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDrainCountsTheStreamsOfEveryReplica: each replica knows only the
+// event streams it serves, so a drain through A, by a client that lists
+// both replicas, waits for B's streams too.
+func TestDrainCountsTheStreamsOfEveryReplica(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	a := startReplica(t, cluster.Endpoints())
+	b := startReplica(t, cluster.Endpoints())
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/identity-1", reg("identity", 5000, "30s")); st != 200 {
+		t.Fatalf("register through A: %d %s", st, body)
+	}
+	// A stream on B, once it has the instance in its snapshot.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.http.URL+"/v1/watch?service=identity", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	br := bufio.NewReader(res.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("B's stream ended before the instance: %v", err)
+		}
+		if strings.Contains(line, `"id":"identity-1"`) {
+			break
+		}
+	}
+	go io.Copy(io.Discard, br)
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	c := &client.Atlas{URLs: []string{a.http.URL, b.http.URL}}
+	p, err := c.Drain(dctx, "identity-1", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Watchers != 1 || p.Confirmed != 1 {
+		t.Fatalf("drain through A with B's stream open: %+v; want 1 watcher, confirmed", p)
+	}
+	// A replica that cannot be reached is left out.
+	b.kill()
+	c = &client.Atlas{URLs: []string{a.http.URL, b.http.URL}}
+	if p, err := c.Propagation(dctx, "", "identity", p.Index); err != nil || p.Watchers != 0 {
+		t.Fatalf("propagation with B gone: %+v, %v; want 0 watchers, no error", p, err)
 	}
 }
