@@ -37,11 +37,10 @@ func newAnnouncer(sc ServiceConfig, host, advertise, realm string, atlas *client
 	if addr == "" {
 		addr = advertise
 	}
-	checkAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sc.Port))
-	if sc.Address != "" {
-		checkAddr = net.JoinHostPort(sc.Address, strconv.Itoa(sc.Port))
-	}
-	ck, err := newChecker(sc.Check, checkAddr)
+	// The check dials what is announced, as Nerve does: a service that
+	// listens on loopback only, announced at the host's address, fails
+	// its check rather than pass it and take calls it cannot answer.
+	ck, err := newChecker(sc.Check, net.JoinHostPort(addr, strconv.Itoa(sc.Port)))
 	if err != nil {
 		return nil, err
 	}

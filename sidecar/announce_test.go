@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func TestAHangingCheckDelaysNoHeartbeat(t *testing.T) {
 	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(healthy.Close)
 	check := CheckConfig{Interval: Duration(100 * time.Millisecond), Timeout: Duration(time.Minute), Rise: 1}
-	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Services: []ServiceConfig{
+	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.1", Services: []ServiceConfig{
 		{Name: "stuck", Port: portOf(testnet.Hung(t)), Check: check},
 		{Name: "fine", Port: portOf(healthy.Listener.Addr().String()), Check: check},
 	}})
@@ -64,4 +65,36 @@ func portOf(addr string) int {
 	_, port, _ := net.SplitHostPort(addr)
 	n, _ := strconv.Atoi(port)
 	return n
+}
+
+// The check dials the address announced, not loopback: a service that
+// listens on 127.0.0.1 only, announced at another address, is critical
+// (as Nerve has it), not passing while callers get "connection refused".
+func TestTheCheckDialsTheAnnouncedAddress(t *testing.T) {
+	a := atlastest.Start(t, true)
+	local := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(local.Close)
+	port := portOf(local.Listener.Addr().String())
+	root := "/"
+	check := CheckConfig{HTTP: &root, Interval: Duration(100 * time.Millisecond), Rise: 1}
+	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.2", Services: []ServiceConfig{
+		{Name: "elsewhere", Port: port, Check: check},
+		{Name: "here", Port: port, Address: "127.0.0.1", Check: check},
+	}})
+	c := a.Client()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		elsewhere, err1 := c.Instance(context.Background(), "elsewhere-h1-"+strconv.Itoa(port))
+		here, err2 := c.Instance(context.Background(), "here-h1-"+strconv.Itoa(port))
+		if err1 == nil && err2 == nil && here.Status == sb.Passing && elsewhere.Output != "not checked yet" {
+			if elsewhere.Status != sb.Critical || elsewhere.Address != "127.0.0.2" || !strings.Contains(elsewhere.Output, "127.0.0.2:"+strconv.Itoa(port)) {
+				t.Fatalf("a service listening on 127.0.0.1, announced at 127.0.0.2: %s %q at %s; want critical, the check naming 127.0.0.2", elsewhere.Status, elsewhere.Output, elsewhere.Address)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not registered and checked within 20s: %v %v / %v %v", elsewhere, err1, here, err2)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
