@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -83,7 +84,8 @@ type Service struct {
 
 // New builds the service name from the environment and its config:
 // SWITCHBOARD_REALM, SWITCHBOARD_ATLAS (and SWITCHBOARD_TOKEN), the file
-// SWITCHBOARD_CONFIG_FILE (else ./config.yaml when it exists), and the
+// SWITCHBOARD_CONFIG_FILE (else config.yaml in the working directory or
+// beside the executable, when there is one), and the
 // Atlas merged config of the service in its realm; when Atlas is
 // unreachable it runs on its local config alone and says so in its log. A
 // config that cannot be read makes Run fail.
@@ -100,18 +102,14 @@ func New(name string) *Service {
 	host, _ := sb.Hostname()
 	s.checker.Hostname = host
 	s.atlas = client.AtlasFromEnv()
-	base := slog.New(slog.NewJSONHandler(logOutput, nil))
+	level := new(slog.LevelVar)
+	base := slog.New(slog.NewJSONHandler(logOutput, &slog.HandlerOptions{Level: level}))
 	s.log = base.With("service", name, "realm", s.Realm)
 	if err := sb.ValidateName("service", name); err != nil {
 		s.cfgErr = fmt.Errorf("service.New: %s", sb.ErrorMessage(err))
 		return s
 	}
-	file := os.Getenv("SWITCHBOARD_CONFIG_FILE")
-	if file == "" {
-		if _, err := os.Stat("config.yaml"); err == nil {
-			file = "config.yaml"
-		}
-	}
+	file, looked := configFile()
 	s.cfg, s.cfgErr = config.Load(context.Background(), config.Options{
 		Service: name, Realm: s.Realm, File: file, Atlas: s.atlas,
 		Defaults: map[string]any{"listen": ":8080", "drain_timeout": "10s"},
@@ -127,13 +125,56 @@ func New(name string) *Service {
 		_, port, _ := net.SplitHostPort(s.Listen)
 		s.Instance = fmt.Sprintf("%s-%s-%s", name, host, port)
 	}
+	if s.cfgErr = setLevel(level, v); s.cfgErr != nil {
+		return s
+	}
 	s.log = base.With("service", name, "realm", s.Realm, "instance", s.Instance)
 	s.cfg.SetLogger(s.log)
+	s.cfg.OnChange(func(_, nv *config.Values) {
+		if err := setLevel(level, nv); err != nil {
+			s.log.Warn("service: "+err.Error()+"; the log level stays as it was", "level", level.Level().String())
+		}
+	})
+	if file == "" {
+		s.log.Warn("service: no config file; running on the defaults, Atlas and the environment (set SWITCHBOARD_CONFIG_FILE)", "looked_in", looked)
+	}
 	if !s.cfg.FromAtlas() {
 		s.log.Warn("service: Atlas unreachable; running on local config alone", "atlas", redactURLs(strings.Join(s.atlas.URLs, ",")))
 	}
 	s.initMetrics()
 	return s
+}
+
+// configFile finds the service's config: SWITCHBOARD_CONFIG_FILE, else
+// config.yaml in the working directory, else beside the executable (a
+// binary started from elsewhere, or from a container's root). It returns
+// "" and where it looked when there is none.
+func configFile() (file string, looked []string) {
+	if f := os.Getenv("SWITCHBOARD_CONFIG_FILE"); f != "" {
+		return f, nil
+	}
+	looked = []string{"config.yaml"}
+	if exe, err := os.Executable(); err == nil {
+		looked = append(looked, filepath.Join(filepath.Dir(exe), "config.yaml"))
+	}
+	for _, f := range looked {
+		if _, err := os.Stat(f); err == nil {
+			return f, nil
+		}
+	}
+	return "", looked
+}
+
+// setLevel sets the log level from the config key log (debug, info, warn
+// or error; info when unset).
+func setLevel(level *slog.LevelVar, v *config.Values) error {
+	name := v.String("log", "info")
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(name)); err != nil {
+		return fmt.Errorf("config: log: must be debug, info, warn or error, got %q", name)
+	}
+	level.Set(l)
+	return nil
 }
 
 // logOutput is where logs go: stdout (tests move it).
@@ -356,7 +397,7 @@ func (s *Service) waitForSidecars() {
 			}
 		}
 		if me == nil && index == 0 {
-			s.log.Info("service: not registered in Atlas (no sidecar announces it): nothing to wait for", "instance", s.Instance)
+			s.log.Info("service: not registered in Atlas (no sidecar announces it): nothing to wait for")
 			return
 		}
 		if me == nil || !me.Routable() {

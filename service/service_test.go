@@ -298,3 +298,42 @@ func TestHandlerThatWritesNothingIsLoggedAs200(t *testing.T) {
 		t.Fatalf("access log: %s", logs.String())
 	}
 }
+
+// The config key log sets the log level: at warn, requests are not
+// logged; a level that is none is refused at start, naming the key.
+func TestLogLevelFromConfig(t *testing.T) {
+	base, logs, _ := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /quiet", func(http.ResponseWriter, *http.Request) {})
+	})
+	get(t, base+"/quiet")
+	if !strings.Contains(logs.String(), `"route":"GET /quiet"`) {
+		t.Fatalf("at debug, the access log has no line for GET /quiet: %s", logs.String())
+	}
+
+	t.Setenv("SWITCHBOARD_CONFIG_LOG", "warn")
+	logs2 := &syncbuf.Buffer{}
+	t.Cleanup(service.SetLogOutput(logs2))
+	svc := service.New("identity")
+	svc.HandleFunc("GET /quiet", func(http.ResponseWriter, *http.Request) {})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- svc.Run(ctx) }()
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	addr, err := svc.Addr(actx)
+	if err != nil {
+		cancel()
+		t.Fatalf("service did not listen: %v / %v", err, <-errc)
+	}
+	get(t, "http://"+addr+"/quiet")
+	cancel()
+	<-errc
+	if out := logs2.String(); strings.Contains(out, `"route":"GET /quiet"`) || strings.Contains(out, `"level":"INFO"`) {
+		t.Fatalf("at warn, INFO lines were logged: %s", out)
+	}
+
+	t.Setenv("SWITCHBOARD_CONFIG_LOG", "loud")
+	if err := service.New("identity").Run(context.Background()); err == nil || !strings.Contains(err.Error(), `config: log: must be debug, info, warn or error, got "loud"`) {
+		t.Fatalf("log: loud = %v; want an error naming the key and the levels", err)
+	}
+}
