@@ -32,6 +32,14 @@ func run(t *testing.T, build func(*service.Service)) (string, *syncbuf.Buffer, f
 	t.Setenv("API_SECRET", "s3cr3t")
 	svc := service.New("identity")
 	build(svc)
+	base, stop := serve(t, svc)
+	return base, logs, stop
+}
+
+// serve runs svc until the test ends, and returns its base URL and a stop
+// function that returns Run's error.
+func serve(t *testing.T, svc *service.Service) (string, func() error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- svc.Run(ctx) }()
@@ -52,7 +60,7 @@ func run(t *testing.T, build func(*service.Service)) (string, *syncbuf.Buffer, f
 		return <-errc
 	}
 	t.Cleanup(func() { stop() })
-	return "http://" + addr, logs, stop
+	return "http://" + addr, stop
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -302,7 +310,7 @@ func TestHandlerThatWritesNothingIsLoggedAs200(t *testing.T) {
 // The config key log sets the log level: at warn, requests are not
 // logged; a level that is none is refused at start, naming the key.
 func TestLogLevelFromConfig(t *testing.T) {
-	base, logs, _ := run(t, func(s *service.Service) {
+	base, logs, stop := run(t, func(s *service.Service) {
 		s.HandleFunc("GET /quiet", func(http.ResponseWriter, *http.Request) {})
 	})
 	get(t, base+"/quiet")
@@ -315,19 +323,9 @@ func TestLogLevelFromConfig(t *testing.T) {
 	t.Cleanup(service.SetLogOutput(logs2))
 	svc := service.New("identity")
 	svc.HandleFunc("GET /quiet", func(http.ResponseWriter, *http.Request) {})
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- svc.Run(ctx) }()
-	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-	defer acancel()
-	addr, err := svc.Addr(actx)
-	if err != nil {
-		cancel()
-		t.Fatalf("service did not listen: %v / %v", err, <-errc)
-	}
-	get(t, "http://"+addr+"/quiet")
-	cancel()
-	<-errc
+	base, stop = serve(t, svc)
+	get(t, base+"/quiet")
+	stop()
 	if out := logs2.String(); strings.Contains(out, `"route":"GET /quiet"`) || strings.Contains(out, `"level":"INFO"`) {
 		t.Fatalf("at warn, INFO lines were logged: %s", out)
 	}
