@@ -5,6 +5,7 @@
 package balance
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -157,6 +158,25 @@ func (p *Pool) Index() uint64 { return p.index.Load() }
 
 // Endpoints returns the current endpoints (do not modify).
 func (p *Pool) Endpoints() []*Endpoint { return *p.eps.Load() }
+
+// Unroutable says why Pick found nothing to route to, for the answer that
+// says so: "has no routable instance: ...".
+func (p *Pool) Unroutable() string {
+	eps := p.Endpoints()
+	if len(eps) == 0 {
+		return "Atlas lists none (is the name right, and is the service announced?)"
+	}
+	var critical, disabled int
+	for _, e := range eps {
+		switch info := e.Info(); {
+		case !info.Enabled:
+			disabled++
+		case info.Status == sb.Critical:
+			critical++
+		}
+	}
+	return fmt.Sprintf("of %d, %d critical (checks failing, or not passing yet) and %d disabled", len(eps), critical, disabled)
+}
 
 // IsEmpty reports whether the pool has heard of its service (from Atlas
 // or the state file) and has no endpoint: a service that has no instance,

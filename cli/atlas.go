@@ -304,6 +304,15 @@ ignored, dev sets them. Ctrl-C stops it.`,
 				return err
 			}
 			if err := sc.Start(); err != nil {
+				// The sidecar names its own fields (listen, admin); here
+				// they are dev's --sidecar-* flags.
+				msg := err.Error()
+				switch {
+				case strings.HasPrefix(msg, "listen: "):
+					return fmt.Errorf("--sidecar-listen: %s (another switchboard dev running? pick a free port with --sidecar-listen)", strings.TrimPrefix(msg, "listen: "))
+				case strings.HasPrefix(msg, "admin: "):
+					return fmt.Errorf("--sidecar-admin: %s (another switchboard dev running? pick a free port with --sidecar-admin)", strings.TrimPrefix(msg, "admin: "))
+				}
 				return err
 			}
 			fmt.Fprintf(g.stdout, "Switchboard dev is running (no auth, loopback only, realm %s). Ctrl-C stops it.\n\n", g.realm)

@@ -186,7 +186,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// body is unread and still open, see viaSidecar), and look for a
 		// sidecar again in a few seconds.
 		t.absentUntil.Store(time.Now().Add(5 * time.Second).UnixNano())
-		t.Logger.Warn("client: no sidecar at "+t.sidecar+"; calling instances directly", "service", service)
+		t.Logger.Warn("client: no sidecar at "+t.sidecar+"; calling instances directly", "target", service)
 	}
 	return t.direct(req, service)
 }
@@ -291,7 +291,7 @@ func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p 
 	atlas.Follow(ctx, realm, []string{p.Service},
 		func(ev Event) { p.Update(ev.Service.Instances, ev.Service.Index) },
 		func(err error, _ time.Duration) {
-			log.Warn("client: watching Atlas failed; keeping the last known instances", "service", p.Service, "err", err)
+			log.Warn("client: watching Atlas failed; keeping the last known instances", "target", p.Service, "err", err)
 		})
 }
 
@@ -315,7 +315,7 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 			if lastErr != nil {
 				return nil, fmt.Errorf("service %s in realm %s: every try failed, the last with: %w", service, t.Realm, lastErr)
 			}
-			return nil, fmt.Errorf("service %s in realm %s has no routable instance", service, t.Realm)
+			return nil, fmt.Errorf("service %s in realm %s has no routable instance: %s", service, t.Realm, p.Unroutable())
 		}
 		tried = append(tried, e)
 		out := req.Clone(req.Context())

@@ -382,7 +382,7 @@ func (s *Service) waitForSidecars() {
 		if err != nil {
 			if ctx.Err() == nil {
 				grace := min(2*time.Second, s.DrainTimeout)
-				s.log.Warn("service: cannot ask Atlas whether the sidecars stopped routing here; waiting a grace period", "err", err, "grace", grace)
+				s.log.Warn("service: cannot ask Atlas whether the sidecars stopped routing here; waiting a grace period", "err", err, "grace", grace.String())
 				select {
 				case <-ctx.Done():
 				case <-time.After(grace):
@@ -408,7 +408,7 @@ func (s *Service) waitForSidecars() {
 			case p.Confirmed < p.Watchers:
 				s.log.Warn("service: not every sidecar confirmed in time", "watchers", p.Watchers, "confirmed", p.Confirmed)
 			default:
-				s.log.Info("service: out of rotation", "watchers", p.Watchers, "after", time.Since(start).Round(time.Millisecond))
+				s.log.Info("service: out of rotation", "watchers", p.Watchers, "after", time.Since(start).Round(time.Millisecond).String())
 			}
 			return
 		}

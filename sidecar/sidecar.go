@@ -452,7 +452,11 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			// goes on (static stability). The same failure is logged once.
 			if msg := err.Error(); msg != lastErr {
 				lastErr = msg
-				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
+				if sb.ErrorCode(err) == sb.EPermissionDenied {
+					s.log.Warn("sidecar: Atlas refuses this host's token the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
+				} else {
+					s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
+				}
 			}
 		})
 	}()

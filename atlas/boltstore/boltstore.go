@@ -189,7 +189,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("boltstore: open %s: another process has it open (another Atlas with the same --data?)", cfg.Path)
+		return nil, fmt.Errorf("boltstore: open %s: another process has it open (another Atlas, or switchboard dev, on the same data directory?)", cfg.Path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", cfg.Path, err)

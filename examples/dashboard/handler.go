@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 
@@ -33,7 +32,9 @@ func overview(c *http.Client) http.Handler {
 		req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, "service://identity/teams", nil)
 		res, err := c.Do(req)
 		if err != nil {
-			http.Error(w, fmt.Sprintf(`{"error":"identity: %v"}`, err), http.StatusBadGateway)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadGateway)
+			json.NewEncoder(w).Encode(map[string]string{"error": "identity: " + err.Error()})
 			return
 		}
 		defer res.Body.Close()

@@ -378,7 +378,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		e := pool.Pick(tried)
 		if e == nil {
 			if len(tried) == 0 {
-				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance", where(pool))), retries
+				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(pool), pool.Unroutable())), retries
 			}
 			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr)), retries
 		}
@@ -626,7 +626,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		e := pool.Pick(tried)
 		if e == nil {
 			if len(tried) == 0 {
-				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance", where(pool)))
+				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(pool), pool.Unroutable()))
 			}
 			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr))
 		}

@@ -223,8 +223,16 @@ func TestOwnAnswers(t *testing.T) {
 	}
 	f.set("empty")
 	res, body = f.do("GET", "empty", "/", "")
-	if res.StatusCode != 503 || errorOf(t, body).Code != sb.EUnavailable || errorOf(t, body).Message != "service empty in realm dev has no routable instance" {
+	if res.StatusCode != 503 || errorOf(t, body).Code != sb.EUnavailable || errorOf(t, body).Message != "service empty in realm dev has no routable instance: Atlas lists none (is the name right, and is the service announced?)" {
 		t.Fatalf("empty service = %d %s", res.StatusCode, body)
+	}
+	f.table.Get("sick").Update([]*sb.Instance{
+		{ID: "sick-1", Address: "127.0.0.1", Port: 1, Status: sb.Critical, Enabled: true},
+		{ID: "sick-2", Address: "127.0.0.1", Port: 2, Status: sb.Passing, Enabled: false},
+	}, 1)
+	res, body = f.do("GET", "sick", "/", "")
+	if res.StatusCode != 503 || !strings.HasSuffix(errorOf(t, body).Message, "has no routable instance: of 2, 1 critical (checks failing, or not passing yet) and 1 disabled") {
+		t.Fatalf("service with a critical and a disabled instance = %d %s", res.StatusCode, body)
 	}
 	f.set("dead", deadAddr(t), deadAddr(t))
 	res, body = f.do("POST", "dead", "/", "x")
