@@ -472,14 +472,23 @@ func (s *Server) servicesLocked(realm string) *sb.ServiceList {
 }
 
 // assignPort gives a service its port, once: the same service always gets
-// the same port, and no two services share one.
+// the same port, no two services share one, and none is given that an
+// instance of another service is registered at.
 func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssignment, error) {
 	for attempt := 0; attempt < 20; attempt++ {
 		s.st.mu.RLock()
 		port, ok := s.st.ports[service]
 		if !ok {
+			// Nor a port an instance of another service is registered at
+			// (without asking for one): on one host the two would clash.
+			taken := map[int]bool{}
+			for _, r := range s.st.instances {
+				if r.service() != service {
+					taken[int(r.port)] = true
+				}
+			}
 			for p := s.cfg.PortMin; p <= s.cfg.PortMax; p++ {
-				if _, used := s.st.portUsed[p]; !used {
+				if _, used := s.st.portUsed[p]; !used && !taken[p] {
 					port = p
 					break
 				}

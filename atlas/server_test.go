@@ -390,6 +390,21 @@ func TestPortAllocationIsStable(t *testing.T) {
 	}
 }
 
+// A port an instance of another service is registered at (without asking
+// Atlas for one) is not given: on one host the two would clash. The
+// service's own instance's port may be.
+func TestPortAllocationSkipsPortsInUse(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/identity-1", reg("identity", 5000, ""))
+	a.must("PUT", "/v1/instances/files-1", reg("files", 5001, ""))
+	var p1, p2 sb.PortAssignment
+	a.must("POST", "/v1/services/hello/port", "").decode(t, &p1)
+	a.must("POST", "/v1/services/files/port", "").decode(t, &p2)
+	if p1.Port != 5002 || p2.Port != 5001 {
+		t.Fatalf("ports = %d, %d; want hello 5002 (5000 and 5001 in use), files its own 5001", p1.Port, p2.Port)
+	}
+}
+
 // Every write to an instance answers with the index to wait for, the
 // deregistration included.
 func TestInstanceWritesAnswerWithTheirIndex(t *testing.T) {
