@@ -165,6 +165,8 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	s.table.MaxPools = MaxServices
 	if cfg.StateDir != "" {
 		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
+	} else {
+		log.Warn("sidecar: no state_dir: the last known routes are not kept, so a sidecar restarted while Atlas is down routes nothing until Atlas is back")
 	}
 	for _, sc := range cfg.Services {
 		a, err := newAnnouncer(sc, cfg.Host, cfg.Advertise, cfg.Realm, s.atlas, log)

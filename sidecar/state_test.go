@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,5 +76,17 @@ func TestAFailedStartLeavesNothingRunning(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("goroutines still running 10s after Start failed")
+	}
+}
+
+// A sidecar without state_dir says what it gives up: routing while Atlas
+// is down after a restart.
+func TestNoStateDirIsWarnedOf(t *testing.T) {
+	var out strings.Builder
+	if _, err := New(Config{Atlas: StringList{"http://127.0.0.1:1"}}, slog.New(slog.NewTextHandler(&out, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "no state_dir") {
+		t.Fatalf("no warning of a missing state_dir: %q", out.String())
 	}
 }
