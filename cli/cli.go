@@ -39,6 +39,9 @@ func ExitCode(err error, stderr io.Writer) int {
 	var e *sb.Error
 	if errors.As(err, &e) {
 		fmt.Fprintf(stderr, "switchboard: %s: %s\n", e.Code, oneLine(e.Message))
+		if h := hint(e); h != "" {
+			fmt.Fprintf(stderr, "switchboard: hint: %s\n", h)
+		}
 		return 1
 	}
 	if errors.Is(err, context.Canceled) {
@@ -46,6 +49,17 @@ func ExitCode(err error, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "switchboard: %s\n", oneLine(err.Error()))
 	return 1
+}
+
+// hint says what to do about the errors a new user meets first.
+func hint(e *sb.Error) string {
+	switch {
+	case e.Code == sb.EUnauthenticated:
+		return "give a token with --token or SWITCHBOARD_TOKEN; Atlas wrote its admin token to DATA/admin.token on its first start"
+	case e.Code == sb.EUnavailable && strings.Contains(e.Message, "connection refused"):
+		return "is Atlas running there? `switchboard dev` runs one on this machine; --atlas or SWITCHBOARD_ATLAS names another"
+	}
+	return ""
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }

@@ -461,3 +461,15 @@ func TestSidecarFlagsAreNamed(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsANewUserMeetsHint: no token, and no Atlas, say what to do.
+func TestErrorsANewUserMeetsHint(t *testing.T) {
+	a := atlastest.Start(t, false)
+	t.Setenv("SWITCHBOARD_TOKEN", "")
+	if _, errs, code := run(t, a.URL, "services"); code != 1 || !strings.Contains(errs, "switchboard: hint: give a token with --token or SWITCHBOARD_TOKEN") {
+		t.Errorf("services without a token = exit %d, stderr %q; want a hint naming --token", code, errs)
+	}
+	if _, errs, code := run(t, "http://127.0.0.1:1", "services"); code != 1 || !strings.Contains(errs, "switchboard: hint: is Atlas running there?") {
+		t.Errorf("services with no Atlas = exit %d, stderr %q; want a hint", code, errs)
+	}
+}
