@@ -473,3 +473,35 @@ func TestErrorsANewUserMeetsHint(t *testing.T) {
 		t.Errorf("services with no Atlas = exit %d, stderr %q; want a hint", code, errs)
 	}
 }
+
+// TestNewFailingLeavesNothingBehind: when new fails after writing (here go
+// is not on PATH, so go mod tidy cannot run), what it wrote is removed, so
+// that running it again works; a directory that held files is never
+// touched.
+func TestNewFailingLeavesNothingBehind(t *testing.T) {
+	url := startAtlas(t)
+	t.Setenv("PATH", t.TempDir())
+	dir := filepath.Join(t.TempDir(), "hello")
+	_, errs, code := run(t, url, "new", "hello", "--dir", dir, "--port", "5100")
+	if code != 1 || !strings.Contains(errs, dir+" removed: fix the cause and run switchboard new again") {
+		t.Fatalf("switchboard new with no go on PATH = exit %d, stderr %q", code, errs)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Fatalf("%s is still there", dir)
+	}
+	empty := t.TempDir()
+	if _, errs, code = run(t, url, "new", "hello", "--dir", empty, "--port", "5100"); code != 1 || !strings.Contains(errs, "removed") {
+		t.Fatalf("switchboard new into an empty directory, failing = exit %d, stderr %q", code, errs)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Fatalf("the empty directory holds %d entries after a failed new", len(entries))
+	}
+	full := t.TempDir()
+	writeFile(filepath.Join(full, "mine.txt"), "keep")
+	if _, _, code = run(t, url, "new", "hello", "--dir", full, "--port", "5100"); code == 0 {
+		t.Fatal("switchboard new into a directory with files succeeded")
+	}
+	if b, err := os.ReadFile(filepath.Join(full, "mine.txt")); err != nil || string(b) != "keep" {
+		t.Fatalf("a failed new touched a file that was there: %q %v", b, err)
+	}
+}

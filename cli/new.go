@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -78,9 +81,20 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 			fmt.Fprintf(g.stdout, "module     %s\n", o.Module)
 			fmt.Fprintf(g.stdout, "port       %d (%s)\n", o.Port, from)
 			fmt.Fprintf(g.stdout, "switchboard source  %s (go.mod replace; Switchboard is not published yet)\n", o.Source)
+			// What a failed or interrupted run made is removed, so that the
+			// next run starts clean (it refuses a directory with files).
+			// Only a directory that did not exist, or held nothing, is
+			// cleaned: never one with someone's files (Create refuses it).
+			before, statErr := os.ReadDir(o.Dir)
+			made := errors.Is(statErr, fs.ErrNotExist)
+			empty := statErr == nil && len(before) == 0
 			if err := scaffold.Create(cmd.Context(), o, g.stdout); err != nil {
-				if _, statErr := os.Stat(o.Dir); statErr == nil {
-					return fmt.Errorf("%w\n(the files are in %s; fix the cause and run go mod tidy there)", err, o.Dir)
+				msg := strings.TrimSpace(err.Error())
+				switch {
+				case made && os.RemoveAll(o.Dir) == nil:
+					return fmt.Errorf("%s\n(%s removed: fix the cause and run switchboard new again)", msg, o.Dir)
+				case empty && emptyDir(o.Dir) == nil:
+					return fmt.Errorf("%s\n(what it wrote in %s removed: fix the cause and run switchboard new again)", msg, o.Dir)
 				}
 				return err
 			}
@@ -99,6 +113,20 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 	c.Flags().StringVar(&module, "module", "", "Go module path (default NAME)")
 	c.Flags().IntVar(&port, "port", 0, "port (default: assigned by Atlas, else a free local one)")
 	return c
+}
+
+// emptyDir removes everything in dir.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pickPort asks Atlas for the service's port; with no Atlas it takes a
