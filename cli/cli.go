@@ -107,8 +107,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return usagef("%s", sb.ErrorMessage(err))
 			}
 			for _, u := range g.atlas {
-				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-					return usagef("--atlas: must be an http:// or https:// URL, got %q", u)
+				if err := client.CheckURL(u); err != nil {
+					return usagef("--atlas: %v", err)
 				}
 			}
 			return nil

@@ -505,3 +505,12 @@ func TestNewFailingLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("a failed new touched a file that was there: %q %v", b, err)
 	}
 }
+
+// TestAtlasURLWithAPathIsRefused: --atlas http://h:4400/v1 would call
+// /v1/v1/...: it is refused, naming the rule, without echoing a password.
+func TestAtlasURLWithAPathIsRefused(t *testing.T) {
+	_, errs, code := run(t, "http://ops:hunter2@127.0.0.1:4400/v1", "services")
+	if code != 2 || !strings.Contains(errs, "--atlas: must be Atlas's base URL") || strings.Contains(errs, "hunter2") {
+		t.Fatalf("services --atlas http://…/v1 = exit %d, stderr %q", code, errs)
+	}
+}

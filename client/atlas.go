@@ -49,6 +49,26 @@ func AtlasFromEnv() *Atlas {
 	return &Atlas{URLs: SplitList(os.Getenv("SWITCHBOARD_ATLAS")), Token: os.Getenv("SWITCHBOARD_TOKEN")}
 }
 
+// CheckURL checks an address of Atlas: an http:// or https:// URL with a
+// host and no path (the client adds /v1/...). The message it returns
+// names no field and never repeats a password the URL holds.
+func CheckURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		shown := raw
+		if err == nil {
+			shown = u.Redacted()
+		} else if strings.Contains(raw, "@") {
+			shown = "(a URL with user info that does not parse)"
+		}
+		return fmt.Errorf("must be an http:// or https:// URL such as %s, got %q", DefaultAtlasURL, shown)
+	}
+	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+		return fmt.Errorf("must be Atlas's base URL, such as %s, without a path (the client adds /v1/...), got %q", DefaultAtlasURL, u.Redacted())
+	}
+	return nil
+}
+
 // SplitList splits a comma-separated list, dropping blanks.
 func SplitList(s string) []string {
 	var out []string

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"reflect"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
 )
 
 // Config is sidecar.yaml. The zero value of every field is useful:
@@ -305,9 +305,8 @@ func (c *Config) Check() error {
 func (c *Config) validate() error {
 	for i, u := range c.Atlas {
 		p := []any{"atlas", i}
-		pu, err := url.Parse(u)
-		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			return errAt(p, "%s: must be an http:// or https:// URL, got %q", name(p), u)
+		if err := client.CheckURL(u); err != nil {
+			return errAt(p, "%s: %v", name(p), err)
 		}
 	}
 	if c.Realm != "" {
