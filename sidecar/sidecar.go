@@ -147,6 +147,9 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		if err != nil {
 			return nil, fmt.Errorf("token_file: %w", err)
 		}
+		if fi, err := os.Stat(cfg.TokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("sidecar: token_file can be read by other users; chmod 600 it", "token_file", cfg.TokenFile, "mode", fi.Mode().Perm().String())
+		}
 		token = strings.TrimSpace(string(b))
 	}
 	s := &Sidecar{

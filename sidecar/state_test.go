@@ -90,3 +90,20 @@ func TestNoStateDirIsWarnedOf(t *testing.T) {
 		t.Fatalf("no warning of a missing state_dir: %q", out.String())
 	}
 }
+
+// A token file other users can read is warned of, as ssh warns of a key.
+func TestReadableTokenFileIsWarnedOf(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	if err := os.WriteFile(path, []byte("sb.x.y\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o644) // whatever the umask
+	var out strings.Builder
+	if _, err := New(Config{Atlas: StringList{"http://127.0.0.1:1"}, TokenFile: path, StateDir: dir}, slog.New(slog.NewTextHandler(&out, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "token_file can be read by other users") || strings.Contains(out.String(), "sb.x.y") {
+		t.Fatalf("log: %q; want a warning, without the token", out.String())
+	}
+}
