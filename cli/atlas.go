@@ -39,6 +39,25 @@ type atlasOptions struct {
 // one.
 const atlasGCPercent = 75
 
+// devIgnores names the fields of a -c file that dev sets itself.
+func devIgnores(c *sidecar.Config) []string {
+	var out []string
+	for _, f := range []struct {
+		key string
+		set bool
+	}{
+		{"atlas", len(c.Atlas) > 0}, {"token_file", c.TokenFile != ""}, {"realm", c.Realm != ""},
+		{"host", c.Host != ""}, {"advertise", c.Advertise != ""}, {"listen", c.Listen != ""},
+		{"admin", c.Admin != ""}, {"state_dir", c.StateDir != ""}, {"drain_timeout", c.DrainTimeout != 0},
+		{"proxy", c.Proxy != ""},
+	} {
+		if f.set {
+			out = append(out, f.key)
+		}
+	}
+	return out
+}
+
 func atlasCmd(g *globals) *cobra.Command {
 	o := atlasOptions{}
 	c := &cobra.Command{
@@ -277,6 +296,9 @@ ignored, dev sets them. Ctrl-C stops it.`,
 						return usagef("%s: upstreams: %s: listen: switchboard dev runs without auth and listens on loopback only, got %q", f, u.Name, u.Listen)
 					}
 				}
+				if ignored := devIgnores(c); len(ignored) > 0 {
+					fmt.Fprintf(g.stderr, "switchboard: %s: dev sets %s itself; the file's are ignored\n", f, strings.Join(ignored, ", "))
+				}
 				cfg.Services = append(cfg.Services, c.Services...)
 				cfg.Upstreams = append(cfg.Upstreams, c.Upstreams...)
 			}
@@ -324,8 +346,10 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			fmt.Fprintf(g.stdout, "  sidecar routes  http://%s/routes\n", sc.AdminAddr)
 			fmt.Fprintf(g.stdout, "  data            %s\n\n", dir)
 			try := "switchboard"
-			if "http://"+ra.addr != client.DefaultAtlasURL {
-				// Not where the commands look by default: say where.
+			if "http://"+ra.addr != client.DefaultAtlasURL || sc.ListenAddr != client.DefaultSidecar {
+				// Not where services and commands look by default: say
+				// how they find these.
+				fmt.Fprintf(g.stdout, "Not the default addresses: services and commands find these with\n  export SWITCHBOARD_ATLAS=http://%s SWITCHBOARD_SIDECAR=%s\n\n", ra.addr, sc.ListenAddr)
 				try = "SWITCHBOARD_ATLAS=http://" + ra.addr + " switchboard"
 			}
 			fmt.Fprintf(g.stdout, "Try: %s register --service hello --address 127.0.0.1 --port 8080 && %s services\n", try, try)

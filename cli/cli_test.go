@@ -514,3 +514,36 @@ func TestAtlasURLWithAPathIsRefused(t *testing.T) {
 		t.Fatalf("services --atlas http://…/v1 = exit %d, stderr %q", code, errs)
 	}
 }
+
+// TestDevSaysWhichFileFieldsItIgnores: dev sets realm, listen and the
+// rest itself; a -c file that sets them is told so, not silently ignored.
+func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sidecar.yaml")
+	if err := writeFile(file, "realm: production\nlisten: 127.0.0.1:4100\nservices:\n  - {name: hello, port: 5999, check: {none: true}}\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- cli.Run(ctx, []string{"dev", "--dir", filepath.Join(dir, "data"), "--listen", "127.0.0.1:0",
+			"--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0", "-c", file}, &out, &errb)
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "Switchboard dev is running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("dev did not start\nstdout: %s\nstderr: %s", out.String(), errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if want := file + ": dev sets realm, listen itself; the file's are ignored"; !strings.Contains(errb.String(), want) {
+		t.Errorf("stderr %q; want %q", errb.String(), want)
+	}
+	if !strings.Contains(out.String(), "export SWITCHBOARD_ATLAS=http://127.0.0.1:") {
+		t.Errorf("dev on other ports does not say how services find them:\n%s", out.String())
+	}
+}
