@@ -463,7 +463,10 @@ type TokenRequest struct {
 
 // Validate checks the role and, for service tokens, the bindings.
 func (t *TokenRequest) Validate() error {
-	if t.Name == "" || len(t.Name) > 128 || !utf8.ValidString(t.Name) {
+	if t.Name == "" {
+		return Errorf(EInvalid, "name: required: what the token is for, 1-128 bytes of UTF-8")
+	}
+	if len(t.Name) > 128 || !utf8.ValidString(t.Name) {
 		return Errorf(EInvalid, "name: must be 1-128 bytes of UTF-8")
 	}
 	if !slices.Contains([]string{RoleAdmin, RoleReader, RoleService}, t.Role) {

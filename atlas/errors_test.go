@@ -87,7 +87,7 @@ func TestBadInput(t *testing.T) {
 		{"delete unknown layer", "DELETE", "/v1/config/layer?service=nope", "", "", 404, sb.ENotFound, "config layer service=nope: not set"},
 		{"config bad service", "GET", "/v1/config?service=Nope", "", "", 400, sb.EInvalid, "service: must match"},
 		{"token bad role", "POST", "/v1/tokens", `{"name":"x","role":"root"}`, "", 400, sb.EInvalid, "role: must be admin, reader or service"},
-		{"token no name", "POST", "/v1/tokens", `{"role":"reader"}`, "", 400, sb.EInvalid, "name: must be 1-128 bytes"},
+		{"token no name", "POST", "/v1/tokens", `{"role":"reader"}`, "", 400, sb.EInvalid, "name: required: what the token is for"},
 		{"service token unbound", "POST", "/v1/tokens", `{"name":"x","role":"service"}`, "", 400, sb.EInvalid, "services: a service token needs at least one service"},
 		{"reader token bound", "POST", "/v1/tokens", `{"name":"x","role":"reader","services":["a"]}`, "", 400, sb.EInvalid, "services, realms: only a service token"},
 		{"token delete unknown", "DELETE", "/v1/tokens/nope", "", "", 404, sb.ENotFound, "token nope: not found"},

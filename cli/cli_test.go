@@ -547,3 +547,29 @@ func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
 		t.Errorf("dev on other ports does not say how services find them:\n%s", out.String())
 	}
 }
+
+// TestTokenDeleteByName: token delete takes a token's name when one token
+// has it, as people remember names; two of a name need the id.
+func TestTokenDeleteByName(t *testing.T) {
+	a := atlastest.Start(t, false)
+	as := func(args ...string) (string, string, int) {
+		return run(t, a.URL, append([]string{"--token", a.AdminToken}, args...)...)
+	}
+	for _, name := range []string{"oncall", "twin", "twin"} {
+		if _, errs, code := as("token", "create", "--name", name, "--role", "reader"); code != 0 {
+			t.Fatalf("token create %s: exit %d %s", name, code, errs)
+		}
+	}
+	if out, errs, code := as("token", "delete", "oncall"); code != 0 || !strings.HasPrefix(out, "deleted token ") {
+		t.Fatalf("token delete oncall = exit %d %q %q", code, out, errs)
+	}
+	if _, errs, code := as("token", "delete", "oncall"); code != 1 || !strings.Contains(errs, "no token has this id or name") {
+		t.Fatalf("token delete of a name gone = exit %d %q", code, errs)
+	}
+	if _, errs, code := as("token", "delete", "twin"); code != 2 || !strings.Contains(errs, `2 tokens are named "twin"`) {
+		t.Fatalf("token delete of a name two tokens have = exit %d %q", code, errs)
+	}
+	if _, errs, code := as("token", "create", "--role", "reader"); code != 2 || !strings.Contains(errs, "--name: required") {
+		t.Fatalf("token create without --name = exit %d %q", code, errs)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
 )
 
 func tokenCmd(g *globals) *cobra.Command {
@@ -57,14 +58,38 @@ func tokenCmd(g *globals) *cobra.Command {
 		}),
 	}
 	del := &cobra.Command{
-		Use:   "delete ID",
-		Short: "Revoke a token",
+		Use:   "delete ID|NAME",
+		Short: "Revoke a token, by its id or its name when one token has it",
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			if err := g.client().DeleteToken(cmd.Context(), args[0]); err != nil {
+			id := args[0]
+			err := g.client().DeleteToken(cmd.Context(), id)
+			if client.IsNotFound(err) {
+				// Not an id: the name of one token, then.
+				l, lerr := g.client().TokenList(cmd.Context())
+				if lerr != nil {
+					return err
+				}
+				var ids []string
+				for _, t := range l.Tokens {
+					if t.Name == id {
+						ids = append(ids, t.ID)
+					}
+				}
+				switch len(ids) {
+				case 0:
+					return sb.Errorf(sb.ENotFound, "token %s: no token has this id or name (token list shows them)", id)
+				case 1:
+					id = ids[0]
+					err = g.client().DeleteToken(cmd.Context(), id)
+				default:
+					return usagef("ID|NAME: %d tokens are named %q (%s): give the id", len(ids), id, strings.Join(ids, ", "))
+				}
+			}
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "deleted token %s\n", args[0])
+			fmt.Fprintf(g.stdout, "deleted token %s\n", id)
 			return nil
 		}),
 	}
