@@ -100,8 +100,8 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 			}
 			rel := o.Dir
 			if wd, err := os.Getwd(); err == nil {
-				if r, err := filepath.Rel(wd, o.Dir); err == nil {
-					rel = r
+				if r, err := filepath.Rel(wd, o.Dir); err == nil && !strings.HasPrefix(r, "..") {
+					rel = r // below here; else the absolute path reads better
 				}
 			}
 			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  cd %s\n  switchboard dev -c sidecar.yaml &\n  go run .\n  curl http://%s.localhost:4000/hello\n",
