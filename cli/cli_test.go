@@ -573,3 +573,12 @@ func TestTokenDeleteByName(t *testing.T) {
 		t.Fatalf("token create without --name = exit %d %q", code, errs)
 	}
 }
+
+// TestInstancesOfAnUnknownServiceSaySo: a typo in the name lists nothing,
+// and says where the names are.
+func TestInstancesOfAnUnknownServiceSaySo(t *testing.T) {
+	out, errs, code := run(t, startAtlas(t), "instances", "idnetity")
+	if code != 0 || !strings.HasPrefix(out, "ID") || !strings.Contains(errs, "no instance of idnetity in realm dev (switchboard services lists the services there)") {
+		t.Fatalf("instances idnetity = exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}

@@ -55,6 +55,11 @@ func instancesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(si.Instances) == 0 && g.output == "table" && len(opts.Status) == 0 && len(tags) == 0 {
+				// Atlas answers a name it never heard of as a service
+				// with no instance: a typo looks like that too.
+				fmt.Fprintf(g.stderr, "switchboard: no instance of %s in realm %s (switchboard services lists the services there)\n", args[0], si.Realm)
+			}
 			return g.print(si, func(w *tabwriter.Writer) { instanceTable(w, si.Instances) })
 		}),
 	}
