@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -146,13 +147,29 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
 
-// LoadConfig reads and checks a sidecar.yaml file.
+// LoadConfig reads and checks a sidecar.yaml file. Relative paths in it
+// (token_file, state_dir, haproxy.dir, a haproxy.binary with a slash) are
+// relative to the file's directory, not to the working directory, which a
+// service manager sets elsewhere (systemd: /).
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseConfig(path, data)
+	c, err := ParseConfig(path, data)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	for _, p := range []*string{&c.TokenFile, &c.StateDir, &c.HAProxy.Dir} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	if b := c.HAProxy.Binary; strings.Contains(b, "/") && !filepath.IsAbs(b) {
+		c.HAProxy.Binary = filepath.Join(dir, b)
+	}
+	return c, nil
 }
 
 var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)

@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +156,23 @@ func TestDefaultAdvertiseAddress(t *testing.T) {
 		if got := pickAddress(tt.addrs); got != tt.want {
 			t.Errorf("pickAddress(%v) = %s, want %s", tt.addrs, got, tt.want)
 		}
+	}
+}
+
+// Relative paths in sidecar.yaml are relative to the file, whatever the
+// working directory (a service manager's is /).
+func TestRelativePathsAreTheFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sidecar.yaml")
+	if err := os.WriteFile(path, []byte("token_file: token\nstate_dir: ./state\nhaproxy: {binary: bin/haproxy, dir: /abs/hap}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TokenFile != filepath.Join(dir, "token") || c.StateDir != filepath.Join(dir, "state") ||
+		c.HAProxy.Binary != filepath.Join(dir, "bin/haproxy") || c.HAProxy.Dir != "/abs/hap" {
+		t.Fatalf("paths: token_file %s, state_dir %s, haproxy %+v", c.TokenFile, c.StateDir, c.HAProxy)
 	}
 }
