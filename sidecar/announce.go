@@ -24,12 +24,13 @@ type announcer struct {
 	atlas    *client.Atlas
 	log      *slog.Logger
 
-	// mu guards status, output and registered.
+	// mu guards status, output, registered and checked.
 	mu         sync.Mutex
 	rf         riseFall
 	status     sb.Status
 	output     string
 	registered bool
+	checked    bool // a check has run
 }
 
 func newAnnouncer(sc ServiceConfig, host, advertise, realm string, atlas *client.Atlas, log *slog.Logger) (*announcer, error) {
@@ -109,9 +110,18 @@ func (a *announcer) checkOnce(ctx context.Context) bool {
 		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.rise)
 	}
 	status, output := a.status, a.output
+	first := !a.checked
+	a.checked = true
 	a.mu.Unlock()
-	if status != before {
+	switch {
+	case status != before && status == sb.Critical:
+		a.log.Warn("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)
+	case status != before:
 		a.log.Info("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)
+	case first && raw == sb.Critical:
+		// Registered critical, and the first check fails: without this
+		// no line would say why it never passes.
+		a.log.Warn("sidecar: the first check failed; the instance stays critical", "id", a.id, "output", output)
 	}
 	return status != before
 }

@@ -2,18 +2,21 @@ package sidecar
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 	"github.com/switchboard-go/switchboard/internal/testnet"
 )
 
@@ -96,5 +99,41 @@ func TestTheCheckDialsTheAnnouncedAddress(t *testing.T) {
 			t.Fatalf("not registered and checked within 20s: %v %v / %v %v", elsewhere, err1, here, err2)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A check that fails from the first says so at warn level (switchboard dev
+// logs warnings only), though the status, critical from the start, does
+// not change; a later fall to critical is a warning too.
+func TestFailingChecksAreWarnings(t *testing.T) {
+	var out syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var down atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	dead := portOf(testnet.Hung(t)) // accepts, never answers: times out
+	root := "/"
+	check := CheckConfig{HTTP: &root, Timeout: Duration(50 * time.Millisecond), Rise: 1, Fall: 1}
+	a, err := newAnnouncer(ServiceConfig{Name: "never", Port: dead, Check: check}, "h1", "127.0.0.1", "dev", nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.checkOnce(context.Background())
+	if !strings.Contains(out.String(), "the first check failed") {
+		t.Fatalf("a first failing check logged no warning: %q", out.String())
+	}
+	b, err := newAnnouncer(ServiceConfig{Name: "flaky", Port: portOf(srv.Listener.Addr().String()), Check: check}, "h1", "127.0.0.1", "dev", nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.checkOnce(context.Background()) // passing: info, not shown
+	down.Store(true)
+	b.checkOnce(context.Background())
+	if !strings.Contains(out.String(), "id=flaky-h1-") || !strings.Contains(out.String(), "to=critical") {
+		t.Fatalf("a fall to critical logged no warning: %q", out.String())
 	}
 }
