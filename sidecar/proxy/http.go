@@ -261,9 +261,25 @@ func (h *HTTP) readError(ctx *fasthttp.RequestCtx, err error) {
 		status = writeErrorStatus(ctx, fasthttp.StatusRequestTimeout, sb.EDeadlineExceeded,
 			fmt.Sprintf("request: not read within %s", readTimeout))
 	default:
-		status = writeErrorStatus(ctx, fasthttp.StatusBadRequest, sb.EInvalid, "malformed request: "+err.Error())
+		status = writeErrorStatus(ctx, fasthttp.StatusBadRequest, sb.EInvalid, "malformed request: "+unquoted(err))
 	}
-	h.observe("", status, ctx.Time(), 0)
+	// fasthttp sets no request time for a request it could not read:
+	// ctx.Time() is the zero time on a connection's first request (and
+	// the previous request's start on a later one). The answer is
+	// counted as given at once.
+	h.observe("", status, time.Now(), 0)
+}
+
+// unquoted is err's message up to the first bytes of the request it
+// quotes: SecureErrorLogMessage leaves out the buffer, but fasthttp still
+// quotes the header value or line it could not read ("invalid header value
+// \"Bearer ...\""), whatever secret it holds.
+func unquoted(err error) string {
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimRight(msg[:i], " :")
+	}
+	return msg
 }
 
 func badGateway(format string, args ...any) error {

@@ -657,3 +657,68 @@ func TestClientHangingUpEndsTheStream(t *testing.T) {
 		}
 	}
 }
+
+// TestUnreadableRequestsAreTimedRight: an unreadable request is observed
+// with the time it took, not with the age of the zero time (292 years in
+// the latency histogram of every unreadable request).
+func TestUnreadableRequestsAreTimedRight(t *testing.T) {
+	var mu sync.Mutex
+	var got []time.Duration
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &HTTP{Table: &Table{Realm: "dev"}, Observe: func(_ string, _ int, d time.Duration, _ int) {
+		mu.Lock()
+		got = append(got, d)
+		mu.Unlock()
+	}}
+	go h.Serve(ln)
+	defer h.Shutdown()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nno colon here\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] < 0 || got[0] > time.Minute {
+		t.Fatalf("observed durations = %v, want one of at most a minute", got)
+	}
+}
+
+// TestUnreadableRequestsAreNotEchoed: the answer to an unreadable request
+// holds none of its bytes, also when the bad line is the one with the
+// secret (fasthttp quotes a bad header value or line whatever
+// SecureErrorLogMessage says).
+func TestUnreadableRequestsAreNotEchoed(t *testing.T) {
+	f := newFrontend(t)
+	for _, raw := range []string{
+		"GET / HTTP/1.1\r\nHost: a.localhost\r\nAuthorization: Bearer s3cret\x01\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a.localhost\r\nCookie: session=s3cret\x7f\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a.localhost\r\nAuthorization Bearer s3cret\r\n\r\n",
+	} {
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, raw)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		e := errorOf(t, string(b))
+		if res.StatusCode != 400 || !strings.Contains(e.Message, "malformed request") {
+			t.Errorf("%q: answer = %d %s, want 400 malformed request", raw, res.StatusCode, b)
+		}
+		if strings.Contains(string(b), "s3cret") {
+			t.Errorf("%q: the answer echoes the request: %s", raw, b)
+		}
+	}
+}
