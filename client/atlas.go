@@ -686,8 +686,9 @@ func IsNotFound(err error) bool { return sb.ErrorCode(err) == sb.ENotFound }
 // address in URLs is asked at once and the counts are summed: replicas of
 // one etcd cluster all hold the change. One that cannot be reached is left
 // out (its streams broke with it, and a stream that reconnects elsewhere
-// starts from a snapshot holding the change); when none can, the error is
-// returned.
+// starts from a snapshot holding the change); when none can, or when one
+// answers with an error that is not a replica's unavailability, the error
+// is returned.
 func (a *Atlas) Propagation(ctx context.Context, realm, service string, index uint64) (*sb.Propagation, error) {
 	wait := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -712,7 +713,12 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 	var wg sync.WaitGroup
 	for i, base := range urls {
 		wg.Go(func() {
-			_, answers[i].err, _ = a.callOne(ctx, base, http.MethodGet, path, q, nil, &answers[i].p)
+			// Each replica's attempt is bounded as a.call bounds it: one
+			// that takes the connection and never answers must not hold
+			// the others' answers (without a deadline, for ever).
+			actx, cancel := attemptContext(ctx, 1, q)
+			defer cancel()
+			_, answers[i].err, _ = a.callOne(actx, base, http.MethodGet, path, q, nil, &answers[i].p)
 		})
 	}
 	wg.Wait()
@@ -731,7 +737,9 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 		sum.Watchers += an.p.Watchers
 		sum.Confirmed += an.p.Confirmed
 	}
-	if reached == 0 {
+	// A replica that answered with an error was reached, and its streams
+	// were not counted: the sum is not every watcher's.
+	if reached == 0 || (firstErr != nil && !sb.Transient(firstErr)) {
 		return sum, firstErr
 	}
 	return sum, nil

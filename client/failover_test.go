@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +82,48 @@ func TestWatchMovesOnFromHungAndQuietReplicas(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("Follow did not reach the live replica past a hung and a quiet one within 20s")
+	}
+}
+
+// A replica that takes the connection and never answers does not keep
+// Propagation from returning when the caller set no deadline: as with one
+// replica listed, each gets the wait it was asked for and a margin.
+func TestPropagationMovesOnFromAHungReplica(t *testing.T) {
+	defer client.SetTimeouts(100*time.Millisecond, time.Second, time.Second)()
+	a := atlastest.Start(t, true)
+	c := &client.Atlas{URLs: []string{"http://" + testnet.Hung(t), a.URL}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Propagation(context.Background(), "", "identity", 1)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Propagation with one replica hung: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Propagation with one replica hung and no deadline still waits after 20s (10s of wait asked)")
+	}
+}
+
+// A replica that answers with an error was reached: its streams were not
+// counted, so Propagation says so rather than return the other replicas'
+// sum as if it were every watcher. Only a replica that cannot be reached
+// is left out.
+func TestPropagationReportsAReplicaThatRefused(t *testing.T) {
+	a := atlastest.Start(t, true)
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		w.Write([]byte(`{"error":{"code":"internal","message":"internal error"}}`))
+	}))
+	defer bad.Close()
+	c := &client.Atlas{URLs: []string{a.URL, bad.URL}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := c.Propagation(ctx, "", "identity", 1)
+	if sb.ErrorCode(err) != sb.EInternal {
+		t.Fatalf("Propagation = %+v, %v; want the internal error of the replica that answered with it", p, err)
 	}
 }
