@@ -49,7 +49,7 @@ func devIgnores(c *sidecar.Config) []string {
 		{"atlas", len(c.Atlas) > 0}, {"token_file", c.TokenFile != ""}, {"realm", c.Realm != ""},
 		{"host", c.Host != ""}, {"advertise", c.Advertise != ""}, {"listen", c.Listen != ""},
 		{"admin", c.Admin != ""}, {"state_dir", c.StateDir != ""}, {"drain_timeout", c.DrainTimeout != 0},
-		{"proxy", c.Proxy != ""},
+		{"proxy", c.Proxy != ""}, {"haproxy", c.HAProxy != (sidecar.HAProxyConfig{})},
 	} {
 		if f.set {
 			out = append(out, f.key)

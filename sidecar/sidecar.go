@@ -104,9 +104,14 @@ type Sidecar struct {
 	unreachable sync.Map
 	front       *proxy.HTTP
 	hap         atomic.Pointer[haproxy.Driver] // haproxy mode only
-	admin       *http.Server
-	l4          []*proxy.TCP
-	announcers  []*announcer
+	// hapMu makes each hand-over to HAProxy (a service's endpoints read
+	// and given, or its backend removed) one step: two watch goroutines of
+	// one service, the dropped pool's and a new one's, could otherwise
+	// hand over an older list last.
+	hapMu      sync.Mutex
+	admin      *http.Server
+	l4         []*proxy.TCP
+	announcers []*announcer
 	// announceCancel stops the announcers apart, before the drain.
 	announceCancel context.CancelFunc
 	announceWG     sync.WaitGroup
@@ -381,6 +386,8 @@ func (s *Sidecar) pushHAProxy(service string) {
 	if hap == nil {
 		return
 	}
+	s.hapMu.Lock()
+	defer s.hapMu.Unlock()
 	p := s.table.Lookup(service)
 	if p == nil {
 		return
@@ -418,12 +425,13 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 				// backend.
 				if s.table.Lookup(service) == nil {
 					s.m.forget(service)
-					if hap := s.hap.Load(); hap != nil {
+				}
+				if hap := s.hap.Load(); hap != nil {
+					s.hapMu.Lock()
+					if s.table.Lookup(service) == nil {
 						hap.Remove(service)
-						// A call that asked for it meanwhile, and its first
-						// instances, may have come before the removal.
-						s.pushHAProxy(service)
 					}
+					s.hapMu.Unlock()
 				}
 			}
 		}()
@@ -519,6 +527,10 @@ func (s *Sidecar) sweep(interval time.Duration) {
 		for _, name := range s.table.Sweep() {
 			s.log.Info("sidecar: stopped following a service no call asked for", "service", name, "idle", interval.String())
 		}
+		// The sweep cleared every mark: those HAProxy serves are marked
+		// again at once, or the bound could take one of them for unused
+		// until the next touch.
+		s.touchServed(every)
 	}
 }
 

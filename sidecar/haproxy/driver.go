@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,9 +54,13 @@ type Driver struct {
 	cmd        *exec.Cmd
 	exited     chan struct{}
 	stopping   bool
-	ctx        context.Context
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	// served holds, per backend, when the worker a reload replaced last
+	// gave it a request: a new worker's counters start again, and Called
+	// must still name what the old one served.
+	served map[string]time.Time
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // backendState is what one backend's slots hold: the desired slots, and
@@ -454,6 +459,7 @@ func (d *Driver) Remove(service string) {
 		return
 	}
 	delete(d.backends, "http/"+service)
+	delete(d.served, "be_"+service)
 	d.applyLocked()
 }
 
@@ -472,7 +478,35 @@ func (d *Driver) Called(ctx context.Context, within time.Duration) ([]string, er
 			names = append(names, service)
 		}
 	}
+	// What workers replaced by reloads served.
+	d.mu.Lock()
+	for px, at := range d.served {
+		if service, ok := strings.CutPrefix(px, "be_"); ok && time.Since(at) <= time.Duration(limit)*time.Second && !slices.Contains(names, service) {
+			names = append(names, service)
+		}
+	}
+	d.mu.Unlock()
 	return names, nil
+}
+
+// noteServedLocked records when the running worker last gave each backend
+// a request, before a reload replaces it.
+func (d *Driver) noteServedLocked() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	last, err := runtimeAPI{d.adminSock()}.lastSessions(ctx)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	if d.served == nil {
+		d.served = map[string]time.Time{}
+	}
+	for px, secs := range last {
+		if at := now.Add(-time.Duration(secs) * time.Second); secs >= 0 && at.After(d.served[px]) {
+			d.served[px] = at
+		}
+	}
 }
 
 // free counts b's free slots.
@@ -660,6 +694,7 @@ func (d *Driver) reloadLocked(spec Spec) error {
 		return err
 	}
 	before, _ := d.workerPID()
+	d.noteServedLocked()
 	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("haproxy: reload: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -238,4 +239,33 @@ func TestBackendsComeWithInstancesAndLeaveWhenRemoved(t *testing.T) {
 	}
 	// The fallback (nothing listens there in this test) has the call now.
 	waitGet(t, listen, "files", 503)
+}
+
+// A service HAProxy served is still named by Called after a reload: the
+// sidecar's sweep must not take it for unused because the worker that
+// served it was replaced (a reload starts every counter again).
+func TestCalledSurvivesAReload(t *testing.T) {
+	d, listen := startDriver(t)
+	urls := backends(t, 1)
+	d.Update("files", false, endpoints(t, urls...))
+	if body := waitGet(t, listen, "files", 200); body != "i0" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	reloads := d.Reloads()
+	// Another service appears: HAProxy reloads (at most one per 2 s).
+	d.Update("other", false, namedEndpoints("j", urls...))
+	for deadline := time.Now().Add(10 * time.Second); d.Reloads() == reloads; {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitGet(t, listen, "other", 200)
+	called, err := d.Called(t.Context(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(called, "files") {
+		t.Fatalf("Called(1m) = %q after a reload, want files in it: it was served seconds ago", called)
+	}
 }
