@@ -108,10 +108,13 @@ type Sidecar struct {
 	// and given, or its backend removed) one step: two watch goroutines of
 	// one service, the dropped pool's and a new one's, could otherwise
 	// hand over an older list last.
-	hapMu      sync.Mutex
-	admin      *http.Server
-	l4         []*proxy.TCP
-	announcers []*announcer
+	hapMu sync.Mutex
+	// servedFailing: asking HAProxy what it served failed last time
+	// (sweep goroutine only).
+	servedFailing bool
+	admin         *http.Server
+	l4            []*proxy.TCP
+	announcers    []*announcer
 	// announceCancel stops the announcers apart, before the drain.
 	announceCancel context.CancelFunc
 	announceWG     sync.WaitGroup
@@ -546,9 +549,15 @@ func (s *Sidecar) touchServed(interval time.Duration) bool {
 	defer cancel()
 	names, err := hap.Called(ctx, interval+time.Second)
 	if err != nil {
-		s.log.Warn("sidecar: asking HAProxy which services it served failed; no service is dropped until it answers", "err", err)
+		// Logged once until it answers again: HAProxy restarting is
+		// asked every 10 s.
+		if !s.servedFailing {
+			s.log.Warn("sidecar: asking HAProxy which services it served failed; no service is dropped until it answers", "err", err)
+		}
+		s.servedFailing = true
 		return false
 	}
+	s.servedFailing = false
 	for _, name := range names {
 		s.table.Touch(name)
 	}
