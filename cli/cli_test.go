@@ -423,7 +423,7 @@ func TestSidecarTokenFlagOverridesTheFile(t *testing.T) {
 			"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, &out, &errb)
 		done <- cli.ExitCode(err, &errb)
 	}()
-	for range 250 {
+	for range 1000 { // 20 s
 		if _, err := a.Client().Instance(context.Background(), "files-h1-"+port); err == nil {
 			cancel()
 			if code := <-done; code != 0 {
