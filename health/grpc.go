@@ -74,7 +74,9 @@ var WatchInterval = time.Second
 
 // Watch implements grpc.health.v1: the current status at once, then one
 // message per change; SERVICE_UNKNOWN (not an error) for an unknown
-// service.
+// service. While draining it sends the current status and ends the
+// stream: a stream that never ends would keep the gRPC server's
+// GracefulStop waiting for ever.
 func (g grpcHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	ctx := stream.Context()
 	var last healthpb.HealthCheckResponse_ServingStatus = -1
@@ -88,6 +90,9 @@ func (g grpcHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Heal
 				return err
 			}
 			last = st
+		}
+		if g.c.isDraining() {
+			return nil
 		}
 		select {
 		case <-ctx.Done():

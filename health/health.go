@@ -69,12 +69,13 @@ type Checker struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	// mu guards checks, cache, draining and changed.
+	// mu guards checks, cache, draining, changed and flights.
 	mu       sync.Mutex
 	checks   []Check
 	cache    map[string]Result
 	draining bool
-	changed  chan struct{} // closed when a result or draining changes
+	changed  chan struct{}      // closed when a result or draining changes
+	flights  map[string]*flight // the run in flight of each check
 }
 
 // Check is one named check.
@@ -127,6 +128,13 @@ func (c *Checker) SetDraining(on bool) {
 		c.draining = on
 		c.signalLocked()
 	}
+}
+
+// isDraining reports whether SetDraining(true) is in force.
+func (c *Checker) isDraining() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.draining
 }
 
 func (c *Checker) signalLocked() {
@@ -207,7 +215,44 @@ func (c *Checker) run(ctx context.Context, keep func(Check) bool, withShutdown b
 	return rep
 }
 
+// flight is one run of a check's Func. Callers that want the check while
+// it runs wait for it instead of starting another: concurrent probes do
+// not multiply the work on a dependency, and a Func that ignores its
+// context holds one goroutine, not one per call.
+type flight struct {
+	start time.Time
+	done  chan struct{} // closed once res is set: the Func returned or timed out
+	res   Result
+}
+
 func (c *Checker) runOne(ctx context.Context, ch Check) Result {
+	c.mu.Lock()
+	f := c.flights[ch.Name]
+	if f == nil {
+		f = &flight{start: c.now(), done: make(chan struct{})}
+		if c.flights == nil {
+			c.flights = make(map[string]*flight)
+		}
+		c.flights[ch.Name] = f
+		go c.fly(ctx, ch, f)
+	} else {
+		select {
+		case <-f.done:
+			// The last run timed out and its Func has still not returned.
+			c.mu.Unlock()
+			return c.record(ch.Name, c.now(), "", fmt.Errorf("check timed out: the run started %s ago has not returned yet",
+				c.now().Sub(f.start).Round(time.Millisecond)))
+		default:
+		}
+	}
+	c.mu.Unlock()
+	<-f.done
+	return f.res
+}
+
+// fly runs ch for f under the check's timeout, and forgets f once the Func
+// has returned, however long after the timeout that is.
+func (c *Checker) fly(ctx context.Context, ch Check, f *flight) {
 	timeout := ch.Timeout
 	if timeout <= 0 {
 		timeout = c.Timeout
@@ -220,9 +265,45 @@ func (c *Checker) runOne(ctx context.Context, ch Check) Result {
 	// that ends) must not cache a failure every other caller then sees.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	start := c.now()
-	out, err := safeRun(ctx, ch.Func)
-	r := Result{Checker: ch.Name, Output: out, Passed: err == nil, Timestamp: unix(start)}
+	type res struct {
+		out string
+		err error
+	}
+	ret := make(chan res, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				ret <- res{err: fmt.Errorf("check panicked: %v", v)}
+			}
+		}()
+		out, err := ch.Func(ctx)
+		ret <- res{out, err}
+	}()
+	var r res
+	returned := true
+	select {
+	case r = <-ret:
+	case <-ctx.Done():
+		r, returned = res{err: fmt.Errorf("check timed out: %w", ctx.Err())}, false
+	}
+	f.res = c.record(ch.Name, f.start, r.out, r.err)
+	if !returned {
+		// Callers get the timeout now; those that come while the Func
+		// still runs get a timeout of their own rather than a second run.
+		close(f.done)
+		<-ret
+	}
+	c.mu.Lock()
+	delete(c.flights, ch.Name)
+	c.mu.Unlock()
+	if returned {
+		close(f.done)
+	}
+}
+
+// record makes a check's result, caches it and signals a change.
+func (c *Checker) record(name string, start time.Time, out string, err error) Result {
+	r := Result{Checker: name, Output: out, Passed: err == nil, Timestamp: unix(start)}
 	ttl := c.SuccessTTL
 	if err != nil {
 		r.Output = err.Error()
@@ -230,47 +311,22 @@ func (c *Checker) runOne(ctx context.Context, ch Check) Result {
 	}
 	r.Expires = unix(start.Add(ttl))
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.cache == nil {
 		c.cache = make(map[string]Result)
 	}
-	if prev, ok := c.cache[ch.Name]; !ok || prev.Passed != r.Passed {
+	if prev, ok := c.cache[name]; !ok || prev.Passed != r.Passed {
 		c.signalLocked()
 	}
 	if ttl > 0 {
-		c.cache[ch.Name] = r
+		c.cache[name] = r
 	} else {
 		// Not reused, but kept to notice changes.
 		r2 := r
 		r2.Expires = 0
-		c.cache[ch.Name] = r2
+		c.cache[name] = r2
 	}
-	c.mu.Unlock()
 	return r
-}
-
-// safeRun runs fn, turning a panic into a failure and returning when ctx
-// ends even if fn does not.
-func safeRun(ctx context.Context, fn Func) (string, error) {
-	type res struct {
-		out string
-		err error
-	}
-	done := make(chan res, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- res{err: fmt.Errorf("check panicked: %v", v)}
-			}
-		}()
-		out, err := fn(ctx)
-		done <- res{out, err}
-	}()
-	select {
-	case r := <-done:
-		return r.out, r.err
-	case <-ctx.Done():
-		return "", fmt.Errorf("check timed out: %w", ctx.Err())
-	}
 }
 
 // ServeHTTP answers with the Runscope healthcheck JSON.

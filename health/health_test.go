@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -298,5 +299,83 @@ func TestAnImpatientCallerDoesNotFailTheCheck(t *testing.T) {
 	c.Run(ctx)
 	if code, body := get(t, c, "/healthcheck"); code != 200 {
 		t.Fatalf("after a caller gave up early: %d %s; want 200", code, body)
+	}
+}
+
+// Every caller whose cached result had expired started the check
+// again, even while an earlier run was still going: concurrent probes
+// (sidecar, Kubernetes, a load balancer) multiplied the work on the
+// dependency, and a check that ignores its context leaked one goroutine,
+// stuck for good, per run. One run of a check is in flight at a time.
+func TestOneRunOfACheckInFlight(t *testing.T) {
+	var started atomic.Int32
+	release := make(chan struct{})
+	c := &health.Checker{Timeout: 50 * time.Millisecond} // no cache
+	c.Add("stuck", func(context.Context) (string, error) {
+		started.Add(1)
+		<-release // ignores its context
+		return "ok", nil
+	})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			rep := c.Run(context.Background())
+			if rep.Passed() || !strings.Contains(rep.Results[0].Output, "timed out") {
+				t.Errorf("a run of a stuck check = %+v; want a timeout", rep.Results)
+			}
+		})
+	}
+	wg.Wait()
+	for range 3 {
+		if rep := c.Run(context.Background()); rep.Passed() || !strings.Contains(rep.Results[0].Output, "timed out") {
+			t.Errorf("a run while the stuck one goes on = %+v; want a timeout", rep.Results)
+		}
+	}
+	if n := started.Load(); n != 1 {
+		t.Fatalf("the check was started %d times while its first run was stuck; want 1", n)
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rep := c.Run(context.Background())
+		if rep.Passed() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the stuck run returned: %+v", rep.Results)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := started.Load(); n != 2 {
+		t.Fatalf("started %d times; want 2", n)
+	}
+}
+
+// A Watch stream that never ends keeps grpc.Server.GracefulStop
+// waiting for ever; while draining, Watch sends the status and ends.
+func TestWatchEndsWhileDrainingSoGracefulStopReturns(t *testing.T) {
+	c := &health.Checker{}
+	c.Add("db", func(context.Context) (string, error) { return "ok", nil })
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, c.GRPC())
+	go srv.Serve(ln)
+	defer srv.Stop()
+	conn, _ := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	w, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Recv()
+	c.SetDraining(true)
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second): // a Watch polls every second
+		t.Fatal("GracefulStop hangs on a Watch stream")
 	}
 }
