@@ -119,7 +119,9 @@ func New(name string) *Service {
 	}
 	v := s.cfg.Values()
 	s.Listen = envOr("SWITCHBOARD_LISTEN", v.String("listen", ":8080"))
-	s.DrainTimeout = v.Duration("drain_timeout", 10*time.Second)
+	if s.DrainTimeout, s.cfgErr = drainTimeout(v); s.cfgErr != nil {
+		return s
+	}
 	s.Instance = os.Getenv("SWITCHBOARD_INSTANCE")
 	if s.Instance == "" {
 		_, port, _ := net.SplitHostPort(s.Listen)
@@ -175,6 +177,21 @@ func setLevel(level *slog.LevelVar, v *config.Values) error {
 	}
 	level.Set(l)
 	return nil
+}
+
+// drainTimeout reads the config key drain_timeout: a positive Go duration
+// ("10s") or number of seconds. A value that is neither stops the service
+// at start rather than be replaced by a default, unsaid.
+func drainTimeout(v *config.Values) (time.Duration, error) {
+	raw := v.Get("drain_timeout")
+	d := v.Duration("drain_timeout", -1)
+	if raw == nil {
+		return 10 * time.Second, nil
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("config: drain_timeout: must be a positive duration such as 10s, got %s", v.String("drain_timeout", ""))
+	}
+	return d, nil
 }
 
 // logOutput is where logs go: stdout (tests move it).
@@ -356,9 +373,11 @@ func (s *Service) Run(ctx context.Context) error {
 		drainErr = fmt.Errorf("service %s: %w (%v): requests still running were cut off", s.Name, ErrDrainTimeout, s.DrainTimeout)
 		s.log.Warn("service: requests still running at the end of the drain were cut off", "drain_timeout", s.DrainTimeout.String())
 	}
+	s.dbMu.Lock()
 	if s.db != nil {
 		s.db.Close()
 	}
+	s.dbMu.Unlock()
 	s.log.Info("service: stopped")
 	return drainErr
 }

@@ -335,3 +335,46 @@ func TestLogLevelFromConfig(t *testing.T) {
 		t.Fatalf("log: loud = %v; want an error naming the key and the levels", err)
 	}
 }
+
+// Run closed the database reading s.db without the lock DB()
+// writes it under: a worker (or a request) that opens the database while
+// the service drains raced with the end of Run (go test -race).
+func TestDBOpenedWhileRunDrains(t *testing.T) {
+	t.Setenv("SWITCHBOARD_CONFIG_DATABASE", `{"driver":"switchboardtest","dsn":"x"}`)
+	var svc *service.Service
+	_, _, stop := run(t, func(s *service.Service) { svc = s })
+	done := make(chan error, 1)
+	go func() { done <- stop() }()
+	// Run waits for the sidecars (Atlas is unreachable: a grace of
+	// drain_timeout, 1s here) before it drains and closes the database.
+	time.Sleep(300 * time.Millisecond)
+	svc.DB()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+// A drain_timeout that is not a duration was replaced by 10s
+// without a word, and a negative one made the shutdown cut every request
+// at once; like log, a bad value stops the service at start, naming the
+// key and the rule.
+func TestDrainTimeoutMustBeAPositiveDuration(t *testing.T) {
+	t.Setenv("SWITCHBOARD_ATLAS", "http://127.0.0.1:1")
+	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+	t.Cleanup(service.SetLogOutput(&strings.Builder{}))
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel() // Run stops at once when it runs at all
+	for _, bad := range []string{"ten", "-1s", "0"} {
+		t.Setenv("SWITCHBOARD_CONFIG_DRAIN_TIMEOUT", bad)
+		err := service.New("identity").Run(stopped)
+		if err == nil || !strings.Contains(err.Error(), "config: drain_timeout: must be a positive duration such as 10s, got "+bad) {
+			t.Errorf("drain_timeout %s: Run = %v; want an error naming the key and the rule", bad, err)
+		}
+	}
+	for in, want := range map[string]string{"3s": "3s", "2": "2s"} {
+		t.Setenv("SWITCHBOARD_CONFIG_DRAIN_TIMEOUT", in)
+		if got := service.New("identity").DrainTimeout.String(); got != want {
+			t.Errorf("drain_timeout %s = %s; want %s", in, got, want)
+		}
+	}
+}
