@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -24,6 +25,17 @@ type checker interface {
 }
 
 // newChecker returns the checker a CheckConfig asks for, aimed at addr.
+// grpcConnectParams makes a gRPC check's connection reconnect at least
+// once an interval (gRPC's own backoff grows to two minutes).
+func grpcConnectParams(interval time.Duration) grpc.ConnectParams {
+	return grpc.ConnectParams{Backoff: backoff.Config{
+		BaseDelay:  min(interval, time.Second),
+		Multiplier: backoff.DefaultConfig.Multiplier,
+		Jitter:     backoff.DefaultConfig.Jitter,
+		MaxDelay:   interval,
+	}}
+}
+
 func newChecker(c CheckConfig, addr string) (checker, error) {
 	switch {
 	case c.None:
@@ -31,7 +43,12 @@ func newChecker(c CheckConfig, addr string) (checker, error) {
 	case c.TCP:
 		return tcpCheck{addr: addr}, nil
 	case c.GRPC != nil:
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		// gRPC reconnects on its own schedule, backing off up to two
+		// minutes, and fails checks at once in between: a service back up
+		// would stay critical long after it answers. Reconnecting at least
+		// once an interval makes every check a fresh verdict.
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpcConnectParams(durOr(c.Interval, 2*time.Second))))
 		if err != nil {
 			return nil, fmt.Errorf("grpc check of %s: %w", addr, err)
 		}
@@ -104,7 +121,12 @@ func (h *httpCheck) check(ctx context.Context) (sb.Status, string) {
 		return sb.Critical, fmt.Sprintf("GET %s: %v", h.url, err)
 	}
 	defer res.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(res.Body, 64<<10))
+	if err != nil {
+		// The answer started but did not end in time (or broke off): a
+		// timeout, whatever the status said.
+		return sb.Critical, fmt.Sprintf("GET %s: %s, then reading the body: %v", h.url, res.Status, err)
+	}
 	out := healthOutput(body)
 	if out == "" {
 		out = fmt.Sprintf("GET %s: %s", h.url, res.Status)
@@ -135,18 +157,21 @@ func healthOutput(body []byte) string {
 	if json.Unmarshal(body, &rep) != nil || rep.Status == "" {
 		return ""
 	}
-	var lines []string
+	// Failures first, so that the 4 KiB Atlas keeps of an output holds
+	// them; otherwise the body's order.
+	var failed, passed []string
 	for _, r := range rep.Results {
 		var s string
 		if json.Unmarshal(r.Output, &s) != nil {
 			s = string(r.Output)
 		}
-		mark := "ok"
-		if !r.Passed {
-			mark = "FAIL"
+		if r.Passed {
+			passed = append(passed, fmt.Sprintf("ok %s: %s", r.Checker, s))
+		} else {
+			failed = append(failed, fmt.Sprintf("FAIL %s: %s", r.Checker, s))
 		}
-		lines = append(lines, fmt.Sprintf("%s %s: %s", mark, r.Checker, s))
 	}
+	lines := append(failed, passed...)
 	if len(lines) == 0 {
 		return "healthcheck " + rep.Status + " (no checks)"
 	}
