@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -471,21 +470,23 @@ func (d *Driver) Called(ctx context.Context, within time.Duration) ([]string, er
 	if err != nil {
 		return nil, err
 	}
-	limit := int((within + time.Second - 1) / time.Second)
-	var names []string
-	for px, secs := range last {
-		if service, ok := strings.CutPrefix(px, "be_"); ok && secs >= 0 && secs <= limit {
-			names = append(names, service)
-		}
-	}
-	// What workers replaced by reloads served.
+	now := time.Now()
+	at := servedAt(last, now)
+	// And what workers replaced by reloads served.
 	d.mu.Lock()
-	for px, at := range d.served {
-		if service, ok := strings.CutPrefix(px, "be_"); ok && time.Since(at) <= time.Duration(limit)*time.Second && !slices.Contains(names, service) {
-			names = append(names, service)
+	for px, t := range d.served {
+		if t.After(at[px]) {
+			at[px] = t
 		}
 	}
 	d.mu.Unlock()
+	limit := time.Duration((within+time.Second-1)/time.Second) * time.Second
+	var names []string
+	for px, t := range at {
+		if service, ok := strings.CutPrefix(px, "be_"); ok && now.Sub(t) <= limit {
+			names = append(names, service)
+		}
+	}
 	return names, nil
 }
 
@@ -498,15 +499,26 @@ func (d *Driver) noteServedLocked() {
 	if err != nil {
 		return
 	}
-	now := time.Now()
 	if d.served == nil {
 		d.served = map[string]time.Time{}
 	}
-	for px, secs := range last {
-		if at := now.Add(-time.Duration(secs) * time.Second); secs >= 0 && at.After(d.served[px]) {
-			d.served[px] = at
+	for px, t := range servedAt(last, time.Now()) {
+		if t.After(d.served[px]) {
+			d.served[px] = t
 		}
 	}
+}
+
+// servedAt turns show stat's seconds since each backend's last request
+// into times; a backend never given one is left out.
+func servedAt(last map[string]int, now time.Time) map[string]time.Time {
+	at := make(map[string]time.Time, len(last))
+	for px, secs := range last {
+		if secs >= 0 {
+			at[px] = now.Add(-time.Duration(secs) * time.Second)
+		}
+	}
+	return at
 }
 
 // free counts b's free slots.
