@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -328,12 +329,10 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			if err := sc.Start(); err != nil {
 				// The sidecar names its own fields (listen, admin); here
 				// they are dev's --sidecar-* flags.
-				msg := err.Error()
-				switch {
-				case strings.HasPrefix(msg, "listen: "):
-					return fmt.Errorf("--sidecar-listen: %s (another switchboard dev running? pick a free port with --sidecar-listen)", strings.TrimPrefix(msg, "listen: "))
-				case strings.HasPrefix(msg, "admin: "):
-					return fmt.Errorf("--sidecar-admin: %s (another switchboard dev running? pick a free port with --sidecar-admin)", strings.TrimPrefix(msg, "admin: "))
+				var le *sidecar.ListenError
+				if errors.As(err, &le) {
+					flag := "--sidecar-" + le.Key
+					return fmt.Errorf("%s: %v (another switchboard dev running? pick a free port with %s)", flag, le.Err, flag)
 				}
 				return err
 			}

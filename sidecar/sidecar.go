@@ -123,6 +123,16 @@ type Sidecar struct {
 	sweepEvery time.Duration
 }
 
+// ListenError is Start failing to listen on the address of a config key
+// (listen or admin), so that a command can name its own flag instead.
+type ListenError struct {
+	Key string
+	Err error
+}
+
+func (e *ListenError) Error() string { return e.Key + ": " + e.Err.Error() }
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // New checks cfg (after Defaults) and prepares a sidecar; Start runs it.
 func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	guessed := cfg.Advertise == ""
@@ -222,12 +232,12 @@ func (s *Sidecar) Start() error {
 	}
 	ln, err := net.Listen("tcp", frontAddr)
 	if err != nil {
-		return fail(fmt.Errorf("listen: %w", err))
+		return fail(&ListenError{Key: "listen", Err: err})
 	}
 	lns = append(lns, ln)
 	aln, err := net.Listen("tcp", s.cfg.Admin)
 	if err != nil {
-		return fail(fmt.Errorf("admin: %w", err))
+		return fail(&ListenError{Key: "admin", Err: err})
 	}
 	lns = append(lns, aln)
 	type l4 struct {
