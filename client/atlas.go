@@ -700,11 +700,6 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 	q.Set("wait", max(wait, time.Millisecond).String())
 	path := "/v1/services/" + url.PathEscape(service) + "/propagation"
 	urls := a.urls()
-	if len(urls) == 1 {
-		var p sb.Propagation
-		_, err := a.call(ctx, http.MethodGet, path, q, nil, &p)
-		return &p, err
-	}
 	type answer struct {
 		p   sb.Propagation
 		err error
