@@ -143,10 +143,7 @@ func typeRule(v reflect.Type, e *json.UnmarshalTypeError) string {
 	if lit, ok := strings.CutPrefix(e.Value, "number "); ok && isInt(kind) && !strings.ContainsAny(lit, ".eE") {
 		return "out of range, got " + e.Value
 	}
-	what := "must be " + jsonTypeName(kind.String())
-	if isInt(kind) {
-		what = "must be a whole number"
-	}
+	what := "must be " + jsonTypeName(kind)
 	if f := jsonField(v, e.Field); f != nil && f != e.Type {
 		switch f.Kind() {
 		case reflect.Slice:
@@ -185,22 +182,25 @@ func jsonField(t reflect.Type, path string) reflect.Type {
 	return t
 }
 
-func jsonTypeName(kind string) string {
-	switch kind {
-	case "int", "int64", "uint64", "float64":
+func jsonTypeName(k reflect.Kind) string {
+	if isInt(k) {
+		return "a whole number"
+	}
+	switch k {
+	case reflect.Float64:
 		return "a number"
-	case "string":
+	case reflect.String:
 		return "a string"
-	case "bool":
+	case reflect.Bool:
 		return "a boolean"
-	case "slice":
+	case reflect.Slice:
 		return "an array"
-	case "map", "struct":
+	case reflect.Map, reflect.Struct:
 		return "an object"
-	case "ptr":
+	case reflect.Pointer:
 		return "a value of the right type"
 	}
-	return kind
+	return k.String()
 }
 
 // statusRecorder remembers the status for metrics, and writes answers
