@@ -69,11 +69,12 @@ type Checker struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
-	// mu guards checks, cache, draining, changed and flights.
+	// mu guards checks, cache, draining, asked, changed and flights.
 	mu       sync.Mutex
 	checks   []Check
 	cache    map[string]Result
 	draining bool
+	asked    time.Time          // when readiness was last asked for
 	changed  chan struct{}      // closed when a result or draining changes
 	flights  map[string]*flight // the run in flight of each check
 }
@@ -180,8 +181,11 @@ func (c *Checker) run(ctx context.Context, keep func(Check) bool, withShutdown b
 		}
 	}
 	draining := c.draining
-	c.mu.Unlock()
 	now := c.now()
+	if withShutdown {
+		c.asked = now
+	}
+	c.mu.Unlock()
 	results := make([]Result, len(checks))
 	var wg sync.WaitGroup
 	for i, ch := range checks {
@@ -213,6 +217,17 @@ func (c *Checker) run(ctx context.Context, keep func(Check) bool, withShutdown b
 		}
 	}
 	return rep
+}
+
+// ReadinessAskedAt returns when readiness, the report that fails while
+// draining, was last asked for: by /healthcheck, /readyz or gRPC health's
+// service "". Zero means never. A sidecar whose check asks for something
+// else (a TCP connection, /livez, a path of the service's own) cannot see
+// the service drain.
+func (c *Checker) ReadinessAskedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.asked
 }
 
 // flight is one run of a check's Func. Callers that want the check while

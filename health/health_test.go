@@ -221,6 +221,28 @@ func TestLivezReadyz(t *testing.T) {
 	}
 }
 
+// ReadinessAskedAt moves for the probes that fail while draining, and
+// for no other: the kit tells from it whether its sidecar would see it
+// drain.
+func TestReadinessAskedAt(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := &health.Checker{Now: func() time.Time { return now }}
+	c.Add("db", func(context.Context) (string, error) { return "ok", nil })
+	for _, path := range []string{"/livez", "/livez/ping", "/readyz/db", "/readyz?exclude=shutdown"} {
+		get(t, c, path)
+		if at := c.ReadinessAskedAt(); !at.IsZero() {
+			t.Errorf("after GET %s, ReadinessAskedAt = %v; want zero: it cannot fail while draining", path, at)
+		}
+	}
+	for _, path := range []string{"/readyz", "/healthcheck", "/readyz/shutdown"} {
+		now = now.Add(time.Second)
+		get(t, c, path)
+		if at := c.ReadinessAskedAt(); !at.Equal(now) {
+			t.Errorf("after GET %s, ReadinessAskedAt = %v; want %v", path, at, now)
+		}
+	}
+}
+
 func TestGRPC(t *testing.T) {
 	c := &health.Checker{}
 	var up atomic.Bool

@@ -123,3 +123,31 @@ services:
 		t.Fatalf("identity log:\n%s", kits[0].out.String())
 	}
 }
+
+// A kit service announced with a tcp check waited its whole drain_timeout
+// at every stop: the sidecar never asks for readiness, so the instance
+// stays passing until the port closes. The kit now sees that no check
+// asked for readiness within the lease, says so, and stops without the
+// wait.
+func TestKitServiceWithATCPCheckDoesNotWaitForTheSidecars(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	port := freePort(t)
+	k := startKit(t, a.url, port)
+	s := startSidecar(t, fmt.Sprintf(`atlas: %s
+host: itest
+advertise: 127.0.0.1
+upstreams: [{name: identity}]
+services:
+  - {name: identity, port: %d, check: {tcp: true, interval: 300ms, rise: 1, fall: 1}}
+`, a.url, port))
+	waitFor(t, "the instance routable", 30*time.Second, func() bool { return len(s.routed("identity")) == 1 })
+	time.Sleep(1500 * time.Millisecond) // past the lease (1s), so the kit can tell
+	k.stop(t)
+	out := k.out.String()
+	if !strings.Contains(out, "no check has asked for readiness within the lease") {
+		t.Fatalf("the kit did not say that the sidecars cannot see it drain:\n%s", out)
+	}
+	if strings.Contains(out, "still in rotation at the end of the drain timeout") {
+		t.Fatalf("the kit waited out its drain timeout for a change a tcp check never makes:\n%s", out)
+	}
+}

@@ -72,10 +72,9 @@ type Service struct {
 	client     *http.Client
 	clientOnce sync.Once
 
-	// dbMu guards db and dbErr.
-	dbMu  sync.Mutex
-	db    *sql.DB
-	dbErr error
+	// dbMu guards db.
+	dbMu sync.Mutex
+	db   *sql.DB
 
 	// ready is closed once Run listens; Addr is then the bound address.
 	ready chan struct{}
@@ -294,25 +293,25 @@ func (s *Service) initMetrics() {
 
 // DB returns the database named by the config key "database" ({"driver":
 // "postgres", "dsn": "..."}), opened once; the driver is registered by the
-// service's own import. A built-in "database" check pings it.
+// service's own import. A built-in "database" check pings it. An error is
+// not kept: a later call tries again, so that a database configured in
+// Atlas after the service started is opened then.
 func (s *Service) DB() (*sql.DB, error) {
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
-	if s.db != nil || s.dbErr != nil {
-		return s.db, s.dbErr
+	if s.db != nil {
+		return s.db, nil
 	}
 	var spec struct {
 		Driver string `json:"driver"`
 		DSN    string `json:"dsn"`
 	}
 	if err := s.Config().Decode("database", &spec); err != nil || spec.Driver == "" {
-		s.dbErr = errors.New(`service: config key "database" must be {"driver": "...", "dsn": "..."}`)
-		return nil, s.dbErr
+		return nil, errors.New(`service: config key "database" must be {"driver": "...", "dsn": "..."}`)
 	}
 	db, err := sql.Open(spec.Driver, spec.DSN)
 	if err != nil {
-		s.dbErr = fmt.Errorf("service: database: %w", err)
-		return nil, s.dbErr
+		return nil, fmt.Errorf("service: database: %w", err)
 	}
 	s.db = db
 	_ = s.checker.Add("database", func(ctx context.Context) (string, error) {
@@ -419,6 +418,11 @@ func (s *Service) waitForSidecars() {
 			s.log.Info("service: not registered in Atlas (no sidecar announces it): nothing to wait for")
 			return
 		}
+		if index == 0 && me.Routable() && !s.readinessWatched(time.Duration(me.TTL)) {
+			s.log.Warn("service: no check has asked for readiness within the lease, so the sidecars cannot see this service drain (check it with http: /readyz, not tcp or none): stopping without waiting for them; they retry refused connections elsewhere",
+				"ttl", time.Duration(me.TTL).String())
+			return
+		}
 		if me == nil || !me.Routable() {
 			p, err := s.atlas.Propagation(ctx, s.Realm, s.Name, si.Index)
 			switch {
@@ -437,6 +441,18 @@ func (s *Service) waitForSidecars() {
 		}
 		index = si.Index
 	}
+}
+
+// readinessWatched reports whether a check (the sidecar's, every
+// interval) asks for readiness, so that failing it takes this instance out
+// of rotation: asked within the last lease of ttl (three check intervals),
+// or the service has not run for a lease yet and cannot tell.
+func (s *Service) readinessWatched(ttl time.Duration) bool {
+	if time.Since(s.started) < ttl {
+		return true
+	}
+	asked := s.checker.ReadinessAskedAt()
+	return !asked.IsZero() && time.Since(asked) <= ttl
 }
 
 func deadline(ctx context.Context) time.Time {

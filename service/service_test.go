@@ -244,6 +244,22 @@ func TestDB(t *testing.T) {
 	}
 }
 
+// DB kept its first error for ever: a service that asked for its
+// database before the config (or the driver) was there could never open
+// it. A later call tries again.
+func TestDBErrorIsNotKept(t *testing.T) {
+	t.Setenv("SWITCHBOARD_CONFIG_DATABASE", `{"driver":"switchboardtest-late","dsn":"x"}`)
+	var svc *service.Service
+	run(t, func(s *service.Service) { svc = s })
+	if _, err := svc.DB(); err == nil || !strings.Contains(err.Error(), "switchboardtest-late") {
+		t.Fatalf("DB() before the driver is registered = %v; want an error naming it", err)
+	}
+	sql.Register("switchboardtest-late", testDriver{down: new(bool)})
+	if db, err := svc.DB(); err != nil || db == nil {
+		t.Fatalf("DB() once the driver is there = %v, %v; want the database", db, err)
+	}
+}
+
 // Review findings: the drain that runs out says so and cuts what is left,
 // Client is safe to call from handlers at once, /environment redacts the
 // credentials of the URLs it shows, and a handler that writes nothing is
