@@ -504,6 +504,9 @@ type Token struct {
 	CreatedAt time.Time `json:"created_at"`
 	// Secret is set only in the answer to the request that created it.
 	Secret string `json:"secret,omitempty"`
+	// Warning, in that answer too, says that Atlas runs without
+	// authentication (--insecure), so that the token checks nothing yet.
+	Warning string `json:"warning,omitempty"`
 }
 
 // TokenList is the answer of GET /v1/tokens.

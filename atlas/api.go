@@ -611,6 +611,10 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	return s.blocking(w, r, keys, render, nil)
 }
 
+// InsecureTokenWarning is the warning of a token created while Atlas runs
+// with --insecure: it is stored, and counts once Atlas runs with auth on.
+const InsecureTokenWarning = "Atlas runs without authentication (--insecure, as switchboard dev does): this token is stored, but checks nothing until Atlas runs with auth on"
+
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error {
 	if err := principalFrom(r.Context()).admin(); err != nil {
 		return err
@@ -625,6 +629,9 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) error
 	tok, err := s.createToken(r.Context(), req)
 	if err != nil {
 		return err
+	}
+	if s.cfg.Insecure {
+		tok.Warning = InsecureTokenWarning
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, 0, marshal(tok))

@@ -572,6 +572,18 @@ func TestTokenDeleteByName(t *testing.T) {
 	if _, errs, code := as("token", "create", "--role", "reader"); code != 2 || !strings.Contains(errs, "--name: required") {
 		t.Fatalf("token create without --name = exit %d %q", code, errs)
 	}
+	if _, errs, _ := as("token", "create", "--name", "quiet", "--role", "reader"); strings.Contains(errs, "warning") {
+		t.Fatalf("token create with auth on warned: %q", errs)
+	}
+}
+
+// A token created on an Atlas without auth (switchboard dev) looked like
+// it guarded something. The answer and the CLI say that it does not.
+func TestTokenCreateWithoutAuthSaysSo(t *testing.T) {
+	out, errs, code := run(t, startAtlas(t), "token", "create", "--name", "oncall", "--role", "reader", "-o", "json")
+	if code != 0 || !strings.Contains(errs, "switchboard: warning: Atlas runs without authentication (--insecure") || !strings.Contains(out, `"warning": "Atlas runs without authentication`) {
+		t.Fatalf("token create on an insecure Atlas = exit %d, stdout %q, stderr %q", code, out, errs)
+	}
 }
 
 // TestInstancesOfAnUnknownServiceSaySo: a typo in the name lists nothing,

@@ -26,6 +26,9 @@ func tokenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if tok.Warning != "" {
+				fmt.Fprintf(g.stderr, "switchboard: warning: %s\n", tok.Warning)
+			}
 			return g.print(tok, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "id\t%s\nname\t%s\nrole\t%s\n", tok.ID, tok.Name, tok.Role)
 				if len(tok.Services) > 0 {
