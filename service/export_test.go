@@ -8,3 +8,6 @@ func SetLogOutput(w io.Writer) (restore func()) {
 	logOutput = w
 	return func() { logOutput = old }
 }
+
+// FindSelf is findSelf, for a test.
+var FindSelf = findSelf

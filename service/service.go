@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -408,11 +409,9 @@ func (s *Service) waitForSidecars() {
 			}
 			return
 		}
-		var me *sb.Instance
-		for _, in := range si.Instances {
-			if in.ID == s.Instance {
-				me = in
-			}
+		me := findSelf(si.Instances, s.Instance, s.addr)
+		if me != nil && me.ID != s.Instance && index == 0 {
+			s.log.Info("service: found this instance in Atlas by its address, under another id (set SWITCHBOARD_INSTANCE to it)", "id", me.ID)
 		}
 		if me == nil && index == 0 {
 			s.log.Info("service: not registered in Atlas (no sidecar announces it): nothing to wait for")
@@ -441,6 +440,37 @@ func (s *Service) waitForSidecars() {
 		}
 		index = si.Index
 	}
+}
+
+// findSelf returns this instance in a listing: the one with its id, else
+// the one at its port on an address of this host's. A sidecar whose
+// host: is not this host's name registers it under another id.
+func findSelf(list []*sb.Instance, id, listen string) *sb.Instance {
+	for _, in := range list {
+		if in.ID == id {
+			return in
+		}
+	}
+	_, p, _ := net.SplitHostPort(listen)
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return nil
+	}
+	var local []net.IP
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				local = append(local, ipn.IP)
+			}
+		}
+	}
+	for _, in := range list {
+		ip := net.ParseIP(in.Address)
+		if in.Port == port && ip != nil && slices.ContainsFunc(local, ip.Equal) {
+			return in
+		}
+	}
+	return nil
 }
 
 // readinessWatched reports whether a check (the sidecar's, every

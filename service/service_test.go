@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/internal/syncbuf"
 	"github.com/switchboard-go/switchboard/service"
 )
@@ -241,6 +242,37 @@ func TestDB(t *testing.T) {
 	defer func() { dbDown = false }()
 	if code, body := get(t, base+"/readyz?verbose"); code != 500 || !strings.Contains(body, "database unreachable") {
 		t.Fatalf("readyz with the database down = %d %q", code, body)
+	}
+}
+
+// A sidecar whose host: differs from the host's name registers the
+// service under an id the kit did not expect, and the kit then thought
+// itself unannounced and skipped waiting for the sidecars. It now also
+// finds itself by its port on an address of this host's.
+func TestFindSelf(t *testing.T) {
+	list := []*sb.Instance{
+		{ID: "identity-web1-8080", Address: "192.0.2.1", Port: 8080},
+		{ID: "identity-itest-8080", Address: "127.0.0.1", Port: 8080},
+	}
+	tests := []struct {
+		id, listen, want string
+	}{
+		{"identity-web1-8080", ":8080", "identity-web1-8080"},  // its id
+		{"identity-host-8080", ":8080", "identity-itest-8080"}, // its port, on this host
+		{"identity-host-9090", ":9090", ""},                    // no instance at its port
+		{"identity-host-x", "", ""},                            // no port to match
+	}
+	for _, tt := range tests {
+		got := ""
+		if in := service.FindSelf(list, tt.id, tt.listen); in != nil {
+			got = in.ID
+		}
+		if got != tt.want {
+			t.Errorf("findSelf(%s, %q) = %q; want %q", tt.id, tt.listen, got, tt.want)
+		}
+	}
+	if in := service.FindSelf(list[:1], "identity-host-8080", ":8080"); in != nil {
+		t.Errorf("findSelf matched %s, at an address that is not this host's", in.ID)
 	}
 }
 
