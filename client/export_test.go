@@ -15,3 +15,10 @@ func SetTimeouts(attempt, connect, idle time.Duration) (restore func()) {
 	attemptTimeout, watchConnectTimeout, streamIdleTimeout = attempt, connect, idle
 	return func() { attemptTimeout, watchConnectTimeout, streamIdleTimeout = a, c, i }
 }
+
+// SetDefaultTimeout moves the timeout of direct calls that name none.
+func SetDefaultTimeout(d time.Duration) (restore func()) {
+	old := defaultTimeout
+	defaultTimeout = d
+	return func() { defaultTimeout = old }
+}

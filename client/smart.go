@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +34,8 @@ const Scheme = "service"
 // URLs. Through a sidecar (the usual case) it sends the request to the
 // sidecar with the Switchboard-Service header and lets the sidecar balance
 // and retry. With no sidecar it resolves instances from Atlas itself and
-// balances and retries as the sidecar does. Other URLs pass through Base.
+// balances, retries and times out (Switchboard-Timeout, else 30 s) as the
+// sidecar does. Other URLs pass through Base.
 type Transport struct {
 	// Sidecar is the sidecar's host:port. Empty means SWITCHBOARD_SIDECAR,
 	// else 127.0.0.1:4000; "none" means no sidecar: go to instances
@@ -205,9 +207,9 @@ func (t *Transport) viaSidecar(req *http.Request, service string) (*http.Respons
 	out.URL = &u
 	out.Host = service + ".localhost"
 	out.Header.Set("Switchboard-Service", service)
-	if deadline, ok := req.Context().Deadline(); ok && out.Header.Get("Switchboard-Timeout") == "" {
+	if deadline, ok := req.Context().Deadline(); ok && out.Header.Get(TimeoutHeader) == "" {
 		if d := time.Until(deadline); d > time.Millisecond {
-			out.Header.Set("Switchboard-Timeout", d.Round(time.Millisecond).String())
+			out.Header.Set(TimeoutHeader, d.Round(time.Millisecond).String())
 		}
 	}
 	if t.explicit || req.Body == nil || req.Body == http.NoBody {
@@ -298,8 +300,20 @@ func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p 
 // direct sends the request to an instance chosen as the sidecar would,
 // retrying by the same rules.
 func (t *Transport) direct(req *http.Request, service string) (*http.Response, error) {
-	p, err := t.pool(req.Context(), service)
+	timeout, timed, err := requestTimeout(req.Header)
 	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("service %s in realm %s: %w", service, t.Realm, err)
+	}
+	// The timeout covers the whole exchange, the answer's body too, as
+	// the sidecar's does; streams are long-lived by design and get none.
+	ctx, cancel := req.Context(), context.CancelFunc(func() {})
+	if !isStream(req.Header) {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	p, err := t.pool(ctx, service)
+	if err != nil {
+		cancel()
 		closeBody(req)
 		return nil, err
 	}
@@ -311,6 +325,7 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 	for {
 		e := p.Pick(tried)
 		if e == nil {
+			cancel()
 			closeBody(req)
 			if lastErr != nil {
 				return nil, fmt.Errorf("service %s in realm %s: every try failed, the last with: %w", service, t.Realm, lastErr)
@@ -318,9 +333,11 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 			return nil, fmt.Errorf("service %s in realm %s has no routable instance: %s", service, t.Realm, p.Unroutable())
 		}
 		tried = append(tried, e)
-		out := req.Clone(req.Context())
+		out := req.Clone(ctx)
+		out.Header.Del(TimeoutHeader) // the sidecar's, not the instance's
 		if len(tried) > 1 && req.GetBody != nil {
 			if out.Body, err = req.GetBody(); err != nil {
+				cancel()
 				return nil, err
 			}
 		}
@@ -334,18 +351,31 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		res, err := t.Base.RoundTrip(out)
 		if err == nil {
 			outcome := balance.StatusOutcome(res.StatusCode)
-			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(outcome) }}
+			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(outcome); cancel() }}
 			return res, nil
 		}
 		lastErr = err
 		if req.Context().Err() != nil {
 			// The caller's deadline or cancellation says nothing of the
 			// instance.
+			cancel()
 			done(balance.Abandoned)
 			return nil, err
 		}
+		if ctx.Err() != nil {
+			// A timeout the caller chose says nothing of the instance
+			// either; the default one (no answer in 30 s) does.
+			if timed {
+				done(balance.Abandoned)
+			} else {
+				done(balance.Failed)
+			}
+			cancel()
+			return nil, fmt.Errorf("service %s in realm %s: no answer within %s: %w", service, t.Realm, timeout, context.DeadlineExceeded)
+		}
 		done(balance.Failed)
 		if !(isDialError(err) && replayable || retryable) || !t.Budget.Retry() {
+			cancel()
 			return nil, fmt.Errorf("service %s in realm %s: %w", service, t.Realm, err)
 		}
 	}
@@ -376,4 +406,33 @@ func idempotent(method string) bool {
 func isDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// TimeoutHeader bounds one call ("2s"), through the sidecar or direct;
+// without it a call has 30 s.
+const TimeoutHeader = "Switchboard-Timeout"
+
+// defaultTimeout bounds a direct call that names no Switchboard-Timeout,
+// as the sidecar's does; tests move it.
+var defaultTimeout = 30 * time.Second
+
+// requestTimeout returns the timeout of a direct call: its
+// Switchboard-Timeout (timed), else the default, with the sidecar's rule
+// for the header.
+func requestTimeout(h http.Header) (d time.Duration, timed bool, err error) {
+	v := h.Get(TimeoutHeader)
+	if v == "" {
+		return defaultTimeout, false, nil
+	}
+	d, err = time.ParseDuration(v)
+	if err != nil || d < time.Millisecond || d > time.Hour {
+		return 0, false, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
+	}
+	return d, true, nil
+}
+
+// isStream reports whether a request upgrades the protocol or asks for an
+// event stream: the sidecar pipes those with no timeout.
+func isStream(h http.Header) bool {
+	return h.Get("Upgrade") != "" || strings.Contains(h.Get("Accept"), "text/event-stream")
 }

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -279,5 +280,68 @@ func TestReadEventsDropsBlocksWithoutAType(t *testing.T) {
 	})
 	if err != nil || len(got) != 1 || got[0].Kind != "update" || got[0].ID != "7" || got[0].Service.Service != "files" {
 		t.Fatalf("ReadEvents = %+v, %v; want the update of files alone", got, err)
+	}
+}
+
+// hungInstance is an instance that takes requests and never answers
+// (until the test ends).
+func hungInstance(t *testing.T) string {
+	stop := make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	t.Cleanup(s.Close)
+	t.Cleanup(func() { close(stop) })
+	return s.URL
+}
+
+// within runs f and fails the test when it has not returned by a
+// generous deadline: f is expected to end far sooner.
+func within(t *testing.T, what string, f func() error) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- f() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still waiting after 30s", what)
+		return nil
+	}
+}
+
+// Without a sidecar the client keeps the sidecar's timeouts: a
+// Switchboard-Timeout, else 30 s. Before, a call to an instance that never
+// answered waited for ever.
+func TestDirectHonoursTimeouts(t *testing.T) {
+	a := directSetup(t, hungInstance(t))
+	tr := &client.Transport{Sidecar: "none", Atlas: a}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	get := func(header string) error {
+		req, _ := http.NewRequest("GET", "service://files/x", nil)
+		if header != "" {
+			req.Header.Set("Switchboard-Timeout", header)
+		}
+		res, err := c.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		return err
+	}
+	err := within(t, "GET with Switchboard-Timeout: 100ms of a hung instance", func() error { return get("100ms") })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no answer within 100ms") {
+		t.Fatalf("GET with Switchboard-Timeout: 100ms of a hung instance = %v; want no answer within 100ms", err)
+	}
+	defer client.SetDefaultTimeout(100 * time.Millisecond)()
+	err = within(t, "GET of a hung instance with the default timeout", func() error { return get("") })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no answer within 100ms") {
+		t.Fatalf("GET of a hung instance with the default timeout = %v; want no answer within 100ms", err)
+	}
+	if err := get("soon"); err == nil || !strings.Contains(err.Error(), "Switchboard-Timeout: must be a duration") {
+		t.Fatalf("GET with Switchboard-Timeout: soon = %v; want the header's rule", err)
 	}
 }
