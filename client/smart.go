@@ -208,8 +208,10 @@ func (t *Transport) viaSidecar(req *http.Request, service string) (*http.Respons
 	out.Host = service + ".localhost"
 	out.Header.Set("Switchboard-Service", service)
 	if deadline, ok := req.Context().Deadline(); ok && out.Header.Get(TimeoutHeader) == "" {
-		if d := time.Until(deadline); d > time.Millisecond {
-			out.Header.Set(TimeoutHeader, d.Round(time.Millisecond).String())
+		// The sidecar refuses a timeout past its longest: a further
+		// deadline gets the longest.
+		if d := time.Until(deadline); d > minTimeout {
+			out.Header.Set(TimeoutHeader, min(d.Round(time.Millisecond), maxTimeout).String())
 		}
 	}
 	if t.explicit || req.Body == nil || req.Body == http.NoBody {
@@ -412,6 +414,13 @@ func isDialError(err error) bool {
 // without it a call has 30 s.
 const TimeoutHeader = "Switchboard-Timeout"
 
+// minTimeout and maxTimeout bound the Switchboard-Timeout the sidecar
+// takes.
+const (
+	minTimeout = time.Millisecond
+	maxTimeout = time.Hour
+)
+
 // defaultTimeout bounds a direct call that names no Switchboard-Timeout,
 // as the sidecar's does; tests move it.
 var defaultTimeout = 30 * time.Second
@@ -425,7 +434,7 @@ func requestTimeout(h http.Header) (d time.Duration, timed bool, err error) {
 		return defaultTimeout, false, nil
 	}
 	d, err = time.ParseDuration(v)
-	if err != nil || d < time.Millisecond || d > time.Hour {
+	if err != nil || d < minTimeout || d > maxTimeout {
 		return 0, false, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
 	}
 	return d, true, nil

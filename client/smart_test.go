@@ -22,6 +22,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/sidecar"
 )
 
 func TestServiceURLGoesToTheSidecar(t *testing.T) {
@@ -343,5 +344,33 @@ func TestDirectHonoursTimeouts(t *testing.T) {
 	}
 	if err := get("soon"); err == nil || !strings.Contains(err.Error(), "Switchboard-Timeout: must be a duration") {
 		t.Fatalf("GET with Switchboard-Timeout: soon = %v; want the header's rule", err)
+	}
+}
+
+// A caller's deadline further than the sidecar's longest timeout (1 h)
+// still goes through the sidecar: before, it became a Switchboard-Timeout
+// the sidecar refused with 400.
+func TestFarDeadlineThroughTheSidecar(t *testing.T) {
+	a := directSetup(t, named(t, "a"))
+	s, err := sidecar.New(sidecar.Config{Atlas: sidecar.StringList{a.URLs[0]}, Listen: "127.0.0.1:0", Admin: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	c := &http.Client{Transport: &client.Transport{Sidecar: s.ListenAddr}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "service://files/x", nil)
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(b) != "a GET " {
+		t.Fatalf("GET with a 2h deadline through the sidecar = %d %q; want 200 from the instance", res.StatusCode, b)
 	}
 }
