@@ -292,9 +292,20 @@ func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, er
 // takes no Transport, so that a dropped one can be collected (and its
 // cleanup end ctx).
 func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p *balance.Pool) {
+	heard := false // an event came: the pool has instances from Atlas
 	atlas.Follow(ctx, realm, []string{p.Service},
-		func(ev Event) { p.Update(ev.Service.Instances, ev.Service.Index) },
+		func(ev Event) {
+			heard = true
+			p.Update(ev.Service.Instances, ev.Service.Index)
+		},
 		func(err error, _ time.Duration) {
+			if code := sb.ErrorCode(err); !heard && (code == sb.EUnauthenticated || code == sb.EPermissionDenied) {
+				// Atlas answered and will not say where the service is:
+				// calls get that at once, rather than wait for an answer
+				// that does not come. The first event lifts it (the
+				// stream starts with a snapshot: no event came before).
+				p.Deny(fmt.Errorf("service %s in realm %s: Atlas will not say where it is: %w", p.Service, realm, err))
+			}
 			log.Warn("client: watching Atlas failed; keeping the last known instances", "target", p.Service, "err", err)
 		})
 }
@@ -314,6 +325,9 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	p, err := t.pool(ctx, service)
+	if err == nil {
+		err = p.Denied()
+	}
 	if err != nil {
 		cancel()
 		closeBody(req)

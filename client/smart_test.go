@@ -374,3 +374,44 @@ func TestFarDeadlineThroughTheSidecar(t *testing.T) {
 		t.Fatalf("GET with a 2h deadline through the sidecar = %d %q; want 200 from the instance", res.StatusCode, b)
 	}
 }
+
+// With no sidecar, a call Atlas will not say where to send (no token, or
+// one that may not watch the service) fails with Atlas's refusal: before,
+// each call waited 5 s and said Atlas had not answered.
+func TestDirectSaysAtlasRefusedIt(t *testing.T) {
+	a := atlastest.Start(t, false)
+	admin := a.Client()
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(named(t, "a"), "http://"))
+	p, _ := strconv.Atoi(port)
+	if _, err := admin.Register(t.Context(), "files-0", sb.Registration{Service: "files", Address: host, Port: p}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := admin.CreateToken(t.Context(), sb.TokenRequest{Name: "web", Role: sb.RoleService, Services: []string{"web"}, Realms: []string{"dev"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr *client.Transport
+	for _, tc := range []struct{ token, code string }{{"", sb.EUnauthenticated}, {svc.Secret, sb.EPermissionDenied}} {
+		tr = &client.Transport{Sidecar: "none", Atlas: &client.Atlas{URLs: []string{a.URL}, Token: tc.token}}
+		defer tr.CloseIdleConnections()
+		_, err := (&http.Client{Transport: tr}).Get("service://files/x")
+		if sb.ErrorCode(err) != tc.code || !strings.Contains(err.Error(), "service files in realm dev") {
+			t.Errorf("GET with token %.6q that may not watch files = %v; want %s naming the service", tc.token, err, tc.code)
+		}
+	}
+	// Once a policy allows it, the same client's calls go through (the
+	// stream's snapshot lifts the refusal).
+	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"files"}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		res, err := (&http.Client{Transport: tr}).Get("service://files/x")
+		if err == nil {
+			res.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET once a policy allows it: %v", err)
+		}
+	}
+}
