@@ -22,3 +22,11 @@ func SetDefaultTimeout(d time.Duration) (restore func()) {
 	defaultTimeout = d
 	return func() { defaultTimeout = old }
 }
+
+// SetUnusedFor moves how long a service no direct call asked for is
+// followed.
+func SetUnusedFor(d time.Duration) (restore func()) {
+	old := unusedFor
+	unusedFor = d
+	return func() { unusedFor = old }
+}

@@ -63,7 +63,7 @@ type Transport struct {
 	absentUntil atomic.Int64
 	// mu guards pools and ctx.
 	mu    sync.Mutex
-	pools map[string]*balance.Pool
+	pools map[string]*followed
 	ctx   context.Context // of the pools' watches
 	// watches stops them: at CloseIdleConnections, and once the Transport
 	// is garbage (the watches hold no reference to it, so that a dropped
@@ -264,19 +264,41 @@ func (b *keptBody) release() {
 	}
 }
 
+// followed is a service direct calls go to: its pool, kept current by a
+// watch of Atlas.
+type followed struct {
+	pool *balance.Pool
+	stop context.CancelFunc // ends the watch
+	used atomic.Int64       // unix nanoseconds of the last call
+}
+
 // pool returns the pool of service, starting to watch it the first time
 // and waiting (within the request's context) for Atlas's first answer.
+// A service seen for the first time drops those no call asked for in
+// unusedFor (as the sidecar does), so that names called once (typos,
+// names from input) are not followed for ever; the next call follows
+// such a name again.
 func (t *Transport) pool(ctx context.Context, service string) (*balance.Pool, error) {
+	now := time.Now().UnixNano()
 	t.mu.Lock()
 	if t.pools == nil {
-		t.pools = make(map[string]*balance.Pool)
+		t.pools = make(map[string]*followed)
 	}
-	p := t.pools[service]
-	if p == nil {
-		p = balance.NewPool(service, t.Realm)
-		t.pools[service] = p
-		go watch(t.ctx, t.Atlas, t.Realm, t.Logger, p)
+	f := t.pools[service]
+	if f == nil {
+		for name, old := range t.pools {
+			if now-old.used.Load() > int64(unusedFor) {
+				old.stop()
+				delete(t.pools, name)
+			}
+		}
+		wctx, stop := context.WithCancel(t.ctx)
+		f = &followed{pool: balance.NewPool(service, t.Realm), stop: stop}
+		t.pools[service] = f
+		go watch(wctx, t.Atlas, t.Realm, t.Logger, f.pool)
 	}
+	f.used.Store(now)
+	p := f.pool
 	t.mu.Unlock()
 	select {
 	case <-p.Ready():
@@ -459,3 +481,7 @@ func requestTimeout(h http.Header) (d time.Duration, timed bool, err error) {
 func isStream(h http.Header) bool {
 	return h.Get("Upgrade") != "" || strings.Contains(h.Get("Accept"), "text/event-stream")
 }
+
+// unusedFor is how long a service no direct call asked for is followed
+// (at least); tests move it.
+var unusedFor = 5 * time.Minute

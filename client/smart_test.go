@@ -415,3 +415,43 @@ func TestDirectSaysAtlasRefusedIt(t *testing.T) {
 		}
 	}
 }
+
+// With no sidecar, a service no call has asked for in a while stops being
+// followed when another is called for the first time: before, every name
+// ever called (typos, names from input) kept an event stream on Atlas for
+// the Transport's life.
+func TestDirectDropsServicesNoCallAskedFor(t *testing.T) {
+	defer client.SetUnusedFor(time.Nanosecond)()
+	a := directSetup(t, named(t, "a"))
+	tr := &client.Transport{Sidecar: "none", Atlas: a}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	watchers := func(service string) int {
+		p, err := a.Propagation(t.Context(), "dev", service, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Watchers
+	}
+	get := func(service string) {
+		res, err := c.Get("service://" + service + "/x")
+		if err == nil {
+			res.Body.Close()
+		}
+	}
+	get("typo")
+	if n := watchers("typo"); n != 1 {
+		t.Fatalf("after a call to typo, %d event streams watch it; want 1", n)
+	}
+	get("files")
+	for deadline := time.Now().Add(30 * time.Second); watchers("typo") != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("typo, called once long ago, still has %d event streams watching it", watchers("typo"))
+		}
+	}
+	// It is followed again when called again.
+	get("typo")
+	if n := watchers("typo"); n != 1 {
+		t.Fatalf("after a new call to typo, %d event streams watch it; want 1", n)
+	}
+}
