@@ -603,8 +603,9 @@ var (
 
 // Follow watches services in realm until ctx ends: it calls fn for every
 // event and, when the stream breaks, onErr with the error and the wait
-// before it reconnects (resuming from the last event; 100 ms doubling to
-// 5 s, reset by an event). Callers keep what they had meanwhile.
+// before it reconnects (resuming from the last event, or with a snapshot
+// after Atlas refused the stream; 100 ms doubling to 5 s, reset by an
+// event). Callers keep what they had meanwhile.
 func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn func(Event), onErr func(err error, retryIn time.Duration)) {
 	last := ""
 	backoff := 100 * time.Millisecond
@@ -617,6 +618,12 @@ func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn 
 		})
 		if ctx.Err() != nil {
 			return
+		}
+		if code := sb.ErrorCode(err); code == sb.EUnauthenticated || code == sb.EPermissionDenied {
+			// Atlas refused the stream: what changed while it did is
+			// unknown, and resuming would send only the changes after
+			// the last event. Start over with a snapshot.
+			last = ""
 		}
 		onErr(err, backoff)
 		select {

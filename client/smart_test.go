@@ -416,6 +416,52 @@ func TestDirectSaysAtlasRefusedIt(t *testing.T) {
 	}
 }
 
+// A stream Atlas refused (a policy removed while it ran) resumed from its
+// last event once the policy was back, and so got nothing until the
+// service next changed: the sidecar kept refusing calls a policy allowed
+// again. After a refusal, Follow starts over with a snapshot.
+func TestFollowAfterARefusalStartsWithASnapshot(t *testing.T) {
+	a := atlastest.Start(t, false)
+	admin := a.Client()
+	// A lease longer than the test: the service must not change under it.
+	if _, err := admin.Register(t.Context(), "files-0", sb.Registration{Service: "files", Address: "127.0.0.1", Port: 1, TTL: sb.Duration(sb.MaxTTL)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"files"}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := admin.CreateToken(t.Context(), sb.TokenRequest{Name: "web", Role: sb.RoleService, Services: []string{"web"}, Realms: []string{"dev"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events, refusals atomic.Int32
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	web := &client.Atlas{URLs: []string{a.URL}, Token: svc.Secret}
+	go web.Follow(ctx, "dev", []string{"files"}, func(client.Event) { events.Add(1) }, func(err error, _ time.Duration) {
+		if sb.ErrorCode(err) == sb.EPermissionDenied {
+			refusals.Add(1)
+		}
+	})
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s within 30s", what)
+			}
+		}
+	}
+	waitUntil("first snapshot", func() bool { return events.Load() == 1 })
+	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"other"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("refusal once the policy is gone", func() bool { return refusals.Load() > 0 })
+	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"files"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("snapshot once the policy is back", func() bool { return events.Load() == 2 })
+}
+
 // With no sidecar, a service no call has asked for in a while stops being
 // followed when another is called for the first time: before, every name
 // ever called (typos, names from input) kept an event stream on Atlas for
