@@ -178,11 +178,16 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 		idx, err, retry := a.callOne(actx, urls[n], method, path, q, body, out)
 		cancel()
 		if !retry {
-			if !sb.Transient(err) {
-				a.mu.Lock()
+			a.mu.Lock()
+			switch {
+			case !sb.Transient(err):
 				a.good = n
-				a.mu.Unlock()
+			case a.good == n:
+				// A POST this replica failed without answering: the next
+				// call starts at the next one.
+				a.good = (n + 1) % len(urls)
 			}
+			a.mu.Unlock()
 			return idx, err
 		}
 		lastErr = err
@@ -214,7 +219,10 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	res, err := a.httpClient().Do(req)
 	if err != nil {
-		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err), true
+		// A POST (a token, a port) that may have reached Atlas is not sent
+		// to the next replica, which would do it a second time: only one
+		// that could not connect is.
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err), method != http.MethodPost || isDialError(err)
 	}
 	defer res.Body.Close()
 	if h := res.Header.Get(sb.IndexHeader); h != "" {

@@ -31,6 +31,25 @@ func TestCallMovesOnFromAHungReplica(t *testing.T) {
 	}
 }
 
+// A POST that reached a replica that then did not answer was sent to the
+// next replica too: a token created twice, one secret never shown. It
+// fails, and the next call starts at the next replica.
+func TestPostIsNotSentToASecondReplica(t *testing.T) {
+	a := atlastest.Start(t, true)
+	c := &client.Atlas{URLs: []string{"http://" + testnet.Hung(t), a.URL}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := c.CreateToken(ctx, sb.TokenRequest{Name: "oncall", Role: sb.RoleReader}); err == nil {
+		t.Fatal("CreateToken through a replica that never answered succeeded; the second replica did it")
+	}
+	if l, err := c.Tokens(context.Background()); err != nil || len(l) != 0 {
+		t.Fatalf("tokens on the second replica = %v, %v; want none", l, err)
+	}
+	if _, err := c.CreateToken(context.Background(), sb.TokenRequest{Name: "oncall", Role: sb.RoleReader}); err != nil {
+		t.Fatalf("the next CreateToken, which starts at the replica that answers: %v", err)
+	}
+}
+
 // The event stream moves on from a replica that takes the connection and
 // never answers, and ends a stream that goes quiet (Atlas sends a comment
 // every 15 s), so that Follow fails over to the next replica.
