@@ -278,8 +278,8 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 		}()
 		// Blocking handlers move this deadline out as far as they need.
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if since := s.Stale(); !since.IsZero() && r.Method == http.MethodGet {
-			w.Header().Set(StaleHeader, since.UTC().Format(time.RFC3339))
+		if r.Method == http.MethodGet {
+			s.markStale(w)
 		}
 		if !public {
 			p, err := s.authenticate(r)
@@ -382,8 +382,23 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 			return err
 		}
 	}
+	if blockingQuery {
+		// The store may have stopped (or started again) answering while
+		// the query waited: say so as of the answer, not of the request.
+		s.markStale(w)
+	}
 	writeJSON(w, http.StatusOK, index, body)
 	return nil
+}
+
+// markStale sets StaleHeader on a read's answer while the store does not
+// answer, and removes it otherwise.
+func (s *Server) markStale(w http.ResponseWriter) {
+	if since := s.Stale(); !since.IsZero() {
+		w.Header().Set(StaleHeader, since.UTC().Format(time.RFC3339))
+	} else {
+		w.Header().Del(StaleHeader)
+	}
 }
 
 var errTimeout = errors.New("timeout")
