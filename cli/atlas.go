@@ -138,7 +138,11 @@ func parseStore(s string, secure bool) ([]string, error) {
 	}
 	var eps []string
 	for _, hp := range strings.Split(rest, ",") {
-		if _, _, err := net.SplitHostPort(hp); err != nil {
+		// A port that is no number, or out of range, would otherwise be
+		// dialled for --store's whole timeout, then reported as etcd
+		// being unreachable.
+		host, port, err := net.SplitHostPort(hp)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 || host == "" || strings.ContainsAny(host, "/?#@") {
 			return nil, usagef("--store: %q is not HOST:PORT", hp)
 		}
 		if secure {

@@ -76,6 +76,11 @@ func TestCommands(t *testing.T) {
 		{[]string{"atlas", "--ports", "9-1"}, 2, "", "--ports: must be a range"},
 		{[]string{"atlas", "--listen", "bogus", "--data", "TMP"}, 2, "", `--listen: must be HOST:PORT or :PORT, got "bogus"`},
 		{[]string{"atlas", "--store", "redis://x:1", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", "--store: must be etcd://HOST:PORT"},
+		{[]string{"atlas", "--store", "etcd://127.0.0.1:abc", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", `--store: "127.0.0.1:abc" is not HOST:PORT`},
+		{[]string{"atlas", "--store", "etcd://127.0.0.1:99999", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", `--store: "127.0.0.1:99999" is not HOST:PORT`},
+		{[]string{"atlas", "--store", "etcd://:2379", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", `--store: ":2379" is not HOST:PORT`},
+		{[]string{"atlas", "--store", "etcd://10.0.0.2:2379/", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", `--store: "10.0.0.2:2379/" is not HOST:PORT`},
+		{[]string{"atlas", "--store", "etcd://http://10.0.0.2:2379", "--listen", "127.0.0.1:0", "--data", "TMP"}, 2, "", `--store: "http://10.0.0.2:2379" is not HOST:PORT`},
 		// Runtime errors: exit 1 with the API's code and message.
 		{[]string{"deregister", "nope"}, 1, "", "not_found: instance nope: not registered"},
 		{[]string{"config", "get", "service=nope"}, 1, "", "not_found: config layer service=nope: not set"},
