@@ -363,10 +363,11 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 		return s.st.indexOfLocked(instKey(id)), marshal(in), nil
 	}
 	final := func() ([]byte, error) {
-		in, err := s.instance(id, true)
+		in, err := s.instance(id, false)
 		if err != nil {
 			return nil, err
 		}
+		s.readLease(r.Context(), []*sb.Instance{in})
 		return marshal(in), nil
 	}
 	return s.blocking(w, r, []string{instKey(id)}, render, final)
@@ -433,7 +434,7 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 			s.st.mu.RLock()
 			out := s.serviceInstancesLocked(q)
 			s.st.mu.RUnlock()
-			s.addLeases(out.Instances)
+			s.readLease(r.Context(), out.Instances)
 			return marshal(out), nil
 		}
 	}

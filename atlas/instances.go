@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -356,23 +357,77 @@ func (s *Server) instance(id string, leases bool) (*sb.Instance, error) {
 	return in, nil
 }
 
-func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}) }
+func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}, nil) }
 
-// addLeases fills the lease fields of instances, under one lock.
-func (s *Server) addLeases(ins []*sb.Instance) {
+// readLease returns instance id with its lease fields for a read: from the
+// store too when its leases are renewed elsewhere as well (LeaseReader).
+// Answers to this server's own writes need not ask: it has just renewed
+// the lease itself.
+func (s *Server) readLease(ctx context.Context, ins []*sb.Instance) {
+	s.addLeases(ins, s.storeLeases(ctx, ins))
+}
+
+// storeLease is a lease as a LeaseReader store tells it.
+type storeLease struct{ renewed, expires time.Time }
+
+// storeLeases asks a LeaseReader store for the leases of ins, a few at a
+// time; nil for other stores. Instances it cannot tell about are left
+// out: their fields are then what this server knows.
+func (s *Server) storeLeases(ctx context.Context, ins []*sb.Instance) map[string]storeLease {
+	lr, ok := s.store.(LeaseReader)
+	if !ok || len(ins) == 0 {
+		return nil
+	}
+	var (
+		mu  sync.Mutex
+		out = make(map[string]storeLease, len(ins))
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, 16)
+	)
+	for _, in := range ins {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			renewed, expires, err := lr.LeaseEnd(ctx, pfxInstance+in.ID)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			out[in.ID] = storeLease{renewed: renewed, expires: expires}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// addLeases fills the lease fields of instances, under one lock; store
+// holds what the store says of their leases (storeLeases), the later of
+// its times and this server's own is answered.
+func (s *Server) addLeases(ins []*sb.Instance, store map[string]storeLease) {
 	s.st.mu.RLock()
 	defer s.st.mu.RUnlock()
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
 	for _, in := range ins {
-		var exp time.Time
+		var exp, hb time.Time
 		if r := s.st.instances[in.ID]; r != nil {
 			l := r.lease
-			if l.heartbeat != 0 {
-				hb := fromNanos(l.heartbeat)
-				in.LastHeartbeat = &hb
-			}
+			hb = fromNanos(l.heartbeat)
 			exp = fromNanos(l.expires)
+		}
+		if sl, ok := store[in.ID]; ok {
+			if sl.renewed.After(hb) {
+				hb = sl.renewed.UTC()
+			}
+			if sl.expires.After(exp) {
+				exp = sl.expires.UTC()
+			}
+		}
+		if !hb.IsZero() {
+			in.LastHeartbeat = &hb
 		}
 		if exp.IsZero() {
 			// Not renewed since this server started: the store gave it a

@@ -36,6 +36,16 @@ type Store interface {
 	Close() error
 }
 
+// LeaseReader is implemented by stores whose leases other processes renew
+// too (etcd: a heartbeat may reach any replica). What a server has seen
+// renewed itself is then not the lease's end, and reads ask the store.
+type LeaseReader interface {
+	// LeaseEnd returns when the lease of a leased key was last renewed
+	// and when it ends, as the store counts them. It returns ErrNotFound
+	// when the key is gone or has no lease.
+	LeaseEnd(ctx context.Context, key string) (renewed, expires time.Time, err error)
+}
+
 // KV is one stored entry.
 type KV struct {
 	Key   string

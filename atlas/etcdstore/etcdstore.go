@@ -334,29 +334,11 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	s.mu.Lock()
-	e, ok := s.leases[key]
-	s.mu.Unlock()
-	if !ok {
-		resp, err := s.cli.Get(ctx, s.prefix+key)
-		if err != nil {
-			return time.Time{}, unavailable("read a lease", err)
-		}
-		if len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
-			return time.Time{}, atlas.ErrNotFound
-		}
-		kv := resp.Kvs[0]
-		e = leaseEntry{id: clientv3.LeaseID(kv.Lease), rev: kv.ModRevision}
-		s.mu.Lock()
-		if resp.Header.Revision > s.watched {
-			s.noteLeaseLocked(key, e.id, e.rev, 0, true)
-		}
-		s.mu.Unlock()
+	e, err := s.leaseOfKey(ctx, key)
+	if err != nil {
+		return time.Time{}, err
 	}
-	var (
-		ttl int64
-		err error
-	)
+	var ttl int64
 	if e.expires == 0 || time.Now().Add(suspectBefore).UnixNano() >= e.expires {
 		var resp *clientv3.LeaseKeepAliveResponse
 		if resp, err = s.cli.KeepAliveOnce(ctx, e.id); err == nil {
@@ -387,6 +369,55 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	}
 	s.mu.Unlock()
 	return until, nil
+}
+
+// leaseOfKey returns the lease of key: the one this replica knows of, or
+// else the one etcd has it with.
+func (s *Store) leaseOfKey(ctx context.Context, key string) (leaseEntry, error) {
+	s.mu.Lock()
+	e, ok := s.leases[key]
+	s.mu.Unlock()
+	if ok {
+		return e, nil
+	}
+	resp, err := s.cli.Get(ctx, s.prefix+key)
+	if err != nil {
+		return leaseEntry{}, unavailable("read a lease", err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
+		return leaseEntry{}, atlas.ErrNotFound
+	}
+	kv := resp.Kvs[0]
+	e = leaseEntry{id: clientv3.LeaseID(kv.Lease), rev: kv.ModRevision}
+	s.mu.Lock()
+	if resp.Header.Revision > s.watched {
+		s.noteLeaseLocked(key, e.id, e.rev, 0, true)
+	}
+	s.mu.Unlock()
+	return e, nil
+}
+
+var _ atlas.LeaseReader = (*Store)(nil)
+
+// LeaseEnd implements atlas.LeaseReader: the lease is renewed through
+// every replica, so only etcd knows when it ends. etcd counts the time
+// left in whole seconds, so the end is up to a second early.
+func (s *Store) LeaseEnd(ctx context.Context, key string) (renewed, expires time.Time, err error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	e, err := s.leaseOfKey(ctx, key)
+	if err != nil {
+		return time.Time{}, time.Time{}, err
+	}
+	resp, err := s.cli.TimeToLive(ctx, e.id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) || err == nil && resp.TTL < 0 {
+		return time.Time{}, time.Time{}, atlas.ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, time.Time{}, unavailable("read a lease", err)
+	}
+	expires = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+	return expires.Add(-time.Duration(resp.GrantedTTL) * time.Second), expires, nil
 }
 
 // suspectBefore: a lease due to run out within this long, or whose end is

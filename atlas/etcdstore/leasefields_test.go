@@ -1,0 +1,49 @@
+package etcdstore_test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/internal/etcdtest"
+)
+
+// TestLeaseFieldsAreTheSameOnEveryReplica: the lease is etcd's, renewed
+// through whichever replica a heartbeat reaches; every replica answers
+// GET /v1/instances/{id} with the lease's actual end, not one of its own
+// making (the embedded store's "one full TTL from this server's start",
+// which with etcd is neither true nor the same on two replicas).
+func TestLeaseFieldsAreTheSameOnEveryReplica(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	a := startReplica(t, cluster.Endpoints())
+	b := startReplica(t, cluster.Endpoints())
+	bStarted := time.Now()
+	if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/x-1", reg("x", 5000, "1h")); st != 200 {
+		t.Fatalf("register through A: %d %s", st, body)
+	}
+	// Long enough after B started that B's own start is not the answer.
+	for time.Since(bStarted) < 3*time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/x-1/status", `{"status":"passing"}`)
+	if st != 200 {
+		t.Fatalf("heartbeat through A: %d %s", st, body)
+	}
+	var viaA sb.Instance
+	if err := json.Unmarshal([]byte(body), &viaA); err != nil || viaA.ExpiresAt == nil {
+		t.Fatalf("heartbeat answer %s: %v", body, err)
+	}
+	var viaB sb.Instance
+	eventually(t, "B knows the instance", func() bool {
+		st, body, _ := do(t, "GET", b.http.URL+"/v1/instances/x-1", "")
+		return st == 200 && json.Unmarshal([]byte(body), &viaB) == nil
+	})
+	// etcd counts a lease's time left in whole seconds.
+	if viaB.ExpiresAt == nil || viaB.ExpiresAt.Before(viaA.ExpiresAt.Add(-1500*time.Millisecond)) || viaB.ExpiresAt.After(viaA.ExpiresAt.Add(1500*time.Millisecond)) {
+		t.Fatalf("expires_at through A %v, through B %v; want the same lease end", viaA.ExpiresAt, viaB.ExpiresAt)
+	}
+	if viaB.LastHeartbeat == nil {
+		t.Fatalf("through B: no last_heartbeat; through A %v", viaA.LastHeartbeat)
+	}
+}
