@@ -49,6 +49,12 @@ type Store struct {
 	renew  *renewer
 	pool   *leasePool
 
+	// bgMu guards adding to bg once bgCtx has ended (Close).
+	bgMu   sync.Mutex
+	bg     sync.WaitGroup // background revokes
+	bgCtx  context.Context
+	bgStop context.CancelFunc
+
 	// mu guards leases and watched.
 	mu sync.Mutex
 	// leases is the etcd lease of each leased key, learnt from snapshots,
@@ -124,9 +130,11 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{cfg: cfg, cli: cli, prefix: cfg.Prefix, leases: map[string]leaseEntry{},
 		renew: newRenewer(cli, func(ep string) (*clientv3.Client, error) { return dial(ep) })}
 	s.pool = newLeasePool(s.grant)
+	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if _, err := cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		s.bgStop()
 		s.pool.close()
 		cli.Close()
 		return nil, unavailable("connect to "+strings.Join(cfg.Endpoints, ","), err)
@@ -147,6 +155,10 @@ func (s *Store) grant(ctx context.Context, secs int64) (clientv3.LeaseID, error)
 func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.bgMu.Lock()
+		s.bgStop()
+		s.bgMu.Unlock()
+		s.bg.Wait()
 		s.pool.close()
 		s.renew.close()
 		err = s.cli.Close()
@@ -214,6 +226,16 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		renew   []clientv3.LeaseID // taken from the pool
 		leaseOf = map[string]clientv3.LeaseID{}
 	)
+	// The leases the keys have now: each lease holds one key, so once the
+	// write replaces or deletes it, nothing holds the old lease.
+	replaced := map[clientv3.LeaseID]bool{}
+	s.mu.Lock()
+	for _, op := range ops {
+		if e, ok := s.leases[op.Key]; ok {
+			replaced[e.id] = true
+		}
+	}
+	s.mu.Unlock()
 	revoke := func() {
 		for _, id := range granted {
 			rctx, rcancel := s.ctx(context.Background())
@@ -289,6 +311,10 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		revoke()
 		return 0, atlas.ErrConflict
 	}
+	for _, id := range granted {
+		delete(replaced, id)
+	}
+	s.revokeLater(replaced)
 	rev := resp.Header.Revision
 	s.mu.Lock()
 	for _, op := range ops {
@@ -323,6 +349,30 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 	return uint64(resp.Header.Revision), nil
 }
 
+// revokeLater revokes, in the background, leases that no key holds any
+// more (a key written with a new lease, or deleted): left alone, each
+// would stay in etcd for its whole TTL, an hour or a day for every status
+// change of a long-leased instance, and etcd would revoke it then anyway.
+func (s *Store) revokeLater(ids map[clientv3.LeaseID]bool) {
+	if len(ids) == 0 {
+		return
+	}
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bgCtx.Err() != nil {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		for id := range ids {
+			ctx, cancel := s.ctx(s.bgCtx)
+			_, _ = s.cli.Revoke(ctx, id)
+			cancel()
+		}
+	}()
+}
+
 // KeepAlive implements atlas.Store: one lease renewal, which etcd's leader
 // handles without a raft write.
 //
@@ -334,9 +384,26 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	for attempt := 0; ; attempt++ {
+		until, tried, err := s.keepAlive(ctx, key)
+		if !errors.Is(err, atlas.ErrNotFound) || tried == 0 || attempt > 0 {
+			return until, err
+		}
+		// The lease this replica knew may have been replaced (and
+		// revoked) by a write through another replica that has not
+		// reached this one yet: renew the key's lease as etcd has it.
+		if e, err := s.leaseOfKey(ctx, key); err != nil || e.id == tried {
+			return time.Time{}, atlas.ErrNotFound
+		}
+	}
+}
+
+// keepAlive renews the lease of key once; tried is the lease it renewed
+// (0: key had none).
+func (s *Store) keepAlive(ctx context.Context, key string) (until time.Time, tried clientv3.LeaseID, err error) {
 	e, err := s.leaseOfKey(ctx, key)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, 0, err
 	}
 	var ttl int64
 	if e.expires == 0 || time.Now().Add(suspectBefore).UnixNano() >= e.expires {
@@ -356,19 +423,19 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 			delete(s.leases, key)
 		}
 		s.mu.Unlock()
-		return time.Time{}, atlas.ErrNotFound
+		return time.Time{}, e.id, atlas.ErrNotFound
 	}
 	if err != nil {
-		return time.Time{}, unavailable("renew a lease", err)
+		return time.Time{}, e.id, unavailable("renew a lease", err)
 	}
-	until := time.Now().Add(time.Duration(ttl) * time.Second)
+	until = time.Now().Add(time.Duration(ttl) * time.Second)
 	s.mu.Lock()
 	if cur, ok := s.leases[key]; ok && cur.id == e.id {
 		cur.expires = until.UnixNano()
 		s.leases[key] = cur
 	}
 	s.mu.Unlock()
-	return until, nil
+	return until, e.id, nil
 }
 
 // leaseOfKey returns the lease of key: the one this replica knows of, or
