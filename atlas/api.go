@@ -367,7 +367,7 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return nil, err
 		}
-		s.readLease(r.Context(), []*sb.Instance{in})
+		s.readLease(r.Context(), in)
 		return marshal(in), nil
 	}
 	return s.blocking(w, r, []string{instKey(id)}, render, final)
@@ -434,7 +434,9 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 			s.st.mu.RLock()
 			out := s.serviceInstancesLocked(q)
 			s.st.mu.RUnlock()
-			s.readLease(r.Context(), out.Instances)
+			// Not from the store: a listing of thousands would ask etcd
+			// once per instance, at every change the dashboard follows.
+			s.addLeases(out.Instances, nil)
 			return marshal(out), nil
 		}
 	}

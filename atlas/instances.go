@@ -6,7 +6,6 @@ import (
 	"errors"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -359,49 +358,22 @@ func (s *Server) instance(id string, leases bool) (*sb.Instance, error) {
 
 func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}, nil) }
 
-// readLease returns instance id with its lease fields for a read: from the
-// store too when its leases are renewed elsewhere as well (LeaseReader).
+// readLease fills the lease fields of in for a read of it: from the store
+// too when its leases are renewed elsewhere as well (LeaseReader).
 // Answers to this server's own writes need not ask: it has just renewed
 // the lease itself.
-func (s *Server) readLease(ctx context.Context, ins []*sb.Instance) {
-	s.addLeases(ins, s.storeLeases(ctx, ins))
+func (s *Server) readLease(ctx context.Context, in *sb.Instance) {
+	var store map[string]storeLease
+	if lr, ok := s.store.(LeaseReader); ok {
+		if renewed, expires, err := lr.LeaseEnd(ctx, pfxInstance+in.ID); err == nil {
+			store = map[string]storeLease{in.ID: {renewed: renewed, expires: expires}}
+		}
+	}
+	s.addLeases([]*sb.Instance{in}, store)
 }
 
 // storeLease is a lease as a LeaseReader store tells it.
 type storeLease struct{ renewed, expires time.Time }
-
-// storeLeases asks a LeaseReader store for the leases of ins, a few at a
-// time; nil for other stores. Instances it cannot tell about are left
-// out: their fields are then what this server knows.
-func (s *Server) storeLeases(ctx context.Context, ins []*sb.Instance) map[string]storeLease {
-	lr, ok := s.store.(LeaseReader)
-	if !ok || len(ins) == 0 {
-		return nil
-	}
-	var (
-		mu  sync.Mutex
-		out = make(map[string]storeLease, len(ins))
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, 16)
-	)
-	for _, in := range ins {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			renewed, expires, err := lr.LeaseEnd(ctx, pfxInstance+in.ID)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			out[in.ID] = storeLease{renewed: renewed, expires: expires}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return out
-}
 
 // addLeases fills the lease fields of instances, under one lock; store
 // holds what the store says of their leases (storeLeases), the later of
@@ -430,6 +402,11 @@ func (s *Server) addLeases(ins []*sb.Instance, store map[string]storeLease) {
 			in.LastHeartbeat = &hb
 		}
 		if exp.IsZero() {
+			if _, elsewhere := s.store.(LeaseReader); elsewhere {
+				// Renewed, if at all, through other replicas: unknown
+				// here (a listing; a single instance asks the store).
+				continue
+			}
 			// Not renewed since this server started: the store gave it a
 			// full TTL from then.
 			exp = s.started.Add(time.Duration(in.TTL)).UTC()

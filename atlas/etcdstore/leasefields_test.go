@@ -46,4 +46,14 @@ func TestLeaseFieldsAreTheSameOnEveryReplica(t *testing.T) {
 	if viaB.LastHeartbeat == nil {
 		t.Fatalf("through B: no last_heartbeat; through A %v", viaA.LastHeartbeat)
 	}
+	// A listing does not ask etcd per instance: B leaves out the lease
+	// end it does not know rather than make one up.
+	st, body, _ = do(t, "GET", b.http.URL+"/v1/services/x?leases=true", "")
+	var list sb.ServiceInstances
+	if st != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list.Instances) != 1 {
+		t.Fatalf("listing through B: %d %s", st, body)
+	}
+	if in := list.Instances[0]; in.ExpiresAt != nil || in.LastHeartbeat != nil {
+		t.Fatalf("listing through B: expires_at %v, last_heartbeat %v; want both left out, as B saw no heartbeat", in.ExpiresAt, in.LastHeartbeat)
+	}
 }
