@@ -318,7 +318,10 @@ func (s *Server) bootstrap(ctx context.Context) error {
 			if statErr == nil {
 				s.log.Info("atlas: admin token file exists", "path", path)
 			} else {
-				s.log.Warn("atlas: an admin token exists but its file is missing; use it or delete the store to start afresh", "path", path)
+				// Atlas replicas over etcd share one store: the first wrote
+				// its file; the others have none, as they should. Deleting
+				// the store, advice for one Atlas, would wipe them all.
+				s.log.Warn("atlas: the store holds an admin token, but this file is missing: use the one written at the first start (with etcd, in the data directory of the replica that started first)", "path", path)
 			}
 			return nil
 		}
