@@ -45,9 +45,13 @@ type Driver struct {
 	reloads, refused, commands, restarts atomic.Int64
 
 	// mu guards everything below.
-	mu         sync.Mutex
-	backends   map[string]*backendState // key "http/NAME" or "tcp/NAME"
-	shape      string                   // of the config HAProxy runs
+	mu       sync.Mutex
+	backends map[string]*backendState // key "http/NAME" or "tcp/NAME"
+	// removed holds the backends Remove dropped that the config HAProxy
+	// runs still has: one asked for again before the reload takes its
+	// state back, for HAProxy routes with its slots meanwhile.
+	removed    map[string]*backendState
+	shape      string // of the config HAProxy runs
 	lastReload time.Time
 	reloadDue  *time.Timer
 	cmd        *exec.Cmd
@@ -172,6 +176,7 @@ func (d *Driver) markAppliedLocked() {
 	for _, b := range d.backends {
 		b.applied = append([]Slot(nil), b.want...)
 	}
+	d.removed = nil
 }
 
 // writeCheckedLocked renders spec to a candidate file, has `haproxy -c`
@@ -400,7 +405,15 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 			// sidecar's own frontend answers for it.
 			return
 		}
-		b = &backendState{service: service, tcp: tcp}
+		// Removed, but HAProxy still has it (the reload is still to
+		// come): what its slots hold is known, and they follow at once.
+		// A fresh state would wait for a reload that, the shape being
+		// the same again, never comes.
+		if b = d.removed[key]; b != nil {
+			delete(d.removed, key)
+		} else {
+			b = &backendState{service: service, tcp: tcp}
+		}
 		d.backends[key] = b
 	}
 	anyPassing := false
@@ -454,8 +467,15 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 func (d *Driver) Remove(service string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.stopping || d.backends["http/"+service] == nil {
+	b := d.backends["http/"+service]
+	if d.stopping || b == nil {
 		return
+	}
+	if len(b.applied) != 0 {
+		if d.removed == nil {
+			d.removed = map[string]*backendState{}
+		}
+		d.removed["http/"+service] = b
 	}
 	delete(d.backends, "http/"+service)
 	delete(d.served, "be_"+service)

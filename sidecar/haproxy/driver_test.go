@@ -269,3 +269,36 @@ func TestCalledSurvivesAReload(t *testing.T) {
 		t.Fatalf("Called(1m) = %q after a reload, want files in it: it was served seconds ago", called)
 	}
 }
+
+// A service removed while its reload waits (the rate limit), then asked for
+// again before that reload: HAProxy still has its backend, with the slot
+// count the new one starts with, so no reload comes. The instances must
+// still follow: one that left gets no more traffic, one that came gets it.
+func TestBackendRemovedAndBackBeforeTheReloadFollows(t *testing.T) {
+	urls := backends(t, 2)
+	d, listen := startDriver(t)
+	d.Update("billing", false, namedEndpoints("a", urls[0]))
+	if body := waitGet(t, listen, "billing", 200); body != "i0" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	MinReloadInterval = time.Hour
+	d.Remove("billing")
+	// Asked for again: its only instance is now another one.
+	d.Update("billing", false, namedEndpoints("b", urls[1]))
+	var body string
+	for range 250 {
+		var st int
+		if st, body = get(listen, "billing"); st == 200 && body == "i1" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if body != "i1" {
+		t.Fatalf("after billing's instance was replaced: HAProxy answered %q; want i1", body)
+	}
+	for range 20 {
+		if st, body := get(listen, "billing"); st != 200 || body != "i1" {
+			t.Fatalf("the instance that left still answers: %d %q", st, body)
+		}
+	}
+}
