@@ -3,10 +3,12 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -247,5 +249,61 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("the instance saw no request")
 		}
+	}
+}
+
+// TestHAProxyPolicyWithdrawn: in haproxy mode, a call a policy no longer
+// allows gets 403 as in the built-in mode: HAProxy must not go on routing
+// it to the service's last instances.
+func TestHAProxyPolicyWithdrawn(t *testing.T) {
+	dir := t.TempDir()
+	a := startAtlas(t, dir)
+	adminTok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := strings.TrimSpace(string(adminTok))
+	as := func(method, path, body string) []byte {
+		t.Helper()
+		req, _ := http.NewRequest(method, a.url+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+admin)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := httpc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, b)
+		}
+		return b
+	}
+	p := startPy(t, "billing", freePort(t))
+	as("PUT", "/v1/instances/billing-1", fmt.Sprintf(`{"service":"billing","address":"127.0.0.1","port":%d,"ttl":"1h"}`, p.port))
+	as("PUT", "/v1/policies/web?realm=dev", `{"may_call":["billing"]}`)
+	var tok struct{ Secret string }
+	json.Unmarshal(as("POST", "/v1/tokens", `{"name":"host001","role":"service","services":["web"],"realms":["dev"]}`), &tok)
+	tokFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokFile, []byte(tok.Secret+"\n"), 0o600)
+	state := t.TempDir()
+	s := startSidecar(t, fmt.Sprintf("atlas: %s\ntoken_file: %s\nproxy: haproxy\nstate_dir: %s\nhost: host001\nupstreams: [{name: billing}]\n", a.url, tokFile, state))
+	waitFor(t, "HAProxy has a backend for billing", 20*time.Second, func() bool {
+		cfg, _ := os.ReadFile(filepath.Join(state, "haproxy", "haproxy.cfg"))
+		return strings.Contains(string(cfg), "backend be_billing")
+	})
+	waitFor(t, "billing reachable through HAProxy", 20*time.Second, func() bool {
+		st, body, _ := s.get("billing", "/who")
+		return st == 200 && body == "billing"
+	})
+	as("PUT", "/v1/policies/web?realm=dev", `{"may_call":[]}`)
+	var st int
+	var body string
+	waitFor(t, "billing refused once the policy is withdrawn", 30*time.Second, func() bool {
+		st, body, _ = s.get("billing", "/who")
+		return st == 403
+	})
+	if !strings.Contains(body, "may not call service billing in realm dev") {
+		t.Fatalf("billing = %d %s; want 403 naming both services", st, body)
 	}
 }

@@ -405,6 +405,17 @@ func (s *Sidecar) pushHAProxy(service string) {
 	if p == nil {
 		return
 	}
+	if p.Denied() != nil {
+		// A policy forbids the call: HAProxy stops routing it now (its
+		// slots to maintenance), and the sidecar's own frontend, which
+		// answers 403, takes the service back at the next reload.
+		hap.Update(service, false, nil)
+		hap.Remove(service)
+		if _, ok := s.TCPAddrs[service]; ok {
+			hap.Update(service, true, nil)
+		}
+		return
+	}
 	hap.Update(service, false, p.Endpoints())
 	if _, ok := s.TCPAddrs[service]; ok {
 		hap.Update(service, true, p.Endpoints())
@@ -470,6 +481,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: no policy allows it (%s)",
 					s.localServices(), service, s.cfg.Realm, sb.ErrorMessage(err)))
 				s.unreachable.Delete(service)
+				s.pushHAProxy(service)
 			} else {
 				s.unreachable.Store(service, true)
 			}
