@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -305,5 +306,80 @@ func TestHAProxyPolicyWithdrawn(t *testing.T) {
 	})
 	if !strings.Contains(body, "may not call service billing in realm dev") {
 		t.Fatalf("billing = %d %s; want 403 naming both services", st, body)
+	}
+}
+
+// masterPID asks the HAProxy master at sock for its pid.
+func masterPID(sock string) (int, error) {
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "show proc; quit\n")
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[1] == "master" {
+			return strconv.Atoi(f[0])
+		}
+	}
+	return 0, fmt.Errorf("no master line in the answer")
+}
+
+// TestHAProxyLeftByAKilledSidecarStops: a sidecar killed without stopping
+// its HAProxy (kill -9, a panic) and started again on the same listen
+// address: the HAProxy it left shares the address (SO_REUSEPORT) with
+// routes that no longer follow Atlas. The new sidecar must stop it, so
+// that every call follows the current instances.
+func TestHAProxyLeftByAKilledSidecarStops(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	register(t, a.url, "files-1", "files", p1.port)
+	state := t.TempDir()
+	yaml := fmt.Sprintf("atlas: %s\nproxy: haproxy\nstate_dir: %s\nupstreams: [{name: files}]\n", a.url, state)
+	listen, admin := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startSidecarAt(t, yaml, listen, admin)
+	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/who")
+		return st == 200 && body == "one"
+	})
+	var old int
+	waitFor(t, "the master CLI", 20*time.Second, func() bool {
+		pid, err := masterPID(filepath.Join(state, "haproxy", "master.sock"))
+		old = pid
+		return err == nil
+	})
+	t.Cleanup(func() { syscall.Kill(old, syscall.SIGKILL) })
+	s.kill()
+	// While the sidecar is down, files moves to another instance.
+	register(t, a.url, "files-2", "files", p2.port)
+	if st, _, err := call(context.Background(), "DELETE", a.url+"/v1/instances/files-1", ""); err != nil || st != 200 {
+		t.Fatalf("deregister: %d %v", st, err)
+	}
+	s = startSidecarAt(t, yaml, listen, admin)
+	// New connections each time: the kernel spreads them over every
+	// process listening on the address.
+	fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	run, last := 0, ""
+	for deadline := time.Now().Add(60 * time.Second); run < 50; {
+		if time.Now().After(deadline) {
+			t.Fatalf("60s after the restart, calls still reach a HAProxy that does not follow Atlas: last %s", last)
+		}
+		req, _ := http.NewRequest("GET", "http://"+listen+"/who", nil)
+		req.Header.Set("Switchboard-Service", "files")
+		res, err := fresh.Do(req)
+		if err != nil {
+			run, last = 0, err.Error()
+			continue
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || string(b) != "two" {
+			run, last = 0, fmt.Sprintf("%d %q", res.StatusCode, b)
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		run++
 	}
 }

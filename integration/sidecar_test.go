@@ -89,13 +89,18 @@ type sidecarProc struct {
 
 func startSidecar(t *testing.T, yaml string) *sidecarProc {
 	t.Helper()
+	return startSidecarAt(t, yaml, fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+}
+
+// startSidecarAt is startSidecar on given listen and admin addresses (a
+// restart on the same ones).
+func startSidecarAt(t *testing.T, yaml, listen, admin string) *sidecarProc {
+	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "sidecar.yaml")
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &proc{t: t, cmd: exec.Command(binary, "sidecar", "-c", file, "--listen", listen, "--admin", admin), done: make(chan struct{})}
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {

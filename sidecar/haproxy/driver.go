@@ -151,12 +151,42 @@ func (d *Driver) Start() error {
 	}
 	d.shape = spec.Shape()
 	d.markAppliedLocked()
+	// A HAProxy left by a sidecar that died without stopping it (kill -9,
+	// a panic) still answers on the master socket, and shares the listen
+	// addresses with the one started now (SO_REUSEPORT): it would take
+	// part of the calls, with routes that no longer follow Atlas. Once the
+	// new one listens, the old one is stopped softly: calls in progress
+	// finish, and no call is refused in between.
+	leftover := d.leftoverMaster()
 	if err := d.startLocked(); err != nil {
 		return err
+	}
+	if leftover > 0 {
+		d.log().Warn("haproxy: stopping the HAProxy a previous sidecar left running", "pid", leftover)
+		if err := syscall.Kill(leftover, syscall.SIGUSR1); err != nil {
+			d.log().Error("haproxy: the HAProxy a previous sidecar left running could not be stopped; it shares the listen address with routes that no longer follow", "pid", leftover, "err", err)
+		}
 	}
 	d.wg.Add(1)
 	go d.supervise()
 	return nil
+}
+
+// leftoverMaster returns the pid of a HAProxy master answering on the
+// master socket in Dir, before this driver starts its own; 0 when none.
+func (d *Driver) leftoverMaster() int {
+	out, err := d.MasterCLI("show proc")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == "master" {
+			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 0 {
+				return pid
+			}
+		}
+	}
+	return 0
 }
 
 // specLocked builds the Spec of the desired state.
