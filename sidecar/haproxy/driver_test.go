@@ -149,6 +149,34 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 	}
 }
 
+// A Switchboard-Service header naming two services went to the backend of
+// whichever HAProxy's config lists first; the built-in proxy refuses
+// "a, b" (400). Such a request now goes to the built-in proxy, which
+// decides as in built-in mode (here, an address where nothing listens:
+// 503).
+func TestTwoServiceNamesAreNotRouted(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer backend.Close()
+	d, listen := startDriver(t)
+	d.Update("files", false, endpoints(t, backend.URL))
+	if body := waitGet(t, listen, "files", 200); body != "hello" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	for _, header := range [][]string{{"files, other"}, {"other, files"}, {"files", "files"}} {
+		req, _ := http.NewRequest("GET", "http://"+listen+"/", nil)
+		req.Header["Switchboard-Service"] = header
+		res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == 200 {
+			t.Errorf("Switchboard-Service %q reached a backend: %d %q; want the built-in proxy's refusal", header, res.StatusCode, b)
+		}
+	}
+}
+
 // A service may be named sidecar: its backend does not collide with the
 // fallback to the built-in proxy (haproxy -c refused the config, and every
 // config after it).

@@ -92,6 +92,11 @@ frontend http-in
     # matched ignoring case, without converters: the cheapest forms.
     option forwardfor if-none
     acl has_service req.hdr(switchboard-service) -m found
+    # Two names ("a, b", or the header twice) go to the built-in proxy,
+    # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
+    # would take whichever backend its config lists first.
+    acl many_services req.hdr_cnt(switchboard-service) gt 1
+    use_backend fallback_sidecar if many_services
 {{- range .HTTP}}
     acl hdr_{{.Service}} req.hdr(switchboard-service) -i {{.Service}}
     acl host_{{.Service}} req.hdr(host),lower,field(1,:) -m reg ^{{quote .Service}}(\.([a-z0-9-]+\.)*localhost\.?)?$
