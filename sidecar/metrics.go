@@ -64,6 +64,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.reg.MustRegister(
 		hapCounter("switchboard_sidecar_haproxy_reloads_total", "HAProxy reloads (haproxy mode).", func() int64 { return s.hap.Load().Reloads() }),
 		hapCounter("switchboard_sidecar_haproxy_refused_configs_total", "Configs haproxy -c refused (haproxy mode).", func() int64 { return s.hap.Load().RefusedConfigs() }),
+		hapCounter("switchboard_sidecar_haproxy_failed_reloads_total", "Reloads that brought no new HAProxy worker (haproxy mode); the old one routes on.", func() int64 { return s.hap.Load().FailedReloads() }),
 		hapCounter("switchboard_sidecar_haproxy_runtime_commands_total", "Runtime API commands sent (haproxy mode).", func() int64 { return s.hap.Load().RuntimeCommands() }),
 		hapCounter("switchboard_sidecar_haproxy_restarts_total", "HAProxy restarts after it died (haproxy mode).", func() int64 { return s.hap.Load().Restarts() }),
 	)

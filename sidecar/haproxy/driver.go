@@ -42,7 +42,10 @@ type Driver struct {
 	// Logger; nil discards.
 	Logger *slog.Logger
 
-	reloads, refused, commands, restarts atomic.Int64
+	reloads, refused, failed, commands, restarts atomic.Int64
+	// loaded, while a reload waits for its worker, gets the master's
+	// verdict from its log: "Loading failure!" ends the wait at once.
+	loaded atomic.Pointer[chan struct{}]
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -99,10 +102,11 @@ func (d *Driver) cfgPath() string    { return filepath.Join(d.Dir, "haproxy.cfg"
 func (d *Driver) adminSock() string  { return filepath.Join(d.Dir, "admin.sock") }
 func (d *Driver) masterSock() string { return filepath.Join(d.Dir, "master.sock") }
 
-// Reloads, RefusedConfigs, RuntimeCommands and Restarts are counters for
-// metrics.
+// Reloads, RefusedConfigs, FailedReloads, RuntimeCommands and Restarts are
+// counters for metrics.
 func (d *Driver) Reloads() int64         { return d.reloads.Load() }
 func (d *Driver) RefusedConfigs() int64  { return d.refused.Load() }
+func (d *Driver) FailedReloads() int64   { return d.failed.Load() }
 func (d *Driver) RuntimeCommands() int64 { return d.commands.Load() }
 func (d *Driver) Restarts() int64        { return d.restarts.Load() }
 
@@ -237,8 +241,8 @@ func (d *Driver) startLocked() error {
 	_ = os.Remove(d.adminSock())
 	_ = os.Remove(d.masterSock())
 	cmd := exec.Command(d.Binary, "-W", "-db", "-f", d.cfgPath(), "-S", d.masterSock()+",mode,600")
-	cmd.Stdout = logWriter{d.log(), "haproxy"}
-	cmd.Stderr = logWriter{d.log(), "haproxy"}
+	cmd.Stdout = logWriter{d.log(), "haproxy", d.heard}
+	cmd.Stderr = logWriter{d.log(), "haproxy", d.heard}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("haproxy: start: %w", err)
 	}
@@ -757,6 +761,9 @@ func (d *Driver) reloadLocked(spec Spec) error {
 	}
 	before, _ := d.workerPID()
 	d.noteServedLocked()
+	failed := make(chan struct{}, 1)
+	d.loaded.Store(&failed)
+	defer d.loaded.Store(nil)
 	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("haproxy: reload: %w", err)
 	}
@@ -765,26 +772,54 @@ func (d *Driver) reloadLocked(spec Spec) error {
 	d.shape = spec.Shape()
 	d.markAppliedLocked()
 	deadline := time.Now().Add(10 * time.Second)
+wait:
 	for time.Now().Before(deadline) {
 		if pid, err := d.workerPID(); err == nil && pid != before {
 			d.log().Info("haproxy: reloaded", "worker", pid)
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-failed:
+			break wait
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	return errors.New("haproxy: no new worker answered within 10s of the reload")
+	// HAProxy kept the old worker: the new config passed haproxy -c but
+	// did not load (a listen address another process holds, say). The
+	// next change tries a reload again, rather than runtime commands for
+	// backends HAProxy does not have.
+	d.failed.Add(1)
+	d.shape = ""
+	return errors.New("haproxy: the reload brought no new worker (HAProxy's log says why); the old worker routes as before")
 }
 
-// logWriter sends HAProxy's output to the log, a line at a time.
+// heard looks at a line of HAProxy's output for the verdict on a reload.
+func (d *Driver) heard(line string) {
+	if strings.Contains(line, "Loading failure!") {
+		if ch := d.loaded.Load(); ch != nil {
+			select {
+			case *ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// logWriter sends HAProxy's output to the log, a line at a time, and
+// each line to heard.
 type logWriter struct {
-	l    *slog.Logger
-	what string
+	l     *slog.Logger
+	what  string
+	heard func(line string)
 }
 
 func (w logWriter) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
 		if line != "" {
 			w.l.Warn(w.what+": "+line, "from", w.what)
+			if w.heard != nil {
+				w.heard(line)
+			}
 		}
 	}
 	return len(p), nil

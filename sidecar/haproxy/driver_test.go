@@ -177,6 +177,45 @@ func TestTwoServiceNamesAreNotRouted(t *testing.T) {
 	}
 }
 
+// A config that passes haproxy -c but does not load (an L4 listen address
+// another process holds) left HAProxy on its old worker while the driver
+// took the new config as running: the failure was only logged, and the
+// next change sent runtime commands for backends HAProxy did not have. It
+// is counted, and the next change reloads again.
+func TestAFailedReloadIsCountedAndTriedAgain(t *testing.T) {
+	urls := backends(t, 2)
+	taken, err := net.Listen("tcp", "127.0.0.1:0") // no SO_REUSEPORT: HAProxy cannot share it
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := taken.Addr().String()
+	d, _ := startDriver(t)
+	d.mu.Lock()
+	d.TCP = map[string]string{"redis": addr}
+	d.mu.Unlock()
+	d.Update("redis", true, namedEndpoints("a", urls[0]))
+	if d.FailedReloads() != 1 {
+		t.Fatalf("FailedReloads = %d after a reload that could not bind %s; want 1", d.FailedReloads(), addr)
+	}
+	taken.Close()
+	d.Update("redis", true, namedEndpoints("a", urls...))
+	if d.FailedReloads() != 1 {
+		t.Fatalf("FailedReloads = %d once %s is free; want still 1", d.FailedReloads(), addr)
+	}
+	var body string
+	for range 250 {
+		if res, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/"); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if body = string(b); body == "i0" || body == "i1" {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the L4 upstream never answered through HAProxy once its address was free (last %q)", body)
+}
+
 // A service may be named sidecar: its backend does not collide with the
 // fallback to the built-in proxy (haproxy -c refused the config, and every
 // config after it).
