@@ -25,7 +25,7 @@ func masterReloads(t *testing.T, dir string) int {
 	t.Helper()
 	var last error
 	for range 100 {
-		n, err := askMaster(filepath.Join(dir, "master.sock"))
+		n, err := askMaster(filepath.Join(dir, "master.sock"), 2)
 		if err == nil {
 			return n
 		}
@@ -36,7 +36,9 @@ func masterReloads(t *testing.T, dir string) int {
 	return 0
 }
 
-func askMaster(sock string) (int, error) {
+// askMaster asks the HAProxy master CLI at sock to show its processes,
+// and returns a field of the master's line: 0 its pid, 2 its reloads.
+func askMaster(sock string, field int) (int, error) {
 	c, err := net.DialTimeout("unix", sock, 2*time.Second)
 	if err != nil {
 		return 0, err
@@ -48,7 +50,7 @@ func askMaster(sock string) (int, error) {
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) >= 3 && f[1] == "master" {
-			return strconv.Atoi(f[2])
+			return strconv.Atoi(f[field])
 		}
 	}
 	return 0, fmt.Errorf("no master line in the answer")
@@ -309,24 +311,6 @@ func TestHAProxyPolicyWithdrawn(t *testing.T) {
 	}
 }
 
-// masterPID asks the HAProxy master at sock for its pid.
-func masterPID(sock string) (int, error) {
-	c, err := net.DialTimeout("unix", sock, 2*time.Second)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprint(c, "show proc; quit\n")
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[1] == "master" {
-			return strconv.Atoi(f[0])
-		}
-	}
-	return 0, fmt.Errorf("no master line in the answer")
-}
-
 // TestHAProxyLeftByAKilledSidecarStops: a sidecar killed without stopping
 // its HAProxy (kill -9, a panic) and started again on the same listen
 // address: the HAProxy it left shares the address (SO_REUSEPORT) with
@@ -346,7 +330,7 @@ func TestHAProxyLeftByAKilledSidecarStops(t *testing.T) {
 	})
 	var old int
 	waitFor(t, "the master CLI", 20*time.Second, func() bool {
-		pid, err := masterPID(filepath.Join(state, "haproxy", "master.sock"))
+		pid, err := askMaster(filepath.Join(state, "haproxy", "master.sock"), 0)
 		old = pid
 		return err == nil
 	})
