@@ -350,7 +350,8 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 		}
 		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
-	if err := principalFrom(r.Context()).readService(in.Realm, in.Service); err != nil {
+	allowed := func() error { return principalFrom(r.Context()).readService(in.Realm, in.Service) }
+	if err := allowed(); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
@@ -370,7 +371,7 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 		s.readLease(r.Context(), in)
 		return marshal(in), nil
 	}
-	return s.blocking(w, r, []string{instKey(id)}, render, final)
+	return s.blocking(w, r, []string{instKey(id)}, allowed, render, final)
 }
 
 func (s *Server) handleServices(w http.ResponseWriter, r *http.Request) error {
@@ -378,7 +379,8 @@ func (s *Server) handleServices(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := principalFrom(r.Context()).readAll(); err != nil {
+	allowed := principalFrom(r.Context()).readAll
+	if err := allowed(); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
@@ -387,7 +389,7 @@ func (s *Server) handleServices(w http.ResponseWriter, r *http.Request) error {
 		index := s.st.indexOfLocked(listKey(realm))
 		return index, s.cache.get("list\x00"+realm, index, func() []byte { return marshal(s.servicesLocked(realm)) }), nil
 	}
-	return s.blocking(w, r, []string{listKey(realm)}, render, nil)
+	return s.blocking(w, r, []string{listKey(realm)}, allowed, render, nil)
 }
 
 func (s *Server) parseServiceQuery(r *http.Request) (serviceQuery, error) {
@@ -421,7 +423,8 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := principalFrom(r.Context()).readService(q.realm, q.service); err != nil {
+	allowed := func() error { return principalFrom(r.Context()).readService(q.realm, q.service) }
+	if err := allowed(); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
@@ -440,7 +443,7 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 			return marshal(out), nil
 		}
 	}
-	return s.blocking(w, r, []string{svcKey(q.realm, q.service)}, render, final)
+	return s.blocking(w, r, []string{svcKey(q.realm, q.service)}, allowed, render, final)
 }
 
 // renderService renders GET /v1/services/{name} without lease fields.
@@ -554,7 +557,8 @@ func (s *Server) handleGetLayer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := principalFrom(r.Context()).readAll(); err != nil {
+	allowed := principalFrom(r.Context()).readAll
+	if err := allowed(); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
@@ -566,11 +570,12 @@ func (s *Server) handleGetLayer(w http.ResponseWriter, r *http.Request) error {
 		}
 		return s.st.indexOfLocked(layerKey(k)), marshal(l), nil
 	}
-	return s.blocking(w, r, []string{layerKey(k)}, render, nil)
+	return s.blocking(w, r, []string{layerKey(k)}, allowed, render, nil)
 }
 
 func (s *Server) handleLayers(w http.ResponseWriter, r *http.Request) error {
-	if err := principalFrom(r.Context()).readAll(); err != nil {
+	allowed := principalFrom(r.Context()).readAll
+	if err := allowed(); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
@@ -579,7 +584,7 @@ func (s *Server) handleLayers(w http.ResponseWriter, r *http.Request) error {
 		l := s.layersLocked()
 		return l.Index, marshal(l), nil
 	}
-	return s.blocking(w, r, []string{layersKey}, render, nil)
+	return s.blocking(w, r, []string{layersKey}, allowed, render, nil)
 }
 
 func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
@@ -598,7 +603,8 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
 	if service == "" && p.readAll() != nil {
 		return sb.Errorf(sb.EInvalid, "service: required with a service token (it reads its own services' config)")
 	}
-	if err := p.readConfig(realm, service); err != nil {
+	allowed := func() error { return p.readConfig(realm, service) }
+	if err := allowed(); err != nil {
 		return err
 	}
 	keys := make([]string, 0, 4)
@@ -611,7 +617,7 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) error {
 		index := s.st.indexOfLocked(keys...)
 		return index, s.cache.get("cfg\x00"+realm+"\x00"+service, index, func() []byte { return marshal(s.mergedLocked(realm, service)) }), nil
 	}
-	return s.blocking(w, r, keys, render, nil)
+	return s.blocking(w, r, keys, allowed, render, nil)
 }
 
 // InsecureTokenWarning is the warning of a token created while Atlas runs

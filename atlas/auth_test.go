@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -250,5 +251,66 @@ func TestAdminTokenFileOfAnotherStoreIsReplaced(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dir, "admin.token"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin.token: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+}
+
+// waitBlocking waits until n blocking queries wait in a.
+func (a *testAtlas) waitBlocking(t *testing.T, n int) {
+	t.Helper()
+	want := fmt.Sprintf("switchboard_atlas_blocking_queries %d\n", n)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if r := a.must("GET", "/metrics", ""); strings.Contains(string(r.body), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %d blocking queries waiting after 20s", n)
+		}
+	}
+}
+
+// TestRevokedAccessEndsTheBlockingQuery: a blocking query is authorized
+// when it answers, not only when it starts. A host whose token was
+// deleted (say, stolen) must not get the config an operator changes next
+// (say, a rotated password) from a query it left waiting; nor a service
+// the instances of one its policy no longer lets it call.
+func TestRevokedAccessEndsTheBlockingQuery(t *testing.T) {
+	a := start(t, false)
+	a.newToken(t, `{"name":"other","role":"reader"}`) // so that the list has more than one
+	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["dev"]}`)
+	caller := a.newToken(t, `{"name":"dashboard","role":"service","services":["dashboard"],"realms":["dev"]}`)
+	a.must("PUT", "/v1/config/layer?service=identity", `{"db":{"password":"old"}}`)
+	a.must("PUT", "/v1/policies/dashboard", `{"may_call":["billing"]}`)
+	a.must("PUT", "/v1/instances/billing-1", reg("billing", 6000, ""))
+	var list struct{ Tokens []sb.Token }
+	a.must("GET", "/v1/tokens", "").decode(t, &list)
+	svcID := ""
+	for _, tok := range list.Tokens {
+		if tok.Name == "identity" {
+			svcID = tok.ID
+		}
+	}
+
+	cfgIdx := a.doAs(svc, "GET", "/v1/config?service=identity", "").index(t)
+	cfgDone := make(chan resp, 1)
+	go func() {
+		cfgDone <- a.doAs(svc, "GET", fmt.Sprintf("/v1/config?service=identity&index=%d&wait=5m", cfgIdx), "")
+	}()
+	a.waitBlocking(t, 1)
+	a.must("DELETE", "/v1/tokens/"+svcID, "")
+	a.must("PUT", "/v1/config/layer?service=identity", `{"db":{"password":"rotated"}}`)
+	if r := <-cfgDone; r.status != 401 || strings.Contains(string(r.body), "rotated") {
+		t.Errorf("blocking query of a token deleted while it waited = %d %s; want 401", r.status, r.body)
+	}
+
+	svcIdx := a.doAs(caller, "GET", "/v1/services/billing", "").index(t)
+	svcDone := make(chan resp, 1)
+	go func() {
+		svcDone <- a.doAs(caller, "GET", fmt.Sprintf("/v1/services/billing?index=%d&wait=5m", svcIdx), "")
+	}()
+	a.waitBlocking(t, 1)
+	a.must("PUT", "/v1/policies/dashboard", `{"may_call":[]}`)
+	a.must("PUT", "/v1/instances/billing-2", reg("billing", 6001, ""))
+	if r := <-svcDone; r.status != 403 || strings.Contains(string(r.body), "billing-2") {
+		t.Errorf("blocking query of a service whose policy was withdrawn while it waited = %d %s; want 403", r.status, r.body)
 	}
 }

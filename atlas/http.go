@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"reflect"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -333,16 +334,32 @@ type answer func() (index uint64, body []byte, err error)
 // merely until something it depends on was written), or until wait (plus
 // up to wait/16 of jitter) runs out. final, when not nil, renders the body
 // actually sent (with lease fields).
-func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string, render answer, final func() ([]byte, error)) error {
+//
+// allowed is the handler's access check, asked again, with whether the
+// token still exists, before the answer goes out: access taken away while
+// a query waited (its token deleted, the policy that let it read a
+// service withdrawn) must not be answered with what changed since. A
+// change of tokens or policies wakes the query to ask at once.
+func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string, allowed func() error, render answer, final func() ([]byte, error)) error {
 	want, wait, err := blockingParams(r)
 	if err != nil {
 		return err
+	}
+	p := principalFrom(r.Context())
+	mayAnswer := func() error {
+		if err := p.current(); err != nil {
+			return err
+		}
+		return allowed()
 	}
 	blockingQuery := query(r).Has("index") && want > 0
 	var waitFor []<-chan struct{}
 	release := func() {}
 	defer func() { release() }()
 	if blockingQuery {
+		if p != nil {
+			keys = append(slices.Clip(keys), tokensKey, policiesKey)
+		}
 		waitFor, release = s.st.waitChans(keys)
 	}
 	index, body, err := render()
@@ -365,6 +382,9 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 				}
 				return nil // the client left
 			}
+			if err := mayAnswer(); err != nil {
+				return err
+			}
 			next, releaseNext := s.st.waitChans(keys)
 			release()
 			waitFor, release = next, releaseNext
@@ -386,6 +406,9 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 		// The store may have stopped (or started again) answering while
 		// the query waited: say so as of the answer, not of the request.
 		s.markStale(w)
+	}
+	if err := mayAnswer(); err != nil {
+		return err
 	}
 	writeJSON(w, http.StatusOK, index, body)
 	return nil
