@@ -69,6 +69,19 @@ func CheckURL(raw string) error {
 	return nil
 }
 
+// RedactURL returns an Atlas URL as errors and logs show it: with its
+// password, if it holds one, masked.
+func RedactURL(raw string) string {
+	if !strings.Contains(raw, "@") {
+		return raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a URL with user info that does not parse)"
+	}
+	return u.Redacted()
+}
+
 // SplitList splits a comma-separated list, dropping blanks.
 func SplitList(s string) []string {
 	var out []string
@@ -209,7 +222,7 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return 0, fmt.Errorf("atlas %s: %w", base, err), false
+		return 0, fmt.Errorf("atlas %s: %w", RedactURL(base), err), false
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -222,7 +235,7 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 		// A POST (a token, a port) that may have reached Atlas is not sent
 		// to the next replica, which would do it a second time: only one
 		// that could not connect is.
-		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err), method != http.MethodPost || isDialError(err)
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err), method != http.MethodPost || isDialError(err)
 	}
 	defer res.Body.Close()
 	if h := res.Header.Get(sb.IndexHeader); h != "" {
@@ -230,7 +243,7 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	data, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
 	if err != nil {
-		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: reading the answer: %v", base, err), true
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: reading the answer: %v", RedactURL(base), err), true
 	}
 	if res.StatusCode != http.StatusOK {
 		e := decodeError(res.StatusCode, data)
@@ -238,7 +251,7 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return 0, fmt.Errorf("atlas %s: decoding the answer: %w", base, err), false
+			return 0, fmt.Errorf("atlas %s: decoding the answer: %w", RedactURL(base), err), false
 		}
 	}
 	return idx, nil, false
@@ -542,7 +555,7 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 			}
 			err = e
 		} else {
-			err = sb.Errorf(sb.EUnavailable, "atlas %s: %v", base, err)
+			err = sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err)
 		}
 		res = nil
 		if ctx.Err() != nil {
@@ -581,13 +594,13 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 	case ctx.Err() != nil:
 		return lastEventID, ctx.Err()
 	case idle.Load():
-		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream sent nothing for %v", base, streamIdleTimeout)
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream sent nothing for %v", RedactURL(base), streamIdleTimeout)
 	case err == nil:
-		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", base)
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream ended", RedactURL(base))
 	case errors.Is(err, errStream):
-		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", base, err)
+		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", RedactURL(base), err)
 	}
-	return lastEventID, fmt.Errorf("atlas %s: %w", base, err)
+	return lastEventID, fmt.Errorf("atlas %s: %w", RedactURL(base), err)
 }
 
 // idleReader restarts quiet at every read that brings bytes.

@@ -332,7 +332,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	if err := s.Start(); err != nil {
 		return err
 	}
-	s.log.Info("sidecar: running", "listen", s.ListenAddr, "admin", s.AdminAddr, "realm", s.cfg.Realm, "atlas", strings.Join(s.cfg.Atlas, ","))
+	atlas := make([]string, len(s.cfg.Atlas))
+	for i, u := range s.cfg.Atlas {
+		atlas[i] = client.RedactURL(u)
+	}
+	s.log.Info("sidecar: running", "listen", s.ListenAddr, "admin", s.AdminAddr, "realm", s.cfg.Realm, "atlas", strings.Join(atlas, ","))
 	<-ctx.Done()
 	return s.Shutdown()
 }
