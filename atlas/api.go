@@ -339,38 +339,51 @@ func (s *Server) handleInstance(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	p := principalFrom(r.Context())
+	// An instance the caller may not read is answered as one that is not
+	// there: a 403 naming its service and realm would tell a service
+	// token which ids (SERVICE-HOST-PORT) exist where. Asked of every
+	// answer, also after a blocking query waited: the id may since have
+	// been taken over by another service.
+	notFound := sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	if p.readAll() != nil {
+		notFound = sb.Errorf(sb.ENotFound, "instance %s: not registered, or not one this token may read", id)
+	}
+	readable := func(in *sb.Instance) error {
+		if in == nil || p.readService(in.Realm, in.Service) != nil {
+			return notFound
+		}
+		return nil
+	}
 	s.st.mu.RLock()
 	in := s.st.visibleLocked(id)
 	s.st.mu.RUnlock()
-	if in == nil {
-		// Whoever may read some instance learns no more than that this
-		// one is not there for them.
-		if principalFrom(r.Context()).readAll() != nil {
-			return sb.Errorf(sb.ENotFound, "instance %s: not registered, or not one this token may read", id)
-		}
-		return sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
-	}
-	allowed := func() error { return principalFrom(r.Context()).readService(in.Realm, in.Service) }
-	if err := allowed(); err != nil {
+	if err := readable(in); err != nil {
 		return err
 	}
 	render := func() (uint64, []byte, error) {
 		s.st.mu.RLock()
-		defer s.st.mu.RUnlock()
 		in := s.st.visibleLocked(id)
-		if in == nil {
-			return 0, nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+		index := s.st.indexOfLocked(instKey(id))
+		s.st.mu.RUnlock()
+		if err := readable(in); err != nil {
+			return 0, nil, err
 		}
-		return s.st.indexOfLocked(instKey(id)), marshal(in), nil
+		return index, marshal(in), nil
 	}
 	final := func() ([]byte, error) {
 		in, err := s.instance(id, false)
 		if err != nil {
+			return nil, notFound
+		}
+		if err := readable(in); err != nil {
 			return nil, err
 		}
 		s.readLease(r.Context(), in)
 		return marshal(in), nil
 	}
+	// render and final ask readable of what they answer with.
+	allowed := func() error { return nil }
 	return s.blocking(w, r, []string{instKey(id)}, allowed, render, final)
 }
 

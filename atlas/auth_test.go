@@ -314,3 +314,39 @@ func TestRevokedAccessEndsTheBlockingQuery(t *testing.T) {
 		t.Errorf("blocking query of a service whose policy was withdrawn while it waited = %d %s; want 403", r.status, r.body)
 	}
 }
+
+// TestInstancesAServiceMayNotReadAreNotThere: GET /v1/instances/{id} with
+// a service token answers for an instance of a service it may not read as
+// for one that does not exist. A 403 naming the service and realm told it
+// which ids (SERVICE-HOST-PORT: where every service runs) exist, in which
+// realm; and a blocking query on one of its own ids that another service
+// took over answered with that service's instance.
+func TestInstancesAServiceMayNotReadAreNotThere(t *testing.T) {
+	a := start(t, false)
+	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["dev"]}`)
+	a.must("PUT", "/v1/instances/payments-host001-5000", reg("payments", 5000, `,"realm":"production"`))
+	a.must("PUT", "/v1/instances/payments-host002-5000", reg("payments", 5000, ""))
+	unknown := a.doAs(svc, "GET", "/v1/instances/payments-host009-5000", "")
+	if unknown.status != 404 {
+		t.Fatalf("GET of an unknown id = %d %s; want 404", unknown.status, unknown.body)
+	}
+	for _, id := range []string{"payments-host001-5000", "payments-host002-5000"} {
+		r := a.doAs(svc, "GET", "/v1/instances/"+id, "")
+		want := strings.ReplaceAll(string(unknown.body), "payments-host009-5000", id)
+		if r.status != 404 || string(r.body) != want {
+			t.Errorf("GET /v1/instances/%s = %d %s; want as for an unknown id: 404 %s", id, r.status, r.body, want)
+		}
+	}
+
+	a.must("PUT", "/v1/instances/shared-1", reg("identity", 5001, ""))
+	idx := a.doAs(svc, "GET", "/v1/instances/shared-1", "").index(t)
+	done := make(chan resp, 1)
+	go func() {
+		done <- a.doAs(svc, "GET", fmt.Sprintf("/v1/instances/shared-1?index=%d&wait=5m", idx), "")
+	}()
+	a.waitBlocking(t, 1)
+	a.must("PUT", "/v1/instances/shared-1", reg("payments", 5001, `,"meta":{"secret":"topology"}`))
+	if r := <-done; r.status != 404 || strings.Contains(string(r.body), "topology") {
+		t.Errorf("blocking query on an id another service took over = %d %s; want 404", r.status, r.body)
+	}
+}
