@@ -350,3 +350,34 @@ func TestInstancesAServiceMayNotReadAreNotThere(t *testing.T) {
 		t.Errorf("blocking query on an id another service took over = %d %s; want 404", r.status, r.body)
 	}
 }
+
+// TestAServiceMayNotTakeOverADrainedId: an operator's switch outlives its
+// instance's lease, so that an instance drained for maintenance comes
+// back drained. Another service's token must not take the id over while
+// it is gone (registering it as its own, then deleting or enabling it)
+// and so clear the switch: the instance would come back in rotation in
+// the middle of its maintenance.
+func TestAServiceMayNotTakeOverADrainedId(t *testing.T) {
+	a := start(t, false)
+	mallory := a.newToken(t, `{"name":"mallory","role":"service","services":["mallory"],"realms":["dev"]}`)
+	billing := a.newToken(t, `{"name":"billing","role":"service","services":["billing"],"realms":["dev"]}`)
+	a.must("PUT", "/v1/instances/billing-host1-6000", reg("billing", 6000, `,"ttl":"1s"`))
+	a.must("PUT", "/v1/instances/billing-host1-6000/enabled", `{"enabled":false,"reason":"maintenance"}`)
+	for deadline := time.Now().Add(20 * time.Second); a.do("GET", "/v1/instances/billing-host1-6000", "").status != 404; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance did not expire within 20s of its 1s lease")
+		}
+	}
+	if r := a.doAs(mallory, "PUT", "/v1/instances/billing-host1-6000", reg("mallory", 6000, "")); r.status != 403 {
+		t.Errorf("another service registers a drained id = %d %s; want 403", r.status, r.body)
+	}
+	a.doAs(mallory, "PUT", "/v1/instances/billing-host1-6000/enabled", `{"enabled":true}`)
+	a.doAs(mallory, "DELETE", "/v1/instances/billing-host1-6000", "")
+	// The instance comes back drained, registered with its own token.
+	var in sb.Instance
+	r := a.doAs(billing, "PUT", "/v1/instances/billing-host1-6000", reg("billing", 6000, ""))
+	r.decode(t, &in)
+	if r.status != 200 || in.Enabled || in.DisabledReason != "maintenance" {
+		t.Fatalf("the drained instance came back = %d %s; want 200, disabled for maintenance", r.status, r.body)
+	}
+}

@@ -80,6 +80,16 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 				return nil, err
 			}
 		}
+		// An id gone with its operator switch still set is its service's
+		// until the switch is cleared: another service taking it over
+		// could clear the switch, and the drained instance come back in
+		// rotation.
+		if sw, ok := s.st.switches[id]; old == nil && ok && sw.Service != "" && (sw.Service != reg.Service || sw.Realm != reg.Realm) {
+			if err := may(sw.Realm, sw.Service); err != nil {
+				s.st.mu.RUnlock()
+				return nil, err
+			}
+		}
 		var prev uint64
 		in := &sb.Instance{
 			ID: id, Service: reg.Service, Realm: reg.Realm, Address: reg.Address, Port: reg.Port,
@@ -307,8 +317,12 @@ func (s *Server) flushOutputs() {
 // setEnabled flips the operator switch of an instance.
 func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch) (*sb.Instance, error) {
 	s.st.mu.RLock()
-	_, exists := s.st.instances[id]
+	r, exists := s.st.instances[id]
 	_, disabled := s.st.switches[id]
+	var service, realm string
+	if exists {
+		service, realm = r.service(), r.realm()
+	}
 	s.st.mu.RUnlock()
 	if !exists {
 		return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
@@ -318,7 +332,7 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 	case *sw.Enabled && disabled:
 		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Delete: true})
 	case !*sw.Enabled:
-		val, _ := jsonMarshal(switchRecord{Reason: sw.Reason})
+		val, _ := jsonMarshal(switchRecord{Reason: sw.Reason, Service: service, Realm: realm})
 		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Value: val})
 	}
 	if err != nil {

@@ -30,6 +30,12 @@ const (
 
 type switchRecord struct {
 	Reason string `json:"reason"`
+	// Service and Realm are those of the instance when it was disabled:
+	// the switch outlives the lease, and only a caller that may act for
+	// them may register the id again while it is gone. Empty in records
+	// written before they were kept.
+	Service string `json:"service,omitempty"`
+	Realm   string `json:"realm,omitempty"`
 }
 
 type tokenRecord struct {
