@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -210,7 +212,34 @@ func (g *globals) print(v any, table func(w *tabwriter.Writer)) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(termSafe{g.stdout}, 0, 4, 2, ' ', 0)
 	table(tw)
 	return tw.Flush()
+}
+
+// termSafe writes to w with the control characters a terminal acts on
+// (escape sequences, DEL, C1) shown as \xNN, tab and newline excepted: a
+// table's cells hold what services sent (check output, tags, meta, a
+// disable reason), which must not move the cursor, rewrite the screen or
+// retitle the window of the operator reading it.
+type termSafe struct{ w io.Writer }
+
+func (t termSafe) Write(p []byte) (int, error) {
+	if !slices.ContainsFunc(p, func(b byte) bool { return b < 0x20 || b >= 0x7f }) {
+		return t.w.Write(p)
+	}
+	out := make([]byte, 0, len(p)+16)
+	for i := 0; i < len(p); {
+		r, size := utf8.DecodeRune(p[i:])
+		if (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f) {
+			out = fmt.Appendf(out, `\x%02x`, r)
+		} else {
+			out = append(out, p[i:i+size]...)
+		}
+		i += size
+	}
+	if _, err := t.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

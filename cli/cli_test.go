@@ -591,6 +591,24 @@ func TestTokenCreateWithoutAuthSaysSo(t *testing.T) {
 	}
 }
 
+// A check output (or tag, meta, disable reason) is what a service sent:
+// written raw into a table, an escape sequence in it rewrote the screen or
+// the window title of the operator reading it. Tables show control
+// characters as \xNN.
+func TestTablesShowControlCharacters(t *testing.T) {
+	url := startAtlas(t)
+	if _, errs, code := run(t, url, "register", "--service", "web", "--id", "web-1", "--address", "127.0.0.1", "--port", "5000", "--check-output", "\x1b]0;pwned\x07ok \u009b31m"); code != 0 {
+		t.Fatalf("register: exit %d %s", code, errs)
+	}
+	out, errs, code := run(t, url, "instances", "web")
+	if code != 0 {
+		t.Fatalf("instances: exit %d %s", code, errs)
+	}
+	if strings.ContainsAny(out, "\x1b\x07\u009b") || !strings.Contains(out, `\x1b]0;pwned\x07ok \x9b31m`) {
+		t.Fatalf("instances printed %q; want the control characters as \\xNN", out)
+	}
+}
+
 // TestInstancesOfAnUnknownServiceSaySo: a typo in the name lists nothing,
 // and says where the names are.
 func TestInstancesOfAnUnknownServiceSaySo(t *testing.T) {
