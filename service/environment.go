@@ -102,7 +102,11 @@ func redactURLs(v string) string {
 	}
 	parts := strings.Split(v, ",")
 	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+		u, err := url.Parse(strings.TrimSpace(p))
+		switch {
+		case err != nil && strings.Contains(p, "@"):
+			parts[i] = Masked // what precedes the @ may be a password
+		case err == nil && u.User != nil:
 			parts[i] = u.Redacted()
 		}
 	}

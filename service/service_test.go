@@ -336,10 +336,15 @@ func TestClientFromManyHandlersAtOnce(t *testing.T) {
 
 func TestEnvironmentRedactsURLCredentials(t *testing.T) {
 	t.Setenv("SWITCHBOARD_SIDECAR", "http://admin:hunter2@127.0.0.1:4001")
+	// A URL that does not parse was shown whole, its password with it.
+	t.Setenv("LANG", "http://admin:hunter3@127.0.0.1:4001/%zz")
 	base, _, _ := run(t, func(*service.Service) {})
 	code, body := get(t, base+"/environment")
 	if code != 200 || strings.Contains(body, "hunter2") || !strings.Contains(body, "admin:xxxxx@127.0.0.1:4001") {
 		t.Fatalf("/environment = %d; want the sidecar URL with its password redacted:\n%s", code, body)
+	}
+	if strings.Contains(body, "hunter3") || !strings.Contains(body, `"LANG": "`+service.Masked+`"`) {
+		t.Fatalf("/environment shows a URL that does not parse, with its password:\n%s", body)
 	}
 }
 
