@@ -484,10 +484,18 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 	// Replay what the watcher missed from history, then go live; both under
 	// mu so nothing is lost or doubled in between.
 	for _, c := range s.history {
-		if c.Index > after {
-			if !s.sendLocked(w, c) {
-				break
-			}
+		if c.Index <= after {
+			continue
+		}
+		select {
+		case w.ch <- c:
+		default:
+			// The history after `after` is more than the watcher may
+			// hold (it keeps up to twice History): it gets what fits and
+			// is dropped, as if it had fallen behind, so that it watches
+			// again from there. Going live now would skip the rest.
+			close(w.ch)
+			return w.ch, nil
 		}
 	}
 	s.watchers[w] = struct{}{}
