@@ -243,6 +243,10 @@ func readLog(dir string) (changes []atlas.Change, dropped int64, err error) {
 	return changes, dropped, nil
 }
 
+// syncLog syncs a segment after an append; a variable so that a test can
+// make it fail.
+var syncLog = fdatasync
+
 // segment is the log segment being appended to.
 type segment struct {
 	f      *os.File
@@ -275,16 +279,30 @@ func (g *segment) append(cs []atlas.Change) error {
 	binary.LittleEndian.PutUint32(g.buf, uint32(len(payload)))
 	binary.LittleEndian.PutUint32(g.buf[4:], crc32.Checksum(payload, castagnoli))
 	if _, err := g.f.Write(g.buf); err != nil {
-		return err
+		return g.cutOff(err)
 	}
-	if err := fdatasync(g.f); err != nil {
-		return err
+	if err := syncLog(g.f); err != nil {
+		return g.cutOff(err)
 	}
 	g.size += int64(len(g.buf))
 	if cap(g.buf) > 1<<20 {
 		g.buf = nil // a large batch's buffer is not kept
 	}
 	return nil
+}
+
+// cutOff truncates the segment back to its last acknowledged frame after an
+// append failed with err. The frame is refused, so the next Open must not
+// replay it: a failed fdatasync leaves it whole in the file, and the kernel
+// may still write it out. When cutting it off fails too, it may come back.
+func (g *segment) cutOff(err error) error {
+	if terr := g.f.Truncate(g.size); terr != nil {
+		return fmt.Errorf("%w (and cutting the frame off failed: %v)", err, terr)
+	}
+	if serr := syncLog(g.f); serr != nil {
+		return fmt.Errorf("%w (and cutting the frame off failed: %v)", err, serr)
+	}
+	return err
 }
 
 // syncDir makes the creation or removal of files in dir durable.

@@ -358,3 +358,33 @@ func TestFirstWriteOfAnOlderStoreIsReplayed(t *testing.T) {
 		t.Fatalf("Snapshot = %d, %+v, %v; want index 1 and k, replayed from the log", index, kvs, err)
 	}
 }
+
+// A batch whose append to the log failed was refused (ErrUnavailable): it
+// must not come back after a crash, as it does not after a clean Close.
+// A failed fdatasync leaves the whole frame in the file, readable by the
+// next Open.
+func TestRefusedWriteDoesNotComeBackAfterACrash(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openT(t, path, time.Hour, nil)
+	ctx := context.Background()
+	i, err := s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := false
+	syncLog = func(f *os.File) error {
+		if !failed {
+			failed = true
+			return errors.New("input/output error")
+		}
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncLog = fdatasync })
+	// A conditional write: the caller, told it failed, may try it again.
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "b", Value: []byte("2"), IfIndex: atlas.IfIndex(0)}}); !errors.Is(err, atlas.ErrUnavailable) {
+		t.Fatalf("write whose fdatasync failed: %v; want ErrUnavailable", err)
+	}
+	s.crash()
+	syncLog = fdatasync
+	reopen(t, path, i, map[string]string{"a": "1"})
+}
