@@ -29,8 +29,9 @@ import (
 //
 // A frame is appended and synced before any of its writes is acknowledged,
 // so only the last frame of the last segment can be incomplete (a crash
-// during its write); Open drops such a frame, whose writes were never
-// acknowledged, and refuses a log damaged anywhere else.
+// during its write, which may also leave it reading as zeros from its
+// start); Open drops such a frame, whose writes were never acknowledged,
+// and refuses a log damaged anywhere else.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -194,7 +195,11 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		}
 		n := binary.LittleEndian.Uint32(rest)
 		sum := binary.LittleEndian.Uint32(rest[4:])
-		if n > maxFrame || int(n) > len(rest)-frameHeader {
+		// Every frame holds a change at least, so a length of zero is a
+		// header never written: a crash during the last append can leave
+		// the file reading zeros from the frame's start (its size and
+		// maybe its later pages reached the disk, not its first page).
+		if n == 0 || n > maxFrame || int(n) > len(rest)-frameHeader {
 			return out, torn, nil
 		}
 		payload := rest[frameHeader : frameHeader+int(n)]

@@ -3,7 +3,10 @@ package boltstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -387,4 +390,44 @@ func TestRefusedWriteDoesNotComeBackAfterACrash(t *testing.T) {
 	s.crash()
 	syncLog = fdatasync
 	reopen(t, path, i, map[string]string{"a": "1"})
+}
+
+// A crash during the last append can leave its frame reading as zeros from
+// its start: the file's size was written, and maybe later pages of the
+// frame, but not the page it starts in. That frame was never acknowledged:
+// Open drops it and keeps everything before it, rather than refuse the log
+// or take zeros for frames.
+func TestZeroFilledTailIsDropped(t *testing.T) {
+	for _, zeros := range []int{4, 5, 8, 12, 100, -1} {
+		name := fmt.Sprintf("first %d bytes zero", zeros)
+		if zeros < 0 {
+			name = "all zero"
+		}
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "atlas.db")
+			s := openT(t, path, time.Hour, nil)
+			want := writeSome(t, s)
+			index, _ := snapshotOf(t, s)
+			s.crash()
+			segs := logSegments(t, path)
+			payload := appendChanges(nil, []atlas.Change{{Index: index + 1, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "e", Value: bytes.Repeat([]byte("5"), 200)}}}}})
+			frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
+			frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
+			frame = append(frame, payload...)
+			if zeros < 0 {
+				zeros = len(frame)
+			}
+			clear(frame[:zeros])
+			f, err := os.OpenFile(segs[len(segs)-1], os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write(frame)
+			f.Close()
+
+			if _, log := reopen(t, path, index, want); !strings.Contains(log, "incomplete write") {
+				t.Fatalf("the dropped bytes were not logged: %s", log)
+			}
+		})
+	}
 }
