@@ -246,19 +246,12 @@ func (s *Store) load() error {
 			return err
 		}
 	}
-	changes, dropped, err := readLog(s.dir)
+	changes, dropped, err := readLog(s.dir, s.index)
 	if err != nil {
 		return fmt.Errorf("write-ahead log: %w", err)
 	}
 	if dropped > 0 {
 		s.cfg.Logger.Warn("boltstore: the write-ahead log ended in an incomplete write, which was never acknowledged; dropped it", "bytes", dropped)
-	}
-	// What the file has already is skipped; the rest must follow on.
-	changes = slices.DeleteFunc(changes, func(c atlas.Change) bool { return c.Index <= s.index })
-	for i, c := range changes {
-		if want := s.index + 1 + uint64(i); c.Index != want {
-			return fmt.Errorf("write-ahead log: change %d where %d belongs: changes are missing", c.Index, want)
-		}
 	}
 	if len(changes) > 0 {
 		err := s.db.Update(func(tx *bolt.Tx) error {

@@ -208,14 +208,14 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 			// right length with the wrong bytes in it; a bad frame with
 			// more after it is damage.
 			if after := len(rest) - frameHeader - int(n); after > 0 {
-				return nil, 0, fmt.Errorf("%s: damaged frame at byte %d, with %d bytes after it", path, off, after)
+				return nil, 0, damaged(path, "damaged frame at byte %d, with %d bytes after it", off, after)
 			}
 			return out, torn, nil
 		}
 		cs, err := decodeChanges(payload)
 		if err != nil {
 			// The checksum holds, so this is no torn write.
-			return nil, 0, fmt.Errorf("%s at byte %d: %w", path, off, err)
+			return nil, 0, damaged(path, "at byte %d: %v", off, err)
 		}
 		out = append(out, cs...)
 		off += frameHeader + int(n)
@@ -223,13 +223,13 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 	return out, 0, nil
 }
 
-// readLog reads every segment of dir in order. Only the last may end in an
-// incomplete frame; it is cut off there (its writes were never
+// readLog reads every segment of dir in order and returns the changes
+// after index, which must follow on from it. Only the last segment may end
+// in an incomplete frame; it is cut off there (its writes were never
 // acknowledged) and dropped reports how many bytes that removed. Segments
 // that a checkpoint left behind (it failed, or the process died before it
-// removed them) may precede a gap; the caller checks that what it replays
-// has none.
-func readLog(dir string) (changes []atlas.Change, dropped int64, err error) {
+// removed them) may hold changes up to index only, and a gap after them.
+func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, err error) {
 	paths, _, err := segments(dir)
 	if err != nil {
 		return nil, 0, err
@@ -240,12 +240,26 @@ func readLog(dir string) (changes []atlas.Change, dropped int64, err error) {
 			return nil, 0, err
 		}
 		if torn > 0 && i != len(paths)-1 {
-			return nil, 0, fmt.Errorf("%s: damaged in its last %d bytes, and later segments follow it", p, torn)
+			return nil, 0, damaged(p, "damaged in its last %d bytes, and later segments follow it", torn)
 		}
 		dropped = torn
-		changes = append(changes, cs...)
+		for _, c := range cs {
+			if c.Index <= index {
+				continue // the file has it already
+			}
+			if want := index + 1 + uint64(len(changes)); c.Index != want {
+				return nil, 0, damaged(p, "holds change %d where %d belongs: changes are missing (a segment was removed, or the bbolt file is older than its log)", c.Index, want)
+			}
+			changes = append(changes, c)
+		}
 	}
 	return changes, dropped, nil
+}
+
+// damaged is the error of a log Open cannot replay without losing
+// acknowledged writes: it names the segment and says what to do.
+func damaged(seg, format string, args ...any) error {
+	return fmt.Errorf("%s: %s; Atlas will not start and lose the writes after that point: restore the data directory from a backup, or, to start without the writes that segment and any later one hold, move them out of %s", seg, fmt.Sprintf(format, args...), filepath.Dir(seg))
 }
 
 // syncLog syncs a segment after an append; a variable so that a test can

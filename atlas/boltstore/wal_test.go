@@ -244,6 +244,7 @@ func TestDamagedLogIsRefused(t *testing.T) {
 		name   string
 		damage func(t *testing.T, dir string, segs []string)
 		want   string
+		file   string // the segment the error names
 	}{
 		{"damage before a later segment", func(t *testing.T, dir string, segs []string) {
 			data, err := os.ReadFile(segs[0])
@@ -254,7 +255,7 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			os.WriteFile(segs[0], data, 0o600)
 			// A later segment, as after a rotation.
 			os.WriteFile(filepath.Join(dir, segmentName(99)), nil, 0o600)
-		}, "later segments follow"},
+		}, "later segments follow", segmentName(1)},
 		{"damage in the middle of the last segment", func(t *testing.T, dir string, segs []string) {
 			last := segs[len(segs)-1]
 			data, err := os.ReadFile(last)
@@ -263,7 +264,7 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			}
 			data[frameHeader] ^= 0xff // the first frame's payload
 			os.WriteFile(last, data, 0o600)
-		}, "damaged frame at byte 0"},
+		}, "damaged frame at byte 0", segmentName(1)},
 		{"a missing segment", func(t *testing.T, dir string, segs []string) {
 			g, err := createSegment(dir, 99, time.Now())
 			if err != nil {
@@ -271,7 +272,7 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			}
 			g.append([]atlas.Change{{Index: 1000, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "z", Value: []byte("9")}}}}})
 			g.f.Close()
-		}, "changes are missing"},
+		}, "changes are missing", segmentName(99)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "atlas.db")
@@ -282,6 +283,13 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			_, err := Open(Config{Path: path})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Open of a damaged log: %v; want an error saying %q", err, tc.want)
+			}
+			// The operator is told which file, and what to do.
+			if file := filepath.Join(walDir(path), tc.file); !strings.Contains(err.Error(), file+": ") {
+				t.Errorf("Open of a damaged log: %v; want it to name %s", err, file)
+			}
+			if !strings.Contains(err.Error(), "restore the data directory from a backup") {
+				t.Errorf("Open of a damaged log: %v; want it to say what to do", err)
 			}
 		})
 	}
