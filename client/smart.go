@@ -346,12 +346,17 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 	if !isStream(req.Header) {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 	}
+	answered := false // the answer's body then ends ctx, once closed
+	defer func() {
+		if !answered {
+			cancel()
+		}
+	}()
 	p, err := t.pool(ctx, service)
 	if err == nil {
 		err = p.Denied()
 	}
 	if err != nil {
-		cancel()
 		closeBody(req)
 		return nil, err
 	}
@@ -363,7 +368,6 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 	for {
 		e := p.Pick(tried)
 		if e == nil {
-			cancel()
 			closeBody(req)
 			if lastErr != nil {
 				return nil, fmt.Errorf("service %s in realm %s: every try failed, the last with: %w", service, t.Realm, lastErr)
@@ -375,7 +379,6 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		out.Header.Del(TimeoutHeader) // the sidecar's, not the instance's
 		if len(tried) > 1 && req.GetBody != nil {
 			if out.Body, err = req.GetBody(); err != nil {
-				cancel()
 				return nil, err
 			}
 		}
@@ -390,13 +393,13 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		if err == nil {
 			outcome := balance.StatusOutcome(res.StatusCode)
 			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(outcome); cancel() }}
+			answered = true
 			return res, nil
 		}
 		lastErr = err
 		if req.Context().Err() != nil {
 			// The caller's deadline or cancellation says nothing of the
 			// instance.
-			cancel()
 			done(balance.Abandoned)
 			return nil, err
 		}
@@ -408,12 +411,10 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 			} else {
 				done(balance.Failed)
 			}
-			cancel()
 			return nil, fmt.Errorf("service %s in realm %s: no answer within %s: %w", service, t.Realm, timeout, context.DeadlineExceeded)
 		}
 		done(balance.Failed)
 		if !(isDialError(err) && replayable || retryable) || !t.Budget.Retry() {
-			cancel()
 			return nil, fmt.Errorf("service %s in realm %s: %w", service, t.Realm, err)
 		}
 	}
