@@ -1,6 +1,7 @@
 package switchboard
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -444,6 +445,15 @@ type MergedConfig struct {
 	Index   uint64            `json:"index"`
 	Config  map[string]any    `json:"config"`
 	Sources map[string]string `json:"sources"`
+}
+
+// UnmarshalJSON decodes numbers in Config as json.Number, not float64: an
+// integer beyond 2^53 (a 64-bit id) keeps its digits, as Atlas stores it.
+func (m *MergedConfig) UnmarshalJSON(b []byte) error {
+	type plain MergedConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return dec.Decode((*plain)(m))
 }
 
 // Roles a token may have.

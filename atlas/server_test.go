@@ -354,7 +354,7 @@ func TestConfigMergeAndSources(t *testing.T) {
 	a.must("PUT", "/v1/config/layer?service=identity&realm=production", `{"db":{"dsn":"prod-identity"}}`)
 	var m sb.MergedConfig
 	a.must("GET", "/v1/config?realm=production&service=identity", "").decode(t, &m)
-	wantCfg := map[string]any{"db": map[string]any{"dsn": "prod-identity", "pool": float64(10)}, "log": "warn"}
+	wantCfg := map[string]any{"db": map[string]any{"dsn": "prod-identity", "pool": json.Number("10")}, "log": "warn"}
 	if diff := cmp.Diff(wantCfg, m.Config); diff != "" {
 		t.Errorf("merged (-want +got):\n%s", diff)
 	}

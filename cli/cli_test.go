@@ -137,6 +137,16 @@ func TestConfigSetAndGet(t *testing.T) {
 	if !strings.Contains(stdout, `db.dsn   "prod"  service=identity,realm=production`) {
 		t.Fatalf("table:\n%s", stdout)
 	}
+	// An integer beyond float64's 2^53 is shown as it was set.
+	set("realm=production", `{"tenant":9007199254740993}`)
+	stdout, _, _ = run(t, url, "config", "get", "--service", "identity", "--realm", "production")
+	if !strings.Contains(stdout, "9007199254740993") {
+		t.Fatalf("table after setting tenant 9007199254740993:\n%s", stdout)
+	}
+	stdout, _, _ = run(t, url, "config", "get", "--service", "identity", "--realm", "production", "-o", "json")
+	if !strings.Contains(stdout, `"tenant": 9007199254740993`) {
+		t.Fatalf("-o json after setting tenant 9007199254740993:\n%s", stdout)
+	}
 	// Invalid JSON never leaves the machine.
 	_, stderr, code = runWithFile(t, url, "config", "set", "global", `{"x":`)
 	if code != 2 || !strings.Contains(stderr, "must hold one JSON object") {

@@ -364,7 +364,7 @@ func (c *Config) merge(atlasCfg *sb.MergedConfig) *Values {
 	return v
 }
 
-// numbers turns the float64s of a decoded answer into json.Number, as the
+// numbers copies a decoded answer, its numbers as json.Number, as the
 // local layers have them.
 func numbers(m map[string]any) map[string]any {
 	b, _ := json.Marshal(m)

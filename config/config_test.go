@@ -197,3 +197,23 @@ func TestSourcesFollowReplacedKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestAtlasIntegersKeepTheirDigits: an integer in an Atlas layer beyond
+// float64's 2^53 (a 64-bit id) reaches the service as it was written, as
+// the same integer in config.yaml or the environment does.
+func TestAtlasIntegersKeepTheirDigits(t *testing.T) {
+	a := startAtlas(t)
+	ctx := context.Background()
+	a.PutLayer(ctx, sb.LayerKey{}, json.RawMessage(`{"tenant":9007199254740993,"big":12345678901234567890}`), nil)
+	c, err := config.Load(ctx, config.Options{Service: "identity", Atlas: a, Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Values()
+	if got := v.Int("tenant", 0); got != 9007199254740993 {
+		t.Errorf("Int(tenant) = %d; want 9007199254740993", got)
+	}
+	if got := v.String("big", ""); got != "12345678901234567890" {
+		t.Errorf("String(big) = %q; want 12345678901234567890", got)
+	}
+}
