@@ -162,12 +162,16 @@ func (v *Values) Decode(path string, out any) error {
 	return json.Unmarshal(b, out)
 }
 
-// Map returns a deep copy of everything.
+// Map returns a deep copy of everything, numbers as json.Number (as Get
+// returns them).
 func (v *Values) Map() map[string]any {
-	var out map[string]any
-	_ = v.Decode("", &out)
-	if out == nil {
-		out = map[string]any{}
+	b, err := json.Marshal(v.data)
+	if err != nil {
+		return map[string]any{}
+	}
+	out, err := decodeObject(b)
+	if err != nil {
+		return map[string]any{}
 	}
 	return out
 }

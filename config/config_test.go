@@ -217,3 +217,16 @@ func TestAtlasIntegersKeepTheirDigits(t *testing.T) {
 		t.Errorf("String(big) = %q; want 12345678901234567890", got)
 	}
 }
+
+// TestMapKeepsNumbers: Map's copy holds numbers as Get has them
+// (json.Number), so that a 64-bit id keeps its digits.
+func TestMapKeepsNumbers(t *testing.T) {
+	c, err := config.Load(context.Background(), config.Options{Service: "identity", Environ: []string{"SWITCHBOARD_CONFIG_TENANT=9007199254740993"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Values()
+	if got, want := v.Map()["tenant"], v.Get("tenant"); got != want {
+		t.Fatalf("Map()[tenant] = %#v; want %#v, as Get(tenant)", got, want)
+	}
+}
