@@ -194,7 +194,7 @@ func (v *Values) Sources() map[string]string {
 type Config struct {
 	opts  Options
 	local []layer // defaults, file, file realm: below Atlas
-	env   layer   // above Atlas
+	env   []layer // above Atlas: one per SWITCHBOARD_CONFIG_* variable, by name
 	cur   atomic.Pointer[Values]
 	log   *slog.Logger
 
@@ -243,11 +243,11 @@ func Load(ctx context.Context, opts Options) (*Config, error) {
 		}
 		c.local = append(c.local, layer{SourceFile, def}, layer{SourceFile + ":realm=" + opts.Realm, realm})
 	}
-	env, err := envLayer(opts.Environ)
+	env, err := envLayers(opts.Environ)
 	if err != nil {
 		return nil, err
 	}
-	c.env = layer{SourceEnv, env}
+	c.env = env
 	var atlasCfg *sb.MergedConfig
 	if opts.Atlas != nil {
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -359,11 +359,8 @@ func (c *Config) merge(atlasCfg *sb.MergedConfig) *Values {
 			}
 		}
 	}
-	MergeInto(v.data, c.env.data, SourceEnv, v.sources)
-	for p, s := range v.sources {
-		if s == SourceEnv {
-			v.sources[p] = "env:" + EnvPrefix + strings.ToUpper(strings.ReplaceAll(p, ".", "__"))
-		}
+	for _, l := range c.env {
+		MergeInto(v.data, l.data, l.source, v.sources)
 	}
 	return v
 }
@@ -451,14 +448,18 @@ func yamlToJSON(m map[string]any) (map[string]any, error) {
 	return decodeObject(b)
 }
 
-// envLayer reads SWITCHBOARD_CONFIG_* variables.
-func envLayer(environ []string) (map[string]any, error) {
-	out := map[string]any{}
+// envLayers reads SWITCHBOARD_CONFIG_* variables: one layer each, its
+// source "env:NAME", sorted by name, so that a variable holding an object
+// (SWITCHBOARD_CONFIG_DB={...}) comes before the ones naming keys inside it
+// (SWITCHBOARD_CONFIG_DB__POOL), whatever the environment's order.
+func envLayers(environ []string) ([]layer, error) {
+	var layers []layer
 	for _, kv := range environ {
 		name, val, ok := strings.Cut(kv, "=")
 		if !ok || !strings.HasPrefix(name, EnvPrefix) || len(name) == len(EnvPrefix) {
 			continue
 		}
+		out := map[string]any{}
 		path := strings.ToLower(strings.ReplaceAll(name[len(EnvPrefix):], "__", "."))
 		var v any = val
 		if d, err := decodeValue(val); err == nil {
@@ -481,8 +482,10 @@ func envLayer(environ []string) (map[string]any, error) {
 			}
 			cur = next
 		}
+		layers = append(layers, layer{SourceEnv + ":" + name, out})
 	}
-	return out, nil
+	slices.SortStableFunc(layers, func(a, b layer) int { return strings.Compare(a.source, b.source) })
+	return layers, nil
 }
 
 func decodeValue(s string) (any, error) {

@@ -230,3 +230,29 @@ func TestMapKeepsNumbers(t *testing.T) {
 		t.Fatalf("Map()[tenant] = %#v; want %#v, as Get(tenant)", got, want)
 	}
 }
+
+// TestEnvObjectsAndLeavesCombine: a variable holding a JSON object and one
+// naming a key inside it both count, whatever their order in the
+// environment, and each key's source is the variable that set it.
+func TestEnvObjectsAndLeavesCombine(t *testing.T) {
+	for _, env := range [][]string{
+		{"SWITCHBOARD_CONFIG_DB__POOL=7", `SWITCHBOARD_CONFIG_DB={"dsn":"x","maxConns":3}`},
+		{`SWITCHBOARD_CONFIG_DB={"dsn":"x","maxConns":3}`, "SWITCHBOARD_CONFIG_DB__POOL=7"},
+	} {
+		c, err := config.Load(context.Background(), config.Options{Service: "identity", Environ: env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{
+			"db.dsn":      "env:SWITCHBOARD_CONFIG_DB",
+			"db.maxConns": "env:SWITCHBOARD_CONFIG_DB",
+			"db.pool":     "env:SWITCHBOARD_CONFIG_DB__POOL",
+		}
+		if diff := cmp.Diff(want, c.Values().Sources()); diff != "" {
+			t.Errorf("environment %q: sources (-want +got):\n%s", env, diff)
+		}
+		if got := c.Values().Int("db.pool", 0); got != 7 {
+			t.Errorf("environment %q: db.pool = %d; want 7", env, got)
+		}
+	}
+}
