@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -413,8 +414,8 @@ func readFile(path, realm string) (defaults, realmSection map[string]any, err er
 		return nil, nil, fmt.Errorf("config: %w", err)
 	}
 	var f struct {
-		Defaults map[string]any            `yaml:"defaults"`
-		Realms   map[string]map[string]any `yaml:"realms"`
+		Defaults yaml.Node            `yaml:"defaults"`
+		Realms   map[string]yaml.Node `yaml:"realms"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -429,15 +430,26 @@ func readFile(path, realm string) (defaults, realmSection map[string]any, err er
 	if defaults, err = yamlToJSON(f.Defaults); err != nil {
 		return nil, nil, fmt.Errorf("config: %s: defaults: %w", path, err)
 	}
-	if realmSection, err = yamlToJSON(f.Realms[realm]); err != nil {
+	section := f.Realms[realm]
+	if realmSection, err = yamlToJSON(section); err != nil {
 		return nil, nil, fmt.Errorf("config: %s: realms.%s: %w", path, realm, err)
 	}
 	return defaults, realmSection, nil
 }
 
 // yamlToJSON brings a YAML mapping to the JSON model (string keys,
-// json.Number).
-func yamlToJSON(m map[string]any) (map[string]any, error) {
+// json.Number). A key YAML reads as a number or boolean (404:, true:) is
+// the text written, as JSON's keys are strings; so is a date, which YAML
+// would otherwise turn into a time and back into other text.
+func yamlToJSON(n yaml.Node) (map[string]any, error) {
+	if n.Kind == 0 {
+		return map[string]any{}, nil
+	}
+	asWritten(&n, map[*yaml.Node]bool{})
+	var m map[string]any
+	if err := n.Decode(&m); err != nil {
+		return nil, err
+	}
 	if m == nil {
 		return map[string]any{}, nil
 	}
@@ -445,7 +457,61 @@ func yamlToJSON(m map[string]any) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("must hold JSON-compatible values: %w", err)
 	}
-	return decodeObject(b)
+	out, err := decodeObject(b)
+	if err != nil {
+		return nil, err
+	}
+	return out, checkKeys(out, "")
+}
+
+// asWritten retags scalars that JSON would not keep as YAML reads them:
+// mapping keys other than strings (and the merge key <<), and timestamps.
+func asWritten(n *yaml.Node, seen map[*yaml.Node]bool) {
+	if n == nil || seen[n] {
+		return
+	}
+	seen[n] = true
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Kind == yaml.ScalarNode {
+				switch k.ShortTag() {
+				case "!!int", "!!float", "!!bool", "!!timestamp":
+					k.Tag = "!!str"
+				}
+			}
+		}
+	}
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!timestamp" {
+		n.Tag = "!!str"
+	}
+	for _, c := range n.Content {
+		asWritten(c, seen)
+	}
+	asWritten(n.Alias, seen)
+}
+
+// checkKeys refuses keys that a dotted path cannot name, as Atlas refuses
+// them in its layers: empty ones and ones holding ".".
+func checkKeys(m map[string]any, path string) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if k == "" || strings.Contains(k, ".") {
+			where := ""
+			if path != "" {
+				where = " in " + path
+			}
+			return fmt.Errorf("key %q%s: must be non-empty and hold no \".\", which joins key paths (nest a mapping instead)", k, where)
+		}
+		if sub, ok := m[k].(map[string]any); ok {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if err := checkKeys(sub, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // envLayers reads SWITCHBOARD_CONFIG_* variables: one layer each, its

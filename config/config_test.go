@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -254,5 +255,31 @@ func TestEnvObjectsAndLeavesCombine(t *testing.T) {
 		if got := c.Values().Int("db.pool", 0); got != 7 {
 			t.Errorf("environment %q: db.pool = %d; want 7", env, got)
 		}
+	}
+}
+
+// TestFileKeysAndScalarsAsWritten: config.yaml's keys that YAML reads as
+// numbers or booleans are keys like any other (JSON's are strings), a date
+// stays the text written, and a key holding "." is refused, as Atlas
+// refuses it, rather than loaded where no lookup finds it.
+func TestFileKeysAndScalarsAsWritten(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	os.WriteFile(file, []byte("defaults:\n  codes: {404: retry, 500: fail}\n  flags: {true: on}\n  since: 2024-01-01\nrealms:\n  dev:\n    codes: {503: wait}\n"), 0o600)
+	c, err := config.Load(context.Background(), config.Options{Service: "identity", File: file, Environ: []string{}})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	v := c.Values()
+	for path, want := range map[string]string{"codes.404": "retry", "codes.503": "wait", "flags.true": "on", "since": "2024-01-01"} {
+		if got := v.String(path, ""); got != want {
+			t.Errorf("String(%s) = %q; want %q", path, got, want)
+		}
+	}
+	dotted := filepath.Join(dir, "dotted.yaml")
+	os.WriteFile(dotted, []byte("realms:\n  dev:\n    db: {pool.size: 5}\n"), 0o600)
+	_, err = config.Load(context.Background(), config.Options{Service: "identity", File: dotted, Environ: []string{}})
+	if err == nil || !strings.Contains(err.Error(), `realms.dev: key "pool.size" in db: must be non-empty and hold no "."`) {
+		t.Fatalf("Load of a file with key db.\"pool.size\" = %v; want it refused, naming the key", err)
 	}
 }
