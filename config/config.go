@@ -121,7 +121,9 @@ func (v *Values) Int(path string, def int) int {
 	return def
 }
 
-// Bool returns the value at path as a bool, or def.
+// Bool returns the value at path as a bool, or def. A string may be what
+// strconv.ParseBool takes, or yes/no/on/off in any case: words that
+// config.yaml's YAML (1.2) reads as strings, not booleans.
 func (v *Values) Bool(path string, def bool) bool {
 	switch x := v.Get(path).(type) {
 	case bool:
@@ -129,6 +131,12 @@ func (v *Values) Bool(path string, def bool) bool {
 	case string:
 		if b, err := strconv.ParseBool(x); err == nil {
 			return b
+		}
+		switch strings.ToLower(x) {
+		case "yes", "on":
+			return true
+		case "no", "off":
+			return false
 		}
 	}
 	return def

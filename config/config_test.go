@@ -283,3 +283,20 @@ func TestFileKeysAndScalarsAsWritten(t *testing.T) {
 		t.Fatalf("Load of a file with key db.\"pool.size\" = %v; want it refused, naming the key", err)
 	}
 }
+
+// TestBoolReadsYAMLWords: `debug: yes` in config.yaml is a string to YAML
+// 1.2 (yaml.v3); Bool still reads it as the boolean it was written as.
+func TestBoolReadsYAMLWords(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(file, []byte("defaults:\n  debug: yes\n  verbose: Off\n  trace: \"on\"\n  quiet: no\n"), 0o600)
+	c, err := config.Load(context.Background(), config.Options{Service: "identity", File: file, Environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.Values()
+	for path, want := range map[string]bool{"debug": true, "verbose": false, "trace": true, "quiet": false} {
+		if got := v.Bool(path, !want); got != want {
+			t.Errorf("Bool(%s, %v) = %v; want %v", path, !want, got, want)
+		}
+	}
+}
