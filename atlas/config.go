@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"maps"
 	"slices"
 	"strings"
 
@@ -28,45 +27,18 @@ func ParseLayer(b []byte) (json.RawMessage, error) {
 	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
 		return nil, sb.Errorf(sb.EInvalid, "config: must be a single JSON object, found data after it")
 	}
-	if _, ok := v.(map[string]any); !ok {
+	m, ok := v.(map[string]any)
+	if !ok {
 		return nil, sb.Errorf(sb.EInvalid, "config: must be a JSON object, got %s", jsonKind(v))
 	}
-	if err := checkKeys(v, ""); err != nil {
-		return nil, err
+	if err := config.CheckKeys(m); err != nil {
+		return nil, sb.Errorf(sb.EInvalid, "config: %v", err)
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, b); err != nil {
 		return nil, sb.Errorf(sb.EInvalid, "config: %v", err)
 	}
 	return buf.Bytes(), nil
-}
-
-// checkKeys refuses object keys that a key path cannot name: empty ones,
-// and ones holding the "." that joins paths (sources, smart config's
-// lookups and its environment overrides all use dotted paths, so {"a.b":1}
-// and {"a":{"b":2}} would be one key).
-func checkKeys(v any, path string) error {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil // arrays are values: replaced whole, never merged into
-	}
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if k == "" || strings.Contains(k, ".") {
-			where := ""
-			if path != "" {
-				where = " in " + path
-			}
-			return sb.Errorf(sb.EInvalid, "config: key %q%s: must be non-empty and hold no \".\", which joins key paths (nest an object instead)", k, where)
-		}
-		p := k
-		if path != "" {
-			p = path + "." + k
-		}
-		if err := checkKeys(m[k], p); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func jsonKind(v any) string {

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -469,7 +468,7 @@ func yamlToJSON(n yaml.Node) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return out, checkKeys(out, "")
+	return out, CheckKeys(out)
 }
 
 // asWritten retags scalars that JSON would not keep as YAML reads them:
@@ -496,30 +495,6 @@ func asWritten(n *yaml.Node, seen map[*yaml.Node]bool) {
 		asWritten(c, seen)
 	}
 	asWritten(n.Alias, seen)
-}
-
-// checkKeys refuses keys that a dotted path cannot name, as Atlas refuses
-// them in its layers: empty ones and ones holding ".".
-func checkKeys(m map[string]any, path string) error {
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if k == "" || strings.Contains(k, ".") {
-			where := ""
-			if path != "" {
-				where = " in " + path
-			}
-			return fmt.Errorf("key %q%s: must be non-empty and hold no \".\", which joins key paths (nest a mapping instead)", k, where)
-		}
-		if sub, ok := m[k].(map[string]any); ok {
-			p := k
-			if path != "" {
-				p = path + "." + k
-			}
-			if err := checkKeys(sub, p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // envLayers reads SWITCHBOARD_CONFIG_* variables: one layer each, its

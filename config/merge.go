@@ -1,6 +1,11 @@
 package config
 
-import "strings"
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
 
 // MergeInto deep-merges src over dst, as Switchboard merges config layers:
 // objects merge key by key, anything else replaces, null (nil) deletes.
@@ -52,4 +57,33 @@ func dropSources(sources map[string]string, path string) {
 			delete(sources, p)
 		}
 	}
+}
+
+// CheckKeys refuses object keys that a key path cannot name: empty ones,
+// and ones holding the "." that joins paths (sources, lookups and the
+// environment overrides all use dotted paths, so {"a.b":1} and
+// {"a":{"b":2}} would be one key). Arrays are values, never merged into:
+// their objects are not looked at.
+func CheckKeys(m map[string]any) error { return checkKeys(m, "") }
+
+func checkKeys(m map[string]any, path string) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if k == "" || strings.Contains(k, ".") {
+			where := ""
+			if path != "" {
+				where = " in " + path
+			}
+			return fmt.Errorf("key %q%s: must be non-empty and hold no \".\", which joins key paths (nest an object instead)", k, where)
+		}
+		if sub, ok := m[k].(map[string]any); ok {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if err := checkKeys(sub, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
