@@ -550,9 +550,12 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 			data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 			res.Body.Close()
 			e := decodeError(res.StatusCode, data)
-			if res.StatusCode != http.StatusServiceUnavailable {
+			if res.StatusCode < 500 {
 				return lastEventID, e
 			}
+			// A replica that answers 5xx, itself or the gateway in front
+			// of it (502, 504), is passed over as an unreachable one is:
+			// the stream is a GET, and the next replica may serve it.
 			err = e
 		} else {
 			err = sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err)
