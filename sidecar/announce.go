@@ -24,6 +24,10 @@ type announcer struct {
 	atlas    *client.Atlas
 	log      *slog.Logger
 
+	// warned: the last failure to register or heartbeat the instance
+	// that was logged.
+	warned failureLog
+
 	// mu guards status, output, registered and checked.
 	mu         sync.Mutex
 	rf         riseFall
@@ -174,8 +178,9 @@ func announceGroup(ctx context.Context, interval time.Duration, as []*announcer,
 	wait.Stop()
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var hbLog failureLog
 	for {
-		heartbeatGroup(ctx, interval, as, atlas, log)
+		heartbeatGroup(ctx, interval, as, atlas, log, &hbLog)
 		select {
 		case <-ctx.Done():
 			return
@@ -212,7 +217,8 @@ func (a *announcer) checkLoop(ctx context.Context, first *sync.WaitGroup, change
 // heartbeatGroup sends the heartbeats of the registered announcers in one
 // request and registers the others, each registration with its own time
 // budget, so that one slow answer does not leave the rest unregistered.
-func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger) {
+// hbLog keeps the batch's failures from being logged every interval.
+func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger, hbLog *failureLog) {
 	budget := max(interval, 2*time.Second)
 	var registering sync.WaitGroup
 	defer registering.Wait()
@@ -244,16 +250,29 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 	defer cancel()
 	results, err := atlas.Heartbeats(hctx, batch)
 	if err != nil {
-		log.Warn("sidecar: heartbeats failed; will retry", "instances", len(batch), "err", err)
+		if hbLog.failed(err) {
+			log.Warn("sidecar: heartbeats failed; will retry every interval, and log again only when the error changes", "instances", len(batch), "err", err)
+		}
 		return
 	}
+	if hbLog.ok() {
+		log.Info("sidecar: heartbeats reach Atlas again", "instances", len(batch))
+	}
 	for i, r := range results {
-		if i >= len(sent) || r.Error == nil {
+		if i >= len(sent) {
 			continue
 		}
 		a := sent[i]
+		if r.Error == nil {
+			if a.warned.ok() {
+				a.log.Info("sidecar: Atlas takes the instance's heartbeats again", "id", a.id)
+			}
+			continue
+		}
 		if r.Error.Code != sb.ENotFound {
-			a.log.Warn("sidecar: heartbeat refused", "id", a.id, "err", r.Error)
+			if a.warned.failed(r.Error) {
+				a.log.Warn("sidecar: heartbeat refused; will retry every interval, and log again only when the error changes", "id", a.id, "err", r.Error)
+			}
 			continue
 		}
 		a.log.Info("sidecar: Atlas does not know the instance (lease expired?); registering again", "id", a.id)
@@ -265,15 +284,52 @@ func (a *announcer) register(ctx context.Context, status sb.Status, output strin
 	reg := a.reg
 	reg.Status, reg.Output = status, output
 	if _, err := a.atlas.Register(ctx, a.id, reg); err != nil {
-		a.log.Warn("sidecar: register failed; will retry", "id", a.id, "err", err)
+		if a.warned.failed(err) {
+			a.log.Warn("sidecar: register failed; will retry every interval, and log again only when the error changes", "id", a.id, "err", err)
+		}
 		a.mu.Lock()
 		a.registered = false
 		a.mu.Unlock()
 		return
 	}
+	if a.warned.ok() {
+		a.log.Info("sidecar: Atlas reached again; instance registered", "id", a.id)
+	}
 	a.mu.Lock()
 	a.registered = true
 	a.mu.Unlock()
+}
+
+// failureLog keeps a call repeated every interval (a registration, a
+// heartbeat) from logging the same failure every interval: an Atlas down
+// for an hour is said once, as a failing watch is, not 1,800 times.
+type failureLog struct {
+	// mu guards last.
+	mu sync.Mutex
+	// last is the failure logged last; "" while the call succeeds.
+	last string
+}
+
+// failed notes a failure and reports whether to log it: it is not the
+// one logged last.
+func (f *failureLog) failed(err error) bool {
+	msg := err.Error()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if msg == f.last {
+		return false
+	}
+	f.last = msg
+	return true
+}
+
+// ok notes a success and reports whether the call was failing until now.
+func (f *failureLog) ok() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	was := f.last != ""
+	f.last = ""
+	return was
 }
 
 // drain takes the instance out of rotation: disabled first, then, once the

@@ -2,13 +2,23 @@ package sidecar
 
 import (
 	"context"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
+	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // eventually polls cond every 20 ms until it holds, failing the test with
@@ -45,4 +55,128 @@ func TestWatchFailsOverFromAReplicaAnswering502(t *testing.T) {
 		code = callHost(t, s, "ping.localhost")
 		return code == 200
 	})
+}
+
+// restartableAtlas is a real Atlas (embedded store in dir) on a fixed
+// loopback address, that a test stops and starts again: Atlas down for a
+// while, or restarted, with its data.
+type restartableAtlas struct {
+	t    *testing.T
+	dir  string
+	addr string
+	stop func()
+}
+
+func newRestartableAtlas(t *testing.T) *restartableAtlas {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	r := &restartableAtlas{t: t, dir: t.TempDir(), addr: addr}
+	t.Cleanup(r.down)
+	return r
+}
+
+func (r *restartableAtlas) URL() string { return "http://" + r.addr }
+
+// up starts Atlas (again) on its address.
+func (r *restartableAtlas) up() {
+	r.t.Helper()
+	if r.stop != nil {
+		return
+	}
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(r.dir, "atlas.db")})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: r.dir, Insecure: true})
+	if err != nil {
+		st.Close()
+		r.t.Fatal(err)
+	}
+	var ln net.Listener
+	eventually(r.t, "Atlas could not listen on its address again", func() bool {
+		ln, err = net.Listen("tcp", r.addr)
+		return err == nil
+	})
+	hs := srv.HTTPServer()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		hs.Serve(atlas.Listener(ln))
+	}()
+	r.stop = func() {
+		srv.StopWaiting()
+		hs.Close()
+		<-done
+		srv.Close()
+		st.Close()
+	}
+}
+
+// down stops Atlas: nothing listens on its address.
+func (r *restartableAtlas) down() {
+	if r.stop != nil {
+		r.stop()
+		r.stop = nil
+	}
+}
+
+func (r *restartableAtlas) client() *client.Atlas {
+	return &client.Atlas{URLs: []string{r.URL()}}
+}
+
+// countingBackend is a local service that answers every request 200 and
+// counts them: its checks, here.
+func countingBackend(t *testing.T) (port int, checks *atomic.Int64) {
+	t.Helper()
+	checks = new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { checks.Add(1) }))
+	t.Cleanup(srv.Close)
+	return portOf(srv.Listener.Addr().String()), checks
+}
+
+// While Atlas cannot be reached, registering and heartbeating fail every
+// interval: each failure that repeats the last is not logged again (the
+// watch's rule), or an outage of an hour writes thousands of lines. That
+// Atlas is reached again is said once.
+func TestAnnouncingThroughAnAtlasOutageLogsEachFailureOnce(t *testing.T) {
+	var out syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	at := newRestartableAtlas(t)
+	port, checks := countingBackend(t)
+	cfg := Config{Atlas: StringList{at.URL()}, Host: "h1", Advertise: "127.0.0.1", Listen: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		Services: []ServiceConfig{{Name: "web", Port: port, Check: CheckConfig{Interval: Duration(100 * time.Millisecond), Rise: 1}}}}
+	s, err := New(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	count := func(msg string) int { return strings.Count(out.String(), msg) }
+
+	// Down from the start: twenty intervals of failed registrations.
+	eventually(t, "the service was not checked 20 times", func() bool { return checks.Load() >= 20 })
+	if n := count("register failed"); n != 1 {
+		t.Fatalf("after 20 intervals with Atlas down, %d lines say the registration failed; want 1:\n%s", n, out.String())
+	}
+	// Atlas comes up: the instance registers, and that is said.
+	at.up()
+	eventually(t, "the instance never registered", func() bool {
+		in, err := at.client().Instance(context.Background(), "web-h1-"+strconv.Itoa(port))
+		return err == nil && in.Status == sb.Passing
+	})
+	eventually(t, "no line says Atlas is reached again", func() bool { return count("reached again") == 1 })
+	// Atlas goes down again: heartbeats fail, once said.
+	at.down()
+	from := checks.Load()
+	eventually(t, "the service was not checked 20 more times", func() bool { return checks.Load() >= from+20 })
+	if n := count("heartbeats failed"); n != 1 {
+		t.Fatalf("after 20 intervals with Atlas down again, %d lines say the heartbeats failed; want 1:\n%s", n, out.String())
+	}
 }
