@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/internal/syncbuf"
+	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
 // eventually polls cond every 20 ms until it holds, failing the test with
@@ -178,5 +180,40 @@ func TestAnnouncingThroughAnAtlasOutageLogsEachFailureOnce(t *testing.T) {
 	eventually(t, "the service was not checked 20 more times", func() bool { return checks.Load() >= from+20 })
 	if n := count("heartbeats failed"); n != 1 {
 		t.Fatalf("after 20 intervals with Atlas down again, %d lines say the heartbeats failed; want 1:\n%s", n, out.String())
+	}
+}
+
+// A state_dir the sidecar cannot write (a disk full, a file system
+// remounted read-only) fails every save, once a second while routes
+// change: the failure is logged once, not once a second for as long as
+// it lasts, and that saving works again is said once.
+func TestAStateDirThatCannotBeWrittenIsLoggedOnce(t *testing.T) {
+	var out syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&out, nil))
+	blocker := filepath.Join(t.TempDir(), "state")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil { // a file where the directory should be
+		t.Fatal(err)
+	}
+	table := &proxy.Table{Realm: "dev"}
+	table.Get("ping").Update([]*sb.Instance{{ID: "ping-1", Address: "127.0.0.1", Port: 5000, Status: sb.Passing, Enabled: true}}, 7)
+	f := &stateFile{path: stateFilePath(blocker), log: log}
+	for range 5 { // five seconds of changing routes
+		f.save(table)
+	}
+	if n := strings.Count(out.String(), "could not save the last known routes"); n != 1 {
+		t.Fatalf("after 5 failed saves, %d lines say the routes could not be saved; want 1:\n%s", n, out.String())
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		f.save(table)
+	}
+	if n := strings.Count(out.String(), "saved again"); n != 1 {
+		t.Fatalf("after the state_dir could be written again, %d lines say so; want 1:\n%s", n, out.String())
+	}
+	restored := &proxy.Table{Realm: "dev"}
+	if err := (&stateFile{path: f.path, log: log}).restore(restored); err != nil || restored.Lookup("ping") == nil {
+		t.Fatalf("restore after the routes were saved again: %v, ping restored %v", err, restored.Lookup("ping") != nil)
 	}
 }

@@ -20,6 +20,10 @@ type stateFile struct {
 	path    string
 	log     *slog.Logger
 	changed atomic.Bool
+	// failing: the last save failed (and that was logged). A state_dir
+	// that cannot be written (a full disk, a read-only file system) fails
+	// every save, once a second while routes change: it is said once.
+	failing atomic.Bool
 }
 
 func stateFilePath(dir string) string { return filepath.Join(dir, "routes.json") }
@@ -67,8 +71,11 @@ func (f *stateFile) save(t *proxy.Table) {
 	if err == nil {
 		err = writeFileAtomic(f.path, b)
 	}
-	if err != nil {
-		f.log.Warn("sidecar: could not save the last known routes", "path", f.path, "err", err)
+	switch {
+	case err != nil && !f.failing.Swap(true):
+		f.log.Warn("sidecar: could not save the last known routes: a sidecar restarted while Atlas is down would route on an older copy, or on none (logged once until a save works)", "path", f.path, "err", err)
+	case err == nil && f.failing.Swap(false):
+		f.log.Info("sidecar: the last known routes are saved again", "path", f.path)
 	}
 }
 
