@@ -73,7 +73,11 @@ func (s *Sidecar) adminHandler() http.Handler {
 	})
 	_ = hc.Add("atlas", func(ctx context.Context) (string, error) {
 		// Atlas being down is not the sidecar failing: it routes on the
-		// last known instances. Say so, and pass.
+		// last known instances. Say so, and pass. An Atlas that hangs is
+		// down too: Ping must give up before the check's own timeout,
+		// which would fail the check.
+		ctx, cancel := context.WithTimeout(ctx, hc.Timeout/2)
+		defer cancel()
 		if err := s.atlas.Ping(ctx); err != nil {
 			return "atlas unreachable: routing on the last known instances (" + sb.ErrorMessage(err) + ")", nil
 		}

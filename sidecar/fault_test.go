@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/internal/syncbuf"
+	"github.com/switchboard-go/switchboard/internal/testnet"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
 
@@ -215,5 +217,24 @@ func TestAStateDirThatCannotBeWrittenIsLoggedOnce(t *testing.T) {
 	restored := &proxy.Table{Realm: "dev"}
 	if err := (&stateFile{path: f.path, log: log}).restore(restored); err != nil || restored.Lookup("ping") == nil {
 		t.Fatalf("restore after the routes were saved again: %v, ping restored %v", err, restored.Lookup("ping") != nil)
+	}
+}
+
+// Atlas hung (its host gone, its process stuck: connections taken or
+// left unanswered) is Atlas unreachable, not the sidecar failing: the
+// sidecar's /healthcheck passes and says so, as it does when Atlas
+// refuses connections. Failing it would have every host's probes (a
+// liveness check, a load balancer) take out or restart every sidecar at
+// once, while they route on the last known instances.
+func TestHealthcheckPassesWhileAtlasHangs(t *testing.T) {
+	s := startSweepingEvery(t, Config{Atlas: StringList{"http://" + testnet.Hung(t)}}, time.Hour)
+	res, err := http.Get("http://" + s.AdminAddr + "/healthcheck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(body), "atlas unreachable") {
+		t.Fatalf("/healthcheck with Atlas hung = %d %s; want 200 saying Atlas is unreachable", res.StatusCode, body)
 	}
 }
