@@ -244,3 +244,34 @@ func TestOddButValidRequests(t *testing.T) {
 		t.Fatalf("CONNECT = %d, want 400", res.StatusCode)
 	}
 }
+
+// TestHTTP10AnswerGoesOnAsHTTP11: an instance answering in HTTP/1.0
+// without a Content-Length (its body ends with the connection) is sent on
+// as an HTTP/1.1 answer. Before, the client got the instance's "HTTP/1.0"
+// status line over a chunked body: net/http (and any HTTP/1.0 reader) read
+// the chunk sizes as the body and waited for a close that never came.
+func TestHTTP10AnswerGoesOnAsHTTP11(t *testing.T) {
+	addr, _ := rawInstance(t, func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0")
+		return false
+	})
+	f := newFrontend(t)
+	f.set("a", addr)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: a.localhost\r\n\r\n", i)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Proto != "HTTP/1.1" {
+			t.Fatalf("answer %d: %s %v; want HTTP/1.1", i, res.Proto, res.TransferEncoding)
+		}
+		body, err := io.ReadAll(res.Body)
+		if err != nil || string(body) != "hello from 1.0" {
+			t.Fatalf("answer %d: body %q, %v", i, body, err)
+		}
+	}
+}

@@ -148,6 +148,8 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 	f.l.Debug("proxy: " + fmt.Sprintf(format, args...))
 }
 
+var http11 = []byte("HTTP/1.1")
+
 var hopHeaders = []string{
 	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
 	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
@@ -407,6 +409,14 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			// headers are in: a streamed body goes on without it.
 			done(balance.StatusOutcome(status))
 			stripHopResponse(&resp.Header)
+			if !resp.Header.IsHTTP11() {
+				// The answer goes out in the sidecar's HTTP/1.1, as
+				// net/http's proxy sends it: fasthttp would keep the
+				// instance's HTTP/1.0 status line over a chunked body,
+				// which HTTP/1.0 readers take as the body itself, read
+				// until a close that never comes.
+				resp.Header.SetProtocol(http11)
+			}
 			if clientClose {
 				ctx.SetConnectionClose()
 			}
