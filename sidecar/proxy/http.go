@@ -169,12 +169,18 @@ func stripHopRequest(h *fasthttp.RequestHeader) {
 	if !found {
 		return
 	}
-	if c := h.Peek("Connection"); len(c) > 0 {
+	// Every Connection header counts, not only the first (Peek's): the
+	// names are copied out before any is deleted.
+	var named []string
+	for _, c := range h.PeekAll("Connection") {
 		for _, f := range strings.Split(string(c), ",") {
 			if f = strings.TrimSpace(f); f != "" {
-				h.Del(f)
+				named = append(named, f)
 			}
 		}
+	}
+	for _, f := range named {
+		h.Del(f)
 	}
 	for _, k := range hopHeaders {
 		h.Del(k)

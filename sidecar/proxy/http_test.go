@@ -151,6 +151,39 @@ func TestHopByHopHeadersAreDropped(t *testing.T) {
 	}
 }
 
+// TestHeadersNamedByEveryConnectionHeaderAreDropped: a request may carry
+// several Connection headers (RFC 9110, 5.3: one list); the headers each
+// of them names are dropped, as net/http's proxy drops them. Before, only
+// those the first one named were: X-Secret reached the instance.
+func TestHeadersNamedByEveryConnectionHeaderAreDropped(t *testing.T) {
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() }))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: X-Hop\r\nConnection: X-Secret, close\r\n"+
+		"X-Hop: 1\r\nX-Secret: 2\r\nX-Kept: 3\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	h := <-got
+	for _, k := range []string{"X-Hop", "X-Secret", "Connection"} {
+		if v := h.Values(k); len(v) > 0 {
+			t.Errorf("%s: %q reached the instance", k, v)
+		}
+	}
+	if h.Get("X-Kept") != "3" {
+		t.Errorf("X-Kept = %q, want 3", h.Get("X-Kept"))
+	}
+	if !res.Close {
+		t.Error("the client's Connection: close was not kept")
+	}
+}
+
 // TestRequestTrailersAreDropped: the trailer section of a chunked request
 // neither reaches the instance as headers nor names the service: the
 // request goes on with a Content-Length, where trailers have no place.
