@@ -567,7 +567,11 @@ func asReceived(req *fasthttp.Request, service string) {
 // originForm reports whether a request target is in origin form (/path).
 func originForm(target []byte) bool { return len(target) > 0 && target[0] == '/' }
 
-// setForwardedFor appends the client's address to X-Forwarded-For.
+// setForwardedFor appends the client's address to X-Forwarded-For. Prior
+// X-Forwarded-For headers become one list, the client's address last, as
+// net/http's proxy makes them: left apart, the address the sidecar adds
+// would sit in the first one, and whatever a client put in a later one
+// would read as the hop nearest the instance.
 func setForwardedFor(hdr *fasthttp.RequestHeader, ip net.IP) {
 	if ip == nil {
 		return
@@ -575,7 +579,10 @@ func setForwardedFor(hdr *fasthttp.RequestHeader, ip net.IP) {
 	var buf [64]byte
 	v := buf[:0]
 	if prior := hdr.Peek("X-Forwarded-For"); len(prior) > 0 {
-		v = append(append(v, prior...), ", "...)
+		for _, p := range hdr.PeekAll("X-Forwarded-For") {
+			v = append(append(v, p...), ", "...)
+		}
+		hdr.Del("X-Forwarded-For")
 	}
 	if ip4 := ip.To4(); ip4 != nil {
 		for i, b := range ip4 {

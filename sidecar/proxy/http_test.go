@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,6 +182,31 @@ func TestHeadersNamedByEveryConnectionHeaderAreDropped(t *testing.T) {
 	}
 	if !res.Close {
 		t.Error("the client's Connection: close was not kept")
+	}
+}
+
+// TestForwardedForHeadersBecomeOneList: a request with several
+// X-Forwarded-For headers reaches the instance with one, the caller's
+// address last, as net/http's proxy sends it. Before, the caller's address
+// was appended to the first and a later one went on after it: an instance
+// taking the last address as the one its sidecar saw got the one the
+// client wrote.
+func TestForwardedForHeadersBecomeOneList(t *testing.T) {
+	got := make(chan []string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Values("X-Forwarded-For") }))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if xff, want := <-got, []string{"10.0.0.1, 6.6.6.6, 127.0.0.1"}; !slices.Equal(xff, want) {
+		t.Fatalf("X-Forwarded-For = %q, want %q", xff, want)
 	}
 }
 
