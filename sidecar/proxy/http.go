@@ -648,8 +648,18 @@ func CloseEndpoint(e *balance.Endpoint) {
 // answer relayed (an upgraded connection piped both ways until either side
 // closes).
 func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
-	ctx.Request.Header.Del(ServiceHeader)
-	ctx.Request.Header.Del(TimeoutHeader)
+	hdr := &ctx.Request.Header
+	hdr.Del(ServiceHeader)
+	hdr.Del(TimeoutHeader)
+	// Hop-by-hop headers go no further than on other requests; an upgrade
+	// keeps only what asks for it, as net/http's proxy sends it.
+	upgrade := bytes.Clone(hdr.Peek("Upgrade"))
+	stripHopRequest(hdr)
+	if len(upgrade) > 0 {
+		hdr.SetBytesV("Upgrade", upgrade)
+		hdr.Set("Connection", "Upgrade")
+	}
+	setForwardedFor(hdr, ctx.RemoteIP())
 	asReceived(&ctx.Request, pool.Service)
 	var head bytes.Buffer
 	if _, err := ctx.Request.WriteTo(&head); err != nil {

@@ -478,6 +478,48 @@ func TestUpgradePassesThrough(t *testing.T) {
 	}
 }
 
+// TestStreamRequestsLoseHopByHopHeaders: event streams and upgrades get
+// the same headers as other requests: hop-by-hop ones dropped (an upgrade
+// keeps Upgrade and Connection: Upgrade alone) and X-Forwarded-For set.
+// Before, they went on as the client sent them: Proxy-Authorization, the
+// headers Connection named, Keep-Alive, TE, and no X-Forwarded-For.
+func TestStreamRequestsLoseHopByHopHeaders(t *testing.T) {
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		io.WriteString(w, "no stream")
+	}))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	hop := "Connection: X-Hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2lkZWNhcg==\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+	for _, tc := range []struct{ name, extra, conn, upgrade string }{
+		{"event stream", "Accept: text/event-stream\r\n" + hop, "", ""},
+		{"upgrade", "Upgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic c2lkZWNhcg==\r\nKeep-Alive: 5\r\n", "Upgrade", "websocket"},
+	} {
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\n"+tc.extra+"\r\n")
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		h := <-got
+		for _, k := range []string{"X-Hop", "Proxy-Authorization", "Keep-Alive", "Te"} {
+			if v := h.Values(k); len(v) > 0 {
+				t.Errorf("%s: %s: %q reached the instance", tc.name, k, v)
+			}
+		}
+		if h.Get("Connection") != tc.conn || h.Get("Upgrade") != tc.upgrade {
+			t.Errorf("%s: Connection %q, Upgrade %q; want %q, %q", tc.name, h.Get("Connection"), h.Get("Upgrade"), tc.conn, tc.upgrade)
+		}
+		if xff := h.Get("X-Forwarded-For"); xff != "127.0.0.1" {
+			t.Errorf("%s: X-Forwarded-For = %q, want the caller's address", tc.name, xff)
+		}
+	}
+}
+
 func TestChunkedAndLargeBodies(t *testing.T) {
 	big := strings.Repeat("0123456789", 100_000) // 1 MB, streamed
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
