@@ -51,6 +51,12 @@ type bconn struct {
 	bw       *bufio.Writer
 	used     time.Time // when it last went back to the pool
 	deadline time.Time // the deadline set on it
+	// probe: checked before its next use however briefly it was idle.
+	// Its last answer had no body by its status or method (HEAD, 204,
+	// 304), which is where instances most often send one anyway: a body
+	// arriving after the answer was taken would be read as the next
+	// request's answer.
+	probe bool
 }
 
 // Errors of a round trip that route tells apart.
@@ -158,7 +164,8 @@ func (b *backend) get(now time.Time) *bconn {
 		b.idle = b.idle[:n-1]
 		b.mu.Unlock()
 		idle := now.Sub(c.used)
-		if idle <= probeAfter || (idle <= idleTimeout && alive(c.Conn)) {
+		if (idle <= probeAfter && !c.probe) || (idle <= idleTimeout && alive(c.Conn)) {
+			c.probe = false
 			return c
 		}
 		c.Close()
@@ -274,6 +281,7 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified ||
 		status == fasthttp.StatusSwitchingProtocols {
 		resp.SkipBody = true
+		c.probe = true
 		b.put(c, reuse)
 		return nil
 	}
