@@ -197,6 +197,29 @@ func (p *Pool) IsEmpty() bool {
 func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoint) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.updateLocked(instances, index, true)
+}
+
+// Seed gives the pool instances saved earlier (the sidecar's state file)
+// unless it has heard from Atlas already: a watch started with the pool
+// may have answered first, and saved routes must not replace a newer
+// answer. It reports whether the instances were taken.
+func (p *Pool) Seed(instances []*sb.Instance, index uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.ready:
+		return false
+	default:
+	}
+	p.updateLocked(instances, index, false)
+	return true
+}
+
+// updateLocked replaces the instances; an answer from Atlas (lift) also
+// lifts a denial, as a snapshot Atlas let through says the call is
+// allowed again.
+func (p *Pool) updateLocked(instances []*sb.Instance, index uint64, lift bool) (removed []*Endpoint) {
 	old := map[string]*Endpoint{}
 	for _, e := range *p.eps.Load() {
 		old[e.ID] = e
@@ -224,7 +247,9 @@ func (p *Pool) Update(instances []*sb.Instance, index uint64) (removed []*Endpoi
 	}
 	p.eps.Store(&next)
 	p.index.Store(index)
-	p.denied.Store(nil)
+	if lift {
+		p.denied.Store(nil)
+	}
 	p.readyOnce.Do(func() { close(p.ready) })
 	return removed
 }

@@ -69,6 +69,34 @@ func TestUpdateKeepsLearntState(t *testing.T) {
 	}
 }
 
+// The sidecar's restore created each pool, which starts its watch, and
+// then wrote the saved routes into it: an answer from Atlas in between was
+// replaced by the older routes until the service next changed. Seed takes
+// saved routes only into a pool that has heard nothing yet, and lifts no
+// denial.
+func TestSeedNeverReplacesAnAnswer(t *testing.T) {
+	saved := []*sb.Instance{inst("old", 1, sb.Passing, true)}
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("new", 2, sb.Passing, true)}, 10)
+	if p.Seed(saved, 5) || p.Endpoints()[0].ID != "new" || p.Index() != 10 {
+		t.Fatalf("Seed after an answer: endpoints %s at index %d; want Atlas's answer kept", p.Endpoints()[0].ID, p.Index())
+	}
+	p = NewPool("a", "dev")
+	if !p.Seed(saved, 5) || p.Endpoints()[0].ID != "old" {
+		t.Fatal("Seed of a pool that heard nothing yet did not take the saved routes")
+	}
+	select {
+	case <-p.Ready():
+	default:
+		t.Fatal("a seeded pool is not ready: calls would wait for Atlas")
+	}
+	p = NewPool("a", "dev")
+	p.Deny(fmt.Errorf("no policy"))
+	if p.Seed(saved, 5) || p.Denied() == nil {
+		t.Fatal("Seed replaced a denial")
+	}
+}
+
 func TestEjection(t *testing.T) {
 	p := NewPool("a", "dev")
 	var ids []*sb.Instance

@@ -147,7 +147,9 @@ func (f *stateFile) restore(t *proxy.Table) error {
 			}
 			ins = append(ins, in)
 		}
-		t.Get(si.Service).Update(ins, si.Index)
+		// A watch starts with the pool: what Atlas may have answered
+		// already is newer than the file.
+		t.Get(si.Service).Seed(ins, si.Index)
 	}
 	if dropped > 0 {
 		f.log.Warn("sidecar: left out entries of the saved routes that are not services or instances", "path", f.path, "entries", dropped)
