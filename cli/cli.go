@@ -64,7 +64,18 @@ func hint(e *sb.Error) string {
 	return ""
 }
 
-func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+// oneLine joins the non-blank lines of s with "; ". cobra's suggestion for
+// a misspelt command ("\n\nDid you mean this?\n\tservices\n") becomes
+// "did you mean: services".
+func oneLine(s string) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.ReplaceAll(strings.Join(lines, "; "), "Did you mean this?; ", "did you mean: ")
+}
 
 // globals are the flags every command takes.
 type globals struct {
@@ -142,7 +153,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			err = &UsageError{err.Error()}
 		}
 		if cmd != nil {
-			err = &UsageError{fmt.Sprintf("%s (see '%s --help')", err.Error(), cmd.CommandPath())}
+			err = &UsageError{fmt.Sprintf("%s (see '%s --help')", strings.TrimSpace(err.Error()), cmd.CommandPath())}
 		}
 	}
 	return err

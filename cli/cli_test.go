@@ -627,3 +627,14 @@ func TestInstancesOfAnUnknownServiceSaySo(t *testing.T) {
 		t.Fatalf("instances idnetity = exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }
+
+// TestMisspeltCommandSaysWhichOneOnOneLine: cobra's suggestion comes on
+// lines of their own ("\n\nDid you mean this?\n\tservices\n"); joined as
+// they were, the one line read "...; ; Did you mean this?; \tservices;  (see ...)".
+func TestMisspeltCommandSaysWhichOneOnOneLine(t *testing.T) {
+	_, errs, code := run(t, "http://127.0.0.1:1", "servces")
+	want := `switchboard: unknown command "servces" for "switchboard"; did you mean: services (see 'switchboard --help')` + "\n"
+	if code != 2 || errs != want {
+		t.Fatalf("switchboard servces = exit %d, stderr %q; want 2 and %q", code, errs, want)
+	}
+}
