@@ -217,14 +217,16 @@ func (g *globals) client() *client.Atlas {
 }
 
 // print writes v as indented JSON with -o json, or calls table otherwise.
-func (g *globals) print(v any, table func(w *tabwriter.Writer)) error {
+func (g *globals) print(v any, table func(w io.Writer)) error {
 	if g.output == "json" {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	tw := tabwriter.NewWriter(termSafe{g.stdout}, 0, 4, 2, ' ', 0)
-	table(tw)
+	// Escaped before tabwriter measures the cells, so that a cell with
+	// control characters in it stays in its column.
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	table(termSafe{tw})
 	return tw.Flush()
 }
 

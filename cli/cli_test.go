@@ -638,3 +638,29 @@ func TestMisspeltCommandSaysWhichOneOnOneLine(t *testing.T) {
 		t.Fatalf("switchboard servces = exit %d, stderr %q; want 2 and %q", code, errs, want)
 	}
 }
+
+// TestTablesWithControlCharactersKeepTheirColumns: the \xNN form is wider
+// than the bytes it stands for; measured before escaping, a row with a
+// control character in its tags pushed its later cells out of their column.
+func TestTablesWithControlCharactersKeepTheirColumns(t *testing.T) {
+	url := startAtlas(t)
+	for _, r := range []struct{ id, tag string }{{"web-1", "plain"}, {"web-2", "t\x1b]0;x"}} {
+		if _, errs, code := run(t, url, "register", "--service", "web", "--id", r.id, "--address", "127.0.0.1", "--port", "5000", "--tag", r.tag); code != 0 {
+			t.Fatalf("register %s: exit %d %s", r.id, code, errs)
+		}
+	}
+	out, errs, code := run(t, url, "instances", "web")
+	if code != 0 {
+		t.Fatalf("instances: exit %d %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("instances printed %q; want a header and two rows", out)
+	}
+	col := strings.Index(lines[0], "EXPIRES")
+	for _, l := range lines[1:] {
+		if len(l) <= col || l[col-2:col] != "  " || l[col] == ' ' {
+			t.Errorf("row %q does not start its EXPIRES cell at column %d, under the header:\n%s", l, col, out)
+		}
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -93,7 +92,7 @@ func configGetCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(m, func(w *tabwriter.Writer) {
+			return g.print(m, func(w io.Writer) {
 				paths := make([]string, 0, len(m.Sources))
 				for p := range m.Sources {
 					paths = append(paths, p)
@@ -319,7 +318,7 @@ func configLayersCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(l, func(w *tabwriter.Writer) {
+			return g.print(l, func(w io.Writer) {
 				fmt.Fprintln(w, "LAYER\tINDEX\tBYTES")
 				for _, x := range l.Layers {
 					fmt.Fprintf(w, "%s\t%d\t%d\n", sb.LayerKey{Realm: x.Realm, Service: x.Service}, x.Index, x.Size)

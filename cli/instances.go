@@ -3,8 +3,8 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,7 +23,7 @@ func servicesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(list, func(w *tabwriter.Writer) {
+			return g.print(list, func(w io.Writer) {
 				fmt.Fprintln(w, "SERVICE\tINSTANCES\tPASSING\tWARNING\tCRITICAL\tDISABLED")
 				for _, s := range list.Services {
 					fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", s.Name, s.Instances, s.Passing, s.Warning, s.Critical, s.Disabled)
@@ -60,7 +60,7 @@ func instancesCmd(g *globals) *cobra.Command {
 				// with no instance: a typo looks like that too.
 				fmt.Fprintf(g.stderr, "switchboard: no instance of %s in realm %s (switchboard services lists the services there)\n", args[0], si.Realm)
 			}
-			return g.print(si, func(w *tabwriter.Writer) { instanceTable(w, si.Instances) })
+			return g.print(si, func(w io.Writer) { instanceTable(w, si.Instances) })
 		}),
 	}
 	c.Flags().StringSliceVar(&statuses, "status", nil, "only these statuses (passing, warning, critical)")
@@ -68,7 +68,7 @@ func instancesCmd(g *globals) *cobra.Command {
 	return c
 }
 
-func instanceTable(w *tabwriter.Writer, ins []*sb.Instance) {
+func instanceTable(w io.Writer, ins []*sb.Instance) {
 	fmt.Fprintln(w, "ID\tADDRESS\tSTATUS\tENABLED\tTAGS\tEXPIRES\tOUTPUT")
 	for _, in := range ins {
 		enabled := "yes"
@@ -139,7 +139,7 @@ func registerCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(in, func(w *tabwriter.Writer) { instanceTable(w, []*sb.Instance{in}) })
+			return g.print(in, func(w io.Writer) { instanceTable(w, []*sb.Instance{in}) })
 		}),
 	}
 	f := c.Flags()
@@ -219,7 +219,7 @@ func (g *globals) setEnabled(cmd *cobra.Command, args []string, enabled bool, re
 	if err != nil {
 		return err
 	}
-	return g.print(in, func(w *tabwriter.Writer) { instanceTable(w, []*sb.Instance{in}) })
+	return g.print(in, func(w io.Writer) { instanceTable(w, []*sb.Instance{in}) })
 }
 
 func watchCmd(g *globals) *cobra.Command {

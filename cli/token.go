@@ -2,8 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -29,7 +29,7 @@ func tokenCmd(g *globals) *cobra.Command {
 			if tok.Warning != "" {
 				fmt.Fprintf(g.stderr, "switchboard: warning: %s\n", tok.Warning)
 			}
-			return g.print(tok, func(w *tabwriter.Writer) {
+			return g.print(tok, func(w io.Writer) {
 				fmt.Fprintf(w, "id\t%s\nname\t%s\nrole\t%s\n", tok.ID, tok.Name, tok.Role)
 				if len(tok.Services) > 0 {
 					fmt.Fprintf(w, "services\t%s\nrealms\t%s\n", strings.Join(tok.Services, ","), strings.Join(tok.Realms, ","))
@@ -52,7 +52,7 @@ func tokenCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(l, func(w *tabwriter.Writer) {
+			return g.print(l, func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tNAME\tROLE\tSERVICES\tREALMS\tCREATED")
 				for _, t := range l.Tokens {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, strings.Join(t.Services, ","), strings.Join(t.Realms, ","), t.CreatedAt.Format("2006-01-02 15:04"))
@@ -130,7 +130,7 @@ func policyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(l, func(w *tabwriter.Writer) {
+			return g.print(l, func(w io.Writer) {
 				fmt.Fprintln(w, "SERVICE\tREALM\tMAY CALL")
 				for _, p := range l.Policies {
 					fmt.Fprintf(w, "%s\t%s\t%s\n", p.Service, p.Realm, strings.Join(p.MayCall, ","))
