@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -313,6 +314,11 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			ra, err := startAtlas(atlasOptions{listen: listen, dataDir: filepath.Join(dir, "atlas"), insecure: true, ports: "5000-5999"}, log)
 			if err != nil {
+				// A second dev meets Atlas's port first: say what to do,
+				// as for the sidecar's ports below.
+				if errors.Is(err, syscall.EADDRINUSE) {
+					return fmt.Errorf("%v (another switchboard dev running? pick a free port with --listen)", err)
+				}
 				return err
 			}
 			defer ra.stop()

@@ -664,3 +664,24 @@ func TestTablesWithControlCharactersKeepTheirColumns(t *testing.T) {
 		}
 	}
 }
+
+// TestDevOnAtlasPortInUseSaysWhatToDo: a second switchboard dev meets
+// Atlas's port first; the sidecar's ports said what to do, Atlas's did not.
+func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	// Only a guard against a dev that starts after all: it must fail at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	err = cli.Run(ctx, []string{"dev", "--dir", t.TempDir(), "--listen", taken.Addr().String(),
+		"--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0"}, &out, &errb)
+	code := cli.ExitCode(err, &errb)
+	want := "(another switchboard dev running? pick a free port with --listen)"
+	if code != 1 || !strings.Contains(errb.String(), "address already in use") || !strings.Contains(errb.String(), want) {
+		t.Fatalf("dev on a port in use = exit %d, stderr %q; want exit 1 and %q", code, errb.String(), want)
+	}
+}
