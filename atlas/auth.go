@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -155,7 +156,17 @@ func (p *principal) own(realm, service string) error {
 	if p.tok.Role == sb.RoleService && slices.Contains(p.tok.Services, service) && slices.Contains(p.tok.Realms, realm) {
 		return nil
 	}
-	return denied("%s may not act for service %s in realm %s", p.name(), service, realm)
+	return denied("%s may not act for service %s in realm %s%s", p.name(), service, realm, p.binding())
+}
+
+// binding says what a service token is bound to, for a refusal: a token
+// made for another realm (a forgotten --realm, a sidecar.yaml's realm)
+// reads otherwise as a missing policy.
+func (p *principal) binding() string {
+	if p.tok.Role != sb.RoleService {
+		return ""
+	}
+	return fmt.Sprintf(": it acts for %s in %s only", strings.Join(p.tok.Services, ", "), strings.Join(p.tok.Realms, ", "))
 }
 
 // readConfig allows reading the merged config of service in realm.
@@ -180,6 +191,9 @@ func (p *principal) readService(realm, service string) error {
 				return nil
 			}
 		}
+	}
+	if p.tok.Role == sb.RoleService && !slices.Contains(p.tok.Realms, realm) {
+		return denied("%s may not read service %s in realm %s%s", p.name(), service, realm, p.binding())
 	}
 	return denied("%s may not read service %s in realm %s: no policy lets its services call it", p.name(), service, realm)
 }

@@ -685,3 +685,29 @@ func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
 		t.Fatalf("dev on a port in use = exit %d, stderr %q; want exit 1 and %q", code, errb.String(), want)
 	}
 }
+
+// TestServiceTokenInAnotherRealmSaysWhereItActs: a service token used in a
+// realm it is not bound to (a forgotten --realm) was refused as if a policy
+// were missing, or without saying what the token is for.
+func TestServiceTokenInAnotherRealmSaysWhereItActs(t *testing.T) {
+	a := atlastest.Start(t, false)
+	t.Setenv("SWITCHBOARD_TOKEN", "")
+	out, errs, code := run(t, a.URL, "--token", a.AdminToken, "-o", "json", "token", "create", "--name", "dash", "--role", "service", "--services", "dashboard", "--realms", "production")
+	if code != 0 {
+		t.Fatalf("token create: exit %d %s", code, errs)
+	}
+	var tok sb.Token
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.Secret == "" {
+		t.Fatalf("token create printed %q: %v", out, err)
+	}
+	const want = "it acts for dashboard in production only"
+	for _, args := range [][]string{
+		{"instances", "dashboard"},
+		{"register", "--service", "dashboard", "--address", "127.0.0.1", "--port", "5000"},
+	} {
+		_, errs, code := run(t, a.URL, append([]string{"--token", tok.Secret}, args...)...)
+		if code != 1 || !strings.Contains(errs, "realm dev") || !strings.Contains(errs, want) || strings.Contains(errs, "policy") {
+			t.Errorf("switchboard %s with a production token = exit %d, stderr %q; want exit 1 and %q", strings.Join(args, " "), code, errs, want)
+		}
+	}
+}
