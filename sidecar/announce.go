@@ -23,6 +23,9 @@ type announcer struct {
 	check    checker
 	atlas    *client.Atlas
 	log      *slog.Logger
+	// drainReason is this sidecar's reason for the switch it sets while
+	// it drains.
+	drainReason string
 
 	// warned: the last failure to register or heartbeat the instance
 	// that was logged.
@@ -51,15 +54,16 @@ func newAnnouncer(sc ServiceConfig, host, advertise, realm string, atlas *client
 	}
 	c := sc.Check
 	a := &announcer{
-		id:       fmt.Sprintf("%s-%s-%d", sc.Name, host, sc.Port),
-		interval: durOr(c.Interval, 2*time.Second),
-		timeout:  durOr(c.Timeout, time.Second),
-		check:    ck,
-		atlas:    atlas,
-		log:      log.With("service", sc.Name),
-		rf:       riseFall{rise: intOr(c.Rise, 2), fall: intOr(c.Fall, 2), status: sb.Critical},
-		status:   sb.Critical,
-		output:   "not checked yet",
+		id:          fmt.Sprintf("%s-%s-%d", sc.Name, host, sc.Port),
+		drainReason: drainReason(host),
+		interval:    durOr(c.Interval, 2*time.Second),
+		timeout:     durOr(c.Timeout, time.Second),
+		check:       ck,
+		atlas:       atlas,
+		log:         log.With("service", sc.Name),
+		rf:          riseFall{rise: intOr(c.Rise, 2), fall: intOr(c.Fall, 2), status: sb.Critical},
+		status:      sb.Critical,
+		output:      "not checked yet",
 	}
 	if c.None {
 		a.rf.status, a.status, a.output = sb.Passing, sb.Passing, "not checked (check: none)"
@@ -283,7 +287,18 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 func (a *announcer) register(ctx context.Context, status sb.Status, output string) {
 	reg := a.reg
 	reg.Status, reg.Output = status, output
-	if _, err := a.atlas.Register(ctx, a.id, reg); err != nil {
+	in, err := a.atlas.Register(ctx, a.id, reg)
+	if err == nil && !in.Enabled && in.DisabledReason == a.drainReason {
+		// A sidecar stopped between its drain's disable and its
+		// deregistration (killed after SIGTERM, say) left this switch;
+		// the switch outlives the lease by design, so the instance would
+		// stay out of rotation for good. An operator's switch, with a
+		// reason of its own, stays.
+		if _, err = a.atlas.SetEnabled(ctx, a.id, true, ""); err == nil {
+			a.log.Info("sidecar: enabled the instance a previous sidecar left disabled while it drained", "id", a.id)
+		}
+	}
+	if err != nil {
 		if a.warned.failed(err) {
 			a.log.Warn("sidecar: register failed; will retry every interval, and log again only when the error changes", "id", a.id, "err", err)
 		}
@@ -332,12 +347,16 @@ func (f *failureLog) ok() bool {
 	return was
 }
 
+// drainReason is the reason of the switch a sidecar on host sets while it
+// drains.
+func drainReason(host string) string { return "sidecar on " + host + " is shutting down" }
+
 // drain takes the instance out of rotation: disabled first, then, once the
 // watchers have seen it (or timeout), deregistered.
-func (a *announcer) drain(ctx context.Context, host string, timeout time.Duration) {
+func (a *announcer) drain(ctx context.Context, timeout time.Duration) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	p, err := a.atlas.Drain(dctx, a.id, "sidecar on "+host+" is shutting down")
+	p, err := a.atlas.Drain(dctx, a.id, a.drainReason)
 	switch {
 	case client.IsNotFound(err):
 	case err != nil:

@@ -64,6 +64,49 @@ func TestAHangingCheckDelaysNoHeartbeat(t *testing.T) {
 	}
 }
 
+// A sidecar killed between its drain's disable and its deregistration left
+// the switch, which outlives the lease: the restarted sidecar registered
+// its instance again, and it stayed out of rotation for good. The switch
+// it set itself is cleared at registration; an operator's stays.
+func TestRegistrationClearsTheSwitchADrainLeft(t *testing.T) {
+	a := atlastest.Start(t, true)
+	c := a.Client()
+	ctx := context.Background()
+	for _, sw := range []struct {
+		name   string
+		port   int
+		reason string
+	}{{"drained", 5001, "sidecar on h1 is shutting down"}, {"maintained", 5002, "kernel upgrade"}} {
+		id := fmt.Sprintf("%s-h1-%d", sw.name, sw.port)
+		if _, err := c.Register(ctx, id, sb.Registration{Service: sw.name, Address: "127.0.0.1", Port: sw.port}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.SetEnabled(ctx, id, false, sw.reason); err != nil {
+			t.Fatal(err)
+		}
+	}
+	none := CheckConfig{None: true, Interval: Duration(100 * time.Millisecond)}
+	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.1", Services: []ServiceConfig{
+		{Name: "drained", Port: 5001, Check: none},
+		{Name: "maintained", Port: 5002, Check: none},
+	}})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		drained, err1 := c.Instance(ctx, "drained-h1-5001")
+		maintained, err2 := c.Instance(ctx, "maintained-h1-5002")
+		if err1 == nil && err2 == nil && drained.Enabled && strings.HasPrefix(maintained.Output, "not checked") {
+			if maintained.Enabled || maintained.DisabledReason != "kernel upgrade" {
+				t.Fatalf("the operator's switch was cleared: enabled %v, reason %q", maintained.Enabled, maintained.DisabledReason)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("within 20s: drained %+v %v; maintained %+v %v", drained, err1, maintained, err2)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // portOf returns the port of a host:port address.
 func portOf(addr string) int {
 	_, port, _ := net.SplitHostPort(addr)

@@ -354,7 +354,7 @@ func (s *Sidecar) Shutdown() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.drain(context.Background(), s.cfg.Host, time.Duration(s.cfg.DrainTimeout))
+			a.drain(context.Background(), time.Duration(s.cfg.DrainTimeout))
 		}()
 	}
 	wg.Wait()
