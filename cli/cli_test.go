@@ -54,6 +54,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"deregister", "identity-h1-5000"}, 0, "deregistered identity-h1-5000", ""},
 		{[]string{"token", "list"}, 0, "ID", ""},
 		{[]string{"policy", "set", "identity", "--may-call", "billing"}, 0, "identity in dev may call: billing", ""},
+		{[]string{"policy", "set", "billing"}, 0, "billing in dev may call no other service (its own only)", ""},
 		{[]string{"policy", "list"}, 0, "identity  dev    billing", ""},
 		// Usage errors: exit 2, one line naming the flag or argument.
 		{[]string{"register", "--service", "Identity", "--address", "x", "--port", "1"}, 2, "", "--service: must match"},

@@ -116,6 +116,10 @@ func policyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if len(out.MayCall) == 0 {
+				fmt.Fprintf(g.stdout, "%s in %s may call no other service (its own only)\n", out.Service, out.Realm)
+				return nil
+			}
 			fmt.Fprintf(g.stdout, "%s in %s may call: %s\n", out.Service, out.Realm, strings.Join(out.MayCall, ", "))
 			return nil
 		}),
