@@ -118,6 +118,12 @@ func (s *Server) putLayer(ctx context.Context, k sb.LayerKey, raw json.RawMessag
 		s.st.mu.RLock()
 		cur := s.st.layers[k].index
 		s.st.mu.RUnlock()
+		switch {
+		case *cas == 0:
+			return nil, sb.Errorf(sb.EConflict, "cas: layer %s already exists (at index %d); cas=0 writes only a layer that does not", k, cur)
+		case cur == 0:
+			return nil, sb.Errorf(sb.EConflict, "cas: layer %s does not exist (any more), so it is not at index %d", k, *cas)
+		}
 		return nil, sb.Errorf(sb.EConflict, "cas: layer %s is at index %d, not %d", k, cur, *cas)
 	}
 	if err != nil {

@@ -82,6 +82,8 @@ func TestBadInput(t *testing.T) {
 		{"layer bad service", "GET", "/v1/config/layer?service=_", "", "", 400, sb.EInvalid, "service: must match"},
 		{"layer bad cas", "PUT", "/v1/config/layer?cas=x", `{}`, "", 400, sb.EInvalid, "cas: must be a non-negative integer"},
 		{"layer cas conflict", "PUT", "/v1/config/layer?realm=production&cas=999", `{}`, "", 409, sb.EConflict, "cas: layer realm=production is at index"},
+		{"layer cas on a layer that is not there", "PUT", "/v1/config/layer?realm=nowhere&cas=999", `{}`, "", 409, sb.EConflict, "cas: layer realm=nowhere does not exist (any more), so it is not at index 999"},
+		{"layer cas=0 on a layer that is there", "PUT", "/v1/config/layer?realm=production&cas=0", `{}`, "", 409, sb.EConflict, "cas: layer realm=production already exists (at index"},
 		{"layer cas must not exist", "PUT", "/v1/config/layer?realm=production&cas=0", `{}`, "", 409, sb.EConflict, "cas: layer realm=production"},
 		{"layer unknown", "GET", "/v1/config/layer?service=nope", "", "", 404, sb.ENotFound, "config layer service=nope: not set"},
 		{"delete unknown layer", "DELETE", "/v1/config/layer?service=nope", "", "", 404, sb.ENotFound, "config layer service=nope: not set"},
