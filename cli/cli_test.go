@@ -687,6 +687,26 @@ func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
 	}
 }
 
+// The sidecar named a busy address by its file key ("listen: ..."), also
+// when --listen gave it, and said nothing of what to do.
+func TestSidecarOnAnAddressInUseSaysWhatToDo(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	// Only a guard against a sidecar that starts after all: it must fail at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	err = cli.Run(ctx, []string{"sidecar", "--atlas", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin", taken.Addr().String()}, &out, &errb)
+	code := cli.ExitCode(err, &errb)
+	want := "--admin: listen tcp " + taken.Addr().String()
+	if code != 1 || !strings.Contains(errb.String(), want) || !strings.Contains(errb.String(), "pick a free address with --admin)") {
+		t.Fatalf("sidecar on an address in use = exit %d, stderr %q; want exit 1, %q and what to do", code, errb.String(), want)
+	}
+}
+
 // TestServiceTokenInAnotherRealmSaysWhereItActs: a service token used in a
 // realm it is not bound to (a forgotten --realm) was refused as if a policy
 // were missing, or without saying what the token is for.

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -85,7 +87,17 @@ instances before it deregisters them.`,
 			if g.token != "" && cfg.TokenFile == "" {
 				sc.SetToken(g.token)
 			}
-			return sc.Run(cmd.Context())
+			err = sc.Run(cmd.Context())
+			var le *sidecar.ListenError
+			if errors.As(err, &le) {
+				// Named by its flag when the address came from one.
+				where := le.Key
+				if f.Changed(le.Key) {
+					where = "--" + le.Key
+				}
+				return fmt.Errorf("%s: %v (another sidecar or switchboard dev running here? pick a free address with --%s)", where, le.Err, le.Key)
+			}
+			return err
 		}),
 	}
 	f := c.Flags()
