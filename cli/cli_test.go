@@ -666,44 +666,45 @@ func TestTablesWithControlCharactersKeepTheirColumns(t *testing.T) {
 	}
 }
 
-// TestDevOnAtlasPortInUseSaysWhatToDo: a second switchboard dev meets
-// Atlas's port first; the sidecar's ports said what to do, Atlas's did not.
-func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
+// runOnATakenAddress runs the command args gives for an address another
+// listener holds, and returns its exit code, its stderr and that address.
+// The command must fail at once; the context is only a guard against one
+// that starts after all.
+func runOnATakenAddress(t *testing.T, args func(taken string) []string) (int, string, string) {
+	t.Helper()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	// Only a guard against a dev that starts after all: it must fail at once.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errb bytes.Buffer
-	err = cli.Run(ctx, []string{"dev", "--dir", t.TempDir(), "--listen", taken.Addr().String(),
-		"--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0"}, &out, &errb)
-	code := cli.ExitCode(err, &errb)
+	err = cli.Run(ctx, args(taken.Addr().String()), &out, &errb)
+	return cli.ExitCode(err, &errb), errb.String(), taken.Addr().String()
+}
+
+// TestDevOnAtlasPortInUseSaysWhatToDo: a second switchboard dev meets
+// Atlas's port first; the sidecar's ports said what to do, Atlas's did not.
+func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
+	code, errs, _ := runOnATakenAddress(t, func(taken string) []string {
+		return []string{"dev", "--dir", t.TempDir(), "--listen", taken, "--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0"}
+	})
 	want := "(another switchboard dev running? pick a free port with --listen)"
-	if code != 1 || !strings.Contains(errb.String(), "address already in use") || !strings.Contains(errb.String(), want) {
-		t.Fatalf("dev on a port in use = exit %d, stderr %q; want exit 1 and %q", code, errb.String(), want)
+	if code != 1 || !strings.Contains(errs, "address already in use") || !strings.Contains(errs, want) {
+		t.Fatalf("dev on a port in use = exit %d, stderr %q; want exit 1 and %q", code, errs, want)
 	}
 }
 
 // The sidecar named a busy address by its file key ("listen: ..."), also
 // when --listen gave it, and said nothing of what to do.
 func TestSidecarOnAnAddressInUseSaysWhatToDo(t *testing.T) {
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	// Only a guard against a sidecar that starts after all: it must fail at once.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var out, errb bytes.Buffer
-	err = cli.Run(ctx, []string{"sidecar", "--atlas", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin", taken.Addr().String()}, &out, &errb)
-	code := cli.ExitCode(err, &errb)
-	want := "--admin: listen tcp " + taken.Addr().String()
-	if code != 1 || !strings.Contains(errb.String(), want) || !strings.Contains(errb.String(), "pick a free address with --admin)") {
-		t.Fatalf("sidecar on an address in use = exit %d, stderr %q; want exit 1, %q and what to do", code, errb.String(), want)
+	code, errs, taken := runOnATakenAddress(t, func(taken string) []string {
+		return []string{"sidecar", "--atlas", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--admin", taken}
+	})
+	want := "--admin: listen tcp " + taken
+	if code != 1 || !strings.Contains(errs, want) || !strings.Contains(errs, "pick a free address with --admin)") {
+		t.Fatalf("sidecar on an address in use = exit %d, stderr %q; want exit 1, %q and what to do", code, errs, want)
 	}
 }
 
