@@ -366,7 +366,8 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 	if err != nil {
 		return err
 	}
-	if blockingQuery && want >= index {
+	waited := blockingQuery && want >= index
+	if waited {
 		wait += rand.N(wait/16 + 1)
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 		timer := time.NewTimer(wait)
@@ -402,13 +403,15 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 			return err
 		}
 	}
-	if blockingQuery {
-		// The store may have stopped (or started again) answering while
-		// the query waited: say so as of the answer, not of the request.
+	if waited {
+		// The store may have stopped (or started again) answering, and
+		// access may have been taken away, while the query waited: both
+		// as of the answer, not of the request (which wrap and the
+		// handler checked).
 		s.markStale(w)
-	}
-	if err := mayAnswer(); err != nil {
-		return err
+		if err := mayAnswer(); err != nil {
+			return err
+		}
 	}
 	writeJSON(w, http.StatusOK, index, body)
 	return nil
