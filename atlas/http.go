@@ -335,12 +335,16 @@ type answer func() (index uint64, body []byte, err error)
 // up to wait/16 of jitter) runs out. final, when not nil, renders the body
 // actually sent (with lease fields).
 //
-// allowed is the handler's access check, asked again, with whether the
-// token still exists, before the answer goes out: access taken away while
-// a query waited (its token deleted, the policy that let it read a
-// service withdrawn) must not be answered with what changed since. A
-// change of tokens or policies wakes the query to ask at once.
+// allowed is the handler's access check: asked first, and again, with
+// whether the token still exists, after each wake and before a query that
+// waited answers: access taken away while a query waited (its token
+// deleted, the policy that let it read a service withdrawn) must not be
+// answered with what changed since. A change of tokens or policies wakes
+// the query to ask at once.
 func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string, allowed func() error, render answer, final func() ([]byte, error)) error {
+	if err := allowed(); err != nil {
+		return err
+	}
 	want, wait, err := blockingParams(r)
 	if err != nil {
 		return err
