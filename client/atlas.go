@@ -55,16 +55,10 @@ func AtlasFromEnv() *Atlas {
 func CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		shown := raw
-		if err == nil {
-			shown = u.Redacted()
-		} else if strings.Contains(raw, "@") {
-			shown = "(a URL with user info that does not parse)"
-		}
-		return fmt.Errorf("must be an http:// or https:// URL such as %s, got %q", DefaultAtlasURL, shown)
+		return fmt.Errorf("must be an http:// or https:// URL such as %s, got %q", DefaultAtlasURL, RedactURL(raw))
 	}
 	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
-		return fmt.Errorf("must be Atlas's base URL, such as %s, without a path (the client adds /v1/...), got %q", DefaultAtlasURL, u.Redacted())
+		return fmt.Errorf("must be Atlas's base URL, such as %s, without a path (the client adds /v1/...), got %q", DefaultAtlasURL, RedactURL(raw))
 	}
 	return nil
 }
