@@ -315,9 +315,9 @@ func (a *announcer) register(ctx context.Context, status sb.Status, output strin
 	a.mu.Unlock()
 }
 
-// failureLog keeps a call repeated every interval (a registration, a
-// heartbeat) from logging the same failure every interval: an Atlas down
-// for an hour is said once, as a failing watch is, not 1,800 times.
+// failureLog keeps a call that is tried again and again (a registration,
+// a heartbeat, a watch of Atlas) from logging the same failure each time:
+// an Atlas down for an hour is said once, not 1,800 times.
 type failureLog struct {
 	// mu guards last.
 	mu sync.Mutex

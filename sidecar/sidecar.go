@@ -463,10 +463,10 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 				}
 			}
 		}()
-		var lastErr string
+		var warned failureLog
 		defer s.unreachable.Delete(service)
 		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
-			lastErr = ""
+			warned.ok()
 			s.unreachable.Delete(service)
 			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
 				proxy.CloseEndpoint(e)
@@ -492,8 +492,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
 			// goes on (static stability). The same failure is logged once.
-			if msg := err.Error(); msg != lastErr {
-				lastErr = msg
+			if warned.failed(err) {
 				if sb.ErrorCode(err) == sb.EPermissionDenied {
 					s.log.Warn("sidecar: Atlas refuses this host's token the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
 				} else {
