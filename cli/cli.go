@@ -237,14 +237,21 @@ func (g *globals) print(v any, table func(w io.Writer)) error {
 // retitle the window of the operator reading it.
 type termSafe struct{ w io.Writer }
 
+// controlRune reports whether termSafe shows r as \xNN.
+func controlRune(r rune) bool {
+	return (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f)
+}
+
 func (t termSafe) Write(p []byte) (int, error) {
-	if !slices.ContainsFunc(p, func(b byte) bool { return b < 0x20 || b >= 0x7f }) {
+	// ASCII with no control character in it, as most table lines are,
+	// goes through as it is.
+	if !slices.ContainsFunc(p, func(b byte) bool { return b >= utf8.RuneSelf || controlRune(rune(b)) }) {
 		return t.w.Write(p)
 	}
 	out := make([]byte, 0, len(p)+16)
 	for i := 0; i < len(p); {
 		r, size := utf8.DecodeRune(p[i:])
-		if (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r <= 0x9f) {
+		if controlRune(r) {
 			out = fmt.Appendf(out, `\x%02x`, r)
 		} else {
 			out = append(out, p[i:i+size]...)
