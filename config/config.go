@@ -173,15 +173,10 @@ func (v *Values) Decode(path string, out any) error {
 // Map returns a deep copy of everything, numbers as json.Number (as Get
 // returns them).
 func (v *Values) Map() map[string]any {
-	b, err := json.Marshal(v.data)
-	if err != nil {
-		return map[string]any{}
+	if out := numbers(v.data); out != nil {
+		return out
 	}
-	out, err := decodeObject(b)
-	if err != nil {
-		return map[string]any{}
-	}
-	return out
+	return map[string]any{}
 }
 
 // Source returns the layer a leaf path came from: "default", "file",
@@ -373,8 +368,8 @@ func (c *Config) merge(atlasCfg *sb.MergedConfig) *Values {
 	return v
 }
 
-// numbers copies a decoded answer, its numbers as json.Number, as the
-// local layers have them.
+// numbers copies m deeply, its numbers as json.Number, as the local
+// layers and Get have them; nil when m cannot be copied.
 func numbers(m map[string]any) map[string]any {
 	b, _ := json.Marshal(m)
 	out, _ := decodeObject(b)
