@@ -261,24 +261,12 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 func TestHAProxyPolicyWithdrawn(t *testing.T) {
 	dir := t.TempDir()
 	a := startAtlas(t, dir)
-	adminTok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := strings.TrimSpace(string(adminTok))
+	admin := adminToken(t, dir)
 	as := func(method, path, body string) []byte {
 		t.Helper()
-		req, _ := http.NewRequest(method, a.url+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+admin)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := httpc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		if res.StatusCode != 200 {
-			t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, b)
+		st, b, err := callAs(context.Background(), admin, method, a.url+path, body)
+		if err != nil || st != 200 {
+			t.Fatalf("%s %s: %d %s %v", method, path, st, b, err)
 		}
 		return b
 	}

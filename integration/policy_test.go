@@ -1,9 +1,9 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,23 +17,13 @@ import (
 func TestLeastAuthority(t *testing.T) {
 	dir := t.TempDir()
 	a := startAtlas(t, dir)
-	adminTok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := strings.TrimSpace(string(adminTok))
+	admin := adminToken(t, dir)
 	as := func(tok, method, path, body string) (int, []byte) {
-		req, _ := http.NewRequest(method, a.url+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+tok)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := httpc.Do(req)
+		st, b, err := callAs(context.Background(), tok, method, a.url+path, body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer res.Body.Close()
-		var b json.RawMessage
-		json.NewDecoder(res.Body).Decode(&b)
-		return res.StatusCode, b
+		return st, b
 	}
 	if st, _ := as("", "GET", "/v1/services", ""); st != 401 {
 		t.Fatalf("no token: %d; want 401", st)

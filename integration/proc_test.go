@@ -131,10 +131,28 @@ func (p *proc) stop() error {
 
 var httpc = &http.Client{Timeout: 10 * time.Second}
 
+// adminToken reads the admin token an Atlas with auth on wrote to dir.
+func adminToken(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
 func call(ctx context.Context, method, url, body string) (int, []byte, error) {
+	return callAs(ctx, "", method, url, body)
+}
+
+// callAs is call with a bearer token ("" sends none).
+func callAs(ctx context.Context, token, method, url, body string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
 		return 0, nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
