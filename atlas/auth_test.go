@@ -28,6 +28,20 @@ func (a *testAtlas) newToken(t *testing.T, req string) string {
 	return tok.Secret
 }
 
+// tokenID returns the id of the token named name, from the token list.
+func (a *testAtlas) tokenID(t *testing.T, name string) string {
+	t.Helper()
+	var list struct{ Tokens []sb.Token }
+	a.must("GET", "/v1/tokens", "").decode(t, &list)
+	for _, tok := range list.Tokens {
+		if tok.Name == name {
+			return tok.ID
+		}
+	}
+	t.Fatalf("no token named %q in %+v", name, list.Tokens)
+	return ""
+}
+
 func TestAdminTokenFile(t *testing.T) {
 	a := start(t, false)
 	fi, err := os.Stat(filepath.Join(a.dir, "admin.token"))
@@ -175,14 +189,7 @@ func TestRevokedAccessEndsTheStream(t *testing.T) {
 	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["dev"]}`)
 	a.must("PUT", "/v1/policies/identity", `{"may_call":["billing"]}`)
 	a.must("PUT", "/v1/instances/billing-0", reg("billing", 5999, ""))
-	var list struct{ Tokens []sb.Token }
-	a.must("GET", "/v1/tokens", "").decode(t, &list)
-	readerID := ""
-	for _, tok := range list.Tokens {
-		if tok.Role == sb.RoleReader {
-			readerID = tok.ID
-		}
-	}
+	readerID := a.tokenID(t, "ops")
 	open := func(token, query string) <-chan sse {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
@@ -281,14 +288,7 @@ func TestRevokedAccessEndsTheBlockingQuery(t *testing.T) {
 	a.must("PUT", "/v1/config/layer?service=identity", `{"db":{"password":"old"}}`)
 	a.must("PUT", "/v1/policies/dashboard", `{"may_call":["billing"]}`)
 	a.must("PUT", "/v1/instances/billing-1", reg("billing", 6000, ""))
-	var list struct{ Tokens []sb.Token }
-	a.must("GET", "/v1/tokens", "").decode(t, &list)
-	svcID := ""
-	for _, tok := range list.Tokens {
-		if tok.Name == "identity" {
-			svcID = tok.ID
-		}
-	}
+	svcID := a.tokenID(t, "identity")
 
 	cfgIdx := a.doAs(svc, "GET", "/v1/config?service=identity", "").index(t)
 	cfgDone := make(chan resp, 1)
