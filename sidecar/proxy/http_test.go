@@ -164,13 +164,8 @@ func TestHeadersNamedByEveryConnectionHeaderAreDropped(t *testing.T) {
 	f.set("a", srv.URL)
 	c := f.dial()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: X-Hop\r\nConnection: X-Secret, close\r\n"+
+	res, _ := exchange(t, c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: X-Hop\r\nConnection: X-Secret, close\r\n"+
 		"X-Hop: 1\r\nX-Secret: 2\r\nX-Kept: 3\r\n\r\n")
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
 	h := <-got
 	for _, k := range []string{"X-Hop", "X-Secret", "Connection"} {
 		if v := h.Values(k); len(v) > 0 {
@@ -199,12 +194,7 @@ func TestForwardedForHeadersBecomeOneList(t *testing.T) {
 	f.set("a", srv.URL)
 	c := f.dial()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
+	exchange(t, c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
 	if xff, want := <-got, []string{"10.0.0.1, 6.6.6.6, 127.0.0.1"}; !slices.Equal(xff, want) {
 		t.Fatalf("X-Forwarded-For = %q, want %q", xff, want)
 	}
@@ -329,12 +319,7 @@ func TestUnreadableRequestsGetJSONErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.dial()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
-			go io.WriteString(c, tc.raw)
-			res, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(res.Body)
+			res, b := exchange(t, c, tc.raw)
 			e := errorOf(t, string(b))
 			if res.StatusCode != tc.status || e.Code != tc.code || !strings.Contains(e.Message, tc.message) {
 				t.Fatalf("answer = %d %s, want %d %s %q", res.StatusCode, b, tc.status, tc.code, tc.message)
@@ -499,12 +484,7 @@ func TestStreamRequestsLoseHopByHopHeaders(t *testing.T) {
 	} {
 		c := f.dial()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\n"+tc.extra+"\r\n")
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
+		exchange(t, c, "GET / HTTP/1.1\r\nHost: a.localhost\r\n"+tc.extra+"\r\n")
 		h := <-got
 		for _, k := range []string{"X-Hop", "Proxy-Authorization", "Keep-Alive", "Te"} {
 			if v := h.Values(k); len(v) > 0 {
@@ -782,12 +762,7 @@ func TestUnreadableRequestsAreTimedRight(t *testing.T) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nno colon here\r\n\r\n")
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
+	exchange(t, c, "GET / HTTP/1.1\r\nHost: a.localhost\r\nno colon here\r\n\r\n")
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 1 || got[0] < 0 || got[0] > time.Minute {
@@ -808,12 +783,7 @@ func TestUnreadableRequestsAreNotEchoed(t *testing.T) {
 	} {
 		c := f.dial()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, raw)
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(res.Body)
+		res, b := exchange(t, c, raw)
 		e := errorOf(t, string(b))
 		if res.StatusCode != 400 || !strings.Contains(e.Message, "malformed request") {
 			t.Errorf("%q: answer = %d %s, want 400 malformed request", raw, res.StatusCode, b)
@@ -822,4 +792,18 @@ func TestUnreadableRequestsAreNotEchoed(t *testing.T) {
 			t.Errorf("%q: the answer echoes the request: %s", raw, b)
 		}
 	}
+}
+
+// exchange writes raw to c (from a goroutine: the proxy may answer before
+// it has read all of it) and reads one answer, its body whole.
+func exchange(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
+	t.Helper()
+	go io.WriteString(c, raw)
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, b
 }
