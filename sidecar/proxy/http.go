@@ -343,6 +343,11 @@ func (h *HTTP) observe(service string, code int, start time.Time, retries int) {
 
 func where(p *balance.Pool) string { return fmt.Sprintf("service %s in realm %s", p.Service, p.Realm) }
 
+// unroutable is the 503 of a pool with no instance to send to, and why.
+func unroutable(p *balance.Pool) error {
+	return sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(p), p.Unroutable())
+}
+
 // route sends the request to an instance of the pool's service and copies
 // the answer back. It returns the status sent and how many retries it
 // took.
@@ -402,7 +407,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		e := pool.Pick(tried)
 		if e == nil {
 			if len(tried) == 0 {
-				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(pool), pool.Unroutable())), retries
+				return writeError(ctx, unroutable(pool)), retries
 			}
 			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr)), retries
 		}
@@ -675,7 +680,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		e := pool.Pick(tried)
 		if e == nil {
 			if len(tried) == 0 {
-				return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(pool), pool.Unroutable()))
+				return writeError(ctx, unroutable(pool))
 			}
 			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr))
 		}
