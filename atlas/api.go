@@ -446,7 +446,7 @@ func (s *Server) handleService(w http.ResponseWriter, r *http.Request) error {
 			s.st.mu.RUnlock()
 			// Not from the store: a listing of thousands would ask etcd
 			// once per instance, at every change the dashboard follows.
-			s.addLeases(out.Instances, nil)
+			s.addLeases(out.Instances)
 			return marshal(out), nil
 		}
 	}

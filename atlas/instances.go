@@ -370,63 +370,71 @@ func (s *Server) instance(id string, leases bool) (*sb.Instance, error) {
 	return in, nil
 }
 
-func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}, nil) }
+func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}) }
 
 // readLease fills the lease fields of in for a read of it: from the store
 // too when its leases are renewed elsewhere as well (LeaseReader).
 // Answers to this server's own writes need not ask: it has just renewed
 // the lease itself.
 func (s *Server) readLease(ctx context.Context, in *sb.Instance) {
-	var store map[string]storeLease
+	var store storeLease
 	if lr, ok := s.store.(LeaseReader); ok {
 		if renewed, expires, err := lr.LeaseEnd(ctx, pfxInstance+in.ID); err == nil {
-			store = map[string]storeLease{in.ID: {renewed: renewed, expires: expires}}
+			store = storeLease{renewed: renewed, expires: expires}
 		}
 	}
-	s.addLeases([]*sb.Instance{in}, store)
+	s.st.mu.RLock()
+	defer s.st.mu.RUnlock()
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	s.leaseLocked(in, store)
 }
 
-// storeLease is a lease as a LeaseReader store tells it.
+// storeLease is a lease as a LeaseReader store tells it; zero when it
+// was not asked.
 type storeLease struct{ renewed, expires time.Time }
 
-// addLeases fills the lease fields of instances, under one lock; store
-// holds what the store says of their leases (storeLeases), the later of
-// its times and this server's own is answered.
-func (s *Server) addLeases(ins []*sb.Instance, store map[string]storeLease) {
+// addLeases fills the lease fields of instances from this server's own
+// bookkeeping, under one lock.
+func (s *Server) addLeases(ins []*sb.Instance) {
 	s.st.mu.RLock()
 	defer s.st.mu.RUnlock()
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
 	for _, in := range ins {
-		var exp, hb time.Time
-		if r := s.st.instances[in.ID]; r != nil {
-			l := r.lease
-			hb = fromNanos(l.heartbeat)
-			exp = fromNanos(l.expires)
-		}
-		if sl, ok := store[in.ID]; ok {
-			if sl.renewed.After(hb) {
-				hb = sl.renewed.UTC()
-			}
-			if sl.expires.After(exp) {
-				exp = sl.expires.UTC()
-			}
-		}
-		if !hb.IsZero() {
-			in.LastHeartbeat = &hb
-		}
-		if exp.IsZero() {
-			if _, elsewhere := s.store.(LeaseReader); elsewhere {
-				// Renewed, if at all, through other replicas: unknown
-				// here (a listing; a single instance asks the store).
-				continue
-			}
-			// Not renewed since this server started: the store gave it a
-			// full TTL from then.
-			exp = s.started.Add(time.Duration(in.TTL)).UTC()
-		}
-		in.ExpiresAt = &exp
+		s.leaseLocked(in, storeLease{})
 	}
+}
+
+// leaseLocked fills in's lease fields: the later of this server's times
+// and store's. Call with st.mu read-locked and lmu held.
+func (s *Server) leaseLocked(in *sb.Instance, store storeLease) {
+	var exp, hb time.Time
+	if r := s.st.instances[in.ID]; r != nil {
+		l := r.lease
+		hb = fromNanos(l.heartbeat)
+		exp = fromNanos(l.expires)
+	}
+	if store.renewed.After(hb) {
+		hb = store.renewed.UTC()
+	}
+	if store.expires.After(exp) {
+		exp = store.expires.UTC()
+	}
+	if !hb.IsZero() {
+		in.LastHeartbeat = &hb
+	}
+	if exp.IsZero() {
+		if _, elsewhere := s.store.(LeaseReader); elsewhere {
+			// Renewed, if at all, through other replicas: unknown here
+			// (a listing; a single instance asks the store).
+			return
+		}
+		// Not renewed since this server started: the store gave it a
+		// full TTL from then.
+		exp = s.started.Add(time.Duration(in.TTL)).UTC()
+	}
+	in.ExpiresAt = &exp
 }
 
 // serviceQuery is a parsed GET /v1/services/{name}.
