@@ -250,11 +250,16 @@ func (d *Driver) startLocked() error {
 	exited := make(chan struct{})
 	d.exited = exited
 	go func() { cmd.Wait(); close(exited) }()
-	// Wait for the worker's admin socket.
+	// Wait for the worker's admin socket, and for the master's CLI: a
+	// master whose loop does not run yet may leave a reload signalled at
+	// once unanswered (seen once in CI: a SIGUSR2 sent right after the
+	// start brought no new worker).
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := d.workerPID(); err == nil {
-			return nil
+			if _, err := d.MasterCLI("show proc"); err == nil {
+				return nil
+			}
 		}
 		select {
 		case <-exited:
