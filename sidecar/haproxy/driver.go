@@ -57,6 +57,7 @@ type Driver struct {
 	shape      string // of the config HAProxy runs
 	lastReload time.Time
 	reloadDue  *time.Timer
+	retryIn    time.Duration // before the next try of a failed reload
 	cmd        *exec.Cmd
 	exited     chan struct{}
 	stopping   bool
@@ -643,27 +644,44 @@ func (d *Driver) applyLocked() {
 	if spec.Shape() != d.shape {
 		wait := time.Until(d.lastReload.Add(MinReloadInterval))
 		if wait > 0 {
-			if d.reloadDue == nil {
-				d.reloadDue = time.AfterFunc(wait, func() {
-					d.mu.Lock()
-					defer d.mu.Unlock()
-					d.reloadDue = nil
-					if !d.stopping {
-						d.applyLocked()
-					}
-				})
-			}
+			d.applyLaterLocked(wait)
 			// Meanwhile the backends HAProxy has can still follow.
 			d.runtimeLocked(true)
 			return
 		}
 		if err := d.reloadLocked(spec); err != nil {
-			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err)
+			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err, "retry_in", d.retryReloadLocked())
 			d.runtimeLocked(true)
 		}
 		return
 	}
 	d.runtimeLocked(false)
+}
+
+// retryReloadLocked schedules another try of a reload that failed, so that
+// HAProxy does not run the old config until the next change of routes,
+// which may be hours away; the wait doubles from 2 s to a minute while
+// reloads keep failing. It returns the wait.
+func (d *Driver) retryReloadLocked() time.Duration {
+	d.retryIn = min(max(2*d.retryIn, 2*time.Second), time.Minute)
+	d.applyLaterLocked(d.retryIn)
+	return d.retryIn
+}
+
+// applyLaterLocked calls applyLocked after wait, unless a call is due
+// already.
+func (d *Driver) applyLaterLocked(wait time.Duration) {
+	if d.reloadDue != nil {
+		return
+	}
+	d.reloadDue = time.AfterFunc(wait, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.reloadDue = nil
+		if !d.stopping {
+			d.applyLocked()
+		}
+	})
 }
 
 // runtimeLocked sends the commands that bring each backend's servers from
@@ -713,7 +731,7 @@ func (d *Driver) runtimeLocked(onlyLoaded bool) {
 		d.log().Error("haproxy: runtime API failed; reloading to get back in step", "err", err)
 		d.shape = "" // force a reload on the next change
 		if rerr := d.reloadLocked(d.specLocked()); rerr != nil {
-			d.log().Error("haproxy: reload failed", "err", rerr)
+			d.log().Error("haproxy: reload failed", "err", rerr, "retry_in", d.retryReloadLocked())
 		}
 		return
 	}
@@ -781,6 +799,7 @@ wait:
 	for time.Now().Before(deadline) {
 		if pid, err := d.workerPID(); err == nil && pid != before {
 			d.log().Info("haproxy: reloaded", "worker", pid)
+			d.retryIn = 0
 			return nil
 		}
 		select {

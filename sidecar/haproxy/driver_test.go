@@ -73,15 +73,29 @@ func get(addr, service string) (int, string) {
 func waitGet(t *testing.T, addr, service string, want int) string {
 	t.Helper()
 	var body string
-	for range 250 {
+	if poll(func() bool {
 		var st int
-		if st, body = get(addr, service); st == want {
-			return body
-		}
-		time.Sleep(20 * time.Millisecond)
+		st, body = get(addr, service)
+		return st == want
+	}) {
+		return body
 	}
 	t.Fatalf("GET through HAProxy never answered %d: %s", want, body)
 	return ""
+}
+
+// poll calls ok every 20 ms until it returns true, and reports whether it
+// did within 30 s, however long each call takes: a wedged HAProxy fails a
+// test in seconds rather than holding it through hundreds of timeouts.
+func poll(ok func() bool) bool {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // startDriver starts a Driver on the real haproxy, reloading as soon as
@@ -117,13 +131,7 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 	pid := d.cmd.Process.Pid
 	d.mu.Unlock()
 	syscall.Kill(pid, syscall.SIGKILL)
-	for range 500 {
-		if d.Restarts() == 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if d.Restarts() != 1 {
+	if !poll(func() bool { return d.Restarts() == 1 }) {
 		t.Fatal("HAProxy was not restarted after it died")
 	}
 	if body := waitGet(t, listen, "files", 200); body != "hello" {
@@ -177,39 +185,56 @@ func TestTwoServiceNamesAreNotRouted(t *testing.T) {
 // another process holds) left HAProxy on its old worker while the driver
 // took the new config as running: the failure was only logged, and the
 // next change sent runtime commands for backends HAProxy did not have. It
-// is counted, and the next change reloads again.
+// is counted, and the next change reloads again; so does a retry a little
+// later without a change, for the next change may be hours away.
 func TestAFailedReloadIsCountedAndTriedAgain(t *testing.T) {
-	urls := backends(t, 2)
-	taken, err := net.Listen("tcp", "127.0.0.1:0") // no SO_REUSEPORT: HAProxy cannot share it
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := taken.Addr().String()
-	d, _ := startDriver(t)
-	d.mu.Lock()
-	d.TCP = map[string]string{"redis": addr}
-	d.mu.Unlock()
-	d.Update("redis", true, namedEndpoints("a", urls[0]))
-	if d.FailedReloads() != 1 {
-		t.Fatalf("FailedReloads = %d after a reload that could not bind %s; want 1", d.FailedReloads(), addr)
-	}
-	taken.Close()
-	d.Update("redis", true, namedEndpoints("a", urls...))
-	if d.FailedReloads() != 1 {
-		t.Fatalf("FailedReloads = %d once %s is free; want still 1", d.FailedReloads(), addr)
-	}
-	var body string
-	for range 250 {
-		if res, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/"); err == nil {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if body = string(b); body == "i0" || body == "i1" {
-				return
+	for _, next := range []string{"change", "retry"} {
+		t.Run(next, func(t *testing.T) {
+			urls := backends(t, 2)
+			taken, err := net.Listen("tcp", "127.0.0.1:0") // no SO_REUSEPORT: HAProxy cannot share it
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		time.Sleep(20 * time.Millisecond)
+			addr := taken.Addr().String()
+			d, _ := startDriver(t)
+			d.mu.Lock()
+			d.TCP = map[string]string{"redis": addr}
+			d.mu.Unlock()
+			d.Update("redis", true, namedEndpoints("a", urls[0]))
+			if d.FailedReloads() != 1 {
+				t.Fatalf("FailedReloads = %d after a reload that could not bind %s; want 1", d.FailedReloads(), addr)
+			}
+			taken.Close()
+			if next == "change" {
+				d.Update("redis", true, namedEndpoints("a", urls...))
+				if d.FailedReloads() != 1 {
+					t.Fatalf("FailedReloads = %d once %s is free; want still 1", d.FailedReloads(), addr)
+				}
+			}
+			waitL4(t, addr)
+		})
 	}
-	t.Fatalf("the L4 upstream never answered through HAProxy once its address was free (last %q)", body)
+}
+
+// waitL4 waits for an L4 upstream at addr to answer through HAProxy with
+// one of the test backends' bodies.
+func waitL4(t *testing.T, addr string) {
+	t.Helper()
+	var body string
+	// No connection is kept: HAProxy's Close would wait for it.
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if !poll(func() bool {
+		res, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		body = string(b)
+		return strings.HasPrefix(body, "i")
+	}) {
+		t.Fatalf("the L4 upstream never answered through HAProxy once its address was free (last %q)", body)
+	}
 }
 
 // A service may be named sidecar: its backend does not collide with the
@@ -349,14 +374,11 @@ func TestBackendRemovedAndBackBeforeTheReloadFollows(t *testing.T) {
 	// Asked for again: its only instance is now another one.
 	d.Update("billing", false, namedEndpoints("b", urls[1]))
 	var body string
-	for range 250 {
+	if !poll(func() bool {
 		var st int
-		if st, body = get(listen, "billing"); st == 200 && body == "i1" {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if body != "i1" {
+		st, body = get(listen, "billing")
+		return st == 200 && body == "i1"
+	}) {
 		t.Fatalf("after billing's instance was replaced: HAProxy answered %q; want i1", body)
 	}
 	for range 20 {
