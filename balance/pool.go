@@ -19,7 +19,8 @@ import (
 
 // Outlier ejection, as the SPEC says: 5 consecutive failures eject an
 // instance for 30 s times the number of its ejections, never more than half
-// of a service's instances.
+// of a service's instances. Each 30 s an instance stays in rotation after
+// an ejection takes one off that number.
 const (
 	EjectAfter   = 5
 	EjectBase    = 30 * time.Second
@@ -234,6 +235,7 @@ func (p *Pool) updateLocked(instances []*sb.Instance, index uint64, lift bool) (
 			delete(old, in.ID)
 			if e.Info().Status == sb.Critical && in.Status != sb.Critical {
 				e.ejectedUntil.Store(0)
+				e.ejections.Store(0)
 				e.failures.Store(0)
 			}
 			e.info.Store(&Info{Status: in.Status, Enabled: in.Enabled, Tags: in.Tags})
@@ -432,7 +434,15 @@ func (p *Pool) ejectLocked(e *Endpoint, now time.Time) bool {
 	if (ejected+1)*2 > len(eps) {
 		return false
 	}
-	n := min(e.ejections.Add(1), MaxEjections)
+	// The count decays as Envoy's multiplier does: every EjectBase the
+	// endpoint has been back in rotation forgives one ejection, so one that
+	// failed ten times yesterday is out for 30 s today, not 300 s.
+	n := e.ejections.Load()
+	if u := e.ejectedUntil.Load(); u != 0 {
+		n -= int32(min(now.Sub(time.Unix(0, u))/EjectBase, MaxEjections))
+	}
+	n = min(max(n, 0)+1, MaxEjections)
+	e.ejections.Store(n)
 	e.ejectedUntil.Store(now.Add(time.Duration(n) * EjectBase).UnixNano())
 	e.failures.Store(0)
 	return true

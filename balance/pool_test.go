@@ -149,6 +149,52 @@ func TestEjection(t *testing.T) {
 	}
 }
 
+// An ejection count decays while the instance stays in rotation: one
+// ejection forgiven per EjectBase, as Envoy lowers its multiplier. It used
+// to grow for good, so an instance ejected ten times in a bad hour was
+// out for 300 s at every later hiccup.
+func TestEjectionCountDecays(t *testing.T) {
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true), inst("z", 3, sb.Passing, true)}, 1)
+	e := p.Endpoints()[0]
+	eject := func(now time.Time) time.Duration {
+		t.Helper()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.ejectLocked(e, now) {
+			t.Fatal("not ejected")
+		}
+		_, until := e.Ejected(now)
+		return until.Sub(now)
+	}
+	now := time.Unix(1e6, 0)
+	for i := range MaxEjections + 2 { // each right as the last one ends
+		want := time.Duration(min(i+1, MaxEjections)) * EjectBase
+		if got := eject(now); got != want {
+			t.Fatalf("ejection %d back to back: out for %v; want %v", i+1, got, want)
+		}
+		_, until := e.Ejected(now)
+		now = until
+	}
+	// 90 s in rotation forgive three of the ten.
+	if got, want := eject(now.Add(90*time.Second)), 8*EjectBase; got != want {
+		t.Fatalf("after 90 s in rotation: out for %v; want %v", got, want)
+	}
+	_, until := e.Ejected(now.Add(90 * time.Second))
+	// A day later it starts over.
+	now = until.Add(24 * time.Hour)
+	if got := eject(now); got != EjectBase {
+		t.Fatalf("a day after its last ejection: out for %v; want %v", got, EjectBase)
+	}
+	// So does one whose check saw it down and up again.
+	eject(now.Add(EjectBase))
+	p.Update([]*sb.Instance{inst("x", 1, sb.Critical, true), inst("y", 2, sb.Passing, true), inst("z", 3, sb.Passing, true)}, 2)
+	p.Update([]*sb.Instance{inst("x", 1, sb.Passing, true), inst("y", 2, sb.Passing, true), inst("z", 3, sb.Passing, true)}, 3)
+	if got := eject(now.Add(EjectBase)); got != EjectBase {
+		t.Fatalf("after its check saw it recover: out for %v; want %v", got, EjectBase)
+	}
+}
+
 func TestBudget(t *testing.T) {
 	now := time.Unix(1000, 0)
 	b := &Budget{Now: func() time.Time { return now }}
