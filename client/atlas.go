@@ -178,12 +178,20 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 	a.mu.Lock()
 	start := a.good % len(urls)
 	a.mu.Unlock()
-	var lastErr error
+	var (
+		lastErr error
+		maybe   bool // an earlier attempt may have been carried out
+	)
 	for i := range urls {
 		n := (start + i) % len(urls)
 		actx, cancel := attemptContext(ctx, len(urls)-i, q)
-		idx, err, retry := a.callOne(actx, urls[n], method, path, q, body, out)
+		idx, err, retry, sent := a.callOne(actx, urls[n], method, path, q, body, out)
 		cancel()
+		if maybe && method == http.MethodDelete && sb.ErrorCode(err) == sb.ENotFound {
+			// The replica that took the DELETE failed to answer, and the
+			// next one finds nothing to delete: it was deleted.
+			return idx, nil
+		}
 		if !retry {
 			a.mu.Lock()
 			switch {
@@ -197,7 +205,7 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 			a.mu.Unlock()
 			return idx, err
 		}
-		lastErr = err
+		lastErr, maybe = err, maybe || sent
 		if ctx.Err() != nil {
 			break
 		}
@@ -205,7 +213,11 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 	return 0, lastErr
 }
 
-func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Values, body []byte, out any) (idx uint64, err error, retry bool) {
+// callOne makes one attempt of a call, at the replica base. retry says
+// whether the next replica may be asked, and sent whether this one may have
+// carried the call out (any failure but one to connect: a 502 or 503 from
+// a replica that lost its store or its gateway is no proof it did not).
+func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Values, body []byte, out any) (idx uint64, err error, retry, sent bool) {
 	u := strings.TrimRight(base, "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -216,7 +228,7 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return 0, fmt.Errorf("atlas %s: %w", RedactURL(base), err), false
+		return 0, fmt.Errorf("atlas %s: %w", RedactURL(base), err), false, false
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -229,7 +241,11 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 		// A POST (a token, a port) that may have reached Atlas is not sent
 		// to the next replica, which would do it a second time: only one
 		// that could not connect is.
-		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err), method != http.MethodPost || isDialError(err)
+		e := sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err)
+		if isDialError(err) {
+			return 0, e, true, false
+		}
+		return 0, e, method != http.MethodPost, true
 	}
 	defer res.Body.Close()
 	if h := res.Header.Get(sb.IndexHeader); h != "" {
@@ -237,18 +253,18 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	data, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
 	if err != nil {
-		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: reading the answer: %v", RedactURL(base), err), true
+		return 0, sb.Errorf(sb.EUnavailable, "atlas %s: reading the answer: %v", RedactURL(base), err), true, true
 	}
 	if res.StatusCode != http.StatusOK {
 		e := decodeError(res.StatusCode, data)
-		return 0, e, res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusBadGateway
+		return 0, e, res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusBadGateway, true
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return 0, fmt.Errorf("atlas %s: decoding the answer: %w", RedactURL(base), err), false
+			return 0, fmt.Errorf("atlas %s: decoding the answer: %w", RedactURL(base), err), false, true
 		}
 	}
-	return idx, nil, false
+	return idx, nil, false, true
 }
 
 // decodeError turns an error answer into an *sb.Error.
@@ -309,7 +325,10 @@ func (a *Atlas) Drain(ctx context.Context, id, reason string) (*sb.Propagation, 
 	return a.Propagation(ctx, in.Realm, in.Service, idx)
 }
 
-// Deregister removes instance id.
+// Deregister removes instance id. It answers not_found for an unknown id,
+// except after a replica that may have removed it failed to answer: then
+// the next replica's not_found means the removal happened, and it answers
+// nil (so do the other deletes).
 func (a *Atlas) Deregister(ctx context.Context, id string) error {
 	_, err := a.call(ctx, http.MethodDelete, "/v1/instances/"+url.PathEscape(id), nil, nil, nil)
 	return err
@@ -738,7 +757,7 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 			// the others' answers (without a deadline, for ever).
 			actx, cancel := attemptContext(ctx, 1, q)
 			defer cancel()
-			_, answers[i].err, _ = a.callOne(actx, base, http.MethodGet, path, q, nil, &answers[i].p)
+			_, answers[i].err, _, _ = a.callOne(actx, base, http.MethodGet, path, q, nil, &answers[i].p)
 		})
 	}
 	wg.Wait()

@@ -3,9 +3,13 @@ package client_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +51,34 @@ func TestPostIsNotSentToASecondReplica(t *testing.T) {
 	}
 	if _, err := c.CreateToken(context.Background(), sb.TokenRequest{Name: "oncall", Role: sb.RoleReader}); err != nil {
 		t.Fatalf("the next CreateToken, which starts at the replica that answers: %v", err)
+	}
+}
+
+// A DELETE that a replica carried out and then failed to answer (its
+// gateway answered 502) went on to the next replica, which found nothing to
+// delete: the deregistration that worked was reported not_found.
+func TestDeleteCarriedOutByAFailedReplicaSucceeds(t *testing.T) {
+	a := atlastest.Start(t, true)
+	target, _ := url.Parse(a.URL)
+	gw := httputil.NewSingleHostReverseProxy(target)
+	gw.ModifyResponse = func(*http.Response) error { return errors.New("the answer is lost") } // 502
+	gw.ErrorLog = log.New(io.Discard, "", 0)
+	gateway := httptest.NewServer(gw)
+	defer gateway.Close()
+	ctx := context.Background()
+	direct := &client.Atlas{URLs: []string{a.URL}}
+	if _, err := direct.Register(ctx, "web-1", sb.Registration{Service: "web", Address: "127.0.0.1", Port: 5001}); err != nil {
+		t.Fatal(err)
+	}
+	c := &client.Atlas{URLs: []string{gateway.URL, a.URL}}
+	if err := c.Deregister(ctx, "web-1"); err != nil {
+		t.Fatalf("Deregister through a replica that did it and lost the answer: %v; want nil", err)
+	}
+	if _, err := direct.Instance(ctx, "web-1"); sb.ErrorCode(err) != sb.ENotFound {
+		t.Fatalf("the instance after Deregister: %v; want not_found", err)
+	}
+	if err := direct.Deregister(ctx, "web-1"); sb.ErrorCode(err) != sb.ENotFound {
+		t.Fatalf("Deregister of an unknown id with nothing ambiguous: %v; want not_found", err)
 	}
 }
 
