@@ -621,11 +621,30 @@ func TestTablesShowControlCharacters(t *testing.T) {
 }
 
 // TestInstancesOfAnUnknownServiceSaySo: a typo in the name lists nothing,
-// and says where the names are.
+// and says so, with the closest name or where the names are. A service
+// token, which may not list the services, is not sent to the list.
 func TestInstancesOfAnUnknownServiceSaySo(t *testing.T) {
-	out, errs, code := run(t, startAtlas(t), "instances", "idnetity")
-	if code != 0 || !strings.HasPrefix(out, "ID") || !strings.Contains(errs, "no instance of idnetity in realm dev (switchboard services lists the services there)") {
-		t.Fatalf("instances idnetity = exit %d, stdout %q, stderr %q", code, out, errs)
+	a := atlastest.Start(t, false)
+	if _, errs, code := run(t, a.URL, "--token", a.AdminToken, "register", "--service", "identity", "--address", "127.0.0.1", "--port", "5000"); code != 0 {
+		t.Fatalf("register: %s", errs)
+	}
+	svc, errs, code := run(t, a.URL, "--token", a.AdminToken, "-o", "json", "token", "create", "--name", "billing", "--role", "service", "--services", "billing", "--realms", "dev")
+	if code != 0 {
+		t.Fatalf("token create: %s", errs)
+	}
+	var tok struct{ Secret string }
+	if err := json.Unmarshal([]byte(svc), &tok); err != nil || tok.Secret == "" {
+		t.Fatalf("token create -o json printed %q: %v", svc, err)
+	}
+	for _, tt := range []struct{ token, service, want string }{
+		{a.AdminToken, "idnetity", "switchboard: no instance of idnetity in realm dev: no service of that name there; did you mean identity?\n"},
+		{a.AdminToken, "ledger", "switchboard: no instance of ledger in realm dev: no service of that name there (switchboard services lists them)\n"},
+		{tok.Secret, "billing", "switchboard: no instance of billing in realm dev\n"},
+	} {
+		out, errs, code := run(t, a.URL, "--token", tt.token, "instances", tt.service)
+		if code != 0 || !strings.HasPrefix(out, "ID") || errs != tt.want {
+			t.Errorf("instances %s = exit %d, stdout %q, stderr %q; want stderr %q", tt.service, code, out, errs, tt.want)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,9 +57,7 @@ func instancesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if len(si.Instances) == 0 && g.output == "table" && len(opts.Status) == 0 && len(tags) == 0 {
-				// Atlas answers a name it never heard of as a service
-				// with no instance: a typo looks like that too.
-				fmt.Fprintf(g.stderr, "switchboard: no instance of %s in realm %s (switchboard services lists the services there)\n", args[0], si.Realm)
+				fmt.Fprintf(g.stderr, "switchboard: no instance of %s in realm %s%s\n", args[0], si.Realm, g.unknownServiceHint(cmd.Context(), si.Realm, args[0]))
 			}
 			return g.print(si, func(w io.Writer) { instanceTable(w, si.Instances) })
 		}),
@@ -66,6 +65,53 @@ func instancesCmd(g *globals) *cobra.Command {
 	c.Flags().StringSliceVar(&statuses, "status", nil, "only these statuses (passing, warning, critical)")
 	c.Flags().StringSliceVar(&tags, "tag", nil, "only instances with all these tags")
 	return c
+}
+
+// unknownServiceHint says more about a service with no instance in realm:
+// Atlas answers a name it never heard of as a service with no instance,
+// and a typo looks like that too. It names the closest known service, or
+// points at the list; it says nothing when the token may not list the
+// services (a service token) or the service is known.
+func (g *globals) unknownServiceHint(ctx context.Context, realm, name string) string {
+	list, err := g.client().Services(ctx, realm, client.QueryOptions{})
+	if err != nil {
+		return ""
+	}
+	best, bestDist := "", 3 // as far as a suggestion goes
+	for _, s := range list.Services {
+		if s.Name == name {
+			return ""
+		}
+		if d := editDistance(name, s.Name); d < bestDist {
+			best, bestDist = s.Name, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(": no service of that name there; did you mean %s?", best)
+	}
+	return ": no service of that name there (switchboard services lists them)"
+}
+
+// editDistance is the Levenshtein distance of a and b, in bytes (service
+// names are ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 func instanceTable(w io.Writer, ins []*sb.Instance) {
