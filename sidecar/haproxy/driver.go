@@ -43,6 +43,8 @@ type Driver struct {
 	Logger *slog.Logger
 
 	reloads, refused, failed, commands, restarts atomic.Int64
+	// resolved holds the last address each instance DNS name resolved to.
+	resolved sync.Map
 	// loaded, while a reload waits for its worker, gets the master's
 	// verdict from its log: "Loading failure!" ends the wait at once.
 	loaded atomic.Pointer[chan struct{}]
@@ -401,18 +403,74 @@ func (d *Driver) Close() error {
 	}
 }
 
-// slotOf describes an endpoint as a slot.
-func slotOf(e *balance.Endpoint, anyPassing bool) (Slot, error) {
+// lookupIP resolves an instance's DNS name; a variable so that a test can
+// make it fail or hang.
+var lookupIP = net.DefaultResolver.LookupIPAddr
+
+// resolveTimeout bounds the resolution of an update's DNS names.
+const resolveTimeout = 2 * time.Second
+
+// resolve returns the address of each DNS name among eps' hosts. HAProxy's
+// servers take addresses, so names are resolved here, each time a
+// service's instances change (HAProxy itself resolves a server's name once,
+// at its start), all at once and for at most resolveTimeout. A name that
+// fails to resolve keeps the address it had last; one never resolved is
+// missing from the map.
+func (d *Driver) resolve(eps []*balance.Endpoint) map[string]string {
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		ips = map[string]string{}
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	for _, e := range eps {
+		host, _, err := net.SplitHostPort(e.Addr)
+		if err != nil || net.ParseIP(host) != nil {
+			continue
+		}
+		mu.Lock()
+		_, asked := ips[host]
+		ips[host] = ""
+		mu.Unlock()
+		if asked {
+			continue
+		}
+		wg.Go(func() {
+			addrs, err := lookupIP(ctx, host)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && len(addrs) > 0 {
+				ips[host] = addrs[0].IP.String()
+				d.resolved.Store(host, ips[host])
+				return
+			}
+			if last, ok := d.resolved.Load(host); ok {
+				d.log().Warn("haproxy: resolving an instance's name failed; its last address stays", "host", host, "address", last, "err", err)
+				ips[host] = last.(string)
+				return
+			}
+			d.log().Warn("haproxy: resolving an instance's name failed; its instances are left out", "host", host, "err", err)
+			delete(ips, host)
+		})
+	}
+	wg.Wait()
+	return ips
+}
+
+// slotOf describes an endpoint as a slot; ips holds the address of each
+// DNS name (resolve).
+func slotOf(e *balance.Endpoint, anyPassing bool, ips map[string]string) (Slot, error) {
 	host, port, err := net.SplitHostPort(e.Addr)
 	if err != nil {
 		return Slot{}, err
 	}
 	if net.ParseIP(host) == nil {
-		ips, err := net.LookupIP(host)
-		if err != nil || len(ips) == 0 {
-			return Slot{}, fmt.Errorf("resolving %s: %v", host, err)
+		ip, ok := ips[host]
+		if !ok {
+			return Slot{}, fmt.Errorf("%s does not resolve", host)
 		}
-		host = ips[0].String()
+		host = ip
 	}
 	info := e.Info()
 	s := Slot{Addr: net.JoinHostPort(host, port), Weight: 100, Ready: info.Enabled && info.Status != sb.Critical}
@@ -428,6 +486,24 @@ func slotOf(e *balance.Endpoint, anyPassing bool) (Slot, error) {
 // backend, or more instances than slots, reloads HAProxy (at most once per
 // MinReloadInterval).
 func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
+	// The slots first, outside the lock: resolving a DNS name may take a
+	// while, and must not hold up the other services' updates.
+	anyPassing := false
+	for _, e := range eps {
+		if info := e.Info(); info.Enabled && info.Status == sb.Passing {
+			anyPassing = true
+		}
+	}
+	ips := d.resolve(eps)
+	wanted := map[string]Slot{}
+	for _, e := range eps {
+		s, err := slotOf(e, anyPassing, ips)
+		if err != nil {
+			d.log().Warn("haproxy: instance left out", "service", service, "id", e.ID, "err", err)
+			continue
+		}
+		wanted[e.ID] = s
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping {
@@ -455,21 +531,6 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 			b = &backendState{service: service, tcp: tcp}
 		}
 		d.backends[key] = b
-	}
-	anyPassing := false
-	for _, e := range eps {
-		if info := e.Info(); info.Enabled && info.Status == sb.Passing {
-			anyPassing = true
-		}
-	}
-	wanted := map[string]Slot{}
-	for _, e := range eps {
-		s, err := slotOf(e, anyPassing)
-		if err != nil {
-			d.log().Warn("haproxy: instance left out", "service", service, "id", e.ID, "err", err)
-			continue
-		}
-		wanted[e.ID] = s
 	}
 	// Keep every instance in its slot; free the slots of those gone.
 	now := time.Now()

@@ -1,6 +1,8 @@
 package haproxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -384,6 +387,76 @@ func TestBackendRemovedAndBackBeforeTheReloadFollows(t *testing.T) {
 	for range 20 {
 		if st, body := get(listen, "billing"); st != 200 || body != "i1" {
 			t.Fatalf("the instance that left still answers: %d %q", st, body)
+		}
+	}
+}
+
+// An instance's DNS name was resolved with no time bound under the
+// driver's lock: a hung resolver held every other service's update with
+// it. And a name that failed to resolve once left its instances out, while
+// HAProxy could go on with the address it had.
+func TestInstanceNamesResolveAsideAndKeepTheirLastAddress(t *testing.T) {
+	urls := backends(t, 2)
+	var (
+		mu      sync.Mutex
+		answer  = "127.0.0.1"
+		hang    = make(chan struct{})
+		hanging = make(chan struct{}, 1)
+	)
+	old := lookupIP
+	lookupIP = func(ctx context.Context, host string) ([]net.IPAddr, error) {
+		switch host {
+		case "hung.test":
+			hanging <- struct{}{}
+			<-hang // as a resolver that ignores its deadline
+			return nil, errors.New("no answer")
+		case "web.test":
+			mu.Lock()
+			defer mu.Unlock()
+			if answer == "" {
+				return nil, &net.DNSError{Err: "server misbehaving", Name: host, IsTemporary: true}
+			}
+			return []net.IPAddr{{IP: net.ParseIP(answer)}}, nil
+		}
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	t.Cleanup(func() { lookupIP = old })
+	d, listen := startDriver(t)
+	named := func(prefix, host string, u string) []*balance.Endpoint {
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+		return namedEndpoints(prefix, "http://"+net.JoinHostPort(host, port))
+	}
+
+	go d.Update("slow", false, named("s", "hung.test", urls[0]))
+	<-hanging
+	updated := make(chan struct{})
+	go func() {
+		d.Update("web", false, named("w", "web.test", urls[1]))
+		close(updated)
+	}()
+	if !poll(func() bool {
+		select {
+		case <-updated:
+			return true
+		default:
+			return false
+		}
+	}) {
+		t.Fatal("a service's update waited for another's hung DNS resolution")
+	}
+	close(hang)
+	if body := waitGet(t, listen, "web", 200); body != "i1" {
+		t.Fatalf("web.test's instance through HAProxy: %q", body)
+	}
+
+	// The resolver fails now: web.test keeps its address.
+	mu.Lock()
+	answer = ""
+	mu.Unlock()
+	d.Update("web", false, named("w", "web.test", urls[1]))
+	for range 20 {
+		if st, body := get(listen, "web"); st != 200 || body != "i1" {
+			t.Fatalf("after the resolver failed: %d %q; want web.test's last address to stay", st, body)
 		}
 	}
 }
