@@ -431,6 +431,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			if clientClose {
 				ctx.SetConnectionClose()
 			}
+			if !req.Header.IsHTTP11() && resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
+				h.closeDelimited(ctx)
+			}
 			return status, retries
 		}
 		lastErr = err
@@ -454,6 +457,30 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		retries++
 	}
+}
+
+// closeDelimited sends an answer of unknown length (chunked by the
+// instance, or read until it closes) to an HTTP/1.0 client, which knows no
+// chunked coding: without Transfer-Encoding, its end the close of the
+// connection, as net/http's server sends it. fasthttp would write any body
+// stream of unknown length chunked, whatever the request's version
+// (Response.writeBodyStream): the connection is taken over instead, once
+// fasthttp has sent the answers before this one, and closed after it.
+func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
+	resp := &ctx.Response
+	resp.Header.SetContentLength(-2) // Connection: close
+	body, _ := resp.BodyStream().(*bodyStream)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(client net.Conn) {
+		// What is not sent is closed with ctx when this returns.
+		if body == nil || !h.track(true, client, body.c.Conn) {
+			return
+		}
+		defer h.track(false, client, body.c.Conn)
+		if _, err := client.Write(resp.Header.Header()); err == nil {
+			_ = resp.BodyWriteTo(client)
+		}
+	})
 }
 
 // dropTrailer discards the trailer section of a chunked request. The
@@ -697,7 +724,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err))
 		}
 	}
-	bodyless := ctx.Request.Header.IsHead()
+	bodyless, http11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
 		outcome := balance.Failed
@@ -712,7 +739,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		if _, err = backend.Write(head.Bytes()); err == nil {
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
-			outcome, err = relay(client, backend, &ctx.Response.Header, bodyless)
+			outcome, err = relay(client, backend, &ctx.Response.Header, bodyless, http11)
 		}
 		if err != nil {
 			writeRawError(client, badGateway("%s: %v", where(pool), err))
@@ -756,7 +783,7 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 // when no answer came, so that the client can be sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
-func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool) (balance.Outcome, error) {
+func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless, http11 bool) (balance.Outcome, error) {
 	br := bufio.NewReaderSize(backend, 16<<10)
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
@@ -784,7 +811,7 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool)
 	status, cl := rh.StatusCode(), rh.ContentLength()
 	stripHopResponse(rh)
 	rh.SetConnectionClose()
-	if cl == -1 {
+	if cl == -1 && http11 {
 		rh.SetContentLength(-1) // chunked again: stripHopResponse took Transfer-Encoding
 	}
 	outcome := balance.StatusOutcome(status)
@@ -809,6 +836,10 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless bool)
 	case bodyless || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified:
 	case cl >= 0:
 		_, _ = io.CopyN(client, br, int64(cl))
+	case cl == -1 && !http11:
+		// HTTP/1.0 has no chunked coding: the body ends with the
+		// connection.
+		_, _ = io.Copy(client, httputil.NewChunkedReader(br))
 	case cl == -1:
 		cw := httputil.NewChunkedWriter(client)
 		if _, err := io.Copy(cw, httputil.NewChunkedReader(br)); err == nil && cw.Close() == nil {

@@ -807,3 +807,58 @@ func exchange(t *testing.T, c net.Conn, raw string) (*http.Response, []byte) {
 	b, _ := io.ReadAll(res.Body)
 	return res, b
 }
+
+// TestHTTP10ClientGetsCloseDelimitedAnswers: an answer of unknown length
+// (chunked from the instance, or read until it closes) reaches an HTTP/1.0
+// client delimited by the close of its connection, as net/http's server
+// sends it: HTTP/1.0 has no chunked coding. Before, the client got
+// Transfer-Encoding: chunked and read the chunk sizes as the body.
+func TestHTTP10ClientGetsCloseDelimitedAnswers(t *testing.T) {
+	chunked := func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+		return true
+	}
+	untilClose := func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello world")
+		return false
+	}
+	f := newFrontend(t)
+	for _, tc := range []struct {
+		name   string
+		answer func(conn, req int64, c net.Conn) bool
+		extra  string
+	}{
+		{"chunked", chunked, ""},
+		{"chunked, keep-alive asked", chunked, "Connection: keep-alive\r\n"},
+		{"until close", untilClose, ""},
+		{"event stream, chunked", chunked, "Accept: text/event-stream\r\n"},
+		{"event stream, until close", untilClose, "Accept: text/event-stream\r\n"},
+	} {
+		addr, _ := rawInstance(t, tc.answer)
+		f.set("a", addr)
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: a.localhost\r\n"+tc.extra+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(c) // until the sidecar closes
+		if err != nil {
+			t.Errorf("%s: %v after %q; want the answer, then the close", tc.name, err, raw)
+			continue
+		}
+		head, body, ok := strings.Cut(string(raw), "\r\n\r\n")
+		// The stream path keeps the instance's version (HTTP/1.0 here).
+		if !ok || !strings.HasPrefix(head, "HTTP/1.1 200 ") && !strings.HasPrefix(head, "HTTP/1.0 200 ") {
+			t.Errorf("%s: answer %q", tc.name, raw)
+			continue
+		}
+		hdr := strings.ToLower(head)
+		if strings.Contains(hdr, "\r\ntransfer-encoding:") || strings.Contains(hdr, "\r\ncontent-length:") || !strings.Contains(hdr, "\r\nconnection: close") {
+			t.Errorf("%s: head %q; want neither Transfer-Encoding nor Content-Length, and Connection: close", tc.name, head)
+		}
+		if body != "hello world" {
+			t.Errorf("%s: body %q, want %q up to the close", tc.name, body, "hello world")
+		}
+	}
+}
