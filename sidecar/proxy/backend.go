@@ -66,6 +66,9 @@ var (
 	// errStaleConn: a kept-alive connection was closed by the instance
 	// before any byte of an answer came back.
 	errStaleConn = errors.New("connection closed by the instance before an answer")
+	// errCutShort: the answer's head came but not all of the body read
+	// before it goes on. The answer had started: not retried.
+	errCutShort = errors.New("answer cut short")
 )
 
 // dialError is a failure to connect: no byte of the request left.
@@ -289,7 +292,10 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 	if cl >= 0 && cl <= smallBody {
 		resp.StreamBody = false
 		if err := resp.ReadBody(c.br, smallBody); err != nil {
-			return ioError(err)
+			if isTimeout(err) {
+				return ioError(err)
+			}
+			return fmt.Errorf("%w: %v", errCutShort, err)
 		}
 		b.put(c, reuse)
 		return nil

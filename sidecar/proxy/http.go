@@ -450,9 +450,10 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		// A connection that failed before any byte was sent is safe to
 		// retry for every method; any other failure only when the
-		// request is idempotent.
+		// request is idempotent, and its answer had not started (the
+		// SPEC: "a request whose response never started").
 		done(balance.Failed)
-		if !(isDialError(err) || replayable) || !h.Budget.Retry() {
+		if !(isDialError(err) || replayable) || errors.Is(err, errCutShort) || !h.Budget.Retry() {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
