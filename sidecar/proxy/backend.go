@@ -218,20 +218,23 @@ func (b *backend) dial(deadline time.Time) (*bconn, error) {
 // answer is read whole; a larger or chunked one is left in resp as a body
 // stream that holds the connection until fasthttp's server has sent it on.
 // replayable says req may be sent again when a kept-alive connection turns
-// out closed before any answer.
-func (b *backend) do(req *fasthttp.Request, resp *fasthttp.Response, deadline, now time.Time, replayable bool) error {
+// out closed before any answer. http11 says the client speaks HTTP/1.1: do
+// then stops at the first interim (1xx) answer to send on (forwardInterim),
+// resp holding its head, and returns the connection with the rest of the
+// answer unread, for the caller to read and close.
+func (b *backend) do(req *fasthttp.Request, resp *fasthttp.Response, deadline, now time.Time, replayable, http11 bool) (*bconn, error) {
 	c := b.get(now)
 	for {
 		reused := c != nil
 		if !reused {
 			var err error
 			if c, err = b.dial(deadline); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		err := b.roundTrip(c, req, resp, deadline)
+		started, err := b.roundTrip(c, req, resp, deadline, http11)
 		if err == nil {
-			return nil
+			return started, nil
 		}
 		c.Close()
 		if reused && errors.Is(err, errStaleConn) {
@@ -242,38 +245,43 @@ func (b *backend) do(req *fasthttp.Request, resp *fasthttp.Response, deadline, n
 				continue
 			}
 		}
-		return err
+		return nil, err
 	}
 }
 
-func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time) error {
+// roundTrip is one try of do on c. It returns c when it stopped at an
+// interim answer to send on.
+func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Response, deadline time.Time, http11 bool) (*bconn, error) {
 	if !deadline.Equal(c.deadline) {
 		if err := c.SetDeadline(deadline); err != nil {
-			return err
+			return nil, err
 		}
 		c.deadline = deadline
 	}
 	if err := req.Write(c.bw); err != nil {
-		return ioError(err)
+		return nil, ioError(err)
 	}
 	if err := c.bw.Flush(); err != nil {
-		return ioError(err)
+		return nil, ioError(err)
 	}
 	resp.Header.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := resp.Header.Read(c.br); err != nil {
 			// fasthttp reports io.EOF when not one byte of an answer came.
 			if n == 0 && err == io.EOF {
-				return fmt.Errorf("%w: %v", errStaleConn, err)
+				return nil, fmt.Errorf("%w: %v", errStaleConn, err)
 			}
-			return ioError(err)
+			return nil, ioError(err)
 		}
 		s := resp.StatusCode()
 		if s < 100 || s > 199 || s == fasthttp.StatusSwitchingProtocols {
 			break
 		}
 		if n >= maxInterim {
-			return fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
+			return nil, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
+		}
+		if forwardInterim(s, http11) {
+			return c, nil
 		}
 	}
 	status := resp.StatusCode()
@@ -286,19 +294,19 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		resp.SkipBody = true
 		c.probe = true
 		b.put(c, reuse)
-		return nil
+		return nil, nil
 	}
 	cl := resp.Header.ContentLength()
 	if cl >= 0 && cl <= smallBody {
 		resp.StreamBody = false
 		if err := resp.ReadBody(c.br, smallBody); err != nil {
 			if isTimeout(err) {
-				return ioError(err)
+				return nil, ioError(err)
 			}
-			return fmt.Errorf("%w: %v", errCutShort, err)
+			return nil, fmt.Errorf("%w: %v", errCutShort, err)
 		}
 		b.put(c, reuse)
-		return nil
+		return nil, nil
 	}
 	s := &bodyStream{b: b, c: c, reuse: reuse && cl != -2, left: int64(cl)}
 	switch cl {
@@ -312,7 +320,16 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		s.r = c.br
 	}
 	resp.SetBodyStream(s, cl)
-	return nil
+	return nil, nil
+}
+
+// forwardInterim reports whether an interim answer with status s goes on
+// to the client: never to an HTTP/1.0 one (RFC 9110, 15.2), nor a 100,
+// which is the sidecar's own business (fasthttp's server answered the
+// client's Expect: 100-continue itself, before the request went on). 101
+// ends the interim answers and is no concern of this.
+func forwardInterim(s int, http11 bool) bool {
+	return http11 && s != fasthttp.StatusContinue
 }
 
 // bodyStream is an answer's body streaming from its connection; the

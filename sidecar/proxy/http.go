@@ -331,8 +331,10 @@ func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 		h.observe("", writeError(ctx, err), start, 0)
 		return
 	}
-	status, retries := h.route(ctx, pool, start, len(named) > 0)
-	h.observe(pool.Service, status, start, retries)
+	// Status 0: the answer is observed when it is in (interim).
+	if status, retries := h.route(ctx, pool, start, len(named) > 0); status != 0 {
+		h.observe(pool.Service, status, start, retries)
+	}
 }
 
 func (h *HTTP) observe(service string, code int, start time.Time, retries int) {
@@ -386,7 +388,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	// headers and the ones meant for the sidecar; the answer is read into
 	// ctx.Response and streamed to the client by fasthttp's server.
 	req := &ctx.Request
-	clientClose := req.Header.ConnectionClose()
+	clientClose, client11 := req.Header.ConnectionClose(), req.Header.IsHTTP11()
 	stripHopRequest(&req.Header)
 	if named {
 		req.Header.Del(ServiceHeader)
@@ -413,7 +415,15 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		err := backendOf(e).do(req, resp, deadline, now, replayable)
+		started, err := backendOf(e).do(req, resp, deadline, now, replayable, client11)
+		if started != nil {
+			// The request leaves the in-flight count with its first
+			// answer, as it does with a final answer's head; the outcome
+			// is reported when the final answer is in.
+			done(balance.Abandoned)
+			h.interim(ctx, pool, e, started, timeout, timed, now, retries)
+			return 0, retries
+		}
 		if err == nil {
 			status := resp.StatusCode()
 			// The request leaves the in-flight count when its answer's
@@ -431,7 +441,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			if clientClose {
 				ctx.SetConnectionClose()
 			}
-			if !req.Header.IsHTTP11() && resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
+			if !client11 && resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
 				h.closeDelimited(ctx)
 			}
 			return status, retries
@@ -480,6 +490,55 @@ func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
 		defer h.track(false, client, body.c.Conn)
 		if _, err := client.Write(resp.Header.Header()); err == nil {
 			_ = resp.BodyWriteTo(client)
+		}
+	})
+}
+
+// interim sends on an instance's interim (1xx) answer, now in ctx.Response,
+// then the rest of its answer, read from c. fasthttp writes answers through
+// a buffer that may still hold the answers to requests pipelined before
+// this one (it flushes only when no further request is buffered), and
+// gives a handler no way to flush it: a 1xx written to the connection from
+// here (as RequestCtx.EarlyHints writes one) could overtake them. The
+// connection is taken over instead, which flushes them first; the answer
+// is relayed as a stream's, and the connection closed after it. Only
+// answers with an interim answer to send on take this path; the answer is
+// observed when it is in.
+func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.Endpoint, c *bconn,
+	timeout time.Duration, timed bool, start time.Time, retries int) {
+	rh := &ctx.Response.Header
+	bodyless := ctx.Request.Header.IsHead()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(client net.Conn) {
+		outcome, status := balance.Abandoned, 0
+		defer func() {
+			pool.Report(e, outcome)
+			h.observe(pool.Service, status, start, retries)
+		}()
+		defer c.Close()
+		status = rh.StatusCode()
+		if !h.track(true, client, c.Conn) {
+			return // shut down first
+		}
+		defer h.track(false, client, c.Conn)
+		stripHopResponse(rh)
+		if _, err := client.Write(rh.Header()); err != nil {
+			return
+		}
+		var err error
+		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true)
+		switch {
+		case err == nil:
+			status = rh.StatusCode()
+		case isTimeout(err):
+			// As in route: a timeout the caller chose says nothing of
+			// the instance.
+			if timed {
+				outcome = balance.Abandoned
+			}
+			status = writeRawError(client, gatewayTimeout("%s: no answer within %s", where(pool), timeout))
+		default:
+			status = writeRawError(client, badGateway("%s: %v", where(pool), err))
 		}
 	})
 }
@@ -725,7 +784,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err))
 		}
 	}
-	bodyless, http11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
+	bodyless, client11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(client net.Conn) {
 		outcome := balance.Failed
@@ -740,7 +799,8 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		if _, err = backend.Write(head.Bytes()); err == nil {
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
-			outcome, err = relay(client, backend, &ctx.Response.Header, bodyless, http11)
+			br := bufio.NewReaderSize(backend, 16<<10)
+			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11)
 		}
 		if err != nil {
 			writeRawError(client, badGateway("%s: %v", where(pool), err))
@@ -776,16 +836,16 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 	return true
 }
 
-// relay sends the instance's answer to a stream request on to the client.
-// A 101 makes the two connections one pipe until either side closes. Any
+// relay sends the instance's answer to a stream request (or to one whose
+// interim answer went on) on to the client, reading it from br over
+// backend; http11 says the client speaks HTTP/1.1. A 101 makes the two connections one pipe until either side closes. Any
 // other answer (an event stream, an upgrade refused) is sent on to its end
 // and the client's connection closed: piped on, the requests the client
 // sends next would reach this instance unrouted. It returns an error only
 // when no answer came, so that the client can be sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
-func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless, http11 bool) (balance.Outcome, error) {
-	br := bufio.NewReaderSize(backend, 16<<10)
+func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11 bool) (balance.Outcome, error) {
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := rh.Read(br); err != nil {
@@ -805,7 +865,11 @@ func relay(client, backend net.Conn, rh *fasthttp.ResponseHeader, bodyless, http
 		if n >= maxInterim {
 			return balance.Failed, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
 		}
-		if _, err := client.Write(rh.Header()); err != nil { // 100, 103
+		if !forwardInterim(status, http11) {
+			continue
+		}
+		stripHopResponse(rh)
+		if _, err := client.Write(rh.Header()); err != nil {
 			return balance.Abandoned, nil
 		}
 	}
@@ -870,9 +934,15 @@ func closeWrite(c net.Conn) {
 	}
 }
 
-func writeRawError(c net.Conn, err error) {
-	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: sb.ErrorCode(err), Message: sb.ErrorMessage(err)}})
+// writeRawError writes the JSON error answer for err to a connection taken
+// over from fasthttp, and returns its status.
+func writeRawError(c net.Conn, err error) int {
+	code := sb.ErrorCode(err)
+	status := sb.HTTPStatus(code)
+	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: sb.ErrorMessage(err)}})
 	w := bufio.NewWriter(c)
-	fmt.Fprintf(w, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, fasthttp.StatusMessage(status), len(body), body)
 	_ = w.Flush()
+	return status
 }

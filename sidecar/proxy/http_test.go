@@ -862,3 +862,102 @@ func TestHTTP10ClientGetsCloseDelimitedAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestInterimAnswersAreForwarded: an instance's interim answers (103 Early
+// Hints here) reach an HTTP/1.1 client as they come, before the final
+// answer, as RFC 9110, 15.2 has a proxy do; after the answers to the
+// requests pipelined before, not ahead of them. A 100 is not forwarded
+// (the sidecar answered the client's Expect itself), and an HTTP/1.0
+// client gets no 1xx at all. Before, the fasthttp path dropped them all,
+// and the stream path sent them to HTTP/1.0 clients too.
+func TestInterimAnswersAreForwarded(t *testing.T) {
+	saw, stop := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/first" {
+			io.WriteString(w, "first")
+			return
+		}
+		w.WriteHeader(http.StatusContinue)
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		if r.URL.Path == "/cut" {
+			panic(http.ErrAbortHandler) // no final answer
+		}
+		if r.URL.Path == "/wait" {
+			// The final answer waits until the client has read the 103.
+			select {
+			case <-saw:
+			case <-stop:
+				return
+			}
+		}
+		io.WriteString(w, "final")
+	}))
+	defer srv.Close()
+	defer close(stop)
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+
+	for _, extra := range []string{"", "Accept: text/event-stream\r\n"} {
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// Two requests in one write: fasthttp holds the first answer in
+		// its buffer while the second request is read.
+		if _, err := io.WriteString(c, "GET /first HTTP/1.1\r\nHost: a.localhost\r\n\r\nGET /wait HTTP/1.1\r\nHost: a.localhost\r\n"+extra+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		var got []string
+		for finals := 0; finals < 2; {
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%q: after %q: %v", extra, got, err)
+			}
+			b, _ := io.ReadAll(res.Body)
+			got = append(got, fmt.Sprintf("%d %s %s", res.StatusCode, res.Header.Get("Link"), b))
+			if res.StatusCode == http.StatusEarlyHints {
+				saw <- struct{}{}
+			}
+			if res.StatusCode >= 200 {
+				finals++
+			}
+		}
+		want := []string{"200  first", "103 </style.css>; rel=preload ", "200 </style.css>; rel=preload final"}
+		if !slices.Equal(got, want) {
+			t.Errorf("%q: answers %q, want %q", extra, got, want)
+		}
+	}
+
+	for _, extra := range []string{"", "Accept: text/event-stream\r\n"} {
+		c := f.dial()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET /now HTTP/1.0\r\nHost: a.localhost\r\n"+extra+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := io.ReadAll(c)
+		// (The stream path keeps the instance's HTTP/1.0.)
+		if err != nil || !strings.HasPrefix(string(raw), "HTTP/1.") || !strings.Contains(string(raw), " 200 OK\r\n") ||
+			!strings.HasSuffix(string(raw), "\r\n\r\nfinal") || strings.Count(string(raw), "HTTP/") != 1 {
+			t.Errorf("HTTP/1.0 %q: %q, %v; want the final answer alone", extra, raw, err)
+		}
+	}
+
+	// An instance that fails after its 1xx: the client gets the 1xx, then
+	// the sidecar's 502.
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /cut HTTP/1.1\r\nHost: a.localhost\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for _, want := range []int{http.StatusEarlyHints, http.StatusBadGateway} {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("/cut: %v; want %d", err, want)
+		}
+		b, _ := io.ReadAll(res.Body)
+		if res.StatusCode != want || want == http.StatusBadGateway && errorOf(t, string(b)).Code != sb.EBadGateway {
+			t.Fatalf("/cut: %d %s; want %d", res.StatusCode, b, want)
+		}
+	}
+}
