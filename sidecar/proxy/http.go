@@ -838,10 +838,11 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 
 // relay sends the instance's answer to a stream request (or to one whose
 // interim answer went on) on to the client, reading it from br over
-// backend; http11 says the client speaks HTTP/1.1. A 101 makes the two connections one pipe until either side closes. Any
-// other answer (an event stream, an upgrade refused) is sent on to its end
-// and the client's connection closed: piped on, the requests the client
-// sends next would reach this instance unrouted. It returns an error only
+// backend; http11 says the client speaks HTTP/1.1. A 101 makes the two
+// connections one pipe until either side closes. Any other answer (an
+// event stream, an upgrade refused) is sent on to its end and the client's
+// connection closed: piped on, the requests the client sends next would
+// reach this instance unrouted. It returns an error only
 // when no answer came, so that the client can be sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
