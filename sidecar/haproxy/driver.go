@@ -219,6 +219,10 @@ func (d *Driver) markAppliedLocked() {
 // writeCheckedLocked renders spec to a candidate file, has `haproxy -c`
 // check it, and moves it into place; a refused candidate is kept as
 // haproxy.cfg.rejected and the running config stays.
+// errRefused is the error of a config haproxy -c refused: the same config
+// is refused again, so a reload that failed with it is not retried.
+var errRefused = errors.New("the new config was refused")
+
 func (d *Driver) writeCheckedLocked(spec Spec) error {
 	text, err := Render(spec)
 	if err != nil {
@@ -235,7 +239,7 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 		d.refused.Add(1)
 		rej := d.cfgPath() + ".rejected"
 		_ = os.Rename(cand, rej)
-		return fmt.Errorf("haproxy: the new config was refused (kept as %s; the running config stays): %v: %s", rej, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("haproxy: %w (kept as %s; the running config stays): %v: %s", errRefused, rej, err, strings.TrimSpace(string(out)))
 	}
 	return os.Rename(cand, d.cfgPath())
 }
@@ -711,7 +715,7 @@ func (d *Driver) applyLocked() {
 			return
 		}
 		if err := d.reloadLocked(spec); err != nil {
-			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err, "retry_in", d.retryReloadLocked())
+			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err, "retry_in", d.retryReloadLocked(err))
 			d.runtimeLocked(true)
 		}
 		return
@@ -719,11 +723,15 @@ func (d *Driver) applyLocked() {
 	d.runtimeLocked(false)
 }
 
-// retryReloadLocked schedules another try of a reload that failed, so that
-// HAProxy does not run the old config until the next change of routes,
-// which may be hours away; the wait doubles from 2 s to a minute while
-// reloads keep failing. It returns the wait.
-func (d *Driver) retryReloadLocked() time.Duration {
+// retryReloadLocked schedules another try of a reload that failed with
+// err, so that HAProxy does not run the old config until the next change
+// of routes, which may be hours away; the wait doubles from 2 s to a
+// minute while reloads keep failing. It returns the wait, 0 for a config
+// haproxy -c refused (the next change tries again).
+func (d *Driver) retryReloadLocked(err error) time.Duration {
+	if errors.Is(err, errRefused) {
+		return 0
+	}
 	d.retryIn = min(max(2*d.retryIn, 2*time.Second), time.Minute)
 	d.applyLaterLocked(d.retryIn)
 	return d.retryIn
@@ -792,7 +800,7 @@ func (d *Driver) runtimeLocked(onlyLoaded bool) {
 		d.log().Error("haproxy: runtime API failed; reloading to get back in step", "err", err)
 		d.shape = "" // force a reload on the next change
 		if rerr := d.reloadLocked(d.specLocked()); rerr != nil {
-			d.log().Error("haproxy: reload failed", "err", rerr, "retry_in", d.retryReloadLocked())
+			d.log().Error("haproxy: reload failed", "err", rerr, "retry_in", d.retryReloadLocked(rerr))
 		}
 		return
 	}

@@ -158,6 +158,12 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 	if st, body := get(listen, "files"); st != 200 || body != "hello" {
 		t.Fatalf("after a refused config: %d %q", st, body)
 	}
+	// A refused config is refused again: it is not retried until the
+	// next change (a failed load is: TestAFailedReloadIsCountedAndTriedAgain).
+	time.Sleep(3 * time.Second)
+	if n := d.RefusedConfigs(); n != 1 {
+		t.Fatalf("%d configs refused 3 s after one was; want 1: the refused config was retried", n)
+	}
 }
 
 // A Switchboard-Service header naming two services went to the backend of
