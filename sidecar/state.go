@@ -56,7 +56,21 @@ func (f *stateFile) run(ctx context.Context, t *proxy.Table) {
 // save writes the file atomically (a temporary file renamed over it),
 // mode 0600.
 func (f *stateFile) save(t *proxy.Table) {
-	st := savedState{Realm: t.Realm, SavedAt: time.Now().UTC()}
+	b, err := json.MarshalIndent(routesOf(t, time.Now().UTC()), "", " ")
+	if err == nil {
+		err = writeFileAtomic(f.path, b)
+	}
+	switch {
+	case err != nil && !f.failing.Swap(true):
+		f.log.Warn("sidecar: could not save the last known routes: a sidecar restarted while Atlas is down would route on an older copy, or on none (logged once until a save works)", "path", f.path, "err", err)
+	case err == nil && f.failing.Swap(false):
+		f.log.Info("sidecar: the last known routes are saved again", "path", f.path)
+	}
+}
+
+// routesOf is what the file keeps of the table.
+func routesOf(t *proxy.Table, now time.Time) savedState {
+	st := savedState{Realm: t.Realm, SavedAt: now}
 	for _, p := range t.All() {
 		if p.Index() == 0 {
 			continue // never heard of: nothing to keep
@@ -67,16 +81,7 @@ func (f *stateFile) save(t *proxy.Table) {
 		}
 		st.Services = append(st.Services, si)
 	}
-	b, err := json.MarshalIndent(st, "", " ")
-	if err == nil {
-		err = writeFileAtomic(f.path, b)
-	}
-	switch {
-	case err != nil && !f.failing.Swap(true):
-		f.log.Warn("sidecar: could not save the last known routes: a sidecar restarted while Atlas is down would route on an older copy, or on none (logged once until a save works)", "path", f.path, "err", err)
-	case err == nil && f.failing.Swap(false):
-		f.log.Info("sidecar: the last known routes are saved again", "path", f.path)
-	}
+	return st
 }
 
 func writeFileAtomic(path string, b []byte) error {
@@ -125,6 +130,11 @@ func (f *stateFile) restore(t *proxy.Table) error {
 	if err != nil {
 		return err
 	}
+	return f.restoreFrom(b, t)
+}
+
+// restoreFrom fills the table from b, the file's contents.
+func (f *stateFile) restoreFrom(b []byte, t *proxy.Table) error {
 	var st savedState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return fmt.Errorf("%s: %w", f.path, err)

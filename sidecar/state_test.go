@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net"
 	"os"
@@ -9,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
@@ -106,4 +110,54 @@ func TestReadableTokenFileIsWarnedOf(t *testing.T) {
 	if !strings.Contains(out.String(), "token_file can be read by other users") || strings.Contains(out.String(), "sb.x.y") {
 		t.Fatalf("log: %q; want a warning, without the token", out.String())
 	}
+}
+
+// FuzzRestoreRoutes: any routes.json (a crash or a full disk may have
+// damaged it) is refused with an error naming the file, restoring
+// nothing, or restored with only what can be routed to; and what is
+// restored is saved and restored again unchanged.
+func FuzzRestoreRoutes(f *testing.F) {
+	f.Add([]byte(`{"realm":"dev","saved_at":"2024-05-01T10:00:00Z","services":[{"index":7,"service":"billing","realm":"dev","instances":[
+		{"id":"b-1","service":"billing","realm":"dev","address":"10.0.0.5","port":5001,"tags":["v2"],"status":"passing","enabled":true},
+		{"id":"b-2","service":"billing","realm":"dev","address":"::1","port":5002,"status":"critical","enabled":false}]}]}`))
+	f.Add([]byte(`{"realm":"dev","services":[null,{"service":"a","index":1,"instances":[null,{"id":"x","address":"h","port":70000}]}]}`))
+	f.Add([]byte(`{"realm":"prod","services":[]}`))
+	f.Add([]byte(`{"realm":"dev","services":[{"service":"a","index":2,"instances":[{"id":"a-1","address":"h","port":1,"status":"passing","enabled":true}]}`))
+	f.Add([]byte{})
+	log := slog.New(slog.DiscardHandler)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sf := &stateFile{path: "routes.json", log: log}
+		table := &proxy.Table{Realm: "dev"}
+		if err := sf.restoreFrom(data, table); err != nil {
+			if !strings.HasPrefix(err.Error(), "routes.json: ") {
+				t.Fatalf("restore error %q does not name the file", err)
+			}
+			if n := len(table.All()); n != 0 {
+				t.Fatalf("a refused file restored %d services", n)
+			}
+			return
+		}
+		for _, p := range table.All() {
+			if err := sb.ValidateName("service", p.Service); err != nil {
+				t.Fatalf("restored service %q: %v", p.Service, err)
+			}
+			for _, e := range p.Endpoints() {
+				in := e.Instance()
+				if sb.ValidateID(in.ID) != nil || sb.ValidateAddress(in.Address) != nil || in.Port < 1 || in.Port > 65535 || !in.Status.Valid() {
+					t.Fatalf("restored %s: %+v (endpoint %s), which cannot be routed to", p.Service, in, e.Addr)
+				}
+			}
+		}
+		saved, err := json.Marshal(routesOf(table, time.Time{}))
+		if err != nil {
+			t.Fatalf("restored routes do not save: %v", err)
+		}
+		again := &proxy.Table{Realm: "dev"}
+		if err := sf.restoreFrom(saved, again); err != nil {
+			t.Fatalf("saved routes %s do not restore: %v", saved, err)
+		}
+		if diff := cmp.Diff(routesOf(table, time.Time{}), routesOf(again, time.Time{})); diff != "" {
+			t.Fatalf("saved and restored again, the routes changed:\n%s", diff)
+		}
+	})
 }
