@@ -151,7 +151,7 @@ func (f *stateFile) restoreFrom(b []byte, t *proxy.Table) error {
 		// What a damaged file holds is left out, not routed to.
 		ins := make([]*sb.Instance, 0, len(si.Instances))
 		for _, in := range si.Instances {
-			if in == nil || in.ID == "" || in.Address == "" || in.Port < 1 || in.Port > 65535 {
+			if !restorable(in) {
 				dropped++
 				continue
 			}
@@ -166,4 +166,12 @@ func (f *stateFile) restoreFrom(b []byte, t *proxy.Table) error {
 	}
 	f.log.Info("sidecar: restored the last known routes", "path", f.path, "services", len(st.Services), "saved_at", st.SavedAt)
 	return nil
+}
+
+// restorable reports whether a saved instance is one save writes: an id,
+// an address and a port Atlas would take, and a status. Any other was
+// damaged in the file; with no status it would be routed to as passing.
+func restorable(in *sb.Instance) bool {
+	return in != nil && sb.ValidateID(in.ID) == nil && sb.ValidateAddress(in.Address) == nil &&
+		in.Port >= 1 && in.Port <= 65535 && in.Status.Valid()
 }
