@@ -80,34 +80,6 @@ func errorLine(out string) string {
 	return ""
 }
 
-// serverState is one line of `show servers state`: the backend, server,
-// address, port and operational and admin state.
-type serverState struct {
-	backend, server, addr string
-	port                  string
-	opState, adminState   string
-	weight                string
-}
-
-// serversState reads `show servers state`.
-func (r runtimeAPI) serversState(ctx context.Context) ([]serverState, error) {
-	out, err := r.send(ctx, "show servers state")
-	if err != nil {
-		return nil, err
-	}
-	var states []serverState
-	for _, l := range strings.Split(out, "\n") {
-		f := strings.Fields(l)
-		// be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
-		// srv_uweight srv_iweight ... srv_port (column 19)
-		if len(f) < 19 || strings.HasPrefix(l, "#") {
-			continue
-		}
-		states = append(states, serverState{backend: f[1], server: f[3], addr: f[4], opState: f[5], adminState: f[6], weight: f[7], port: f[18]})
-	}
-	return states, nil
-}
-
 // lastSessions reads `show stat` for the backends: for each, the seconds
 // since it was last given a request, or -1 for never (since the worker
 // started).
