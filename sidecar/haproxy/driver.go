@@ -186,14 +186,7 @@ func (d *Driver) leftoverMaster() int {
 	if err != nil {
 		return 0
 	}
-	for _, l := range strings.Split(out, "\n") {
-		if f := strings.Fields(l); len(f) >= 3 && f[1] == "master" {
-			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 0 {
-				return pid
-			}
-		}
-	}
-	return 0
+	return masterPID(out)
 }
 
 // specLocked builds the Spec of the desired state.
@@ -288,12 +281,7 @@ func (d *Driver) workerPID() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
-		}
-	}
-	return 0, errors.New("haproxy: no Pid in show info")
+	return infoPID(out)
 }
 
 // MasterCLI sends one command to the master CLI (e.g. "show proc"); the
@@ -310,13 +298,7 @@ func (d *Driver) MasterReloads() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, l := range strings.Split(out, "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 3 && f[1] == "master" {
-			return strconv.Atoi(f[2])
-		}
-	}
-	return 0, fmt.Errorf("haproxy: no master line in show proc: %q", out)
+	return masterReloads(out)
 }
 
 // supervise restarts HAProxy when it exits on its own.

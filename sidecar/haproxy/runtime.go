@@ -3,6 +3,7 @@ package haproxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -88,6 +89,12 @@ func (r runtimeAPI) lastSessions(ctx context.Context) (map[string]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseLastSessions(out)
+}
+
+// parseLastSessions reads the answer to `show stat -1 2 -1`: CSV, after a
+// header line "# pxname,svname,...".
+func parseLastSessions(out string) (map[string]int, error) {
 	lines := strings.Split(out, "\n")
 	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
 		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
@@ -115,4 +122,39 @@ func (r runtimeAPI) lastSessions(ctx context.Context) (map[string]int, error) {
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l
+}
+
+// masterPID returns the pid of the master in the answer to `show proc`
+// on the master CLI, or 0 when there is none.
+func masterPID(out string) int {
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == "master" {
+			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 0 {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// masterReloads returns the master's count of reloads in the answer to
+// `show proc`.
+func masterReloads(out string) (int, error) {
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[1] == "master" {
+			return strconv.Atoi(f[2])
+		}
+	}
+	return 0, fmt.Errorf("haproxy: no master line in show proc: %q", out)
+}
+
+// infoPID returns the worker's pid in the answer to `show info`.
+func infoPID(out string) (int, error) {
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("haproxy: no Pid in show info")
 }

@@ -1,0 +1,66 @@
+package haproxy
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzRuntimeAnswers feeds any text, as HAProxy's Runtime API or master
+// CLI might answer, to the parsers of those answers: none panics, an
+// error says what it read, and what they return is what the text says.
+func FuzzRuntimeAnswers(f *testing.F) {
+	f.Add("IP changed from '10.0.0.1' to '10.0.0.2', port changed from '80' to '81' by 'stats socket command'\n")
+	f.Add("No such server.\n\n")
+	f.Add("# pxname,svname,qcur,qmax,scur,lastsess,status\nbe_a,BACKEND,0,0,0,5,UP\nbe_b,BACKEND,0,0,0,,UP\nbe_c,BACKEND,0,0,0,-1,UP\n\n")
+	f.Add("#<PID>          <type>          <reloads>       <uptime>        <version>\n3411            master          0 [failed: 0]   0d00h00m08s     2.9.0\n# workers\n3412            worker          0               0d00h00m08s     2.9.0\n")
+	f.Add("Name: HAProxy\nVersion: 2.9.0\nPid: 3412\nUptime_sec: 8\n")
+	now := time.Unix(1_700_000_000, 0)
+	f.Fuzz(func(t *testing.T, out string) {
+		if l := errorLine(out); l != "" {
+			var lines []string
+			for _, x := range strings.Split(out, "\n") {
+				lines = append(lines, strings.TrimSpace(x))
+			}
+			if !slices.Contains(lines, l) || strings.HasPrefix(l, "IP changed from") {
+				t.Fatalf("errorLine(%q) = %q, not a failure line of the answer", out, l)
+			}
+		}
+
+		last, err := parseLastSessions(out)
+		if err != nil && !strings.HasPrefix(err.Error(), "haproxy runtime API: show stat: ") {
+			t.Fatalf("parseLastSessions(%q): error %q does not say what it read", out, err)
+		}
+		fields := map[string]bool{}
+		for _, l := range strings.Split(out, "\n") {
+			for _, x := range strings.Split(l, ",") {
+				fields[x] = true
+			}
+		}
+		for px, at := range servedAt(last, now) {
+			if !fields[px] {
+				t.Fatalf("parseLastSessions(%q) has backend %q, not in the answer", out, px)
+			}
+			// Called takes a backend served within the window as called:
+			// one "served" in the future would always be.
+			if at.After(now) {
+				t.Fatalf("servedAt: %s, last given a request %d s ago, was served at %v, after now (%v)", px, last[px], at, now)
+			}
+		}
+
+		// The driver sends SIGUSR1 to this pid: kill(2) takes a 32-bit
+		// pid_t, and a larger number would reach another process, or
+		// every process (-1).
+		if pid := masterPID(out); pid < 0 || pid > math.MaxInt32 {
+			t.Fatalf("masterPID(%q) = %d; want 0 or a pid", out, pid)
+		}
+		if _, err := masterReloads(out); err != nil && !strings.Contains(err.Error(), "show proc") {
+			t.Fatalf("masterReloads(%q): error %q does not say what it read", out, err)
+		}
+		if _, err := infoPID(out); err != nil && !strings.Contains(err.Error(), "show info") {
+			t.Fatalf("infoPID(%q): error %q does not say what it read", out, err)
+		}
+	})
+}
