@@ -143,7 +143,11 @@ func masterReloads(out string) (int, error) {
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
 		if len(f) >= 3 && f[1] == "master" {
-			return strconv.Atoi(f[2])
+			n, err := strconv.Atoi(f[2])
+			if err != nil || n < 0 {
+				return 0, fmt.Errorf("haproxy: show proc: the master's reloads are not a count in %q", l)
+			}
+			return n, nil
 		}
 	}
 	return 0, fmt.Errorf("haproxy: no master line in show proc: %q", out)
