@@ -157,7 +157,11 @@ func masterReloads(out string) (int, error) {
 func infoPID(out string) (int, error) {
 	for _, l := range strings.Split(out, "\n") {
 		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
+			pid, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || pid <= 0 {
+				return 0, fmt.Errorf("haproxy: show info: no pid in %q", l)
+			}
+			return pid, nil
 		}
 	}
 	return 0, errors.New("haproxy: no Pid in show info")
