@@ -125,12 +125,14 @@ func firstLine(s string) string {
 }
 
 // masterPID returns the pid of the master in the answer to `show proc`
-// on the master CLI, or 0 when there is none.
+// on the master CLI, or 0 when there is none. The driver signals it, and
+// kill(2) takes a 32-bit pid_t: a larger number would be cut down to
+// another process's pid, or to -1, every process the sidecar may signal.
 func masterPID(out string) int {
 	for _, l := range strings.Split(out, "\n") {
 		if f := strings.Fields(l); len(f) >= 3 && f[1] == "master" {
-			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 0 {
-				return pid
+			if pid, err := strconv.ParseInt(f[0], 10, 32); err == nil && pid > 0 {
+				return int(pid)
 			}
 		}
 	}
