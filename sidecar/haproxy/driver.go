@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -617,11 +618,13 @@ func (d *Driver) noteServedLocked() {
 }
 
 // servedAt turns show stat's seconds since each backend's last request
-// into times; a backend never given one is left out.
+// into times; a backend never given one is left out, and so is one whose
+// seconds a Duration cannot hold (292 years): multiplied, they would wrap
+// to a time in the future, which Called counts as just now.
 func servedAt(last map[string]int, now time.Time) map[string]time.Time {
 	at := make(map[string]time.Time, len(last))
 	for px, secs := range last {
-		if secs >= 0 {
+		if secs >= 0 && int64(secs) <= math.MaxInt64/int64(time.Second) {
 			at[px] = now.Add(-time.Duration(secs) * time.Second)
 		}
 	}
