@@ -342,6 +342,139 @@ func FuzzWALPayload(f *testing.F) {
 	})
 }
 
+// frameOf is a log frame of cs, as segment.append writes it.
+func frameOf(cs []atlas.Change) []byte {
+	payload := appendChanges(nil, cs)
+	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
+	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
+	return append(frame, payload...)
+}
+
+// FuzzWALSegment reads segments that are not as written: readSegment
+// never panics, and an error is the damaged-log error naming the segment.
+// Any bytes: what is returned is the whole frames before the tail it
+// reports, so that the file cut there reads the same with no tail. A
+// valid log cut short (a torn write) gives the changes of its whole
+// frames exactly; with bytes changed, it gives the frames before the
+// damage or refuses the log, never more or other changes than were
+// written, and never drops frames that follow the damage intact as if
+// they were an incomplete last write.
+func FuzzWALSegment(f *testing.F) {
+	f.Add([]byte{}, []byte(`{"id":"a-1"}`), uint8(3), uint16(0), []byte{}, true)
+	f.Add(frameOf([]atlas.Change{{Index: 2, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "i/x", Value: []byte("v")}}}}}), []byte("v"), uint8(2), uint16(30), []byte{0, 0, 0, 0}, false)
+	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0}, []byte{}, uint8(4), uint16(60), []byte{0xff, 0xff, 0, 0}, false)
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, []byte("{}"), uint8(1), uint16(9), []byte{1, 2, 3, 4, 5, 6, 7, 8, 9}, false)
+	dir := f.TempDir()
+	path := filepath.Join(dir, segmentName(1))
+	read := func(t *testing.T, data []byte) ([]atlas.Change, int64, error) {
+		t.Helper()
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cs, torn, err := readSegment(path)
+		if err != nil && !(strings.HasPrefix(err.Error(), path+": ") && strings.Contains(err.Error(), "Atlas will not start")) {
+			t.Fatalf("readSegment: error %q is not the damaged-log error naming the segment", err)
+		}
+		if err == nil && (torn < 0 || torn > int64(len(data))) {
+			t.Fatalf("readSegment of %d bytes: a tail of %d bytes", len(data), torn)
+		}
+		return cs, torn, err
+	}
+	f.Fuzz(func(t *testing.T, raw, value []byte, frames uint8, at uint16, junk []byte, cut bool) {
+		// Any bytes.
+		cs, torn, err := read(t, raw)
+		if err == nil && torn > 0 {
+			again, torn2, err := read(t, raw[:int64(len(raw))-torn])
+			if err != nil || torn2 != 0 || !sameChanges(again, cs) {
+				t.Fatalf("cut at its tail, the segment reads %d changes, tail %d, %v; want the %d changes read with the tail and none", len(again), torn2, err, len(cs))
+			}
+		}
+
+		// A valid log, damaged.
+		var (
+			written []atlas.Change
+			log     []byte
+			ends    []int // where each frame ends
+		)
+		for i := range int(frames%8) + 1 {
+			c := atlas.Change{Index: uint64(i) + 10, KVs: []atlas.ChangedKV{
+				{KV: atlas.KV{Key: fmt.Sprintf("i/k%d", i), Value: slices.Clone(value[:len(value)*i/8]), Index: uint64(i) + 10, TTL: time.Duration(i) * time.Second}},
+			}}
+			if c.KVs[0].Value == nil {
+				c.KVs[0].Value = []byte{}
+			}
+			if i%3 == 2 {
+				c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: "c/x/", Index: c.Index}, Deleted: true})
+			}
+			written = append(written, c)
+			log = append(log, frameOf([]atlas.Change{c})...)
+			ends = append(ends, len(log))
+		}
+		p := int(at) % (len(log) + 1)
+		whole := func(n int) int { // frames that end at or before n
+			k := 0
+			for k < len(ends) && ends[k] <= n {
+				k++
+			}
+			return k
+		}
+		if cut {
+			cs, torn, err := read(t, log[:p])
+			if k := whole(p); err != nil || !sameChanges(cs, written[:k]) || int64(p)-torn != int64(endOf(ends, k)) {
+				t.Fatalf("a log of %d frames cut at byte %d reads %d changes, tail %d, %v; want its %d whole frames", len(written), p, len(cs), torn, err, k)
+			}
+			return
+		}
+		damaged := slices.Clone(log)
+		if grow := p + len(junk) - len(damaged); grow > 0 {
+			damaged = append(damaged, make([]byte, grow)...)
+		}
+		copy(damaged[p:], junk)
+		first := 0
+		for first < len(log) && damaged[first] == log[first] {
+			first++
+		}
+		k := whole(first) // frames before the first changed byte
+		cs, torn, err = read(t, damaged)
+		if err != nil {
+			if k == len(written) && len(damaged) == len(log) {
+				t.Fatalf("an undamaged log is refused: %v", err)
+			}
+			return
+		}
+		if len(cs) > len(written) || !sameChanges(cs, written[:len(cs)]) {
+			t.Fatalf("a damaged log (byte %d on) reads changes that were not written:\n%+v\nwritten:\n%+v", first, cs, written)
+		}
+		if len(cs) < k {
+			t.Fatalf("a log damaged from byte %d reads %d changes; want the %d frames before the damage", first, len(cs), k)
+		}
+		if int64(len(damaged))-torn != int64(endOf(ends, len(cs))) {
+			t.Fatalf("a damaged log reads %d changes and a tail of %d bytes of %d; the tail must start where the last frame read ends", len(cs), torn, len(damaged))
+		}
+		// Only the last write can be incomplete: a frame still whole after
+		// the damage means the damage is not that, and must be refused.
+		for j := len(cs) + 1; j < len(written); j++ {
+			if bytes.Equal(damaged[endOf(ends, j):ends[j]], log[endOf(ends, j):ends[j]]) {
+				t.Fatalf("a log damaged at frame %d of %d (byte %d) reads as %d changes and a torn tail, dropping frame %d which is whole", k, len(written), first, len(cs), j)
+			}
+		}
+	})
+}
+
+// sameChanges reports whether a and b hold the same changes (nil and
+// empty are the same).
+func sameChanges(a, b []atlas.Change) bool {
+	return len(a) == len(b) && (len(a) == 0 || reflect.DeepEqual(a, b))
+}
+
+// endOf is where frame k starts: the end of the k frames before it.
+func endOf(ends []int, k int) int {
+	if k == 0 {
+		return 0
+	}
+	return ends[k-1]
+}
+
 // A store made before new stores started at index 1 may hold its first
 // write, index 1, in the log only (killed before the first checkpoint):
 // it is replayed, not taken for the starting index.
