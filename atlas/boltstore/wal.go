@@ -189,9 +189,8 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 	off := 0
 	for off < len(data) {
 		rest := data[off:]
-		torn := int64(len(rest))
 		if len(rest) < frameHeader {
-			return out, torn, nil
+			return out, int64(len(rest)), nil
 		}
 		n := binary.LittleEndian.Uint32(rest)
 		sum := binary.LittleEndian.Uint32(rest[4:])
@@ -199,28 +198,89 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		// header never written: a crash during the last append can leave
 		// the file reading zeros from the frame's start (its size and
 		// maybe its later pages reached the disk, not its first page).
-		if n == 0 || n > maxFrame || int(n) > len(rest)-frameHeader {
-			return out, torn, nil
-		}
-		payload := rest[frameHeader : frameHeader+int(n)]
-		if crc32.Checksum(payload, castagnoli) != sum {
-			// A crash during the last append can leave a frame of the
-			// right length with the wrong bytes in it; a bad frame with
-			// more after it is damage.
+		// A crash can also leave a frame of the right length with the
+		// wrong bytes in it. Either is the end of the file; a bad frame
+		// with more after it is damage.
+		if n != 0 && n <= maxFrame && int(n) <= len(rest)-frameHeader {
+			payload := rest[frameHeader : frameHeader+int(n)]
+			if crc32.Checksum(payload, castagnoli) == sum {
+				cs, err := decodeChanges(payload)
+				if err != nil {
+					// The checksum holds, so this is no torn write.
+					return nil, 0, damaged(path, "at byte %d: %v", off, err)
+				}
+				out = append(out, cs...)
+				off += frameHeader + int(n)
+				continue
+			}
 			if after := len(rest) - frameHeader - int(n); after > 0 {
 				return nil, 0, damaged(path, "damaged frame at byte %d, with %d bytes after it", off, after)
 			}
-			return out, torn, nil
 		}
-		cs, err := decodeChanges(payload)
-		if err != nil {
-			// The checksum holds, so this is no torn write.
-			return nil, 0, damaged(path, "at byte %d: %v", off, err)
+		// This reads as an incomplete last frame. A whole frame after
+		// its header means the header is damaged (its length reaches the
+		// end of the file, or past it), and taking it for a torn write
+		// would drop that frame's acknowledged writes.
+		switch at := frameIn(rest[1:]); {
+		case at >= 0:
+			return nil, 0, damaged(path, "damaged frame at byte %d, with a whole frame at byte %d after it", off, off+1+at)
+		case at == -2:
+			return nil, 0, damaged(path, "damaged frame at byte %d, followed by %d bytes that hold no incomplete write", off, len(rest))
 		}
-		out = append(out, cs...)
-		off += frameHeader + int(n)
+		return out, int64(len(rest)), nil
 	}
 	return out, 0, nil
+}
+
+// frameIn looks in b, what follows a frame header that reads as an
+// incomplete write, for a whole frame (its payload starts as changes do,
+// its checksum holds and it decodes), and returns the first one's offset,
+// or -1 when there is none. An incomplete last frame holds none, but by a
+// checksum that holds by chance: its payload is names and JSON, whose
+// only bytes below 0x20 are the varints and flags between them.
+//
+// Most offsets cost a comparison; a checksum is computed where four bytes
+// read as a length that fits in what follows and the payload starts as
+// changes do, and all of them together may take 1 MiB and 16 bytes a byte
+// of b. Bytes that use that up (so many frame-like windows are in no
+// payload Atlas writes) are damage too: it returns -2.
+func frameIn(b []byte) int {
+	budget := 1<<20 + 16*len(b)
+	for i := 0; i+frameHeader < len(b); i++ {
+		n := binary.LittleEndian.Uint32(b[i:])
+		if n == 0 || uint64(n) > uint64(len(b)-i-frameHeader) {
+			continue
+		}
+		payload := b[i+frameHeader : i+frameHeader+int(n)]
+		if !startsAsChanges(payload) {
+			continue
+		}
+		if budget -= int(n); budget < 0 {
+			return -2
+		}
+		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(b[i+4:]) {
+			continue
+		}
+		if _, err := decodeChanges(payload); err == nil {
+			return i
+		}
+	}
+	return -1
+}
+
+// startsAsChanges reports whether p starts as appendChanges's output
+// does: an index, a count, and, for a count above zero, valid flags.
+func startsAsChanges(p []byte) bool {
+	_, n := binary.Uvarint(p)
+	if n <= 0 {
+		return false
+	}
+	count, m := binary.Uvarint(p[n:])
+	if m <= 0 {
+		return false
+	}
+	rest := p[n+m:]
+	return count == 0 || len(rest) > 0 && rest[0]&^(flagDeleted|flagExpired) == 0
 }
 
 // readLog reads every segment of dir in order and returns the changes

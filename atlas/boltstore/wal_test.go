@@ -265,6 +265,27 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			data[frameHeader] ^= 0xff // the first frame's payload
 			os.WriteFile(last, data, 0o600)
 		}, "damaged frame at byte 0", segmentName(1)},
+		// A length that reaches past the end of the file, or a header
+		// read as zeros, is what an incomplete last write leaves: with
+		// whole frames after it, it is damage.
+		{"a damaged length before whole frames", func(t *testing.T, dir string, segs []string) {
+			last := segs[len(segs)-1]
+			data, err := os.ReadFile(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[2] = 0x30
+			os.WriteFile(last, data, 0o600)
+		}, "with a whole frame at byte", segmentName(1)},
+		{"a header read as zeros before whole frames", func(t *testing.T, dir string, segs []string) {
+			last := segs[len(segs)-1]
+			data, err := os.ReadFile(last)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clear(data[:frameHeader])
+			os.WriteFile(last, data, 0o600)
+		}, "with a whole frame at byte", segmentName(1)},
 		{"a missing segment", func(t *testing.T, dir string, segs []string) {
 			g, err := createSegment(dir, 99, time.Now())
 			if err != nil {
