@@ -350,6 +350,15 @@ func unroutable(p *balance.Pool) error {
 	return sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(p), p.Unroutable())
 }
 
+// parseTimeout reads a Switchboard-Timeout header's value.
+func parseTimeout(v []byte) (time.Duration, error) {
+	d, err := time.ParseDuration(string(v))
+	if err != nil || d < MinTimeout || d > MaxTimeout {
+		return 0, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
+	}
+	return d, nil
+}
+
 // route sends the request to an instance of the pool's service and copies
 // the answer back. It returns the status sent and how many retries it
 // took.
@@ -358,9 +367,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	timed := false
 	if v := ctx.Request.Header.Peek(TimeoutHeader); len(v) > 0 {
 		timed = true
-		d, err := time.ParseDuration(string(v))
-		if err != nil || d < MinTimeout || d > MaxTimeout {
-			return writeError(ctx, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)), 0
+		d, err := parseTimeout(v)
+		if err != nil {
+			return writeError(ctx, err), 0
 		}
 		timeout = d
 	}
