@@ -535,3 +535,34 @@ func FuzzRequestTimeout(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRedactURL: an Atlas URL as errors and logs show it has no password
+// but the mask, and CheckURL's refusal says no more than it does of the
+// URL as shown.
+func FuzzRedactURL(f *testing.F) {
+	for _, s := range []string{"http://ops:hunter2@10.0.0.2:4400", "http://10.0.0.2:4400", "https://u@h", "http://a@b:c@h/", "http://u:p%zz@h", "ftp://u:secret@h/x", "u:secret@h"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.User == nil {
+			return
+		}
+		p, ok := u.User.Password()
+		if !ok || p == "" {
+			return
+		}
+		// What the URL shows without any password may hold p's text.
+		bare := *u
+		bare.User = url.User(u.User.Username())
+		shown := client.RedactURL(raw)
+		if strings.Contains(shown, p) && !strings.Contains(bare.String(), p) && !strings.Contains("xxxxx", p) {
+			t.Fatalf("RedactURL(%q) = %q, showing the password %q", raw, shown, p)
+		}
+		if err := client.CheckURL(raw); err != nil {
+			if err2 := client.CheckURL(shown); err2 == nil || err2.Error() != err.Error() {
+				t.Fatalf("CheckURL(%q) = %q; of the URL as shown (%q), %v", raw, err, shown, err2)
+			}
+		}
+	})
+}
