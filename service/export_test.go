@@ -11,3 +11,6 @@ func SetLogOutput(w io.Writer) (restore func()) {
 
 // FindSelf is findSelf, for a test.
 var FindSelf = findSelf
+
+// RedactURLs is redactURLs, for the fuzzer.
+var RedactURLs = redactURLs
