@@ -96,6 +96,12 @@ func (s *Service) environment(w http.ResponseWriter, r *http.Request) {
 // redactURLs masks the password of every URL in v, a list of them
 // separated by commas included (SWITCHBOARD_ATLAS=http://u:p@h:4400,...):
 // a value shown for its host must not publish credentials with it.
+//
+// A password may hold commas too (SWITCHBOARD_SIDECAR, one URL, may be
+// http://u:p,q@h), which cut it into "http://u:p" and "q@h": in a list,
+// a part with an @ that is no URL with user info may be the end of a
+// password, and the part before it the start, so the whole value is
+// masked.
 func redactURLs(v string) string {
 	if !strings.Contains(v, "@") {
 		return v
@@ -104,10 +110,13 @@ func redactURLs(v string) string {
 	for i, p := range parts {
 		u, err := url.Parse(strings.TrimSpace(p))
 		switch {
-		case err != nil && strings.Contains(p, "@"):
-			parts[i] = Masked // what precedes the @ may be a password
 		case err == nil && u.User != nil:
 			parts[i] = u.Redacted()
+		case !strings.Contains(p, "@"):
+		case len(parts) > 1:
+			return Masked
+		case err != nil:
+			parts[i] = Masked // what precedes the @ may be a password
 		}
 	}
 	return strings.Join(parts, ",")
