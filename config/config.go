@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -142,7 +143,8 @@ func (v *Values) Bool(path string, def bool) bool {
 }
 
 // Duration returns the value at path ("2s", or a number of seconds), or
-// def.
+// def; def too for a number of seconds a Duration cannot hold (292
+// years), which would otherwise wrap to a negative duration.
 func (v *Values) Duration(path string, def time.Duration) time.Duration {
 	switch x := v.Get(path).(type) {
 	case string:
@@ -150,7 +152,7 @@ func (v *Values) Duration(path string, def time.Duration) time.Duration {
 			return d
 		}
 	case json.Number:
-		if f, err := x.Float64(); err == nil {
+		if f, err := x.Float64(); err == nil && math.Abs(f) < float64(math.MaxInt64)/float64(time.Second) {
 			return time.Duration(f * float64(time.Second))
 		}
 	}
