@@ -1,6 +1,12 @@
 package cli
 
-import "testing"
+import (
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+)
 
 // FuzzParseLayer: a layer name either parses into a layer whose name
 // parses back to it, or is refused as a usage error.
@@ -19,6 +25,68 @@ func FuzzParseLayer(f *testing.F) {
 		again, err := parseLayer(k.String())
 		if err != nil || again != k {
 			t.Fatalf("parseLayer(%q) = %+v, whose name %q parses to %+v, %v", s, k, k.String(), again, err)
+		}
+	})
+}
+
+// FuzzParseStore: --store is refused as a usage error, or gives one etcd
+// endpoint per HOST:PORT, each a URL whose host is that HOST:PORT, with a
+// port in range: an endpoint that is not would be dialled for --store's
+// whole timeout, then reported as etcd being unreachable.
+func FuzzParseStore(f *testing.F) {
+	for _, s := range []string{"", "bolt", "etcd://127.0.0.1:2379", "etcd://a:1,b:2", "etcd://[::1]:2379", "etcd://h:0", "etcd://h", "etcd://u@h:1", "http://h:1"} {
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, s string, secure bool) {
+		eps, err := parseStore(s, secure)
+		if err != nil {
+			if _, ok := err.(*UsageError); !ok || !strings.Contains(err.Error(), "--store") {
+				t.Fatalf("parseStore(%q): error %v is not a usage error naming --store", s, err)
+			}
+			return
+		}
+		rest, _ := strings.CutPrefix(s, "etcd://")
+		if len(eps) == 0 {
+			if s != "" && s != "bolt" {
+				t.Fatalf("parseStore(%q) = no endpoints", s)
+			}
+			return
+		}
+		hps := strings.Split(rest, ",")
+		if len(eps) != len(hps) {
+			t.Fatalf("parseStore(%q) = %q; want one endpoint per HOST:PORT", s, eps)
+		}
+		for i, ep := range eps {
+			u, err := url.Parse(ep)
+			if err != nil || u.Host != hps[i] || u.Hostname() == "" || u.User != nil || u.Path != "" || (u.Scheme == "https") != secure {
+				t.Fatalf("parseStore(%q) = %q: %q is not the URL of %q (%v)", s, eps, ep, hps[i], err)
+			}
+			if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
+				t.Fatalf("parseStore(%q) = %q: %q has no port in range", s, eps, ep)
+			}
+		}
+	})
+}
+
+// FuzzParsePorts: --ports is refused as a usage error, or is a range
+// within 1-65535 that reads back the same written plainly.
+func FuzzParsePorts(f *testing.F) {
+	for _, s := range []string{"5000-5999", "1-65535", "5-5", "6-5", "0-1", "+1-2", "1-", "-1-2", "1-2-3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		lo, hi, err := parsePorts(s)
+		if err != nil {
+			if _, ok := err.(*UsageError); !ok || !strings.Contains(err.Error(), "--ports") {
+				t.Fatalf("parsePorts(%q): error %v is not a usage error naming --ports", s, err)
+			}
+			return
+		}
+		if lo < 1 || hi > 65535 || lo > hi {
+			t.Fatalf("parsePorts(%q) = %d-%d", s, lo, hi)
+		}
+		if lo2, hi2, err := parsePorts(fmt.Sprintf("%d-%d", lo, hi)); err != nil || lo2 != lo || hi2 != hi {
+			t.Fatalf("parsePorts(%q) = %d-%d, which reads back as %d-%d, %v", s, lo, hi, lo2, hi2, err)
 		}
 	})
 }
