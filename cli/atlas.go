@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
 	"github.com/switchboard-go/switchboard/atlas/etcdstore"
@@ -139,18 +141,21 @@ func parseStore(s string, secure bool) ([]string, error) {
 	}
 	var eps []string
 	for _, hp := range strings.Split(rest, ",") {
-		// A port that is no number, or out of range, would otherwise be
-		// dialled for --store's whole timeout, then reported as etcd
-		// being unreachable.
+		// A port that is no number, or out of range, or a host that is
+		// no IP address or host name, would otherwise be dialled for
+		// --store's whole timeout, then reported as etcd being
+		// unreachable.
+		ep := "http://" + hp
+		if secure {
+			ep = "https://" + hp
+		}
 		host, port, err := net.SplitHostPort(hp)
-		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 || host == "" || strings.ContainsAny(host, "/?#@") {
+		n, perr := strconv.Atoi(port)
+		u, uerr := url.Parse(ep)
+		if err != nil || perr != nil || n < 1 || n > 65535 || sb.ValidateAddress(host) != nil || uerr != nil || u.Host != hp {
 			return nil, usagef("--store: %q is not HOST:PORT", hp)
 		}
-		if secure {
-			eps = append(eps, "https://"+hp)
-		} else {
-			eps = append(eps, "http://"+hp)
-		}
+		eps = append(eps, ep)
 	}
 	return eps, nil
 }
