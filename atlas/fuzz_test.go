@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -144,6 +145,53 @@ func FuzzAPI(f *testing.F) {
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
 				t.Fatalf("%s %s = %d with body %q; want the JSON error", method, target, rec.Code, rec.Body)
 			}
+		}
+	})
+}
+
+// FuzzAuthorization sends any Authorization header ("$TOKEN" in it stands
+// for the admin token) to an Atlas with authentication on: a call is let
+// through only with the token itself after "Bearer " (any case, spaces
+// around it aside); anything else is unauthenticated, with the JSON error
+// body and a message about the header.
+func FuzzAuthorization(f *testing.F) {
+	dir := f.TempDir()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer srv.Close()
+	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	token := strings.TrimSpace(string(b))
+	id, _, _ := strings.Cut(strings.TrimPrefix(token, "sb."), ".")
+	h := srv.Handler()
+	for _, s := range []string{"Bearer $TOKEN", "bearer  $TOKEN ", "Bearer $TOKEN.", "Bearer $TOKENx", "Basic $TOKEN", "Bearer", "Bearer sb." + id + ".", "Bearer sb." + id, "Bearer sb..x", "$TOKEN", "Bearer\t$TOKEN"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, header string) {
+		header = strings.ReplaceAll(header, "$TOKEN", token)
+		req := httptest.NewRequest("GET", "/v1/services", nil)
+		req.Header["Authorization"] = []string{header}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		scheme, tok, _ := strings.Cut(header, " ")
+		if strings.EqualFold(scheme, "Bearer") && strings.TrimSpace(tok) == token {
+			if rec.Code != http.StatusOK {
+				t.Fatalf("Authorization %q = %d %s; want 200", header, rec.Code, rec.Body)
+			}
+			return
+		}
+		var e struct{ Error sb.Error }
+		if rec.Code != http.StatusUnauthorized || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code != sb.EUnauthenticated || !strings.HasPrefix(e.Error.Message, "authorization: ") {
+			t.Fatalf("Authorization %q = %d %s; want 401 unauthenticated about the header", header, rec.Code, rec.Body)
 		}
 	})
 }
