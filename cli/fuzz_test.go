@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"bytes"
 	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/switchboard-go/switchboard/atlas"
 )
 
 // FuzzParseLayer: a layer name either parses into a layer whose name
@@ -87,6 +90,31 @@ func FuzzParsePorts(f *testing.F) {
 		}
 		if lo2, hi2, err := parsePorts(fmt.Sprintf("%d-%d", lo, hi)); err != nil || lo2 != lo || hi2 != hi {
 			t.Fatalf("parsePorts(%q) = %d-%d, which reads back as %d-%d, %v", s, lo, hi, lo2, hi2, err)
+		}
+	})
+}
+
+// FuzzReadObject: `config set` checks a layer before it sends it: a
+// refusal is a usage error naming the file, and no layer Atlas takes is
+// refused; what it takes goes out as it was read.
+func FuzzReadObject(f *testing.F) {
+	for _, s := range []string{`{"db":{"dsn":"x","pool":5}}`, `{}`, `null`, `[1]`, `{"a":1} {}`, `{"a.b":1}`, `{"x":`, " {\"a\":null}\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		obj, err := readObject("-", bytes.NewReader(data))
+		_, aerr := atlas.ParseLayer(data)
+		if err != nil {
+			if _, ok := err.(*UsageError); !ok || !strings.HasPrefix(err.Error(), "-: ") {
+				t.Fatalf("readObject(%q): error %v is not a usage error naming the file", data, err)
+			}
+			if aerr == nil {
+				t.Fatalf("readObject(%q) refuses a layer Atlas takes: %v", data, err)
+			}
+			return
+		}
+		if !bytes.Equal(obj, data) {
+			t.Fatalf("readObject(%q) = %q", data, obj)
 		}
 	})
 }
