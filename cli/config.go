@@ -151,7 +151,10 @@ func readObject(name string, stdin io.Reader) (json.RawMessage, error) {
 		// Not "malformed JSON": stdin is read no further than the limit.
 		return nil, usagef("%s: a config layer must be at most %d bytes", name, sb.MaxLayerBytes)
 	}
-	var obj map[string]any
+	// The values are left raw: decoded, a number beyond float64 (which
+	// Atlas takes, as json.Number) would be refused, and misnamed as the
+	// whole layer's type.
+	var obj map[string]json.RawMessage
 	err = json.Unmarshal(data, &obj)
 	var (
 		typeErr   *json.UnmarshalTypeError
