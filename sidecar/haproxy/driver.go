@@ -61,9 +61,14 @@ type Driver struct {
 	lastReload time.Time
 	reloadDue  *time.Timer
 	retryIn    time.Duration // before the next try of a failed reload
-	cmd        *exec.Cmd
-	exited     chan struct{}
-	stopping   bool
+	// retrying: the next reload is a retry of one that failed, not asked
+	// for by a change; bound holds the L4 listen addresses of the config
+	// HAProxy runs.
+	retrying bool
+	bound    map[string]bool
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	stopping bool
 	// served holds, per backend, when the worker a reload replaced last
 	// gave it a request: a new worker's counters start again, and Called
 	// must still name what the old one served.
@@ -169,6 +174,7 @@ func (d *Driver) Start() error {
 	if err := d.startLocked(); err != nil {
 		return err
 	}
+	d.boundLocked(spec)
 	if leftover > 0 {
 		d.log().Warn("haproxy: stopping the HAProxy a previous sidecar left running", "pid", leftover)
 		if err := syscall.Kill(leftover, syscall.SIGUSR1); err != nil {
@@ -337,7 +343,9 @@ func (d *Driver) supervise() {
 		if err == nil {
 			d.shape = spec.Shape()
 			d.markAppliedLocked()
-			err = d.startLocked()
+			if err = d.startLocked(); err == nil {
+				d.boundLocked(spec)
+			}
 		}
 		d.mu.Unlock()
 		if err != nil {
@@ -699,6 +707,18 @@ func (d *Driver) applyLocked() {
 			d.runtimeLocked(true)
 			return
 		}
+		if d.retrying {
+			// A try that fails pauses HAProxy's listeners for about 2 s:
+			// every new connection is refused meanwhile, for every
+			// service. Not tried again while what made it fail (an L4
+			// listen address another process holds) is still there.
+			d.retrying = false
+			if err := d.heldLocked(spec); err != nil {
+				d.log().Warn("haproxy: not retrying the failed reload yet", "err", err, "retry_in", d.retryReloadLocked(err))
+				d.runtimeLocked(true)
+				return
+			}
+		}
 		if err := d.reloadLocked(spec); err != nil {
 			d.log().Error("haproxy: reload failed; routing stays as it was", "err", err, "retry_in", d.retryReloadLocked(err))
 			d.runtimeLocked(true)
@@ -718,8 +738,33 @@ func (d *Driver) retryReloadLocked(err error) time.Duration {
 		return 0
 	}
 	d.retryIn = min(max(2*d.retryIn, 2*time.Second), time.Minute)
+	d.retrying = true
 	d.applyLaterLocked(d.retryIn)
 	return d.retryIn
+}
+
+// boundLocked records the L4 listen addresses of spec, which HAProxy runs.
+func (d *Driver) boundLocked(spec Spec) {
+	d.bound = map[string]bool{}
+	for _, f := range spec.TCP {
+		d.bound[f.Listen] = true
+	}
+}
+
+// heldLocked reports an L4 listen address of spec that HAProxy does not
+// hold yet and that cannot be bound now: a reload would fail on it.
+func (d *Driver) heldLocked(spec Spec) error {
+	for _, f := range spec.TCP {
+		if f.Listen == "" || d.bound[f.Listen] {
+			continue
+		}
+		ln, err := net.Listen("tcp", f.Listen)
+		if err != nil {
+			return fmt.Errorf("haproxy: the listen address of %s is still taken: %w", f.Service, err)
+		}
+		ln.Close()
+	}
+	return nil
 }
 
 // applyLaterLocked calls applyLocked after wait, unless a call is due
@@ -854,6 +899,7 @@ wait:
 		if pid, err := d.workerPID(); err == nil && pid != before {
 			d.log().Info("haproxy: reloaded", "worker", pid)
 			d.retryIn = 0
+			d.boundLocked(spec)
 			return nil
 		}
 		select {

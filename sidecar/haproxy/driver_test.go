@@ -466,3 +466,56 @@ func TestInstanceNamesResolveAsideAndKeepTheirLastAddress(t *testing.T) {
 		}
 	}
 }
+
+// A failed reload retried on a timer made HAProxy pause its listeners at
+// each try (about 2 s, "Paused frontend http-in"), refusing every new
+// connection to every service, again and again while an L4 listen address
+// stayed taken. The retry waits until the address can be bound.
+func TestARetriedReloadWaitsForItsAddress(t *testing.T) {
+	urls := backends(t, 1)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	d, listen := startDriver(t)
+	d.Update("web", false, namedEndpoints("w", urls[0]))
+	waitGet(t, listen, "web", 200)
+	d.mu.Lock()
+	d.TCP = map[string]string{"redis": taken.Addr().String()}
+	d.mu.Unlock()
+	d.Update("redis", true, namedEndpoints("a", urls[0]))
+	if d.FailedReloads() != 1 {
+		t.Fatalf("FailedReloads = %d; want 1", d.FailedReloads())
+	}
+	// New connections to a service that works, once HAProxy has resumed
+	// after the failure, through the first two retries (2 s and 6 s
+	// after it).
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if !poll(func() bool {
+		res, err := c.Get("http://" + listen + "/")
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("HAProxy never took connections again after the failed reload")
+	}
+	refused := 0
+	for start := time.Now(); time.Since(start) < 8*time.Second; time.Sleep(20 * time.Millisecond) {
+		req, _ := http.NewRequest("GET", "http://"+listen+"/", nil)
+		req.Header.Set("Switchboard-Service", "web")
+		res, err := c.Do(req)
+		if err != nil {
+			refused++
+			continue
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	if refused > 0 || d.FailedReloads() != 1 {
+		t.Fatalf("%d new connections to a working service failed, %d reloads failed, while an L4 address stayed taken; want none and 1", refused, d.FailedReloads())
+	}
+	taken.Close()
+	waitL4(t, taken.Addr().String())
+}
