@@ -71,6 +71,9 @@ type HTTP struct {
 	lns     []net.Listener
 	streams map[net.Conn]struct{}
 	closed  bool
+	// pending holds, per client connection given to a hijack handler that
+	// has not run yet, what to release if it never does (hijack).
+	pending sync.Map
 }
 
 // Serve serves the frontend on ln until Shutdown.
@@ -116,6 +119,7 @@ func (h *HTTP) setup() {
 		CloseOnShutdown:              true,
 		Logger:                       fasthttpLogger{h.Logger},
 		ErrorHandler:                 h.readError,
+		ConnState:                    h.connState,
 		// Errors leave the request's bytes (its Authorization header,
 		// say) out of their messages, which are logged and answered.
 		SecureErrorLogMessage: true,
@@ -490,8 +494,7 @@ func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
 	resp := &ctx.Response
 	resp.Header.SetContentLength(-2) // Connection: close
 	body, _ := resp.BodyStream().(*bodyStream)
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(client net.Conn) {
+	h.hijack(ctx, func() { _ = resp.CloseBodyStream() }, func(client net.Conn) {
 		// What is not sent is closed with ctx when this returns.
 		if body == nil || !h.track(true, client, body.c.Conn) {
 			return
@@ -517,8 +520,7 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 	timeout time.Duration, timed bool, start time.Time, retries int) {
 	rh := &ctx.Response.Header
 	bodyless := ctx.Request.Header.IsHead()
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(client net.Conn) {
+	h.hijack(ctx, func() { c.Close() }, func(client net.Conn) {
 		outcome, status := balance.Abandoned, 0
 		defer func() {
 			pool.Report(e, outcome)
@@ -794,8 +796,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		}
 	}
 	bodyless, client11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(client net.Conn) {
+	h.hijack(ctx, func() { backend.Close(); done(balance.Abandoned) }, func(client net.Conn) {
 		outcome := balance.Failed
 		defer func() { done(outcome) }()
 		defer backend.Close()
@@ -821,6 +822,34 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		return fasthttp.StatusSwitchingProtocols
 	}
 	return fasthttp.StatusOK
+}
+
+// hijack takes the client's connection over for handler, once fasthttp has
+// sent the answers to the requests before this one. When sending those
+// fails (the client went away), fasthttp closes the connection without
+// calling handler, and without releasing ctx: release is called instead,
+// so that what handler would have closed (a connection to an instance,
+// held by nothing else) is not left open until the garbage collector
+// finds it.
+func (h *HTTP) hijack(ctx *fasthttp.RequestCtx, release func(), handler fasthttp.HijackHandler) {
+	conn := ctx.Conn()
+	h.pending.Store(conn, release)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(client net.Conn) {
+		h.pending.Delete(conn)
+		handler(client)
+	})
+}
+
+// connState releases what a hijack handler that never ran would have
+// (hijack).
+func (h *HTTP) connState(c net.Conn, st fasthttp.ConnState) {
+	if st != fasthttp.StateClosed {
+		return
+	}
+	if release, ok := h.pending.LoadAndDelete(c); ok {
+		release.(func())()
+	}
 }
 
 // track adds (or removes) the two ends of a stream to those Shutdown

@@ -961,3 +961,63 @@ func TestInterimAnswersAreForwarded(t *testing.T) {
 		}
 	}
 }
+
+// TestTakenOverAnswerOfAClientGoneIsReleased: an answer sent on from a
+// connection taken over from fasthttp (one with an interim answer, or
+// close-delimited for HTTP/1.0) comes after the answers to the requests
+// pipelined before it. When the client has gone away, sending those fails
+// and fasthttp closes the connection without running the handler that
+// held the instance's connection: it stayed open, the instance still
+// serving a request nobody would read, until the garbage collector came.
+func TestTakenOverAnswerOfAClientGoneIsReleased(t *testing.T) {
+	for _, tc := range []struct{ name, proto, answer string }{
+		{"interim", "HTTP/1.1", "103"},
+		{"close-delimited", "HTTP/1.0", "stream"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			asked, released, closed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/first" {
+					io.WriteString(w, "first")
+					return
+				}
+				close(asked)
+				<-released
+				if tc.answer == "103" {
+					w.Header().Set("Link", "</style.css>; rel=preload")
+					w.WriteHeader(http.StatusEarlyHints)
+				} else {
+					io.WriteString(w, "part") // no length: HTTP/1.0 gets it close-delimited
+					w.(http.Flusher).Flush()
+				}
+				select {
+				case <-r.Context().Done():
+					close(closed)
+				case <-time.After(5 * time.Second):
+				}
+			}))
+			defer srv.Close()
+			f := newFrontend(t)
+			f.set("a", srv.URL)
+			c := f.dial()
+			// The first answer waits in fasthttp's buffer while the
+			// second request is read.
+			req := func(path string) string {
+				return "GET " + path + " " + tc.proto + "\r\nHost: a.localhost\r\nConnection: keep-alive\r\n\r\n"
+			}
+			if _, err := io.WriteString(c, req("/first")+req("/second")); err != nil {
+				t.Fatal(err)
+			}
+			<-asked
+			c.(*net.TCPConn).SetLinger(0) // gone: the sidecar's next write fails
+			c.Close()
+			time.Sleep(100 * time.Millisecond)
+			close(released)
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the sidecar kept its connection to the instance open after the client went away")
+			}
+		})
+	}
+}
