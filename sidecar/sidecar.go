@@ -104,11 +104,14 @@ type Sidecar struct {
 	unreachable sync.Map
 	front       *proxy.HTTP
 	hap         atomic.Pointer[haproxy.Driver] // haproxy mode only
-	// hapMu makes each hand-over to HAProxy (a service's endpoints read
-	// and given, or its backend removed) one step: two watch goroutines of
-	// one service, the dropped pool's and a new one's, could otherwise
-	// hand over an older list last.
-	hapMu sync.Mutex
+	// hapMus holds a mutex per service (keys never removed: one per
+	// service asked for) that makes each hand-over to HAProxy (a service's
+	// endpoints read and given, or its backend removed) one step: two
+	// watch goroutines of one service, the dropped pool's and a new
+	// one's, could otherwise hand over an older list last. One per service,
+	// so that a service whose instance names take long to resolve holds
+	// up no other.
+	hapMus sync.Map
 	// servedFailing: asking HAProxy what it served failed last time
 	// (sweep goroutine only).
 	servedFailing bool
@@ -403,8 +406,9 @@ func (s *Sidecar) pushHAProxy(service string) {
 	if hap == nil {
 		return
 	}
-	s.hapMu.Lock()
-	defer s.hapMu.Unlock()
+	mu := s.hapMu(service)
+	mu.Lock()
+	defer mu.Unlock()
 	p := s.table.Lookup(service)
 	if p == nil {
 		return
@@ -424,6 +428,12 @@ func (s *Sidecar) pushHAProxy(service string) {
 	if _, ok := s.TCPAddrs[service]; ok {
 		hap.Update(service, true, p.Endpoints())
 	}
+}
+
+// hapMu is the mutex of service's hand-overs to HAProxy (hapMus).
+func (s *Sidecar) hapMu(service string) *sync.Mutex {
+	mu, _ := s.hapMus.LoadOrStore(service, new(sync.Mutex))
+	return mu.(*sync.Mutex)
 }
 
 // HAProxy returns the HAProxy driver in haproxy mode, else nil.
@@ -455,11 +465,12 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 					s.m.forget(service)
 				}
 				if hap := s.hap.Load(); hap != nil {
-					s.hapMu.Lock()
+					mu := s.hapMu(service)
+					mu.Lock()
 					if s.table.Lookup(service) == nil {
 						hap.Remove(service)
 					}
-					s.hapMu.Unlock()
+					mu.Unlock()
 				}
 			}
 		}()

@@ -44,8 +44,6 @@ type Driver struct {
 	Logger *slog.Logger
 
 	reloads, refused, failed, commands, restarts atomic.Int64
-	// resolved holds the last address each instance DNS name resolved to.
-	resolved sync.Map
 	// loaded, while a reload waits for its worker, gets the master's
 	// verdict from its log: "Loading failure!" ends the wait at once.
 	loaded atomic.Pointer[chan struct{}]
@@ -88,6 +86,9 @@ type backendState struct {
 	last    []string    // per slot, the address it held last
 	want    []Slot      // desired
 	applied []Slot      // in HAProxy now
+	// ips is the address each DNS name among its instances' hosts
+	// resolved to at the last update (replaced whole, never changed).
+	ips map[string]string
 }
 
 // SlotRest is how long a slot rests, after its instance leaves, before an
@@ -235,6 +236,13 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, d.Binary, "-c", "-q", "-f", cand).CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && (!errors.As(err, &exit) || ctx.Err() != nil) {
+		// The check did not run to its verdict (it timed out on a busy
+		// host, or could not start): no refusal, and worth a retry.
+		_ = os.Remove(cand)
+		return fmt.Errorf("haproxy: checking the new config (haproxy -c): %w", err)
+	}
 	if err != nil {
 		d.refused.Add(1)
 		rej := d.cfgPath() + ".rejected"
@@ -409,9 +417,9 @@ const resolveTimeout = 2 * time.Second
 // servers take addresses, so names are resolved here, each time a
 // service's instances change (HAProxy itself resolves a server's name once,
 // at its start), all at once and for at most resolveTimeout. A name that
-// fails to resolve keeps the address it had last; one never resolved is
-// missing from the map.
-func (d *Driver) resolve(eps []*balance.Endpoint) map[string]string {
+// fails to resolve keeps the address it had in last, the service's
+// previous answer; one never resolved is missing from the map.
+func (d *Driver) resolve(eps []*balance.Endpoint, last map[string]string) map[string]string {
 	var (
 		mu  sync.Mutex
 		wg  sync.WaitGroup
@@ -437,12 +445,11 @@ func (d *Driver) resolve(eps []*balance.Endpoint) map[string]string {
 			defer mu.Unlock()
 			if err == nil && len(addrs) > 0 {
 				ips[host] = addrs[0].IP.String()
-				d.resolved.Store(host, ips[host])
 				return
 			}
-			if last, ok := d.resolved.Load(host); ok {
-				d.log().Warn("haproxy: resolving an instance's name failed; its last address stays", "host", host, "address", last, "err", err)
-				ips[host] = last.(string)
+			if ip, ok := last[host]; ok {
+				d.log().Warn("haproxy: resolving an instance's name failed; its last address stays", "host", host, "address", ip, "err", err)
+				ips[host] = ip
 				return
 			}
 			d.log().Warn("haproxy: resolving an instance's name failed; its instances are left out", "host", host, "err", err)
@@ -489,7 +496,19 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 			anyPassing = true
 		}
 	}
-	ips := d.resolve(eps)
+	key := "http/" + service
+	if tcp {
+		key = "tcp/" + service
+	}
+	var last map[string]string
+	d.mu.Lock()
+	if b := d.backends[key]; b != nil {
+		last = b.ips
+	} else if b := d.removed[key]; b != nil {
+		last = b.ips
+	}
+	d.mu.Unlock()
+	ips := d.resolve(eps, last)
 	wanted := map[string]Slot{}
 	for _, e := range eps {
 		s, err := slotOf(e, anyPassing, ips)
@@ -503,10 +522,6 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	defer d.mu.Unlock()
 	if d.stopping {
 		return
-	}
-	key := "http/" + service
-	if tcp {
-		key = "tcp/" + service
 	}
 	b := d.backends[key]
 	if b == nil {
@@ -527,6 +542,7 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 		}
 		d.backends[key] = b
 	}
+	b.ips = ips
 	// Keep every instance in its slot; free the slots of those gone.
 	now := time.Now()
 	for i, id := range b.ids {

@@ -519,3 +519,24 @@ func TestARetriedReloadWaitsForItsAddress(t *testing.T) {
 	taken.Close()
 	waitL4(t, taken.Addr().String())
 }
+
+// A haproxy -c that could not run to its verdict (it could not start, or
+// timed out on a busy host) was counted as a refused config, which is not
+// retried: the new routes waited for the next change.
+func TestACheckThatDidNotRunIsRetried(t *testing.T) {
+	d, listen := startDriver(t)
+	d.mu.Lock()
+	bin := d.Binary
+	d.Binary = filepath.Join(t.TempDir(), "no-haproxy-here")
+	d.mu.Unlock()
+	d.Update("files", false, endpoints(t, backends(t, 1)...))
+	if n := d.RefusedConfigs(); n != 0 {
+		t.Fatalf("RefusedConfigs = %d after a check that could not start; want 0", n)
+	}
+	d.mu.Lock()
+	d.Binary = bin
+	d.mu.Unlock()
+	if body := waitGet(t, listen, "files", 200); body != "i0" {
+		t.Fatalf("through HAProxy after the retry: %q", body)
+	}
+}
