@@ -190,7 +190,7 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 		if maybe && method == http.MethodDelete && sb.ErrorCode(err) == sb.ENotFound {
 			// The replica that took the DELETE failed to answer, and the
 			// next one finds nothing to delete: it was deleted.
-			return idx, nil
+			err, retry = nil, false
 		}
 		if !retry {
 			a.mu.Lock()
