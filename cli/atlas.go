@@ -152,7 +152,7 @@ func parseStore(s string, secure bool) ([]string, error) {
 		host, port, err := net.SplitHostPort(hp)
 		n, perr := strconv.Atoi(port)
 		u, uerr := url.Parse(ep)
-		if err != nil || perr != nil || n < 1 || n > 65535 || sb.ValidateAddress(host) != nil || uerr != nil || u.Host != hp {
+		if err != nil || perr != nil || n < 1 || n > 65535 || sb.ValidateAddress(strings.TrimSuffix(host, ".")) != nil || uerr != nil || u.Host != hp {
 			return nil, usagef("--store: %q is not HOST:PORT", hp)
 		}
 		eps = append(eps, ep)

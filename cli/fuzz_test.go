@@ -118,3 +118,11 @@ func FuzzReadObject(f *testing.F) {
 		}
 	})
 }
+
+// A fully qualified host name, with its trailing dot, is a host name.
+func TestParseStoreTakesAFullyQualifiedName(t *testing.T) {
+	eps, err := parseStore("etcd://etcd-1.corp.:2379,10.0.0.2:2379", false)
+	if err != nil || len(eps) != 2 || eps[0] != "http://etcd-1.corp.:2379" {
+		t.Fatalf("parseStore = %q, %v; want the two endpoints", eps, err)
+	}
+}
