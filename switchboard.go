@@ -561,6 +561,26 @@ type PolicyList struct {
 // IndexHeader carries the index of every GET answer of the Atlas API.
 const IndexHeader = "Switchboard-Index"
 
+// TimeoutHeader is the header in which a caller gives a call's timeout,
+// to the sidecar or to the smart client.
+const TimeoutHeader = "Switchboard-Timeout"
+
+// MinTimeout and MaxTimeout bound the Switchboard-Timeout accepted. A
+// shorter one would fail at once, and count against the instance tried.
+const (
+	MinTimeout = time.Millisecond
+	MaxTimeout = time.Hour
+)
+
+// ParseTimeout reads a Switchboard-Timeout header's value.
+func ParseTimeout(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < MinTimeout || d > MaxTimeout {
+		return 0, Errorf(EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
+	}
+	return d, nil
+}
+
 // Propagation is the answer of GET /v1/services/{name}/propagation: how
 // many event streams watch a service, and how many of them have been sent
 // every change up to Index.

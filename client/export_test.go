@@ -30,6 +30,3 @@ func SetUnusedFor(d time.Duration) (restore func()) {
 	unusedFor = d
 	return func() { unusedFor = old }
 }
-
-// RequestTimeout is requestTimeout, for the fuzzer.
-var RequestTimeout = requestTimeout

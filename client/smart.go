@@ -210,8 +210,8 @@ func (t *Transport) viaSidecar(req *http.Request, service string) (*http.Respons
 	if deadline, ok := req.Context().Deadline(); ok && out.Header.Get(TimeoutHeader) == "" {
 		// The sidecar refuses a timeout past its longest: a further
 		// deadline gets the longest.
-		if d := time.Until(deadline); d > minTimeout {
-			out.Header.Set(TimeoutHeader, min(d.Round(time.Millisecond), maxTimeout).String())
+		if d := time.Until(deadline); d > sb.MinTimeout {
+			out.Header.Set(TimeoutHeader, min(d.Round(time.Millisecond), sb.MaxTimeout).String())
 		}
 	}
 	if t.explicit || req.Body == nil || req.Body == http.NoBody {
@@ -449,14 +449,7 @@ func isDialError(err error) bool {
 
 // TimeoutHeader bounds one call ("2s"), through the sidecar or direct;
 // without it a call has 30 s.
-const TimeoutHeader = "Switchboard-Timeout"
-
-// minTimeout and maxTimeout bound the Switchboard-Timeout the sidecar
-// takes.
-const (
-	minTimeout = time.Millisecond
-	maxTimeout = time.Hour
-)
+const TimeoutHeader = sb.TimeoutHeader
 
 // defaultTimeout bounds a direct call that names no Switchboard-Timeout,
 // as the sidecar's does; tests move it.
@@ -470,9 +463,8 @@ func requestTimeout(h http.Header) (d time.Duration, timed bool, err error) {
 	if v == "" {
 		return defaultTimeout, false, nil
 	}
-	d, err = time.ParseDuration(v)
-	if err != nil || d < minTimeout || d > maxTimeout {
-		return 0, false, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
+	if d, err = sb.ParseTimeout(v); err != nil {
+		return 0, false, err
 	}
 	return d, true, nil
 }

@@ -502,40 +502,6 @@ func TestDirectDropsServicesNoCallAskedFor(t *testing.T) {
 	}
 }
 
-// FuzzRequestTimeout: a direct call's Switchboard-Timeout follows the
-// sidecar's rule: taken when it is a Go duration from 1ms to 1h, then
-// what it says; absent, the default; anything else invalid_argument
-// naming the header and quoting the value.
-func FuzzRequestTimeout(f *testing.F) {
-	for _, s := range []string{"", "2s", "1ms", "1h", "1h0m0.000000001s", "999us", "0", "-1s", "1.5m", "+3s", "2"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, v string) {
-		h := http.Header{}
-		if v != "" {
-			h[client.TimeoutHeader] = []string{v}
-		}
-		d, timed, err := client.RequestTimeout(h)
-		if v == "" {
-			if err != nil || timed || d <= 0 {
-				t.Fatalf("no header: %v, %v, %v; want the default", d, timed, err)
-			}
-			return
-		}
-		want, perr := time.ParseDuration(v)
-		ok := perr == nil && want >= time.Millisecond && want <= time.Hour
-		if err != nil {
-			if ok || sb.ErrorCode(err) != sb.EInvalid || !strings.Contains(sb.ErrorMessage(err), client.TimeoutHeader+": ") || !strings.Contains(sb.ErrorMessage(err), fmt.Sprintf("%q", v)) {
-				t.Fatalf("header %q: error %v; want %v, or invalid_argument naming the header and the value", v, err, want)
-			}
-			return
-		}
-		if !ok || !timed || d != want {
-			t.Fatalf("header %q = %v, %v; ParseDuration says %v, %v", v, d, timed, want, perr)
-		}
-	})
-}
-
 // FuzzRedactURL: an Atlas URL as errors and logs show it has no password
 // but the mask, and CheckURL's refusal says no more than it does of the
 // URL as shown.

@@ -25,11 +25,10 @@ import (
 // DefaultTimeout bounds a request that names no Switchboard-Timeout.
 const DefaultTimeout = 30 * time.Second
 
-// MinTimeout and MaxTimeout bound the Switchboard-Timeout accepted. A
-// shorter one would fail at once, and count against the instance tried.
+// MinTimeout and MaxTimeout bound the Switchboard-Timeout accepted.
 const (
-	MinTimeout = time.Millisecond
-	MaxTimeout = time.Hour
+	MinTimeout = sb.MinTimeout
+	MaxTimeout = sb.MaxTimeout
 )
 
 // Limits of the frontend's reading: a request's header must fit the read
@@ -354,15 +353,6 @@ func unroutable(p *balance.Pool) error {
 	return sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(p), p.Unroutable())
 }
 
-// parseTimeout reads a Switchboard-Timeout header's value.
-func parseTimeout(v []byte) (time.Duration, error) {
-	d, err := time.ParseDuration(string(v))
-	if err != nil || d < MinTimeout || d > MaxTimeout {
-		return 0, sb.Errorf(sb.EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
-	}
-	return d, nil
-}
-
 // route sends the request to an instance of the pool's service and copies
 // the answer back. It returns the status sent and how many retries it
 // took.
@@ -371,7 +361,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	timed := false
 	if v := ctx.Request.Header.Peek(TimeoutHeader); len(v) > 0 {
 		timed = true
-		d, err := parseTimeout(v)
+		d, err := sb.ParseTimeout(string(v))
 		if err != nil {
 			return writeError(ctx, err), 0
 		}

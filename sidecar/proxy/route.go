@@ -12,7 +12,7 @@ import (
 const ServiceHeader = "Switchboard-Service"
 
 // TimeoutHeader bounds one request ("2s"); the default is 30 s.
-const TimeoutHeader = "Switchboard-Timeout"
+const TimeoutHeader = sb.TimeoutHeader
 
 // ServiceOf returns the service a request is for: the Switchboard-Service
 // header; else the first label of a Host ending in .localhost
