@@ -66,9 +66,6 @@ var (
 	// errStaleConn: a kept-alive connection was closed by the instance
 	// before any byte of an answer came back.
 	errStaleConn = errors.New("connection closed by the instance before an answer")
-	// errCutShort: the answer's head came but not all of the body read
-	// before it goes on. The answer had started: not retried.
-	errCutShort = errors.New("answer cut short")
 )
 
 // dialError is a failure to connect: no byte of the request left.
@@ -300,10 +297,7 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 	if cl >= 0 && cl <= smallBody {
 		resp.StreamBody = false
 		if err := resp.ReadBody(c.br, smallBody); err != nil {
-			if isTimeout(err) {
-				return nil, ioError(err)
-			}
-			return nil, fmt.Errorf("%w: %v", errCutShort, err)
+			return nil, ioError(err)
 		}
 		b.put(c, reuse)
 		return nil, nil

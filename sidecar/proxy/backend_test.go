@@ -11,9 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	sb "github.com/switchboard-go/switchboard"
-	"github.com/switchboard-go/switchboard/balance"
 )
 
 // countingServer is an httptest server that counts the connections it
@@ -315,42 +312,5 @@ func TestBodyAfterABodylessAnswerIsNotReadAsTheNext(t *testing.T) {
 		if res, body := f.do("POST", "a", "/", "x"); res.StatusCode != 200 || body != "ok" || posts.Load() != 1 {
 			t.Fatalf("POST after a %s answered with a late body = %d %q (the instance saw %d POSTs)", tc.method, res.StatusCode, body, posts.Load())
 		}
-	}
-}
-
-// TestAnswerCutShortIsNotRetried: an answer whose head came but whose body
-// (small enough to be read whole before it goes on) was cut short had
-// started: the request is not sent to another instance, as the SPEC says
-// (only a request whose response never started is retried). The caller
-// gets 502, and the failure counts against the instance. Before, a GET was
-// sent again to the next instance.
-func TestAnswerCutShortIsNotRetried(t *testing.T) {
-	var hits atomic.Int64
-	cut := func(_, _ int64, c net.Conn) bool {
-		hits.Add(1)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-		return false
-	}
-	a, _ := rawInstance(t, cut)
-	b, _ := rawInstance(t, cut)
-	f := newFrontend(t)
-	f.set("a", a, b)
-	for i := range 2*balance.EjectAfter - 1 {
-		res, body := f.do("GET", "a", "/", "")
-		if n := hits.Swap(0); res.StatusCode != 502 || n != 1 {
-			t.Fatalf("GET %d = %d %s after %d tries; want 502 after 1", i, res.StatusCode, body, n)
-		}
-		if e := errorOf(t, body); e.Code != sb.EBadGateway || !strings.Contains(e.Message, "cut short") {
-			t.Fatalf("GET %d: error %+v; want bad_gateway, cut short", i, e)
-		}
-	}
-	ejected := 0
-	for _, e := range f.table.Get("a").Endpoints() {
-		if ej, _ := e.Ejected(time.Now()); ej {
-			ejected++
-		}
-	}
-	if ejected != 1 {
-		t.Fatalf("%d instances ejected after %d answers cut short between 2; want 1", ejected, 2*balance.EjectAfter-1)
 	}
 }

@@ -463,10 +463,12 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		// A connection that failed before any byte was sent is safe to
 		// retry for every method; any other failure only when the
-		// request is idempotent, and its answer had not started (the
-		// SPEC: "a request whose response never started").
+		// request is idempotent. That includes a small answer whose body
+		// was cut short (an instance killed mid-answer): it is read whole
+		// before any of it goes on, so the caller has seen none of it,
+		// and for the caller its answer never started (the SPEC's rule).
 		done(balance.Failed)
-		if !(isDialError(err) || replayable) || errors.Is(err, errCutShort) || !h.Budget.Retry() {
+		if !(isDialError(err) || replayable) || !h.Budget.Retry() {
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
