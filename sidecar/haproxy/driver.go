@@ -420,44 +420,40 @@ const resolveTimeout = 2 * time.Second
 // fails to resolve keeps the address it had in last, the service's
 // previous answer; one never resolved is missing from the map.
 func (d *Driver) resolve(eps []*balance.Endpoint, last map[string]string) map[string]string {
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		ips = map[string]string{}
-	)
+	var hosts []string
+	seen := map[string]bool{}
+	for _, e := range eps {
+		if host, _, err := net.SplitHostPort(e.Addr); err == nil && net.ParseIP(host) == nil && !seen[host] {
+			seen[host] = true
+			hosts = append(hosts, host)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
-	for _, e := range eps {
-		host, _, err := net.SplitHostPort(e.Addr)
-		if err != nil || net.ParseIP(host) != nil {
-			continue
-		}
-		mu.Lock()
-		_, asked := ips[host]
-		ips[host] = ""
-		mu.Unlock()
-		if asked {
-			continue
-		}
+	addrs := make([]string, len(hosts)) // "": left out
+	var wg sync.WaitGroup
+	for i, host := range hosts {
 		wg.Go(func() {
-			addrs, err := lookupIP(ctx, host)
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil && len(addrs) > 0 {
-				ips[host] = addrs[0].IP.String()
-				return
-			}
-			if ip, ok := last[host]; ok {
+			ips, err := lookupIP(ctx, host)
+			switch ip, ok := last[host]; {
+			case err == nil && len(ips) > 0:
+				addrs[i] = ips[0].IP.String()
+			case ok:
 				d.log().Warn("haproxy: resolving an instance's name failed; its last address stays", "host", host, "address", ip, "err", err)
-				ips[host] = ip
-				return
+				addrs[i] = ip
+			default:
+				d.log().Warn("haproxy: resolving an instance's name failed; its instances are left out", "host", host, "err", err)
 			}
-			d.log().Warn("haproxy: resolving an instance's name failed; its instances are left out", "host", host, "err", err)
-			delete(ips, host)
 		})
 	}
 	wg.Wait()
-	return ips
+	resolved := make(map[string]string, len(hosts))
+	for i, host := range hosts {
+		if addrs[i] != "" {
+			resolved[host] = addrs[i]
+		}
+	}
+	return resolved
 }
 
 // slotOf describes an endpoint as a slot; ips holds the address of each
