@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,7 +13,7 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
-	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 )
 
 // FuzzRegistration: any body either is refused with an invalid_argument
@@ -91,17 +89,7 @@ func FuzzMerge(f *testing.F) {
 // FuzzAPI sends arbitrary requests to a real Atlas: it never panics, never
 // answers 500, and every error has the JSON error body.
 func FuzzAPI(f *testing.F) {
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(f.TempDir(), "atlas.db")})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer st.Close()
-	srv, err := atlas.New(atlas.Config{Store: st, Insecure: true})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer srv.Close()
-	h := srv.Handler()
+	h := atlastest.Start(f, true).Server.Handler()
 	f.Add("PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":5000}`)
 	f.Add("PUT", "/v1/instances/a-1/status", `{"status":"warning","output":"slow"}`)
 	f.Add("PUT", "/v1/instances/a-1/enabled", `{"enabled":false,"reason":"x"}`)
@@ -171,24 +159,10 @@ func FuzzAPI(f *testing.F) {
 // around it aside); anything else is unauthenticated, with the JSON error
 // body and a message about the header.
 func FuzzAuthorization(f *testing.F) {
-	dir := f.TempDir()
-	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer st.Close()
-	srv, err := atlas.New(atlas.Config{Store: st, DataDir: dir})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer srv.Close()
-	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	token := strings.TrimSpace(string(b))
+	a := atlastest.Start(f, false)
+	token := a.AdminToken
 	id, _, _ := strings.Cut(strings.TrimPrefix(token, "sb."), ".")
-	h := srv.Handler()
+	h := a.Server.Handler()
 	for _, s := range []string{"Bearer $TOKEN", "bearer  $TOKEN ", "Bearer $TOKEN.", "Bearer $TOKENx", "Basic $TOKEN", "Bearer", "Bearer sb." + id + ".", "Bearer sb." + id, "Bearer sb..x", "$TOKEN", "Bearer\t$TOKEN"} {
 		f.Add(s)
 	}
