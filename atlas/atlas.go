@@ -107,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 		log:     cfg.Logger,
 		started: cfg.Now(),
 	}
+	s.st.onDamaged = func(key, rule string) {
+		s.log.Warn("atlas: a stored entry is not a valid record; it is left out of every answer until written again", "key", key, "err", rule)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.waits, s.endWaits = context.WithCancel(s.ctx)
 	if err := s.reload(s.ctx); err != nil {

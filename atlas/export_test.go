@@ -1,5 +1,7 @@
 package atlas
 
+import "context"
+
 // WaitKeys returns how many watch keys have a wait channel: what the
 // blocking queries and event streams waiting now hold.
 func (s *Server) WaitKeys() int {
@@ -14,4 +16,13 @@ func (s *Server) ResKeys() int {
 	s.st.mu.RLock()
 	defer s.st.mu.RUnlock()
 	return len(s.st.res)
+}
+
+// StorePrefixes are the prefixes of the keys Atlas keeps in its store.
+var StorePrefixes = []string{pfxInstance, pfxSwitch, pfxLayer, pfxToken, pfxPort, pfxPortUsed, pfxPolicy}
+
+// WaitApplied returns once the server has applied the store's write at
+// index.
+func (s *Server) WaitApplied(ctx context.Context, index uint64) error {
+	return s.waitApplied(ctx, index)
 }

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -182,6 +185,119 @@ func FuzzAuthorization(f *testing.F) {
 		var e struct{ Error sb.Error }
 		if rec.Code != http.StatusUnauthorized || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code != sb.EUnauthenticated || !strings.HasPrefix(e.Error.Message, "authorization: ") {
 			t.Fatalf("Authorization %q = %d %s; want 401 unauthenticated about the header", header, rec.Code, rec.Body)
+		}
+	})
+}
+
+// FuzzStoredValues writes any value under any of Atlas's keys straight
+// into its store, as a damaged file, another version of Atlas or a hand
+// edit of etcd might: Atlas never panics and never answers 500 to a read
+// of it, shows no instance that a registration could not have made, and
+// forgets it when the key goes.
+func FuzzStoredValues(f *testing.F) {
+	a := atlastest.Start(f, true)
+	h := a.Server.Handler()
+	for i, seed := range []struct{ name, value string }{
+		{"a-1", `{"id":"a-1","service":"a","realm":"dev","address":"10.0.0.1","port":5000,"status":"passing","ttl":"30s"}`},
+		{"a-1", `{"enabled":false,"reason":"drain"}`},
+		{"dev/a", `{"db":{"pool":5}}`},
+		{"tok1", `{"name":"n","role":"service","hash":"00","services":["a"],"realms":["dev"]}`},
+		{"a", `5000`},
+		{"5000", `"a"`},
+		{"dev/a", `["b","c"]`},
+	} {
+		f.Add(uint8(i), seed.name, []byte(seed.value))
+	}
+	f.Add(uint8(0), "x", []byte(`{"service":"","port":-1,"status":"up","tags":[""],"meta":{"":""}}`))
+	f.Add(uint8(2), "//", []byte(`null`))
+	f.Add(uint8(4), "b", []byte(`70000`))
+	f.Add(uint8(5), "-1", []byte(`""`))
+	f.Fuzz(func(t *testing.T, kind uint8, name string, value []byte) {
+		key := atlas.StorePrefixes[int(kind)%len(atlas.StorePrefixes)] + name
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		write := func(op atlas.Op) {
+			index, err := a.Store.Txn(ctx, []atlas.Op{op})
+			if err != nil {
+				t.Fatalf("writing %q: %v", key, err)
+			}
+			if err := a.Server.WaitApplied(ctx, index); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write(atlas.Op{Key: key, Value: value})
+		var loose struct{ Service, Realm string }
+		_ = json.Unmarshal(value, &loose)
+		realm, service, _ := strings.Cut(name, "/")
+		reads := []string{
+			"/v1/services",
+			"/v1/services?realm=" + url.QueryEscape(loose.Realm),
+			"/v1/services/" + url.PathEscape(loose.Service) + "?leases=true&realm=" + url.QueryEscape(loose.Realm),
+			"/v1/services/" + url.PathEscape(name) + "?realm=" + url.QueryEscape(realm),
+			"/v1/instances/" + url.PathEscape(name),
+			"/v1/config?realm=" + url.QueryEscape(realm) + "&service=" + url.QueryEscape(service),
+			"/v1/config/layer?realm=" + url.QueryEscape(realm) + "&service=" + url.QueryEscape(service),
+			"/v1/config/layers",
+			"/v1/tokens",
+			"/v1/policies?realm=" + url.QueryEscape(realm),
+		}
+		for _, target := range reads {
+			req, err := http.NewRequestWithContext(ctx, "GET", "http://atlas"+target, nil)
+			if err != nil {
+				continue
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code >= 500 {
+				t.Fatalf("with %q = %q stored: GET %s = %d %s", key, value, target, rec.Code, rec.Body)
+			}
+			if rec.Code != http.StatusOK {
+				continue
+			}
+			var shown struct{ Instances []*sb.Instance }
+			if strings.HasPrefix(target, "/v1/instances/") {
+				var in sb.Instance
+				if json.Unmarshal(rec.Body.Bytes(), &in) == nil {
+					shown.Instances = append(shown.Instances, &in)
+				}
+			} else if strings.HasPrefix(target, "/v1/services/") {
+				_ = json.Unmarshal(rec.Body.Bytes(), &shown)
+			}
+			for _, in := range shown.Instances {
+				reg := sb.Registration{Service: in.Service, Realm: in.Realm, Address: in.Address, Port: in.Port,
+					Tags: in.Tags, Meta: in.Meta, Status: in.Status, TTL: in.TTL}
+				if err := reg.Validate(); err != nil || sb.ValidateID(in.ID) != nil {
+					t.Fatalf("with %q = %q stored: GET %s shows an instance no registration makes (%v): %+v", key, value, target, err, in)
+				}
+			}
+		}
+		// A write through the API replaces what is there, valid or not.
+		do := func(method, target, body string) *httptest.ResponseRecorder {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, method, target, strings.NewReader(body)))
+			return rec
+		}
+		switch prefix := atlas.StorePrefixes[int(kind)%len(atlas.StorePrefixes)]; {
+		case prefix == "i/" && sb.ValidateID(name) == nil:
+			rec := do("PUT", "/v1/instances/"+url.PathEscape(name), `{"service":"fz","address":"127.0.0.1","port":5000}`)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("with %q = %q stored: registering %s = %d %s", key, value, name, rec.Code, rec.Body)
+			}
+		case prefix == "p/" && sb.ValidateName("service", name) == nil:
+			rec := do("POST", "/v1/services/"+url.PathEscape(name)+"/port", "")
+			var pa sb.PortAssignment
+			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &pa) != nil {
+				t.Fatalf("with %q = %q stored: a port for %s = %d %s", key, value, name, rec.Code, rec.Body)
+			}
+			write(atlas.Op{Key: "q/" + strconv.Itoa(pa.Port), Delete: true})
+		}
+		write(atlas.Op{Key: key, Delete: true})
+		if name != "" && kind%uint8(len(atlas.StorePrefixes)) == 0 {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/instances/"+url.PathEscape(name), nil))
+			if rec.Code == http.StatusOK {
+				t.Fatalf("after %q was deleted: GET /v1/instances/%s = 200 %s", key, name, rec.Body)
+			}
 		}
 	})
 }

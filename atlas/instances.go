@@ -90,7 +90,9 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 				return nil, err
 			}
 		}
-		var prev uint64
+		// A damaged entry under the id (not a valid record; see
+		// state.damaged) is replaced: its owner cannot be known.
+		prev := s.st.damaged[pfxInstance+id]
 		in := &sb.Instance{
 			ID: id, Service: reg.Service, Realm: reg.Realm, Address: reg.Address, Port: reg.Port,
 			Tags: reg.Tags, Meta: reg.Meta, Status: reg.Status, Output: reg.Output, TTL: reg.TTL,
@@ -558,7 +560,7 @@ func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssign
 		val, _ := jsonMarshal(port)
 		name, _ := jsonMarshal(service)
 		_, err := s.txn(ctx,
-			Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(0)},
+			Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(s.st.damagedIndex(pfxPort + service))},
 			Op{Key: pfxPortUsed + strconv.Itoa(port), Value: name, IfIndex: IfIndex(0)})
 		if errors.Is(err, ErrConflict) {
 			continue

@@ -2,7 +2,11 @@ package atlas
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sort"
@@ -38,9 +42,46 @@ type switchRecord struct {
 	Realm   string `json:"realm,omitempty"`
 }
 
+// validate checks a switch stored for instance id.
+func (sw *switchRecord) validate(id string) error {
+	if err := sb.ValidateID(id); err != nil {
+		return err
+	}
+	if sw.Service != "" || sw.Realm != "" {
+		return errors.Join(sb.ValidateName("service", sw.Service), sb.ValidateName("realm", sw.Realm))
+	}
+	return nil
+}
+
 type tokenRecord struct {
 	sb.Token
 	Hash string `json:"hash"` // hex SHA-256 of the secret
+}
+
+// validate checks a token stored under id as its creation checked it.
+func (t *tokenRecord) validate(id string) error {
+	if t.ID != id {
+		return fmt.Errorf("id: must be the key's, %q, got %q", id, t.ID)
+	}
+	req := sb.TokenRequest{Name: t.Name, Role: t.Role, Services: t.Services, Realms: t.Realms}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	if b, err := hex.DecodeString(t.Hash); err != nil || len(b) != sha256.Size {
+		return errors.New("hash: must be a hex SHA-256")
+	}
+	return nil
+}
+
+// validPort checks a port given to a service.
+func validPort(service string, port int) error {
+	if err := sb.ValidateName("service", service); err != nil {
+		return err
+	}
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("port: must be 1-65535, got %d", port)
+	}
+	return nil
 }
 
 // instRecord is an instance as the state keeps it: the fields it is stored
@@ -158,6 +199,14 @@ type state struct {
 	ports     map[string]int
 	portUsed  map[int]string
 	policies  map[string][]string // REALM/SERVICE -> may_call
+	// damaged holds, by store key, the index of each entry that is not a
+	// valid record (a damaged file, a hand edit of etcd, another version's
+	// format): it is in no answer, and the next write of its key replaces
+	// it (damagedIndex).
+	damaged map[string]uint64
+	// onDamaged, when set, hears of each damaged entry and the rule it
+	// breaks (under mu).
+	onDamaged func(key, rule string)
 	// byService indexes instances: realm -> service -> id -> record.
 	byService map[string]map[string]map[string]*instRecord
 	// res is, per watch key, the index of the last change to its answer
@@ -217,6 +266,7 @@ func (s *state) reset(index uint64) {
 	s.ports = make(map[string]int)
 	s.portUsed = make(map[int]string)
 	s.policies = make(map[string][]string)
+	s.damaged = make(map[string]uint64)
 	s.byService = make(map[string]map[string]map[string]*instRecord)
 	s.metas = make(map[string]map[string]string)
 	s.tagLists = make(map[string][]string)
@@ -299,9 +349,9 @@ func (s *state) unhint(key string, val []byte) {
 	s.hmu.Unlock()
 }
 
-// decodeInstance decodes the stored value of an instance, or takes the
-// hint for exactly that value.
-func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, bool) {
+// decodeInstance decodes and checks the stored value of an instance, or
+// takes the hint for exactly that value.
+func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, error) {
 	s.hmu.Lock()
 	h, ok := s.hints[key]
 	ok = ok && bytes.Equal(h.val, val)
@@ -310,13 +360,23 @@ func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, bool) {
 	}
 	s.hmu.Unlock()
 	if ok {
-		return h.in, true // newRecord only reads it
+		return h.in, nil // newRecord only reads it
 	}
 	var in sb.Instance
-	if json.Unmarshal(val, &in) != nil {
-		return nil, false
+	if err := json.Unmarshal(val, &in); err != nil {
+		return nil, err
 	}
-	return &in, true
+	// As a registration is checked: what is in the store was, unless it
+	// was written some other way.
+	reg := sb.Registration{Service: in.Service, Realm: in.Realm, Address: in.Address, Port: in.Port,
+		Tags: in.Tags, Meta: in.Meta, Status: in.Status, TTL: in.TTL}
+	if err := reg.Validate(); err != nil {
+		return nil, err
+	}
+	if len(in.Output) > sb.MaxOutputBytes {
+		return nil, fmt.Errorf("output: must be at most %d bytes, got %d", sb.MaxOutputBytes, len(in.Output))
+	}
+	return &in, nil
 }
 
 // visibleLocked returns the instance as the API shows it (without lease
@@ -373,14 +433,50 @@ func sameInstance(a, b *sb.Instance) bool {
 		a.StatusChangedAt.Equal(b.StatusChangedAt) && slices.Equal(a.Tags, b.Tags) && maps.Equal(a.Meta, b.Meta)
 }
 
+// putLocked applies a stored entry. One that is not a valid record is
+// taken as gone, and kept in damaged.
 func (s *state) putLocked(kv KV, woken *[]string) {
+	if err := s.putValidLocked(kv, woken); err != nil {
+		if _, known := s.damaged[kv.Key]; !known {
+			s.deleteLocked(kv.Key, kv.Index, woken)
+		}
+		s.damaged[kv.Key] = kv.Index
+		if s.onDamaged != nil {
+			rule := err.Error()
+			if e := (*sb.Error)(nil); errors.As(err, &e) {
+				rule = e.Message // without its API code
+			}
+			s.onDamaged(kv.Key, rule)
+		}
+		return
+	}
+	delete(s.damaged, kv.Key)
+}
+
+// damagedIndex returns the index of the damaged entry under key, or 0: a
+// write that replaces the key's record replaces such an entry too.
+func (s *state) damagedIndex(key string) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.damaged[key]
+}
+
+func (s *state) putValidLocked(kv KV, woken *[]string) error {
 	key := kv.Key
+	wake := func(keys ...string) {
+		if woken != nil {
+			*woken = append(*woken, keys...)
+		}
+	}
 	switch {
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
-		in, ok := s.decodeInstance(key, kv.Value)
-		if !ok {
-			return
+		if err := sb.ValidateID(id); err != nil {
+			return err
+		}
+		in, err := s.decodeInstance(key, kv.Value)
+		if err != nil {
+			return err
 		}
 		r := s.newRecord(in, kv.Index)
 		if old := s.instances[id]; old != nil {
@@ -405,8 +501,11 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 	case strings.HasPrefix(key, pfxSwitch):
 		id := key[len(pfxSwitch):]
 		var sw switchRecord
-		if json.Unmarshal(kv.Value, &sw) != nil {
-			return
+		if err := json.Unmarshal(kv.Value, &sw); err != nil {
+			return err
+		}
+		if err := sw.validate(id); err != nil {
+			return err
 		}
 		before := s.visibleLocked(id)
 		s.switches[id] = sw
@@ -414,41 +513,79 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 	case strings.HasPrefix(key, pfxLayer):
 		lk, ok := parseLayerKey(key)
 		if !ok {
-			return
+			return errors.New("key: must be c/REALM/SERVICE")
+		}
+		if err := lk.Validate(); err != nil {
+			return err
+		}
+		if _, err := ParseLayer(kv.Value); err != nil {
+			return err
 		}
 		s.layers[lk] = layerRecord{raw: kv.Value, index: kv.Index}
-		if woken != nil {
-			*woken = append(*woken, layerKey(lk), layersKey)
-		}
+		wake(layerKey(lk), layersKey)
 	case strings.HasPrefix(key, pfxToken):
 		var t tokenRecord
-		if json.Unmarshal(kv.Value, &t) != nil {
-			return
+		if err := json.Unmarshal(kv.Value, &t); err != nil {
+			return err
+		}
+		if err := t.validate(key[len(pfxToken):]); err != nil {
+			return err
 		}
 		s.tokens[key[len(pfxToken):]] = t
-		if woken != nil {
-			*woken = append(*woken, tokensKey)
-		}
+		wake(tokensKey)
 	case strings.HasPrefix(key, pfxPort):
+		service := key[len(pfxPort):]
 		var port int
-		if json.Unmarshal(kv.Value, &port) != nil {
-			return
+		if err := json.Unmarshal(kv.Value, &port); err != nil {
+			return err
 		}
-		s.ports[key[len(pfxPort):]] = port
-		s.portUsed[port] = key[len(pfxPort):]
+		if err := validPort(service, port); err != nil {
+			return err
+		}
+		s.ports[service] = port
+		s.portUsed[port] = service
+	case strings.HasPrefix(key, pfxPortUsed):
+		// Written with p/SERVICE, and only so that no port is given
+		// twice: kept for that alone.
+		port, err := strconv.Atoi(key[len(pfxPortUsed):])
+		var service string
+		if err == nil {
+			err = json.Unmarshal(kv.Value, &service)
+		}
+		if err == nil {
+			err = validPort(service, port)
+		}
+		if err != nil {
+			return err
+		}
+		if _, ok := s.portUsed[port]; !ok {
+			s.portUsed[port] = service
+		}
 	case strings.HasPrefix(key, pfxPolicy):
-		var p []string
-		if json.Unmarshal(kv.Value, &p) != nil {
-			return
+		realm, service, ok := strings.Cut(key[len(pfxPolicy):], "/")
+		if !ok {
+			return errors.New("key: must be a/REALM/SERVICE")
 		}
-		s.policies[key[len(pfxPolicy):]] = p
-		if woken != nil {
-			*woken = append(*woken, policiesKey)
+		p := sb.Policy{Service: service, Realm: realm}
+		if err := json.Unmarshal(kv.Value, &p.MayCall); err != nil {
+			return err
 		}
+		if err := p.Validate(); err != nil {
+			return err
+		}
+		s.policies[key[len(pfxPolicy):]] = p.MayCall
+		wake(policiesKey)
 	}
+	return nil
 }
 
 func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
+	delete(s.damaged, key)
+	wake := func(keys ...string) {
+		if woken != nil {
+			*woken = append(*woken, keys...)
+		}
+	}
 	switch {
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
@@ -464,18 +601,26 @@ func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
 	case strings.HasPrefix(key, pfxLayer):
 		if lk, ok := parseLayerKey(key); ok {
 			delete(s.layers, lk)
-			*woken = append(*woken, layerKey(lk), layersKey)
+			wake(layerKey(lk), layersKey)
 		}
 	case strings.HasPrefix(key, pfxToken):
 		delete(s.tokens, key[len(pfxToken):])
-		*woken = append(*woken, tokensKey)
+		wake(tokensKey)
 	case strings.HasPrefix(key, pfxPort):
 		svc := key[len(pfxPort):]
-		delete(s.portUsed, s.ports[svc])
+		if port, ok := s.ports[svc]; ok && s.portUsed[port] == svc {
+			delete(s.portUsed, port)
+		}
 		delete(s.ports, svc)
+	case strings.HasPrefix(key, pfxPortUsed):
+		if port, err := strconv.Atoi(key[len(pfxPortUsed):]); err == nil {
+			if svc, ok := s.portUsed[port]; ok && s.ports[svc] != port {
+				delete(s.portUsed, port)
+			}
+		}
 	case strings.HasPrefix(key, pfxPolicy):
 		delete(s.policies, key[len(pfxPolicy):])
-		*woken = append(*woken, policiesKey)
+		wake(policiesKey)
 	}
 }
 

@@ -3,6 +3,7 @@ package atlas
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -26,9 +27,9 @@ func instanceKV(t *testing.T, in *sb.Instance, index uint64) ChangedKV {
 // the second's index, with a history entry for each.
 func TestStateApplyBatch(t *testing.T) {
 	st := newState()
-	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, Status: sb.Passing, Tags: []string{}}
-	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Address: "10.0.0.2", Port: 80, Status: sb.Passing, Tags: []string{}}
-	c := &sb.Instance{ID: "c", Service: "db", Realm: "dev", Address: "10.0.0.3", Port: 5432, Status: sb.Passing, Tags: []string{}}
+	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing, Tags: []string{}}
+	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Address: "10.0.0.2", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing, Tags: []string{}}
+	c := &sb.Instance{ID: "c", Service: "db", Realm: "dev", Address: "10.0.0.3", Port: 5432, TTL: sb.Duration(time.Minute), Status: sb.Passing, Tags: []string{}}
 	waitWeb, _ := st.waitChan(svcKey("dev", "web"))
 	waitDB, _ := st.waitChan(svcKey("dev", "db"))
 	st.apply(
@@ -73,7 +74,7 @@ func TestStateApplyBatch(t *testing.T) {
 // with; any other value of the key is decoded.
 func TestStateDecodeHint(t *testing.T) {
 	st := newState()
-	mine := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, Status: sb.Passing, Tags: []string{"v1"}}
+	mine := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing, Tags: []string{"v1"}}
 	kv := instanceKV(t, mine, 3)
 	st.hint(kv.Key, kv.Value, mine)
 
@@ -144,9 +145,9 @@ func TestStateRecordRoundTrip(t *testing.T) {
 // make two different ones look alike.
 func TestStateSharesOnlyEqualTagsAndMeta(t *testing.T) {
 	st := newState()
-	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Status: sb.Passing,
+	a := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing,
 		Tags: []string{"x\x00y"}, Meta: map[string]string{"k": "\x00"}}
-	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Status: sb.Passing,
+	b := &sb.Instance{ID: "b", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing,
 		Tags: []string{"x", "y"}, Meta: map[string]string{"k\x00": ""}}
 	st.apply(Change{Index: 1, KVs: []ChangedKV{instanceKV(t, a, 1), instanceKV(t, b, 1)}})
 	st.mu.RLock()
@@ -164,7 +165,7 @@ func TestStateSharesOnlyEqualTagsAndMeta(t *testing.T) {
 // not in the store) for the instances the snapshot still has.
 func TestStateReloadKeepsLeases(t *testing.T) {
 	st := newState()
-	in := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Status: sb.Passing}
+	in := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing}
 	kv := instanceKV(t, in, 1)
 	st.apply(Change{Index: 1, KVs: []ChangedKV{kv}})
 	st.mu.Lock()
@@ -187,5 +188,38 @@ func TestRecordSizes(t *testing.T) {
 	}
 	if n := unsafe.Sizeof(event{}); n > 16 {
 		t.Errorf("event is %d bytes, want 16 at most", n)
+	}
+}
+
+// An entry that is not a valid record (a damaged file, a hand edit of
+// etcd) was left out silently, and a record already there stayed as if
+// the store still held it; a registration of its id then conflicted with
+// it forever. It is now reported, taken as gone, and its index kept for
+// the write that replaces it.
+func TestStateSetsDamagedEntriesAside(t *testing.T) {
+	st := newState()
+	var reported []string
+	st.onDamaged = func(key, rule string) { reported = append(reported, key+": "+rule) }
+	good := &sb.Instance{ID: "a", Service: "web", Realm: "dev", Address: "10.0.0.1", Port: 80, TTL: sb.Duration(time.Minute), Status: sb.Passing}
+	st.load(1, []KV{instanceKV(t, good, 1).KV, {Key: pfxPort + "web", Value: []byte("70000"), Index: 1}})
+	if len(reported) != 1 || !strings.Contains(reported[0], "p/web: port: must be 1-65535") {
+		t.Fatalf("reported %q; want the port out of range", reported)
+	}
+	if st.ports["web"] != 0 || st.damagedIndex(pfxPort+"web") != 1 {
+		t.Fatalf("port %d, damaged index %d; want no port and index 1", st.ports["web"], st.damagedIndex(pfxPort+"web"))
+	}
+
+	bad := *good
+	bad.Port = 0
+	st.apply(Change{Index: 2, KVs: []ChangedKV{instanceKV(t, &bad, 2)}})
+	st.mu.RLock()
+	_, kept := st.instances["a"]
+	st.mu.RUnlock()
+	if kept || st.damagedIndex(pfxInstance+"a") != 2 || !strings.Contains(reported[len(reported)-1], "i/a: port: required") {
+		t.Fatalf("after a damaged write: instance kept %v, damaged index %d, reported %q", kept, st.damagedIndex(pfxInstance+"a"), reported)
+	}
+	st.apply(Change{Index: 3, KVs: []ChangedKV{instanceKV(t, good, 3)}})
+	if st.damagedIndex(pfxInstance+"a") != 0 || st.instances["a"] == nil {
+		t.Fatal("a valid write did not replace the damaged entry")
 	}
 }

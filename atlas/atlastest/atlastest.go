@@ -22,6 +22,8 @@ type Atlas struct {
 	// AdminToken is the bootstrap admin token ("" when insecure).
 	AdminToken string
 	Server     *atlas.Server
+	// Store is the Server's store, for a test that writes to it directly.
+	Store atlas.Store
 }
 
 // Start runs an Atlas; with insecure false, auth is on.
@@ -49,7 +51,7 @@ func Start(t testing.TB, insecure bool) *Atlas {
 		srv.Close()
 		st.Close()
 	})
-	a := &Atlas{URL: hs.URL, Server: srv}
+	a := &Atlas{URL: hs.URL, Server: srv, Store: st}
 	if !insecure {
 		b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
 		if err != nil {
