@@ -277,9 +277,14 @@ func (s *Sidecar) Start() error {
 		}
 		s.hap.Store(hap)
 		s.ListenAddr = s.cfg.Listen
+		// All at once: a service whose instances' names do not resolve
+		// (DNS down as well as Atlas) holds up its own hand-over for up
+		// to 2 s, not every other one's.
+		var wg sync.WaitGroup
 		for _, p := range s.table.All() {
-			s.pushHAProxy(p.Service)
+			wg.Go(func() { s.pushHAProxy(p.Service) })
 		}
+		wg.Wait()
 	}
 
 	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
