@@ -45,6 +45,9 @@ func TestCommands(t *testing.T) {
 		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5001", "--id", "identity-h2-5001", "--status", "warning", "--realm", "production"}, 0, "warning", ""},
 		// -o is the global output flag, not the check output.
 		{[]string{"register", "--service", "identity", "--address", "127.0.0.1", "--port", "5002", "--id", "identity-h3-5002", "--check-output", "slow disk", "-o", "json", "--realm", "test"}, 0, `"output": "slow disk"`, ""},
+		// A meta value may hold a comma.
+		{[]string{"register", "--service", "notes", "--address", "127.0.0.1", "--port", "5003", "--id", "notes-h1-5003", "--meta", "owners=ana,bo", "-o", "json"}, 0, `"owners": "ana,bo"`, ""},
+		{[]string{"deregister", "notes-h1-5003"}, 0, "deregistered notes-h1-5003", ""},
 		{[]string{"services"}, 0, "identity  1          1", ""},
 		{[]string{"services", "--realm", "production"}, 0, "identity  1          0        1", ""},
 		{[]string{"instances", "identity"}, 0, "127.0.0.1:5000  passing  yes      v2", ""},
@@ -60,6 +63,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"register", "--service", "Identity", "--address", "x", "--port", "1"}, 2, "", "--service: must match"},
 		{[]string{"register", "--service", "a", "--address", "x", "--port", "70000"}, 2, "", "--port: must be 1-65535, got 70000"},
 		{[]string{"register", "--service", "a", "--address", "x", "--port", "1", "--meta", "novalue"}, 2, "", "--meta: must be KEY=VALUE"},
+		{[]string{"register", "--service", "a", "--address", "x", "--port", "1", "--meta", "v=1", "--meta", "v=2"}, 2, "", `--meta: key "v" given twice`},
 		{[]string{"instances"}, 2, "", "accepts 1 arg(s)"},
 		{[]string{"instances", "Bad"}, 2, "", "SERVICE: must match"},
 		{[]string{"disable", "x"}, 2, "", "--reason: required"},

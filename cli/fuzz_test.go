@@ -126,3 +126,31 @@ func TestParseStoreTakesAFullyQualifiedName(t *testing.T) {
 		t.Fatalf("parseStore = %q, %v; want the two endpoints", eps, err)
 	}
 }
+
+// FuzzParseMeta: --meta entries (here one per line) are refused as a usage
+// error, or each gives its key its value, all of the value, whatever it
+// holds ("=" and "," too).
+func FuzzParseMeta(f *testing.F) {
+	for _, s := range []string{"version=1.4.2", "a=1\nb=2", "note=a,b", "k==", "=v", "k=1\nk=2", "novalue", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		entries := strings.Split(s, "\n")
+		meta, err := parseMeta(entries)
+		if err != nil {
+			if _, ok := err.(*UsageError); !ok || !strings.HasPrefix(err.Error(), "--meta: ") {
+				t.Fatalf("parseMeta(%q) error %T %q; want a usage error about --meta", entries, err, err)
+			}
+			return
+		}
+		if len(meta) != len(entries) {
+			t.Fatalf("parseMeta(%q) = %q: %d entries for %d", entries, meta, len(meta), len(entries))
+		}
+		for _, e := range entries {
+			k, v, _ := strings.Cut(e, "=")
+			if got, ok := meta[k]; !ok || got != v || k+"="+got != e {
+				t.Fatalf("parseMeta(%q)[%q] = %q, want %q", entries, k, got, v)
+			}
+		}
+	})
+}

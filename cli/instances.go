@@ -160,15 +160,9 @@ func registerCmd(g *globals) *cobra.Command {
 				// --ttl 0s asks for.
 				return usagef("--ttl: must be between 1s and 24h, got %s", ttl)
 			}
-			if len(meta) > 0 {
-				reg.Meta = map[string]string{}
-				for _, kv := range meta {
-					k, v, ok := strings.Cut(kv, "=")
-					if !ok {
-						return usagef("--meta: must be KEY=VALUE, got %q", kv)
-					}
-					reg.Meta[k] = v
-				}
+			var err error
+			if reg.Meta, err = parseMeta(meta); err != nil {
+				return err
 			}
 			reg.Normalize()
 			if err := reg.Validate(); err != nil {
@@ -194,12 +188,33 @@ func registerCmd(g *globals) *cobra.Command {
 	f.StringVar(&reg.Address, "address", "", "address other hosts reach it at (required)")
 	f.IntVar(&reg.Port, "port", 0, "port (required)")
 	f.StringSliceVar(&tags, "tag", nil, "tags")
-	f.StringSliceVar(&meta, "meta", nil, "meta entries KEY=VALUE")
+	// An array, not a slice: a value may hold a comma.
+	f.StringArrayVar(&meta, "meta", nil, "a meta entry KEY=VALUE (repeat for more)")
 	f.StringVar(&status, "status", "passing", "initial status")
 	// Not --output: that is the global -o (table or json).
 	f.StringVar(&output, "check-output", "", "check output, as a health check would report it")
 	f.DurationVar(&ttl, "ttl", 30*time.Second, "lease: the instance is removed if not renewed within it")
 	return c
+}
+
+// parseMeta reads --meta's KEY=VALUE entries; a value may hold any byte,
+// "=" and "," included.
+func parseMeta(entries []string) (map[string]string, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	meta := make(map[string]string, len(entries))
+	for _, kv := range entries {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, usagef("--meta: must be KEY=VALUE, got %q", kv)
+		}
+		if _, dup := meta[k]; dup {
+			return nil, usagef("--meta: key %q given twice", k)
+		}
+		meta[k] = v
+	}
+	return meta, nil
 }
 
 func idArg(args []string) (string, error) {
