@@ -263,7 +263,7 @@ backend bench-retry
     option forwardfor
     option redispatch 1
     retries 3
-    retry-on conn-failure empty-response response-timeout
+    retry-on conn-failure empty-response
     acl idempotent method GET HEAD PUT DELETE OPTIONS
     http-request disable-l7-retry if !idempotent
     http-request del-header switchboard-service

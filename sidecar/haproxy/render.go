@@ -74,7 +74,7 @@ defaults
     option redispatch 1
     option http-keep-alive
     retries 3
-    retry-on conn-failure empty-response response-timeout
+    retry-on conn-failure empty-response
     timeout connect 2s
     timeout client 2m
     timeout server 30s
