@@ -175,4 +175,14 @@ func TestRelativePathsAreTheFiles(t *testing.T) {
 		c.HAProxy.Binary != filepath.Join(dir, "bin/haproxy") || c.HAProxy.Dir != "/abs/hap" {
 		t.Fatalf("paths: token_file %s, state_dir %s, haproxy %+v", c.TokenFile, c.StateDir, c.HAProxy)
 	}
+
+	// A file named relative to the working directory gives absolute
+	// paths: HAProxy reads a relative socket path as an address.
+	t.Chdir(dir)
+	if c, err = LoadConfig("sidecar.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != filepath.Join(dir, "state") || c.TokenFile != filepath.Join(dir, "token") {
+		t.Fatalf("paths with sidecar.yaml relative: token_file %s, state_dir %s", c.TokenFile, c.StateDir)
+	}
 }

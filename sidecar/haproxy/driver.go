@@ -147,6 +147,12 @@ func (d *Driver) Start() error {
 	if _, err := CheckVersion(d.Binary); err != nil {
 		return err
 	}
+	// HAProxy reads a socket path without a leading / as an address.
+	dir, err := filepath.Abs(d.Dir)
+	if err != nil {
+		return fmt.Errorf("haproxy: dir: %w", err)
+	}
+	d.Dir = dir
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
@@ -217,13 +223,13 @@ func (d *Driver) markAppliedLocked() {
 	d.removed = nil
 }
 
-// writeCheckedLocked renders spec to a candidate file, has `haproxy -c`
-// check it, and moves it into place; a refused candidate is kept as
-// haproxy.cfg.rejected and the running config stays.
 // errRefused is the error of a config haproxy -c refused: the same config
 // is refused again, so a reload that failed with it is not retried.
 var errRefused = errors.New("the new config was refused")
 
+// writeCheckedLocked renders spec to a candidate file, has `haproxy -c`
+// check it, and moves it into place; a refused candidate is kept as
+// haproxy.cfg.rejected and the running config stays.
 func (d *Driver) writeCheckedLocked(spec Spec) error {
 	text, err := Render(spec)
 	if err != nil {
@@ -235,7 +241,8 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, d.Binary, "-c", "-q", "-f", cand).CombinedOutput()
+	// Not -q: it silences the alerts that say why a config is refused.
+	out, err := exec.CommandContext(ctx, d.Binary, "-c", "-f", cand).CombinedOutput()
 	var exit *exec.ExitError
 	if err != nil && (!errors.As(err, &exit) || ctx.Err() != nil) {
 		// The check did not run to its verdict (it timed out on a busy
@@ -247,9 +254,27 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 		d.refused.Add(1)
 		rej := d.cfgPath() + ".rejected"
 		_ = os.Rename(cand, rej)
-		return fmt.Errorf("haproxy: %w (kept as %s; the running config stays): %v: %s", errRefused, rej, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("haproxy: %w (kept as %s; the running config stays): %v: %s", errRefused, rej, err, alerts(out))
 	}
 	return os.Rename(cand, d.cfgPath())
+}
+
+// alerts returns the [ALERT] lines of HAProxy's output, without their
+// prefix and joined by "; " (all of it when it has none).
+func alerts(out []byte) string {
+	var said []string
+	for line := range strings.Lines(string(out)) {
+		if _, msg, ok := strings.Cut(line, "[ALERT]"); ok {
+			if _, rest, ok := strings.Cut(msg, ") : "); ok {
+				msg = rest
+			}
+			said = append(said, strings.TrimSpace(msg))
+		}
+	}
+	if len(said) == 0 {
+		return strings.TrimSpace(string(out))
+	}
+	return strings.Join(said, "; ")
 }
 
 func (d *Driver) startLocked() error {

@@ -106,16 +106,34 @@ func poll(ok func() bool) bool {
 // address it listens on.
 func startDriver(t *testing.T) (*Driver, string) {
 	t.Helper()
+	return startDriverIn(t, t.TempDir())
+}
+
+// startDriverIn is startDriver with Dir set to dir.
+func startDriverIn(t *testing.T, dir string) (*Driver, string) {
+	t.Helper()
 	old := MinReloadInterval
 	MinReloadInterval = 0
 	t.Cleanup(func() { MinReloadInterval = old })
 	listen := unusedAddr(t)
-	d := &Driver{Dir: t.TempDir(), Listen: listen, Fallback: unusedAddr(t), Realm: "dev", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	d := &Driver{Dir: dir, Listen: listen, Fallback: unusedAddr(t), Realm: "dev", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
 	return d, listen
+}
+
+// A relative Dir (state_dir: ./state in a sidecar.yaml in the working
+// directory) made HAProxy refuse the config: it reads a socket path
+// without a leading / as an address.
+func TestARelativeDirIsMadeAbsolute(t *testing.T) {
+	t.Chdir(t.TempDir())
+	d, listen := startDriverIn(t, "state/haproxy")
+	d.Update("files", false, endpoints(t, backends(t, 1)[0]))
+	if body := waitGet(t, listen, "files", 200); body != "i0" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
 }
 
 // TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside runs the real
@@ -157,6 +175,14 @@ func TestDriverRestartsHAProxyAndKeepsRefusedConfigsAside(t *testing.T) {
 	}
 	if st, body := get(listen, "files"); st != 200 || body != "hello" {
 		t.Fatalf("after a refused config: %d %q", st, body)
+	}
+	// Why, in HAProxy's words (haproxy -c -q said nothing).
+	d.mu.Lock()
+	spec := d.specLocked()
+	err := d.writeCheckedLocked(spec)
+	d.mu.Unlock()
+	if err == nil || !strings.Contains(err.Error(), "Fatal errors found in configuration") || strings.Contains(err.Error(), "[ALERT]") {
+		t.Fatalf("refusing the config again: %v; want HAProxy's alerts, without their prefix", err)
 	}
 	// A refused config is refused again: it is not retried until the
 	// next change (a failed load is: TestAFailedReloadIsCountedAndTriedAgain).
