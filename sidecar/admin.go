@@ -68,9 +68,9 @@ func (s *Sidecar) adminHandler() http.Handler {
 		_ = enc.Encode(s.Routes())
 	})
 	hc := &health.Checker{Hostname: s.cfg.Host, Timeout: 2 * time.Second, FailedStatus: http.StatusServiceUnavailable, SuccessTTL: 2 * time.Second}
-	_ = hc.Add("frontend", func(ctx context.Context) (string, error) {
+	_ = hc.AddCheck(health.Check{Name: "frontend", Liveness: true, Func: func(ctx context.Context) (string, error) {
 		return "routing on " + s.ListenAddr, nil
-	})
+	}})
 	_ = hc.Add("atlas", func(ctx context.Context) (string, error) {
 		// Atlas being down is not the sidecar failing: it routes on the
 		// last known instances. Say so, and pass. An Atlas that hangs is
@@ -89,7 +89,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 			return fmt.Sprintf("%s: %s", st, out), nil
 		})
 	}
-	mux.Handle("GET /healthcheck", hc)
+	hc.Register(mux) // /healthcheck, /livez, /readyz
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
 	return mux
 }

@@ -237,4 +237,16 @@ func TestHealthcheckPassesWhileAtlasHangs(t *testing.T) {
 	if res.StatusCode != 200 || !strings.Contains(string(body), "atlas unreachable") {
 		t.Fatalf("/healthcheck with Atlas hung = %d %s; want 200 saying Atlas is unreachable", res.StatusCode, body)
 	}
+	// The same checks in Kubernetes' forms.
+	for path, want := range map[string]string{"/livez?verbose": "[+]frontend ok", "/readyz?verbose": "[+]atlas ok"} {
+		res, err := http.Get("http://" + s.AdminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("%s with Atlas hung = %d %s; want 200 with %q", path, res.StatusCode, body, want)
+		}
+	}
 }
