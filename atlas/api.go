@@ -1,11 +1,13 @@
 package atlas
 
 import (
+	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/ui"
@@ -182,8 +184,15 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	body, err := readBody(w, r, sb.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
 	var reg sb.Registration
-	if err := decodeBody(w, r, sb.MaxBodyBytes, &reg); err != nil {
+	if err := DecodeJSON(body, &reg); err != nil {
+		return err
+	}
+	if err := ttlGiven(reg, body); err != nil {
 		return err
 	}
 	reg.Normalize()
@@ -199,6 +208,23 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, s.serviceIndex(in), marshal(in))
+	return nil
+}
+
+// ttlGiven refuses a registration whose body gives a ttl of "0s" (or
+// any zero duration): a TTL of zero means "not given" to Normalize, and
+// it would silently become the default. Only a TTL of zero is looked
+// for again, so a sidecar's registrations, which give one, are read once.
+func ttlGiven(reg sb.Registration, body []byte) error {
+	if reg.TTL != 0 {
+		return nil
+	}
+	var given struct {
+		TTL json.RawMessage `json:"ttl"`
+	}
+	if json.Unmarshal(body, &given) == nil && len(given.TTL) > 0 && string(given.TTL) != "null" {
+		return sb.Errorf(sb.EInvalid, "ttl: must be between %s and 24h, got %s", sb.MinTTL, time.Duration(0))
+	}
 	return nil
 }
 

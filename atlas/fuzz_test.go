@@ -183,8 +183,9 @@ func FuzzAuthorization(f *testing.F) {
 			return
 		}
 		var e struct{ Error sb.Error }
-		if rec.Code != http.StatusUnauthorized || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code != sb.EUnauthenticated || !strings.HasPrefix(e.Error.Message, "authorization: ") {
-			t.Fatalf("Authorization %q = %d %s; want 401 unauthenticated about the header", header, rec.Code, rec.Body)
+		if rec.Code != http.StatusUnauthorized || json.Unmarshal(rec.Body.Bytes(), &e) != nil || e.Error.Code != sb.EUnauthenticated || !strings.HasPrefix(e.Error.Message, "authorization: ") ||
+			rec.Header().Get("WWW-Authenticate") != `Bearer realm="atlas"` {
+			t.Fatalf("Authorization %q = %d %v %s; want 401 unauthenticated about the header, asking for a bearer token", header, rec.Code, rec.Header(), rec.Body)
 		}
 	})
 }

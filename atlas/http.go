@@ -51,6 +51,9 @@ func WriteError(w http.ResponseWriter, err error) {
 	body, _ := json.Marshal(map[string]sb.Error{"error": {Code: code, Message: sb.ErrorMessage(err)}})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if code == sb.EUnauthenticated {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="atlas"`) // RFC 6750
+	}
 	w.WriteHeader(sb.HTTPStatus(code))
 	w.Write(append(body, '\n'))
 }
@@ -85,21 +88,30 @@ func marshal(v any) []byte {
 // bytes (413), JSON content type (415), no unknown fields and nothing after
 // the value (400).
 func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body, err := readBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	return DecodeJSON(body, v)
+}
+
+// readBody reads a JSON body with decodeBody's limits and content type.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
-			return sb.Errorf(sb.EUnsupportedMedia, "content-type: must be application/json, got %q", ct)
+			return nil, sb.Errorf(sb.EUnsupportedMedia, "content-type: must be application/json, got %q", ct)
 		}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return sb.Errorf(sb.ETooLarge, "body: must be at most %d bytes", limit)
+		return nil, sb.Errorf(sb.ETooLarge, "body: must be at most %d bytes", limit)
 	}
 	if err != nil {
-		return sb.Errorf(sb.EInvalid, "body: could not be read: %v", err)
+		return nil, sb.Errorf(sb.EInvalid, "body: could not be read: %v", err)
 	}
-	return DecodeJSON(body, v)
+	return body, nil
 }
 
 // DecodeJSON decodes one JSON value into v, refusing unknown fields and
