@@ -108,20 +108,26 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if !cmd.Flags().Changed("token") {
 				g.token = os.Getenv("SWITCHBOARD_TOKEN")
 			}
+			atlasFrom := "--atlas"
 			if v := os.Getenv("SWITCHBOARD_ATLAS"); v != "" && !cmd.Flags().Changed("atlas") {
 				g.atlas = client.SplitList(v)
+				atlasFrom = "SWITCHBOARD_ATLAS"
 			}
 			switch g.output {
 			case "table", "json":
 			default:
 				return usagef("-o: must be table or json, got %q", g.output)
 			}
-			if err := sb.ValidateName("--realm", g.realm); err != nil {
+			realmFrom := "--realm"
+			if !cmd.Flags().Changed("realm") && os.Getenv("SWITCHBOARD_REALM") != "" {
+				realmFrom = "SWITCHBOARD_REALM"
+			}
+			if err := sb.ValidateName(realmFrom, g.realm); err != nil {
 				return usagef("%s", sb.ErrorMessage(err))
 			}
 			for _, u := range g.atlas {
 				if err := client.CheckURL(u); err != nil {
-					return usagef("--atlas: %v", err)
+					return usagef("%s: %v", atlasFrom, err)
 				}
 			}
 			return nil

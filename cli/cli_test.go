@@ -535,6 +535,24 @@ func TestAtlasURLWithAPathIsRefused(t *testing.T) {
 	}
 }
 
+// A bad value from the environment is reported under the variable's name,
+// not under the flag's, which the user never typed.
+func TestBadEnvironmentIsNamed(t *testing.T) {
+	for env, want := range map[string]string{
+		"SWITCHBOARD_ATLAS": "SWITCHBOARD_ATLAS: must be",
+		"SWITCHBOARD_REALM": "SWITCHBOARD_REALM: must match",
+	} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, "Bogus/x")
+			var out, errb bytes.Buffer
+			code := cli.ExitCode(cli.Run(context.Background(), []string{"services"}, &out, &errb), &errb)
+			if code != 2 || !strings.Contains(errb.String(), want) {
+				t.Fatalf("services with %s=Bogus/x = exit %d, stderr %q; want 2 and %q", env, code, errb.String(), want)
+			}
+		})
+	}
+}
+
 // TestDevSaysWhichFileFieldsItIgnores: dev sets realm, listen and the
 // rest itself; a -c file that sets them is told so, not silently ignored.
 func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
