@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -145,5 +147,53 @@ func TestAtlasRestartKeepsInstances(t *testing.T) {
 	_ = json.Unmarshal(body, &si)
 	if len(si.Instances) != 0 {
 		t.Fatalf("instance still there a TTL after the restart: %s", body)
+	}
+}
+
+// TestAtlasStoppedKeepsInstances: an Atlas that does not run for longer
+// than a TTL (SIGSTOP here; a frozen VM, a host overloaded) expired every
+// instance whose heartbeat did not get in first once it ran again, while no
+// heartbeat could arrive meanwhile. Each instance now gets one TTL from
+// then, as after a restart, and expires after it.
+func TestAtlasStoppedKeepsInstances(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	ctx := context.Background()
+	if status, body, err := call(ctx, "PUT", a.url+"/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":5000,"ttl":"2s"}`); err != nil || status != 200 {
+		t.Fatalf("register: %d %s %v", status, body, err)
+	}
+	_, body, _ := call(ctx, "GET", a.url+"/v1/services/a", "")
+	var si struct {
+		Index     uint64
+		Instances []json.RawMessage
+	}
+	if err := json.Unmarshal(body, &si); err != nil || len(si.Instances) != 1 {
+		t.Fatalf("service a: %s %v", body, err)
+	}
+	index := strconv.FormatUint(si.Index, 10)
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // twice the TTL
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	// Without the grace, the first sweep after (every 100 ms) deletes it,
+	// and this query answers at once.
+	_, body, err := call(ctx, "GET", a.url+"/v1/services/a?wait=1s&index="+index, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(body, &si); err != nil || len(si.Instances) != 1 {
+		t.Fatalf("after Atlas was stopped for twice the TTL: %s %v; want the instance kept", body, err)
+	}
+	if !strings.Contains(a.log(), "did not run for a while") {
+		t.Errorf("Atlas's log does not say it kept the leases:\n%s", a.log())
+	}
+	_, body, err = call(ctx, "GET", a.url+"/v1/services/a?wait=8s&index="+index, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(body, &si); err != nil || len(si.Instances) != 0 {
+		t.Fatalf("instance still there a TTL after Atlas ran again: %s %v", body, err)
 	}
 }

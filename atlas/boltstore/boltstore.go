@@ -91,6 +91,7 @@ type Store struct {
 	history  []atlas.Change        // ring of recent changes, oldest first
 	floor    uint64                // Watch(after) works for after >= floor
 	watchers map[*watcher]struct{} // live Watch calls
+	swept    int64                 // when the last sweep ended (Store.mono)
 }
 
 type lease struct {
@@ -211,6 +212,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: load %s: %w", cfg.Path, err)
 	}
 	s.floor = s.index
+	s.swept = s.mono(cfg.Now())
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(3)
 	go s.writer()
@@ -822,8 +824,7 @@ func (s *Store) beginRead() (*bolt.Tx, error) {
 	}
 }
 
-// sweeper deletes keys whose leases ran out. The delete is conditional on
-// the key's index, so a key written again in the meantime survives.
+// sweeper deletes keys whose leases ran out, every SweepInterval.
 func (s *Store) sweeper() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.SweepInterval)
@@ -834,35 +835,71 @@ func (s *Store) sweeper() {
 			return
 		case <-t.C:
 		}
-		now := s.cfg.Now()
-		var ops []atlas.Op
-		s.mu.Lock()
-		monoNow := s.mono(now)
-		for len(s.due) > 0 && s.due[0].due <= monoNow {
-			l := heap.Pop(&s.due).(*lease)
-			if s.leases[l.key] != l {
-				continue // replaced or deleted since
-			}
-			if l.expires > monoNow {
-				l.due = l.expires // renewed: look again then
-				heap.Push(&s.due, l)
-				continue
-			}
-			ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
-			// Looked at again if the delete does not happen (renewed in
-			// the meantime, or a failed write).
-			l.due = s.mono(now.Add(max(l.ttl/4, s.cfg.SweepInterval)))
-			heap.Push(&s.due, l)
-		}
-		s.mu.Unlock()
-		for _, op := range ops {
-			req := &writeReq{ops: []atlas.Op{op}, reply: make(chan writeResult, 1), expire: true}
-			// A conflict means the key was written again: nothing to do.
-			if _, err := s.submit(s.ctx, req); err != nil && err != atlas.ErrConflict && s.ctx.Err() == nil {
-				s.cfg.Logger.Error("boltstore: expire failed", "key", op.Key, "err", err)
+		s.sweep()
+	}
+}
+
+// stallAfter is how much later than due a sweep must come for the store
+// to take the time since the last as time it did not run.
+const stallAfter = time.Second
+
+// sweep deletes the keys whose leases ran out. The delete is conditional
+// on the key's index, so a key written again in the meantime survives.
+//
+// A sweep that comes much later than due means that the process did not
+// run meanwhile (stopped, its VM frozen, its host overloaded), and so no
+// heartbeat could arrive either: rather than expire every instance at
+// once, and take every service out of every sidecar's rotation until
+// they register again, each lease gets one TTL from now, as after a
+// restart. (Eureka's self-preservation answers the same fault.)
+func (s *Store) sweep() {
+	now := s.cfg.Now()
+	var ops []atlas.Op
+	s.mu.Lock()
+	monoNow := s.mono(now)
+	away := time.Duration(monoNow-s.swept) - s.cfg.SweepInterval
+	kept := 0
+	if away > stallAfter {
+		for _, l := range s.leases {
+			if fresh := monoNow + int64(l.ttl); l.expires < fresh {
+				l.expires = fresh
+				kept++
 			}
 		}
 	}
+	for len(s.due) > 0 && s.due[0].due <= monoNow {
+		l := heap.Pop(&s.due).(*lease)
+		if s.leases[l.key] != l {
+			continue // replaced or deleted since
+		}
+		if l.expires > monoNow {
+			l.due = l.expires // renewed: look again then
+			heap.Push(&s.due, l)
+			continue
+		}
+		ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
+		// Looked at again if the delete does not happen (renewed in
+		// the meantime, or a failed write).
+		l.due = s.mono(now.Add(max(l.ttl/4, s.cfg.SweepInterval)))
+		heap.Push(&s.due, l)
+	}
+	s.mu.Unlock()
+	if kept > 0 {
+		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
+			"away", away.Round(time.Millisecond).String(), "leases", kept)
+	}
+	for _, op := range ops {
+		req := &writeReq{ops: []atlas.Op{op}, reply: make(chan writeResult, 1), expire: true}
+		// A conflict means the key was written again: nothing to do.
+		if _, err := s.submit(s.ctx, req); err != nil && err != atlas.ErrConflict && s.ctx.Err() == nil {
+			s.cfg.Logger.Error("boltstore: expire failed", "key", op.Key, "err", err)
+		}
+	}
+	// From the end: a sweep that had many keys to delete is no stall.
+	end := s.mono(s.cfg.Now())
+	s.mu.Lock()
+	s.swept = end
+	s.mu.Unlock()
 }
 
 // An entry on disk is index (8 bytes), ttl in nanoseconds (8 bytes), value.

@@ -1,10 +1,14 @@
 package boltstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,4 +139,89 @@ func TestCloseNeverRefusesACommittedWrite(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A store that did not run for longer than a lease (its process stopped,
+// its VM frozen) expired, at the first sweep after, every lease whose
+// heartbeat had not got in first: every instance, while no heartbeat could
+// arrive. Each lease now gets one TTL from then, as after a restart; one
+// not renewed after that still runs out, as does one in a store that ran.
+func TestLeasesOutliveATimeTheStoreDidNotRun(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 50 * time.Millisecond, Now: clock,
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	has := func(key string) bool {
+		_, kvs, err := s.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			if kv.Key == key {
+				return true
+			}
+		}
+		return false
+	}
+	// Time goes by in steps of 500 ms, swept after each (the sweeper runs
+	// by the real clock too; sweeping here makes each step's outcome sure).
+	step := func(n int) {
+		for range n {
+			advance(500 * time.Millisecond)
+			s.sweep()
+		}
+	}
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "ran", Value: []byte("x"), TTL: 2 * time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	step(5)
+	if has("ran") {
+		t.Fatal("a lease not renewed for 2.5 s of a 2 s TTL is still there")
+	}
+
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "stopped", Value: []byte("x"), TTL: 2 * time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	step(2)
+	advance(10 * time.Second) // the process stopped
+	s.sweep()
+	if !has("stopped") {
+		t.Fatal("a lease ran out while the store did not run")
+	}
+	logMu.Lock()
+	said := logs.String()
+	logMu.Unlock()
+	if !strings.Contains(said, "did not run for a while") || !strings.Contains(said, "leases=1") {
+		t.Fatalf("log: %q; want the stall and the lease it kept", said)
+	}
+	step(3)
+	if !has("stopped") {
+		t.Fatal("the lease kept after the stall ran out before one TTL from the stall's end")
+	}
+	step(2)
+	if has("stopped") {
+		t.Fatal("the lease kept after the stall never ran out")
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
