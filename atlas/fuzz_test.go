@@ -213,6 +213,7 @@ func FuzzStoredValues(f *testing.F) {
 	f.Add(uint8(2), "//", []byte(`null`))
 	f.Add(uint8(4), "b", []byte(`70000`))
 	f.Add(uint8(5), "-1", []byte(`""`))
+	f.Add(uint8(5), "5000", []byte(`{`))
 	f.Fuzz(func(t *testing.T, kind uint8, name string, value []byte) {
 		key := atlas.StorePrefixes[int(kind)%len(atlas.StorePrefixes)] + name
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -284,13 +285,18 @@ func FuzzStoredValues(f *testing.F) {
 			if rec.Code != http.StatusOK {
 				t.Fatalf("with %q = %q stored: registering %s = %d %s", key, value, name, rec.Code, rec.Body)
 			}
-		case prefix == "p/" && sb.ValidateName("service", name) == nil:
-			rec := do("POST", "/v1/services/"+url.PathEscape(name)+"/port", "")
+		case prefix == "p/" && sb.ValidateName("service", name) == nil, prefix == "q/":
+			service := name
+			if prefix == "q/" {
+				service = "fz"
+			}
+			rec := do("POST", "/v1/services/"+url.PathEscape(service)+"/port", "")
 			var pa sb.PortAssignment
 			if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &pa) != nil {
-				t.Fatalf("with %q = %q stored: a port for %s = %d %s", key, value, name, rec.Code, rec.Body)
+				t.Fatalf("with %q = %q stored: a port for %s = %d %s", key, value, service, rec.Code, rec.Body)
 			}
 			write(atlas.Op{Key: "q/" + strconv.Itoa(pa.Port), Delete: true})
+			write(atlas.Op{Key: "p/" + service, Delete: true})
 		}
 		write(atlas.Op{Key: key, Delete: true})
 		if name != "" && kind%uint8(len(atlas.StorePrefixes)) == 0 {

@@ -561,7 +561,7 @@ func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssign
 		name, _ := jsonMarshal(service)
 		_, err := s.txn(ctx,
 			Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(s.st.damagedIndex(pfxPort + service))},
-			Op{Key: pfxPortUsed + strconv.Itoa(port), Value: name, IfIndex: IfIndex(0)})
+			Op{Key: pfxPortUsed + strconv.Itoa(port), Value: name, IfIndex: IfIndex(s.st.damagedIndex(pfxPortUsed + strconv.Itoa(port)))})
 		if errors.Is(err, ErrConflict) {
 			continue
 		}

@@ -437,9 +437,7 @@ func sameInstance(a, b *sb.Instance) bool {
 // taken as gone, and kept in damaged.
 func (s *state) putLocked(kv KV, woken *[]string) {
 	if err := s.putValidLocked(kv, woken); err != nil {
-		if _, known := s.damaged[kv.Key]; !known {
-			s.deleteLocked(kv.Key, kv.Index, woken)
-		}
+		s.deleteLocked(kv.Key, kv.Index, woken) // what it replaced is gone
 		s.damaged[kv.Key] = kv.Index
 		if s.onDamaged != nil {
 			rule := err.Error()
@@ -463,11 +461,6 @@ func (s *state) damagedIndex(key string) uint64 {
 
 func (s *state) putValidLocked(kv KV, woken *[]string) error {
 	key := kv.Key
-	wake := func(keys ...string) {
-		if woken != nil {
-			*woken = append(*woken, keys...)
-		}
-	}
 	switch {
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
@@ -522,7 +515,7 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 			return err
 		}
 		s.layers[lk] = layerRecord{raw: kv.Value, index: kv.Index}
-		wake(layerKey(lk), layersKey)
+		addWoken(woken, layerKey(lk), layersKey)
 	case strings.HasPrefix(key, pfxToken):
 		var t tokenRecord
 		if err := json.Unmarshal(kv.Value, &t); err != nil {
@@ -532,7 +525,7 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 			return err
 		}
 		s.tokens[key[len(pfxToken):]] = t
-		wake(tokensKey)
+		addWoken(woken, tokensKey)
 	case strings.HasPrefix(key, pfxPort):
 		service := key[len(pfxPort):]
 		var port int
@@ -574,18 +567,21 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 			return err
 		}
 		s.policies[key[len(pfxPolicy):]] = p.MayCall
-		wake(policiesKey)
+		addWoken(woken, policiesKey)
 	}
 	return nil
 }
 
+// addWoken adds keys to the watch keys a change woke, when they are counted
+// (not while loading a snapshot, which wakes everyone).
+func addWoken(woken *[]string, keys ...string) {
+	if woken != nil {
+		*woken = append(*woken, keys...)
+	}
+}
+
 func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
 	delete(s.damaged, key)
-	wake := func(keys ...string) {
-		if woken != nil {
-			*woken = append(*woken, keys...)
-		}
-	}
 	switch {
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
@@ -601,11 +597,11 @@ func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
 	case strings.HasPrefix(key, pfxLayer):
 		if lk, ok := parseLayerKey(key); ok {
 			delete(s.layers, lk)
-			wake(layerKey(lk), layersKey)
+			addWoken(woken, layerKey(lk), layersKey)
 		}
 	case strings.HasPrefix(key, pfxToken):
 		delete(s.tokens, key[len(pfxToken):])
-		wake(tokensKey)
+		addWoken(woken, tokensKey)
 	case strings.HasPrefix(key, pfxPort):
 		svc := key[len(pfxPort):]
 		if port, ok := s.ports[svc]; ok && s.portUsed[port] == svc {
@@ -620,7 +616,7 @@ func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
 		}
 	case strings.HasPrefix(key, pfxPolicy):
 		delete(s.policies, key[len(pfxPolicy):])
-		wake(policiesKey)
+		addWoken(woken, policiesKey)
 	}
 }
 
