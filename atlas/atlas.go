@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -329,9 +328,20 @@ func (s *Server) bootstrap(ctx context.Context) error {
 			return nil
 		}
 	}
+	booted := s.st.booted
 	s.st.mu.RUnlock()
-	// The store has no admin token: a file there is left from a store
-	// that is gone, and names no token of this one.
+	// A store that was started on and has no admin token left had them
+	// all deleted. One never started on, where a file names an admin
+	// token, is a store whose data is gone: starting would serve an empty
+	// registry (every service, token, policy and config layer lost) as if
+	// new, and every sidecar's token would be refused from then on.
+	if booted {
+		s.log.Warn("atlas: the store holds no admin token any more (every one was deleted), so no call may create tokens or policies; start Atlas once with --insecure to create one (switchboard token create --role admin)")
+		return nil
+	}
+	if statErr == nil {
+		return fmt.Errorf("atlas: %s names an admin token that the store does not hold: the store's data is gone (an empty or replaced atlas.db, a botched restore, a new etcd cluster). Restore the data; to start afresh on purpose, delete %s too", path, path)
+	}
 	tok, rec, err := newToken(sb.TokenRequest{Name: "bootstrap admin", Role: sb.RoleAdmin}, s.cfg.Now())
 	if err != nil {
 		return err
@@ -341,7 +351,7 @@ func (s *Server) bootstrap(ctx context.Context) error {
 		Op{Key: keyBoot, Value: []byte(`"` + rec.ID + `"`), IfIndex: IfIndex(0)},
 		Op{Key: pfxToken + rec.ID, Value: val, IfIndex: IfIndex(0)})
 	if errors.Is(err, ErrConflict) {
-		s.log.Warn("atlas: another replica created the admin token", "path", path)
+		s.log.Info("atlas: another replica created the admin token; its data directory holds admin.token", "path", path)
 		return nil
 	}
 	if err != nil {
@@ -350,18 +360,10 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
-	// Removed first: WriteFile keeps the mode of a file that exists.
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("atlas: bootstrap token: %w", err)
-	}
 	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
-	if statErr == nil {
-		s.log.Warn("atlas: the admin token file named no token of this store; it now holds a new admin token", "path", path)
-	} else {
-		s.log.Info("atlas: created the admin token", "path", path)
-	}
+	s.log.Info("atlas: created the admin token", "path", path)
 	return nil
 }
 

@@ -234,11 +234,13 @@ func TestRevokedAccessEndsTheStream(t *testing.T) {
 	}
 }
 
-// TestAdminTokenFileOfAnotherStoreIsReplaced: an admin.token left from a
-// store that is gone (atlas.db deleted to start afresh) names no token of
-// the new one. Atlas must not keep it and start with no admin token at all,
-// refusing every call with no way in.
-func TestAdminTokenFileOfAnotherStoreIsReplaced(t *testing.T) {
+// TestAdminTokenFileOfAGoneStoreStopsAtlas: an admin.token whose store is
+// gone (atlas.db emptied, replaced or restored wrong) made Atlas start as a
+// new install: an empty registry served as if true, every sidecar's token
+// refused from then on, a WARN line the only sign. Atlas now refuses to
+// start, saying what happened; with the file deleted too, it starts afresh.
+// A store whose admin tokens were all deleted is not taken for a gone one.
+func TestAdminTokenFileOfAGoneStoreStopsAtlas(t *testing.T) {
 	dir := t.TempDir()
 	first := startIn(t, dir, false)
 	stale := first.token
@@ -248,9 +250,21 @@ func TestAdminTokenFileOfAnotherStoreIsReplaced(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = atlas.New(atlas.Config{Store: st, DataDir: dir})
+	st.Close()
+	if err == nil || !strings.Contains(err.Error(), "the store's data is gone") || !strings.Contains(err.Error(), "delete "+filepath.Join(dir, "admin.token")) {
+		t.Fatalf("Atlas on an empty store with an admin.token: %v; want a refusal saying the data is gone", err)
+	}
+	if err := os.Remove(filepath.Join(dir, "admin.token")); err != nil {
+		t.Fatal(err)
+	}
 	a := startIn(t, dir, false)
 	if a.token == stale {
-		t.Fatal("admin.token still holds the token of the deleted store")
+		t.Fatal("admin.token still holds the token of the gone store")
 	}
 	if r := a.do("GET", "/v1/tokens", ""); r.status != 200 {
 		t.Fatalf("GET /v1/tokens with admin.token = %d %s; want 200", r.status, r.body)
@@ -258,6 +272,17 @@ func TestAdminTokenFileOfAnotherStoreIsReplaced(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dir, "admin.token"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin.token: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+
+	// Every admin token deleted: Atlas starts, and says how to make one.
+	var tokens sb.TokenList
+	a.must("GET", "/v1/tokens", "").decode(t, &tokens)
+	a.must("DELETE", "/v1/tokens/"+tokens.Tokens[0].ID, "")
+	a.stop()
+	var logs bytes.Buffer
+	startIn(t, dir, false, func(c *atlas.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	if !strings.Contains(logs.String(), "holds no admin token any more") {
+		t.Fatalf("log after every admin token was deleted: %s", logs.String())
 	}
 }
 

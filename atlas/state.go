@@ -207,6 +207,8 @@ type state struct {
 	// onDamaged, when set, hears of each damaged entry and the rule it
 	// breaks (under mu).
 	onDamaged func(key, rule string)
+	// booted: the store holds keyBoot, written with the first admin token.
+	booted bool
 	// byService indexes instances: realm -> service -> id -> record.
 	byService map[string]map[string]map[string]*instRecord
 	// res is, per watch key, the index of the last change to its answer
@@ -267,6 +269,7 @@ func (s *state) reset(index uint64) {
 	s.portUsed = make(map[int]string)
 	s.policies = make(map[string][]string)
 	s.damaged = make(map[string]uint64)
+	s.booted = false
 	s.byService = make(map[string]map[string]map[string]*instRecord)
 	s.metas = make(map[string]map[string]string)
 	s.tagLists = make(map[string][]string)
@@ -462,6 +465,8 @@ func (s *state) damagedIndex(key string) uint64 {
 func (s *state) putValidLocked(kv KV, woken *[]string) error {
 	key := kv.Key
 	switch {
+	case key == keyBoot:
+		s.booted = true
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
 		if err := sb.ValidateID(id); err != nil {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -188,7 +189,11 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	var db *bolt.DB
+	err := guarded(func() (err error) {
+		db, err = bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+		return err
+	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: open %s: another process has it open (another Atlas, or switchboard dev, on the same data directory?)", cfg.Path)
 	}
@@ -207,7 +212,7 @@ func Open(cfg Config) (*Store, error) {
 		pending:    make(map[string]*pendingKV),
 		watchers:   make(map[*watcher]struct{}),
 	}
-	if err := s.load(); err != nil {
+	if err := guarded(s.load); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: load %s: %w", cfg.Path, err)
 	}
@@ -219,6 +224,19 @@ func Open(cfg Config) (*Store, error) {
 	go s.checkpointer()
 	go s.sweeper()
 	return s, nil
+}
+
+// guarded runs f, and turns a panic (bbolt's, on a damaged page) or a
+// memory fault (SIGBUS, reading a mapped file cut short) into an error
+// that says what to do, where the process would crash with a stack dump.
+func guarded(f func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("the file is damaged (%v): restore the data directory from a backup", v)
+		}
+	}()
+	return f()
 }
 
 // load replays the log into the file, deletes it, starts a new one and
