@@ -198,6 +198,7 @@ func announceGroup(ctx context.Context, interval time.Duration, as []*announcer,
 // after the first check and tells changed (without waiting) when the
 // status to announce changes.
 func (a *announcer) checkLoop(ctx context.Context, first *sync.WaitGroup, changed chan<- struct{}) {
+	a.adopt(ctx)
 	t := time.NewTicker(a.interval)
 	defer t.Stop()
 	for i := 0; ; i++ {
@@ -216,6 +217,29 @@ func (a *announcer) checkLoop(ctx context.Context, first *sync.WaitGroup, change
 		case <-t.C:
 		}
 	}
+}
+
+// adopt carries on with the status Atlas has for the instance when a
+// sidecar before this one left it registered, passing or warning, at the
+// same address: one killed or crashed and started again, which did not
+// drain. Rise and fall go on from that status, so the instance stays in
+// rotation while its checks keep passing, rather than go critical for
+// rise × interval on every host whose sidecar restarts.
+func (a *announcer) adopt(ctx context.Context) {
+	if a.rf.status != sb.Critical { // check: none
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(a.interval, 2*time.Second))
+	defer cancel()
+	in, err := a.atlas.Instance(ctx, a.id)
+	if err != nil || in.Service != a.reg.Service || in.Realm != a.reg.Realm || in.Address != a.reg.Address ||
+		in.Port != a.reg.Port || (in.Status != sb.Passing && in.Status != sb.Warning) {
+		return
+	}
+	a.mu.Lock()
+	a.rf.status, a.status, a.output = in.Status, in.Status, in.Output
+	a.mu.Unlock()
+	a.log.Info("sidecar: carrying on with the status Atlas has for the instance, which a sidecar before this one registered", "id", a.id, "status", in.Status)
 }
 
 // heartbeatGroup sends the heartbeats of the registered announcers in one

@@ -248,3 +248,46 @@ func TestHealthOutputPutsFailuresFirst(t *testing.T) {
 		t.Fatalf("healthOutput of passes = %q; want %q (the body's order)", got, want)
 	}
 }
+
+// A sidecar killed (or crashed) and started again registered its
+// instances critical, as new: each went out of rotation for rise ×
+// interval although it never stopped passing. The new sidecar now carries
+// on with the status Atlas has for an instance registered at the same
+// address; an instance Atlas does not have rises as before.
+func TestARestartedSidecarCarriesOnTheStatusAtlasHas(t *testing.T) {
+	a := atlastest.Start(t, true)
+	c := a.Client()
+	ctx := context.Background()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	port := portOf(strings.TrimPrefix(backend.URL, "http://"))
+	left := fmt.Sprintf("web-h1-%d", port)
+	if _, err := c.Register(ctx, left, sb.Registration{Service: "web", Address: "127.0.0.1", Port: port, Output: "the sidecar before"}); err != nil {
+		t.Fatal(err)
+	}
+	path := "/"
+	check := CheckConfig{HTTP: &path, Interval: Duration(time.Second), Rise: 3}
+	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.1", Services: []ServiceConfig{
+		{Name: "web", Port: port, Check: check},
+		{Name: "fresh", Port: port, Check: check},
+	}})
+	fresh := fmt.Sprintf("fresh-h1-%d", port)
+	var seen []string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		w, err1 := c.Instance(ctx, left)
+		f, err2 := c.Instance(ctx, fresh)
+		if err1 == nil && w.Output != "the sidecar before" && err2 == nil {
+			// The sidecar's first registrations, one check in of three.
+			if w.Status != sb.Passing || f.Status != sb.Critical {
+				t.Fatalf("first status from the restarted sidecar: %s (%q), and %s for an instance Atlas did not have; want passing carried on, and critical", w.Status, w.Output, f.Status)
+			}
+			return
+		}
+		if err1 != nil {
+			seen = append(seen, err1.Error())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar did not register within 20 s: %v; %v", w, seen)
+		}
+	}
+}
