@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -642,7 +643,8 @@ var (
 // event and, when the stream breaks, onErr with the error and the wait
 // before it reconnects (resuming from the last event, or with a snapshot
 // after Atlas refused the stream; 100 ms doubling to 5 s, reset by an
-// event). Callers keep what they had meanwhile.
+// event, each wait drawn from half to one and a half times that). Callers
+// keep what they had meanwhile.
 func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn func(Event), onErr func(err error, retryIn time.Duration)) {
 	last := ""
 	backoff := 100 * time.Millisecond
@@ -662,11 +664,15 @@ func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn 
 			// the last event. Start over with a snapshot.
 			last = ""
 		}
-		onErr(err, backoff)
+		// Between half and one and a half times the backoff: sidecars
+		// that lost Atlas at the same instant (it restarted) come back
+		// spread out, not as one storm of snapshots.
+		wait := backoff/2 + rand.N(backoff)
+		onErr(err, wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}

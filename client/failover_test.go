@@ -178,3 +178,40 @@ func TestPropagationReportsAReplicaThatRefused(t *testing.T) {
 		t.Fatalf("Propagation = %+v, %v; want the internal error of the replica that answered with it", p, err)
 	}
 }
+
+// Follow's waits before reconnecting were exactly 100 ms, 200 ms, 400 ms...:
+// every sidecar that lost Atlas at the same instant (a restart) came back
+// at the same instants, each asking for a snapshot. Each wait is now drawn
+// from half to one and a half times its step.
+func TestFollowSpreadsItsReconnects(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := "http://" + ln.Addr().String()
+	ln.Close()
+	c := &client.Atlas{URLs: []string{refused}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waits := make(chan time.Duration, 8)
+	go c.Follow(ctx, "dev", []string{"web"}, func(client.Event) {}, func(_ error, retryIn time.Duration) {
+		select {
+		case waits <- retryIn:
+		default:
+		}
+	})
+	step, same := 100*time.Millisecond, 0
+	for i := range 4 {
+		w := <-waits
+		if w < step/2 || w >= step*3/2 {
+			t.Fatalf("wait %d: %v; want %v to %v", i, w, step/2, step*3/2)
+		}
+		if w == step {
+			same++
+		}
+		step *= 2
+	}
+	if same == 4 {
+		t.Fatal("every wait was exactly its step: no spread")
+	}
+}
