@@ -977,11 +977,29 @@ type logWriter struct {
 func (w logWriter) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
 		if line != "" {
-			w.l.Warn(w.what+": "+line, "from", w.what)
+			w.l.Log(context.Background(), lineLevel(line), w.what+": "+line, "from", w.what)
 			if w.heard != nil {
 				w.heard(line)
 			}
 		}
 	}
 	return len(p), nil
+}
+
+// lineLevel is the level a line of HAProxy's output is logged at. Its
+// notices ("New worker forked", "Loading success"), the old worker's
+// proxies stopping at each reload, and the server state changes the driver
+// itself makes through the Runtime API (a slot given an instance, or put
+// in maintenance) are routine, on every reload and change of membership;
+// the rest is a warning, as HAProxy prints it.
+func lineLevel(line string) slog.Level {
+	if strings.Contains(line, "[NOTICE]") {
+		return slog.LevelInfo
+	}
+	for _, routine := range []string{" stopped (cumulated conns", " is UP", " is READY", " for maintenance"} {
+		if strings.Contains(line, routine) {
+			return slog.LevelInfo
+		}
+	}
+	return slog.LevelWarn
 }

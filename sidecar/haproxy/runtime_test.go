@@ -1,6 +1,7 @@
 package haproxy
 
 import (
+	"log/slog"
 	"math"
 	"slices"
 	"strings"
@@ -63,4 +64,23 @@ func FuzzRuntimeAnswers(f *testing.F) {
 			t.Fatalf("infoPID(%q): error %q does not say what it read", out, err)
 		}
 	})
+}
+
+// HAProxy's routine output (each reload's notices, the old worker's
+// proxies stopping, the state changes the driver makes) was logged as
+// warnings: noise for whoever alerts on them.
+func TestRoutineHAProxyLinesAreInfo(t *testing.T) {
+	for line, want := range map[string]slog.Level{
+		"[NOTICE]   (18598) : New worker (18601) forked":                                         slog.LevelInfo,
+		"[WARNING]  (18601) : Proxy http-in stopped (cumulated conns: FE: 0, BE: 0).":            slog.LevelInfo,
+		"[WARNING]  (1) : Server be_web/s1 is UP/READY (leaving forced maintenance).":            slog.LevelInfo,
+		"[WARNING]  (1) : Server be_web/s2 is going DOWN for maintenance. 1 active server left.": slog.LevelInfo,
+		"[WARNING]  (1) : Server be_web/s1 is DOWN, reason: Layer4 connection problem":           slog.LevelWarn,
+		"[ALERT]    (1) : backend 'be_web' has no server available!":                             slog.LevelWarn,
+		"[WARNING]  (18611) : Exiting Master process...":                                         slog.LevelWarn,
+	} {
+		if got := lineLevel(line); got != want {
+			t.Errorf("lineLevel(%q) = %v, want %v", line, got, want)
+		}
+	}
 }
