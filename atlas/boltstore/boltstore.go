@@ -93,6 +93,9 @@ type Store struct {
 	floor    uint64                // Watch(after) works for after >= floor
 	watchers map[*watcher]struct{} // live Watch calls
 	swept    int64                 // when the last sweep ended (Store.mono)
+
+	// expireFailing is set while deleting expired keys fails (logged once).
+	expireFailing atomic.Bool
 }
 
 type lease struct {
@@ -743,7 +746,7 @@ func (s *Store) checkLocked(exists func(string) (uint64, error), req *writeReq, 
 		}
 		if req.expire {
 			l, ok := s.leases[op.Key]
-			if ok && s.mono(now) <= l.expires {
+			if ok && s.mono(now) < l.expires { // as the sweeper has it
 				return atlas.ErrConflict
 			}
 		}
@@ -906,12 +909,22 @@ func (s *Store) sweep() {
 		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
 			"away", away.Round(time.Millisecond).String(), "leases", kept)
 	}
+	failed, first := 0, error(nil)
 	for _, op := range ops {
 		req := &writeReq{ops: []atlas.Op{op}, reply: make(chan writeResult, 1), expire: true}
 		// A conflict means the key was written again: nothing to do.
 		if _, err := s.submit(s.ctx, req); err != nil && err != atlas.ErrConflict && s.ctx.Err() == nil {
-			s.cfg.Logger.Error("boltstore: expire failed", "key", op.Key, "err", err)
+			failed++
+			first = cmp.Or(first, err)
 		}
+	}
+	// Said once while it lasts: the store refuses every write until it is
+	// restarted, and each key is tried again every ttl/4.
+	switch {
+	case failed > 0 && !s.expireFailing.Swap(true):
+		s.cfg.Logger.Error("boltstore: expiring leases failed; expired instances stay listed until writes work again (the error is not logged again until then)", "keys", failed, "err", first)
+	case failed == 0 && len(ops) > 0 && s.expireFailing.Swap(false):
+		s.cfg.Logger.Info("boltstore: expiring leases works again")
 	}
 	// From the end: a sweep that had many keys to delete is no stall.
 	end := s.mono(s.cfg.Now())

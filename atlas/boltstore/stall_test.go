@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -224,4 +225,45 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// Once the log cannot be written, every expired key failed to be deleted
+// every ttl/4, each logged: hundreds of lines a second for a fleet, onto
+// the disk that may be the one full. It is said once while it lasts.
+func TestFailingExpiriesAreLoggedOnce(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	// Each key is tried again every ttl/4, here every step.
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 100 * time.Millisecond, Now: clock,
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprintf("k%d", i), Value: []byte("x"), TTL: 2 * time.Second}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncLog = func(*os.File) error { return errors.New("no space left on device") }
+	t.Cleanup(func() { syncLog = fdatasync })
+	for range 20 { // 10 s by steps of 500 ms
+		mu.Lock()
+		now = now.Add(500 * time.Millisecond)
+		mu.Unlock()
+		s.sweep()
+	}
+	logMu.Lock()
+	said := logs.String()
+	logMu.Unlock()
+	if n := strings.Count(said, "expiring leases failed"); n != 1 {
+		_, kvs, _ := s.Snapshot(ctx)
+		t.Fatalf("%d lines about failed expiries in 10 s of 3 expired keys, want 1 (%d keys left):\n%s", n, len(kvs), said)
+	}
 }
