@@ -148,20 +148,7 @@ func TestCloseNeverRefusesACommittedWrite(t *testing.T) {
 // arrive. Each lease now gets one TTL from then, as after a restart; one
 // not renewed after that still runs out, as does one in a store that ran.
 func TestLeasesOutliveATimeTheStoreDidNotRun(t *testing.T) {
-	var (
-		mu  sync.Mutex
-		now = time.Now()
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	var logs bytes.Buffer
-	var logMu sync.Mutex
-	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 50 * time.Millisecond, Now: clock,
-		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, advance, logged := openClocked(t, 50*time.Millisecond)
 	ctx := context.Background()
 	has := func(key string) bool {
 		_, kvs, err := s.Snapshot(ctx)
@@ -200,10 +187,7 @@ func TestLeasesOutliveATimeTheStoreDidNotRun(t *testing.T) {
 	if !has("stopped") {
 		t.Fatal("a lease ran out while the store did not run")
 	}
-	logMu.Lock()
-	said := logs.String()
-	logMu.Unlock()
-	if !strings.Contains(said, "did not run for a while") || !strings.Contains(said, "leases=1") {
+	if said := logged(); !strings.Contains(said, "did not run for a while") || !strings.Contains(said, "leases=1") {
 		t.Fatalf("log: %q; want the stall and the lease it kept", said)
 	}
 	step(3)
@@ -214,6 +198,27 @@ func TestLeasesOutliveATimeTheStoreDidNotRun(t *testing.T) {
 	if has("stopped") {
 		t.Fatal("the lease kept after the stall never ran out")
 	}
+}
+
+// openClocked opens a store whose clock moves only by advance, sweeping
+// every sweep by the real clock, and returns it with what it logged.
+func openClocked(t *testing.T, sweep time.Duration) (s *Store, advance func(time.Duration), logged func() string) {
+	t.Helper()
+	var (
+		mu   sync.Mutex
+		now  = time.Now()
+		logs bytes.Buffer
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: sweep, Now: clock,
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	advance = func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	logged = func() string { mu.Lock(); defer mu.Unlock(); return logs.String() }
+	return s, advance, logged
 }
 
 type lockedWriter struct {
@@ -231,20 +236,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 // every ttl/4, each logged: hundreds of lines a second for a fleet, onto
 // the disk that may be the one full. It is said once while it lasts.
 func TestFailingExpiriesAreLoggedOnce(t *testing.T) {
-	var (
-		mu  sync.Mutex
-		now = time.Now()
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	var logs bytes.Buffer
-	var logMu sync.Mutex
-	// Each key is tried again every ttl/4, here every step.
-	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 100 * time.Millisecond, Now: clock,
-		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, advance, logged := openClocked(t, 100*time.Millisecond) // each key tried every ttl/4: every step
 	ctx := context.Background()
 	for i := range 3 {
 		if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprintf("k%d", i), Value: []byte("x"), TTL: 2 * time.Second}}); err != nil {
@@ -254,14 +246,10 @@ func TestFailingExpiriesAreLoggedOnce(t *testing.T) {
 	syncLog = func(*os.File) error { return errors.New("no space left on device") }
 	t.Cleanup(func() { syncLog = fdatasync })
 	for range 20 { // 10 s by steps of 500 ms
-		mu.Lock()
-		now = now.Add(500 * time.Millisecond)
-		mu.Unlock()
+		advance(500 * time.Millisecond)
 		s.sweep()
 	}
-	logMu.Lock()
-	said := logs.String()
-	logMu.Unlock()
+	said := logged()
 	if n := strings.Count(said, "expiring leases failed"); n != 1 {
 		_, kvs, _ := s.Snapshot(ctx)
 		t.Fatalf("%d lines about failed expiries in 10 s of 3 expired keys, want 1 (%d keys left):\n%s", n, len(kvs), said)
