@@ -572,6 +572,14 @@ const (
 	MaxTimeout = time.Hour
 )
 
+// HungAfter is how long a call must have waited when a timeout its caller
+// chose runs out, with no answer, for it to count against the instance, as
+// running out of the default timeout does: a second with no answer at all
+// is a hung instance for every purpose (the smart client sets the header
+// from every context deadline), while a caller that asks for 5 ms must not
+// eject healthy instances.
+const HungAfter = time.Second
+
 // ParseTimeout reads a Switchboard-Timeout header's value.
 func ParseTimeout(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)

@@ -1,6 +1,9 @@
 package client
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetDefaultSidecar moves the default sidecar address for a test.
 func SetDefaultSidecar(addr string) (restore func()) {
@@ -29,4 +32,20 @@ func SetUnusedFor(d time.Duration) (restore func()) {
 	old := unusedFor
 	unusedFor = d
 	return func() { unusedFor = old }
+}
+
+// Ejected counts the ejected instances of a service the transport calls
+// direct.
+func (t *Transport) Ejected(service string) int {
+	p, err := t.pool(context.Background(), service)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range p.Endpoints() {
+		if ej, _ := e.Ejected(time.Now()); ej {
+			n++
+		}
+	}
+	return n
 }

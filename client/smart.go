@@ -332,9 +332,21 @@ func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p 
 		})
 }
 
+// deadlineOutcome is what a call that a deadline or a cancellation of its
+// caller's ended says of the instance it waited on: nothing, unless the
+// deadline ran out with no answer sb.HungAfter or more after the call began
+// (a caller that asks for 5 ms must not eject healthy instances).
+func deadlineOutcome(err error, start time.Time) balance.Outcome {
+	if errors.Is(err, context.DeadlineExceeded) && time.Since(start) >= sb.HungAfter {
+		return balance.Failed
+	}
+	return balance.Abandoned
+}
+
 // direct sends the request to an instance chosen as the sidecar would,
 // retrying by the same rules.
 func (t *Transport) direct(req *http.Request, service string) (*http.Response, error) {
+	start := time.Now()
 	timeout, timed, err := requestTimeout(req.Header)
 	if err != nil {
 		closeBody(req)
@@ -398,18 +410,14 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		}
 		lastErr = err
 		if req.Context().Err() != nil {
-			// The caller's deadline or cancellation says nothing of the
-			// instance.
-			done(balance.Abandoned)
+			done(deadlineOutcome(req.Context().Err(), start))
 			return nil, err
 		}
 		if ctx.Err() != nil {
-			// A timeout the caller chose says nothing of the instance
-			// either; the default one (no answer in 30 s) does.
 			if timed {
-				done(balance.Abandoned)
+				done(deadlineOutcome(ctx.Err(), start))
 			} else {
-				done(balance.Failed)
+				done(balance.Failed) // the default timeout: no answer in 30 s
 			}
 			return nil, fmt.Errorf("service %s in realm %s: no answer within %s: %w", service, t.Realm, timeout, context.DeadlineExceeded)
 		}

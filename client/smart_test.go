@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -213,6 +214,38 @@ func TestCallerDeadlinesEjectNoInstance(t *testing.T) {
 		}
 	}
 	t.Fatal("20 calls and none reached the slow instance: it was ejected by its callers' deadlines")
+}
+
+// A caller's deadline of sb.HungAfter or more that runs out with no answer
+// counts against the instance, as the sidecar counts it: an instance that
+// took calls and never answered was never ejected, whatever its callers
+// waited.
+func TestCallerDeadlinesOfASecondEjectAHungInstance(t *testing.T) {
+	hung := func() string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	a := directSetup(t, hung(), hung())
+	tr := &client.Transport{Sidecar: "none", Atlas: a}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	var wg sync.WaitGroup
+	for range 2 * balance.EjectAfter { // at once: one instance gets EjectAfter at least
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), sb.HungAfter)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "service://files/x", nil)
+			if res, err := c.Do(req); err == nil {
+				res.Body.Close()
+				t.Errorf("a call to hung instances answered %d", res.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	if n := tr.Ejected("files"); n != 1 {
+		t.Fatalf("%d instances ejected after %d calls ran out of %s with no answer; want 1 (at most half)", n, 2*balance.EjectAfter, sb.HungAfter)
+	}
 }
 
 // With nothing at the default sidecar address, a POST whose body is a file

@@ -452,9 +452,10 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		lastErr = err
 		resp.Reset()
 		if errors.Is(err, errTimeout) || time.Now().After(deadline) {
-			// A timeout the caller chose says nothing of the instance;
-			// the default one (30 s without an answer) does.
-			if timed {
+			// A short timeout the caller chose says nothing of the
+			// instance; the default one (30 s without an answer), or
+			// one that left it sb.HungAfter or more, does.
+			if timed && time.Since(now) < sb.HungAfter {
 				done(balance.Abandoned)
 			} else {
 				done(balance.Failed)
@@ -534,9 +535,9 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 		case err == nil:
 			status = rh.StatusCode()
 		case isTimeout(err):
-			// As in route: a timeout the caller chose says nothing of
-			// the instance.
-			if timed {
+			// As in route: a short timeout the caller chose says
+			// nothing of the instance.
+			if timed && time.Since(start) < sb.HungAfter {
 				outcome = balance.Abandoned
 			}
 			status = writeRawError(client, gatewayTimeout("%s: no answer within %s", where(pool), timeout))

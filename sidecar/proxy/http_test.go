@@ -672,7 +672,39 @@ func TestShutdownEndsStreams(t *testing.T) {
 	}
 }
 
-// Timeouts the caller chose eject no instance: they say nothing of it.
+// A caller's timeout of sb.HungAfter or more that runs out with no answer
+// counts against the instance: the smart client sets the header from every
+// context deadline, so an instance that took calls and never answered was
+// never ejected, whatever its callers waited.
+func TestCallerTimeoutsOfASecondEjectAHungInstance(t *testing.T) {
+	hung := func() string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	f := newFrontend(t)
+	f.set("a", hung(), hung())
+	var wg sync.WaitGroup
+	for range 2 * balance.EjectAfter { // at once: one instance gets EjectAfter at least
+		wg.Go(func() {
+			if res, body := f.do("GET", "a", "/", "", TimeoutHeader, sb.HungAfter.String()); res.StatusCode != 504 {
+				t.Errorf("= %d %s; want 504", res.StatusCode, body)
+			}
+		})
+	}
+	wg.Wait()
+	ejected := 0
+	for _, e := range f.table.Get("a").Endpoints() {
+		if ej, _ := e.Ejected(time.Now()); ej {
+			ejected++
+		}
+	}
+	if ejected != 1 {
+		t.Fatalf("%d instances ejected after %d calls timed out at %s with no answer; want 1 (at most half)", ejected, 2*balance.EjectAfter, sb.HungAfter)
+	}
+}
+
+// Short timeouts the caller chose eject no instance: they say nothing of it.
 // Before, ten calls with a 5ms timeout to instances that take 200ms
 // ejected one.
 func TestCallerTimeoutsEjectNoInstance(t *testing.T) {
