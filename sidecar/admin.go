@@ -90,6 +90,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 		})
 	}
 	hc.Register(mux) // /healthcheck, /livez, /readyz
+	s.health = hc
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
 	return mux
 }

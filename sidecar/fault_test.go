@@ -250,3 +250,37 @@ func TestHealthcheckPassesWhileAtlasHangs(t *testing.T) {
 		}
 	}
 }
+
+// A sidecar that drains still answered 200 on /readyz and /healthcheck
+// until its admin port closed: whatever watched it learnt it was going
+// only when its frontend refused connections. They fail from the start
+// of the drain (/livez does not: the process is fine).
+func TestReadinessFailsWhileTheSidecarDrains(t *testing.T) {
+	s := startSweepingEvery(t, Config{Atlas: StringList{"http://" + testnet.Hung(t)}, Host: "h1", Advertise: "127.0.0.1",
+		DrainTimeout: Duration(time.Second),
+		Services:     []ServiceConfig{{Name: "web", Port: 5001, Check: CheckConfig{None: true}}}}, time.Hour)
+	get := func(path string) int {
+		res, err := http.Get("http://" + s.AdminAddr + path)
+		if err != nil {
+			return 0
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	if st := get("/readyz"); st != 200 {
+		t.Fatalf("/readyz before the drain = %d", st)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown() }() // the drain waits for the hung Atlas
+	for deadline := time.Now().Add(20 * time.Second); get("/readyz") != 500; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not fail while the sidecar drained")
+		}
+	}
+	if st, lz := get("/healthcheck"), get("/livez"); st != 503 || lz != 200 {
+		t.Fatalf("while draining: /healthcheck %d, /livez %d; want 503 and 200", st, lz)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

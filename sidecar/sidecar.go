@@ -19,6 +19,7 @@ import (
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/health"
 	"github.com/switchboard-go/switchboard/sidecar/haproxy"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
@@ -116,8 +117,10 @@ type Sidecar struct {
 	// (sweep goroutine only).
 	servedFailing bool
 	admin         *http.Server
-	l4            []*proxy.TCP
-	announcers    []*announcer
+	// health is the admin port's checks; they fail once Shutdown begins.
+	health     *health.Checker
+	l4         []*proxy.TCP
+	announcers []*announcer
 	// announceCancel stops the announcers apart, before the drain.
 	announceCancel context.CancelFunc
 	announceWG     sync.WaitGroup
@@ -353,6 +356,11 @@ func (s *Sidecar) Run(ctx context.Context) error {
 // listener and goroutine. It keeps routing while it drains, so that calls
 // from this host go on meanwhile.
 func (s *Sidecar) Shutdown() error {
+	// /readyz and /healthcheck say so from now: whatever watches this
+	// sidecar learns it is going before its frontend closes.
+	if s.health != nil {
+		s.health.SetDraining(true)
+	}
 	if s.announceCancel != nil {
 		s.announceCancel()
 		s.announceWG.Wait()
