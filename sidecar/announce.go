@@ -112,15 +112,27 @@ func (a *announcer) checkOnce(ctx context.Context) bool {
 	}
 	a.mu.Lock()
 	before := a.status
+	wasFlapping := a.rf.flapping()
 	a.status = a.rf.observe(raw)
 	a.output = out
-	if a.status == sb.Critical && raw != sb.Critical {
-		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.rise)
+	flapping := a.rf.flapping()
+	switch {
+	case a.status == sb.Critical && raw != sb.Critical && flapping:
+		a.output = fmt.Sprintf("%s (flapping: rising: %d of %d good checks)", out, a.rf.good, a.rf.need())
+	case a.status == sb.Critical && raw != sb.Critical:
+		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.need())
 	}
 	status, output := a.status, a.output
 	first := !a.checked
 	a.checked = true
 	a.mu.Unlock()
+	switch {
+	case flapping && !wasFlapping:
+		a.log.Warn("sidecar: the instance is flapping (in and out of critical again and again); it needs more good checks in a row to come back", "id", a.id,
+			"moves", flapLimit, "within_checks", flapWindow, "rise", a.rf.need(), "status", status)
+	case !flapping && wasFlapping:
+		a.log.Info("sidecar: the instance is steady again", "id", a.id, "status", status)
+	}
 	switch {
 	case status != before && status == sb.Critical:
 		a.log.Warn("sidecar: status changed", "id", a.id, "from", before, "to", status, "output", output)

@@ -182,25 +182,69 @@ func healthOutput(body []byte) string {
 // needs Rise good results in a row to come back; a healthy one Fall
 // critical results in a row to go critical. Passing and warning switch at
 // once.
+//
+// An instance that flaps (results in and out of critical flapLimit times
+// among its last flapWindow checks: a check that depends on a shared
+// resource, a service that crashes every minute) needs flapRise times as
+// many good results to come back, so that it stays out of rotation until it
+// is steady rather than take calls, and write a change to Atlas and send it
+// to every sidecar, every few checks (Nagios's flap detection; Consul's
+// users have asked for it since 2017, hashicorp/consul#2890).
 type riseFall struct {
 	rise, fall int
 	status     sb.Status
 	good, bad  int
+	// moved records, for each of the last flapWindow checks (a ring,
+	// indexed by checks % flapWindow), whether its result went in or out
+	// of critical from the one before.
+	moved        [flapWindow]bool
+	checks       int
+	lastCritical bool // the last result was critical
+}
+
+const (
+	flapWindow = 20
+	flapLimit  = 4
+	flapRise   = 5
+)
+
+// flapping reports whether the results went in or out of critical
+// flapLimit times or more in the last flapWindow checks.
+func (r *riseFall) flapping() bool {
+	n := 0
+	for _, m := range r.moved {
+		if m {
+			n++
+		}
+	}
+	return n >= flapLimit
+}
+
+// need is how many good results in a row a critical instance needs now.
+func (r *riseFall) need() int {
+	if r.flapping() {
+		return r.rise * flapRise
+	}
+	return r.rise
 }
 
 func (r *riseFall) observe(s sb.Status) sb.Status {
-	if s == sb.Critical {
+	critical := s == sb.Critical
+	r.moved[r.checks%flapWindow] = r.checks > 0 && critical != r.lastCritical
+	r.checks++
+	r.lastCritical = critical
+	if critical {
 		r.good = 0
 		r.bad++
 		if r.status != sb.Critical && r.bad >= r.fall {
 			r.status = sb.Critical
 		}
-		return r.status
-	}
-	r.bad = 0
-	r.good++
-	if r.status != sb.Critical || r.good >= r.rise {
-		r.status = s
+	} else {
+		r.bad = 0
+		r.good++
+		if r.status != sb.Critical || r.good >= r.need() {
+			r.status = s
+		}
 	}
 	return r.status
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
 )
 
 // FuzzHealthOutput: any body a local service answers a check with gives
@@ -46,4 +48,52 @@ func FuzzHealthOutput(f *testing.F) {
 			t.Fatalf("healthOutput(%q) = %q; want a failure first", body, out)
 		}
 	})
+}
+
+// An instance whose check passes three times and fails three times, over
+// and over, went in and out of rotation every three checks, for ever: a
+// write to Atlas and an event to every sidecar each time, and calls sent to
+// it half the time. Once it flaps it needs flapRise times rise good checks
+// in a row, and so stays out until it is steady; then it comes back.
+func TestAFlappingInstanceStaysOutUntilSteady(t *testing.T) {
+	rf := riseFall{rise: 2, fall: 2, status: sb.Critical}
+	cycle := []sb.Status{sb.Passing, sb.Passing, sb.Passing, sb.Critical, sb.Critical, sb.Critical}
+	moves, last := 0, rf.status
+	var inRotation []int
+	for i := range 120 {
+		st := rf.observe(cycle[i%len(cycle)])
+		if st != last {
+			moves++
+			last = st
+		}
+		if st != sb.Critical {
+			inRotation = append(inRotation, i)
+		}
+	}
+	// Two moves a cycle without damping: 40 in 120 checks.
+	if moves > flapLimit+1 {
+		t.Fatalf("%d moves in and out of critical in 120 checks of a flapping instance; want it held out after %d", moves, flapLimit)
+	}
+	if n := len(inRotation); n == 0 || inRotation[n-1] > flapWindow {
+		t.Fatalf("in rotation at checks %v; want the first few only", inRotation)
+	}
+	// Steady again: back after rise × flapRise good checks.
+	for i := range rf.rise * flapRise {
+		if st := rf.observe(sb.Passing); st != sb.Critical && i < rf.rise*flapRise-1 {
+			t.Fatalf("back after %d good checks; want %d", i+1, rf.rise*flapRise)
+		}
+	}
+	if rf.status != sb.Passing {
+		t.Fatalf("after %d good checks in a row: %s; want passing", rf.rise*flapRise, rf.status)
+	}
+	// A single failure and recovery later is no flapping.
+	for range flapWindow {
+		rf.observe(sb.Passing)
+	}
+	rf.observe(sb.Critical)
+	rf.observe(sb.Critical)
+	rf.observe(sb.Passing)
+	if st := rf.observe(sb.Passing); st != sb.Passing {
+		t.Fatalf("after one failure, two good checks (rise 2) gave %s; want passing", st)
+	}
 }
