@@ -365,12 +365,15 @@ func (s *state) decodeInstance(key string, val []byte) (*sb.Instance, error) {
 	if ok {
 		return h.in, nil // newRecord only reads it
 	}
+	// As a registration is checked: what is in the store was, unless it
+	// was written some other way.
+	if err := sb.ValidateID(key[len(pfxInstance):]); err != nil {
+		return nil, err
+	}
 	var in sb.Instance
 	if err := json.Unmarshal(val, &in); err != nil {
 		return nil, err
 	}
-	// As a registration is checked: what is in the store was, unless it
-	// was written some other way.
 	reg := sb.Registration{Service: in.Service, Realm: in.Realm, Address: in.Address, Port: in.Port,
 		Tags: in.Tags, Meta: in.Meta, Status: in.Status, TTL: in.TTL}
 	if err := reg.Validate(); err != nil {
@@ -469,9 +472,6 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 		s.booted = true
 	case strings.HasPrefix(key, pfxInstance):
 		id := key[len(pfxInstance):]
-		if err := sb.ValidateID(id); err != nil {
-			return err
-		}
 		in, err := s.decodeInstance(key, kv.Value)
 		if err != nil {
 			return err
