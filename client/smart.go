@@ -332,10 +332,11 @@ func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p 
 		})
 }
 
-// deadlineOutcome is what a call that a deadline or a cancellation of its
+// deadlineOutcome is what a try that a deadline or a cancellation of its
 // caller's ended says of the instance it waited on: nothing, unless the
-// deadline ran out with no answer sb.HungAfter or more after the call began
-// (a caller that asks for 5 ms must not eject healthy instances).
+// deadline ran out with no answer sb.HungAfter or more after the try began
+// (a caller that asks for 5 ms must not eject healthy instances, nor a
+// retry late in a call its last moments).
 func deadlineOutcome(err error, start time.Time) balance.Outcome {
 	if errors.Is(err, context.DeadlineExceeded) && time.Since(start) >= sb.HungAfter {
 		return balance.Failed
@@ -346,7 +347,6 @@ func deadlineOutcome(err error, start time.Time) balance.Outcome {
 // direct sends the request to an instance chosen as the sidecar would,
 // retrying by the same rules.
 func (t *Transport) direct(req *http.Request, service string) (*http.Response, error) {
-	start := time.Now()
 	timeout, timed, err := requestTimeout(req.Header)
 	if err != nil {
 		closeBody(req)
@@ -401,6 +401,7 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 			out.Host = service + ".localhost"
 		}
 		done := p.Acquire(e)
+		tryStart := time.Now()
 		res, err := t.Base.RoundTrip(out)
 		if err == nil {
 			outcome := balance.StatusOutcome(res.StatusCode)
@@ -410,12 +411,12 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		}
 		lastErr = err
 		if req.Context().Err() != nil {
-			done(deadlineOutcome(req.Context().Err(), start))
+			done(deadlineOutcome(req.Context().Err(), tryStart))
 			return nil, err
 		}
 		if ctx.Err() != nil {
 			if timed {
-				done(deadlineOutcome(ctx.Err(), start))
+				done(deadlineOutcome(ctx.Err(), tryStart))
 			} else {
 				done(balance.Failed) // the default timeout: no answer in 30 s
 			}

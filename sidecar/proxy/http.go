@@ -408,6 +408,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	var tried []*balance.Endpoint
 	var lastErr error
 	retries := 0
+	tryStart := now // when the try in hand began
 	for {
 		e := pool.Pick(tried)
 		if e == nil {
@@ -454,8 +455,8 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		if errors.Is(err, errTimeout) || time.Now().After(deadline) {
 			// A short timeout the caller chose says nothing of the
 			// instance; the default one (30 s without an answer), or
-			// one that left it sb.HungAfter or more, does.
-			if timed && time.Since(now) < sb.HungAfter {
+			// one that left this try sb.HungAfter or more, does.
+			if timed && time.Since(tryStart) < sb.HungAfter {
 				done(balance.Abandoned)
 			} else {
 				done(balance.Failed)
@@ -473,6 +474,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
 		}
 		retries++
+		tryStart = time.Now()
 	}
 }
 
