@@ -439,11 +439,24 @@ func sameInstance(a, b *sb.Instance) bool {
 		a.StatusChangedAt.Equal(b.StatusChangedAt) && slices.Equal(a.Tags, b.Tags) && maps.Equal(a.Meta, b.Meta)
 }
 
+// damagedSwitchReason is the reason of an operator switch whose stored
+// entry is not a valid record.
+const damagedSwitchReason = "the stored operator switch is damaged (Atlas's log says how); enable the instance to clear it"
+
 // putLocked applies a stored entry. One that is not a valid record is
-// taken as gone, and kept in damaged.
+// taken as gone, and kept in damaged; but a damaged operator switch still
+// disables its instance, as the entry's presence says: taken as gone, it
+// put an instance an operator had drained back in rotation.
 func (s *state) putLocked(kv KV, woken *[]string) {
 	if err := s.putValidLocked(kv, woken); err != nil {
-		s.deleteLocked(kv.Key, kv.Index, woken) // what it replaced is gone
+		if id, ok := strings.CutPrefix(kv.Key, pfxSwitch); ok && sb.ValidateID(id) == nil {
+			delete(s.damaged, kv.Key)
+			before := s.visibleLocked(id)
+			s.switches[id] = switchRecord{Reason: damagedSwitchReason}
+			s.touchInstanceLocked(id, before, s.visibleLocked(id), kv.Index, woken)
+		} else {
+			s.deleteLocked(kv.Key, kv.Index, woken) // what it replaced is gone
+		}
 		s.damaged[kv.Key] = kv.Index
 		if s.onDamaged != nil {
 			rule := err.Error()
