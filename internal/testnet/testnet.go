@@ -3,8 +3,11 @@ package testnet
 
 import (
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Hung listens on a loopback port, accepts every connection and never
@@ -41,4 +44,46 @@ func Hung(t testing.TB) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// HeldHTTP is an HTTP server that holds every request until the request
+// ends or the test does: an instance that takes calls and never answers.
+// held receives when it first holds one. Everything is closed when the
+// test ends. It returns the server's URL.
+func HeldHTTP(t testing.TB) (url string, held <-chan struct{}) {
+	t.Helper()
+	release := make(chan struct{})
+	h := make(chan struct{}, 1)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case h <- struct{}{}:
+		default:
+		}
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(func() { close(release); s.Close() })
+	return s.URL, h
+}
+
+// DropsAfter is an HTTP server that answers /ok at once (closing the
+// connection, so that the next call dials anew), and drops any other
+// request after d without answering. It is closed when the test ends. It
+// returns the server's URL.
+func DropsAfter(t testing.TB, d time.Duration) string {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ok" {
+			w.Header().Set("Connection", "close")
+			return
+		}
+		time.Sleep(d)
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			c.Close()
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s.URL
 }

@@ -368,6 +368,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		timeout = d
 	}
 	deadline := now.Add(timeout)
+	// tryStart is when the instance tried began to wait: the call's start,
+	// unless the call waited for Atlas or for earlier tries.
+	tryStart := now
 	select {
 	case <-pool.Ready():
 	default:
@@ -376,6 +379,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		select {
 		case <-pool.Ready():
 			t.Stop()
+			tryStart = time.Now()
 		case <-t.C:
 			return writeError(ctx, sb.Errorf(sb.EUnavailable, "%s: no answer from Atlas about it yet", where(pool))), 0
 		}
@@ -408,7 +412,6 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	var tried []*balance.Endpoint
 	var lastErr error
 	retries := 0
-	tryStart := now // when the try in hand began
 	for {
 		e := pool.Pick(tried)
 		if e == nil {
@@ -425,7 +428,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			// answer, as it does with a final answer's head; the outcome
 			// is reported when the final answer is in.
 			done(balance.Abandoned)
-			h.interim(ctx, pool, e, started, timeout, timed, now, retries)
+			h.interim(ctx, pool, e, started, timeout, timed, now, tryStart, retries)
 			return 0, retries
 		}
 		if err == nil {
@@ -512,7 +515,7 @@ func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
 // answers with an interim answer to send on take this path; the answer is
 // observed when it is in.
 func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.Endpoint, c *bconn,
-	timeout time.Duration, timed bool, start time.Time, retries int) {
+	timeout time.Duration, timed bool, start, tryStart time.Time, retries int) {
 	rh := &ctx.Response.Header
 	bodyless := ctx.Request.Header.IsHead()
 	h.hijack(ctx, func() { c.Close() }, func(client net.Conn) {
@@ -539,7 +542,7 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 		case isTimeout(err):
 			// As in route: a short timeout the caller chose says
 			// nothing of the instance.
-			if timed && time.Since(start) < sb.HungAfter {
+			if timed && time.Since(tryStart) < sb.HungAfter {
 				outcome = balance.Abandoned
 			}
 			status = writeRawError(client, gatewayTimeout("%s: no answer within %s", where(pool), timeout))
