@@ -91,8 +91,19 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 			}
 		}
 		// A damaged entry under the id (not a valid record; see
-		// state.damaged) is replaced: its owner cannot be known.
-		prev := s.st.damaged[pfxInstance+id]
+		// state.damaged) is replaced, by a caller that may act for the
+		// service it names; one that names none, by an admin only.
+		var prev uint64
+		if d, ok := s.st.damaged[pfxInstance+id]; ok && old == nil {
+			prev = d.index
+			if err := may(d.realm, d.service); err != nil {
+				s.st.mu.RUnlock()
+				if d.service == "" {
+					return nil, sb.Errorf(sb.EPermissionDenied, "instance %s: its stored entry is damaged and names no service it belongs to: only an admin may register the id again", id)
+				}
+				return nil, err
+			}
+		}
 		in := &sb.Instance{
 			ID: id, Service: reg.Service, Realm: reg.Realm, Address: reg.Address, Port: reg.Port,
 			Tags: reg.Tags, Meta: reg.Meta, Status: reg.Status, Output: reg.Output, TTL: reg.TTL,

@@ -2,6 +2,7 @@ package atlas
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -203,7 +204,7 @@ type state struct {
 	// valid record (a damaged file, a hand edit of etcd, another version's
 	// format): it is in no answer, and the next write of its key replaces
 	// it (damagedIndex).
-	damaged map[string]uint64
+	damaged map[string]damagedEntry
 	// onDamaged, when set, hears of each damaged entry and the rule it
 	// breaks (under mu).
 	onDamaged func(key, rule string)
@@ -268,7 +269,7 @@ func (s *state) reset(index uint64) {
 	s.ports = make(map[string]int)
 	s.portUsed = make(map[int]string)
 	s.policies = make(map[string][]string)
-	s.damaged = make(map[string]uint64)
+	s.damaged = make(map[string]damagedEntry)
 	s.booted = false
 	s.byService = make(map[string]map[string]map[string]*instRecord)
 	s.metas = make(map[string]map[string]string)
@@ -457,7 +458,17 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 		} else {
 			s.deleteLocked(kv.Key, kv.Index, woken) // what it replaced is gone
 		}
-		s.damaged[kv.Key] = kv.Index
+		d := damagedEntry{index: kv.Index}
+		if strings.HasPrefix(kv.Key, pfxInstance) {
+			// Whose it was, as far as it says: only a caller that may act
+			// for that service registers the id again.
+			var owner struct{ Service, Realm string }
+			if json.Unmarshal(kv.Value, &owner) == nil && sb.ValidateName("service", owner.Service) == nil &&
+				sb.ValidateName("realm", cmp.Or(owner.Realm, sb.DefaultRealm)) == nil {
+				d.service, d.realm = owner.Service, cmp.Or(owner.Realm, sb.DefaultRealm)
+			}
+		}
+		s.damaged[kv.Key] = d
 		if s.onDamaged != nil {
 			rule := err.Error()
 			if e := (*sb.Error)(nil); errors.As(err, &e) {
@@ -470,12 +481,20 @@ func (s *state) putLocked(kv KV, woken *[]string) {
 	delete(s.damaged, kv.Key)
 }
 
+// damagedEntry is a stored entry that is not a valid record.
+type damagedEntry struct {
+	index uint64
+	// service and realm: those an instance's entry names, when it names
+	// valid ones ("" otherwise, and for other keys).
+	service, realm string
+}
+
 // damagedIndex returns the index of the damaged entry under key, or 0: a
 // write that replaces the key's record replaces such an entry too.
 func (s *state) damagedIndex(key string) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.damaged[key]
+	return s.damaged[key].index
 }
 
 func (s *state) putValidLocked(kv KV, woken *[]string) error {
