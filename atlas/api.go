@@ -124,7 +124,11 @@ func (s *Server) routes() http.Handler {
 		// The SPEC's one table of statuses has no 405: a path that takes
 		// other methods is a 404 that names them.
 		if m := otherMethods(mux, r); len(m) > 0 {
-			w.Header().Set("Allow", strings.Join(m, ", "))
+			allow := m
+			if slices.Contains(m, "GET") {
+				allow = append([]string{"HEAD"}, m...) // a GET pattern takes HEAD too
+			}
+			w.Header().Set("Allow", strings.Join(allow, ", "))
 			return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint; %s takes %s", r.Method, r.URL.Path, r.URL.Path, strings.Join(m, ", "))
 		}
 		return sb.Errorf(sb.ENotFound, "%s %s: no such endpoint", r.Method, r.URL.Path)
