@@ -225,8 +225,9 @@ func (s *Server) tokensLocked() []sb.Token {
 func (s *Server) deleteToken(ctx context.Context, id string) error {
 	s.st.mu.RLock()
 	_, ok := s.st.tokens[id]
+	_, damaged := s.st.damaged[pfxToken+id] // in no answer, but deleted on demand
 	s.st.mu.RUnlock()
-	if !ok {
+	if !ok && !damaged {
 		return sb.Errorf(sb.ENotFound, "token %s: not found", id)
 	}
 	_, err := s.txn(ctx, Op{Key: pfxToken + id, Delete: true})

@@ -82,3 +82,40 @@ func TestADamagedInstanceIsReplacedOnlyByItsOwner(t *testing.T) {
 		t.Fatalf("an admin registering a damaged id that names no service: %v", err)
 	}
 }
+
+// A damaged token or config layer is in no answer, and its DELETE answered
+// 404: the key stayed in the store, logged at every start. It is deleted
+// on demand, as a valid one is.
+func TestDamagedTokensAndLayersCanBeDeleted(t *testing.T) {
+	a := atlastest.Start(t, true)
+	ctx := context.Background()
+	c := a.Client()
+	idx, err := a.Store.Txn(ctx, []atlas.Op{
+		{Key: "t/0123456789abcdef", Value: []byte(`{"id":"0123456789abcdef","role":"root"}`)},
+		{Key: "c/dev/web", Value: []byte(`[1,2]`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Server.WaitApplied(ctx, idx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteToken(ctx, "0123456789abcdef"); err != nil {
+		t.Fatalf("deleting a damaged token: %v", err)
+	}
+	if err := c.DeleteLayer(ctx, sb.LayerKey{Realm: "dev", Service: "web"}); err != nil {
+		t.Fatalf("deleting a damaged layer: %v", err)
+	}
+	_, kvs, err := a.Store.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range kvs {
+		if kv.Key == "t/0123456789abcdef" || kv.Key == "c/dev/web" {
+			t.Fatalf("%s is still in the store", kv.Key)
+		}
+	}
+	if err := c.DeleteToken(ctx, "0123456789abcdef"); sb.ErrorCode(err) != sb.ENotFound {
+		t.Fatalf("deleting it again: %v; want not_found", err)
+	}
+}
