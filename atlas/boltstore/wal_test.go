@@ -247,44 +247,21 @@ func TestDamagedLogIsRefused(t *testing.T) {
 		file   string // the segment the error names
 	}{
 		{"damage before a later segment", func(t *testing.T, dir string, segs []string) {
-			data, err := os.ReadFile(segs[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			data[len(data)-1] ^= 0xff
-			os.WriteFile(segs[0], data, 0o600)
+			alter(t, segs[0], func(data []byte) { data[len(data)-1] ^= 0xff })
 			// A later segment, as after a rotation.
 			os.WriteFile(filepath.Join(dir, segmentName(99)), nil, 0o600)
 		}, "later segments follow", segmentName(1)},
 		{"damage in the middle of the last segment", func(t *testing.T, dir string, segs []string) {
-			last := segs[len(segs)-1]
-			data, err := os.ReadFile(last)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data[frameHeader] ^= 0xff // the first frame's payload
-			os.WriteFile(last, data, 0o600)
+			alter(t, segs[len(segs)-1], func(data []byte) { data[frameHeader] ^= 0xff }) // the first frame's payload
 		}, "damaged frame at byte 0", segmentName(1)},
 		// A length that reaches past the end of the file, or a header
 		// read as zeros, is what an incomplete last write leaves: with
 		// whole frames after it, it is damage.
 		{"a damaged length before whole frames", func(t *testing.T, dir string, segs []string) {
-			last := segs[len(segs)-1]
-			data, err := os.ReadFile(last)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data[2] = 0x30
-			os.WriteFile(last, data, 0o600)
+			alter(t, segs[len(segs)-1], func(data []byte) { data[2] = 0x30 })
 		}, "with a whole frame at byte", segmentName(1)},
 		{"a header read as zeros before whole frames", func(t *testing.T, dir string, segs []string) {
-			last := segs[len(segs)-1]
-			data, err := os.ReadFile(last)
-			if err != nil {
-				t.Fatal(err)
-			}
-			clear(data[:frameHeader])
-			os.WriteFile(last, data, 0o600)
+			alter(t, segs[len(segs)-1], func(data []byte) { clear(data[:frameHeader]) })
 		}, "with a whole frame at byte", segmentName(1)},
 		{"a missing segment", func(t *testing.T, dir string, segs []string) {
 			g, err := createSegment(dir, 99, time.Now())
@@ -313,6 +290,19 @@ func TestDamagedLogIsRefused(t *testing.T) {
 				t.Errorf("Open of a damaged log: %v; want it to say what to do", err)
 			}
 		})
+	}
+}
+
+// alter changes a file's bytes in place with change.
+func alter(t *testing.T, path string, change func(data []byte)) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	change(data)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
