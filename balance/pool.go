@@ -369,12 +369,24 @@ const (
 	// Failed: a connect error, a broken connection, a 5xx, or no answer
 	// within the timeout the caller left to the default.
 	Failed
-	// Abandoned: a timeout the caller chose, or its cancellation, ended
-	// the request first. That says nothing of the endpoint (a caller
-	// asking for 1ms would otherwise eject healthy ones), so it counts
-	// neither way.
+	// Abandoned: a short timeout the caller chose (TimedOut), or its
+	// cancellation, ended the request first. That says nothing of the
+	// endpoint (a caller asking for 1ms would otherwise eject healthy
+	// ones), so it counts neither way.
 	Abandoned
 )
+
+// TimedOut is the outcome of a try that ran out of time after it had
+// waited on its endpoint: a timeout its caller chose says nothing of the
+// endpoint when the try had less than sb.HungAfter; the default timeout,
+// or a chosen one that left the endpoint sb.HungAfter or more with no
+// answer (hung, for every purpose), is a failure.
+func TimedOut(callerChose bool, waited time.Duration) Outcome {
+	if callerChose && waited < sb.HungAfter {
+		return Abandoned
+	}
+	return Failed
+}
 
 // StatusOutcome is the outcome of an answer with HTTP status code.
 func StatusOutcome(code int) Outcome {

@@ -332,18 +332,6 @@ func watch(ctx context.Context, atlas *Atlas, realm string, log *slog.Logger, p 
 		})
 }
 
-// deadlineOutcome is what a try that a deadline or a cancellation of its
-// caller's ended says of the instance it waited on: nothing, unless the
-// deadline ran out with no answer sb.HungAfter or more after the try began
-// (a caller that asks for 5 ms must not eject healthy instances, nor a
-// retry late in a call its last moments).
-func deadlineOutcome(err error, start time.Time) balance.Outcome {
-	if errors.Is(err, context.DeadlineExceeded) && time.Since(start) >= sb.HungAfter {
-		return balance.Failed
-	}
-	return balance.Abandoned
-}
-
 // direct sends the request to an instance chosen as the sidecar would,
 // retrying by the same rules.
 func (t *Transport) direct(req *http.Request, service string) (*http.Response, error) {
@@ -410,16 +398,18 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 			return res, nil
 		}
 		lastErr = err
-		if req.Context().Err() != nil {
-			done(deadlineOutcome(req.Context().Err(), tryStart))
+		if cerr := req.Context().Err(); cerr != nil {
+			// The caller's cancellation says nothing of the instance;
+			// its deadline, as a timeout it chose does.
+			if errors.Is(cerr, context.DeadlineExceeded) {
+				done(balance.TimedOut(true, time.Since(tryStart)))
+			} else {
+				done(balance.Abandoned)
+			}
 			return nil, err
 		}
 		if ctx.Err() != nil {
-			if timed {
-				done(deadlineOutcome(ctx.Err(), tryStart))
-			} else {
-				done(balance.Failed) // the default timeout: no answer in 30 s
-			}
+			done(balance.TimedOut(timed, time.Since(tryStart)))
 			return nil, fmt.Errorf("service %s in realm %s: no answer within %s: %w", service, t.Realm, timeout, context.DeadlineExceeded)
 		}
 		done(balance.Failed)

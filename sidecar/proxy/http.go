@@ -456,14 +456,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		lastErr = err
 		resp.Reset()
 		if errors.Is(err, errTimeout) || time.Now().After(deadline) {
-			// A short timeout the caller chose says nothing of the
-			// instance; the default one (30 s without an answer), or
-			// one that left this try sb.HungAfter or more, does.
-			if timed && time.Since(tryStart) < sb.HungAfter {
-				done(balance.Abandoned)
-			} else {
-				done(balance.Failed)
-			}
+			done(balance.TimedOut(timed, time.Since(tryStart)))
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s", where(pool), timeout)), retries
 		}
 		// A connection that failed before any byte was sent is safe to
@@ -540,9 +533,8 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 		case err == nil:
 			status = rh.StatusCode()
 		case isTimeout(err):
-			// As in route: a short timeout the caller chose says
-			// nothing of the instance.
-			if timed && time.Since(tryStart) < sb.HungAfter {
+			// As in route; an answer that began stays answered.
+			if balance.TimedOut(timed, time.Since(tryStart)) == balance.Abandoned {
 				outcome = balance.Abandoned
 			}
 			status = writeRawError(client, gatewayTimeout("%s: no answer within %s", where(pool), timeout))
