@@ -116,11 +116,12 @@ func (a *announcer) checkOnce(ctx context.Context) bool {
 	a.status = a.rf.observe(raw)
 	a.output = out
 	flapping := a.rf.flapping()
-	switch {
-	case a.status == sb.Critical && raw != sb.Critical && flapping:
-		a.output = fmt.Sprintf("%s (flapping: rising: %d of %d good checks)", out, a.rf.good, a.rf.need())
-	case a.status == sb.Critical && raw != sb.Critical:
-		a.output = fmt.Sprintf("%s (rising: %d of %d good checks)", out, a.rf.good, a.rf.need())
+	if a.status == sb.Critical && raw != sb.Critical {
+		flap := ""
+		if flapping {
+			flap = "flapping: "
+		}
+		a.output = fmt.Sprintf("%s (%srising: %d of %d good checks)", out, flap, a.rf.good, a.rf.need())
 	}
 	status, output := a.status, a.output
 	first := !a.checked
