@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,5 +199,103 @@ func TestAtlasStoppedKeepsInstances(t *testing.T) {
 	}
 	if err := json.Unmarshal(body, &si); err != nil || len(si.Instances) != 0 {
 		t.Fatalf("instance still there a TTL after Atlas ran again: %s %v", body, err)
+	}
+}
+
+// TestAtlasWritesAgainOnceDiskSpaceIsFreed: on a full disk Atlas refuses
+// writes (503) and fails its health check; once space is freed it takes
+// writes again without a restart, and a kill -9 after that loses none of
+// the writes it acknowledged. The disk is a small tmpfs, which needs root.
+func TestAtlasWritesAgainOnceDiskSpaceIsFreed(t *testing.T) {
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("mounting a small tmpfs (needs root): %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
+	dir := filepath.Join(mnt, "data")
+	a := startAtlas(t, dir, "--insecure")
+	ctx := context.Background()
+	register := func(id string) (int, string) {
+		status, body, err := call(ctx, "PUT", a.url+"/v1/instances/"+id, `{"service":"a","address":"127.0.0.1","port":5000,"ttl":"1h"}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return status, string(body)
+	}
+	if status, body := register("a-1"); status != 200 {
+		t.Fatalf("register: %d %s", status, body)
+	}
+
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break // the disk is full
+		}
+	}
+	f.Close()
+	// The log's last page may have room for a few more.
+	acked := []string{"a-1"}
+	for i := 2; ; i++ {
+		id := fmt.Sprintf("a-%d", i)
+		status, body := register(id)
+		if status == 200 {
+			if acked = append(acked, id); len(acked) < 1000 {
+				continue
+			}
+		}
+		if status != 503 || !strings.Contains(body, `"unavailable"`) {
+			t.Fatalf("register on a full disk: %d %s; want 503 unavailable", status, body)
+		}
+		break
+	}
+	healthIs := func(want int) {
+		t.Helper()
+		var status int
+		for range 100 { // Atlas probes its store every second
+			status, _, _ = call(ctx, "GET", a.url+"/v1/health", "")
+			if status == want {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("/v1/health answers %d; want %d", status, want)
+	}
+	healthIs(503)
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := register("b-1"); status != 200 {
+		t.Fatalf("register once space is freed: %d %s", status, body)
+	}
+	acked = append(acked, "b-1")
+	healthIs(200)
+	if n := strings.Count(a.log(), "writing the write-ahead log failed"); n != 1 {
+		t.Errorf("the failure was logged %d times; want once:\n%s", n, a.log())
+	}
+
+	a.kill()
+	a = startAtlas(t, dir, "--insecure")
+	_, body, err := call(ctx, "GET", a.url+"/v1/services/a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var si struct{ Instances []struct{ ID string } }
+	if err := json.Unmarshal(body, &si); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, in := range si.Instances {
+		ids = append(ids, in.ID)
+	}
+	slices.Sort(ids)
+	slices.Sort(acked)
+	if !slices.Equal(ids, acked) {
+		t.Fatalf("after kill -9 and a restart, service a has %v; want the acknowledged %v", ids, acked)
 	}
 }

@@ -86,7 +86,7 @@ type Store struct {
 	mu       sync.Mutex
 	index    uint64                // last committed index
 	pending  map[string]*pendingKV // in the log, not yet in bbolt, by key
-	failed   error                 // set when the log cannot be written: no more writes
+	failed   error                 // the last append's error, nil once one works
 	leases   map[string]*lease     // leased keys
 	due      leaseHeap             // every lease, soonest first (some stale)
 	history  []atlas.Change        // ring of recent changes, oldest first
@@ -585,7 +585,7 @@ const maxSegment = 16 << 20
 // and the checkpointer is free. Writer only.
 func (s *Store) rotate(onlyBig bool) {
 	g := s.seg
-	if g.size == 0 {
+	if g.size == 0 || g.torn {
 		return
 	}
 	if g.size < maxSegment && (onlyBig || s.cfg.Now().Sub(g.opened) < s.cfg.CheckpointInterval) {
@@ -620,13 +620,6 @@ func (s *Store) commit(batch []*writeReq) {
 	tx, err := s.beginRead()
 	if err != nil {
 		refuse(batch, fmt.Errorf("boltstore: %w", err))
-		return
-	}
-	if s.failed != nil {
-		err := s.failed
-		s.mu.Unlock()
-		tx.Rollback()
-		refuse(batch, err)
 		return
 	}
 	b := tx.Bucket(bucketKV)
@@ -681,20 +674,27 @@ func (s *Store) commit(batch []*writeReq) {
 
 	if len(changes) > 0 {
 		if err := s.seg.append(changes); err != nil {
-			// Part of the frame may be in the segment; appending after it
-			// would put acknowledged writes behind a damaged frame. Stop
-			// writing: Open drops the damaged frame.
-			err = fmt.Errorf("%w: boltstore: write-ahead log %s: %v; restart Atlas", atlas.ErrUnavailable, s.seg.path, err)
-			s.cfg.Logger.Error("boltstore: writing the write-ahead log failed; no more writes are taken", "err", err)
+			// The batch is refused, and the segment cut back to its last
+			// acknowledged frame (now or, if that fails, before the next
+			// append): a full disk refuses writes until space is freed.
+			err = fmt.Errorf("%w: boltstore: write-ahead log %s: %v", atlas.ErrUnavailable, s.seg.path, err)
 			s.mu.Lock()
+			first := s.failed == nil
 			s.failed = err
 			s.mu.Unlock()
+			if first {
+				s.cfg.Logger.Error("boltstore: writing the write-ahead log failed; writes are refused until it works again (the error is not logged again until then)", "err", err)
+			}
 			refuse(batch, err)
 			return
 		}
 	}
 	now = s.cfg.Now()
 	s.mu.Lock()
+	if s.failed != nil && len(changes) > 0 {
+		s.failed = nil
+		s.cfg.Logger.Info("boltstore: writing the write-ahead log works again")
+	}
 	for _, c := range changes {
 		s.index = c.Index
 		for _, kv := range c.KVs {
@@ -758,6 +758,7 @@ func (s *Store) checkLocked(exists func(string) (uint64, error), req *writeReq, 
 // segments that held them.
 func (s *Store) checkpointer() {
 	defer s.wg.Done()
+	var left []string // segments of checkpoints that failed
 	for {
 		var c checkpoint
 		select {
@@ -765,15 +766,19 @@ func (s *Store) checkpointer() {
 			return
 		case c = <-s.ckpts:
 		}
+		left = append(left, c.segs...)
 		if err := s.checkpoint(c.index); err != nil {
 			// The writes stay in the log and in memory; the next
-			// checkpoint, or the next Open, tries again.
+			// checkpoint (which copies every pending write up to its
+			// index, these too), or the next Open, tries again.
 			s.cfg.Logger.Error("boltstore: checkpoint failed", "err", err)
 			continue
 		}
-		if err := removeSegments(s.dir, c.segs); err != nil {
+		if err := removeSegments(s.dir, left); err != nil {
 			s.cfg.Logger.Error("boltstore: removing checkpointed log segments", "err", err)
+			continue // the next checkpoint tries again
 		}
+		left = nil
 	}
 }
 
@@ -962,7 +967,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	s.mu.Lock()
 	failed := s.failed
 	s.mu.Unlock()
-	if failed != nil {
+	// The last append failed, and no write has been tried since: whether
+	// one would work now (once space is freed, say) is what a probe of
+	// the log's directory tells.
+	if failed != nil && probeDir(s.dir) != nil {
 		return failed
 	}
 	return s.db.View(func(tx *bolt.Tx) error { return nil })

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -334,6 +335,7 @@ type segment struct {
 	size   int64
 	opened time.Time
 	buf    []byte // reused frame buffer
+	torn   bool   // the file may hold a refused frame after size
 }
 
 func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
@@ -351,17 +353,27 @@ func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
 }
 
 // append writes the changes as one frame and syncs it. After an error the
-// segment must not be appended to again: part of the frame may be there.
+// frame is cut off the segment; if that fails too, the next append tries
+// again first, as no frame may follow bytes that are not one.
 func (g *segment) append(cs []atlas.Change) error {
+	if g.torn {
+		if err := g.cutOff(); err != nil {
+			return fmt.Errorf("cutting off a refused frame: %w", err)
+		}
+	}
 	g.buf = appendChanges(append(g.buf[:0], make([]byte, frameHeader)...), cs)
 	payload := g.buf[frameHeader:]
 	binary.LittleEndian.PutUint32(g.buf, uint32(len(payload)))
 	binary.LittleEndian.PutUint32(g.buf[4:], crc32.Checksum(payload, castagnoli))
-	if _, err := g.f.Write(g.buf); err != nil {
-		return g.cutOff(err)
+	_, err := g.f.Write(g.buf)
+	if err == nil {
+		err = syncLog(g.f)
 	}
-	if err := syncLog(g.f); err != nil {
-		return g.cutOff(err)
+	if err != nil {
+		if cerr := g.cutOff(); cerr != nil {
+			return fmt.Errorf("%w (and cutting the frame off failed: %v)", err, cerr)
+		}
+		return err
 	}
 	g.size += int64(len(g.buf))
 	if cap(g.buf) > 1<<20 {
@@ -371,15 +383,43 @@ func (g *segment) append(cs []atlas.Change) error {
 }
 
 // cutOff truncates the segment back to its last acknowledged frame after an
-// append failed with err. The frame is refused, so the next Open must not
-// replay it: a failed fdatasync leaves it whole in the file, and the kernel
-// may still write it out. When cutting it off fails too, it may come back.
-func (g *segment) cutOff(err error) error {
-	if terr := g.f.Truncate(g.size); terr != nil {
-		return fmt.Errorf("%w (and cutting the frame off failed: %v)", err, terr)
+// append failed, and syncs that. The frame was refused, so the next Open
+// must not replay it: a failed fdatasync leaves it whole in the file, and
+// the kernel may still write it out. While torn is set, it may come back.
+//
+// Only frames acknowledged before are left, each synced when it was, so
+// appending goes on safely after a failed fdatasync too: what such a
+// failure may have lost is in the frame cut off.
+func (g *segment) cutOff() error {
+	g.torn = true
+	if err := g.f.Truncate(g.size); err != nil {
+		return err
 	}
-	if serr := syncLog(g.f); serr != nil {
-		return fmt.Errorf("%w (and cutting the frame off failed: %v)", err, serr)
+	// The file has no O_APPEND: the next frame goes where this one began.
+	if _, err := g.f.Seek(g.size, io.SeekStart); err != nil {
+		return err
+	}
+	if err := syncLog(g.f); err != nil {
+		return err
+	}
+	g.torn = false
+	return nil
+}
+
+// probeDir reports whether a file can be written and synced in dir now:
+// a write to the log would likely work.
+func probeDir(dir string) error {
+	f, err := os.CreateTemp(dir, "probe-*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(make([]byte, 4096))
+	if err == nil {
+		err = syncLog(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -306,27 +307,80 @@ func alter(t *testing.T, path string, change func(data []byte)) {
 	}
 }
 
-// A store whose log cannot be written takes no more writes and says so.
-func TestLogWriteFailureStopsWrites(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "atlas.db")
-	s := openT(t, path, time.Hour, nil)
-	defer s.Close()
-	ctx := context.Background()
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "a", Value: []byte("1")}}); err != nil {
-		t.Fatal(err)
-	}
-	s.seg.f.Close() // the next append fails
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "b", Value: []byte("2")}}); !errors.Is(err, atlas.ErrUnavailable) || !strings.Contains(err.Error(), "write-ahead log") {
-		t.Fatalf("write after a log failure: %v; want ErrUnavailable naming the write-ahead log", err)
-	}
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "c", Value: []byte("3")}}); err == nil {
-		t.Fatal("a later write succeeded after the log failed")
-	}
-	if err := s.Ping(ctx); err == nil {
-		t.Fatal("Ping is fine after the log failed")
-	}
-	if _, got := snapshotOf(t, s); !reflect.DeepEqual(got, map[string]string{"a": "1"}) {
-		t.Fatalf("after the failure the store holds %v; want only the acknowledged a", got)
+// A store whose log cannot be written (a full disk, say) refuses writes
+// and says so, and takes them again once the log can be written, without
+// a restart: whether cutting the refused frame off worked at once or only
+// before the next append, the log then holds the acknowledged writes, in
+// order, and nothing else.
+func TestLogWriteFailureRefusesWritesUntilItWorks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fails func(calls int) bool // whether the calls-th fdatasync fails
+	}{
+		{"the frame's sync fails", func(calls int) bool { return calls%2 == 1 }}, // and the cut's works
+		{"cutting the frame off fails too", func(calls int) bool { return true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "atlas.db")
+			var log bytes.Buffer
+			s := openT(t, path, time.Hour, &log)
+			ctx := context.Background()
+			write := func(k, v string) (uint64, error) {
+				return s.Txn(ctx, []atlas.Op{{Key: k, Value: []byte(v)}})
+			}
+			if _, err := write("a", "1"); err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			calls, full := 0, true
+			syncLog = func(f *os.File) error {
+				mu.Lock()
+				defer mu.Unlock()
+				if full {
+					if calls++; tc.fails(calls) {
+						return syscall.ENOSPC
+					}
+				}
+				return fdatasync(f)
+			}
+			t.Cleanup(func() { syncLog = fdatasync })
+			for _, k := range []string{"b", "c"} {
+				if _, err := write(k, "refused"); !errors.Is(err, atlas.ErrUnavailable) || !strings.Contains(err.Error(), "write-ahead log") {
+					t.Fatalf("write while the log fails: %v; want ErrUnavailable naming the write-ahead log", err)
+				}
+			}
+			if err := s.Ping(ctx); err == nil {
+				t.Fatal("Ping is fine while the log cannot be written")
+			}
+			if n := strings.Count(log.String(), "writing the write-ahead log failed"); n != 1 {
+				t.Fatalf("the failure was logged %d times; want once while it lasts:\n%s", n, log.String())
+			}
+
+			mu.Lock()
+			full = false // space was freed
+			mu.Unlock()
+			if err := s.Ping(ctx); err != nil {
+				t.Fatalf("Ping once the log can be written again: %v", err)
+			}
+			i, err := write("d", "4")
+			if err != nil {
+				t.Fatalf("write once the log can be written again: %v", err)
+			}
+			if _, err := write("e", "5"); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(log.String(), "works again") {
+				t.Fatalf("the recovery was not logged:\n%s", log.String())
+			}
+			want := map[string]string{"a": "1", "d": "4", "e": "5"}
+			if _, got := snapshotOf(t, s); !reflect.DeepEqual(got, want) {
+				t.Fatalf("the store holds %v; want %v", got, want)
+			}
+			// The log, replayed, holds the same: no refused frame came
+			// back, and nothing was lost behind a hole where one was.
+			s.crash()
+			reopen(t, path, i+1, want)
+		})
 	}
 }
 
