@@ -149,6 +149,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		servicesCmd(g), instancesCmd(g), registerCmd(g), deregisterCmd(g), enableCmd(g), disableCmd(g), watchCmd(g),
 		configCmd(g), tokenCmd(g), policyCmd(g),
 	)
+	help := helpCmd()
+	root.SetHelpCommand(help)
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
@@ -158,11 +160,33 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !errors.As(err, &ue) {
 			err = &UsageError{err.Error()}
 		}
+		if cmd == help {
+			cmd = root
+		}
 		if cmd != nil {
 			err = &UsageError{fmt.Sprintf("%s (see '%s --help')", strings.TrimSpace(err.Error()), cmd.CommandPath())}
 		}
 	}
 	return err
+}
+
+// helpCmd is cobra's help command, except that a topic it does not know
+// is a usage error (exit status 2), as an unknown command is; cobra's
+// prints the usage and exits 0.
+func helpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long:  "Show the help of any command: switchboard help [command ...].",
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usagef("unknown help topic %q", strings.Join(args, " "))
+			}
+			cmd.InitDefaultHelpFlag()
+			return cmd.Help()
+		},
+	}
 }
 
 // runtimeError marks errors that come from running a command rather than
