@@ -54,6 +54,10 @@ type Config struct {
 	// Upstreams are services watched from the start; those with Listen get
 	// an L4 TCP listener.
 	Upstreams []UpstreamConfig `yaml:"upstreams"`
+
+	// tokenFileAt is "FILE:LINE" of token_file when it came from a file:
+	// errors reading it point there.
+	tokenFileAt string
 }
 
 // HAProxyConfig configures haproxy mode.
@@ -202,6 +206,9 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 			return nil, fmt.Errorf("%s:%d: %s", name, lineOf(root.Content[0], pe.path), pe.msg)
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if cfg.TokenFile != "" {
+		cfg.tokenFileAt = fmt.Sprintf("%s:%d", name, lineOf(root.Content[0], []any{"token_file"}))
 	}
 	return &cfg, nil
 }

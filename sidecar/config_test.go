@@ -186,3 +186,20 @@ func TestRelativePathsAreTheFiles(t *testing.T) {
 		t.Fatalf("paths with sidecar.yaml relative: token_file %s, state_dir %s", c.TokenFile, c.StateDir)
 	}
 }
+
+// A token_file that cannot be read stops the sidecar with the line of
+// sidecar.yaml that names it, as any other bad value does.
+func TestUnreadableTokenFileIsNamedByItsLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sidecar.yaml")
+	if err := os.WriteFile(path, []byte("realm: dev\ntoken_file: missing\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(*c, nil)
+	if want := path + ":2: token_file: open "; err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("New with a token_file that does not exist: %v; want it to start %q and say why", err, want)
+	}
+}

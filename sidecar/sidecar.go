@@ -169,6 +169,9 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	if cfg.TokenFile != "" {
 		b, err := os.ReadFile(cfg.TokenFile)
 		if err != nil {
+			if cfg.tokenFileAt != "" {
+				return nil, fmt.Errorf("%s: token_file: %w", cfg.tokenFileAt, err)
+			}
 			return nil, fmt.Errorf("token_file: %w", err)
 		}
 		if fi, err := os.Stat(cfg.TokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
