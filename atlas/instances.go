@@ -447,6 +447,15 @@ func (s *Server) leaseLocked(in *sb.Instance, store storeLease) {
 		// full TTL from then.
 		exp = s.started.Add(time.Duration(in.TTL)).UTC()
 	}
+	if g, ok := s.store.(LeaseGracer); ok {
+		// Every lease then held got one TTL from then; any later has a
+		// later end of its own.
+		if at := g.LeasesGraced(); !at.IsZero() {
+			if end := at.Add(time.Duration(in.TTL)).UTC(); end.After(exp) {
+				exp = end
+			}
+		}
+	}
 	in.ExpiresAt = &exp
 }
 

@@ -46,6 +46,14 @@ type LeaseReader interface {
 	LeaseEnd(ctx context.Context, key string) (renewed, expires time.Time, err error)
 }
 
+// LeaseGracer is implemented by stores that give every lease one TTL
+// from when they find they did not run for a while (a stopped process, a
+// frozen host), as after a restart: no heartbeat could arrive meanwhile.
+type LeaseGracer interface {
+	// LeasesGraced returns when that last happened; the zero time if never.
+	LeasesGraced() time.Time
+}
+
 // KV is one stored entry.
 type KV struct {
 	Key   string

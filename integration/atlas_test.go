@@ -178,6 +178,7 @@ func TestAtlasStoppedKeepsInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(4 * time.Second) // twice the TTL
+	resumed := time.Now()
 	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +193,14 @@ func TestAtlasStoppedKeepsInstances(t *testing.T) {
 	}
 	if !strings.Contains(a.log(), "did not run for a while") {
 		t.Errorf("Atlas's log does not say it kept the leases:\n%s", a.log())
+	}
+	// The instance shows the end its lease has now, not the one before.
+	_, body, err = call(ctx, "GET", a.url+"/v1/instances/a-1", "")
+	var in struct {
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if err != nil || json.Unmarshal(body, &in) != nil || !in.ExpiresAt.After(resumed) {
+		t.Fatalf("instance a-1 after the stop: %s %v; want it to expire after Atlas ran again (%s)", body, err, resumed.UTC().Format(time.RFC3339Nano))
 	}
 	_, body, err = call(ctx, "GET", a.url+"/v1/services/a?wait=8s&index="+index, "")
 	if err != nil {

@@ -96,6 +96,9 @@ type Store struct {
 
 	// expireFailing is set while deleting expired keys fails (logged once).
 	expireFailing atomic.Bool
+	// graced is when the sweeper last gave every lease one TTL (Unix
+	// nanoseconds of cfg.Now), or 0.
+	graced atomic.Int64
 }
 
 type lease struct {
@@ -911,6 +914,7 @@ func (s *Store) sweep() {
 	}
 	s.mu.Unlock()
 	if kept > 0 {
+		s.graced.Store(now.UnixNano())
 		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
 			"away", away.Round(time.Millisecond).String(), "leases", kept)
 	}
@@ -923,8 +927,8 @@ func (s *Store) sweep() {
 			first = cmp.Or(first, err)
 		}
 	}
-	// Said once while it lasts: the store refuses every write until it is
-	// restarted, and each key is tried again every ttl/4.
+	// Said once while it lasts: while the log cannot be written every
+	// write is refused, and each key is tried again every ttl/4.
 	switch {
 	case failed > 0 && !s.expireFailing.Swap(true):
 		s.cfg.Logger.Error("boltstore: expiring leases failed; expired instances stay listed until writes work again (the error is not logged again until then)", "keys", failed, "err", first)
@@ -936,6 +940,14 @@ func (s *Store) sweep() {
 	s.mu.Lock()
 	s.swept = end
 	s.mu.Unlock()
+}
+
+// LeasesGraced implements atlas.LeaseGracer.
+func (s *Store) LeasesGraced() time.Time {
+	if n := s.graced.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // An entry on disk is index (8 bytes), ttl in nanoseconds (8 bytes), value.
