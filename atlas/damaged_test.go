@@ -119,3 +119,30 @@ func TestDamagedTokensAndLayersCanBeDeleted(t *testing.T) {
 		t.Fatalf("deleting it again: %v; want not_found", err)
 	}
 }
+
+// A service whose p/ entry is damaged while its q/ entry is whole keeps
+// its port: asking for one again gives the same, where it gave a new one
+// and left the old reserved for good.
+func TestADamagedPortEntryKeepsItsPort(t *testing.T) {
+	a := atlastest.Start(t, false)
+	ctx := context.Background()
+	c := a.Client()
+	port, err := c.AssignPort(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	index, err := a.Store.Txn(ctx, []atlas.Op{{Key: "p/web", Value: []byte(`"not a port"`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Server.WaitApplied(ctx, index); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.AssignPort(ctx, "web")
+	if err != nil || again != port {
+		t.Fatalf("a port for web with its p/ entry damaged: %d, %v; want its port %d kept", again, err, port)
+	}
+	if other, err := c.AssignPort(ctx, "api"); err != nil || other == port {
+		t.Fatalf("a port for api: %d, %v; want one other than web's %d", other, err, port)
+	}
+}

@@ -554,10 +554,22 @@ func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssign
 	for attempt := 0; attempt < 20; attempt++ {
 		s.st.mu.RLock()
 		port, ok := s.st.ports[service]
+		kept := 0 // a port q/ still gives service, its p/ damaged
 		if !ok {
-			// Nor a port an instance of another service is registered at
-			// (without asking for one): on one host the two would clash.
+			for p, svc := range s.st.portUsed {
+				if svc == service && (kept == 0 || p < kept) {
+					kept = p
+				}
+			}
+		}
+		if !ok && kept == 0 {
+			// Nor a port another service has (its q/ damaged), or an
+			// instance of another service is registered at (without
+			// asking for one): on one host the two would clash.
 			taken := map[int]bool{}
+			for _, p := range s.st.ports {
+				taken[p] = true
+			}
 			for _, r := range s.st.instances {
 				if r.service() != service {
 					taken[int(r.port)] = true
@@ -574,14 +586,22 @@ func (s *Server) assignPort(ctx context.Context, service string) (*sb.PortAssign
 		if ok {
 			return &sb.PortAssignment{Service: service, Port: port}, nil
 		}
-		if port == 0 {
+		var used Op // q/PORT
+		switch {
+		case kept != 0:
+			// The service keeps its port: its p/ entry was damaged, and
+			// q/ says the port is its own (rewritten, unconditionally).
+			port = kept
+			used = Op{Key: pfxPortUsed + strconv.Itoa(port)}
+		case port == 0:
 			return nil, sb.Errorf(sb.EConflict, "port: every port in %d-%d is taken; start Atlas with a wider --ports", s.cfg.PortMin, s.cfg.PortMax)
+		default:
+			used = Op{Key: pfxPortUsed + strconv.Itoa(port), IfIndex: IfIndex(s.st.damagedIndex(pfxPortUsed + strconv.Itoa(port)))}
 		}
 		val, _ := jsonMarshal(port)
 		name, _ := jsonMarshal(service)
-		_, err := s.txn(ctx,
-			Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(s.st.damagedIndex(pfxPort + service))},
-			Op{Key: pfxPortUsed + strconv.Itoa(port), Value: name, IfIndex: IfIndex(s.st.damagedIndex(pfxPortUsed + strconv.Itoa(port)))})
+		used.Value = name
+		_, err := s.txn(ctx, Op{Key: pfxPort + service, Value: val, IfIndex: IfIndex(s.st.damagedIndex(pfxPort + service))}, used)
 		if errors.Is(err, ErrConflict) {
 			continue
 		}

@@ -197,8 +197,8 @@ type state struct {
 	switches  map[string]switchRecord
 	layers    map[sb.LayerKey]layerRecord
 	tokens    map[string]tokenRecord
-	ports     map[string]int
-	portUsed  map[int]string
+	ports     map[string]int      // p/SERVICE: each service's port
+	portUsed  map[int]string      // q/PORT: the ports given, to which service
 	policies  map[string][]string // REALM/SERVICE -> may_call
 	// damaged holds, by store key, the index of each entry that is not a
 	// valid record (a damaged file, a hand edit of etcd, another version's
@@ -573,7 +573,6 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 			return err
 		}
 		s.ports[service] = port
-		s.portUsed[port] = service
 	case strings.HasPrefix(key, pfxPortUsed):
 		// Written with p/SERVICE, and only so that no port is given
 		// twice: kept for that alone.
@@ -588,9 +587,7 @@ func (s *state) putValidLocked(kv KV, woken *[]string) error {
 		if err != nil {
 			return err
 		}
-		if _, ok := s.portUsed[port]; !ok {
-			s.portUsed[port] = service
-		}
+		s.portUsed[port] = service
 	case strings.HasPrefix(key, pfxPolicy):
 		realm, service, ok := strings.Cut(key[len(pfxPolicy):], "/")
 		if !ok {
@@ -640,16 +637,10 @@ func (s *state) deleteLocked(key string, index uint64, woken *[]string) {
 		delete(s.tokens, key[len(pfxToken):])
 		addWoken(woken, tokensKey)
 	case strings.HasPrefix(key, pfxPort):
-		svc := key[len(pfxPort):]
-		if port, ok := s.ports[svc]; ok && s.portUsed[port] == svc {
-			delete(s.portUsed, port)
-		}
-		delete(s.ports, svc)
+		delete(s.ports, key[len(pfxPort):])
 	case strings.HasPrefix(key, pfxPortUsed):
 		if port, err := strconv.Atoi(key[len(pfxPortUsed):]); err == nil {
-			if svc, ok := s.portUsed[port]; ok && s.ports[svc] != port {
-				delete(s.portUsed, port)
-			}
+			delete(s.portUsed, port)
 		}
 	case strings.HasPrefix(key, pfxPolicy):
 		delete(s.policies, key[len(pfxPolicy):])
