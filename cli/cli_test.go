@@ -778,3 +778,39 @@ func TestServiceTokenInAnotherRealmSaysWhereItActs(t *testing.T) {
 		}
 	}
 }
+
+// TestSidecarIgnoresTheShellsToken: SWITCHBOARD_TOKEN, often an operator's
+// admin token, does not become the sidecar's: it would lift least
+// authority unseen. The sidecar says so, and why its registration fails.
+func TestSidecarIgnoresTheShellsToken(t *testing.T) {
+	a := atlastest.Start(t, false)
+	t.Setenv("SWITCHBOARD_TOKEN", a.AdminToken)
+	file := filepath.Join(t.TempDir(), "sidecar.yaml")
+	if err := writeFile(file, "host: h1\nadvertise: 127.0.0.1\nservices:\n  - name: files\n    port: 5000\n    check: {none: true}\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var out bytes.Buffer
+	errb := &syncbuf.Buffer{}
+	done := make(chan int)
+	go func() {
+		err := cli.Run(ctx, []string{"sidecar", "-c", file, "--atlas", a.URL, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, &out, errb)
+		done <- cli.ExitCode(err, errb)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for range 1000 { // 20 s
+		if strings.Contains(errb.String(), "register failed: Atlas takes no call without a valid token") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(errb.String(), "SWITCHBOARD_TOKEN is set but not used") || !strings.Contains(errb.String(), "token_file (or --token) must hold a service token") {
+		t.Fatalf("stderr: %s\nwant it to say SWITCHBOARD_TOKEN is not used, and what the failed registration needs", errb.String())
+	}
+	if _, err := a.Client().Instance(context.Background(), "files-h1-5000"); err == nil {
+		t.Fatal("the sidecar registered with the shell's admin token")
+	}
+}

@@ -84,8 +84,13 @@ instances before it deregisters them.`,
 			if err != nil {
 				return err
 			}
-			if g.token != "" && cfg.TokenFile == "" {
+			switch {
+			case f.Changed("token"):
 				sc.SetToken(g.token)
+			case cfg.TokenFile == "" && os.Getenv("SWITCHBOARD_TOKEN") != "":
+				// Not taken (README "The sidecar"): an operator's token,
+				// often an admin's, would lift least authority unseen.
+				log.Warn("sidecar: SWITCHBOARD_TOKEN is set but not used: the sidecar takes its token from token_file or --token only")
 			}
 			err = sc.Run(cmd.Context())
 			var le *sidecar.ListenError

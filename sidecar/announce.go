@@ -337,7 +337,14 @@ func (a *announcer) register(ctx context.Context, status sb.Status, output strin
 	}
 	if err != nil {
 		if a.warned.failed(err) {
-			a.log.Warn("sidecar: register failed; will retry every interval, and log again only when the error changes", "id", a.id, "err", err)
+			msg := "sidecar: register failed; will retry every interval, and log again only when the error changes"
+			switch sb.ErrorCode(err) {
+			case sb.EUnauthenticated:
+				msg = "sidecar: register failed: Atlas takes no call without a valid token (auth is on): token_file (or --token) must hold a service token for this host's services; will retry every interval"
+			case sb.EPermissionDenied:
+				msg = "sidecar: register failed: this host's token may not register this service (a service token names the services it may act for); will retry every interval"
+			}
+			a.log.Warn(msg, "id", a.id, "err", err)
 		}
 		a.mu.Lock()
 		a.registered = false

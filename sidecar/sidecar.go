@@ -521,7 +521,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			// goes on (static stability). The same failure is logged once.
 			if warned.failed(err) {
 				if sb.ErrorCode(err) == sb.EPermissionDenied {
-					s.log.Warn("sidecar: Atlas refuses this host's token the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
+					s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
 				} else {
 					s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
 				}
