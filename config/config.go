@@ -208,6 +208,8 @@ type Config struct {
 	watchers []func(old, new *Values)
 	// atlasOK reports whether the last call to Atlas worked.
 	atlasOK atomic.Bool
+	// loadErr is why Load got no config from Atlas (set by Load only).
+	loadErr error
 }
 
 type layer struct {
@@ -259,7 +261,8 @@ func Load(ctx context.Context, opts Options) (*Config, error) {
 		atlasCfg, err = opts.Atlas.Config(actx, opts.Realm, opts.Service, client.QueryOptions{})
 		cancel()
 		if err != nil {
-			c.log.Warn("config: Atlas unreachable; running on local config alone", "err", err)
+			c.log.Warn("config: no config from Atlas; running on local config alone", "err", err)
+			c.loadErr = err
 			atlasCfg = nil
 		} else {
 			c.atlasOK.Store(true)
@@ -278,6 +281,9 @@ func (c *Config) Values() *Values { return c.cur.Load() }
 // FromAtlas reports whether the Atlas layer is in the current view.
 func (c *Config) FromAtlas() bool { return c.atlasOK.Load() }
 
+// LoadError returns why Load got no config from Atlas, or nil.
+func (c *Config) LoadError() error { return c.loadErr }
+
 // OnChange registers fn to be called, from Watch's goroutine, after every
 // change.
 func (c *Config) OnChange(fn func(old, new *Values)) {
@@ -294,6 +300,11 @@ func (c *Config) Watch(ctx context.Context) {
 		return
 	}
 	backoff := time.Second
+	// What failed last, logged once: Load's failure was logged by Load.
+	var failed string
+	if c.loadErr != nil {
+		failed = c.loadErr.Error()
+	}
 	for ctx.Err() == nil {
 		index := c.Values().AtlasIndex
 		m, err := c.opts.Atlas.Config(ctx, c.opts.Realm, c.opts.Service, client.QueryOptions{Index: index, Wait: 5 * time.Minute})
@@ -303,7 +314,10 @@ func (c *Config) Watch(ctx context.Context) {
 			}
 			if c.atlasOK.Swap(false) {
 				c.log.Warn("config: lost Atlas; keeping the last config", "err", err)
+			} else if err.Error() != failed {
+				c.log.Warn("config: still no config from Atlas; running on local config alone", "err", err)
 			}
+			failed = err.Error()
 			select {
 			case <-ctx.Done():
 				return
@@ -313,6 +327,7 @@ func (c *Config) Watch(ctx context.Context) {
 			continue
 		}
 		backoff = time.Second
+		failed = ""
 		if !c.atlasOK.Swap(true) {
 			c.log.Info("config: Atlas reachable again")
 		}

@@ -3,9 +3,14 @@ package config_test
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +20,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/config"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 func startAtlas(t *testing.T) *client.Atlas { return atlastest.Start(t, true).Client() }
@@ -298,5 +304,53 @@ func TestBoolReadsYAMLWords(t *testing.T) {
 		if got := v.Bool(path, !want); got != want {
 			t.Errorf("Bool(%s, %v) = %v; want %v", path, !want, got, want)
 		}
+	}
+}
+
+// Why Atlas gave no config is kept for the service to say (a missing token
+// looked like Atlas being down), and Watch logs a failure that differs
+// from the last one, not only the loss of an Atlas it had reached.
+func TestAtlasFailuresAreSaidOnceEach(t *testing.T) {
+	var calls atomic.Int32
+	var denied atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		if denied.Load() {
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"error":{"code":"permission_denied","message":"token x may not read service=identity"}}`)
+			return
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+		io.WriteString(w, `{"error":{"code":"unauthenticated","message":"authorization: a bearer token is required"}}`)
+	}))
+	defer srv.Close()
+	logs := &syncbuf.Buffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := config.Load(ctx, config.Options{Service: "identity", Atlas: &client.Atlas{URLs: []string{srv.URL}}, Environ: []string{},
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.ErrorCode(c.LoadError()) != sb.EUnauthenticated {
+		t.Fatalf("LoadError() = %v; want the 401", c.LoadError())
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); c.Watch(ctx) }()
+	for calls.Load() < 2 { // Watch's first try: the same 401
+		time.Sleep(time.Millisecond) // (it tries again and again)
+	}
+	denied.Store(true)
+	for i := 0; !strings.Contains(logs.String(), "permission_denied"); i++ {
+		if i == 2000 { // 20 s
+			t.Fatalf("the 403 that followed the 401 was not logged:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n := strings.Count(logs.String(), "unauthenticated"); n != 1 {
+		t.Fatalf("the 401 was logged %d times; want once:\n%s", n, logs.String())
 	}
 }

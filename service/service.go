@@ -141,7 +141,18 @@ func New(name string) *Service {
 		s.log.Warn("service: no config file; running on the defaults, Atlas and the environment (set SWITCHBOARD_CONFIG_FILE)", "looked_in", looked)
 	}
 	if !s.cfg.FromAtlas() {
-		s.log.Warn("service: Atlas unreachable; running on local config alone", "atlas", redactURLs(strings.Join(s.atlas.URLs, ",")))
+		urls := s.atlas.URLs
+		if len(urls) == 0 {
+			urls = []string{client.DefaultAtlasURL}
+		}
+		msg := "service: no config from Atlas; running on local config alone until it answers"
+		switch err := s.cfg.LoadError(); sb.ErrorCode(err) {
+		case sb.EUnauthenticated:
+			msg = "service: Atlas takes no call without a valid token (auth is on): set SWITCHBOARD_TOKEN to a service token for this service; running on local config alone until then"
+		case sb.EPermissionDenied:
+			msg = "service: Atlas refuses this service's token its config (a service token names the services it may act for); running on local config alone until then"
+		}
+		s.log.Warn(msg, "atlas", redactURLs(strings.Join(urls, ",")), "err", s.cfg.LoadError())
 	}
 	s.initMetrics()
 	return s

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/internal/syncbuf"
 	"github.com/switchboard-go/switchboard/service"
 )
@@ -429,5 +430,21 @@ func TestDrainTimeoutMustBeAPositiveDuration(t *testing.T) {
 		if got := service.New("identity").DrainTimeout.String(); got != want {
 			t.Errorf("drain_timeout %s = %s; want %s", in, got, want)
 		}
+	}
+}
+
+// A service that Atlas refuses for want of a token says so, and what to
+// set: it said "Atlas unreachable", with an empty atlas field when the
+// URL was the default.
+func TestAMissingTokenIsSaid(t *testing.T) {
+	a := atlastest.Start(t, false)
+	logs := &syncbuf.Buffer{}
+	t.Cleanup(service.SetLogOutput(logs))
+	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+	t.Setenv("SWITCHBOARD_ATLAS", a.URL)
+	t.Setenv("SWITCHBOARD_TOKEN", "")
+	service.New("identity")
+	if out := logs.String(); !strings.Contains(out, "set SWITCHBOARD_TOKEN to a service token") || !strings.Contains(out, "a bearer token is required") || !strings.Contains(out, `"atlas":"`+a.URL+`"`) {
+		t.Fatalf("log: %s\nwant it to name the missing token, the error and Atlas's URL", out)
 	}
 }
