@@ -322,7 +322,7 @@ ignored, dev sets them. Ctrl-C stops it.`,
 				// A second dev meets Atlas's port first: say what to do,
 				// as for the sidecar's ports below.
 				if errors.Is(err, syscall.EADDRINUSE) {
-					return fmt.Errorf("%v (another switchboard dev running? pick a free port with --listen)", err)
+					return fmt.Errorf("%v (another switchboard dev running? stop it first, or pick a free port with --listen)", err)
 				}
 				return err
 			}
@@ -347,7 +347,7 @@ ignored, dev sets them. Ctrl-C stops it.`,
 				var le *sidecar.ListenError
 				if errors.As(err, &le) {
 					flag := "--sidecar-" + le.Key
-					return fmt.Errorf("%s: %v (another switchboard dev running? pick a free port with %s)", flag, le.Err, flag)
+					return fmt.Errorf("%s: %v (another switchboard dev running? stop it first, or pick a free port with %s)", flag, le.Err, flag)
 				}
 				return err
 			}
@@ -359,14 +359,19 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			fmt.Fprintf(g.stdout, "  sidecar         http://%s  (call http://NAME.localhost:%s/...)\n", sc.ListenAddr, portOf(sc.ListenAddr))
 			fmt.Fprintf(g.stdout, "  sidecar routes  http://%s/routes\n", sc.AdminAddr)
 			fmt.Fprintf(g.stdout, "  data            %s\n\n", dir)
-			try := "switchboard"
+			try := selfCommand()
 			if "http://"+ra.addr != client.DefaultAtlasURL || sc.ListenAddr != client.DefaultSidecar {
 				// Not where services and commands look by default: say
 				// how they find these.
 				fmt.Fprintf(g.stdout, "Not the default addresses: services and commands find these with\n  export SWITCHBOARD_ATLAS=http://%s SWITCHBOARD_SIDECAR=%s\n\n", ra.addr, sc.ListenAddr)
-				try = "SWITCHBOARD_ATLAS=http://" + ra.addr + " switchboard"
+				try = "SWITCHBOARD_ATLAS=http://" + ra.addr + " " + try
 			}
-			fmt.Fprintf(g.stdout, "Try: %s register --service hello --address 127.0.0.1 --port 8080 && %s services\n", try, try)
+			if len(cfg.Services) > 0 {
+				// Once the service passes its checks (rise).
+				fmt.Fprintf(g.stdout, "Try: curl http://%s.localhost:%s/ && %s services\n", cfg.Services[0].Name, portOf(sc.ListenAddr), try)
+			} else {
+				fmt.Fprintf(g.stdout, "Try: %s register --service hello --address 127.0.0.1 --port 8080 && %s services\n", try, try)
+			}
 			select {
 			case <-cmd.Context().Done():
 			case err := <-ra.errc:
@@ -396,4 +401,14 @@ func isLoopback(addr string) bool {
 func portOf(addr string) string {
 	_, port, _ := net.SplitHostPort(addr)
 	return port
+}
+
+// selfCommand is how to run this switchboard again from a shell: its name,
+// or, for a binary go run built, go run and the package.
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err == nil && strings.Contains(filepath.ToSlash(exe), "/go-build") {
+		return "go run ./cmd/switchboard"
+	}
+	return "switchboard"
 }

@@ -735,7 +735,7 @@ func TestDevOnAtlasPortInUseSaysWhatToDo(t *testing.T) {
 	code, errs, _ := runOnATakenAddress(t, func(taken string) []string {
 		return []string{"dev", "--dir", t.TempDir(), "--listen", taken, "--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0"}
 	})
-	want := "(another switchboard dev running? pick a free port with --listen)"
+	want := "(another switchboard dev running? stop it first, or pick a free port with --listen)"
 	if code != 1 || !strings.Contains(errs, "address already in use") || !strings.Contains(errs, want) {
 		t.Fatalf("dev on a port in use = exit %d, stderr %q; want exit 1 and %q", code, errs, want)
 	}

@@ -104,8 +104,10 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 					rel = r // below here; else the absolute path reads better
 				}
 			}
-			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  cd %s\n  switchboard dev -c sidecar.yaml &\n  go run .\n  curl http://%s.localhost:4000/hello\n",
-				time.Since(start).Round(100*time.Millisecond), rel, o.Name)
+			// dev from here, not from the service's directory: one dev
+			// per machine, whose store (ports, config) all services share.
+			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  switchboard dev -c %s &   # one dev per machine: stop a running one first, and give it every service's -c\n  (cd %s && go run .) &\n  curl http://%s.localhost:4000/hello\n",
+				time.Since(start).Round(100*time.Millisecond), filepath.Join(rel, "sidecar.yaml"), rel, o.Name)
 			return nil
 		}),
 	}
