@@ -228,7 +228,10 @@ func deregisterCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "deregister ID",
 		Short: "Remove an instance",
-		Args:  cobra.ExactArgs(1),
+		Long: `Remove an instance. One that a sidecar announces is registered again at
+its next check: to keep it out of rotation, disable it instead
+(switchboard disable ID --reason ...), which outlives re-registration.`,
+		Args: cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			id, err := idArg(args)
 			if err != nil {
