@@ -179,7 +179,12 @@ func configSetCmd(g *globals) *cobra.Command {
 		Use:     "set LAYER FILE|-",
 		Short:   "Replace one layer with the JSON object in FILE (or stdin)",
 		Example: `  echo '{"db":{"dsn":"postgres://prod/identity"}}' | switchboard config set service=identity,realm=production -`,
-		Args:    cobra.ExactArgs(2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 2 && strings.Contains(args[0], "=") && strings.Contains(args[1], "=") {
+				return usagef("LAYER is one argument, its parts joined by a comma: %s, got %q and %q apart", strings.Join(args[:2], ","), args[0], args[1])
+			}
+			return cobra.ExactArgs(2)(cmd, args)
+		},
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("cas") && cas < 0 {
 				return usagef("--cas: must be an index (0 or more), got %d", cas)

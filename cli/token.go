@@ -108,6 +108,16 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "Replace the services SERVICE may call in --realm",
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			// Named as the command line gives them; Validate names the
+			// API's fields.
+			if err := sb.ValidateName("SERVICE", args[0]); err != nil {
+				return usagef("%s", sb.ErrorMessage(err))
+			}
+			for _, m := range mayCall {
+				if err := sb.ValidateName("--may-call", m); err != nil {
+					return usagef("%s", sb.ErrorMessage(err))
+				}
+			}
 			p := sb.Policy{Service: args[0], Realm: g.realm, MayCall: mayCall}
 			if err := p.Validate(); err != nil {
 				return usagef("%s", sb.ErrorMessage(err))
