@@ -404,3 +404,48 @@ func TestPhone(t *testing.T) {
 	}
 	shot(ctx, t, "phone")
 }
+
+// A service's instances have an address of their own (#services/NAME, with
+// &realm=R out of dev), so that a link to them can be shared; the token in
+// a link is taken out of it.
+func TestServiceLink(t *testing.T) {
+	d := startAtlas(t)
+	if _, err := d.api.Register(context.Background(), "billing-h1-6000", sb.Registration{Service: "billing", Realm: "production", Address: "10.0.0.6", Port: 6000}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#services/identity&token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table tr[data-id="identity-h1-5000"]`)))
+	if err != nil {
+		t.Fatalf("the link to identity did not show its instances: %v", err)
+	}
+	hash := func() string {
+		t.Helper()
+		h, err := chromedp.Run(ctx, chromedp.Evaluate[string](`location.hash`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if h := hash(); h != "#services/identity" {
+		t.Fatalf("address fragment %q; want #services/identity, without the token", h)
+	}
+	err = chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#services/billing&realm=production"),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table tr[data-id="billing-h1-6000"]`)))
+	if err != nil {
+		t.Fatalf("the link to billing in production did not show its instances: %v", err)
+	}
+	if name := text(ctx, t, "#service-name"); name != "billing in production" {
+		t.Fatalf("shown: %q; want billing in production", name)
+	}
+	err = chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#services&realm=dev"),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.Click(chromedp.CSS(`tr[data-service="identity"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#instances-table tr[data-id="identity-h1-5000"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := hash(); h != "#services/identity" {
+		t.Fatalf("after choosing identity the address fragment is %q; want #services/identity", h)
+	}
+}

@@ -13,13 +13,17 @@ const state = {
   layer: null, // the layer being edited: {realm, service, index, text}
 };
 
-// A token in the URL fragment (#token=...) is taken and removed: the
-// fragment never reaches the server.
-const frag = new URLSearchParams(location.hash.replace(/^#/, ""));
+// The fragment says what to show: #services, #services/NAME (a service's
+// instances; links to it can be shared), #config, #tokens, each with
+// &realm=R when not dev. A token in it (&token=...) is taken and removed:
+// the fragment never reaches the server.
+const frag = new URLSearchParams(location.hash.replace(/^#/, "").replace(/^[^&=]*(&|$)/, ""));
 if (frag.get("token")) {
   state.token = frag.get("token");
   sessionStorage.setItem("switchboard-token", state.token);
-  history.replaceState(null, "", location.pathname + "#services");
+  frag.delete("token");
+  const view = location.hash.replace(/^#/, "").split("&")[0];
+  history.replaceState(null, "", location.pathname + "#" + (view.includes("=") ? "services" : view) + (frag.size ? "&" + frag : ""));
 }
 
 class APIError extends Error {
@@ -115,12 +119,39 @@ async function detectRole() {
 // ---- views ----------------------------------------------------------------
 
 function currentView() {
-  const v = location.hash.replace(/^#/, "").split("&")[0];
+  const v = location.hash.replace(/^#/, "").split("&")[0].split("/")[0];
   return ["services", "config", "tokens"].includes(v) ? v : "services";
+}
+
+// linkedService is the service #services/NAME names, or "".
+function linkedService() {
+  const m = /^#services\/([^&]+)/.exec(location.hash);
+  try {
+    return m ? decodeURIComponent(m[1]) : "";
+  } catch {
+    return "";
+  }
+}
+
+// setHash records the view (and service) in the address, for links and
+// reloads, without a hashchange.
+function setHash(view) {
+  const realm = state.realm === "dev" ? "" : "&realm=" + state.realm;
+  history.replaceState(null, "", location.pathname + "#" + view + realm);
 }
 
 async function route() {
   const view = currentView();
+  // A realm the address names (a link); one it leaves out (a tab of the
+  // page) keeps the realm shown.
+  const realm = new URLSearchParams(location.hash.replace(/^#[^&]*&?/, "")).get("realm") || "";
+  if (/^[a-z][a-z0-9-]{0,62}$/.test(realm) && realm !== state.realm) {
+    state.realm = realm;
+    state.selected = "";
+    $("#realm").value = realm;
+  }
+  if (view === "services" && linkedService()) state.selected = linkedService();
+  setHash(view === "services" && state.selected ? "services/" + encodeURIComponent(state.selected) : view);
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== view;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view);
   showError(null);
@@ -143,6 +174,7 @@ $("#realm").addEventListener("change", async () => {
   }
   state.realm = r;
   state.selected = "";
+  setHash(currentView());
   await route();
 });
 
@@ -267,6 +299,7 @@ async function selectService(name) {
   const seq = ++selectSeq;
   const changed = state.selected !== name;
   state.selected = name;
+  setHash("services/" + encodeURIComponent(name));
   for (const tr of document.querySelectorAll("#services-table tr.selected")) tr.classList.remove("selected");
   const row = document.querySelector(`#services-table tr[data-service="${CSS.escape(name)}"]`);
   if (row) row.classList.add("selected");
@@ -503,6 +536,7 @@ $("#token-form").addEventListener("submit", async (ev) => {
 // ---- start -----------------------------------------------------------------
 
 async function start() {
+  $("#realm").value = state.realm;
   try {
     await detectRole();
   } catch (e) {
