@@ -71,6 +71,12 @@ type Server struct {
 	// 0 while it answers): reads are then served from memory, marked
 	// stale.
 	staleSince atomic.Int64
+	// epoch ends blocking queries and event streams, at StopWaiting and
+	// when the store stops answering; a new one begins when it answers
+	// again (epochMu guards both).
+	epochMu  sync.Mutex
+	epoch    context.Context
+	endEpoch context.CancelFunc
 
 	// lmu guards the fields of every leaseInfo (in the state's instance
 	// records): lease bookkeeping that lives in memory, per replica, and
@@ -111,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.waits, s.endWaits = context.WithCancel(s.ctx)
+	s.epoch, s.endEpoch = context.WithCancel(s.waits)
 	if err := s.reload(s.ctx); err != nil {
 		return nil, err
 	}
@@ -250,12 +257,37 @@ func (s *Server) probe() {
 		switch {
 		case err != nil && s.staleSince.Load() == 0:
 			s.staleSince.Store(time.Now().UnixNano())
-			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale", "err", err)
+			s.epochMu.Lock()
+			s.endEpoch()
+			s.epochMu.Unlock()
+			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale, and ending event streams and blocking queries, for their clients to ask another replica", "err", err)
 		case err == nil && s.staleSince.Load() != 0:
+			s.epochMu.Lock()
+			s.epoch, s.endEpoch = context.WithCancel(s.waits)
+			s.epochMu.Unlock()
 			s.staleSince.Store(0)
 			s.log.Info("atlas: the store answers again")
 		}
 	}
+}
+
+// waitCtx returns the context that ends blocking queries and event
+// streams: at StopWaiting, and when the store stops answering, as this
+// server can then no longer tell what changes (a client with several
+// replicas asks another; one with this one alone keeps what it has).
+func (s *Server) waitCtx() context.Context {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	return s.epoch
+}
+
+// refuseWhileStale refuses what would wait for changes while the store
+// does not answer.
+func (s *Server) refuseWhileStale() error {
+	if since := s.Stale(); !since.IsZero() {
+		return sb.Errorf(sb.EUnavailable, "this Atlas has not reached its store since %s, so it cannot tell what changes: ask another replica, or retry", since.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Stale returns when the store stopped answering, or the zero time.

@@ -378,12 +378,16 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 		}
 		waitFor, release = s.st.waitChans(keys)
 	}
+	stop := s.waitCtx()
 	index, body, err := render()
 	if err != nil {
 		return err
 	}
 	waited := blockingQuery && want >= index
 	if waited {
+		if err := s.refuseWhileStale(); err != nil {
+			return err
+		}
 		wait += rand.N(wait/16 + 1)
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 		timer := time.NewTimer(wait)
@@ -393,8 +397,8 @@ func (s *Server) blocking(w http.ResponseWriter, r *http.Request, keys []string,
 		first := body
 	wait:
 		for {
-			if err := waitAny(r.Context(), s.waits, timer.C, waitFor); err != nil {
-				if errors.Is(err, errTimeout) || s.waits.Err() != nil {
+			if err := waitAny(r.Context(), stop, timer.C, waitFor); err != nil {
+				if errors.Is(err, errTimeout) || stop.Err() != nil {
 					break wait
 				}
 				return nil // the client left

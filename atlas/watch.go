@@ -62,6 +62,10 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	if err := allowed(); err != nil {
 		return err
 	}
+	stop := s.waitCtx()
+	if err := s.refuseWhileStale(); err != nil {
+		return err
+	}
 	var resume uint64
 	resuming := false
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
@@ -225,7 +229,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		case <-out.gone:
 			return nil
-		case <-s.waits.Done():
+		case <-stop.Done():
 			return nil
 		}
 	}

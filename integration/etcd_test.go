@@ -44,3 +44,27 @@ func trimScheme(urls []string) []string {
 	}
 	return out
 }
+
+// TestSidecarLeavesAReplicaThatLostEtcd: replica B reaches etcd through one
+// member only, and loses it while the cluster keeps its quorum. B still
+// answers (from memory), but can tell no change: the sidecar on B must
+// move to A, where a deregistration made meanwhile shows. (It stayed on B,
+// routing to the deregistered instance, until B reached etcd again.)
+func TestSidecarLeavesAReplicaThatLostEtcd(t *testing.T) {
+	cluster := etcdtest.Start(t, 3)
+	eps := trimScheme(cluster.Endpoints())
+	a := startAtlas(t, t.TempDir(), "--insecure", "--store", "etcd://"+eps[0]+","+eps[1])
+	b := startAtlas(t, t.TempDir(), "--insecure", "--store", "etcd://"+eps[2])
+	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	register(t, a.url, "files-1", "files", p1.port)
+	register(t, a.url, "files-2", "files", p2.port)
+	s := startSidecar(t, fmt.Sprintf("atlas: [%s, %s]\nupstreams: [{name: files}]\n", b.url, a.url))
+	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
+	cluster.Members[2].Stop()
+	waitFor(t, "B to say it lost etcd", 30*time.Second, func() bool { return strings.Contains(b.log(), "the store does not answer") })
+	if st, body, err := call(t.Context(), "DELETE", a.url+"/v1/instances/files-2", ""); err != nil || st != 200 {
+		t.Fatalf("deregister through A: %d %s %v", st, body, err)
+	}
+	took := waitFor(t, "the deregistration through A, while B has lost etcd", 60*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	t.Logf("the sidecar left B and saw the change through A %s after it was made", took.Round(time.Millisecond))
+}
