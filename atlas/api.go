@@ -247,9 +247,15 @@ func (s *Server) ownInstance(r *http.Request, id string) error {
 	if p == nil || p.tok.Role == sb.RoleAdmin {
 		return nil
 	}
-	s.st.mu.RLock()
-	in := s.st.instances[id]
-	s.st.mu.RUnlock()
+	var in *instRecord
+	if _, err := s.found(r.Context(), func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		in = s.st.instances[id]
+		return in != nil
+	}); err != nil {
+		return err
+	}
 	if in == nil {
 		// Do not tell a stranger whether the id exists.
 		if p.tok.Role != sb.RoleService {

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/health"
 )
@@ -77,6 +79,10 @@ type Server struct {
 	epochMu  sync.Mutex
 	epoch    context.Context
 	endEpoch context.CancelFunc
+
+	// syncs shares one CurrentIndex call among the catchUps that ask
+	// at once.
+	syncs singleflight.Group
 
 	// lmu guards the fields of every leaseInfo (in the state's instance
 	// records): lease bookkeeping that lives in memory, per replica, and
@@ -296,6 +302,49 @@ func (s *Server) Stale() time.Time {
 		return time.Unix(0, n)
 	}
 	return time.Time{}
+}
+
+// catchUp waits, catchUpWait at most, until memory holds every write the
+// store had when asked (see Syncer), so that "not found" is not said of
+// what another replica wrote an instant ago: an instance registered, a
+// token created. Concurrent calls share one question to the store. With
+// a store that has no other writers, memory is caught up always.
+func (s *Server) catchUp(ctx context.Context) error {
+	sy, ok := s.store.(Syncer)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	defer cancel()
+	v, err, _ := s.syncs.Do("", func() (any, error) {
+		// Not one caller's context: the others share the answer.
+		ctx, cancel := context.WithTimeout(s.ctx, catchUpWait)
+		defer cancel()
+		return sy.CurrentIndex(ctx)
+	})
+	if err != nil {
+		return sb.Errorf(sb.EUnavailable, "the store does not answer, so Atlas cannot tell whether it exists; retry")
+	}
+	if s.waitApplied(ctx, v.(uint64)) != nil {
+		return sb.Errorf(sb.EUnavailable, "this Atlas is behind its store, so it cannot tell whether it exists; retry")
+	}
+	return nil
+}
+
+// found runs exists, and when it reports false, catches up with the store
+// (catchUp) and runs it again: what another replica wrote an instant ago
+// is then found.
+func (s *Server) found(ctx context.Context, exists func() bool) (bool, error) {
+	if exists() {
+		return true, nil
+	}
+	if _, ok := s.store.(Syncer); !ok {
+		return false, nil
+	}
+	if err := s.catchUp(ctx); err != nil {
+		return false, err
+	}
+	return exists(), nil
 }
 
 // waitApplied waits until the change at index is in memory, so that a

@@ -81,9 +81,17 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if !ok {
 		return nil, bad
 	}
-	s.st.mu.RLock()
-	rec, found := s.st.tokens[id]
-	s.st.mu.RUnlock()
+	var rec tokenRecord
+	found, err := s.found(r.Context(), func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		var ok bool
+		rec, ok = s.st.tokens[id]
+		return ok
+	})
+	if err != nil {
+		return nil, err
+	}
 	sum := sha256.Sum256([]byte(secret))
 	want, err := hex.DecodeString(rec.Hash)
 	if err != nil || len(want) != len(sum) {

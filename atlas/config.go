@@ -134,14 +134,20 @@ func (s *Server) putLayer(ctx context.Context, k sb.LayerKey, raw json.RawMessag
 
 func (s *Server) deleteLayer(ctx context.Context, k sb.LayerKey, cas *uint64) error {
 	key := pfxLayer + k.Realm + "/" + k.Service
-	s.st.mu.RLock()
-	_, ok := s.st.layers[k]
-	_, damaged := s.st.damaged[key] // in no answer, but deleted on demand
-	s.st.mu.RUnlock()
-	if !ok && !damaged {
+	ok, err := s.found(ctx, func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		_, ok := s.st.layers[k]
+		_, damaged := s.st.damaged[key] // in no answer, but deleted on demand
+		return ok || damaged
+	})
+	if err != nil {
+		return err
+	}
+	if !ok {
 		return sb.Errorf(sb.ENotFound, "config layer %s: not set", k)
 	}
-	_, err := s.txn(ctx, Op{Key: key, Delete: true, IfIndex: cas})
+	_, err = s.txn(ctx, Op{Key: key, Delete: true, IfIndex: cas})
 	if errors.Is(err, ErrConflict) {
 		return sb.Errorf(sb.EConflict, "cas: layer %s has changed since index %d", k, *cas)
 	}

@@ -329,18 +329,26 @@ func (s *Server) flushOutputs() {
 
 // setEnabled flips the operator switch of an instance.
 func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch) (*sb.Instance, error) {
-	s.st.mu.RLock()
-	r, exists := s.st.instances[id]
-	_, disabled := s.st.switches[id]
-	var service, realm string
-	if exists {
-		service, realm = r.service(), r.realm()
+	var (
+		disabled       bool
+		service, realm string
+	)
+	exists, err := s.found(ctx, func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		r, exists := s.st.instances[id]
+		_, disabled = s.st.switches[id]
+		if exists {
+			service, realm = r.service(), r.realm()
+		}
+		return exists
+	})
+	if err != nil {
+		return nil, err
 	}
-	s.st.mu.RUnlock()
 	if !exists {
 		return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
-	var err error
 	switch {
 	case *sw.Enabled && disabled:
 		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Delete: true})
@@ -359,11 +367,17 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 // instance whose lease ran out is kept, so that it comes back drained; a
 // DELETE of the id clears it too.
 func (s *Server) deregister(ctx context.Context, id string) (uint64, error) {
-	s.st.mu.RLock()
-	_, exists := s.st.instances[id]
-	_, switched := s.st.switches[id]
-	s.st.mu.RUnlock()
-	if !exists && !switched {
+	exists, err := s.found(ctx, func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		_, exists := s.st.instances[id]
+		_, switched := s.st.switches[id]
+		return exists || switched
+	})
+	if err != nil {
+		return 0, err
+	}
+	if !exists {
 		return 0, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
 	return s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})
@@ -389,12 +403,18 @@ func (s *Server) addLease(in *sb.Instance) { s.addLeases([]*sb.Instance{in}) }
 // too when its leases are renewed elsewhere as well (LeaseReader).
 // Answers to this server's own writes need not ask: it has just renewed
 // the lease itself.
+//
+// A store that does not answer is not asked (a read would wait out the
+// store's deadline, 5 s on etcd, for fields it has without them); one that
+// is slow gets a second.
 func (s *Server) readLease(ctx context.Context, in *sb.Instance) {
 	var store storeLease
-	if lr, ok := s.store.(LeaseReader); ok {
+	if lr, ok := s.store.(LeaseReader); ok && s.Stale().IsZero() {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		if renewed, expires, err := lr.LeaseEnd(ctx, pfxInstance+in.ID); err == nil {
 			store = storeLease{renewed: renewed, expires: expires}
 		}
+		cancel()
 	}
 	s.st.mu.RLock()
 	defer s.st.mu.RUnlock()

@@ -46,6 +46,15 @@ type LeaseReader interface {
 	LeaseEnd(ctx context.Context, key string) (renewed, expires time.Time, err error)
 }
 
+// Syncer is implemented by stores that other servers write to as well
+// (etcd): a write made through another replica reaches this one's memory
+// a moment later, so before it answers that something does not exist, a
+// server waits until its memory holds every write the store had.
+type Syncer interface {
+	// CurrentIndex returns the index of the store's last write.
+	CurrentIndex(ctx context.Context) (uint64, error)
+}
+
 // LeaseGracer is implemented by stores that give every lease one TTL
 // from when they find they did not run for a while (a stopped process, a
 // frozen host), as after a restart: no heartbeat could arrive meanwhile.

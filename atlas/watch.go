@@ -3,6 +3,7 @@ package atlas
 import (
 	"bufio"
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -73,6 +74,16 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			return sb.Errorf(sb.EInvalid, "Last-Event-ID: must be an index, got %q", v)
 		}
 		resuming = true
+		if _, replicated := s.store.(Syncer); replicated {
+			// A stream resumed here from a replica that was ahead: it
+			// resumes once this one has caught up, a few seconds at
+			// most, rather than with a snapshot from before what the
+			// client has seen. (A store that went back, one wiped, say,
+			// gets the snapshot.)
+			ctx, cancel := context.WithTimeout(r.Context(), catchUpWait)
+			_ = s.waitApplied(ctx, resume)
+			cancel()
+		}
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")

@@ -563,6 +563,18 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 	return out, nil
 }
 
+// CurrentIndex implements atlas.Syncer: etcd's revision now (a
+// linearizable read of nothing).
+func (s *Store) CurrentIndex(ctx context.Context) (uint64, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, unavailable("read the revision", err)
+	}
+	return uint64(resp.Header.Revision), nil
+}
+
 // Ping reports whether etcd answers (a linearizable read of nothing).
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.ctx(ctx)

@@ -265,11 +265,7 @@ func TestQuorumLost(t *testing.T) {
 // through B, a token deleted through A stops working on B, and a port
 // allocated through A is the one B gives.
 func TestTwoReplicasShareTokensPoliciesAndPorts(t *testing.T) {
-	cluster := etcdtest.Start(t, 3)
-	dir := t.TempDir()
-	a := startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: dir})
-	b := startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: t.TempDir()})
-	admin := readToken(t, dir)
+	a, b, admin := twoReplicasWithAuth(t)
 	st, body := authDo(t, "POST", a.http.URL+"/v1/tokens", admin, `{"name":"ops","role":"admin"}`)
 	if st != 200 {
 		t.Fatalf("create token through A: %d %s", st, body)
@@ -306,6 +302,17 @@ func TestTwoReplicasShareTokensPoliciesAndPorts(t *testing.T) {
 		st, _ := authDo(t, "GET", b.http.URL+"/v1/services", tok.Secret, "")
 		return st == 401
 	})
+}
+
+// twoReplicasWithAuth starts a three-member cluster and two replicas on it
+// with authentication on, and returns them with the admin token.
+func twoReplicasWithAuth(t *testing.T) (a, b *replica, admin string) {
+	t.Helper()
+	cluster := etcdtest.Start(t, 3)
+	dir := t.TempDir()
+	a = startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: dir})
+	b = startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: t.TempDir()})
+	return a, b, readToken(t, dir)
 }
 
 func readToken(t *testing.T, dir string) string {
@@ -379,5 +386,37 @@ func TestDrainCountsTheStreamsOfEveryReplica(t *testing.T) {
 	c = &client.Atlas{URLs: []string{a.http.URL, b.http.URL}}
 	if p, err := c.Propagation(dctx, "", "identity", p.Index); err != nil || p.Watchers != 0 {
 		t.Fatalf("propagation with B gone: %+v, %v; want 0 watchers, no error", p, err)
+	}
+}
+
+// TestAReplicaFindsWhatAnotherWroteAnInstantAgo: what is written through A
+// is acted on through B at once: a token used, an instance disabled and
+// deregistered, a config layer deleted. B's memory follows etcd a moment
+// behind, and it answered 401 and 404 from it (a deregistration was then
+// lost); it now catches up with etcd before it says a thing is not there.
+func TestAReplicaFindsWhatAnotherWroteAnInstantAgo(t *testing.T) {
+	a, b, admin := twoReplicasWithAuth(t)
+	for i := range 40 {
+		st, body := authDo(t, "POST", a.http.URL+"/v1/tokens", admin, fmt.Sprintf(`{"name":"ops-%d","role":"admin"}`, i))
+		var tok sb.Token
+		if st != 200 || json.Unmarshal([]byte(body), &tok) != nil {
+			t.Fatalf("create token through A: %d %s", st, body)
+		}
+		id := fmt.Sprintf("x-%d", i)
+		steps := []struct{ method, url, body string }{
+			{"PUT", a.http.URL + "/v1/instances/" + id, reg("x", 5000+i, "1h")},
+			{"PUT", b.http.URL + "/v1/instances/" + id + "/enabled", `{"enabled":false,"reason":"test"}`},
+			{"DELETE", b.http.URL + "/v1/instances/" + id, ""},
+			{"PUT", a.http.URL + "/v1/config/layer?realm=dev&service=" + id, `{"k":1}`},
+			{"DELETE", b.http.URL + "/v1/config/layer?realm=dev&service=" + id, ""},
+		}
+		for _, s := range steps {
+			if st, body := authDo(t, s.method, s.url, tok.Secret, s.body); st != 200 && st != 204 {
+				t.Fatalf("round %d: %s %s with a token made through A an instant before = %d %s", i, s.method, s.url, st, body)
+			}
+		}
+	}
+	if _, body := authDo(t, "GET", a.http.URL+"/v1/services/x", admin, ""); strings.Contains(body, `"id":"x-`) {
+		t.Fatalf("instances deregistered through B are still registered: %s", body)
 	}
 }
