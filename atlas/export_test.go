@@ -1,6 +1,9 @@
 package atlas
 
-import "context"
+import (
+	"context"
+	"slices"
+)
 
 // WaitKeys returns how many watch keys have a wait channel: what the
 // blocking queries and event streams waiting now hold.
@@ -25,4 +28,17 @@ var StorePrefixes = []string{pfxInstance, pfxSwitch, pfxLayer, pfxToken, pfxPort
 // index.
 func (s *Server) WaitApplied(ctx context.Context, index uint64) error {
 	return s.waitApplied(ctx, index)
+}
+
+// ReloadWithout replaces the server's memory, as a reload after a gap in
+// the store's history does, with the store's entries less key, one index
+// past the store's: the reload of a store that deleted key meanwhile.
+func (s *Server) ReloadWithout(ctx context.Context, key string) error {
+	index, kvs, err := s.store.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	kvs = slices.DeleteFunc(kvs, func(kv KV) bool { return kv.Key == key })
+	s.st.load(index+1, kvs)
+	return nil
 }

@@ -23,7 +23,9 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/atlas/boltstore"
+	"github.com/switchboard-go/switchboard/client"
 )
 
 // testAtlas runs an Atlas on a real bbolt file in a temp dir.
@@ -864,5 +866,56 @@ func TestHeartbeatDuringAnotherReplicasWrite(t *testing.T) {
 	b.must("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["v3"]`))
 	if r := a.do("PUT", "/v1/instances/x", reg("a", 5000, `,"tags":["v4"]`)); r.status != 200 {
 		t.Fatalf("registration while another replica's write is on its way = %d %s; want 200", r.status, r.body)
+	}
+}
+
+// A stream of every service that snapshots again (a gap in the history: a
+// store's compaction, a replica cut off for a while) sends, empty, the
+// services it showed that have no instance left; it sent only those with
+// instances, and the dashboard kept a deleted service for good.
+func TestASnapshotAgainSaysWhichServicesAreGone(t *testing.T) {
+	a := atlastest.Start(t, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := a.Client()
+	for _, r := range []struct{ id, service string }{{"cart-1", "cart"}, {"gone-1", "gone"}} {
+		if _, err := c.Register(ctx, r.id, sb.Registration{Service: r.service, Address: "10.0.0.1", Port: 5000}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.URL+"/v1/watch?service=*", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	events := make(chan client.Event, 16)
+	go client.ReadEvents(res.Body, func(ev client.Event) error { events <- ev; return nil })
+	next := func() client.Event {
+		t.Helper()
+		select {
+		case ev := <-events:
+			return ev
+		case <-time.After(30 * time.Second):
+			t.Fatal("no event")
+		}
+		return client.Event{}
+	}
+	for range 2 { // the snapshot: cart, gone
+		next()
+	}
+	if err := a.Server.ReloadWithout(ctx, "i/gone-1"); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for range 2 {
+		ev := next()
+		if ev.Kind != "snapshot" {
+			t.Fatalf("after the reload: %s event; want a snapshot", ev.Kind)
+		}
+		got[ev.Service.Service] = len(ev.Service.Instances)
+	}
+	if !reflect.DeepEqual(got, map[string]int{"cart": 1, "gone": 0}) {
+		t.Fatalf("the snapshot after the reload had %v; want cart with its instance and gone empty", got)
 	}
 }

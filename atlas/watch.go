@@ -116,6 +116,11 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	// snapshot sends every service's answer. Only the last event carries an
 	// id, the index the snapshot is current at: a stream cut in the middle
 	// of a snapshot resumes with a whole snapshot.
+	//
+	// A stream of every service also sends, empty, each service it showed
+	// before that has no instance left: a snapshot again (after a gap in
+	// the history) must not leave the client a service that is gone.
+	shown := map[string]bool{}
 	snapshot := func() (uint64, error) {
 		s.st.mu.RLock()
 		last := s.st.applied
@@ -124,12 +129,20 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			for name := range s.st.byService[realm] {
 				names = append(names, name)
 			}
+			for name := range shown {
+				if _, ok := s.st.byService[realm][name]; !ok {
+					names = append(names, name)
+				}
+			}
 			slices.Sort(names)
 		} else {
 			names = services
 		}
 		s.st.mu.RUnlock()
 		for i, name := range names {
+			if all {
+				shown[name] = true
+			}
 			_, body := s.renderService(serviceQuery{realm: realm, service: name})
 			var id uint64
 			if i == len(names)-1 {
@@ -182,8 +195,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		// another service that this pass did not see, and resuming from
 		// it would skip that change.
 		type upd struct {
-			index uint64
-			body  []byte
+			index   uint64
+			service string
+			body    []byte
 		}
 		var ups []upd
 		s.st.mu.RLock()
@@ -192,7 +206,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		if !gap {
 			for _, svc := range s.st.changedSinceLocked(realm, last, wants) {
 				index, body := s.renderServiceLocked(serviceQuery{realm: realm, service: svc})
-				ups = append(ups, upd{index, body})
+				ups = append(ups, upd{index, svc, body})
 			}
 		}
 		s.st.mu.RUnlock()
@@ -216,6 +230,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 				}
 				if err := write("update", id, u.body); err != nil {
 					return nil
+				}
+				if all {
+					shown[u.service] = true
 				}
 			}
 			if err := flush(); err != nil {

@@ -255,6 +255,10 @@ async function watch() {
       const reader = res.body.getReader();
       const dec = new TextDecoder();
       let buf = "";
+      // A snapshot (on connect, when the stream could not resume) is the
+      // whole realm: its last event, the one with an id, ends it, and a
+      // service it left out has no instance left.
+      let snap = null;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -263,14 +267,26 @@ async function watch() {
         while ((i = buf.indexOf("\n\n")) >= 0) {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
-          let data = "", id = "";
+          let data = "", id = "", kind = "";
           for (const line of block.split("\n")) {
             if (line.startsWith("data: ")) data += line.slice(6);
             else if (line.startsWith("id: ")) id = line.slice(4);
+            else if (line.startsWith("event: ")) kind = line.slice(7);
           }
           if (!data) continue;
           if (id) last = id;
-          onEvent(JSON.parse(data));
+          const si = JSON.parse(data);
+          onEvent(si);
+          if (kind !== "snapshot") continue;
+          (snap ||= new Set()).add(si.service);
+          if (id) {
+            for (const [name, sum] of state.services) {
+              if (!snap.has(name) && sum.instances > 0 && si.realm === state.realm) {
+                onEvent({ service: name, realm: state.realm, instances: [] });
+              }
+            }
+            snap = null;
+          }
         }
       }
     } catch (e) {
