@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -393,11 +394,21 @@ func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 // DataDir/admin.token.
 func (s *Server) bootstrap(ctx context.Context) error {
 	path := filepath.Join(s.cfg.DataDir, "admin.token")
+	pending := path + ".new" // written before the store holds the token
 	_, statErr := os.Stat(path)
 	s.st.mu.RLock()
-	for _, t := range s.st.tokens {
+	for id, t := range s.st.tokens {
 		if t.Role == sb.RoleAdmin {
 			s.st.mu.RUnlock()
+			if statErr != nil && pendingNames(pending, id) {
+				// The last start stopped between the store's write and
+				// the rename: finish it.
+				if err := os.Rename(pending, path); err != nil {
+					return fmt.Errorf("atlas: bootstrap token: %w", err)
+				}
+				s.log.Info("atlas: created the admin token", "path", path)
+				return nil
+			}
 			if statErr == nil {
 				s.log.Info("atlas: admin token file exists", "path", path)
 			} else {
@@ -427,25 +438,68 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The secret reaches the disk before the store holds the token: the
+	// other way round, a crash (or a failed write) between the two left
+	// an admin token whose secret nobody has.
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
+	if err := writeSynced(pending, []byte(tok+"\n")); err != nil {
+		return fmt.Errorf("atlas: bootstrap token: %w", err)
+	}
 	val, _ := jsonMarshal(rec)
 	_, err = s.txn(ctx,
 		Op{Key: keyBoot, Value: []byte(`"` + rec.ID + `"`), IfIndex: IfIndex(0)},
 		Op{Key: pfxToken + rec.ID, Value: val, IfIndex: IfIndex(0)})
-	if errors.Is(err, ErrConflict) {
-		s.log.Info("atlas: another replica created the admin token; its data directory holds admin.token", "path", path)
-		return nil
-	}
 	if err != nil {
+		os.Remove(pending)
+		if errors.Is(err, ErrConflict) {
+			s.log.Info("atlas: another replica created the admin token: admin.token is in the data directory of the replica that started first")
+			return nil
+		}
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
-	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("atlas: bootstrap token: %w", err)
-	}
-	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+	if err := os.Rename(pending, path); err != nil {
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
 	s.log.Info("atlas: created the admin token", "path", path)
 	return nil
+}
+
+// pendingNames reports whether the token file at path holds a token of
+// id.
+func pendingNames(path, id string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	rest, ok := strings.CutPrefix(strings.TrimSpace(string(b)), tokenPrefix)
+	got, _, ok2 := strings.Cut(rest, ".")
+	return ok && ok2 && got == id
+}
+
+// writeSynced writes data to a new file at path (0600), synced, and syncs
+// its directory.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // handleHealth serves GET /v1/health: Atlas's own healthcheck JSON.
