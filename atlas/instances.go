@@ -162,6 +162,13 @@ func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb
 	return s.instance(id, true)
 }
 
+// leaseUnavailable is the error of a heartbeat the store could not take:
+// not the store's own words, as for writes (txn); Atlas's health and log
+// say what is wrong with the store.
+func leaseUnavailable(id string) error {
+	return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: the store is unavailable (etcd without quorum, or not reached); retry", id)
+}
+
 // beat is a heartbeat without the answer.
 func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 	hb.Output = sb.TruncateOutput(hb.Output)
@@ -173,7 +180,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 		if r == nil {
 			var err error
 			if r, err = s.awaitInstance(ctx, id); err != nil {
-				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
+				return leaseUnavailable(id)
 			}
 		}
 		if r == nil {
@@ -219,7 +226,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 				return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
 			}
 			if err != nil {
-				return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: %v", id, err)
+				return leaseUnavailable(id)
 			}
 			// The lease the store renewed is the key's now: the record
 			// read above may since have been deleted and registered anew.
