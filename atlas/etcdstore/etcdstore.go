@@ -236,12 +236,15 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		}
 	}
 	s.mu.Unlock()
+	// The leases granted for a write that did not happen, in the
+	// background: with etcd unreachable each revocation would wait out
+	// its deadline, and the write's answer with it.
 	revoke := func() {
+		ids := map[clientv3.LeaseID]bool{}
 		for _, id := range granted {
-			rctx, rcancel := s.ctx(context.Background())
-			_, _ = s.cli.Revoke(rctx, id)
-			rcancel()
+			ids[id] = true
 		}
+		s.revokeLater(ids)
 	}
 	for _, op := range ops {
 		k := s.prefix + op.Key
