@@ -221,6 +221,12 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			l.renewedLocked(now, in.TTL)
 			s.lmu.Unlock()
 		} else {
+			if _, elsewhere := s.store.(LeaseReader); elsewhere && !s.Stale().IsZero() {
+				// etcd does not answer (the probe says so every second):
+				// each renewal would wait out its deadline, and a batch
+				// of them one after another.
+				return leaseUnavailable(id)
+			}
 			exp, err := s.store.KeepAlive(ctx, pfxInstance+id)
 			if errors.Is(err, ErrNotFound) {
 				return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
