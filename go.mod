@@ -17,7 +17,6 @@ require (
 	go.uber.org/zap v1.27.1
 	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/mod v0.43.0
-	golang.org/x/sync v0.24.0
 	google.golang.org/grpc v1.85.0
 )
 

@@ -22,8 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/health"
 )
@@ -81,9 +79,10 @@ type Server struct {
 	epoch    context.Context
 	endEpoch context.CancelFunc
 
-	// syncs shares one CurrentIndex call among the catchUps that ask
-	// at once.
-	syncs singleflight.Group
+	// syncMu guards asking, the question to the store for its index
+	// being asked, and queued, the one to ask next (storeIndex).
+	syncMu         sync.Mutex
+	asking, queued *indexFlight
 
 	// lmu guards the fields of every leaseInfo (in the state's instance
 	// records): lease bookkeeping that lives in memory, per replica, and
@@ -264,34 +263,48 @@ func (s *Server) probe() {
 		switch {
 		case err != nil && s.staleSince.Load() == 0:
 			s.staleSince.Store(time.Now().UnixNano())
-			s.epochMu.Lock()
-			s.endEpoch()
-			s.epochMu.Unlock()
-			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale, and ending event streams and blocking queries, for their clients to ask another replica", "err", err)
+			if s.replicated() {
+				s.epochMu.Lock()
+				s.endEpoch()
+				s.epochMu.Unlock()
+				s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale, and ending event streams and blocking queries, for their clients to ask another replica", "err", err)
+				break
+			}
+			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale", "err", err)
 		case err == nil && s.staleSince.Load() != 0:
-			s.epochMu.Lock()
-			s.epoch, s.endEpoch = context.WithCancel(s.waits)
-			s.epochMu.Unlock()
+			if s.replicated() {
+				s.epochMu.Lock()
+				s.epoch, s.endEpoch = context.WithCancel(s.waits)
+				s.epochMu.Unlock()
+			}
 			s.staleSince.Store(0)
 			s.log.Info("atlas: the store answers again")
 		}
 	}
 }
 
+// replicated reports whether other servers write to the store too (etcd).
+func (s *Server) replicated() bool {
+	_, ok := s.store.(Syncer)
+	return ok
+}
+
 // waitCtx returns the context that ends blocking queries and event
-// streams: at StopWaiting, and when the store stops answering, as this
-// server can then no longer tell what changes (a client with several
-// replicas asks another; one with this one alone keeps what it has).
+// streams: at StopWaiting, and, with a replicated store, when the store
+// stops answering, as this server can then no longer tell what changes (a
+// client with several replicas asks another; one with this one alone
+// keeps what it has). The embedded store's memory is the truth, whether
+// its disk takes writes or not: there, they go on.
 func (s *Server) waitCtx() context.Context {
 	s.epochMu.Lock()
 	defer s.epochMu.Unlock()
 	return s.epoch
 }
 
-// refuseWhileStale refuses what would wait for changes while the store
-// does not answer.
+// refuseWhileStale refuses what would wait for changes while a replicated
+// store does not answer.
 func (s *Server) refuseWhileStale() error {
-	if since := s.Stale(); !since.IsZero() {
+	if since := s.Stale(); !since.IsZero() && s.replicated() {
 		return sb.Errorf(sb.EUnavailable, "this Atlas has not reached its store since %s, so it cannot tell what changes: ask another replica, or retry", since.UTC().Format(time.RFC3339))
 	}
 	return nil
@@ -308,28 +321,72 @@ func (s *Server) Stale() time.Time {
 // catchUp waits, catchUpWait at most, until memory holds every write the
 // store had when asked (see Syncer), so that "not found" is not said of
 // what another replica wrote an instant ago: an instance registered, a
-// token created. Concurrent calls share one question to the store. With
-// a store that has no other writers, memory is caught up always.
+// token created. With a store that has no other writers, memory is caught
+// up always; while the store does not answer, it fails at once.
 func (s *Server) catchUp(ctx context.Context) error {
 	sy, ok := s.store.(Syncer)
 	if !ok {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, catchUpWait)
-	defer cancel()
-	v, err, _ := s.syncs.Do("", func() (any, error) {
-		// Not one caller's context: the others share the answer.
-		ctx, cancel := context.WithTimeout(s.ctx, catchUpWait)
-		defer cancel()
-		return sy.CurrentIndex(ctx)
-	})
-	if err != nil {
+	if !s.Stale().IsZero() {
 		return sb.Errorf(sb.EUnavailable, "the store does not answer, so Atlas cannot tell whether it exists; retry")
 	}
-	if s.waitApplied(ctx, v.(uint64)) != nil {
+	ctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	defer cancel()
+	f := s.storeIndex(sy)
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return sb.Errorf(sb.EUnavailable, "the store did not answer in time, so Atlas cannot tell whether it exists; retry")
+	}
+	if f.err != nil {
+		return sb.Errorf(sb.EUnavailable, "the store does not answer, so Atlas cannot tell whether it exists; retry")
+	}
+	if s.waitApplied(ctx, f.index) != nil {
 		return sb.Errorf(sb.EUnavailable, "this Atlas is behind its store, so it cannot tell whether it exists; retry")
 	}
 	return nil
+}
+
+// indexFlight is one question to the store for its current index, which
+// every catchUp that joins it shares.
+type indexFlight struct {
+	done  chan struct{}
+	index uint64
+	err   error
+}
+
+// storeIndex returns a question for the store's current index that is
+// asked after this call began: the one waiting to be asked, when one is
+// being asked now (its answer may predate what the caller looks for), or
+// a new one. So at most two are out at once, however many callers.
+func (s *Server) storeIndex(sy Syncer) *indexFlight {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	switch {
+	case s.asking == nil:
+		s.asking = &indexFlight{done: make(chan struct{})}
+		go s.askIndex(sy, s.asking)
+		return s.asking
+	case s.queued == nil:
+		s.queued = &indexFlight{done: make(chan struct{})}
+	}
+	return s.queued
+}
+
+// askIndex asks the store for f, then for the question queued meanwhile,
+// if any, and so on.
+func (s *Server) askIndex(sy Syncer, f *indexFlight) {
+	for f != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, catchUpWait)
+		f.index, f.err = sy.CurrentIndex(ctx)
+		cancel()
+		close(f.done)
+		s.syncMu.Lock()
+		f = s.queued
+		s.asking, s.queued = f, nil
+		s.syncMu.Unlock()
+	}
 }
 
 // found runs exists, and when it reports false, catches up with the store
@@ -339,7 +396,7 @@ func (s *Server) found(ctx context.Context, exists func() bool) (bool, error) {
 	if exists() {
 		return true, nil
 	}
-	if _, ok := s.store.(Syncer); !ok {
+	if !s.replicated() {
 		return false, nil
 	}
 	if err := s.catchUp(ctx); err != nil {
@@ -397,18 +454,19 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	pending := path + ".new" // written before the store holds the token
 	_, statErr := os.Stat(path)
 	s.st.mu.RLock()
-	for id, t := range s.st.tokens {
+	if t, ok := s.st.tokens[pendingID(pending)]; ok && t.Role == sb.RoleAdmin && statErr != nil {
+		s.st.mu.RUnlock()
+		// The last start stopped between the store's write and the
+		// rename: finish it.
+		if err := os.Rename(pending, path); err != nil {
+			return fmt.Errorf("atlas: bootstrap token: %w", err)
+		}
+		s.log.Info("atlas: created the admin token", "path", path)
+		return nil
+	}
+	for _, t := range s.st.tokens {
 		if t.Role == sb.RoleAdmin {
 			s.st.mu.RUnlock()
-			if statErr != nil && pendingNames(pending, id) {
-				// The last start stopped between the store's write and
-				// the rename: finish it.
-				if err := os.Rename(pending, path); err != nil {
-					return fmt.Errorf("atlas: bootstrap token: %w", err)
-				}
-				s.log.Info("atlas: created the admin token", "path", path)
-				return nil
-			}
 			if statErr == nil {
 				s.log.Info("atlas: admin token file exists", "path", path)
 			} else {
@@ -451,12 +509,14 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	_, err = s.txn(ctx,
 		Op{Key: keyBoot, Value: []byte(`"` + rec.ID + `"`), IfIndex: IfIndex(0)},
 		Op{Key: pfxToken + rec.ID, Value: val, IfIndex: IfIndex(0)})
-	if err != nil {
+	if errors.Is(err, ErrConflict) {
 		os.Remove(pending)
-		if errors.Is(err, ErrConflict) {
-			s.log.Info("atlas: another replica created the admin token: admin.token is in the data directory of the replica that started first")
-			return nil
-		}
+		s.log.Info("atlas: another replica created the admin token: admin.token is in the data directory of the replica that started first")
+		return nil
+	}
+	if err != nil {
+		// Kept: a write that failed to answer (etcd's deadline, say)
+		// may have been made, and the next start then finishes it.
 		return fmt.Errorf("atlas: bootstrap token: %w", err)
 	}
 	if err := os.Rename(pending, path); err != nil {
@@ -466,16 +526,18 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	return nil
 }
 
-// pendingNames reports whether the token file at path holds a token of
-// id.
-func pendingNames(path, id string) bool {
+// pendingID returns the id of the token in the file at path, or "".
+func pendingID(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return false
+		return ""
 	}
-	rest, ok := strings.CutPrefix(strings.TrimSpace(string(b)), tokenPrefix)
-	got, _, ok2 := strings.Cut(rest, ".")
-	return ok && ok2 && got == id
+	rest, _ := strings.CutPrefix(strings.TrimSpace(string(b)), tokenPrefix)
+	id, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return ""
+	}
+	return id
 }
 
 // writeSynced writes data to a new file at path (0600), synced, and syncs

@@ -432,3 +432,35 @@ func TestAdminTokenOfAnInterruptedFirstStartIsKept(t *testing.T) {
 		t.Fatalf("admin.token.new is still there: %v", err)
 	}
 }
+
+// unanswered is a store whose write of the bootstrap key is made but
+// answered as failed, as an etcd write whose deadline ran out may be.
+type unanswered struct{ atlas.Store }
+
+func (u unanswered) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
+	i, err := u.Store.Txn(ctx, ops)
+	if err == nil && ops[0].Key == "m/bootstrap" {
+		return 0, fmt.Errorf("%w: deadline exceeded", atlas.ErrUnavailable)
+	}
+	return i, err
+}
+
+// A first start whose write of the admin token failed to answer, though it
+// was made, keeps admin.token.new: the next start finds the token in the
+// store and puts the file in place, rather than leave an admin token whose
+// secret nobody has.
+func TestAdminTokenOfAnUnansweredBootstrapWriteIsKept(t *testing.T) {
+	dir := t.TempDir()
+	st, err := boltstore.Open(boltstore.Config{Path: filepath.Join(dir, "atlas.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := atlas.New(atlas.Config{Store: unanswered{st}, DataDir: dir}); err == nil {
+		t.Fatal("Atlas started though its bootstrap write failed")
+	}
+	st.Close()
+	a := startIn(t, dir, false)
+	if r := a.do("GET", "/v1/tokens", ""); r.status != 200 {
+		t.Fatalf("GET /v1/tokens with admin.token after the unanswered write = %d %s; want 200", r.status, r.body)
+	}
+}

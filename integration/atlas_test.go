@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -275,6 +276,16 @@ func TestAtlasWritesAgainOnceDiskSpaceIsFreed(t *testing.T) {
 		t.Fatalf("/v1/health answers %d; want %d", status, want)
 	}
 	healthIs(503)
+	// Memory is still the truth, and there is no replica to move to: an
+	// event stream still opens (a sidecar restarted now gets its routes).
+	sctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(sctx, "GET", a.url+"/v1/watch?service=a", nil)
+	res, err := httpc.Do(req)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("an event stream while the disk is full: %v %v; want 200", res, err)
+	}
+	cancel()
+	res.Body.Close()
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)

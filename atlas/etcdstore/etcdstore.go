@@ -567,7 +567,10 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 }
 
 // CurrentIndex implements atlas.Syncer: etcd's revision now (a
-// linearizable read of nothing).
+// linearizable read of nothing). Writes outside the prefix move it too,
+// and the watch sees none of them, so it asks for a progress notification
+// as well: the watch then learns the revision without a write of its own
+// (etcd sends its periodic ones every 10 minutes).
 func (s *Store) CurrentIndex(ctx context.Context) (uint64, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -575,6 +578,8 @@ func (s *Store) CurrentIndex(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, unavailable("read the revision", err)
 	}
+	// With the watches' metadata, as in Txn.
+	_ = s.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
 	return uint64(resp.Header.Revision), nil
 }
 

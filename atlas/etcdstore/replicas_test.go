@@ -420,3 +420,31 @@ func TestAReplicaFindsWhatAnotherWroteAnInstantAgo(t *testing.T) {
 		t.Fatalf("instances deregistered through B are still registered: %s", body)
 	}
 }
+
+// TestNotFoundWhileOthersWriteToEtcd: etcd's revision moves with writes
+// outside Atlas's prefix, which Atlas's watch never sees; catching up to
+// it waited out its 3 s and answered 503 where "not found" was right (an
+// unknown token, an instance gone), so a sidecar never learnt to
+// register again while another tenant of the cluster wrote.
+func TestNotFoundWhileOthersWriteToEtcd(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	dir := t.TempDir()
+	a := startReplicaWith(t, cluster.Endpoints(), atlas.Config{DataDir: dir})
+	admin := readToken(t, dir)
+	other, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints(), Prefix: "/other/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for i := range 3 {
+		if _, err := other.Txn(context.Background(), []atlas.Op{{Key: fmt.Sprint("k", i), Value: []byte("v")}}); err != nil {
+			t.Fatal(err)
+		}
+		if st, body := authDo(t, "GET", a.http.URL+"/v1/services", "sb.nosuchid.secret", ""); st != 401 {
+			t.Fatalf("an unknown token after another tenant's write = %d %s; want 401", st, body)
+		}
+		if st, body := authDo(t, "DELETE", a.http.URL+"/v1/instances/gone-1", admin, ""); st != 404 {
+			t.Fatalf("deregistering an unknown id after another tenant's write = %d %s; want 404", st, body)
+		}
+	}
+}
