@@ -312,6 +312,11 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	// Ping's probe files, of a process that stopped while it probed.
+	probes, _ := filepath.Glob(filepath.Join(s.dir, "probe-*.tmp"))
+	for _, p := range probes {
+		os.Remove(p)
+	}
 	var seq uint64 = 1
 	if len(seqs) > 0 {
 		seq = seqs[len(seqs)-1] + 1

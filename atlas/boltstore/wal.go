@@ -323,9 +323,12 @@ func damaged(seg, format string, args ...any) error {
 	return fmt.Errorf("%s: %s; Atlas will not start and lose the writes after that point: restore the data directory from a backup, or, to start without the writes that segment and any later one hold, move them out of %s", seg, fmt.Sprintf(format, args...), filepath.Dir(seg))
 }
 
-// syncLog syncs a segment after an append; a variable so that a test can
-// make it fail.
-var syncLog = fdatasync
+// syncLog syncs a segment after an append, and truncateLog cuts one;
+// variables so that a test can make them fail.
+var (
+	syncLog     = fdatasync
+	truncateLog = (*os.File).Truncate
+)
 
 // segment is the log segment being appended to.
 type segment struct {
@@ -392,7 +395,7 @@ func (g *segment) append(cs []atlas.Change) error {
 // failure may have lost is in the frame cut off.
 func (g *segment) cutOff() error {
 	g.torn = true
-	if err := g.f.Truncate(g.size); err != nil {
+	if err := truncateLog(g.f, g.size); err != nil {
 		return err
 	}
 	// The file has no O_APPEND: the next frame goes where this one began.

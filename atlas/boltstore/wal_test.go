@@ -314,11 +314,14 @@ func alter(t *testing.T, path string, change func(data []byte)) {
 // order, and nothing else.
 func TestLogWriteFailureRefusesWritesUntilItWorks(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		fails func(calls int) bool // whether the calls-th fdatasync fails
+		name     string
+		cutFails bool // truncating fails too while the disk is full
 	}{
-		{"the frame's sync fails", func(calls int) bool { return calls%2 == 1 }}, // and the cut's works
-		{"cutting the frame off fails too", func(calls int) bool { return true }},
+		{"the frame's sync fails, and the cut works", false},
+		// The refused frame then stays in the file until the next append
+		// cuts it off first: appending after it would put acknowledged
+		// writes behind a frame the log must not replay.
+		{"cutting the frame off fails too", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "atlas.db")
@@ -332,18 +335,28 @@ func TestLogWriteFailureRefusesWritesUntilItWorks(t *testing.T) {
 				t.Fatal(err)
 			}
 			var mu sync.Mutex
-			calls, full := 0, true
-			syncLog = func(f *os.File) error {
+			full := true
+			isFull := func() bool {
 				mu.Lock()
 				defer mu.Unlock()
-				if full {
-					if calls++; tc.fails(calls) {
-						return syscall.ENOSPC
-					}
+				return full
+			}
+			syncLog = func(f *os.File) error {
+				if isFull() && s.seg != nil && f == s.seg.f && !s.seg.torn {
+					return syscall.ENOSPC // the frame's sync
+				}
+				if isFull() && (tc.cutFails || f != s.seg.f) {
+					return syscall.ENOSPC // the cut's, or the probe's
 				}
 				return fdatasync(f)
 			}
-			t.Cleanup(func() { syncLog = fdatasync })
+			truncateLog = func(f *os.File, size int64) error {
+				if isFull() && tc.cutFails {
+					return syscall.ENOSPC
+				}
+				return f.Truncate(size)
+			}
+			t.Cleanup(func() { syncLog, truncateLog = fdatasync, (*os.File).Truncate })
 			for _, k := range []string{"b", "c"} {
 				if _, err := write(k, "refused"); !errors.Is(err, atlas.ErrUnavailable) || !strings.Contains(err.Error(), "write-ahead log") {
 					t.Fatalf("write while the log fails: %v; want ErrUnavailable naming the write-ahead log", err)
@@ -377,9 +390,17 @@ func TestLogWriteFailureRefusesWritesUntilItWorks(t *testing.T) {
 				t.Fatalf("the store holds %v; want %v", got, want)
 			}
 			// The log, replayed, holds the same: no refused frame came
-			// back, and nothing was lost behind a hole where one was.
+			// back, and nothing was lost behind a hole where one was. A
+			// probe file the crash left is removed.
 			s.crash()
+			probe := filepath.Join(walDir(path), "probe-1.tmp")
+			if err := os.WriteFile(probe, make([]byte, 4096), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			reopen(t, path, i+1, want)
+			if _, err := os.Stat(probe); !os.IsNotExist(err) {
+				t.Fatalf("a probe file the crash left is still there: %v", err)
+			}
 		})
 	}
 }
