@@ -448,4 +448,30 @@ func TestServiceLink(t *testing.T) {
 	if h := hash(); h != "#services/identity" {
 		t.Fatalf("after choosing identity the address fragment is %q; want #services/identity", h)
 	}
+	// On another tab, a change to the chosen service (its instances are
+	// fetched again) leaves the address alone.
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`nav a[data-view="config"]`)), chromedp.WaitVisible(chromedp.CSS("#config"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.api.Heartbeat(context.Background(), "identity-h0-5000", sb.Heartbeat{Status: sb.Critical, Output: "down"}); err != nil {
+		t.Fatal(err)
+	}
+	// The event has come once identity's row counts one critical (the
+	// page chooses the service again in the same turn).
+	for i := 0; ; i++ {
+		n, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('tr[data-service="identity"] td.critical').textContent`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == "1" {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the change to identity did not reach the page within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if h := hash(); !strings.HasPrefix(h, "#config") {
+		t.Fatalf("on the config tab, after a change to identity, the address fragment is %q; want #config", h)
+	}
 }

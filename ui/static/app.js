@@ -252,13 +252,10 @@ async function watch() {
       }
       if (!res.ok) throw new Error("event stream: " + res.status);
       $("#live").textContent = "● live";
+      if (last) dropGone(ctl.realm); // a reconnection: what went meanwhile
       const reader = res.body.getReader();
       const dec = new TextDecoder();
       let buf = "";
-      // A snapshot (on connect, when the stream could not resume) is the
-      // whole realm: its last event, the one with an id, ends it, and a
-      // service it left out has no instance left.
-      let snap = null;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -267,26 +264,14 @@ async function watch() {
         while ((i = buf.indexOf("\n\n")) >= 0) {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
-          let data = "", id = "", kind = "";
+          let data = "", id = "";
           for (const line of block.split("\n")) {
             if (line.startsWith("data: ")) data += line.slice(6);
             else if (line.startsWith("id: ")) id = line.slice(4);
-            else if (line.startsWith("event: ")) kind = line.slice(7);
           }
           if (!data) continue;
           if (id) last = id;
-          const si = JSON.parse(data);
-          onEvent(si);
-          if (kind !== "snapshot") continue;
-          (snap ||= new Set()).add(si.service);
-          if (id) {
-            for (const [name, sum] of state.services) {
-              if (!snap.has(name) && sum.instances > 0 && si.realm === state.realm) {
-                onEvent({ service: name, realm: state.realm, instances: [] });
-              }
-            }
-            snap = null;
-          }
+          onEvent(JSON.parse(data));
         }
       }
     } catch (e) {
@@ -297,9 +282,28 @@ async function watch() {
   }
 }
 
+// dropGone removes, after a reconnection, the services that went while the
+// stream was down: a stream that could not resume sends a snapshot of the
+// services there are, and none for those that are gone. Only those whose
+// last event is older than the list, which the stream may have passed.
+async function dropGone(realm) {
+  try {
+    const list = await api("/v1/services?realm=" + encodeURIComponent(realm));
+    if (realm !== state.realm) return;
+    const there = new Set(list.services.map((s) => s.name));
+    for (const [name, sum] of state.services) {
+      if (!there.has(name) && sum.instances > 0 && (sum.index || 0) <= list.index) {
+        onEvent({ service: name, realm, index: list.index, instances: [] });
+      }
+    }
+  } catch {
+    // the next reconnection tries again
+  }
+}
+
 function onEvent(si) {
   if (si.realm !== state.realm) return;
-  state.services.set(si.service, summarize(si));
+  state.services.set(si.service, { ...summarize(si), index: si.index });
   renderService(si.service);
   if (si.service === state.selected) selectService(si.service);
 }
@@ -315,7 +319,8 @@ async function selectService(name) {
   const seq = ++selectSeq;
   const changed = state.selected !== name;
   state.selected = name;
-  setHash("services/" + encodeURIComponent(name));
+  // Not from an event while another tab of the page is shown.
+  if (currentView() === "services") setHash("services/" + encodeURIComponent(name));
   for (const tr of document.querySelectorAll("#services-table tr.selected")) tr.classList.remove("selected");
   const row = document.querySelector(`#services-table tr[data-service="${CSS.escape(name)}"]`);
   if (row) row.classList.add("selected");
