@@ -242,7 +242,8 @@ const StaleHeader = "Switchboard-Stale"
 
 // probe pings the store every second; while it fails, reads carry
 // StaleHeader (they are deliberate stale reads, which keep sidecars
-// routing) and /v1/health fails.
+// routing), /v1/health fails and, over a replicated store, what waits for
+// changes ends (waitCtx).
 func (s *Server) probe() {
 	defer s.wg.Done()
 	p, ok := s.store.(Pinger)
