@@ -463,6 +463,11 @@ func (s *Server) leaseLocked(in *sb.Instance, store storeLease) {
 	}
 	if store.renewed.After(hb) {
 		hb = store.renewed.UTC()
+		// etcd counts a lease's time in whole seconds: the renewal it
+		// implies may fall before the registration that granted it.
+		if hb.Before(in.RegisteredAt) {
+			hb = in.RegisteredAt
+		}
 	}
 	if store.expires.After(exp) {
 		exp = store.expires.UTC()

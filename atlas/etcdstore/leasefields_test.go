@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -45,6 +46,22 @@ func TestLeaseFieldsAreTheSameOnEveryReplica(t *testing.T) {
 	}
 	if viaB.LastHeartbeat == nil {
 		t.Fatalf("through B: no last_heartbeat; through A %v", viaA.LastHeartbeat)
+	}
+	// etcd counts the time left in whole seconds, so the renewal it implies
+	// came out as much as a second before the registration.
+	for i := range 10 {
+		id := fmt.Sprint("y-", i)
+		if st, body, _ := do(t, "PUT", a.http.URL+"/v1/instances/"+id, reg("y", 6000+i, "1h")); st != 200 {
+			t.Fatalf("register through A: %d %s", st, body)
+		}
+		var in sb.Instance
+		eventually(t, "B knows "+id, func() bool {
+			st, body, _ := do(t, "GET", b.http.URL+"/v1/instances/"+id, "")
+			return st == 200 && json.Unmarshal([]byte(body), &in) == nil
+		})
+		if in.LastHeartbeat != nil && in.LastHeartbeat.Before(in.RegisteredAt) {
+			t.Fatalf("through B: last_heartbeat %v before registered_at %v", in.LastHeartbeat, in.RegisteredAt)
+		}
 	}
 	// A listing does not ask etcd per instance: B leaves out the lease
 	// end it does not know rather than make one up.
