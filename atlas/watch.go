@@ -74,7 +74,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			return sb.Errorf(sb.EInvalid, "Last-Event-ID: must be an index, got %q", v)
 		}
 		resuming = true
-		if _, replicated := s.store.(Syncer); replicated {
+		if s.replicated() {
 			// A stream resumed here from a replica that was ahead: it
 			// resumes once this one has caught up, a few seconds at
 			// most, rather than with a snapshot from before what the
