@@ -313,7 +313,7 @@ func (s *Store) load() error {
 		return err
 	}
 	// Ping's probe files, of a process that stopped while it probed.
-	probes, _ := filepath.Glob(filepath.Join(s.dir, "probe-*.tmp"))
+	probes, _ := filepath.Glob(filepath.Join(s.dir, probeFiles))
 	for _, p := range probes {
 		os.Remove(p)
 	}

@@ -409,10 +409,13 @@ func (g *segment) cutOff() error {
 	return nil
 }
 
+// probeFiles names probeDir's files (os.CreateTemp's pattern, and a glob).
+const probeFiles = "probe-*.tmp"
+
 // probeDir reports whether a file can be written and synced in dir now:
 // a write to the log would likely work.
 func probeDir(dir string) error {
-	f, err := os.CreateTemp(dir, "probe-*.tmp")
+	f, err := os.CreateTemp(dir, probeFiles)
 	if err != nil {
 		return err
 	}
