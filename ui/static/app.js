@@ -17,7 +17,7 @@ const state = {
 // instances; links to it can be shared), #config, #tokens, each with
 // &realm=R when not dev. A token in it (&token=...) is taken and removed:
 // the fragment never reaches the server.
-const frag = new URLSearchParams(location.hash.replace(/^#/, "").replace(/^[^&=]*(&|$)/, ""));
+const frag = hashParams();
 if (frag.get("token")) {
   state.token = frag.get("token");
   sessionStorage.setItem("switchboard-token", state.token);
@@ -25,6 +25,14 @@ if (frag.get("token")) {
   const view = location.hash.replace(/^#/, "").split("&")[0];
   history.replaceState(null, "", location.pathname + "#" + (view.includes("=") ? "services" : view) + (frag.size ? "&" + frag : ""));
 }
+
+// hashParams returns the fragment's parameters: what follows the view.
+function hashParams() {
+  return new URLSearchParams(location.hash.replace(/^#/, "").replace(/^[^&=]*(&|$)/, ""));
+}
+
+// realmPattern is a realm name's rule (the SPEC's, as for services).
+const realmPattern = /^[a-z][a-z0-9-]{0,62}$/;
 
 class APIError extends Error {
   constructor(status, code, message) {
@@ -144,8 +152,8 @@ async function route() {
   const view = currentView();
   // A realm the address names (a link); one it leaves out (a tab of the
   // page) keeps the realm shown.
-  const realm = new URLSearchParams(location.hash.replace(/^#[^&]*&?/, "")).get("realm") || "";
-  if (/^[a-z][a-z0-9-]{0,62}$/.test(realm) && realm !== state.realm) {
+  const realm = hashParams().get("realm") || "";
+  if (realmPattern.test(realm) && realm !== state.realm) {
     state.realm = realm;
     state.selected = "";
     $("#realm").value = realm;
@@ -168,7 +176,7 @@ window.addEventListener("hashchange", route);
 
 $("#realm").addEventListener("change", async () => {
   const r = $("#realm").value.trim();
-  if (!/^[a-z][a-z0-9-]{0,62}$/.test(r)) {
+  if (!realmPattern.test(r)) {
     showError(new Error("realm: must match ^[a-z][a-z0-9-]{0,62}$"));
     return;
   }
