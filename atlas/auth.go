@@ -231,14 +231,20 @@ func (s *Server) tokensLocked() []sb.Token {
 }
 
 func (s *Server) deleteToken(ctx context.Context, id string) error {
-	s.st.mu.RLock()
-	_, ok := s.st.tokens[id]
-	_, damaged := s.st.damaged[pfxToken+id] // in no answer, but deleted on demand
-	s.st.mu.RUnlock()
-	if !ok && !damaged {
+	ok, err := s.found(ctx, func() bool {
+		s.st.mu.RLock()
+		defer s.st.mu.RUnlock()
+		_, ok := s.st.tokens[id]
+		_, damaged := s.st.damaged[pfxToken+id] // in no answer, but deleted on demand
+		return ok || damaged
+	})
+	if err != nil {
+		return err
+	}
+	if !ok {
 		return sb.Errorf(sb.ENotFound, "token %s: not found", id)
 	}
-	_, err := s.txn(ctx, Op{Key: pfxToken + id, Delete: true})
+	_, err = s.txn(ctx, Op{Key: pfxToken + id, Delete: true})
 	return err
 }
 

@@ -391,9 +391,10 @@ func TestDrainCountsTheStreamsOfEveryReplica(t *testing.T) {
 
 // TestAReplicaFindsWhatAnotherWroteAnInstantAgo: what is written through A
 // is acted on through B at once: a token used, an instance disabled and
-// deregistered, a config layer deleted. B's memory follows etcd a moment
-// behind, and it answered 401 and 404 from it (a deregistration was then
-// lost); it now catches up with etcd before it says a thing is not there.
+// deregistered, a config layer and a token deleted. B's memory follows
+// etcd a moment behind, and it answered 401 and 404 from it (a
+// deregistration was then lost); it now catches up with etcd before it
+// says a thing is not there.
 func TestAReplicaFindsWhatAnotherWroteAnInstantAgo(t *testing.T) {
 	a, b, admin := twoReplicasWithAuth(t)
 	for i := range 40 {
@@ -414,6 +415,17 @@ func TestAReplicaFindsWhatAnotherWroteAnInstantAgo(t *testing.T) {
 			if st, body := authDo(t, s.method, s.url, tok.Secret, s.body); st != 200 && st != 204 {
 				t.Fatalf("round %d: %s %s with a token made through A an instant before = %d %s", i, s.method, s.url, st, body)
 			}
+		}
+	}
+	// Deleting is the quickest step to follow a write, so it gets more rounds.
+	for i := range 200 {
+		st, body := authDo(t, "POST", a.http.URL+"/v1/tokens", admin, fmt.Sprintf(`{"name":"old-%d","role":"reader"}`, i))
+		var old sb.Token
+		if st != 200 || json.Unmarshal([]byte(body), &old) != nil {
+			t.Fatalf("create token through A: %d %s", st, body)
+		}
+		if st, body := authDo(t, "DELETE", b.http.URL+"/v1/tokens/"+old.ID, admin, ""); st != 200 {
+			t.Fatalf("round %d: deleting through B a token made through A an instant before = %d %s; want 200", i, st, body)
 		}
 	}
 	if _, body := authDo(t, "GET", a.http.URL+"/v1/services/x", admin, ""); strings.Contains(body, `"id":"x-`) {
