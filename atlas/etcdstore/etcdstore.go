@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -63,6 +64,14 @@ type Store struct {
 	// watched is the highest revision applied from a watch: what a write
 	// or a read at or below it says is already known, or older.
 	watched int64
+	// live is the newest watch still open; silent is set from when one
+	// went silent until a watch is heard from again (checkWatch).
+	live   *watchLife
+	silent bool
+
+	// deaf, set by tests, makes watches drop what etcd sends, as a stream
+	// cut off without a word does.
+	deaf atomic.Bool
 }
 
 // leaseEntry is what a replica knows of a key's lease.
@@ -499,13 +508,34 @@ const suspectBefore = time.Second
 // on even when nothing of ours changed.
 func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	wch := s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1), clientv3.WithProgressNotify())
+	// Created and progress notifications show that the stream works
+	// (checkWatch).
+	start := int64(after) + 1
+	wch := s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(start),
+		clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+	life := &watchLife{start: start, heard: time.Now(), cancel: cancel}
+	s.mu.Lock()
+	s.live = life
+	s.mu.Unlock()
 	out := make(chan atlas.Change, 1024)
 	// The first answer tells whether the history is still there.
 	go func() {
+		defer func() {
+			s.mu.Lock()
+			if s.live == life {
+				s.live = nil
+			}
+			s.mu.Unlock()
+		}()
 		defer cancel()
 		defer close(out)
 		for resp := range wch {
+			if s.deaf.Load() {
+				continue
+			}
+			s.mu.Lock()
+			s.heardLocked(life)
+			s.mu.Unlock()
 			if resp.CompactRevision != 0 {
 				s.cfg.Logger.Warn("etcdstore: the history Atlas needs was compacted; reloading", "compacted", resp.CompactRevision)
 				return
@@ -543,6 +573,10 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 			for _, c := range changes {
 				select {
 				case out <- c:
+					// Atlas applying slowly is not a silent stream.
+					s.mu.Lock()
+					s.heardLocked(life)
+					s.mu.Unlock()
 				case <-ctx.Done():
 					return
 				}
@@ -553,7 +587,7 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 	// so that the caller can tell it from a broken connection.
 	gctx, gcancel := s.ctx(ctx)
 	defer gcancel()
-	if _, err := s.cli.Get(gctx, s.prefix, clientv3.WithRev(int64(after)+1), clientv3.WithCountOnly()); err != nil {
+	if _, err := s.cli.Get(gctx, s.prefix, clientv3.WithRev(start), clientv3.WithCountOnly()); err != nil {
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			cancel()
 			return nil, atlas.ErrCompacted
@@ -583,12 +617,17 @@ func (s *Store) CurrentIndex(ctx context.Context) (uint64, error) {
 	return uint64(resp.Header.Revision), nil
 }
 
-// Ping reports whether etcd answers (a linearizable read of nothing).
+// Ping reports whether etcd answers (a linearizable read of nothing) and
+// whether the newest watch still hears from it (checkWatch).
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if _, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly()); err != nil {
+	resp, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly())
+	if err != nil {
 		return unavailable("ping", err)
+	}
+	if err := s.checkWatch(ctx, resp.Header.Revision); err != nil {
+		return unavailable("watch", err)
 	}
 	return nil
 }
