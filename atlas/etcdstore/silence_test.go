@@ -2,8 +2,6 @@ package etcdstore_test
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -93,16 +91,7 @@ func TestAReplicaWithASilentWatchSendsWatchersElsewhere(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	a := startReplica(t, cluster.Endpoints())
 	b := startReplica(t, cluster.Endpoints())
-	res, err := http.Get(a.http.URL + "/v1/watch?service=x")
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("event stream: %v %v", res, err)
-	}
-	defer res.Body.Close()
-	ended := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.Discard, res.Body)
-		ended <- err
-	}()
+	ended := readStream(t, a.http.URL+"/v1/watch?service=x")
 	a.store.Deafen(true)
 	if st, body, _ := do(t, "PUT", b.http.URL+"/v1/instances/x-1", reg("x", 5000, "1h")); st != 200 {
 		t.Fatalf("register through B: %d %s", st, body)

@@ -38,16 +38,7 @@ func TestAReplicaThatLostEtcdSendsWatchersElsewhere(t *testing.T) {
 		st, _, hdr := do(t, "GET", a.http.URL+"/v1/services/x?wait=10m&index="+index, "")
 		answered <- answer{st, hdr}
 	}()
-	res, err := http.Get(a.http.URL + "/v1/watch?service=x")
-	if err != nil || res.StatusCode != 200 {
-		t.Fatalf("event stream: %v %v", res, err)
-	}
-	defer res.Body.Close()
-	ended := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.Discard, res.Body)
-		ended <- err
-	}()
+	ended := readStream(t, a.http.URL+"/v1/watch?service=x")
 	// The query is waiting once the server counts it.
 	eventually(t, "the blocking query waits", func() bool {
 		_, body, _ := do(t, "GET", a.http.URL+"/metrics", "")
@@ -71,6 +62,23 @@ func TestAReplicaThatLostEtcdSendsWatchersElsewhere(t *testing.T) {
 	if st, body, hdr := do(t, "GET", a.http.URL+"/v1/services/x", ""); st != 200 || hdr.Get(atlas.StaleHeader) == "" || !strings.Contains(body, `"id":"x-1"`) {
 		t.Fatalf("a plain read after quorum loss = %d %v %s; want the last state, marked stale", st, hdr, body)
 	}
+}
+
+// readStream opens an event stream and reads it to its end, which it
+// sends (nil: ended cleanly); the stream is closed when the test ends.
+func readStream(t *testing.T, url string) <-chan error {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("event stream: %v %v", res, err)
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, res.Body)
+		ended <- err
+	}()
+	return ended
 }
 
 // containsLine reports whether text has line as one of its lines.
