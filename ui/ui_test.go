@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,12 +24,13 @@ import (
 type dashboard struct {
 	url, admin, reader string
 	api                *client.Atlas
+	atlas              *atlastest.Atlas
 }
 
 func startAtlas(t *testing.T) *dashboard {
 	t.Helper()
 	a := atlastest.Start(t, false)
-	d := &dashboard{url: a.URL, admin: a.AdminToken, api: a.Client()}
+	d := &dashboard{url: a.URL, admin: a.AdminToken, api: a.Client(), atlas: a}
 	ctx := context.Background()
 	for i, st := range []sb.Status{sb.Passing, sb.Passing, sb.Warning} {
 		_, err := d.api.Register(ctx, fmt.Sprintf("identity-h%d-5000", i), sb.Registration{Service: "identity", Address: "10.0.0.5", Port: 5000 + i,
@@ -476,6 +479,47 @@ func TestServiceLink(t *testing.T) {
 	}
 	if h := hash(); !strings.HasPrefix(h, "#config") {
 		t.Fatalf("on the config tab, after a change to identity, the address fragment is %q; want #config", h)
+	}
+}
+
+// TestAServiceThatWentWhileAtlasWasDownLeavesThePage: Atlas restarted has
+// no history to resume the page's event stream from, so it sends a
+// snapshot of the services there are, which says nothing of one that went
+// meanwhile. The page asks for the list after a reconnection and drops
+// those; before, it showed a service that was gone until a reload.
+func TestAServiceThatWentWhileAtlasWasDownLeavesThePage(t *testing.T) {
+	d := startAtlas(t)
+	if _, err := d.api.Register(context.Background(), "billing-h1-6000", sb.Registration{Service: "billing", Address: "10.0.0.6", Port: 6000, TTL: sb.Duration(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := browser(t)
+	err := chromedp.Do(ctx, chromedp.Navigate(d.url+"/ui/#token="+d.admin),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="billing"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.atlas.Restart(t, func(h http.Handler) {
+		req := httptest.NewRequest("DELETE", "/v1/instances/billing-h1-6000", nil)
+		req.Header.Set("Authorization", "Bearer "+d.admin)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			t.Fatalf("deregister while no page is connected: %d %s", rec.Code, rec.Body)
+		}
+	})
+	for i := 0; ; i++ {
+		shown, err := chromedp.Run(ctx, chromedp.Evaluate[[]bool](`[document.querySelector("#live").textContent === "● live",
+			!!document.querySelector('tr[data-service="billing"]'), !!document.querySelector('tr[data-service="identity"]')]`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if shown[0] && !shown[1] && shown[2] {
+			return
+		}
+		if i == 1000 {
+			t.Fatalf("20 s after Atlas restarted: live %v, billing shown %v, identity shown %v; want live, identity alone", shown[0], shown[1], shown[2])
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
