@@ -918,4 +918,21 @@ func TestASnapshotAgainSaysWhichServicesAreGone(t *testing.T) {
 	if !reflect.DeepEqual(got, map[string]int{"cart": 1, "gone": 0}) {
 		t.Fatalf("the snapshot after the reload had %v; want cart with its instance and gone empty", got)
 	}
+	// Once sent empty, gone is forgotten: a stream over services that
+	// come and go keeps only those there are, and says each went once.
+	// (A write first moves the store's index past the stream's.)
+	if _, err := c.PutLayer(ctx, sb.LayerKey{Realm: "dev"}, json.RawMessage(`{}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Server.ReloadWithout(ctx, "i/gone-1"); err != nil {
+		t.Fatal(err)
+	}
+	var sent []string
+	for ev := (client.Event{}); ev.ID == ""; { // to the snapshot's last event
+		ev = next()
+		sent = append(sent, ev.Service.Service)
+	}
+	if !slices.Equal(sent, []string{"cart"}) {
+		t.Fatalf("the snapshot after a second reload had %v; want cart alone", sent)
+	}
 }

@@ -120,7 +120,20 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	// A stream of every service also sends, empty, each service it showed
 	// before that has no instance left: a snapshot again (after a gap in
 	// the history) must not leave the client a service that is gone.
+	// shown holds the services it sent with instances and not since
+	// without (see shows), so that a long stream over services that come
+	// and go keeps only those there are.
 	shown := map[string]bool{}
+	shows := func(name string, there bool) {
+		if !all {
+			return
+		}
+		if there {
+			shown[name] = true
+		} else {
+			delete(shown, name)
+		}
+	}
 	snapshot := func() (uint64, error) {
 		s.st.mu.RLock()
 		last := s.st.applied
@@ -140,10 +153,11 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		}
 		s.st.mu.RUnlock()
 		for i, name := range names {
-			if all {
-				shown[name] = true
-			}
-			_, body := s.renderService(serviceQuery{realm: realm, service: name})
+			s.st.mu.RLock()
+			_, there := s.st.byService[realm][name]
+			_, body := s.renderServiceLocked(serviceQuery{realm: realm, service: name})
+			s.st.mu.RUnlock()
+			shows(name, there)
 			var id uint64
 			if i == len(names)-1 {
 				id = max(last, 1)
@@ -198,6 +212,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			index   uint64
 			service string
 			body    []byte
+			there   bool // the service has instances
 		}
 		var ups []upd
 		s.st.mu.RLock()
@@ -206,7 +221,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		if !gap {
 			for _, svc := range s.st.changedSinceLocked(realm, last, wants) {
 				index, body := s.renderServiceLocked(serviceQuery{realm: realm, service: svc})
-				ups = append(ups, upd{index, svc, body})
+				_, there := s.st.byService[realm][svc]
+				ups = append(ups, upd{index, svc, body, there})
 			}
 		}
 		s.st.mu.RUnlock()
@@ -231,9 +247,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 				if err := write("update", id, u.body); err != nil {
 					return nil
 				}
-				if all {
-					shown[u.service] = true
-				}
+				shows(u.service, u.there)
 			}
 			if err := flush(); err != nil {
 				return nil
