@@ -96,12 +96,23 @@ func startSidecar(t *testing.T, yaml string) *sidecarProc {
 // restart on the same ones).
 func startSidecarAt(t *testing.T, yaml, listen, admin string) *sidecarProc {
 	t.Helper()
+	return startSidecarIn(t, yaml, listen, admin)
+}
+
+// startSidecarIn is startSidecarAt with the command run through shell
+// lines first (ulimit, say).
+func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *sidecarProc {
+	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "sidecar.yaml")
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, cmd: exec.Command(binary, "sidecar", "-c", file, "--listen", listen, "--admin", admin), done: make(chan struct{})}
+	cmd := exec.Command(binary, "sidecar", "-c", file, "--listen", listen, "--admin", admin)
+	if len(shell) > 0 {
+		cmd = exec.Command("sh", append([]string{"-c", strings.Join(shell, "; ") + `; exec "$0" "$@"`}, cmd.Args...)...)
+	}
+	p := &proc{t: t, cmd: cmd, done: make(chan struct{})}
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -69,8 +69,25 @@ func (s *Sidecar) adminHandler() http.Handler {
 	})
 	hc := &health.Checker{Hostname: s.cfg.Host, Timeout: 2 * time.Second, FailedStatus: http.StatusServiceUnavailable, SuccessTTL: 2 * time.Second}
 	_ = hc.AddCheck(health.Check{Name: "frontend", Liveness: true, Func: func(ctx context.Context) (string, error) {
+		if ended := s.ended.Load(); ended != nil {
+			return "", fmt.Errorf("%s; restart the sidecar", *ended)
+		}
 		return "routing on " + s.ListenAddr, nil
 	}})
+	// Accepting fails while a listener cannot take connections (too many
+	// open files): not /livez, as it passes (a restart would end the
+	// requests in progress).
+	_ = hc.Add("accepting", func(ctx context.Context) (string, error) {
+		if err := s.front.AcceptErr(); err != nil {
+			return "", fmt.Errorf("the frontend on %s cannot accept connections: %w", s.ListenAddr, err)
+		}
+		for _, t := range s.l4 {
+			if err := t.AcceptErr(); err != nil {
+				return "", fmt.Errorf("an l4 listener cannot accept connections: %w", err)
+			}
+		}
+		return "accepting connections", nil
+	})
 	_ = hc.Add("atlas", func(ctx context.Context) (string, error) {
 		// Atlas being down is not the sidecar failing: it routes on the
 		// last known instances. Say so, and pass. An Atlas that hangs is

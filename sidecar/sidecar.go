@@ -117,6 +117,8 @@ type Sidecar struct {
 	// (sweep goroutine only).
 	servedFailing bool
 	admin         *http.Server
+	// ended says which serve loop stopped first, and why (nil: none).
+	ended atomic.Pointer[string]
 	// health is the admin port's checks; they fail once Shutdown begins.
 	health     *health.Checker
 	l4         []*proxy.TCP
@@ -294,6 +296,9 @@ func (s *Sidecar) Start() error {
 	}
 
 	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
+	for _, t := range tcps {
+		s.l4 = append(s.l4, t.t)
+	}
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	s.wg.Add(1)
 	go func() {
@@ -303,8 +308,7 @@ func (s *Sidecar) Start() error {
 	s.goServe("frontend", func() error { return s.front.Serve(ln) })
 	s.goServe("admin", func() error { return s.admin.Serve(aln) })
 	for _, t := range tcps {
-		s.l4 = append(s.l4, t.t)
-		s.goServe("l4", func() error { return t.t.Serve(t.ln) })
+		s.goServe("l4 listener "+t.ln.Addr().String(), func() error { return t.t.Serve(t.ln) })
 	}
 	actx, acancel := context.WithCancel(s.ctx)
 	s.announceCancel = acancel
@@ -335,6 +339,8 @@ func (s *Sidecar) goServe(what string, serve func() error) {
 		defer s.wg.Done()
 		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && s.ctx.Err() == nil {
 			s.log.Error("sidecar: "+what+" stopped", "err", err)
+			ended := fmt.Sprintf("%s stopped: %v", what, err)
+			s.ended.CompareAndSwap(nil, &ended)
 		}
 	}()
 }

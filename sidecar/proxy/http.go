@@ -67,7 +67,7 @@ type HTTP struct {
 	// returns, and both ends of every stream (fasthttp does not know of
 	// them once hijacked).
 	mu      sync.Mutex
-	lns     []net.Listener
+	lns     []*acceptListener
 	streams map[net.Conn]struct{}
 	closed  bool
 	// pending holds, per client connection given to a hijack handler that
@@ -84,9 +84,23 @@ func (h *HTTP) Serve(ln net.Listener) error {
 		ln.Close()
 		return nil
 	}
-	h.lns = append(h.lns, ln)
+	al := keepAccepting(ln, h.Logger, "frontend")
+	h.lns = append(h.lns, al)
 	h.mu.Unlock()
-	return h.srv.Serve(ln)
+	return h.srv.Serve(al)
+}
+
+// AcceptErr returns the error of the accepts that fail now on a listener
+// Serve was given (too many open files, say), or nil.
+func (h *HTTP) AcceptErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ln := range h.lns {
+		if err := ln.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // setup fills the defaults and builds the server, once, whichever of Serve

@@ -26,10 +26,21 @@ type TCP struct {
 
 	// mu guards ln, conns and closed.
 	mu     sync.Mutex
-	ln     net.Listener
+	ln     *acceptListener
 	conns  map[net.Conn]struct{} // both ends of every connection
 	closed bool
 	wg     sync.WaitGroup
+}
+
+// AcceptErr returns the error of the accepts that fail now (too many open
+// files, say), or nil.
+func (t *TCP) AcceptErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ln == nil {
+		return nil
+	}
+	return t.ln.Err()
 }
 
 // Serve accepts on ln until Close.
@@ -46,11 +57,12 @@ func (t *TCP) Serve(ln net.Listener) error {
 		ln.Close()
 		return nil
 	}
-	t.ln = ln
+	al := keepAccepting(ln, t.Logger, "l4 listener")
+	t.ln = al
 	t.conns = make(map[net.Conn]struct{})
 	t.mu.Unlock()
 	for {
-		c, err := ln.Accept()
+		c, err := al.Accept()
 		if err != nil {
 			t.mu.Lock()
 			closed := t.closed

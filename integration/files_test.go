@@ -1,0 +1,92 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSidecarRoutesAgainAfterRunningOutOfFiles: a burst of connections
+// that takes the sidecar to its file limit makes accepting fail for a
+// while. fasthttp's serve loop, and the L4 one, ended at the first such
+// error: routing stopped for good while the listeners stayed open, and
+// /healthcheck kept passing. Now both accept again once files are free,
+// and the health check fails meanwhile.
+func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p := startPy(t, "one", freePort(t))
+	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	yaml := fmt.Sprintf(`atlas: %s
+host: itest
+advertise: 127.0.0.1
+upstreams: [{name: files, listen: "%s"}]
+services:
+  - name: files
+    port: %d
+    check: {http: /who, interval: 300ms, timeout: 500ms}
+`, a.url, l4, p.port)
+	const limit = 256
+	s := startSidecarIn(t, yaml, fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("ulimit -n %d", limit))
+	waitFor(t, "files routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+
+	// More idle connections than the process may have files, to both
+	// listeners; the kernel completes their handshakes.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, addr := range []string{s.listen, l4} {
+		for range limit {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+	}
+	health := func() (int, string) {
+		res, err := httpc.Get("http://" + s.admin + "/healthcheck")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	waitFor(t, "the health check saying the sidecar cannot accept", 20*time.Second, func() bool {
+		st, body := health()
+		return st == 503 && strings.Contains(body, "too many open files")
+	})
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	waitFor(t, "routing again through the frontend", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/who")
+		return st == 200 && strings.TrimSpace(body) == "one"
+	})
+	l4c := &http.Client{Timeout: 2 * time.Second}
+	waitFor(t, "routing again through the l4 listener", 20*time.Second, func() bool {
+		res, err := l4c.Get("http://" + l4 + "/who")
+		if err != nil {
+			return false
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode == 200 && strings.TrimSpace(string(b)) == "one"
+	})
+	waitFor(t, "the health check passing again", 20*time.Second, func() bool {
+		st, _ := health()
+		return st == 200
+	})
+	if log := s.log(); strings.Contains(log, `stopped","err"`) || !strings.Contains(log, "accepts connections again") {
+		t.Fatalf("the log does not say that accepting failed and recovered, or says a listener stopped:\n%s", log)
+	}
+}
