@@ -98,6 +98,9 @@ func (s *Sidecar) adminHandler() http.Handler {
 		if err := s.atlas.Ping(ctx); err != nil {
 			return "atlas unreachable: routing on the last known instances (" + sb.ErrorMessage(err) + ")", nil
 		}
+		if refused := s.token.refused.Load(); refused != nil {
+			return "", fmt.Errorf("atlas does not take this sidecar's token (deleted, or not valid): calls are refused and instances not announced until token_file holds one it takes (%s)", *refused)
+		}
 		return "atlas reachable", nil
 	})
 	for _, a := range s.announcers {

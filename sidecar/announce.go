@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -30,6 +31,8 @@ type announcer struct {
 	// warned: the last failure to register or heartbeat the instance
 	// that was logged.
 	warned failureLog
+	// token is told whether Atlas took the token (nil: not followed).
+	token *tokenState
 
 	// mu guards status, output, registered and checked.
 	mu         sync.Mutex
@@ -290,6 +293,7 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 	hctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	results, err := atlas.Heartbeats(hctx, batch)
+	as[0].token.note(err)
 	if err != nil {
 		if hbLog.failed(err) {
 			log.Warn("sidecar: heartbeats failed; will retry every interval, and log again only when the error changes", "instances", len(batch), "err", err)
@@ -325,6 +329,7 @@ func (a *announcer) register(ctx context.Context, status sb.Status, output strin
 	reg := a.reg
 	reg.Status, reg.Output = status, output
 	in, err := a.atlas.Register(ctx, a.id, reg)
+	a.token.note(err)
 	if err == nil && !in.Enabled && in.DisabledReason == a.drainReason {
 		// A sidecar stopped between its drain's disable and its
 		// deregistration (killed after SIGTERM, say) left this switch;
@@ -357,6 +362,26 @@ func (a *announcer) register(ctx context.Context, status sb.Status, output strin
 	a.mu.Lock()
 	a.registered = true
 	a.mu.Unlock()
+}
+
+// tokenState is whether Atlas took this sidecar's token at the last call
+// that told: a 401 says it did not (the token was deleted, or is not
+// valid), and an answer that needed it says it did.
+type tokenState struct {
+	refused atomic.Pointer[string] // Atlas's message; nil: taken
+}
+
+// note records what err says of the token; a failure for another cause
+// (Atlas down, say) tells nothing. A nil *tokenState notes nothing.
+func (t *tokenState) note(err error) {
+	switch {
+	case t == nil:
+	case err == nil:
+		t.refused.Store(nil)
+	case sb.ErrorCode(err) == sb.EUnauthenticated:
+		msg := sb.ErrorMessage(err)
+		t.refused.Store(&msg)
+	}
 }
 
 // failureLog keeps a call that is tried again and again (a registration,

@@ -119,6 +119,8 @@ type Sidecar struct {
 	admin         *http.Server
 	// ended says which serve loop stopped first, and why (nil: none).
 	ended atomic.Pointer[string]
+	// token: whether Atlas takes this sidecar's token.
+	token tokenState
 	// health is the admin port's checks; they fail once Shutdown begins.
 	health     *health.Checker
 	l4         []*proxy.TCP
@@ -205,6 +207,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		if err != nil {
 			return nil, err
 		}
+		a.token = &s.token
 		s.announcers = append(s.announcers, a)
 	}
 	return s, nil
@@ -500,41 +503,61 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 		defer s.unreachable.Delete(service)
 		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
 			warned.ok()
+			s.token.note(nil)
 			s.unreachable.Delete(service)
 			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
 				proxy.CloseEndpoint(e)
 			}
 			s.m.applied(service, ev.Service.Index)
 			s.pushHAProxy(service)
-			if s.state != nil {
-				s.state.dirty()
-			}
+			s.saveState()
 		}, func(err error, retryIn time.Duration) {
-			if sb.ErrorCode(err) == sb.EPermissionDenied {
+			s.token.note(err)
+			switch code := sb.ErrorCode(err); code {
+			case sb.EPermissionDenied, sb.EUnauthenticated:
 				// Least authority: Atlas lets this host's token watch only
 				// what its services may call. Calls get 403 naming both.
 				// Atlas answered: nothing is kept for it, and it is swept
-				// when unused, like any other name.
-				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: no policy allows it (%s)",
-					s.localServices(), service, s.cfg.Realm, sb.ErrorMessage(err)))
+				// when unused, like any other name. A 401 says the token
+				// was deleted (or is not valid): the host may call nothing
+				// until it has one Atlas takes. A running Atlas that lost
+				// its tokens does not start, so it is a revocation, not a
+				// fault to ride out on the last known instances.
+				why := "no policy allows it"
+				if code == sb.EUnauthenticated {
+					why = "Atlas does not take this sidecar's token (deleted, or not valid)"
+				}
+				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: %s (%s)",
+					s.localServices(), service, s.cfg.Realm, why, sb.ErrorMessage(err)))
 				s.unreachable.Delete(service)
 				s.pushHAProxy(service)
-			} else {
+				s.saveState()
+			default:
 				s.unreachable.Store(service, true)
 			}
 			s.m.watchErrors.WithLabelValues(service).Inc()
 			// A stream that fails keeps the last known instances: routing
 			// goes on (static stability). The same failure is logged once.
 			if warned.failed(err) {
-				if sb.ErrorCode(err) == sb.EPermissionDenied {
+				switch sb.ErrorCode(err) {
+				case sb.EPermissionDenied:
 					s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
-				} else {
+				case sb.EUnauthenticated:
+					s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until token_file holds one it takes", "service", service, "err", err, "retry_in", retryIn.String())
+				default:
 					s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
 				}
 			}
 		})
 	}()
 	return func() { cancel(errDropped) }
+}
+
+// saveState has the last known routes saved (state_dir), if kept.
+func (s *Sidecar) saveState() {
+	if s.state != nil {
+		s.state.dirty()
+	}
 }
 
 // MaxServices bounds the services a sidecar follows because calls asked

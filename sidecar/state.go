@@ -75,6 +75,11 @@ func routesOf(t *proxy.Table, now time.Time) savedState {
 		if p.Index() == 0 {
 			continue // never heard of: nothing to keep
 		}
+		if p.Denied() != nil {
+			// Calls to it are refused: a restart while Atlas is down
+			// must not route them on its instances again.
+			continue
+		}
 		si := &sb.ServiceInstances{Index: p.Index(), Service: p.Service, Realm: p.Realm, Instances: []*sb.Instance{}}
 		for _, e := range p.Endpoints() {
 			si.Instances = append(si.Instances, e.Instance())
