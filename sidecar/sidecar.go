@@ -121,6 +121,9 @@ type Sidecar struct {
 	ended atomic.Pointer[string]
 	// token: whether Atlas takes this sidecar's token.
 	token tokenState
+	// self: the addresses the sidecar listens on, set by Start before
+	// any instance is known.
+	self *selfAddrs
 	// health is the admin port's checks; they fail once Shutdown begins.
 	health     *health.Checker
 	l4         []*proxy.TCP
@@ -221,11 +224,6 @@ func (s *Sidecar) SetToken(token string) { s.atlas.Token = token }
 // announcing, watching and routing. It returns once everything listens.
 // When it fails it leaves nothing running, and s cannot be started again.
 func (s *Sidecar) Start() error {
-	if s.state != nil {
-		if err := s.state.restore(s.table); err != nil {
-			s.log.Warn("sidecar: last known routes not restored", "err", err)
-		}
-	}
 	var lns []net.Listener
 	// fail undoes what Start did so far: listeners, and the watches that
 	// the restore and the upstreams started.
@@ -259,8 +257,8 @@ func (s *Sidecar) Start() error {
 		ln net.Listener
 	}
 	var tcps []l4
+	tlns := map[string]net.Listener{}
 	for _, u := range s.cfg.Upstreams {
-		pool := s.table.Pin(u.Name) // watched from the start, and kept
 		if u.Listen == "" || s.cfg.Proxy == "haproxy" {
 			continue
 		}
@@ -269,10 +267,33 @@ func (s *Sidecar) Start() error {
 			return fail(fmt.Errorf("upstreams %s: listen: %w", u.Name, err))
 		}
 		lns = append(lns, tln)
-		tcps = append(tcps, l4{&proxy.TCP{Pool: pool, Logger: s.log, Observe: s.m.observeTCP}, tln})
+		tlns[u.Name] = tln
 		s.TCPAddrs[u.Name] = tln.Addr().String()
 	}
 	s.ListenAddr, s.AdminAddr = ln.Addr().String(), aln.Addr().String()
+	// What the sidecar (or its HAProxy) listens on is known before any
+	// instance is: none pointing back at it is ever routed to.
+	self := []string{s.ListenAddr, s.AdminAddr}
+	if s.cfg.Proxy == "haproxy" {
+		self = append(self, s.cfg.Listen)
+	}
+	for _, u := range s.cfg.Upstreams {
+		if u.Listen != "" {
+			self = append(self, u.Listen, s.TCPAddrs[u.Name])
+		}
+	}
+	s.self = newSelfAddrs(self...)
+	if s.state != nil {
+		if err := s.state.restore(s.table); err != nil {
+			s.log.Warn("sidecar: last known routes not restored", "err", err)
+		}
+	}
+	for _, u := range s.cfg.Upstreams {
+		pool := s.table.Pin(u.Name) // watched from the start, and kept
+		if tln := tlns[u.Name]; tln != nil {
+			tcps = append(tcps, l4{&proxy.TCP{Pool: pool, Logger: s.log, Observe: s.m.observeTCP}, tln})
+		}
+	}
 	if s.cfg.Proxy == "haproxy" {
 		tcp := map[string]string{}
 		for _, u := range s.cfg.Upstreams {
@@ -505,7 +526,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			warned.ok()
 			s.token.note(nil)
 			s.unreachable.Delete(service)
-			for _, e := range pool.Update(ev.Service.Instances, ev.Service.Index) {
+			for _, e := range pool.Update(s.self.leaveOut(ev.Service.Instances, s.log), ev.Service.Index) {
 				proxy.CloseEndpoint(e)
 			}
 			s.m.applied(service, ev.Service.Index)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -20,15 +21,7 @@ func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	p := startPy(t, "one", freePort(t))
 	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	yaml := fmt.Sprintf(`atlas: %s
-host: itest
-advertise: 127.0.0.1
-upstreams: [{name: files, listen: "%s"}]
-services:
-  - name: files
-    port: %d
-    check: {http: /who, interval: 300ms, timeout: 500ms}
-`, a.url, l4, p.port)
+	yaml := l4YAML(a.url, l4, p.port)
 	const limit = 256
 	s := startSidecarIn(t, yaml, fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		fmt.Sprintf("ulimit -n %d", limit))
@@ -89,4 +82,61 @@ services:
 	if log := s.log(); strings.Contains(log, `stopped","err"`) || !strings.Contains(log, "accepts connections again") {
 		t.Fatalf("the log does not say that accepting failed and recovered, or says a listener stopped:\n%s", log)
 	}
+}
+
+// TestSidecarLeavesOutInstancesAtItsOwnAddress: an instance registered at
+// the sidecar's own frontend or L4 listener would send each call routed to
+// it back into the sidecar: an HTTP call looped until a header grew too
+// large (about 1,500 connections each), an L4 connection until the
+// process ran out of files. Such instances are left out of rotation.
+func TestSidecarLeavesOutInstancesAtItsOwnAddress(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p := startPy(t, "one", freePort(t))
+	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startSidecar(t, l4YAML(a.url, l4, p.port))
+	for id, addr := range map[string]string{"files-loop-http": s.listen, "files-loop-l4": l4} {
+		host, port, _ := net.SplitHostPort(addr)
+		body := fmt.Sprintf(`{"service":"files","address":%q,"port":%s,"ttl":"1h"}`, host, port)
+		if st, b, err := call(context.Background(), "PUT", a.url+"/v1/instances/"+id, body); err != nil || st != 200 {
+			t.Fatalf("register %s: %d %s %v", id, st, b, err)
+		}
+	}
+	waitFor(t, "the real instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	for i := range 30 {
+		if st, body, err := s.get("files", "/who"); err != nil || st != 200 || strings.TrimSpace(body) != "one" {
+			t.Fatalf("call %d through the frontend: %d %q %v", i, st, body, err)
+		}
+	}
+	l4c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 30 {
+		res, err := l4c.Get("http://" + l4 + "/who")
+		if err != nil {
+			t.Fatalf("call %d through the l4 listener: %v", i, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || strings.TrimSpace(string(b)) != "one" {
+			t.Fatalf("call %d through the l4 listener: %d %q", i, res.StatusCode, b)
+		}
+	}
+	if got := s.routed("files"); len(got) != 1 {
+		t.Fatalf("routed %v; want the real instance alone", got)
+	}
+	if log := s.log(); strings.Count(log, "left out of rotation") != 2 {
+		t.Fatalf("the log does not say, once for each, that the two instances at the sidecar's addresses are left out:\n%s", log)
+	}
+}
+
+// l4YAML is a sidecar's yaml with one instance of files, on port, and an
+// L4 listener for files on l4.
+func l4YAML(atlasURL, l4 string, port int) string {
+	return fmt.Sprintf(`atlas: %s
+host: itest
+advertise: 127.0.0.1
+upstreams: [{name: files, listen: "%s"}]
+services:
+  - name: files
+    port: %d
+    check: {http: /who, interval: 300ms, timeout: 500ms}
+`, atlasURL, l4, port)
 }
