@@ -602,8 +602,44 @@ func malformed(h *fasthttp.RequestHeader) error {
 	if te := unsupportedTE(h.RawHeaders()); te != nil {
 		return sb.Errorf(sb.EInvalid, "Transfer-Encoding: only chunked is supported, got %q", te)
 	}
+	for name := range h.All() {
+		if !isToken(name) {
+			// fasthttp takes "X Foo: bar" and would send it on; a server
+			// that stops reading the header section there misses what
+			// follows, X-Forwarded-For among it. net/http's server
+			// refuses it too.
+			return sb.Errorf(sb.EInvalid, "header field name %q: not a token (RFC 9110, 5.1: letters, digits and !#$%%&'*+-.^_`|~)", name)
+		}
+	}
 	return nil
 }
+
+// isToken reports whether b is an RFC 9110 token, as a field name must be.
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if int(c) >= len(tchar) || !tchar[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// tchar holds the bytes a token may have.
+var tchar = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
 
 // badTargetByte returns the index of the first byte that may not appear
 // in a request target, or -1. %-escapes are checked in the path only (as

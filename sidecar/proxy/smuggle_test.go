@@ -33,6 +33,17 @@ func (s seen) String() string {
 	return fmt.Sprintf("%s %s host=%q body=%q", s.Method, s.URI, s.Host, s.Body)
 }
 
+// validNames reports whether every field name is a token, as net/http's
+// server requires (http.ReadRequest alone takes "X Foo").
+func validNames(h http.Header) bool {
+	for name := range h {
+		if !isToken([]byte(name)) {
+			return false
+		}
+	}
+	return true
+}
+
 // reference reads raw with net/http as a server would: request after
 // request until an error, EOF, or a request that closes the connection.
 func reference(raw []byte) []seen {
@@ -49,7 +60,7 @@ func reference(raw []byte) []seen {
 			br.ReadByte()
 		}
 		req, err := http.ReadRequest(br)
-		if err != nil {
+		if err != nil || !validNames(req.Header) {
 			return out
 		}
 		body, err := io.ReadAll(req.Body)
@@ -107,6 +118,12 @@ func (r *recorder) serve(c net.Conn) {
 				r.bad = append(r.bad, err.Error())
 				r.mu.Unlock()
 			}
+			return
+		}
+		if !validNames(req.Header) {
+			r.mu.Lock()
+			r.bad = append(r.bad, fmt.Sprintf("a field name that is not a token: %q", req.Header))
+			r.mu.Unlock()
 			return
 		}
 		body, err := io.ReadAll(req.Body)
@@ -218,6 +235,11 @@ var smugglingSeeds = []string{
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\nGET /not-read HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\n\r\nGET /in-body HTTP/1.1\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nX\x00: y\r\n\r\n",
+	// Field names that are not tokens: some servers stop reading the
+	// header section at one, and miss what the sidecar adds after it.
+	"GET / HTTP/1.1\r\nHost: a.localhost\r\nX Foo: bar\r\nX-After: 1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a.localhost\r\nX(Foo): bar\r\n\r\nGET /after HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a.localhost\r\nX\xe9: bar\r\n\r\n",
 	// Targets fasthttp reads but would send on changed: refused, and the
 	// connection closed.
 	"GET /a#frag HTTP/1.1\r\nHost: a.localhost\r\n\r\nGET /after HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
