@@ -194,7 +194,9 @@ services:
 
 // TestHAProxyFrontendHeaders: the HAProxy frontend the sidecar renders
 // routes on the service header whatever its case, strips it, and adds
-// X-Forwarded-For only when the caller sent none.
+// the caller's address to X-Forwarded-For, as the built-in proxy does (it
+// added one only when the caller sent none: a caller could name any
+// address).
 func TestHAProxyFrontendHeaders(t *testing.T) {
 	type seen struct{ xff, svc string }
 	got := make(chan seen, 16)
@@ -227,7 +229,7 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 		header, xff, want string
 	}{
 		{"FILES", "", "127.0.0.1"},
-		{"files", "10.9.8.7", "10.9.8.7"},
+		{"files", "10.9.8.7", "10.9.8.7, 127.0.0.1"},
 	} {
 		req, _ := http.NewRequest("GET", "http://"+s.listen+"/", nil)
 		req.Header.Set("Switchboard-Service", tc.header)

@@ -88,9 +88,11 @@ defaults
 
 frontend http-in
     bind {{.Listen}}
-    # X-Forwarded-For when the caller sent none, and the service header
-    # matched ignoring case, without converters: the cheapest forms.
-    option forwardfor if-none
+    # X-Forwarded-For gets the caller's address, as in the built-in
+    # proxy (with if-none a caller could name any address, and HAProxy
+    # sent it on alone); the service header is matched ignoring case,
+    # without converters: the cheapest form.
+    option forwardfor
     acl has_service req.hdr(switchboard-service) -m found
     # Two names ("a, b", or the header twice) go to the built-in proxy,
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
