@@ -34,7 +34,14 @@ type Config struct {
 	// (DataDir/admin.token, mode 0600). Empty means no bootstrap token.
 	DataDir string
 	// Insecure turns authentication off: every call may do everything.
+	// A browser's request from a page Atlas did not serve is then refused
+	// (refuseBrowsers).
 	Insecure bool
+	// LoopbackHosts, for an Atlas without auth that listens on loopback
+	// (switchboard dev), answers only requests whose Host is an IP
+	// address or a localhost name: a page whose name an attacker points
+	// at 127.0.0.1 (DNS rebinding) is refused.
+	LoopbackHosts bool
 	// PortMin and PortMax bound the ports POST /v1/services/{name}/port
 	// gives out. Zero means 5000-5999.
 	PortMin, PortMax int

@@ -294,6 +294,10 @@ func (s *Server) wrap(route string, public bool, h apiFunc) http.Handler {
 		if r.Method == http.MethodGet {
 			s.markStale(w)
 		}
+		if err := s.refuseBrowsers(r); err != nil {
+			s.writeError(rec, r, err)
+			return
+		}
 		if !public {
 			p, err := s.authenticate(r)
 			if err != nil {

@@ -252,7 +252,8 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 		ln.Close()
 		return nil, err
 	}
-	srv, err := atlas.New(atlas.Config{Store: store, DataDir: o.dataDir, Insecure: o.insecure, PortMin: lo, PortMax: hi, Logger: log})
+	srv, err := atlas.New(atlas.Config{Store: store, DataDir: o.dataDir, Insecure: o.insecure,
+		LoopbackHosts: o.insecure && isLoopback(ln.Addr().String()), PortMin: lo, PortMax: hi, Logger: log})
 	if err != nil {
 		ln.Close()
 		store.Close()
