@@ -234,6 +234,25 @@ func ValidateAddress(a string) error {
 	return nil
 }
 
+// LocalHost reports whether host (a Host header's value, with or without
+// a port) is an IP address, localhost, or a name under .localhost (RFC
+// 6761: never sent to DNS, so no one else can point it anywhere): a
+// browser's request under any other name may come from a page whose name
+// an attacker points at 127.0.0.1 (DNS rebinding).
+func LocalHost(host string) bool {
+	if ap, err := netip.ParseAddrPort(host); err == nil && ap.Addr().IsValid() {
+		return true
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[:i], ":") {
+		host = host[:i] // name:port
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return true
+	}
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
+}
+
 // ValidateTags checks the tag limits.
 func ValidateTags(tags []string) error {
 	if len(tags) > MaxTags {

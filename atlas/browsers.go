@@ -1,7 +1,6 @@
 package atlas
 
 import (
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -33,22 +32,8 @@ func (s *Server) refuseBrowsers(r *http.Request) error {
 			return sb.Errorf(sb.EPermissionDenied, "a request from a page of origin %q, not this Atlas's (%s): %s", o, r.Host, why)
 		}
 	}
-	if s.cfg.LoopbackHosts && !loopbackHost(r.Host) {
+	if s.cfg.LoopbackHosts && !sb.LocalHost(r.Host) {
 		return sb.Errorf(sb.EPermissionDenied, "Host %q: Atlas runs without auth on loopback, so it answers only an IP address or a localhost name (a page whose name points at 127.0.0.1 could otherwise use it)", r.Host)
 	}
 	return nil
-}
-
-// loopbackHost reports whether host (with or without a port) is an IP
-// address, localhost, or a name under .localhost (RFC 6761: never sent to
-// DNS, so no one else can point it anywhere).
-func loopbackHost(host string) bool {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if net.ParseIP(strings.Trim(host, "[]")) != nil {
-		return true
-	}
-	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }

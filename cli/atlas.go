@@ -342,6 +342,7 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			if err != nil {
 				return err
 			}
+			sc.LocalBrowsersOnly()
 			if err := sc.Start(); err != nil {
 				// The sidecar names its own fields (listen, admin); here
 				// they are dev's --sidecar-* flags.

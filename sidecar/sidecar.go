@@ -121,6 +121,8 @@ type Sidecar struct {
 	ended atomic.Pointer[string]
 	// token: whether Atlas takes this sidecar's token.
 	token tokenState
+	// localBrowsers: LocalBrowsersOnly was called.
+	localBrowsers bool
 	// self: the addresses the sidecar listens on, set by Start before
 	// any instance is known.
 	self *selfAddrs
@@ -215,6 +217,11 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	}
 	return s, nil
 }
+
+// LocalBrowsersOnly makes the frontend refuse browsers' requests from
+// pages not of this machine (proxy.HTTP.LocalBrowsersOnly), as switchboard
+// dev's sidecar does. Call it before Start.
+func (s *Sidecar) LocalBrowsersOnly() { s.localBrowsers = true }
 
 // SetToken sets the bearer token used with Atlas (instead of token_file).
 // Call it before Start.
@@ -319,7 +326,7 @@ func (s *Sidecar) Start() error {
 		wg.Wait()
 	}
 
-	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP}
+	s.front = &proxy.HTTP{Table: s.table, Logger: s.log, Observe: s.m.observeHTTP, LocalBrowsersOnly: s.localBrowsers}
 	for _, t := range tcps {
 		s.l4 = append(s.l4, t.t)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +60,13 @@ type HTTP struct {
 	Observe func(service string, code int, d time.Duration, retries int)
 	// Logger receives the few things worth logging; nil discards.
 	Logger *slog.Logger
+	// LocalBrowsersOnly refuses a browser's request (one with Origin or
+	// Sec-Fetch-Site) from another site, or whose Origin or Host is not
+	// an IP address or a localhost name: for a frontend on a laptop
+	// (switchboard dev), where a page of any site, or one whose name an
+	// attacker points at 127.0.0.1, could otherwise call every service.
+	// Off elsewhere: a gateway service often sends its callers' Origin on.
+	LocalBrowsersOnly bool
 
 	once sync.Once
 	srv  *fasthttp.Server
@@ -333,6 +341,12 @@ func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 	host := ctx.Request.Header.Host()
 	if !originForm(ctx.Request.Header.RequestURI()) {
 		host = ctx.Host()
+	}
+	if h.LocalBrowsersOnly {
+		if err := foreignPage(&ctx.Request.Header, host); err != nil {
+			h.observe("", writeError(ctx, err), start, 0)
+			return
+		}
 	}
 	named := ctx.Request.Header.Peek(ServiceHeader)
 	var err error
@@ -610,6 +624,28 @@ func malformed(h *fasthttp.RequestHeader) error {
 			// refuses it too.
 			return sb.Errorf(sb.EInvalid, "header field name %q: not a token (RFC 9110, 5.1: letters, digits and !#$%%&'*+-.^_`|~)", name)
 		}
+	}
+	return nil
+}
+
+// foreignPage returns why a browser's request comes from a page that may
+// not call through the frontend (LocalBrowsersOnly), or nil.
+func foreignPage(h *fasthttp.RequestHeader, host []byte) error {
+	site, origin := h.Peek("Sec-Fetch-Site"), h.Peek("Origin")
+	if len(site) == 0 && len(origin) == 0 {
+		return nil // not a browser's
+	}
+	const why = "switchboard dev's sidecar answers a browser only on pages of this machine (an IP address or a localhost name)"
+	if string(site) == "cross-site" {
+		return sb.Errorf(sb.EPermissionDenied, "a request from another site's page (Sec-Fetch-Site: cross-site): %s", why)
+	}
+	if len(origin) > 0 {
+		if u, err := url.Parse(string(origin)); err != nil || !sb.LocalHost(u.Host) {
+			return sb.Errorf(sb.EPermissionDenied, "a request from a page of origin %q: %s", origin, why)
+		}
+	}
+	if !sb.LocalHost(string(host)) {
+		return sb.Errorf(sb.EPermissionDenied, "a browser's request for Host %q: %s", host, why)
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ type frontend struct {
 	table *Table
 }
 
-func newFrontend(t testing.TB) *frontend {
+func newFrontend(t testing.TB, options ...func(*HTTP)) *frontend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,6 +36,9 @@ func newFrontend(t testing.TB) *frontend {
 	}
 	f := &frontend{t: t, table: &Table{Realm: "dev"}}
 	f.h = &HTTP{Table: f.table, FirstWatch: 50 * time.Millisecond}
+	for _, o := range options {
+		o(f.h)
+	}
 	go f.h.Serve(ln)
 	f.url = "http://" + ln.Addr().String()
 	t.Cleanup(func() { f.h.Shutdown() })
@@ -1051,5 +1054,49 @@ func TestTakenOverAnswerOfAClientGoneIsReleased(t *testing.T) {
 				t.Fatal("the sidecar kept its connection to the instance open after the client went away")
 			}
 		})
+	}
+}
+
+// TestLocalBrowsersOnly: switchboard dev's frontend answers a browser only
+// on pages of the machine; a page of another site, or one whose name an
+// attacker points at 127.0.0.1 (DNS rebinding), could otherwise call every
+// service. Clients that are not browsers, whatever their Host, are routed.
+func TestLocalBrowsersOnly(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer backend.Close()
+	for _, local := range []bool{true, false} {
+		f := newFrontend(t, func(h *HTTP) { h.LocalBrowsersOnly = local })
+		f.set("api", backend.URL)
+		for _, c := range []struct {
+			name, host string
+			header     map[string]string
+			refused    bool
+		}{
+			{"a service", "api.localhost", nil, false},
+			{"a service naming another Host", "api.internal.example", map[string]string{"Switchboard-Service": "api"}, false},
+			{"a page of this machine", "api.localhost:4000", map[string]string{"Origin": "http://web.localhost:4000", "Sec-Fetch-Site": "same-site"}, false},
+			{"a page of another site", "api.localhost", map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, true},
+			{"an older browser's page of another site", "api.localhost", map[string]string{"Origin": "https://evil.example"}, true},
+			{"DNS rebinding", "rebind.attacker.example:4000", map[string]string{"Switchboard-Service": "api", "Sec-Fetch-Site": "same-origin"}, true},
+		} {
+			req, _ := http.NewRequest("POST", f.url+"/charge", strings.NewReader("amount=1000"))
+			req.Host = c.host
+			for k, v := range c.header {
+				req.Header.Set(k, v)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			want := 200
+			if c.refused && local {
+				want = 403
+			}
+			if res.StatusCode != want {
+				t.Errorf("LocalBrowsersOnly %v, %s: %d %s; want %d", local, c.name, res.StatusCode, body, want)
+			}
+		}
 	}
 }
