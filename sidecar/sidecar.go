@@ -123,6 +123,8 @@ type Sidecar struct {
 	token tokenState
 	// localBrowsers: LocalBrowsersOnly was called.
 	localBrowsers bool
+	// deniedLog spaces out the lines on services a policy does not allow.
+	deniedLog sampledLog
 	// self: the addresses the sidecar listens on, set by Start before
 	// any instance is known.
 	self *selfAddrs
@@ -569,7 +571,11 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 			if warned.failed(err) {
 				switch sb.ErrorCode(err) {
 				case sb.EPermissionDenied:
-					s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String())
+					// Any process on the host may name services: one line
+					// per name would let it fill the log.
+					if ok, skipped := s.deniedLog.allow(time.Now()); ok {
+						s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String(), "other_services_not_logged", skipped)
+					}
 				case sb.EUnauthenticated:
 					s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until token_file holds one it takes", "service", service, "err", err, "retry_in", retryIn.String())
 				default:
