@@ -117,8 +117,10 @@ func TestAuth(t *testing.T) {
 		{"service may not take over another's id", svc, "PUT", "/v1/instances/billing-1", reg("identity", 5002, `,"realm":"production"`), 403},
 		{"service may not take over an id in another realm", svc, "PUT", "/v1/instances/dev-identity-1", reg("identity", 5003, `,"realm":"production"`), 403},
 		{"service may not use another realm", svc, "PUT", "/v1/instances/identity-2", reg("identity", 5001, `,"realm":"dev"`), 403},
-		{"service may not heartbeat another", svc, "PUT", "/v1/instances/billing-1/status", `{"status":"critical"}`, 403},
-		{"service may not deregister another", svc, "DELETE", "/v1/instances/billing-1", "", 403},
+		// An instance of another service is one that is not there: a
+		// 403 named its service and realm.
+		{"service may not heartbeat another", svc, "PUT", "/v1/instances/billing-1/status", `{"status":"critical"}`, 404},
+		{"service may not deregister another", svc, "DELETE", "/v1/instances/billing-1", "", 404},
 		{"service reads its own", svc, "GET", "/v1/services/identity?realm=production", "", 200},
 		{"service reads what it may call", svc, "GET", "/v1/services/billing?realm=production", "", 200},
 		{"service may not read others", svc, "GET", "/v1/services/redis?realm=production", "", 403},
@@ -131,7 +133,7 @@ func TestAuth(t *testing.T) {
 		{"service learns nothing of an unknown id", svc, "GET", "/v1/instances/nope-1", "", 404},
 		{"service may not read others' config", svc, "GET", "/v1/config?service=billing&realm=production", "", 403},
 		{"service may not read raw layers", svc, "GET", "/v1/config/layer?service=identity&realm=production", "", 403},
-		{"service may not flip others", svc, "PUT", "/v1/instances/billing-1/enabled", `{"enabled":false}`, 403},
+		{"service may not flip others", svc, "PUT", "/v1/instances/billing-1/enabled", `{"enabled":false}`, 404},
 		{"service may not create tokens", svc, "POST", "/v1/tokens", `{"name":"x","role":"admin"}`, 403},
 		{"service may not assign ports", svc, "POST", "/v1/services/identity/port", "", 403},
 		{"admin deregisters", a.token, "DELETE", "/v1/instances/identity-1", "", 200},
@@ -151,6 +153,10 @@ func TestAuth(t *testing.T) {
 				var e struct{ Error sb.Error }
 				if json.Unmarshal(r.body, &e) != nil || e.Error.Message == "" {
 					t.Fatalf("error body = %s", r.body)
+				}
+				// A service token learns nothing of other services' ids.
+				if tt.token == svc && strings.Contains(tt.path, "billing-1") && strings.Contains(e.Error.Message, "service billing") {
+					t.Fatalf("%s %s told a service token whose id billing-1 is: %s", tt.method, tt.path, r.body)
 				}
 			}
 		})

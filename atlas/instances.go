@@ -64,6 +64,12 @@ func (s *Server) leaseOf(id string) *leaseInfo {
 	return nil
 }
 
+// idTaken refuses to register id for a service when it belongs to
+// another one the caller may not act for.
+func idTaken(id string) error {
+	return sb.Errorf(sb.EPermissionDenied, "instance %s: the id belongs to another service (or realm), which this token may not act for; register under another id", id)
+}
+
 // register puts an instance and starts its lease. Registering an id again
 // keeps its registered_at (and status_changed_at when the status is the
 // same) and its operator switch. An id registered for another service or
@@ -74,10 +80,12 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 		now := s.cfg.Now().UTC() // a retry may have waited
 		s.st.mu.RLock()
 		old := s.st.instances[id]
+		// Refusing a takeover must say the id is taken, but not whose
+		// it is (a service token would learn other services' ids).
 		if old != nil && (old.service() != reg.Service || old.realm() != reg.Realm) {
 			if err := may(old.realm(), old.service()); err != nil {
 				s.st.mu.RUnlock()
-				return nil, err
+				return nil, idTaken(id)
 			}
 		}
 		// An id gone with its operator switch still set is its service's
@@ -87,7 +95,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 		if sw, ok := s.st.switches[id]; old == nil && ok && sw.Service != "" && (sw.Service != reg.Service || sw.Realm != reg.Realm) {
 			if err := may(sw.Realm, sw.Service); err != nil {
 				s.st.mu.RUnlock()
-				return nil, err
+				return nil, idTaken(id)
 			}
 		}
 		// A damaged entry under the id (not a valid record; see
