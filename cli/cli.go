@@ -140,7 +140,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return &UsageError{err.Error()} })
 	pf := root.PersistentFlags()
 	pf.StringSliceVar(&g.atlas, "atlas", []string{client.DefaultAtlasURL}, "Atlas URLs, tried in turn ($SWITCHBOARD_ATLAS)")
-	pf.StringVar(&g.token, "token", "", "bearer token ($SWITCHBOARD_TOKEN)")
+	pf.StringVar(&g.token, "token", "", "bearer token (prefer $SWITCHBOARD_TOKEN: other users of the machine see a flag in ps)")
 	pf.StringVar(&g.realm, "realm", envOr("SWITCHBOARD_REALM", sb.DefaultRealm), "realm ($SWITCHBOARD_REALM)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output of read commands: table or json")
 
