@@ -68,6 +68,10 @@ type Store struct {
 	// went silent until a watch is heard from again (checkWatch).
 	live   *watchLife
 	silent bool
+	// progressed: etcd has answered a request for progress on this store
+	// (etcd's gRPC proxy never does); until then no watch is taken for
+	// silent.
+	progressed bool
 
 	// deaf, set by tests, makes watches drop what etcd sends, as a stream
 	// cut off without a word does.
@@ -569,6 +573,9 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 			}
 			if len(changes) == 0 && resp.IsProgressNotify() {
 				changes = append(changes, atlas.Change{Index: uint64(resp.Header.Revision)})
+				s.mu.Lock()
+				s.progressed = true
+				s.mu.Unlock()
 			}
 			for _, c := range changes {
 				select {

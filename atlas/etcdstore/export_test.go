@@ -3,3 +3,11 @@ package etcdstore
 // Deafen makes the store's watches drop what etcd sends (on), as a stream
 // cut off without a word does, or take it again (off).
 func (s *Store) Deafen(on bool) { s.deaf.Store(on) }
+
+// Progressed reports whether etcd has answered a request for progress on
+// this store (a silent watch is then ended).
+func (s *Store) Progressed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.progressed
+}

@@ -332,13 +332,7 @@ func authDo(t *testing.T, method, url, token, body string) (int, string) {
 
 func eventually(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollFor(t, 10*time.Second, what, ok)
 }
 
 // TestDrainCountsTheStreamsOfEveryReplica: each replica knows only the

@@ -19,6 +19,10 @@ import (
 // member that answers) and Ping fails until a watch is heard from again:
 // Atlas marks its reads stale and sends its watchers to another replica.
 // A watch that is busy handing changes to a slow Atlas is not silent.
+// etcd's gRPC proxy drops requests for progress: until one has been
+// answered on this store, no watch is taken for silent (behind the proxy,
+// one would be ended after every write), and a cut stream is left to
+// gRPC's keep-alive, as before.
 const (
 	askAfter    = time.Second
 	silentAfter = 3 * time.Second
@@ -56,13 +60,14 @@ func (s *Store) checkWatch(ctx context.Context, rev int64) error {
 	if w != nil {
 		quiet = time.Since(w.heard)
 	}
-	if w != nil && quiet >= silentAfter {
+	cut := w != nil && quiet >= silentAfter && s.progressed
+	if cut {
 		s.silent, silent = true, true
 		s.live = nil
 		w.cancel()
 	}
 	s.mu.Unlock()
-	if w != nil && quiet >= silentAfter {
+	if cut {
 		s.cfg.Logger.Warn("etcdstore: the watch heard nothing from etcd although asked for progress; opening another", "quiet", quiet.Round(time.Millisecond))
 	}
 	if silent {

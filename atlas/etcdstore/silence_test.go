@@ -42,11 +42,25 @@ func TestASilentWatchIsEndedAndPingFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-ch
+	// Until etcd has answered a request for progress, no watch is taken
+	// for silent: etcd's gRPC proxy answers none, and a watch behind it
+	// would be ended after every write.
+	s.Deafen(true)
+	for range 5 {
+		if err := s.Ping(ctx); err != nil {
+			t.Fatalf("ping before etcd answered a request for progress: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	s.Deafen(false)
 	for range 5 {
 		if err := s.Ping(ctx); err != nil {
 			t.Fatalf("ping with a quiet watch: %v", err)
 		}
 		time.Sleep(time.Second)
+	}
+	if !s.Progressed() {
+		t.Fatal("etcd answered no request for progress in 5 s of a quiet watch")
 	}
 	s.Deafen(true)
 	written, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v")}})
@@ -92,6 +106,13 @@ func TestAReplicaWithASilentWatchSendsWatchersElsewhere(t *testing.T) {
 	a := startReplica(t, cluster.Endpoints())
 	b := startReplica(t, cluster.Endpoints())
 	ended := readStream(t, a.http.URL+"/v1/watch?service=x")
+	// A store takes a watch for silent once etcd has answered a request
+	// for progress on it (etcd's gRPC proxy never does): after a write,
+	// Atlas's ping asks for one within 2 s.
+	if st, body, _ := do(t, "PUT", b.http.URL+"/v1/instances/y-1", reg("y", 5001, "1h")); st != 200 {
+		t.Fatalf("register through B: %d %s", st, body)
+	}
+	pollFor(t, 30*time.Second, "etcd answering A's request for progress", a.store.Progressed)
 	a.store.Deafen(true)
 	if st, body, _ := do(t, "PUT", b.http.URL+"/v1/instances/x-1", reg("x", 5000, "1h")); st != 200 {
 		t.Fatalf("register through B: %d %s", st, body)
@@ -114,7 +135,7 @@ func TestAReplicaWithASilentWatchSendsWatchersElsewhere(t *testing.T) {
 	})
 }
 
-// pollFor calls ok until it holds, within limit.
+// pollFor calls ok until it holds, within limit (eventually: 10 s).
 func pollFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
