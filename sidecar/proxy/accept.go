@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,14 +22,30 @@ type acceptListener struct {
 	net.Listener
 	log  *slog.Logger
 	what string
-	// failing is the error of the accepts that fail now, nil once one
-	// works.
-	failing atomic.Pointer[error]
+	// failing is the last failed accept of a run of them, nil once one
+	// works. An accept that failed for want of a file may be followed by
+	// no connection for hours (Linux reserves the file before it looks
+	// for a connection), so Err reports it only while it is recent.
+	failing atomic.Pointer[acceptFailure]
+	closed  chan struct{} // closed by Close: a wait ends
+	once    sync.Once
+}
+
+// acceptFailure is a failed accept and when it failed.
+type acceptFailure struct {
+	err error
+	at  time.Time
 }
 
 // keepAccepting wraps ln (what names it in the log).
 func keepAccepting(ln net.Listener, log *slog.Logger, what string) *acceptListener {
-	return &acceptListener{Listener: ln, log: log, what: what}
+	return &acceptListener{Listener: ln, log: log, what: what, closed: make(chan struct{})}
+}
+
+// Close closes the listener, and ends a wait between accepts.
+func (l *acceptListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 // passes reports whether err is one Accept may succeed after.
@@ -57,18 +74,25 @@ func (l *acceptListener) Accept() (net.Conn, error) {
 		if !passes(err) {
 			return nil, err
 		}
-		if l.failing.Swap(&err) == nil {
+		if l.failing.Swap(&acceptFailure{err, time.Now()}) == nil {
 			l.log.Error("sidecar: "+l.what+" cannot accept connections; trying again until it can (not logged again until then)", "addr", l.Addr().String(), "err", err)
 		}
 		delay = min(max(2*delay, acceptDelays[0]), acceptDelays[1])
-		time.Sleep(delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-l.closed:
+			t.Stop()
+			return nil, net.ErrClosed
+		}
 	}
 }
 
-// Err returns the error of the accepts that fail now, or nil.
+// Err returns the error of the accepts that fail now, or nil: that of one
+// that failed within twice the longest wait between two tries.
 func (l *acceptListener) Err() error {
-	if p := l.failing.Load(); p != nil {
-		return *p
+	if f := l.failing.Load(); f != nil && time.Since(f.at) < 2*acceptDelays[1] {
+		return f.err
 	}
 	return nil
 }
