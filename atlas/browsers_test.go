@@ -10,10 +10,11 @@ import (
 )
 
 // TestInsecureAtlasRefusesOtherSitesPages: without auth, any page a
-// browser opens could call Atlas. A request from another site's page
-// (a form posted across sites took a port), or, on loopback, one under a
-// name that is not localhost's (DNS rebinding read and wrote everything),
-// is refused; Atlas's own dashboard, the CLI and sidecars are not.
+// browser opens could call Atlas. A write from another origin's page (a
+// form posted across sites took a port), or, on loopback, a request under
+// a name that is not localhost's (DNS rebinding read and wrote
+// everything), is refused; Atlas's own dashboard, the CLI and sidecars are
+// not.
 func TestInsecureAtlasRefusesOtherSitesPages(t *testing.T) {
 	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) { c.LoopbackHosts = true })
 	own := strings.TrimPrefix(a.http.URL, "http://")
@@ -31,7 +32,10 @@ func TestInsecureAtlasRefusesOtherSitesPages(t *testing.T) {
 		{"a form from another site", "POST", "/v1/services/evil/port", "", map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403},
 		{"an older browser's cross-origin post", "POST", "/v1/services/evil/port", "", map[string]string{"Origin": "https://evil.example"}, 403},
 		{"a sandboxed page", "POST", "/v1/tokens", "", map[string]string{"Origin": "null"}, 403},
-		{"a same-site page", "GET", "/v1/config?service=billing", "", map[string]string{"Sec-Fetch-Site": "same-site"}, 403},
+		{"a same-site page's write", "PUT", "/v1/config/layer?realm=dev", "", map[string]string{"Origin": "http://localhost:3000", "Sec-Fetch-Site": "same-site"}, 403},
+		// A read across origins is not a page's to see without CORS,
+		// which Atlas does not grant; a link to the API may be followed.
+		{"a link from another site", "GET", "/v1/services", "", map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, 200},
 		{"DNS rebinding", "GET", "/v1/config?service=billing", "rebind.attacker.example:4100", map[string]string{"Sec-Fetch-Site": "same-origin"}, 403},
 		{"DNS rebinding without browser headers", "POST", "/v1/tokens", "rebind.attacker.example", nil, 403},
 	} {

@@ -629,25 +629,35 @@ func malformed(h *fasthttp.RequestHeader) error {
 }
 
 // foreignPage returns why a browser's request comes from a page that may
-// not call through the frontend (LocalBrowsersOnly), or nil.
+// not call through the frontend (LocalBrowsersOnly), or nil. A page of the
+// machine (its Origin an IP address or a localhost name) may call; one of
+// another site may follow a link or read what CORS lets it (safe methods
+// only), not write. Sec-Fetch-Site alone cannot tell: localhost is not a
+// public suffix, so to a browser web.localhost and api.localhost are
+// different sites. Every request must name the frontend by an IP address
+// or a localhost name: under any other name the page may be an attacker's
+// that points its name at 127.0.0.1 (DNS rebinding).
 func foreignPage(h *fasthttp.RequestHeader, host []byte) error {
 	site, origin := h.Peek("Sec-Fetch-Site"), h.Peek("Origin")
 	if len(site) == 0 && len(origin) == 0 {
 		return nil // not a browser's
 	}
-	const why = "switchboard dev's sidecar answers a browser only on pages of this machine (an IP address or a localhost name)"
-	if string(site) == "cross-site" {
-		return sb.Errorf(sb.EPermissionDenied, "a request from another site's page (Sec-Fetch-Site: cross-site): %s", why)
-	}
-	if len(origin) > 0 {
-		if u, err := url.Parse(string(origin)); err != nil || !sb.LocalHost(u.Host) {
-			return sb.Errorf(sb.EPermissionDenied, "a request from a page of origin %q: %s", origin, why)
-		}
-	}
+	const why = "switchboard dev's sidecar takes a browser's calls from pages of this machine (an IP address or a localhost name)"
 	if !sb.LocalHost(string(host)) {
 		return sb.Errorf(sb.EPermissionDenied, "a browser's request for Host %q: %s", host, why)
 	}
-	return nil
+	if len(origin) > 0 {
+		if u, err := url.Parse(string(origin)); err == nil && sb.LocalHost(u.Host) {
+			return nil
+		}
+	} else if string(site) != "cross-site" {
+		return nil
+	}
+	switch string(h.Method()) {
+	case "GET", "HEAD", "OPTIONS":
+		return nil // a link followed; what it reads, CORS decides
+	}
+	return sb.Errorf(sb.EPermissionDenied, "a %s from a page of another site (Origin %q): %s", h.Method(), origin, why)
 }
 
 // isToken reports whether b is an RFC 9110 token, as a field name must be.

@@ -1057,10 +1057,13 @@ func TestTakenOverAnswerOfAClientGoneIsReleased(t *testing.T) {
 	}
 }
 
-// TestLocalBrowsersOnly: switchboard dev's frontend answers a browser only
-// on pages of the machine; a page of another site, or one whose name an
-// attacker points at 127.0.0.1 (DNS rebinding), could otherwise call every
-// service. Clients that are not browsers, whatever their Host, are routed.
+// TestLocalBrowsersOnly: switchboard dev's frontend takes a browser's
+// calls from pages of the machine; a page of another site may follow a
+// link, not write, and one whose name an attacker points at 127.0.0.1 (DNS
+// rebinding) gets nothing. Clients that are not browsers, whatever their
+// Host, are routed. The headers are those Chromium sends: between
+// web.localhost and api.localhost it says cross-site (localhost is not a
+// public suffix).
 func TestLocalBrowsersOnly(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer backend.Close()
@@ -1068,18 +1071,20 @@ func TestLocalBrowsersOnly(t *testing.T) {
 		f := newFrontend(t, func(h *HTTP) { h.LocalBrowsersOnly = local })
 		f.set("api", backend.URL)
 		for _, c := range []struct {
-			name, host string
-			header     map[string]string
-			refused    bool
+			name, method, host string
+			header             map[string]string
+			refused            bool
 		}{
-			{"a service", "api.localhost", nil, false},
-			{"a service naming another Host", "api.internal.example", map[string]string{"Switchboard-Service": "api"}, false},
-			{"a page of this machine", "api.localhost:4000", map[string]string{"Origin": "http://web.localhost:4000", "Sec-Fetch-Site": "same-site"}, false},
-			{"a page of another site", "api.localhost", map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, true},
-			{"an older browser's page of another site", "api.localhost", map[string]string{"Origin": "https://evil.example"}, true},
-			{"DNS rebinding", "rebind.attacker.example:4000", map[string]string{"Switchboard-Service": "api", "Sec-Fetch-Site": "same-origin"}, true},
+			{"a service", "POST", "api.localhost", nil, false},
+			{"a service naming another Host", "POST", "api.internal.example", map[string]string{"Switchboard-Service": "api"}, false},
+			{"a page of web.localhost", "POST", "api.localhost:4000", map[string]string{"Origin": "http://web.localhost:4000", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, false},
+			{"a page of localhost:3000", "POST", "api.localhost:4000", map[string]string{"Origin": "http://localhost:3000", "Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"}, false},
+			{"a link from another site", "GET", "api.localhost:4000", map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, false},
+			{"a form of another site", "POST", "api.localhost", map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, true},
+			{"an older browser's form of another site", "POST", "api.localhost", map[string]string{"Origin": "https://evil.example"}, true},
+			{"DNS rebinding", "GET", "rebind.attacker.example:4000", map[string]string{"Switchboard-Service": "api", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}, true},
 		} {
-			req, _ := http.NewRequest("POST", f.url+"/charge", strings.NewReader("amount=1000"))
+			req, _ := http.NewRequest(c.method, f.url+"/charge", strings.NewReader("amount=1000"))
 			req.Host = c.host
 			for k, v := range c.header {
 				req.Header.Set(k, v)
