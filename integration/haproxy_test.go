@@ -194,9 +194,10 @@ services:
 
 // TestHAProxyFrontendHeaders: the HAProxy frontend the sidecar renders
 // routes on the service header whatever its case, strips it, and adds
-// the caller's address to X-Forwarded-For, as the built-in proxy does (it
-// added one only when the caller sent none: a caller could name any
-// address).
+// the caller's address last to X-Forwarded-For, on one line, as the
+// built-in proxy does (it added one only when the caller sent none, so a
+// caller could name any address; option forwardfor adds a second line,
+// which a backend reading the first alone never sees).
 func TestHAProxyFrontendHeaders(t *testing.T) {
 	type seen struct{ xff, svc string }
 	got := make(chan seen, 16)
@@ -206,7 +207,7 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
-		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), ", "), r.Header.Get("Switchboard-Service")}:
+		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), "\n"), r.Header.Get("Switchboard-Service")}:
 		default:
 		}
 		io.WriteString(w, "ok")

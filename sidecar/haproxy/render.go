@@ -88,11 +88,14 @@ defaults
 
 frontend http-in
     bind {{.Listen}}
-    # X-Forwarded-For gets the caller's address, as in the built-in
-    # proxy (with if-none a caller could name any address, and HAProxy
-    # sent it on alone); the service header is matched ignoring case,
-    # without converters: the cheapest form.
-    option forwardfor
+    # X-Forwarded-For gets the caller's address last, on one line, as in
+    # the built-in proxy: with option forwardfor if-none a caller could
+    # name any address, and without if-none HAProxy adds a second line,
+    # which a backend reading the first alone never sees. (Of several
+    # lines a caller sent, the last is kept.) The service header is
+    # matched ignoring case, without converters: the cheapest form.
+    http-request set-header X-Forwarded-For "%[req.fhdr(x-forwarded-for)], %[src]" if { req.fhdr(x-forwarded-for) -m found }
+    http-request set-header X-Forwarded-For %[src] unless { req.fhdr(x-forwarded-for) -m found }
     acl has_service req.hdr(switchboard-service) -m found
     # Two names ("a, b", or the header twice) go to the built-in proxy,
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
