@@ -267,7 +267,7 @@ func (s *Server) ownInstance(r *http.Request, id string) error {
 		if p.tok.Role != sb.RoleService {
 			return p.own("", "")
 		}
-		return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired; register it again", id)
+		return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired (or not one this token may act for); register it again", id)
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 			return "atlas unreachable: routing on the last known instances (" + sb.ErrorMessage(err) + ")", nil
 		}
 		if refused := s.token.refused.Load(); refused != nil {
-			return "", fmt.Errorf("atlas does not take this sidecar's token (deleted, or not valid): calls are refused and instances not announced until token_file holds one it takes (%s)", *refused)
+			return "", fmt.Errorf("atlas does not take this sidecar's token (deleted, or not valid): calls are refused and instances not announced until the sidecar is restarted with a token it takes (%s)", *refused)
 		}
 		return "atlas reachable", nil
 	})

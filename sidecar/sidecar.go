@@ -293,6 +293,7 @@ func (s *Sidecar) Start() error {
 	}
 	s.self = newSelfAddrs(self...)
 	if s.state != nil {
+		s.state.self = s.self
 		if err := s.state.restore(s.table); err != nil {
 			s.log.Warn("sidecar: last known routes not restored", "err", err)
 		}
@@ -577,7 +578,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 						s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String(), "other_services_not_logged", skipped)
 					}
 				case sb.EUnauthenticated:
-					s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until token_file holds one it takes", "service", service, "err", err, "retry_in", retryIn.String())
+					s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until the sidecar is restarted with a token it takes (token_file is read at start)", "service", service, "err", err, "retry_in", retryIn.String())
 				default:
 					s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
 				}

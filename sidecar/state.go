@@ -24,6 +24,10 @@ type stateFile struct {
 	// that cannot be written (a full disk, a read-only file system) fails
 	// every save, once a second while routes change: it is said once.
 	failing atomic.Bool
+	// self, set before restore, leaves out the instances restored that
+	// point at the sidecar (a file of an older version, or listen
+	// addresses changed since).
+	self *selfAddrs
 }
 
 func stateFilePath(dir string) string { return filepath.Join(dir, "routes.json") }
@@ -164,7 +168,7 @@ func (f *stateFile) restoreFrom(b []byte, t *proxy.Table) error {
 		}
 		// A watch starts with the pool: what Atlas may have answered
 		// already is newer than the file.
-		t.Get(si.Service).Seed(ins, si.Index)
+		t.Get(si.Service).Seed(f.self.leaveOut(ins, f.log), si.Index)
 	}
 	if dropped > 0 {
 		f.log.Warn("sidecar: left out entries of the saved routes that are not services or instances", "path", f.path, "entries", dropped)

@@ -44,6 +44,16 @@ func TestRestoreLeavesOutDamagedEntries(t *testing.T) {
 	if len(eps) != 1 || eps[0].Instance().ID != "b-1" {
 		t.Fatalf("restored %d instances; want b-1 alone", len(eps))
 	}
+	// An instance at an address the sidecar listens on (a file of an
+	// older version, or listen addresses changed since) is left out too.
+	table = &proxy.Table{Realm: "dev"}
+	f.self = newSelfAddrs("127.0.0.1:5001")
+	if err := f.restore(table); err != nil {
+		t.Fatal(err)
+	}
+	if eps := table.Lookup("billing").Endpoints(); len(eps) != 0 {
+		t.Fatalf("restored %d instances; want none: b-1 is at the sidecar's own address", len(eps))
+	}
 }
 
 // A Start that fails (here on an upstream's listen address, taken) leaves

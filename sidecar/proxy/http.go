@@ -660,7 +660,9 @@ func foreignPage(h *fasthttp.RequestHeader, host []byte) error {
 	return sb.Errorf(sb.EPermissionDenied, "a %s from a page of another site (Origin %q): %s", h.Method(), origin, why)
 }
 
-// isToken reports whether b is an RFC 9110 token, as a field name must be.
+// isToken reports whether b is an RFC 9110 token, as a field name must be:
+// httpguts.ValidHeaderFieldName's rule (the differential test holds it to
+// that), on bytes, so that no request pays for a string.
 func isToken(b []byte) bool {
 	if len(b) == 0 {
 		return false
