@@ -68,14 +68,13 @@ type Store struct {
 	// went silent until a watch is heard from again (checkWatch).
 	live   *watchLife
 	silent bool
-	// progressed: etcd has answered a request for progress on this store
-	// (etcd's gRPC proxy never does); until then no watch is taken for
-	// silent.
-	progressed bool
+	// progress: how etcd answers requests for progress (checkWatch).
+	progress progressState
 
 	// deaf, set by tests, makes watches drop what etcd sends, as a stream
-	// cut off without a word does.
-	deaf atomic.Bool
+	// cut off without a word does; noProgress drops progress
+	// notifications alone, as etcd's gRPC proxy does.
+	deaf, noProgress atomic.Bool
 }
 
 // leaseEntry is what a replica knows of a key's lease.
@@ -534,7 +533,7 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 		defer cancel()
 		defer close(out)
 		for resp := range wch {
-			if s.deaf.Load() {
+			if s.deaf.Load() || s.noProgress.Load() && resp.IsProgressNotify() {
 				continue
 			}
 			s.mu.Lock()
@@ -574,7 +573,7 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 			if len(changes) == 0 && resp.IsProgressNotify() {
 				changes = append(changes, atlas.Change{Index: uint64(resp.Header.Revision)})
 				s.mu.Lock()
-				s.progressed = true
+				s.progress.notifiedLocked()
 				s.mu.Unlock()
 			}
 			for _, c := range changes {

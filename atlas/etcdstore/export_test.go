@@ -4,10 +4,14 @@ package etcdstore
 // cut off without a word does, or take it again (off).
 func (s *Store) Deafen(on bool) { s.deaf.Store(on) }
 
-// Progressed reports whether etcd has answered a request for progress on
-// this store (a silent watch is then ended).
+// Progressed reports whether etcd has shown that it answers requests for
+// progress on this store (a silent watch is then ended).
 func (s *Store) Progressed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.progressed
+	return s.progress.armed()
 }
+
+// DropProgress makes the store's watches drop progress notifications (on),
+// as etcd's gRPC proxy does, or take them again (off).
+func (s *Store) DropProgress(on bool) { s.noProgress.Store(on) }

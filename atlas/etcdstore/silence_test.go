@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -42,17 +43,6 @@ func TestASilentWatchIsEndedAndPingFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-ch
-	// Until etcd has answered a request for progress, no watch is taken
-	// for silent: etcd's gRPC proxy answers none, and a watch behind it
-	// would be ended after every write.
-	s.Deafen(true)
-	for range 5 {
-		if err := s.Ping(ctx); err != nil {
-			t.Fatalf("ping before etcd answered a request for progress: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
-	s.Deafen(false)
 	for range 5 {
 		if err := s.Ping(ctx); err != nil {
 			t.Fatalf("ping with a quiet watch: %v", err)
@@ -95,6 +85,60 @@ func TestASilentWatchIsEndedAndPingFails(t *testing.T) {
 		t.Fatalf("the next watch's first change is at %d; want the write made while the last was silent, at %d", c.Index, written)
 	}
 	pollFor(t, 30*time.Second, "ping passing again", func() bool { return s.Ping(ctx) == nil })
+}
+
+// TestAWatchBehindAProxyIsNeverTakenForSilent: etcd's gRPC proxy answers
+// no request for progress. A store behind it stops asking once three went
+// unanswered, and takes no watch for silent, however long it is quiet;
+// before, a healthy watch behind the proxy was ended 3 s after every
+// write, and the replica's event streams with it.
+func TestAWatchBehindAProxyIsNeverTakenForSilent(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.DropProgress(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	idx, _, err := s.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.Watch(ctx, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := func(round int) {
+		t.Helper()
+		if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprint("k", round), Value: []byte("v")}}); err != nil {
+			t.Fatal(err)
+		}
+		<-ch
+		for j := range 5 {
+			if err := s.Ping(ctx); err != nil {
+				t.Fatalf("round %d: ping %d s after a write, behind a proxy that answers no request for progress: %v", round, j, err)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	quiet(0)
+	quiet(1)
+	// The proxy passes on etcd's own progress notifications (every 10
+	// minutes): one must not arm the store.
+	s.DropProgress(false)
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "missing", Delete: true}}); err != nil { // asks for one
+		t.Fatal(err)
+	}
+	for range ch { // to the notification
+		break
+	}
+	s.DropProgress(true)
+	quiet(2)
+	if s.Progressed() {
+		t.Fatal("armed behind a proxy that answers no request for progress")
+	}
 }
 
 // TestAReplicaWithASilentWatchSendsWatchersElsewhere: Atlas over a store
