@@ -19,27 +19,13 @@ import (
 // its old view as fresh until gRPC's keep-alive broke the stream, 10 s
 // and more later.
 func TestASilentWatchIsEndedAndPingFails(t *testing.T) {
-	cluster := etcdtest.Start(t, 1)
-	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	idx, _, err := s.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := s.Watch(ctx, idx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, ctx, ch := watching(t, false)
 	// A quiet stream that answers when asked is not silent: Atlas pings
 	// every second, for longer than a silent one is given. (etcd answers
 	// a request for progress once its revision reaches the watch's start:
 	// a write first.)
-	if idx, err = s.Txn(ctx, []atlas.Op{{Key: "k0", Value: []byte("v")}}); err != nil {
+	idx, err := s.Txn(ctx, []atlas.Op{{Key: "k0", Value: []byte("v")}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	<-ch
@@ -93,23 +79,7 @@ func TestASilentWatchIsEndedAndPingFails(t *testing.T) {
 // before, a healthy watch behind the proxy was ended 3 s after every
 // write, and the replica's event streams with it.
 func TestAWatchBehindAProxyIsNeverTakenForSilent(t *testing.T) {
-	cluster := etcdtest.Start(t, 1)
-	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	s.DropProgress(true)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	idx, _, err := s.Snapshot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := s.Watch(ctx, idx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, ctx, ch := watching(t, true)
 	quiet := func(round int) {
 		t.Helper()
 		if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprint("k", round), Value: []byte("v")}}); err != nil {
@@ -177,6 +147,31 @@ func TestAReplicaWithASilentWatchSendsWatchersElsewhere(t *testing.T) {
 		_, body, hdr := do(t, "GET", a.http.URL+"/v1/services/x", "")
 		return hdr.Get(atlas.StaleHeader) == "" && strings.Contains(body, `"id":"x-1"`)
 	})
+}
+
+// watching opens a store on a one-member cluster and a watch from its
+// index now; dropProgress makes it drop progress notifications, as etcd's
+// gRPC proxy does. Everything ends with the test.
+func watching(t *testing.T, dropProgress bool) (*etcdstore.Store, context.Context, <-chan atlas.Change) {
+	t.Helper()
+	cluster := etcdtest.Start(t, 1)
+	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	s.DropProgress(dropProgress)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	idx, _, err := s.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.Watch(ctx, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, ctx, ch
 }
 
 // pollFor calls ok until it holds, within limit (eventually: 10 s).
