@@ -18,16 +18,33 @@ import (
 	"time"
 )
 
-// freePort returns a loopback port nothing listens on now.
+// freePort returns a loopback port nothing listens on now, and one it has
+// not returned before in this run: the kernel may hand out a port again as
+// soon as it is closed, and two calls of one test then got the same one
+// (a sidecar.yaml listing one service twice on it).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedMu.Lock()
+	defer handedMu.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !handed[port] {
+			handed[port] = true
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// handed holds the ports freePort returned.
+var (
+	handedMu sync.Mutex
+	handed   = map[int]bool{}
+)
 
 // pyServer runs `python3 -m http.server PORT` in a directory that holds a
 // file named after the instance, so that answers say who served them. It
