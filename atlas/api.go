@@ -256,17 +256,16 @@ func (s *Server) ownInstance(r *http.Request, id string) error {
 	}); err != nil {
 		return err
 	}
-	if in != nil && p.tok.Role != sb.RoleService {
+	if p.tok.Role != sb.RoleService {
+		if in == nil {
+			return p.own("", "") // do not tell a stranger whether the id exists
+		}
 		return p.own(in.realm(), in.service())
 	}
+	// Nor a service token whose it is (a 403 named its service and
+	// realm): as GET /v1/instances/{id} does, an id it may not act for is
+	// one that is not there.
 	if in == nil || p.own(in.realm(), in.service()) != nil {
-		// Do not tell a stranger whether the id exists, nor a service
-		// token whose it is (a 403 named its service and realm): as
-		// GET /v1/instances/{id} does, an id it may not act for is one
-		// that is not there.
-		if p.tok.Role != sb.RoleService {
-			return p.own("", "")
-		}
 		return sb.Errorf(sb.ENotFound, "instance %s: not registered or its lease expired (or not one this token may act for); register it again", id)
 	}
 	return nil
