@@ -68,11 +68,18 @@ func parseIP(host string) (netip.Addr, bool) {
 
 // here reports whether a connection to in would reach the sidecar.
 func (s *selfAddrs) here(in *sb.Instance) bool {
+	// Most instances are at no port the sidecar listens on: the map
+	// answers before any address is parsed (every instance of every
+	// update comes here).
+	listens, ok := s.ports[in.Port]
+	if !ok {
+		return false
+	}
 	ip, ok := parseIP(in.Address)
 	if !ok {
 		return false
 	}
-	for _, l := range s.ports[in.Port] {
+	for _, l := range listens {
 		switch {
 		case l == ip:
 			return true
