@@ -261,48 +261,70 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 	if err := c.bw.Flush(); err != nil {
 		return nil, ioError(err)
 	}
+	stopped, err := readHead(c, resp, http11)
+	if err != nil {
+		return nil, err
+	}
+	if stopped {
+		return c, nil
+	}
+	// A request that goes out as HTTP/1.0 lets the instance close after
+	// its answer, whatever that answer says.
+	keep := !req.Header.ConnectionClose() && req.Header.IsHTTP11()
+	return nil, b.readAnswer(c, resp, req.Header.IsHead(), keep, nil)
+}
+
+// readHead reads the head of an answer into resp, reading past interim
+// (1xx) answers; http11 says the client speaks HTTP/1.1: readHead then
+// stops at the first interim answer to send on (forwardInterim), and
+// reports that it did.
+func readHead(c *bconn, resp *fasthttp.Response, http11 bool) (bool, error) {
 	resp.Header.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := resp.Header.Read(c.br); err != nil {
 			// fasthttp reports io.EOF when not one byte of an answer came.
 			if n == 0 && err == io.EOF {
-				return nil, fmt.Errorf("%w: %v", errStaleConn, err)
+				return false, fmt.Errorf("%w: %v", errStaleConn, err)
 			}
-			return nil, ioError(err)
+			return false, ioError(err)
 		}
 		s := resp.StatusCode()
 		if s < 100 || s > 199 || s == fasthttp.StatusSwitchingProtocols {
-			break
+			return false, nil
 		}
 		if n >= maxInterim {
-			return nil, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
+			return false, fmt.Errorf("more than %d interim (1xx) answers", maxInterim)
 		}
 		if forwardInterim(s, http11) {
-			return c, nil
+			return true, nil
 		}
 	}
+}
+
+// readAnswer reads the rest of the answer whose head is in resp: a small
+// answer whole, a larger or chunked one left in resp as a body stream. head
+// says the request was a HEAD, keep that it lets the connection be kept;
+// w is its body still being written, or nil.
+func (b *backend) readAnswer(c *bconn, resp *fasthttp.Response, head, keep bool, w *writing) error {
 	status := resp.StatusCode()
-	// A request that goes out as HTTP/1.0 lets the instance close after
-	// its answer, whatever that answer says.
-	reuse := !resp.ConnectionClose() && !req.Header.ConnectionClose() && req.Header.IsHTTP11() &&
-		status != fasthttp.StatusSwitchingProtocols
-	if req.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified ||
+	reuse := keep && !resp.ConnectionClose() && status != fasthttp.StatusSwitchingProtocols
+	if head || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified ||
 		status == fasthttp.StatusSwitchingProtocols {
 		resp.SkipBody = true
 		c.probe = true
-		b.put(c, reuse)
-		return nil, nil
+		b.put(c, w.finish(c) && reuse)
+		return nil
 	}
 	cl := resp.Header.ContentLength()
 	if cl >= 0 && cl <= smallBody {
 		resp.StreamBody = false
 		if err := resp.ReadBody(c.br, smallBody); err != nil {
-			return nil, ioError(err)
+			return ioError(err)
 		}
-		b.put(c, reuse)
-		return nil, nil
+		b.put(c, w.finish(c) && reuse)
+		return nil
 	}
-	s := &bodyStream{b: b, c: c, reuse: reuse && cl != -2, left: int64(cl)}
+	s := &bodyStream{b: b, c: c, w: w, reuse: reuse && cl != -2, left: int64(cl)}
 	switch cl {
 	case -1: // chunked
 		s.r = httputil.NewChunkedReader(c.br)
@@ -314,7 +336,7 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		s.r = c.br
 	}
 	resp.SetBodyStream(s, cl)
-	return nil, nil
+	return nil
 }
 
 // forwardInterim reports whether an interim answer with status s goes on
@@ -332,6 +354,7 @@ func forwardInterim(s int, http11 bool) bool {
 type bodyStream struct {
 	b       *backend
 	c       *bconn
+	w       *writing // the request's body still going out, or nil
 	r       io.Reader
 	chunked bool
 	left    int64 // bytes left of a known Content-Length
@@ -377,7 +400,7 @@ func (s *bodyStream) Close() error {
 	if s.c == nil {
 		return nil
 	}
-	s.b.put(s.c, s.reuse && s.done)
+	s.b.put(s.c, s.w.finish(s.c) && s.reuse && s.done)
 	s.c = nil
 	return nil
 }

@@ -33,11 +33,9 @@ const (
 )
 
 // Limits of the frontend's reading: a request's header must fit the read
-// buffer, its body the limit, and the whole request arrive within the
-// timeout.
+// buffer, and the whole request, body included, arrive within the timeout.
 const (
 	readBufferSize = 16 << 10
-	maxRequestBody = 64 << 20
 	readTimeout    = 2 * time.Minute
 )
 
@@ -134,13 +132,17 @@ func (h *HTTP) setup() {
 		NoDefaultDate:                true,
 		DisablePreParseMultipartForm: true,
 		ReadBufferSize:               readBufferSize,
-		MaxRequestBodySize:           maxRequestBody,
-		IdleTimeout:                  2 * time.Minute,
-		ReadTimeout:                  readTimeout,
-		CloseOnShutdown:              true,
-		Logger:                       fasthttpLogger{h.Logger},
-		ErrorHandler:                 h.readError,
-		ConnState:                    h.connState,
+		// Bodies are read by the handler, once the request is routed:
+		// whole up to bufferedBody, streamed beyond (takeBody). fasthttp
+		// reads at most 8 KiB of one before it calls the handler.
+		StreamRequestBody:  true,
+		MaxRequestBodySize: bufferedBody,
+		IdleTimeout:        2 * time.Minute,
+		ReadTimeout:        readTimeout,
+		CloseOnShutdown:    true,
+		Logger:             fasthttpLogger{h.Logger},
+		ErrorHandler:       h.readError,
+		ConnState:          h.connState,
 		// Errors leave the request's bytes (its Authorization header,
 		// say) out of their messages, which are logged and answered.
 		SecureErrorLogMessage: true,
@@ -287,9 +289,6 @@ func (h *HTTP) readError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.As(err, &small):
 		status = writeErrorStatus(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, sb.ETooLarge,
 			fmt.Sprintf("request header: larger than the sidecar's limit of %d KiB", readBufferSize>>10))
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		status = writeErrorStatus(ctx, fasthttp.StatusRequestEntityTooLarge, sb.ETooLarge,
-			fmt.Sprintf("request body: larger than the sidecar's limit of %d MiB", maxRequestBody>>20))
 	case errors.As(err, &ne) && ne.Timeout():
 		status = writeErrorStatus(ctx, fasthttp.StatusRequestTimeout, sb.EDeadlineExceeded,
 			fmt.Sprintf("request: not read within %s", readTimeout))
@@ -381,6 +380,19 @@ func unroutable(p *balance.Pool) error {
 	return sb.Errorf(sb.EUnavailable, "%s has no routable instance: %s", where(p), p.Unroutable())
 }
 
+// next picks the instance to try next, one not tried yet. When none is
+// left, it answers the call (503 when none was tried, else 502 with the
+// last try's error) and returns nil and the status sent.
+func next(ctx *fasthttp.RequestCtx, pool *balance.Pool, tried []*balance.Endpoint, lastErr error) (*balance.Endpoint, int) {
+	if e := pool.Pick(tried); e != nil {
+		return e, 0
+	}
+	if len(tried) == 0 {
+		return nil, writeError(ctx, unroutable(pool))
+	}
+	return nil, writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr))
+}
+
 // route sends the request to an instance of the pool's service and copies
 // the answer back. It returns the status sent and how many retries it
 // took.
@@ -415,8 +427,23 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	if err := pool.Denied(); err != nil {
 		return writeError(ctx, err), 0
 	}
+	// The body is read once the call is routed and allowed: whole when it
+	// is small, so that it can be sent again; a larger one streams.
+	var up *upload
+	if ctx.Request.IsBodyStream() {
+		read := time.Now()
+		var err error
+		if up, err = takeBody(&ctx.Request); err != nil {
+			return callerFailed(ctx, err), 0
+		}
+		if up == nil {
+			// The timeout counts from the request's end.
+			d := time.Since(read)
+			deadline, tryStart = deadline.Add(d), tryStart.Add(d)
+		}
+	}
 	if isStream(&ctx.Request.Header) {
-		return h.stream(ctx, pool), 0
+		return h.stream(ctx, pool, up, now.Add(readTimeout)), 0
 	}
 
 	// The request goes out as it came in (no copy), less the hop-by-hop
@@ -436,17 +463,17 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
+	if up != nil {
+		return h.upload(ctx, pool, up, timeout, timed, now.Add(readTimeout), clientClose, client11)
+	}
 	resp := &ctx.Response
 	var tried []*balance.Endpoint
 	var lastErr error
 	retries := 0
 	for {
-		e := pool.Pick(tried)
+		e, status := next(ctx, pool, tried, lastErr)
 		if e == nil {
-			if len(tried) == 0 {
-				return writeError(ctx, unroutable(pool)), retries
-			}
-			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr)), retries
+			return status, retries
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
@@ -460,25 +487,11 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 			return 0, retries
 		}
 		if err == nil {
-			status := resp.StatusCode()
+			status = resp.StatusCode()
 			// The request leaves the in-flight count when its answer's
 			// headers are in: a streamed body goes on without it.
 			done(balance.StatusOutcome(status))
-			stripHopResponse(&resp.Header)
-			if !resp.Header.IsHTTP11() {
-				// The answer goes out in the sidecar's HTTP/1.1, as
-				// net/http's proxy sends it: fasthttp would keep the
-				// instance's HTTP/1.0 status line over a chunked body,
-				// which HTTP/1.0 readers take as the body itself, read
-				// until a close that never comes.
-				resp.Header.SetProtocol(http11)
-			}
-			if clientClose {
-				ctx.SetConnectionClose()
-			}
-			if !client11 && resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
-				h.closeDelimited(ctx)
-			}
+			h.answer(ctx, clientClose, client11)
 			return status, retries
 		}
 		lastErr = err
@@ -500,6 +513,90 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		retries++
 		tryStart = time.Now()
 	}
+}
+
+// answer readies the instance's answer, in ctx.Response, for the client;
+// clientClose and client11 are what the request said (Connection: close,
+// HTTP/1.1).
+func (h *HTTP) answer(ctx *fasthttp.RequestCtx, clientClose, client11 bool) {
+	resp := &ctx.Response
+	stripHopResponse(&resp.Header)
+	if !resp.Header.IsHTTP11() {
+		// The answer goes out in the sidecar's HTTP/1.1, as net/http's
+		// proxy sends it: fasthttp would keep the instance's HTTP/1.0
+		// status line over a chunked body, which HTTP/1.0 readers take as
+		// the body itself, read until a close that never comes.
+		resp.Header.SetProtocol(http11)
+	}
+	if clientClose {
+		ctx.SetConnectionClose()
+	}
+	if !client11 && resp.IsBodyStream() && resp.Header.ContentLength() < 0 {
+		h.closeDelimited(ctx)
+	}
+}
+
+// upload sends a request whose body streams (takeBody) to an instance of
+// the pool's service. It is tried on another instance only when no
+// connection to the first could be made: the body's bytes are gone once
+// read. The body must arrive by bodyBy; the timeout counts from its end.
+func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, timeout time.Duration, timed bool,
+	bodyBy time.Time, clientClose, client11 bool) (int, int) {
+	req, resp := &ctx.Request, &ctx.Response
+	var tried []*balance.Endpoint
+	var lastErr error
+	retries := 0
+	for {
+		e, status := next(ctx, pool, tried, lastErr)
+		if e == nil {
+			return status, retries
+		}
+		tried = append(tried, e)
+		done := pool.Acquire(e)
+		err := backendOf(e).send(req, resp, up, bodyBy, timeout)
+		if err == nil {
+			status = resp.StatusCode()
+			done(balance.StatusOutcome(status))
+			h.answer(ctx, clientClose, client11)
+			return status, retries
+		}
+		resp.Reset()
+		switch {
+		case up.err != nil:
+			done(balance.Abandoned) // the caller's doing
+			return callerFailed(ctx, err), retries
+		case isDialError(err):
+			done(balance.Failed)
+			lastErr = err
+			if !h.Budget.Retry() {
+				return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
+			}
+			retries++
+		case errors.Is(err, errTimeout) && up.ended.IsZero():
+			done(balance.Failed) // hung: not reading
+			return writeError(ctx, gatewayTimeout("%s: the request's body not taken within %s", where(pool), readTimeout)), retries
+		case errors.Is(err, errTimeout):
+			done(balance.TimedOut(timed, time.Since(up.ended)))
+			return writeError(ctx, gatewayTimeout("%s: no answer within %s of the request's end", where(pool), timeout)), retries
+		default:
+			done(balance.Failed)
+			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
+		}
+	}
+}
+
+// callerFailed answers a request whose body the caller failed to send
+// (cut short, malformed, or too slow to arrive), and closes the
+// connection: where the next request would start is unknown.
+func callerFailed(ctx *fasthttp.RequestCtx, err error) int {
+	status := fasthttp.StatusRequestTimeout
+	if code := sb.ErrorCode(err); code == sb.EDeadlineExceeded {
+		writeErrorStatus(ctx, status, code, sb.ErrorMessage(err))
+	} else {
+		status = writeError(ctx, err)
+	}
+	ctx.SetConnectionClose()
+	return status
 }
 
 // closeDelimited sends an answer of unknown length (chunked by the
@@ -838,7 +935,7 @@ func CloseEndpoint(e *balance.Endpoint) {
 // taken over, the request written to an instance as it came, and the
 // answer relayed (an upgraded connection piped both ways until either side
 // closes).
-func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
+func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, bodyBy time.Time) int {
 	hdr := &ctx.Request.Header
 	hdr.Del(ServiceHeader)
 	hdr.Del(TimeoutHeader)
@@ -852,8 +949,12 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 	}
 	setForwardedFor(hdr, ctx.RemoteIP())
 	asReceived(&ctx.Request, pool.Service)
+	// The request is written ahead unless its body streams: it is then
+	// sent as it arrives, before the answer is read.
 	var head bytes.Buffer
-	if _, err := ctx.Request.WriteTo(&head); err != nil {
+	if up != nil {
+		ctx.Request.SetBodyStream(up, up.length)
+	} else if _, err := ctx.Request.WriteTo(&head); err != nil {
 		return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))
 	}
 	var (
@@ -863,12 +964,9 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		lastErr error
 	)
 	for {
-		e := pool.Pick(tried)
+		e, status := next(ctx, pool, tried, lastErr)
 		if e == nil {
-			if len(tried) == 0 {
-				return writeError(ctx, unroutable(pool))
-			}
-			return writeError(ctx, badGateway("%s: every try failed, the last with: %v", where(pool), lastErr))
+			return status
 		}
 		tried = append(tried, e)
 		done = pool.Acquire(e)
@@ -894,13 +992,22 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool) int {
 		}
 		defer h.track(false, client, backend)
 		var err error
-		if _, err = backend.Write(head.Bytes()); err == nil {
+		if up != nil {
+			err = sendStreamed(backend, &ctx.Request, bodyBy)
+		} else {
+			_, err = backend.Write(head.Bytes())
+		}
+		if err == nil {
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
 			br := bufio.NewReaderSize(backend, 16<<10)
 			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11)
 		}
-		if err != nil {
+		switch {
+		case up != nil && up.err != nil:
+			outcome = balance.Abandoned
+			writeRawError(client, up.err)
+		case err != nil:
 			writeRawError(client, badGateway("%s: %v", where(pool), err))
 		}
 	})

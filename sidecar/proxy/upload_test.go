@@ -1,0 +1,380 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sb "github.com/switchboard-go/switchboard"
+)
+
+// received is what an instance made of a request's body.
+type received struct {
+	n       int64
+	sum     string
+	err     error
+	chunked bool
+	length  int64
+	trailer http.Header
+	header  http.Header
+}
+
+// uploadSink is an instance that reads request bodies as they come,
+// tells the test when one has reached mark bytes, and answers with their
+// SHA-256 (or, for a body it could not read, tells the test why).
+type uploadSink struct {
+	srv     *httptest.Server
+	reached chan struct{} // a body reached mark bytes
+	got     chan received
+}
+
+func newUploadSink(t *testing.T, mark int64) *uploadSink {
+	s := &uploadSink{reached: make(chan struct{}, 16), got: make(chan received, 16)}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		var n int64
+		buf := make([]byte, 32<<10)
+		var err error
+		told := false
+		for {
+			var k int
+			k, err = r.Body.Read(buf)
+			h.Write(buf[:k])
+			n += int64(k)
+			if n >= mark && !told {
+				told = true
+				s.reached <- struct{}{}
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err == io.EOF {
+			err = nil
+		}
+		rec := received{n: n, sum: hex.EncodeToString(h.Sum(nil)), err: err, length: r.ContentLength,
+			chunked: len(r.TransferEncoding) > 0, trailer: r.Trailer, header: r.Header}
+		s.got <- rec
+		if err != nil {
+			return
+		}
+		if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprintf(w, "data: %s\n\n", rec.sum)
+			return
+		}
+		fmt.Fprint(w, rec.sum)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// waitFor waits for ch, or fails the test with why.
+func waitFor[T any](t *testing.T, ch <-chan T, why string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(20 * time.Second):
+		t.Fatalf("gave up waiting: %s", why)
+		panic("unreachable")
+	}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func sumOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// chunk frames b as one chunk of a chunked body.
+func chunk(b []byte) []byte {
+	return append(append(fmt.Appendf(nil, "%x\r\n", len(b)), b...), "\r\n"...)
+}
+
+// TestLargeBodiesStreamToTheInstance: a body larger than bufferedBody,
+// with a Content-Length or chunked, reaches the instance while the caller
+// is still sending it (the caller waits for the instance to have 2 MiB of
+// it before it sends the rest: a sidecar holding bodies whole would never
+// answer), byte for byte, framed as it came.
+func TestLargeBodiesStreamToTheInstance(t *testing.T) {
+	const first, rest = 3 << 20, 5 << 20
+	sink := newUploadSink(t, 2<<20)
+	f := newFrontend(t)
+	f.set("a", sink.srv.URL)
+	body := randomBytes(t, first+rest)
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
+			c := f.dial()
+			framing := fmt.Sprintf("Content-Length: %d", len(body))
+			part1, part2 := body[:first], body[first:]
+			if chunked {
+				framing = "Transfer-Encoding: chunked"
+				part1, part2 = chunk(part1), append(chunk(part2), "0\r\n\r\n"...)
+			}
+			held := make(chan bool, 1)
+			go func() {
+				fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: a.localhost\r\n%s\r\n\r\n", framing)
+				c.Write(part1)
+				select {
+				case <-sink.reached:
+					held <- false
+					c.Write(part2)
+				case <-time.After(20 * time.Second):
+					held <- true
+					c.Close()
+				}
+			}()
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if <-held {
+				t.Fatal("the instance never got the first 2 MiB: the sidecar held the body back")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			answer, _ := io.ReadAll(res.Body)
+			got := waitFor(t, sink.got, "the instance's record")
+			if res.StatusCode != 200 || string(answer) != sumOf(body) || got.err != nil {
+				t.Fatalf("answer %d %q (instance read %d bytes, err %v), want 200 and the body's SHA-256", res.StatusCode, answer, got.n, got.err)
+			}
+			if got.chunked != chunked || (!chunked && got.length != int64(len(body))) {
+				t.Errorf("the instance got chunked=%v length=%d, want the caller's framing", got.chunked, got.length)
+			}
+		})
+	}
+}
+
+// TestStreamedBodiesLoseTheirTrailer: the trailer section of a chunked
+// body that streams is dropped, as that of one read whole is: it would
+// reach the instance after the header section the sidecar checked.
+func TestStreamedBodiesLoseTheirTrailer(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	f := newFrontend(t)
+	f.set("a", sink.srv.URL)
+	body := randomBytes(t, 2<<20)
+	raw := "POST / HTTP/1.1\r\nHost: a.localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Evil\r\n\r\n" +
+		string(chunk(body)) + "0\r\nX-Evil: trailer\r\nSwitchboard-Service: b\r\n\r\n"
+	res, answer := exchange(t, f.dial(), raw)
+	got := waitFor(t, sink.got, "the instance's record")
+	if res.StatusCode != 200 || string(answer) != sumOf(body) {
+		t.Fatalf("answer %d %q, want 200 and the body's SHA-256", res.StatusCode, answer)
+	}
+	if len(got.trailer) > 0 || got.header.Get("X-Evil") != "" || got.header.Get("Trailer") != "" ||
+		got.header.Get(ServiceHeader) != "" {
+		t.Errorf("the trailer reached the instance: trailer %v, header %v", got.trailer, got.header)
+	}
+}
+
+// TestACallerGoneMidUploadCutsTheRequestShort: when the caller hangs up
+// (or sends a malformed chunk) in the middle of a body that streams, the
+// instance sees its request end short, never a whole request with part
+// of the body.
+func TestACallerGoneMidUploadCutsTheRequestShort(t *testing.T) {
+	sink := newUploadSink(t, 2<<20)
+	f := newFrontend(t)
+	f.set("a", sink.srv.URL)
+	part := randomBytes(t, 3<<20)
+	for _, tc := range []struct {
+		name, framing string
+		body, then    []byte
+	}{
+		{"length", "Content-Length: 8388608", part, nil},
+		{"chunked", "Transfer-Encoding: chunked", chunk(part), nil},
+		{"malformed chunk", "Transfer-Encoding: chunked", chunk(part), []byte("zz\r\nbad\r\n0\r\n\r\n")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := f.dial()
+			fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\n%s\r\n\r\n", tc.framing)
+			c.Write(tc.body)
+			waitFor(t, sink.reached, "the instance never got the first 2 MiB")
+			if tc.then != nil {
+				c.Write(tc.then)
+			} else {
+				c.Close()
+			}
+			if got := waitFor(t, sink.got, "the instance's record"); got.err == nil {
+				t.Fatalf("the instance read a whole request of %d bytes from a body cut short", got.n)
+			}
+			if tc.then != nil {
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				res, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b, _ := io.ReadAll(res.Body); res.StatusCode != 400 || !strings.Contains(string(b), "request body") || !res.Close {
+					t.Errorf("answer %d %s (close %v), want 400 about the request body, and the connection closed", res.StatusCode, b, res.Close)
+				}
+			}
+		})
+	}
+}
+
+// TestAnInstanceMayAnswerBeforeTheBodyIsIn: an instance that refuses an
+// upload without reading it (413, say) has its answer reach the caller,
+// which is still sending: not a 502 for the body it would not take.
+func TestAnInstanceMayAnswerBeforeTheBodyIsIn(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large for me", http.StatusRequestEntityTooLarge)
+	}))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() {
+		fmt.Fprintf(c, "PUT / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", 64<<20)
+		zeros := make([]byte, 1<<20)
+		for range 64 {
+			if _, err := c.Write(zeros); err != nil {
+				return
+			}
+		}
+	}()
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 413 || !strings.Contains(string(b), "too large for me") {
+		t.Fatalf("answer %d %q, want the instance's 413", res.StatusCode, b)
+	}
+}
+
+// TestAnUploadIsRetriedOnlyWhenNoneOfItWasSent: an upload goes to another
+// instance when the first could not be connected to (none of the body was
+// read yet), never after its bytes went to one.
+func TestAnUploadIsRetriedOnlyWhenNoneOfItWasSent(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	body := randomBytes(t, 2<<20)
+	put := func(f *frontend) (*http.Response, string) {
+		return f.do("PUT", "a", "/", string(body))
+	}
+
+	f := newFrontend(t)
+	f.set("a", deadAddr(t), deadAddr(t), sink.srv.URL)
+	if res, answer := put(f); res.StatusCode != 200 || answer != sumOf(body) {
+		t.Fatalf("with two instances down: %d %q, want 200 from the third", res.StatusCode, answer)
+	}
+
+	// Instances that take the body and hang up: the PUT is idempotent,
+	// but there is no body left to send again.
+	var mu sync.Mutex
+	took := 0
+	taker := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				took++
+				mu.Unlock()
+				io.CopyN(io.Discard, c, 1<<20)
+				c.Close()
+			}
+		}()
+		return "http://" + ln.Addr().String()
+	}
+	f = newFrontend(t)
+	f.set("a", taker(), taker())
+	res, answer := put(f)
+	if e := errorOf(t, answer); res.StatusCode != 502 || e.Code != sb.EBadGateway {
+		t.Fatalf("answer %d %q, want 502", res.StatusCode, answer)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if took != 1 {
+		t.Errorf("the upload was sent %d times, want once", took)
+	}
+}
+
+// TestAnUploadsTimeoutCountsFromItsEnd: Switchboard-Timeout bounds the
+// wait for the answer once the body is in, as for a body read whole (and
+// as Envoy's route timeout does): a slow upload is not cut by it, a slow
+// answer is.
+func TestAnUploadsTimeoutCountsFromItsEnd(t *testing.T) {
+	slow := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			<-slow
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer srv.Close()
+	defer close(slow)
+	f := newFrontend(t)
+	f.set("a", srv.URL)
+	for _, path := range []string{"/", "/slow"} {
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write(make([]byte, 2<<20))
+			time.Sleep(600 * time.Millisecond) // twice the timeout
+			pw.Write(make([]byte, 1<<20))
+			pw.Close()
+		}()
+		req, _ := http.NewRequest("POST", f.url+path, pr)
+		req.ContentLength = 3 << 20
+		req.Header.Set(ServiceHeader, "a")
+		req.Header.Set(TimeoutHeader, "300ms")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if path == "/" && (res.StatusCode != 200 || string(b) != "ok") {
+			t.Errorf("a slow upload: %d %s, want 200", res.StatusCode, b)
+		}
+		if path == "/slow" && (res.StatusCode != 504 || !strings.Contains(string(b), "of the request's end")) {
+			t.Errorf("a slow answer: %d %s, want 504", res.StatusCode, b)
+		}
+	}
+}
+
+// TestAnEventStreamRequestWithALargeBody: a request for an event stream
+// whose body streams (a large POST answered with Server-Sent Events, as
+// completion APIs do) sends its body before the answer is relayed.
+func TestAnEventStreamRequestWithALargeBody(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	f := newFrontend(t)
+	f.set("a", sink.srv.URL)
+	body := randomBytes(t, 3<<20)
+	for _, length := range []int64{int64(len(body)), -1} {
+		req, _ := http.NewRequest("POST", f.url+"/", io.MultiReader(strings.NewReader(string(body))))
+		req.ContentLength = length
+		req.Header.Set(ServiceHeader, "a")
+		req.Header.Set("Accept", "text/event-stream")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if want := "data: " + sumOf(body) + "\n\n"; res.StatusCode != 200 || string(b) != want {
+			t.Errorf("length %d: %d %q, want 200 %q", length, res.StatusCode, b, want)
+		}
+		waitFor(t, sink.got, "the instance's record")
+	}
+}
