@@ -35,8 +35,8 @@ const (
 // Limits of the frontend's reading: a request's header must fit the read
 // buffer, and the whole request, body included, arrive within the timeout.
 const (
-	readBufferSize = 16 << 10
-	readTimeout    = 2 * time.Minute
+	readBufferSize     = 16 << 10
+	defaultReadTimeout = 2 * time.Minute
 )
 
 // HTTP is the sidecar's HTTP frontend. Requests are served with fasthttp
@@ -65,6 +65,10 @@ type HTTP struct {
 	// attacker points at 127.0.0.1, could otherwise call every service.
 	// Off elsewhere: a gateway service often sends its callers' Origin on.
 	LocalBrowsersOnly bool
+
+	// readTimeout bounds the reading of a request, body included; zero
+	// means defaultReadTimeout (tests shorten it).
+	readTimeout time.Duration
 
 	once sync.Once
 	srv  *fasthttp.Server
@@ -124,6 +128,9 @@ func (h *HTTP) setup() {
 	if h.Logger == nil {
 		h.Logger = slog.New(slog.DiscardHandler)
 	}
+	if h.readTimeout == 0 {
+		h.readTimeout = defaultReadTimeout
+	}
 	h.srv = &fasthttp.Server{
 		Handler:                      h.serve,
 		Name:                         "",
@@ -138,7 +145,7 @@ func (h *HTTP) setup() {
 		StreamRequestBody:  true,
 		MaxRequestBodySize: bufferedBody,
 		IdleTimeout:        2 * time.Minute,
-		ReadTimeout:        readTimeout,
+		ReadTimeout:        h.readTimeout,
 		CloseOnShutdown:    true,
 		Logger:             fasthttpLogger{h.Logger},
 		ErrorHandler:       h.readError,
@@ -291,7 +298,7 @@ func (h *HTTP) readError(ctx *fasthttp.RequestCtx, err error) {
 			fmt.Sprintf("request header: larger than the sidecar's limit of %d KiB", readBufferSize>>10))
 	case errors.As(err, &ne) && ne.Timeout():
 		status = writeErrorStatus(ctx, fasthttp.StatusRequestTimeout, sb.EDeadlineExceeded,
-			fmt.Sprintf("request: not read within %s", readTimeout))
+			fmt.Sprintf("request: not read within %s", h.readTimeout))
 	default:
 		status = writeErrorStatus(ctx, fasthttp.StatusBadRequest, sb.EInvalid, "malformed request: "+unquoted(err))
 	}
@@ -433,7 +440,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	if ctx.Request.IsBodyStream() {
 		read := time.Now()
 		var err error
-		if up, err = takeBody(&ctx.Request); err != nil {
+		if up, err = takeBody(&ctx.Request, h.readTimeout); err != nil {
 			return callerFailed(ctx, err), 0
 		}
 		if up == nil {
@@ -443,7 +450,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 	}
 	if isStream(&ctx.Request.Header) {
-		return h.stream(ctx, pool, up, now.Add(readTimeout)), 0
+		return h.stream(ctx, pool, up, now.Add(h.readTimeout)), 0
 	}
 
 	// The request goes out as it came in (no copy), less the hop-by-hop
@@ -460,12 +467,12 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	}
 	setForwardedFor(&req.Header, ctx.RemoteIP())
 	asReceived(req, pool.Service)
-	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 
 	h.Budget.Request()
 	if up != nil {
-		return h.upload(ctx, pool, up, timeout, timed, now.Add(readTimeout), clientClose, client11)
+		return h.upload(ctx, pool, up, timeout, timed, now.Add(h.readTimeout), clientClose, client11)
 	}
+	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 	resp := &ctx.Response
 	var tried []*balance.Endpoint
 	var lastErr error
@@ -553,16 +560,24 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		err := backendOf(e).send(req, resp, up, bodyBy, timeout)
+		err := backendOf(e).send(req, resp, up, ctx.Conn(), bodyBy, timeout)
 		if err == nil {
 			status = resp.StatusCode()
 			done(balance.StatusOutcome(status))
 			h.answer(ctx, clientClose, client11)
+			if !up.w.over() {
+				// The answer streams while the body still goes out: the
+				// caller's connection closes after it, rather than
+				// fasthttp read on what is left of the body (and a
+				// closed connection is what makes it leave alone the
+				// body's stream, which the writing still reads).
+				ctx.SetConnectionClose()
+			}
 			return status, retries
 		}
 		resp.Reset()
 		switch {
-		case up.err != nil:
+		case up.err != nil && err == up.err:
 			done(balance.Abandoned) // the caller's doing
 			return callerFailed(ctx, err), retries
 		case isDialError(err):
@@ -574,7 +589,7 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 			retries++
 		case errors.Is(err, errTimeout) && up.ended.IsZero():
 			done(balance.Failed) // hung: not reading
-			return writeError(ctx, gatewayTimeout("%s: the request's body not taken within %s", where(pool), readTimeout)), retries
+			return writeError(ctx, gatewayTimeout("%s: the request's body not taken within %s", where(pool), h.readTimeout)), retries
 		case errors.Is(err, errTimeout):
 			done(balance.TimedOut(timed, time.Since(up.ended)))
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s of the request's end", where(pool), timeout)), retries
@@ -611,9 +626,17 @@ func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
 	resp.Header.SetContentLength(-2) // Connection: close
 	body, _ := resp.BodyStream().(*bodyStream)
 	h.hijack(ctx, func() { _ = resp.CloseBodyStream() }, func(client net.Conn) {
-		// What is not sent is closed with ctx when this returns.
+		// Closed before this returns, and fasthttp takes back the
+		// caller's connection: an upload still being written reads from
+		// it until then (bodyStream.Close ends it).
+		defer func() { _ = resp.CloseBodyStream() }()
 		if body == nil || !h.track(true, client, body.c.Conn) {
 			return
+		}
+		if body.w != nil {
+			// fasthttp cleared the connection's deadlines on taking it
+			// over; an upload still going out keeps its own.
+			_ = unwrap(client).SetReadDeadline(body.w.by)
 		}
 		defer h.track(false, client, body.c.Conn)
 		if _, err := client.Write(resp.Header.Header()); err == nil {
@@ -653,7 +676,7 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 			return
 		}
 		var err error
-		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true)
+		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true, nil)
 		switch {
 		case err == nil:
 			status = rh.StatusCode()
@@ -950,12 +973,12 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 	setForwardedFor(hdr, ctx.RemoteIP())
 	asReceived(&ctx.Request, pool.Service)
 	// The request is written ahead unless its body streams: it is then
-	// sent as it arrives, before the answer is read.
+	// sent as it arrives, while the answer is read.
 	var head bytes.Buffer
-	if up != nil {
-		ctx.Request.SetBodyStream(up, up.length)
-	} else if _, err := ctx.Request.WriteTo(&head); err != nil {
-		return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))
+	if up == nil {
+		if _, err := ctx.Request.WriteTo(&head); err != nil {
+			return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))
+		}
 	}
 	var (
 		tried   []*balance.Endpoint
@@ -992,8 +1015,10 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		}
 		defer h.track(false, client, backend)
 		var err error
+		var w *writing
 		if up != nil {
-			err = sendStreamed(backend, &ctx.Request, bodyBy)
+			w = h.streamUpload(client, backend, &ctx.Request, up, bodyBy)
+			defer w.finish(backend) // before backend is closed
 		} else {
 			_, err = backend.Write(head.Bytes())
 		}
@@ -1001,10 +1026,13 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
 			br := bufio.NewReaderSize(backend, 16<<10)
-			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11)
+			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11, w)
+		}
+		if err != nil && up != nil {
+			w.stop(backend) // the answer failed: the writing ends with it
 		}
 		switch {
-		case up != nil && up.err != nil:
+		case err != nil && up != nil && w.callers:
 			outcome = balance.Abandoned
 			writeRawError(client, up.err)
 		case err != nil:
@@ -1075,11 +1103,12 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 // connections one pipe until either side closes. Any other answer (an
 // event stream, an upgrade refused) is sent on to its end and the client's
 // connection closed: piped on, the requests the client sends next would
-// reach this instance unrouted. It returns an error only
+// reach this instance unrouted. w is the request's body still being
+// written from the client's connection, or nil. It returns an error only
 // when no answer came, so that the client can be sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
-func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11 bool) (balance.Outcome, error) {
+func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11 bool, w *writing) (balance.Outcome, error) {
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := rh.Read(br); err != nil {
@@ -1089,6 +1118,7 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 		if status == fasthttp.StatusSwitchingProtocols {
 			early, _ := br.Peek(br.Buffered()) // what the new protocol sent already
 			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err == nil {
+				w.wait() // the request's body first: the instance took it whole
 				pipe(client, backend)
 			}
 			return balance.Answered, nil
@@ -1126,6 +1156,7 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 	// fasthttp then closes the connection.
 	c := unwrap(client)
 	go func() {
+		w.wait() // what the caller sends is the request's body until then
 		_, _ = io.Copy(io.Discard, c)
 		closeWrite(backend)
 	}()

@@ -15,6 +15,18 @@ import (
 )
 
 func echoServer(t *testing.T, name string) string {
+	return serveConns(t, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s:%s\n", name, sc.Text())
+		}
+	})
+}
+
+// serveConns listens on a loopback port until the test ends, and serves
+// each connection with serve in a goroutine of its own, closing it after.
+// It returns the address.
+func serveConns(t *testing.T, serve func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -28,10 +40,7 @@ func echoServer(t *testing.T, name string) string {
 			}
 			go func() {
 				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s:%s\n", name, sc.Text())
-				}
+				serve(c)
 			}()
 		}
 	}()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -32,14 +33,15 @@ var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // takeBody reads req's body whole when it is at most bufferedBody, and
 // returns nil; a larger one is returned as an upload, its first bytes read
 // already if it came chunked. The error is the caller's: a body cut short
-// or malformed, or too slow to arrive.
-func takeBody(req *fasthttp.Request) (*upload, error) {
+// or malformed, or too slow to arrive (the request not read within
+// timeout).
+func takeBody(req *fasthttp.Request, timeout time.Duration) (*upload, error) {
 	if !req.IsBodyStream() {
 		return nil, nil
 	}
 	stream, cl := req.BodyStream(), req.Header.ContentLength()
 	if cl > bufferedBody {
-		return &upload{r: stream, length: cl, hdr: &req.Header}, nil
+		return &upload{r: stream, length: int64(cl), hdr: &req.Header, timeout: timeout}, nil
 	}
 	limit := int64(cl)
 	if cl < 0 {
@@ -47,19 +49,24 @@ func takeBody(req *fasthttp.Request) (*upload, error) {
 	}
 	buf := bodyBuffers.Get().(*bytes.Buffer)
 	defer func() {
-		buf.Reset()
-		bodyBuffers.Put(buf)
+		if buf.Cap() <= 2*bufferedBody {
+			buf.Reset()
+			bodyBuffers.Put(buf)
+		}
 	}()
+	if cl > 0 {
+		buf.Grow(cl + bytes.MinRead) // ReadFrom wants MinRead free at the end
+	}
 	n, err := buf.ReadFrom(io.LimitReader(stream, limit))
 	switch {
 	case err != nil:
-		return nil, bodyError(err)
+		return nil, bodyError(err, timeout)
 	case cl >= 0 && n < limit:
-		return nil, bodyError(fmt.Errorf("ended after %d of its %d bytes", n, cl))
+		return nil, bodyError(fmt.Errorf("ended after %d of its %d bytes", n, cl), timeout)
 	case cl < 0 && n > bufferedBody:
 		// Chunked, and larger than what is held: what was read goes first.
 		first := bytes.Clone(buf.Bytes())
-		return &upload{r: io.MultiReader(bytes.NewReader(first), stream), length: -1, hdr: &req.Header}, nil
+		return &upload{r: io.MultiReader(bytes.NewReader(first), stream), length: -1, hdr: &req.Header, timeout: timeout}, nil
 	}
 	// The chunked body's trailer section came with its end.
 	dropTrailer(&req.Header)
@@ -70,10 +77,11 @@ func takeBody(req *fasthttp.Request) (*upload, error) {
 	return nil, nil
 }
 
-// bodyError is the error of a request body the caller could not send.
-func bodyError(err error) error {
+// bodyError is the error of a request body the caller could not send, in
+// a request to be read within timeout.
+func bodyError(err error, timeout time.Duration) error {
 	if isTimeout(err) {
-		return sb.Errorf(sb.EDeadlineExceeded, "request body: not read within %s", readTimeout)
+		return sb.Errorf(sb.EDeadlineExceeded, "request body: not read within %s", timeout)
 	}
 	return sb.Errorf(sb.EInvalid, "request body: %s", unquoted(err))
 }
@@ -82,42 +90,53 @@ func bodyError(err error) error {
 // request's body stream while it is written to an instance.
 type upload struct {
 	r      io.Reader
-	length int // the Content-Length, or -1: chunked
+	length int64 // the Content-Length, or -1: chunked
 	hdr    *fasthttp.RequestHeader
 	read   int64
+	// timeout is the frontend's read timeout, for the errors.
+	timeout time.Duration
 	// err is the caller's failure to send the body, set by Read.
 	err error
 	// ended is when the body's last byte went out to the instance.
 	ended time.Time
+	// w is the body being written, once it is.
+	w *writing
 }
 
-// Read reads the body from the caller. A chunked body's trailer section,
-// read with its end, is dropped, as from a body read whole: the request
-// goes out chunked, and its trailer would be sent on after it.
+// Read reads the body from the caller. A failure is final: every later
+// Read returns it, and the bytes that came with it are dropped. (fasthttp's
+// chunked reader returns a chunk's data with the error of a malformed end
+// of it, and its chunked writer sends data read with an error on and reads
+// again: the stream would go on at the next chunk, and a request the
+// caller sent broken would reach the instance whole.) A chunked body's
+// trailer section, read with its end, is dropped, as from a body read
+// whole: the request goes out chunked, and it would be sent on after it.
 func (u *upload) Read(p []byte) (int, error) {
+	if u.err != nil {
+		return 0, u.err
+	}
 	n, err := u.r.Read(p)
 	u.read += int64(n)
 	switch {
-	case err == io.EOF && u.length >= 0 && u.read < int64(u.length):
+	case err == nil:
+		return n, nil
+	case err == io.EOF && u.length >= 0 && u.read < u.length:
 		err = io.ErrUnexpectedEOF
 	case err == io.EOF:
 		dropTrailer(u.hdr)
 		return n, err
 	}
-	if err != nil {
-		u.err = bodyError(err)
-	}
-	return n, err
+	u.err = bodyError(err, u.timeout)
+	return 0, u.err
 }
 
 // send sends req, whose body is up, to the instance over a new connection,
 // and reads the answer into resp while the body goes out: an instance may
 // answer before it has read all of it, or answer as it reads. The body
-// must be sent by bodyBy; timeout counts from its end. An answer that came
-// in whole before the body was all sent ends the request: the rest of the
-// body is not sent, and the connection is closed. The error is the
-// caller's (up.err) when it failed to send the body.
-func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *upload, bodyBy time.Time, timeout time.Duration) error {
+// must be sent by bodyBy; timeout counts from its end. caller is the
+// connection the body comes from. The error is the caller's (up.err) when
+// it failed to send the body.
+func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *upload, caller net.Conn, bodyBy time.Time, timeout time.Duration) error {
 	c, err := b.dial(bodyBy)
 	if err != nil {
 		return err
@@ -127,28 +146,10 @@ func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *uploa
 		c.Close()
 		return err
 	}
-	req.SetBodyStream(up, up.length)
-	w := &writing{done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		err := req.Write(c.bw)
-		if err == nil {
-			err = c.bw.Flush()
-		}
-		if err == nil {
-			up.ended = time.Now()
-			err = c.SetReadDeadline(up.ended.Add(timeout))
-		}
-		if up.err != nil {
-			// The instance must see the request end short, not whole.
-			c.Close()
-		}
-		w.err = err
-	}()
+	w := write(c, c.bw, req, up, caller, bodyBy, func() error { return c.SetReadDeadline(up.ended.Add(timeout)) })
 	fail := func(err error) error {
-		c.Close()
-		<-w.done
-		if up.err != nil {
+		w.stop(c)
+		if w.callers {
 			return up.err
 		}
 		return err
@@ -159,30 +160,82 @@ func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *uploa
 	if err := b.readAnswer(c, resp, head, keep, w); err != nil {
 		return fail(err)
 	}
-	select {
-	case <-w.done:
-	default:
-		// The answer streams while the body still goes out (readAnswer
-		// waited for a whole one): the caller's connection closes after
-		// it, rather than have fasthttp read on what is left of the body
-		// once the answer is sent.
-		resp.SetConnectionClose()
-	}
 	return nil
+}
+
+// write starts writing req, whose body is up, to c through bw, and returns
+// at once; the body is read from caller, and must be sent by bodyBy. Once
+// all of it went out, ended is called. A body the caller failed to send
+// closes c: the instance must see the request end short, not whole.
+func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, caller net.Conn, bodyBy time.Time, ended func() error) *writing {
+	req.SetBodyStream(up, int(up.length))
+	w := &writing{done: make(chan struct{}), caller: caller, by: bodyBy}
+	up.w = w
+	go func() {
+		defer close(w.done)
+		err := req.Write(bw)
+		if err == nil {
+			err = bw.Flush()
+		}
+		switch {
+		case up.err != nil:
+			w.callers = !w.stopping.Load()
+			c.Close()
+			err = up.err
+		case err == nil:
+			up.ended = time.Now()
+			err = ended()
+		}
+		w.err = err
+	}()
+	return w
 }
 
 // writing is a request body being written to an instance while its answer
 // is read.
 type writing struct {
-	done chan struct{}
-	err  error // set before done is closed
+	done   chan struct{}
+	caller net.Conn  // where the body comes from
+	by     time.Time // when all of it must have come
+	// stopping is set by stop before it interrupts the writer.
+	stopping atomic.Bool
+	// Set before done is closed: the writing's error, and whether it is
+	// the caller's (a body cut short or malformed, not one stop cut).
+	err     error
+	callers bool
 }
 
-// finish waits for the body to go out, briefly, once the answer is in
-// (writeGrace), and closes the connection on it after that. It reports
-// whether all of the body went out, so that the connection can be reused.
-// A nil writing has nothing to wait for.
-func (w *writing) finish(c *bconn) bool {
+// stop ends the writing now, whatever it waits on: it stops reading the
+// body from the caller and closes c, the connection to the instance.
+func (w *writing) stop(c io.Closer) {
+	w.stopping.Store(true)
+	_ = w.caller.SetReadDeadline(time.Now())
+	c.Close()
+	<-w.done
+}
+
+// over reports whether all of the body went out, or the writing failed.
+func (w *writing) over() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits until the writing is over. A nil writing is.
+func (w *writing) wait() {
+	if w != nil {
+		<-w.done
+	}
+}
+
+// finish ends the writing once the answer is in: it waits for the rest of
+// the body briefly (writeGrace), then stops it (stop). It reports whether
+// all of the body went out, so that c can be reused. A nil writing has
+// nothing to wait for.
+func (w *writing) finish(c io.Closer) bool {
 	if w == nil {
 		return true
 	}
@@ -192,25 +245,23 @@ func (w *writing) finish(c *bconn) bool {
 	case <-w.done:
 		return w.err == nil
 	case <-t.C:
-		c.Close()
-		<-w.done
+		w.stop(c)
 		return false
 	}
 }
 
-// sendStreamed writes req, whose body streams, to an instance's connection
-// taken over for a stream; the body must be sent by bodyBy.
-func sendStreamed(c net.Conn, req *fasthttp.Request, bodyBy time.Time) error {
-	if err := c.SetWriteDeadline(bodyBy); err != nil {
-		return err
-	}
-	bw := bufio.NewWriterSize(c, 4<<10)
-	err := req.Write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
-		return err
-	}
-	return c.SetWriteDeadline(time.Time{})
+// streamUpload starts writing a request whose body streams (up) to an
+// instance's connection taken over for an event stream or an upgrade,
+// while the answer is read; client is the caller's connection, taken over
+// too. The body must be sent by bodyBy.
+func (h *HTTP) streamUpload(client, backend net.Conn, req *fasthttp.Request, up *upload, bodyBy time.Time) *writing {
+	caller := unwrap(client)
+	// fasthttp cleared the caller's deadlines on handing it over.
+	_ = caller.SetReadDeadline(bodyBy)
+	_ = backend.SetWriteDeadline(bodyBy)
+	return write(backend, bufio.NewWriterSize(backend, 4<<10), req, up, caller, bodyBy, func() error {
+		// A stream has no timeout once the request is in.
+		_ = caller.SetReadDeadline(time.Time{})
+		return backend.SetWriteDeadline(time.Time{})
+	})
 }

@@ -196,6 +196,10 @@ func TestACallerGoneMidUploadCutsTheRequestShort(t *testing.T) {
 		{"length", "Content-Length: 8388608", part, nil},
 		{"chunked", "Transfer-Encoding: chunked", chunk(part), nil},
 		{"malformed chunk", "Transfer-Encoding: chunked", chunk(part), []byte("zz\r\nbad\r\n0\r\n\r\n")},
+		// fasthttp reads the data of a chunk with a bad end as one: its
+		// chunked writer sent that on and read again, and the instance got
+		// a whole request out of the next, well-formed, last chunk.
+		{"chunk with a bad end", "Transfer-Encoding: chunked", append(fmt.Appendf(nil, "%x\r\n", len(part)), part...), []byte("X0\r\n\r\n")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := f.dial()
@@ -276,25 +280,12 @@ func TestAnUploadIsRetriedOnlyWhenNoneOfItWasSent(t *testing.T) {
 	var mu sync.Mutex
 	took := 0
 	taker := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				mu.Lock()
-				took++
-				mu.Unlock()
-				io.CopyN(io.Discard, c, 1<<20)
-				c.Close()
-			}
-		}()
-		return "http://" + ln.Addr().String()
+		return "http://" + serveConns(t, func(c net.Conn) {
+			mu.Lock()
+			took++
+			mu.Unlock()
+			io.CopyN(io.Discard, c, 1<<20)
+		})
 	}
 	f = newFrontend(t)
 	f.set("a", taker(), taker())
@@ -376,5 +367,139 @@ func TestAnEventStreamRequestWithALargeBody(t *testing.T) {
 			t.Errorf("length %d: %d %q, want 200 %q", length, res.StatusCode, b, want)
 		}
 		waitFor(t, sink.got, "the instance's record")
+	}
+}
+
+// earlyInstance answers every request from its head alone, without reading
+// its body: with a small Content-Length (read whole by the sidecar), or
+// chunked (streamed), and, with sse, as an event stream. answerAfter, if
+// not nil, holds the answer back until it is closed; the body is then read
+// slowly.
+func earlyInstance(t *testing.T, chunked, sse bool, answerAfter <-chan struct{}) string {
+	return "http://" + serveConns(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if answerAfter != nil {
+			<-answerAfter
+		}
+		ct := "text/plain"
+		if sse {
+			ct = "text/event-stream"
+		}
+		if chunked {
+			fmt.Fprintf(c, "HTTP/1.1 413 Too Large\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nno th\r\n", ct)
+		} else {
+			fmt.Fprintf(c, "HTTP/1.1 413 Too Large\r\nContent-Type: %s\r\nContent-Length: 11\r\n\r\nno thanks!\n", ct)
+		}
+		if answerAfter != nil {
+			buf := make([]byte, 64<<10)
+			for {
+				if _, err := req.Body.Read(buf); err != nil {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		if chunked {
+			io.WriteString(c, "6\r\nanks!\n\r\n0\r\n\r\n")
+		}
+		io.Copy(io.Discard, br)
+	})
+}
+
+// TestAnEarlyAnswerDoesNotWaitForTheRestOfTheBody: an instance that
+// answers an upload from its head alone has its answer reach a caller that
+// paused mid-body, read whole or streamed, to an HTTP/1.1 or an HTTP/1.0
+// caller, and for an event stream request too: not when the caller sends
+// more (or the read timeout of 2 minutes ends it), nor as a 502 for the
+// body the instance did not read. The caller's connection closes after it:
+// the rest of its body is not for anyone.
+func TestAnEarlyAnswerDoesNotWaitForTheRestOfTheBody(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		chunked, sse, h10 bool
+	}{
+		{"whole", false, false, false},
+		{"streamed", true, false, false},
+		{"streamed to HTTP/1.0", true, false, true},
+		{"event stream request", false, true, false},
+		{"event stream request, streamed", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFrontend(t)
+			f.set("a", earlyInstance(t, tc.chunked, tc.sse, nil))
+			c := f.dial()
+			proto, accept := "HTTP/1.1", ""
+			if tc.h10 {
+				proto = "HTTP/1.0"
+			}
+			if tc.sse {
+				accept = "Accept: text/event-stream\r\n"
+			}
+			fmt.Fprintf(c, "PUT / %s\r\nHost: a.localhost\r\n%sContent-Length: %d\r\n\r\n", proto, accept, 4<<20)
+			c.Write(make([]byte, 2<<20))
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("no answer while the caller pauses: %v", err)
+			}
+			b, err := io.ReadAll(res.Body)
+			if err != nil || res.StatusCode != 413 || string(b) != "no thanks!\n" {
+				t.Fatalf("answer %d %q (%v), want the instance's whole 413", res.StatusCode, b, err)
+			}
+			if !res.Close {
+				t.Errorf("the caller's connection stays open after the answer, with the rest of the body unsent")
+			}
+		})
+	}
+}
+
+// TestAStalledUploadEndsWithTheReadTimeout: a caller that stops sending an
+// upload's body holds the instance's connection no longer than the
+// frontend's read timeout, also for an event stream request (whose
+// connection fasthttp hands over without a deadline).
+func TestAStalledUploadEndsWithTheReadTimeout(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	f := newFrontend(t, func(h *HTTP) { h.readTimeout = time.Second })
+	f.set("a", sink.srv.URL)
+	for _, accept := range []string{"", "Accept: text/event-stream\r\n"} {
+		c := f.dial()
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\n%sContent-Length: %d\r\n\r\n", accept, 4<<20)
+		c.Write(make([]byte, 2<<20))
+		if got := waitFor(t, sink.got, "the instance's connection, still open long after the read timeout"); got.err == nil {
+			t.Errorf("%q: the instance read a whole request of %d bytes", accept, got.n)
+		}
+	}
+}
+
+// TestACallerGoneMidAnswerLeavesItsUploadAlone: an HTTP/1.0 caller (whose
+// connection the sidecar takes over to send an answer of unknown length)
+// resets its connection while its upload still goes out. The writing must
+// be over before fasthttp takes the connection's reader and the request
+// back; the race detector watches.
+func TestACallerGoneMidAnswerLeavesItsUploadAlone(t *testing.T) {
+	for range 5 {
+		answer := make(chan struct{})
+		f := newFrontend(t)
+		f.set("a", earlyInstance(t, true, false, answer))
+		c := f.dial()
+		fmt.Fprintf(c, "POST / HTTP/1.0\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", 64<<20)
+		go func() {
+			buf := make([]byte, 1<<20)
+			for range 64 {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		time.Sleep(20 * time.Millisecond)
+		close(answer)
+		time.Sleep(300 * time.Millisecond)
 	}
 }
