@@ -11,12 +11,14 @@
 # haproxy) runs and drives -> 2 backends (http-sidecar-haproxy, HTTP only);
 # for HTTP (HAProxy mode http, the sidecar's frontend) and for
 # L4 TCP (HAProxy mode tcp, the sidecar's upstream listener), with the same
-# wrk settings for every row. Everything listens on 127.0.0.1; everything the
+# wrk settings for every row; then uploads (POSTs of $UPLOAD bytes, which
+# both proxies stream) direct, through HAProxy and through the sidecar. Everything listens on 127.0.0.1; everything the
 # script starts is stopped on exit (trap). Environment knobs:
 #
 #   DURATION  seconds measured per row (10)     WARMUP  seconds of warm-up (2)
 #   ROUNDS    rounds over the rows (2); the table gives their mean
 #   CONNS     wrk connections (64)              THREADS wrk threads (1 pinned, 2 not)
+#   UPLOAD    bytes of each POST in the upload rows (8388608; 0: no upload rows)
 #   PIN       1: load on CPU 0, proxy on CPU 1 (default when there are 2+ CPUs)
 #   QUIET     seconds to wait, before each row, for other processes to use
 #             under 15% of a CPU (30; 0: do not wait, and never measure a
@@ -36,6 +38,7 @@ ROOT=$(pwd)
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
+UPLOAD=${UPLOAD:-8388608}
 PROFILE=${PROFILE:-0}
 QUIET=${QUIET:-30}
 ROUNDS=${ROUNDS:-2}
@@ -46,11 +49,15 @@ if [ -z "${PIN:-}" ]; then
 fi
 if [ "$PIN" = 1 ] && [ "$NCPU" -lt 2 ]; then echo "run.sh: PIN=1 needs 2 CPUs, this machine has $NCPU" >&2; exit 2; fi
 if [ "$PIN" = 1 ]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-2}; fi
-for v in DURATION WARMUP CONNS THREADS QUIET ROUNDS; do
+for v in DURATION WARMUP CONNS THREADS QUIET ROUNDS UPLOAD; do
 	case ${!v} in '' | *[!0-9]*) echo "run.sh: $v must be a whole number, got '${!v}'" >&2; exit 2 ;; esac
 done
 if [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 120 ] || [ "$CONNS" -lt 1 ] || [ "$CONNS" -gt 1000 ] || [ "$WARMUP" -gt 60 ] || [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 10 ]; then
 	echo "run.sh: keep DURATION in 1..120, WARMUP in 0..60, CONNS in 1..1000 and ROUNDS in 1..10" >&2
+	exit 2
+fi
+if [ "$UPLOAD" -gt $((256 << 20)) ]; then
+	echo "run.sh: keep UPLOAD at most 268435456 (256 MiB: wrk holds the body in memory)" >&2
 	exit 2
 fi
 
@@ -376,12 +383,20 @@ cputicks() { # utime+stime of a process, in clock ticks
 }
 TCK=$(getconf CLK_TCK)
 WRKLUA=$ROOT/bench/proxy/report.lua
+export WRKREPORT=$WRKLUA UPLOAD
 
-wrkrun() { # wrkrun SECONDS URL [HEADER]: prints wrk's output
-	local secs=$1 url=$2 hdr=${3:-}
-	local args=(-t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency -s "$WRKLUA")
+wrkrun() { # wrkrun SECONDS URL [HEADER [SCRIPT]]: prints wrk's output
+	local secs=$1 url=$2 hdr=${3:-} script=${4:-$WRKLUA}
+	local args=(-t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency -s "$script")
 	[ -n "$hdr" ] && args+=(-H "$hdr")
 	"${ONLOAD[@]}" timeout $((secs + 30)) wrk "${args[@]}" "$url"
+}
+
+# peakrss PID: the process's peak RSS in KiB since resetpeak (VmHWM), or -.
+resetpeak() { [ "$1" = - ] || echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
+peakrss() {
+	[ "$1" = - ] && { echo -; return; }
+	awk '/^VmHWM:/ { print $2; f = 1 } END { if (!f) print "-" }' "/proc/$1/status" 2>/dev/null || echo -
 }
 
 # CPU accounting, in clock ticks: busy ticks per CPU (/proc/stat), ticks of
@@ -432,7 +447,7 @@ quiet() {
 
 # measure NAME URL HEADER PID ROUND: warm-up, then the measured run; appends
 # a row "name rps p50_us p99_us proxy_ticks requests errors cpu0% cpu1% irq%
-# other% segments" to $WORK/rows. A row during which other processes used
+# other% segments peak_rss_kib" to $WORK/rows. A row during which other processes used
 # more than 10% of a CPU is measured once more (the busy one goes to
 # rows.busy).
 measure() {
@@ -449,16 +464,19 @@ measure() {
 
 # measure1: one try of measure, its row in $WORK/row.
 measure1() {
-	local name=$1 url=$2 hdr=$3 pid=$4 round=${5:-1} c0=0 c1=0 line b0 b1 o0 o1 k0 k1 g0 g1
+	local name=$1 url=$2 hdr=$3 pid=$4 round=${5:-1} c0=0 c1=0 line b0 b1 o0 o1 k0 k1 g0 g1 rss
+	local script=$WRKLUA
+	case $name in upload-*) script=$ROOT/bench/proxy/upload.lua ;; esac
 	[ "$QUIET" -gt 0 ] && quiet
 	echo "  round $round: $name: ${WARMUP}s warm-up, ${DURATION}s measured ..." >&2
-	if [ "$WARMUP" -gt 0 ]; then wrkrun "$WARMUP" "$url" "$hdr" >"$WORK/wrk.$name.$round.warmup" 2>&1 || true; fi
+	if [ "$WARMUP" -gt 0 ]; then wrkrun "$WARMUP" "$url" "$hdr" "$script" >"$WORK/wrk.$name.$round.warmup" 2>&1 || true; fi
+	resetpeak "$pid"
 	[ "$pid" != - ] && c0=$(cputicks "$pid")
 	b0=$(cpubusy)
 	o0=$(ours)
 	g0=$(outsegs)
 	times >"$WORK/times.0"
-	wrkrun "$DURATION" "$url" "$hdr" >"$WORK/wrk.$name.$round" 2>&1 || {
+	wrkrun "$DURATION" "$url" "$hdr" "$script" >"$WORK/wrk.$name.$round" 2>&1 || {
 		echo "run.sh: wrk failed for $name:" >&2
 		cat "$WORK/wrk.$name.$round" >&2
 		exit 1
@@ -470,9 +488,10 @@ measure1() {
 	o1=$(ours)
 	b1=$(cpubusy)
 	[ "$pid" != - ] && c1=$(cputicks "$pid")
+	rss=$(peakrss "$pid")
 	line=$(grep '^WRKRESULT' "$WORK/wrk.$name.$round") || { cat "$WORK/wrk.$name.$round" >&2; exit 1; }
 	awk -v name="$name" -v cpu=$((c1 - c0)) -v pid="$pid" -v b0="$b0" -v b1="$b1" \
-		-v ours=$((o1 - o0 + k1 - k0)) -v segs=$((g1 - g0)) '{
+		-v ours=$((o1 - o0 + k1 - k0)) -v segs=$((g1 - g0)) -v rss="$rss" '{
 		for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
 		errs = v["connect"] + v["read"] + v["write"] + v["status"] + v["timeout"]
 		n0 = split(b0, x0, " "); split(b1, x1, " ")
@@ -485,7 +504,7 @@ measure1() {
 		other = busy - ours
 		if (other < 0) other = 0
 		one = (all > 0) ? all / n0 : 1
-		printf "%s %.0f %d %d %s %d %d %.0f %.0f %.0f %.0f %d\n", name, v["requests"] / (v["duration_us"] / 1e6), v["p50_us"], v["p99_us"], (pid == "-" ? "-" : cpu), v["requests"], errs, pct[1], (n0 > 1 ? pct[2] : 0), 100 * irq / one, 100 * other / one, segs
+		printf "%s %.0f %d %d %s %d %d %.0f %.0f %.0f %.0f %d %s\n", name, v["requests"] / (v["duration_us"] / 1e6), v["p50_us"], v["p99_us"], (pid == "-" ? "-" : cpu), v["requests"], errs, pct[1], (n0 > 1 ? pct[2] : 0), 100 * irq / one, 100 * other / one, segs, rss
 	}' <<<"$line" >"$WORK/row"
 }
 
@@ -500,6 +519,13 @@ ROWS=(
 	"tcp-haproxy http://127.0.0.1:$HATCP/ - $HAPID"
 	"tcp-sidecar http://127.0.0.1:$SCTCP/ - $SCPID"
 )
+if [ "$UPLOAD" -gt 0 ]; then
+	ROWS+=(
+		"upload-direct http://127.0.0.1:$B1/ - -"
+		"upload-haproxy http://127.0.0.1:$HAHTTP/ Switchboard-Service:bench $HAPID"
+		"upload-sidecar http://127.0.0.1:$SCHTTP/ Switchboard-Service:bench $SCPID"
+	)
+fi
 # ONLY="ROW ROW..." measures those rows alone (more rounds of one pair in
 # the same time); ratios whose rows were not measured are left out.
 if [ -n "${ONLY:-}" ]; then
@@ -547,8 +573,9 @@ echo "haproxy mode: http-sidecar-haproxy = a second sidecar with proxy: haproxy;
 echo "      httplog at level warning, retries 3, redispatch) serves listen, pinned with the sidecar; proxy CPU = the HAProxy worker;"
 echo "      the sidecar process itself used $(awk -v t=$((SC2T1 - SC2T0)) -v tck="$TCK" 'BEGIN { printf "%.2f", t / tck }')s of CPU over all rows (HAProxy worker pid $HA2PID before, $HA2NOW after: same = no reload)"
 echo "L4:   HAProxy mode tcp (leastconn) vs the sidecar's upstream listen; wrk's keep-alive HTTP through both"
+[ "$UPLOAD" -gt 0 ] && echo "uploads: the HTTP rows' setup, every request a POST of $UPLOAD bytes (Content-Length), which the backend reads and drops"
 echo
-awk -v tck="$TCK" -v dur="$DURATION" -v pin="$PIN" '
+awk -v tck="$TCK" -v dur="$DURATION" -v pin="$PIN" -v upload="$UPLOAD" -v conns="$CONNS" '
 function ms(us) { return sprintf("%.3fms", us / 1000) }
 # pmed: the median over the rounds of the ratio a/b taken within each round
 # (the two rows a few seconds apart), which a drift of the shared machine
@@ -568,6 +595,7 @@ function pmed(v, a, b,    k, m, i, j, t, x) {
 	rps[n] += $2; p50[n] += $3; p99[n] += $4; req[n] += $6; err[n] += $7
 	if ($5 == "-") cpu[n] = "-"; else cpu[n] += $5
 	busy0[n] += $8; busy1[n] += $9; irq[n] += $10; oth[n] += $11; segs[n] += $12
+	if ($13 != "-" && $13 + 0 > peak[n]) peak[n] = $13 + 0
 	if ($2 < lo[n]) lo[n] = $2
 	if ($2 > hi[n]) hi[n] = $2
 }
@@ -576,7 +604,7 @@ END {
 		n = name[i]; c = cnt[n]
 		rps[n] /= c; p50[n] /= c; p99[n] /= c; busy0[n] /= c; busy1[n] /= c; irq[n] /= c; oth[n] /= c
 	}
-	printf "%-20s %8s %7s %9s %9s %9s %9s %6s %5s %5s %5s %6s %8s\n", "row", "req/s", "spread", "p50", "p99", "proxy CPU", "CPU/req", "errors", "CPU0", "CPU1", "irq", "other", "segs/req"
+	printf "%-20s %8s %7s %9s %9s %9s %9s %6s %5s %5s %5s %6s %8s %8s\n", "row", "req/s", "spread", "p50", "p99", "proxy CPU", "CPU/req", "errors", "CPU0", "CPU1", "irq", "other", "segs/req", "peak RSS"
 	for (i = 1; i <= rows; i++) {
 		n = name[i]
 		if (cpu[n] == "-") { cp = "-"; cr = "-" }
@@ -586,13 +614,15 @@ END {
 			cr = sprintf("%.1fus", 1e6 * s / req[n])
 		}
 		sp = (cnt[n] > 1 && rps[n] > 0) ? sprintf("%.0f%%", 100 * (hi[n] - lo[n]) / rps[n]) : "-"
-		printf "%-20s %8.0f %7s %9s %9s %9s %9s %6d %4d%% %4d%% %4d%% %5d%% %8.2f%s\n", n, rps[n], sp, ms(p50[n]), ms(p99[n]), cp, cr, err[n], busy0[n], busy1[n], irq[n], oth[n], (req[n] > 0 ? segs[n] / req[n] : 0), (oth[n] > 10 ? "  !busy" : "")
+		pk = (n in peak) ? sprintf("%.1fMiB", peak[n] / 1024) : "-"
+		printf "%-20s %8.0f %7s %9s %9s %9s %9s %6d %4d%% %4d%% %4d%% %5d%% %8.2f %8s%s\n", n, rps[n], sp, ms(p50[n]), ms(p99[n]), cp, cr, err[n], busy0[n], busy1[n], irq[n], oth[n], (req[n] > 0 ? segs[n] / req[n] : 0), pk, (oth[n] > 10 ? "  !busy" : "")
 		if (oth[n] > 10) noisy = 1
 	}
 	print "(spread: (max - min) / mean of the rounds req/s; proxy CPU: user+sys time of the proxy process, % of one CPU;"
 	print " CPU/req: that time per request; CPU0/CPU1: how busy each CPU was; irq: of which interrupts, mostly loopback TCP;"
 	print " other: busy time less the time of every process this script started, i.e. other processes; all in % of one CPU;"
-	print " segs/req: TCP segments the machine sent per request, all hops and pure ACKs included)"
+	print " segs/req: TCP segments the machine sent per request, all hops and pure ACKs included;"
+	print " peak RSS: the largest resident set of the proxy process during the measured runs, VmHWM reset before each)"
 	print ""
 	printf "%-36s %8s   %-24s %s\n", "ratio", "value", "target", "verdict"
 	print "(requests/s ratios: the median over the rounds of the ratio within each round; the ratio of the means follows)"
@@ -636,6 +666,14 @@ END {
 		h = "http-haproxy"
 		if ((h in rps) && rps[h] > 0) printf "%-36s %8.2f   %-24s (ratio of the means %.2f)\n", "  rps haproxy-mode/no-retry config", pmed(rr, hm, h), "- (retries cost this)", rps[hm] / rps[h]
 		if ((h in rps) && rps[h] > 0) printf "%-36s %8.2f   %-24s (ratio of the means %.2f)\n", "  p99 haproxy-mode/no-retry config", pmed(rp, hm, h), "-", p99[hm] / p99[h]
+	}
+	# Uploads: throughput and the memory they take.
+	h = "upload-haproxy"; sc = "upload-sidecar"
+	if ((h in rps) && (sc in rps) && rps[h] > 0) {
+		r = pmed(rr, sc, h)
+		printf "%-36s %8.2f   %-24s %s (ratio of the means %.2f; haproxy %.0f MiB/s, sidecar %.0f MiB/s)\n", "upload rps sidecar/haproxy", r, "- (HTTP: >= 1.00)", (r >= 1.0 ? "at or above" : "below"), rps[sc] / rps[h], rps[h] * upload / 1048576, rps[sc] * upload / 1048576
+		if ("upload-direct" in rps && rps["upload-direct"] > 0) printf "%-36s %8.2f\n", "upload rps sidecar/direct", rps[sc] / rps["upload-direct"]
+		if ((h in peak) && (sc in peak)) printf "%-36s %8s   haproxy %.1f MiB, sidecar %.1f MiB (%d connections, %.0f MiB in flight)\n", "upload peak RSS", "", peak[h] / 1024, peak[sc] / 1024, conns, conns * upload / 1048576
 	}
 	bad = 0
 	for (n in err) if (err[n] > 0) bad = 1

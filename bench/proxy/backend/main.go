@@ -1,7 +1,8 @@
 // Command backend is the HTTP server behind the proxies in bench/proxy: a
 // fasthttp server that answers every request with 200 and a small fixed
 // body, so that the backends cost as little as possible and the proxy in
-// front of them is what the benchmark measures.
+// front of them is what the benchmark measures. Request bodies are read
+// as they arrive and dropped.
 //
 //	backend -listen 127.0.0.1:8081 [-size 13]
 //
@@ -12,6 +13,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -40,11 +42,17 @@ func main() {
 	}
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
+			if ctx.Request.IsBodyStream() {
+				// An upload (run.sh's upload rows): read and dropped.
+				_, _ = io.Copy(io.Discard, ctx.RequestBodyStream())
+			}
 			ctx.SetContentType("text/plain")
 			ctx.SetBody(body)
 		},
 		Name:        "backend",
 		IdleTimeout: 2 * time.Minute,
+		// Bodies of any size are read as they come, not held.
+		StreamRequestBody: true,
 	}
 	fmt.Fprintf(os.Stderr, "backend: listening on %s\n", ln.Addr())
 	go func() {
