@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -66,9 +67,13 @@ type HTTP struct {
 	// Off elsewhere: a gateway service often sends its callers' Origin on.
 	LocalBrowsersOnly bool
 
-	// readTimeout bounds the reading of a request, body included; zero
-	// means defaultReadTimeout (tests shorten it).
+	// readTimeout bounds the reading of a request, body included, and
+	// each wait for an upload's next bytes; zero means defaultReadTimeout
+	// (tests shorten it).
 	readTimeout time.Duration
+	// shutting is set when Shutdown begins: uploads' deadlines stop
+	// moving on.
+	shutting atomic.Bool
 
 	once sync.Once
 	srv  *fasthttp.Server
@@ -159,6 +164,7 @@ func (h *HTTP) setup() {
 // Shutdown stops accepting and waits for requests in progress.
 func (h *HTTP) Shutdown() error {
 	h.once.Do(h.setup)
+	h.shutting.Store(true)
 	h.mu.Lock()
 	h.closed = true
 	for _, ln := range h.lns {
@@ -443,6 +449,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		if up, err = takeBody(&ctx.Request, h.readTimeout); err != nil {
 			return callerFailed(ctx, err), 0
 		}
+		if up != nil {
+			up.frozen = &h.shutting
+		}
 		if up == nil {
 			// The timeout counts from the request's end.
 			d := time.Since(read)
@@ -450,7 +459,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 	}
 	if isStream(&ctx.Request.Header) {
-		return h.stream(ctx, pool, up, now.Add(h.readTimeout)), 0
+		return h.stream(ctx, pool, up), 0
 	}
 
 	// The request goes out as it came in (no copy), less the hop-by-hop
@@ -470,7 +479,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 
 	h.Budget.Request()
 	if up != nil {
-		return h.upload(ctx, pool, up, timeout, timed, now.Add(h.readTimeout), clientClose, client11)
+		return h.upload(ctx, pool, up, timeout, timed, clientClose, client11)
 	}
 	replayable := idempotent(ctx.Method()) || len(req.Header.Peek("Idempotency-Key")) > 0
 	resp := &ctx.Response
@@ -546,9 +555,9 @@ func (h *HTTP) answer(ctx *fasthttp.RequestCtx, clientClose, client11 bool) {
 // upload sends a request whose body streams (takeBody) to an instance of
 // the pool's service. It is tried on another instance only when no
 // connection to the first could be made: the body's bytes are gone once
-// read. The body must arrive by bodyBy; the timeout counts from its end.
+// read. The timeout counts from the body's end.
 func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, timeout time.Duration, timed bool,
-	bodyBy time.Time, clientClose, client11 bool) (int, int) {
+	clientClose, client11 bool) (int, int) {
 	req, resp := &ctx.Request, &ctx.Response
 	var tried []*balance.Endpoint
 	var lastErr error
@@ -560,7 +569,7 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		err := backendOf(e).send(req, resp, up, ctx.Conn(), bodyBy, timeout)
+		err := backendOf(e).send(req, resp, up, ctx.Conn(), timeout)
 		if err == nil {
 			status = resp.StatusCode()
 			done(balance.StatusOutcome(status))
@@ -589,7 +598,7 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 			retries++
 		case errors.Is(err, errTimeout) && up.ended.IsZero():
 			done(balance.Failed) // hung: not reading
-			return writeError(ctx, gatewayTimeout("%s: the request's body not taken within %s", where(pool), h.readTimeout)), retries
+			return writeError(ctx, gatewayTimeout("%s: the instance took none of the request's body for %s", where(pool), h.readTimeout)), retries
 		case errors.Is(err, errTimeout):
 			done(balance.TimedOut(timed, time.Since(up.ended)))
 			return writeError(ctx, gatewayTimeout("%s: no answer within %s of the request's end", where(pool), timeout)), retries
@@ -635,8 +644,8 @@ func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
 		}
 		if body.w != nil {
 			// fasthttp cleared the connection's deadlines on taking it
-			// over; an upload still going out keeps its own.
-			_ = unwrap(client).SetReadDeadline(body.w.by)
+			// over; an upload still going out sets its own again.
+			body.w.up.push(true)
 		}
 		defer h.track(false, client, body.c.Conn)
 		if _, err := client.Write(resp.Header.Header()); err == nil {
@@ -958,7 +967,7 @@ func CloseEndpoint(e *balance.Endpoint) {
 // taken over, the request written to an instance as it came, and the
 // answer relayed (an upgraded connection piped both ways until either side
 // closes).
-func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, bodyBy time.Time) int {
+func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) int {
 	hdr := &ctx.Request.Header
 	hdr.Del(ServiceHeader)
 	hdr.Del(TimeoutHeader)
@@ -1017,7 +1026,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		var err error
 		var w *writing
 		if up != nil {
-			w = h.streamUpload(client, backend, &ctx.Request, up, bodyBy)
+			w = h.streamUpload(client, backend, &ctx.Request, up)
 			defer w.finish(backend) // before backend is closed
 		} else {
 			_, err = backend.Write(head.Bytes())

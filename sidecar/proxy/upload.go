@@ -28,6 +28,12 @@ const bufferedBody = 1 << 20
 // (net/http's transport waits as long before it reuses a connection).
 const writeGrace = 50 * time.Millisecond
 
+// instanceSlack is how much longer than the caller an upload's instance is
+// given to take the next bytes: a caller that stalls runs out of time
+// first, and is the one blamed (a stalled upload must not eject a healthy
+// instance).
+const instanceSlack = time.Second
+
 var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // takeBody reads req's body whole when it is at most bufferedBody, and
@@ -55,7 +61,10 @@ func takeBody(req *fasthttp.Request, timeout time.Duration) (*upload, error) {
 		}
 	}()
 	if cl > 0 {
-		buf.Grow(cl + bytes.MinRead) // ReadFrom wants MinRead free at the end
+		// ReadFrom wants MinRead free at the end. Not more than 64 KiB
+		// ahead of what came: a caller that announces a megabyte and sends
+		// nothing holds no megabyte.
+		buf.Grow(min(cl, 64<<10) + bytes.MinRead)
 	}
 	n, err := buf.ReadFrom(io.LimitReader(stream, limit))
 	switch {
@@ -93,7 +102,8 @@ type upload struct {
 	length int64 // the Content-Length, or -1: chunked
 	hdr    *fasthttp.RequestHeader
 	read   int64
-	// timeout is the frontend's read timeout, for the errors.
+	// timeout is the frontend's read timeout: how long each wait for the
+	// body's next bytes may last, on either side.
 	timeout time.Duration
 	// err is the caller's failure to send the body, set by Read.
 	err error
@@ -101,6 +111,57 @@ type upload struct {
 	ended time.Time
 	// w is the body being written, once it is.
 	w *writing
+
+	// The deadlines of the caller's connection (reading) and of the
+	// instance's (writing; with instRead, reading its answer too), pushed
+	// on as the body moves (push).
+	caller, inst net.Conn
+	instRead     bool
+	// frozen is set when the frontend shuts down: the deadlines stay, so
+	// that an upload holds Shutdown no longer than one timeout.
+	frozen   *atomic.Bool
+	mu       sync.Mutex // guards halted, finished and pushed
+	halted   bool       // halt was called: the writer is being stopped
+	finished bool       // all of the body went out
+	pushed   time.Time
+}
+
+// push moves the deadlines on to a timeout from now: each wait for the
+// body's next bytes may last that long, however long the upload takes (as
+// HAProxy's timeout client and server are). It does so at most once a
+// second (or a quarter of the timeout), unless forced; never after halt or the body's end, nor once the
+// frontend shuts down.
+func (u *upload) push(force bool) {
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.halted || u.finished || (!force && now.Sub(u.pushed) < min(time.Second, u.timeout/4)) || (u.frozen != nil && u.frozen.Load()) {
+		return
+	}
+	u.pushed = now
+	_ = u.caller.SetReadDeadline(now.Add(u.timeout))
+	by := now.Add(u.timeout + instanceSlack)
+	if u.instRead {
+		_ = u.inst.SetDeadline(by)
+	} else {
+		_ = u.inst.SetWriteDeadline(by)
+	}
+}
+
+// halt ends a wait of the writer on the caller now, and keeps push from
+// setting the deadline back.
+func (u *upload) halt() {
+	u.mu.Lock()
+	u.halted = true
+	u.mu.Unlock()
+	_ = u.caller.SetReadDeadline(time.Now())
+}
+
+// isHalted reports whether halt was called.
+func (u *upload) isHalted() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.halted
 }
 
 // Read reads the body from the caller. A failure is final: every later
@@ -119,6 +180,7 @@ func (u *upload) Read(p []byte) (int, error) {
 	u.read += int64(n)
 	switch {
 	case err == nil:
+		u.push(false)
 		return n, nil
 	case err == io.EOF && u.length >= 0 && u.read < u.length:
 		err = io.ErrUnexpectedEOF
@@ -126,27 +188,27 @@ func (u *upload) Read(p []byte) (int, error) {
 		dropTrailer(u.hdr)
 		return n, err
 	}
-	u.err = bodyError(err, u.timeout)
+	if isTimeout(err) {
+		u.err = sb.Errorf(sb.EDeadlineExceeded, "request body: none of it came for %s", u.timeout)
+	} else {
+		u.err = bodyError(err, u.timeout)
+	}
 	return 0, u.err
 }
 
 // send sends req, whose body is up, to the instance over a new connection,
 // and reads the answer into resp while the body goes out: an instance may
-// answer before it has read all of it, or answer as it reads. The body
-// must be sent by bodyBy; timeout counts from its end. caller is the
-// connection the body comes from. The error is the caller's (up.err) when
-// it failed to send the body.
-func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *upload, caller net.Conn, bodyBy time.Time, timeout time.Duration) error {
-	c, err := b.dial(bodyBy)
+// answer before it has read all of it, or answer as it reads. Each wait
+// for the body's next bytes may last the read timeout (push); timeout
+// counts from its end. caller is the connection the body comes from. The
+// error is the caller's (up.err) when it failed to send the body.
+func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *upload, caller net.Conn, timeout time.Duration) error {
+	c, err := b.dial(time.Now().Add(up.timeout))
 	if err != nil {
 		return err
 	}
 	head, keep := req.Header.IsHead(), !req.Header.ConnectionClose() && req.Header.IsHTTP11()
-	if err := c.SetDeadline(bodyBy); err != nil {
-		c.Close()
-		return err
-	}
-	w := write(c, c.bw, req, up, caller, bodyBy, func() error { return c.SetReadDeadline(up.ended.Add(timeout)) })
+	w := write(c, c.bw, req, up, caller, true, func() error { return c.SetReadDeadline(up.ended.Add(timeout)) })
 	fail := func(err error) error {
 		w.stop(c)
 		if w.callers {
@@ -164,13 +226,16 @@ func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *uploa
 }
 
 // write starts writing req, whose body is up, to c through bw, and returns
-// at once; the body is read from caller, and must be sent by bodyBy. Once
-// all of it went out, ended is called. A body the caller failed to send
-// closes c: the instance must see the request end short, not whole.
-func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, caller net.Conn, bodyBy time.Time, ended func() error) *writing {
+// at once; the body is read from caller. instRead says c's answer is read
+// under the deadline the body moves on (push). Once all of the body went
+// out, ended is called. A body the caller failed to send closes c: the
+// instance must see the request end short, not whole.
+func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, caller net.Conn, instRead bool, ended func() error) *writing {
 	req.SetBodyStream(up, int(up.length))
-	w := &writing{done: make(chan struct{}), caller: caller, by: bodyBy}
+	w := &writing{done: make(chan struct{}), up: up}
 	up.w = w
+	up.caller, up.inst, up.instRead = caller, c, instRead
+	up.push(true)
 	go func() {
 		defer close(w.done)
 		err := req.Write(bw)
@@ -179,11 +244,13 @@ func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, call
 		}
 		switch {
 		case up.err != nil:
-			w.callers = !w.stopping.Load()
+			w.callers = !up.isHalted()
 			c.Close()
 			err = up.err
 		case err == nil:
-			up.ended = time.Now()
+			up.mu.Lock()
+			up.finished, up.ended = true, time.Now()
+			up.mu.Unlock()
 			err = ended()
 		}
 		w.err = err
@@ -194,22 +261,20 @@ func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, call
 // writing is a request body being written to an instance while its answer
 // is read.
 type writing struct {
-	done   chan struct{}
-	caller net.Conn  // where the body comes from
-	by     time.Time // when all of it must have come
-	// stopping is set by stop before it interrupts the writer.
-	stopping atomic.Bool
+	done chan struct{}
+	up   *upload
 	// Set before done is closed: the writing's error, and whether it is
-	// the caller's (a body cut short or malformed, not one stop cut).
+	// the caller's (a body cut short, malformed or stalled; not one that
+	// stop cut).
 	err     error
 	callers bool
 }
 
 // stop ends the writing now, whatever it waits on: it stops reading the
-// body from the caller and closes c, the connection to the instance.
+// body from the caller (halt) and closes c, the connection to the
+// instance.
 func (w *writing) stop(c io.Closer) {
-	w.stopping.Store(true)
-	_ = w.caller.SetReadDeadline(time.Now())
+	w.up.halt()
 	c.Close()
 	<-w.done
 }
@@ -253,13 +318,10 @@ func (w *writing) finish(c io.Closer) bool {
 // streamUpload starts writing a request whose body streams (up) to an
 // instance's connection taken over for an event stream or an upgrade,
 // while the answer is read; client is the caller's connection, taken over
-// too. The body must be sent by bodyBy.
-func (h *HTTP) streamUpload(client, backend net.Conn, req *fasthttp.Request, up *upload, bodyBy time.Time) *writing {
+// too (fasthttp cleared its deadlines: write sets them again).
+func (h *HTTP) streamUpload(client, backend net.Conn, req *fasthttp.Request, up *upload) *writing {
 	caller := unwrap(client)
-	// fasthttp cleared the caller's deadlines on handing it over.
-	_ = caller.SetReadDeadline(bodyBy)
-	_ = backend.SetWriteDeadline(bodyBy)
-	return write(backend, bufio.NewWriterSize(backend, 4<<10), req, up, caller, bodyBy, func() error {
+	return write(backend, bufio.NewWriterSize(backend, 4<<10), req, up, caller, false, func() error {
 		// A stream has no timeout once the request is in.
 		_ = caller.SetReadDeadline(time.Time{})
 		return backend.SetWriteDeadline(time.Time{})

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -501,5 +503,146 @@ func TestACallerGoneMidAnswerLeavesItsUploadAlone(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		close(answer)
 		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// TestASlowUploadIsNotCutWhileItMoves: the read timeout bounds each wait
+// for an upload's next bytes, not the whole upload (as HAProxy's timeout
+// client does): one that keeps coming for three read timeouts goes
+// through whole.
+func TestASlowUploadIsNotCutWhileItMoves(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	f := newFrontend(t, func(h *HTTP) { h.readTimeout = time.Second })
+	f.set("a", sink.srv.URL)
+	body := randomBytes(t, 2<<20+30*(64<<10))
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(body[:2<<20])
+		for rest := body[2<<20:]; len(rest) > 0; rest = rest[64<<10:] {
+			time.Sleep(100 * time.Millisecond)
+			pw.Write(rest[:64<<10])
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", f.url+"/", pr)
+	req.ContentLength = int64(len(body))
+	req.Header.Set(ServiceHeader, "a")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(b) != sumOf(body) {
+		t.Fatalf("an upload of 3 s with a read timeout of 1 s: %d %q, want 200 and the body's SHA-256", res.StatusCode, b)
+	}
+}
+
+// TestStalledUploadsEjectNoInstance: a caller that stalls its uploads is
+// the one out of time (the instance is given a second more than the
+// caller to take the next bytes): each is answered 408 and counts for
+// nothing against the instance, however many there are. When both ran out
+// together, some were answered 504 and counted as the instance's
+// failures, and a caller could have a healthy instance ejected.
+func TestStalledUploadsEjectNoInstance(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	go func() {
+		for range sink.got {
+		}
+	}()
+	var ejected atomic.Int32
+	f := newFrontend(t, func(h *HTTP) { h.readTimeout = 300 * time.Millisecond })
+	f.table.OnEject = func(string, string) { ejected.Add(1) }
+	f.set("a", sink.srv.URL)
+	var mu sync.Mutex
+	codes := map[int]int{}
+	for range 10 {
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", 4<<20)
+				c.Write(make([]byte, 2<<20))
+				res, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					return // the connection closed: the caller's own doing
+				}
+				io.ReadAll(res.Body)
+				mu.Lock()
+				codes[res.StatusCode]++
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	}
+	if ejected.Load() > 0 || codes[504] > 0 {
+		t.Fatalf("stalled uploads: answers %v, %d ejections; want 408s and none", codes, ejected.Load())
+	}
+}
+
+// TestShutdownWaitsForAnUploadOneTimeoutAtMost: an upload that trickles on
+// and on holds Shutdown no longer than one read timeout: its deadlines
+// stop moving once Shutdown begins.
+func TestShutdownWaitsForAnUploadOneTimeoutAtMost(t *testing.T) {
+	sink := newUploadSink(t, 1<<20)
+	go func() {
+		for range sink.got {
+		}
+	}()
+	f := newFrontend(t, func(h *HTTP) { h.readTimeout = time.Second })
+	f.set("a", sink.srv.URL)
+	c := f.dial()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", 1<<40)
+		c.Write(make([]byte, 2<<20))
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				if _, err := c.Write(make([]byte, 1<<10)); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	waitFor(t, sink.reached, "the upload never reached the instance")
+	done := make(chan error, 1)
+	go func() { done <- f.h.Shutdown() }()
+	waitFor(t, done, "Shutdown, still waiting for an upload that trickles on")
+}
+
+// TestAnAnnouncedBodyHoldsNoMemoryBeforeItComes: a body of up to 1 MiB is
+// read whole, but what is set aside for it follows what came, not what the
+// Content-Length announced: 64 callers that announce a megabyte each and
+// send 9 KiB hold a few MiB, not 64.
+func TestAnAnnouncedBodyHoldsNoMemoryBeforeItComes(t *testing.T) {
+	sink := newUploadSink(t, 1<<40)
+	f := newFrontend(t)
+	f.set("a", sink.srv.URL)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	}
+	before := heap()
+	for range 64 {
+		c := f.dial()
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", 1<<20)
+		c.Write(make([]byte, 9<<10))
+	}
+	time.Sleep(500 * time.Millisecond) // every handler is waiting for the rest
+	if grew := int64(heap()) - int64(before); grew > 32<<20 {
+		t.Fatalf("64 callers that sent 9 KiB of an announced MiB hold %d MiB", grew>>20)
 	}
 }
