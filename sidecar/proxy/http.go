@@ -1026,7 +1026,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 		var err error
 		var w *writing
 		if up != nil {
-			w = h.streamUpload(client, backend, &ctx.Request, up)
+			w = streamUpload(client, backend, &ctx.Request, up)
 			defer w.finish(backend) // before backend is closed
 		} else {
 			_, err = backend.Write(head.Bytes())

@@ -129,8 +129,8 @@ type upload struct {
 // push moves the deadlines on to a timeout from now: each wait for the
 // body's next bytes may last that long, however long the upload takes (as
 // HAProxy's timeout client and server are). It does so at most once a
-// second (or a quarter of the timeout), unless forced; never after halt or the body's end, nor once the
-// frontend shuts down.
+// second (or a quarter of the timeout), unless forced; never after halt or
+// the body's end, nor once the frontend shuts down.
 func (u *upload) push(force bool) {
 	now := time.Now()
 	u.mu.Lock()
@@ -319,7 +319,7 @@ func (w *writing) finish(c io.Closer) bool {
 // instance's connection taken over for an event stream or an upgrade,
 // while the answer is read; client is the caller's connection, taken over
 // too (fasthttp cleared its deadlines: write sets them again).
-func (h *HTTP) streamUpload(client, backend net.Conn, req *fasthttp.Request, up *upload) *writing {
+func streamUpload(client, backend net.Conn, req *fasthttp.Request, up *upload) *writing {
 	caller := unwrap(client)
 	return write(backend, bufio.NewWriterSize(backend, 4<<10), req, up, caller, false, func() error {
 		// A stream has no timeout once the request is in.
