@@ -447,7 +447,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		read := time.Now()
 		var err error
 		if up, err = takeBody(&ctx.Request, h.readTimeout); err != nil {
-			return callerFailed(ctx, err), 0
+			status := callerFailed(ctx, err)
+			h.linger(ctx)
+			return status, 0
 		}
 		if up != nil {
 			up.frozen = &h.shutting
@@ -574,13 +576,14 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 			status = resp.StatusCode()
 			done(balance.StatusOutcome(status))
 			h.answer(ctx, clientClose, client11)
-			if !up.w.over() {
-				// The answer streams while the body still goes out: the
-				// caller's connection closes after it, rather than
-				// fasthttp read on what is left of the body (and a
-				// closed connection is what makes it leave alone the
-				// body's stream, which the writing still reads).
-				ctx.SetConnectionClose()
+			if !up.isFinished() {
+				// The answer came before all of the body went out (and
+				// may stream while the rest still does): the caller's
+				// connection closes after it, rather than fasthttp read
+				// on what is left of the body (a closed connection is
+				// also what makes it leave alone the body's stream,
+				// which the writing may still read).
+				h.linger(ctx)
 			}
 			return status, retries
 		}
@@ -588,26 +591,36 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		switch {
 		case up.err != nil && err == up.err:
 			done(balance.Abandoned) // the caller's doing
-			return callerFailed(ctx, err), retries
+			status = callerFailed(ctx, err)
 		case isDialError(err):
 			done(balance.Failed)
 			lastErr = err
-			if !h.Budget.Retry() {
-				return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
+			if h.Budget.Retry() {
+				retries++
+				continue // none of the body was read: it can go elsewhere
 			}
-			retries++
+			status = writeError(ctx, badGateway("%s: %v", where(pool), err))
 		case errors.Is(err, errTimeout) && up.ended.IsZero():
 			done(balance.Failed) // hung: not reading
-			return writeError(ctx, gatewayTimeout("%s: the instance took none of the request's body for %s", where(pool), h.readTimeout)), retries
+			status = writeError(ctx, gatewayTimeout("%s: the instance took none of the request's body for %s", where(pool), h.readTimeout))
 		case errors.Is(err, errTimeout):
 			done(balance.TimedOut(timed, time.Since(up.ended)))
-			return writeError(ctx, gatewayTimeout("%s: no answer within %s of the request's end", where(pool), timeout)), retries
+			status = writeError(ctx, gatewayTimeout("%s: no answer within %s of the request's end", where(pool), timeout))
 		default:
 			done(balance.Failed)
-			return writeError(ctx, badGateway("%s: %v", where(pool), err)), retries
+			status = writeError(ctx, badGateway("%s: %v", where(pool), err))
 		}
+		if !up.isFinished() {
+			h.linger(ctx)
+		}
+		return status, retries
 	}
 }
+
+// lingerTime is how long a caller's connection is read from, and what
+// comes dropped, after the answer the sidecar closes it with (takeOver;
+// net/http's server waits 500 ms).
+const lingerTime = 500 * time.Millisecond
 
 // callerFailed answers a request whose body the caller failed to send
 // (cut short, malformed, or too slow to arrive), and closes the
@@ -628,29 +641,70 @@ func callerFailed(ctx *fasthttp.RequestCtx, err error) int {
 // chunked coding: without Transfer-Encoding, its end the close of the
 // connection, as net/http's server sends it. fasthttp would write any body
 // stream of unknown length chunked, whatever the request's version
-// (Response.writeBodyStream): the connection is taken over instead, once
-// fasthttp has sent the answers before this one, and closed after it.
-func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) {
+// (Response.writeBodyStream).
+func (h *HTTP) closeDelimited(ctx *fasthttp.RequestCtx) { h.takeOver(ctx, true) }
+
+// linger closes the caller's connection after the answer to a request
+// whose body was not all read (takeOver), unless that is done already.
+func (h *HTTP) linger(ctx *fasthttp.RequestCtx) {
+	if !ctx.Hijacked() {
+		h.takeOver(ctx, false)
+	}
+}
+
+// takeOver sends the answer in ctx.Response on the caller's connection,
+// taken over once fasthttp has sent the answers before this one, and then
+// closes the connection. With closeDelimited, the answer's end is that
+// close (closeDelimited). The close is a graceful one: closed with unread
+// bytes, a connection sends the caller a reset, which can overtake the
+// answer (a caller still sending its body would see the reset, not the
+// answer). As net/http's server does, the connection is half-closed once
+// the answer is out, and what the caller sends is read and dropped for
+// lingerTime before it is closed. (fasthttp closes at once: a connection
+// it closes does not reach a hijack handler.)
+func (h *HTTP) takeOver(ctx *fasthttp.RequestCtx, closeDelimited bool) {
 	resp := &ctx.Response
-	resp.Header.SetContentLength(-2) // Connection: close
+	if closeDelimited {
+		resp.Header.SetContentLength(-2) // Connection: close
+	} else {
+		resp.SetConnectionClose()
+	}
 	body, _ := resp.BodyStream().(*bodyStream)
 	h.hijack(ctx, func() { _ = resp.CloseBodyStream() }, func(client net.Conn) {
 		// Closed before this returns, and fasthttp takes back the
 		// caller's connection: an upload still being written reads from
 		// it until then (bodyStream.Close ends it).
 		defer func() { _ = resp.CloseBodyStream() }()
-		if body == nil || !h.track(true, client, body.c.Conn) {
+		if body != nil {
+			if !h.track(true, client, body.c.Conn) {
+				return
+			}
+			defer h.track(false, client, body.c.Conn)
+			if body.w != nil {
+				// fasthttp cleared the connection's deadlines on taking
+				// it over; an upload still going out sets its own again.
+				body.w.up.push(true)
+			}
+		}
+		var err error
+		if closeDelimited {
+			if _, err = client.Write(resp.Header.Header()); err == nil {
+				err = resp.BodyWriteTo(client)
+			}
+		} else {
+			bw := bufio.NewWriterSize(client, 4<<10)
+			if err = resp.Write(bw); err == nil {
+				err = bw.Flush()
+			}
+		}
+		if err != nil {
 			return
 		}
-		if body.w != nil {
-			// fasthttp cleared the connection's deadlines on taking it
-			// over; an upload still going out sets its own again.
-			body.w.up.push(true)
-		}
-		defer h.track(false, client, body.c.Conn)
-		if _, err := client.Write(resp.Header.Header()); err == nil {
-			_ = resp.BodyWriteTo(client)
-		}
+		_ = resp.CloseBodyStream() // the upload is over before its caller is read
+		c := unwrap(client)
+		closeWrite(c)
+		_ = c.SetReadDeadline(time.Now().Add(lingerTime))
+		_, _ = io.Copy(io.Discard, client)
 	})
 }
 

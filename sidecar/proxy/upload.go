@@ -157,6 +157,13 @@ func (u *upload) halt() {
 	_ = u.caller.SetReadDeadline(time.Now())
 }
 
+// isFinished reports whether all of the body went out.
+func (u *upload) isFinished() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.finished
+}
+
 // isHalted reports whether halt was called.
 func (u *upload) isHalted() bool {
 	u.mu.Lock()

@@ -646,3 +646,42 @@ func TestAnAnnouncedBodyHoldsNoMemoryBeforeItComes(t *testing.T) {
 		t.Fatalf("64 callers that sent 9 KiB of an announced MiB hold %d MiB", grew>>20)
 	}
 }
+
+// TestACallerStillSendingReadsTheAnswer: the answer to an upload whose
+// body was not all read (an instance's early 413, a 502 for an instance
+// that hung up) reaches a net/http client that is still sending: the
+// sidecar half-closes and reads on briefly before it closes, as net/http's
+// server does. Closed at once, with the body's bytes unread, the
+// connection sent a reset that overtook the answer, and the client saw
+// "connection reset by peer" in place of it.
+func TestACallerStillSendingReadsTheAnswer(t *testing.T) {
+	f := newFrontend(t)
+	f.set("a", earlyInstance(t, false, false, nil))
+	f.set("b", "http://"+serveConns(t, func(c net.Conn) { io.CopyN(io.Discard, c, 1<<20) }))
+	for _, tc := range []struct {
+		service string
+		status  int
+	}{{"a", 413}, {"b", 502}} {
+		for range 5 {
+			req, _ := http.NewRequest("PUT", f.url+"/", io.LimitReader(zeros{}, 64<<20))
+			req.ContentLength = 64 << 20
+			req.Header.Set(ServiceHeader, tc.service)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("service %s: %v, want its %d", tc.service, err, tc.status)
+			}
+			io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != tc.status {
+				t.Fatalf("service %s: %d, want %d", tc.service, res.StatusCode, tc.status)
+			}
+		}
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
