@@ -453,8 +453,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		if up != nil {
 			up.frozen = &h.shutting
-		}
-		if up == nil {
+		} else {
 			// The timeout counts from the request's end.
 			d := time.Since(read)
 			deadline, tryStart = deadline.Add(d), tryStart.Add(d)
@@ -617,11 +616,6 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 	}
 }
 
-// lingerTime is how long a caller's connection is read from, and what
-// comes dropped, after the answer the sidecar closes it with (takeOver;
-// net/http's server waits 500 ms).
-const lingerTime = 500 * time.Millisecond
-
 // callerFailed answers a request whose body the caller failed to send
 // (cut short, malformed, or too slow to arrive), and closes the
 // connection: where the next request would start is unknown.
@@ -651,6 +645,11 @@ func (h *HTTP) linger(ctx *fasthttp.RequestCtx) {
 		h.takeOver(ctx, false)
 	}
 }
+
+// lingerTime is how long a caller's connection is read from, and what
+// comes dropped, after the answer the sidecar closes it with (takeOver;
+// net/http's server waits 500 ms).
+const lingerTime = 500 * time.Millisecond
 
 // takeOver sends the answer in ctx.Response on the caller's connection,
 // taken over once fasthttp has sent the answers before this one, and then
