@@ -447,9 +447,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		read := time.Now()
 		var err error
 		if up, err = takeBody(&ctx.Request, h.readTimeout); err != nil {
-			status := callerFailed(ctx, err)
-			h.linger(ctx)
-			return status, 0
+			return h.callerFailed(ctx, err), 0
 		}
 		if up != nil {
 			up.frozen = &h.shutting
@@ -590,7 +588,7 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		switch {
 		case up.err != nil && err == up.err:
 			done(balance.Abandoned) // the caller's doing
-			status = callerFailed(ctx, err)
+			status = h.callerFailed(ctx, err)
 		case isDialError(err):
 			done(balance.Failed)
 			lastErr = err
@@ -618,15 +616,15 @@ func (h *HTTP) upload(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 
 // callerFailed answers a request whose body the caller failed to send
 // (cut short, malformed, or too slow to arrive), and closes the
-// connection: where the next request would start is unknown.
-func callerFailed(ctx *fasthttp.RequestCtx, err error) int {
+// connection (linger): where the next request would start is unknown.
+func (h *HTTP) callerFailed(ctx *fasthttp.RequestCtx, err error) int {
 	status := fasthttp.StatusRequestTimeout
 	if code := sb.ErrorCode(err); code == sb.EDeadlineExceeded {
 		writeErrorStatus(ctx, status, code, sb.ErrorMessage(err))
 	} else {
 		status = writeError(ctx, err)
 	}
-	ctx.SetConnectionClose()
+	h.linger(ctx)
 	return status
 }
 

@@ -109,8 +109,6 @@ type upload struct {
 	err error
 	// ended is when the body's last byte went out to the instance.
 	ended time.Time
-	// w is the body being written, once it is.
-	w *writing
 
 	// The deadlines of the caller's connection (reading) and of the
 	// instance's (writing; with instRead, reading its answer too), pushed
@@ -240,7 +238,6 @@ func (b *backend) send(req *fasthttp.Request, resp *fasthttp.Response, up *uploa
 func write(c net.Conn, bw *bufio.Writer, req *fasthttp.Request, up *upload, caller net.Conn, instRead bool, ended func() error) *writing {
 	req.SetBodyStream(up, int(up.length))
 	w := &writing{done: make(chan struct{}), up: up}
-	up.w = w
 	up.caller, up.inst, up.instRead = caller, c, instRead
 	up.push(true)
 	go func() {
@@ -284,16 +281,6 @@ func (w *writing) stop(c io.Closer) {
 	w.up.halt()
 	c.Close()
 	<-w.done
-}
-
-// over reports whether all of the body went out, or the writing failed.
-func (w *writing) over() bool {
-	select {
-	case <-w.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // wait waits until the writing is over. A nil writing is.
