@@ -208,6 +208,7 @@ func (b *backend) dial(deadline time.Time) (*bconn, error) {
 	if err != nil {
 		return nil, &dialError{err}
 	}
+	c = rawTCP(c)
 	return &bconn{Conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 

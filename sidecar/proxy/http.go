@@ -102,7 +102,18 @@ func (h *HTTP) Serve(ln net.Listener) error {
 	al := keepAccepting(ln, h.Logger, "frontend")
 	h.lns = append(h.lns, al)
 	h.mu.Unlock()
-	return h.srv.Serve(al)
+	return h.srv.Serve(rawListener{al})
+}
+
+// rawListener hands out its connections as rawTCP ones.
+type rawListener struct{ net.Listener }
+
+func (l rawListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rawTCP(c), nil
 }
 
 // AcceptErr returns the error of the accepts that fail now on a listener
