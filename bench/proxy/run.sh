@@ -12,13 +12,19 @@
 # for HTTP (HAProxy mode http, the sidecar's frontend) and for
 # L4 TCP (HAProxy mode tcp, the sidecar's upstream listener), with the same
 # wrk settings for every row; then uploads (POSTs of $UPLOAD bytes, which
-# both proxies stream) direct, through HAProxy and through the sidecar. Everything listens on 127.0.0.1; everything the
+# both proxies stream) direct, through HAProxy and through the sidecar; and
+# paced rows (paced-direct, paced-haproxy, paced-sidecar): the HTTP rows at a
+# steady load below what either proxy can take, where the saturated rows
+# measure queues as much as proxies. Everything listens on 127.0.0.1; everything the
 # script starts is stopped on exit (trap). Environment knobs:
 #
 #   DURATION  seconds measured per row (10)     WARMUP  seconds of warm-up (2)
 #   ROUNDS    rounds over the rows (2); the table gives their mean
 #   CONNS     wrk connections (64)              THREADS wrk threads (1 pinned, 2 not)
 #   UPLOAD    bytes of each POST in the upload rows (8388608; 0: no upload rows)
+#   PACE_MS   paced rows: each connection waits 0 to 2 × PACE_MS ms (at
+#             random) after every answer (4: about 14,000 requests/s with 64
+#             connections, 40% of what HAProxy takes here; 0: no paced rows)
 #   PIN       1: load on CPU 0, proxy on CPU 1 (default when there are 2+ CPUs)
 #   QUIET     seconds to wait, before each row, for other processes to use
 #             under 15% of a CPU (30; 0: do not wait, and never measure a
@@ -39,6 +45,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 UPLOAD=${UPLOAD:-8388608}
+PACE_MS=${PACE_MS:-4}
 PROFILE=${PROFILE:-0}
 QUIET=${QUIET:-30}
 ROUNDS=${ROUNDS:-2}
@@ -49,7 +56,7 @@ if [ -z "${PIN:-}" ]; then
 fi
 if [ "$PIN" = 1 ] && [ "$NCPU" -lt 2 ]; then echo "run.sh: PIN=1 needs 2 CPUs, this machine has $NCPU" >&2; exit 2; fi
 if [ "$PIN" = 1 ]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-2}; fi
-for v in DURATION WARMUP CONNS THREADS QUIET ROUNDS UPLOAD; do
+for v in DURATION WARMUP CONNS THREADS QUIET ROUNDS UPLOAD PACE_MS; do
 	case ${!v} in '' | *[!0-9]*) echo "run.sh: $v must be a whole number, got '${!v}'" >&2; exit 2 ;; esac
 done
 if [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 120 ] || [ "$CONNS" -lt 1 ] || [ "$CONNS" -gt 1000 ] || [ "$WARMUP" -gt 60 ] || [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 10 ]; then
@@ -383,7 +390,7 @@ cputicks() { # utime+stime of a process, in clock ticks
 }
 TCK=$(getconf CLK_TCK)
 WRKLUA=$ROOT/bench/proxy/report.lua
-export WRKREPORT=$WRKLUA UPLOAD
+export WRKREPORT=$WRKLUA UPLOAD PACE_MS
 
 wrkrun() { # wrkrun SECONDS URL [HEADER [SCRIPT]]: prints wrk's output
 	local secs=$1 url=$2 hdr=${3:-} script=${4:-$WRKLUA}
@@ -466,7 +473,7 @@ measure() {
 measure1() {
 	local name=$1 url=$2 hdr=$3 pid=$4 round=${5:-1} c0=0 c1=0 line b0 b1 o0 o1 k0 k1 g0 g1 rss
 	local script=$WRKLUA
-	case $name in upload-*) script=$ROOT/bench/proxy/upload.lua ;; esac
+	case $name in upload-*) script=$ROOT/bench/proxy/upload.lua ;; paced-*) script=$ROOT/bench/proxy/paced.lua ;; esac
 	[ "$QUIET" -gt 0 ] && quiet
 	echo "  round $round: $name: ${WARMUP}s warm-up, ${DURATION}s measured ..." >&2
 	if [ "$WARMUP" -gt 0 ]; then wrkrun "$WARMUP" "$url" "$hdr" "$script" >"$WORK/wrk.$name.$round.warmup" 2>&1 || true; fi
@@ -519,6 +526,13 @@ ROWS=(
 	"tcp-haproxy http://127.0.0.1:$HATCP/ - $HAPID"
 	"tcp-sidecar http://127.0.0.1:$SCTCP/ - $SCPID"
 )
+if [ "$PACE_MS" -gt 0 ]; then
+	ROWS+=(
+		"paced-direct http://127.0.0.1:$B1/ - -"
+		"paced-haproxy http://127.0.0.1:$HAHTTP/ Switchboard-Service:bench $HAPID"
+		"paced-sidecar http://127.0.0.1:$SCHTTP/ Switchboard-Service:bench $SCPID"
+	)
+fi
 if [ "$UPLOAD" -gt 0 ]; then
 	ROWS+=(
 		"upload-direct http://127.0.0.1:$B1/ - -"
@@ -574,6 +588,7 @@ echo "      httplog at level warning, retries 3, redispatch) serves listen, pinn
 echo "      the sidecar process itself used $(awk -v t=$((SC2T1 - SC2T0)) -v tck="$TCK" 'BEGIN { printf "%.2f", t / tck }')s of CPU over all rows (HAProxy worker pid $HA2PID before, $HA2NOW after: same = no reload)"
 echo "L4:   HAProxy mode tcp (leastconn) vs the sidecar's upstream listen; wrk's keep-alive HTTP through both"
 [ "$UPLOAD" -gt 0 ] && echo "uploads: the HTTP rows' setup, every request a POST of $UPLOAD bytes (Content-Length), which the backend reads and drops"
+[ "$PACE_MS" -gt 0 ] && echo "paced: the HTTP rows' setup, each connection waiting 0-$((2 * PACE_MS)) ms (uniform, whole ms) after every answer: the same steady load for each row"
 echo
 awk -v tck="$TCK" -v dur="$DURATION" -v pin="$PIN" -v upload="$UPLOAD" -v conns="$CONNS" '
 function ms(us) { return sprintf("%.3fms", us / 1000) }
@@ -666,6 +681,14 @@ END {
 		h = "http-haproxy"
 		if ((h in rps) && rps[h] > 0) printf "%-36s %8.2f   %-24s (ratio of the means %.2f)\n", "  rps haproxy-mode/no-retry config", pmed(rr, hm, h), "- (retries cost this)", rps[hm] / rps[h]
 		if ((h in rps) && rps[h] > 0) printf "%-36s %8.2f   %-24s (ratio of the means %.2f)\n", "  p99 haproxy-mode/no-retry config", pmed(rp, hm, h), "-", p99[hm] / p99[h]
+	}
+	# Paced: the same load for each row, well below saturation.
+	h = "paced-haproxy"; sc = "paced-sidecar"; d = "paced-direct"
+	if ((h in rps) && (sc in rps) && rps[h] > 0) {
+		printf "%-36s %8.2f   %-24s haproxy %.0f, sidecar %.0f requests/s (the same load: ratio of the means)\n", "paced rps sidecar/haproxy", rps[sc] / rps[h], "-", rps[h], rps[sc]
+		printf "%-36s %8.2f   %-24s haproxy %.3fms, sidecar %.3fms\n", "paced p99 sidecar/haproxy", (p99[h] > 0 ? p99[sc] / p99[h] : 0), "-", p99[h] / 1000, p99[sc] / 1000
+		if ((d in rps) && p99[h] > p99[d]) printf "%-36s %8.2f   %-24s haproxy %+.3fms, sidecar %+.3fms\n", "paced added p99 sidecar/haproxy", (p99[sc] - p99[d]) / (p99[h] - p99[d]), "-", (p99[h] - p99[d]) / 1000, (p99[sc] - p99[d]) / 1000
+		if (cpu[h] != "-" && cpu[sc] != "-" && req[h] > 0 && req[sc] > 0 && cpu[h] > 0) printf "%-36s %8.2f   %-24s haproxy %.1fus, sidecar %.1fus\n", "paced CPU/req sidecar/haproxy", (cpu[sc] / req[sc]) / (cpu[h] / req[h]), "-", 1e6 * cpu[h] / tck / req[h], 1e6 * cpu[sc] / tck / req[sc]
 	}
 	# Uploads: throughput and the memory they take.
 	h = "upload-haproxy"; sc = "upload-sidecar"
