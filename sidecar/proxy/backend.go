@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/switchboard-go/switchboard/internal/rawio"
 )
 
 // Limits of the connections to instances.
@@ -208,7 +210,7 @@ func (b *backend) dial(deadline time.Time) (*bconn, error) {
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	c = rawTCP(c)
+	c = rawio.TCP(c)
 	return &bconn{Conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, nil
 }
 

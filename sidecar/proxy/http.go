@@ -22,6 +22,7 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
+	"github.com/switchboard-go/switchboard/internal/rawio"
 )
 
 // DefaultTimeout bounds a request that names no Switchboard-Timeout.
@@ -102,18 +103,7 @@ func (h *HTTP) Serve(ln net.Listener) error {
 	al := keepAccepting(ln, h.Logger, "frontend")
 	h.lns = append(h.lns, al)
 	h.mu.Unlock()
-	return h.srv.Serve(rawListener{al})
-}
-
-// rawListener hands out its connections as rawTCP ones.
-type rawListener struct{ net.Listener }
-
-func (l rawListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return rawTCP(c), nil
+	return h.srv.Serve(rawio.Listener(al))
 }
 
 // AcceptErr returns the error of the accepts that fail now on a listener

@@ -1,4 +1,4 @@
-package proxy
+package rawio
 
 import (
 	"io"
@@ -46,9 +46,9 @@ type rawConn struct {
 // knowing: about 10 µs of copying.
 const rawMax = 64 << 10
 
-// rawTCP wraps c when it is a TCP connection, and returns it as it is
+// TCP wraps c when it is a TCP connection, and returns it as it is
 // otherwise.
-func rawTCP(c net.Conn) net.Conn {
+func TCP(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c

@@ -1,9 +1,10 @@
-package proxy
+package rawio
 
 import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -37,9 +38,9 @@ func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
 	if !ok {
 		t.Fatal("accept failed")
 	}
-	r, ok := rawTCP(c).(*rawConn)
+	r, ok := TCP(c).(*rawConn)
 	if !ok {
-		t.Fatalf("rawTCP(%T) did not wrap it", c)
+		t.Fatalf("TCP(%T) did not wrap it", c)
 	}
 	t.Cleanup(func() { r.Close(); peer.Close() })
 	return r, peer.(*net.TCPConn)
@@ -48,7 +49,7 @@ func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
 func TestRawConnMovesBytesBothWays(t *testing.T) {
 	r, peer := rawPair(t)
 	for _, size := range []int{1, 100, 4 << 10, rawMax, rawMax + 1, 3 << 20} {
-		out := randomBytes(t, size)
+		out := randomBytes(size)
 		go func() { _, _ = r.Write(out) }()
 		got := make([]byte, size)
 		if _, err := io.ReadFull(peer, got); err != nil {
@@ -133,7 +134,7 @@ func TestRawConnErrorsAreNets(t *testing.T) {
 func TestRawConnConcurrentReads(t *testing.T) {
 	r, peer := rawPair(t)
 	const total = 1 << 20
-	out := randomBytes(t, total)
+	out := randomBytes(total)
 	var mu sync.Mutex
 	var sum, n int
 	var wg sync.WaitGroup
@@ -192,4 +193,12 @@ func TestRawConnAllocatesNothing(t *testing.T) {
 	if allocs > 0 {
 		t.Fatalf("a raw read and write allocate %.1f times; want 0", allocs)
 	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rand.Uint32())
+	}
+	return b
 }
