@@ -21,8 +21,9 @@ import (
 // P and parks the first when its call returns. With the sidecar's one P,
 // that was a futex wake, a nanosleep and two thread switches for a good
 // share of requests: at a steady 14,000 requests/s, 46–49 µs of CPU per
-// request against 36–38 µs with rawConn, and a p99 0.9 ms higher
-// (bench/README.md, "Session 15").
+// request against 36–38 µs with rawConn (bench/README.md, "Session 15").
+// A saturated sidecar showed none of those switches either way (perf
+// stat), and costs the same with rawConn or without.
 //
 // Larger reads and writes (a streamed body) take the usual path, so that a
 // long copy in the kernel still lets other goroutines run meanwhile.
