@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/switchboard-go/switchboard/balance"
+	"github.com/switchboard-go/switchboard/internal/rawio"
 )
 
 // TCP is an L4 listener for one upstream: each connection goes to an
@@ -77,6 +78,7 @@ func (t *TCP) Serve(ln net.Listener) error {
 			}
 			return err
 		}
+		c = rawio.TCP(c)
 		if !t.track(c, true) {
 			c.Close()
 			return nil
@@ -146,6 +148,7 @@ func (t *TCP) handle(client net.Conn) {
 			}
 			continue
 		}
+		backend = rawio.TCP(backend)
 		// Close closes both ends: an instance that ignores the half-close
 		// of the client's end would hold the connection open.
 		if !t.track(backend, true) {
