@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -282,5 +283,51 @@ func TestReadinessFailsWhileTheSidecarDrains(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A call in flight when the sidecar stops held its exit for as long as the
+// call's own timeout (an hour at most). It now gets drain_timeout, as the
+// kit's requests do; then its connection is closed and the sidecar exits.
+func TestShutdownCutsOffCallsAfterTheDrainTimeout(t *testing.T) {
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(release)
+	dir := t.TempDir()
+	routes := `{"realm":"dev","services":[{"service":"slow","realm":"dev","index":7,"instances":[` +
+		`{"id":"slow-1","service":"slow","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(portOf(slow.Listener.Addr().String())) + `,"status":"passing","enabled":true}]}]}`
+	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close() // an address where nothing answers
+	s := startSweeping(t, Config{Atlas: StringList{down.URL}, StateDir: dir, DrainTimeout: Duration(100 * time.Millisecond)})
+	c, err := net.Dial("tcp", s.ListenAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: slow.localhost\r\nSwitchboard-Timeout: 1h\r\n\r\n")
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call never reached the instance")
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown still waiting for a call to an instance that takes an hour, with a drain_timeout of 100ms")
 	}
 }

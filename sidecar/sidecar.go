@@ -419,7 +419,10 @@ func (s *Sidecar) Shutdown() error {
 	wg.Wait()
 	s.cancel()
 	if s.front != nil {
-		_ = s.front.Shutdown()
+		// Calls in flight get drain_timeout more, as the kit's requests do.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.DrainTimeout))
+		_ = s.front.ShutdownContext(ctx)
+		cancel()
 	}
 	if s.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,13 +79,15 @@ type HTTP struct {
 
 	once sync.Once
 	srv  *fasthttp.Server
-	// mu guards lns, streams and closed. Shutdown closes every listener
-	// given to Serve, so that a Serve that starts after or during it
-	// returns, and both ends of every stream (fasthttp does not know of
-	// them once hijacked).
+	// mu guards lns, streams, conns and closed. Shutdown closes every
+	// listener given to Serve, so that a Serve that starts after or
+	// during it returns, and both ends of every stream (fasthttp does not
+	// know of them once hijacked); ShutdownContext closes the conns whose
+	// calls outlast its ctx.
 	mu      sync.Mutex
 	lns     []*acceptListener
 	streams map[net.Conn]struct{}
+	conns   map[net.Conn]struct{}
 	closed  bool
 	// pending holds, per client connection given to a hijack handler that
 	// has not run yet, what to release if it never does (hijack).
@@ -163,7 +166,14 @@ func (h *HTTP) setup() {
 }
 
 // Shutdown stops accepting and waits for requests in progress.
-func (h *HTTP) Shutdown() error {
+func (h *HTTP) Shutdown() error { return h.ShutdownContext(context.Background()) }
+
+// ShutdownContext is Shutdown, waiting for requests in progress only until
+// ctx ends: then it closes the connections of those still running, so
+// that a call to an instance that takes its time (Switchboard-Timeout
+// allows an hour) does not hold the sidecar's exit, and returns ctx's
+// error.
+func (h *HTTP) ShutdownContext(ctx context.Context) error {
 	h.once.Do(h.setup)
 	h.shutting.Store(true)
 	h.mu.Lock()
@@ -177,7 +187,20 @@ func (h *HTTP) Shutdown() error {
 	h.mu.Unlock()
 	// fasthttp closes its listeners again: that they are closed already
 	// is no error.
-	if err := h.srv.Shutdown(); err != nil && !errors.Is(err, net.ErrClosed) {
+	err := h.srv.ShutdownWithContext(ctx)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		h.mu.Lock()
+		n := len(h.conns)
+		for c := range h.conns {
+			c.Close()
+		}
+		h.mu.Unlock()
+		if n > 0 {
+			h.Logger.Warn("sidecar: calls still running when the frontend's drain ran out were cut off", "connections", n)
+		}
+		return err
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
 	return nil
@@ -1125,14 +1148,28 @@ func (h *HTTP) hijack(ctx *fasthttp.RequestCtx, release func(), handler fasthttp
 	})
 }
 
-// connState releases what a hijack handler that never ran would have
-// (hijack).
+// connState keeps conns, the connections fasthttp serves, and releases
+// what a hijack handler that never ran would have (hijack).
 func (h *HTTP) connState(c net.Conn, st fasthttp.ConnState) {
-	if st != fasthttp.StateClosed {
-		return
-	}
-	if release, ok := h.pending.LoadAndDelete(c); ok {
-		release.(func())()
+	switch st {
+	case fasthttp.StateNew:
+		h.mu.Lock()
+		if h.conns == nil {
+			h.conns = make(map[net.Conn]struct{})
+		}
+		h.conns[c] = struct{}{}
+		h.mu.Unlock()
+	case fasthttp.StateHijacked: // a stream now: in streams, once it starts
+		h.mu.Lock()
+		delete(h.conns, c)
+		h.mu.Unlock()
+	case fasthttp.StateClosed:
+		h.mu.Lock()
+		delete(h.conns, c)
+		h.mu.Unlock()
+		if release, ok := h.pending.LoadAndDelete(c); ok {
+			release.(func())()
+		}
 	}
 }
 

@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -1102,5 +1105,79 @@ func TestLocalBrowsersOnly(t *testing.T) {
 				t.Errorf("LocalBrowsersOnly %v, %s: %d %s; want %d", local, c.name, res.StatusCode, body, want)
 			}
 		}
+	}
+}
+
+// slowInstance is an instance that takes each call and answers none until
+// the test ends; got receives a value as each call arrives.
+func slowInstance(t *testing.T) (url string, got <-chan struct{}) {
+	arrived := make(chan struct{}, 16)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); srv.Close() })
+	return srv.URL, arrived
+}
+
+// TestShutdownContextCutsOffCallsThatOutlastIt: a call whose instance
+// takes its time (an hour's Switchboard-Timeout) holds Shutdown only until
+// its context ends; then the caller's connection is closed.
+func TestShutdownContextCutsOffCallsThatOutlastIt(t *testing.T) {
+	url, got := slowInstance(t)
+	f := newFrontend(t)
+	f.set("slow", url)
+	c := f.dial()
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: slow.localhost\r\nSwitchboard-Timeout: 1h\r\n\r\n")
+	waitFor(t, got, "the call to reach the instance")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.h.ShutdownContext(ctx) }()
+	if err := waitFor(t, done, "ShutdownContext, with a call still at a slow instance"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ShutdownContext = %v; want context.DeadlineExceeded", err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	b, err := io.ReadAll(c)
+	if len(b) > 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the caller read %q, %v; want its connection closed with no answer", b, err)
+	}
+}
+
+// TestShutdownContextLetsCallsFinish: a call that ends before the context
+// does is answered, and ShutdownContext returns nil.
+func TestShutdownContextLetsCallsFinish(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		io.WriteString(w, "done")
+	}))
+	defer srv.Close()
+	f := newFrontend(t)
+	f.set("slow", srv.URL)
+	c := f.dial()
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: slow.localhost\r\n\r\n")
+	waitFor(t, arrived, "the call to reach the instance")
+	done := make(chan error, 1)
+	go func() { done <- f.h.ShutdownContext(context.Background()) }()
+	time.Sleep(50 * time.Millisecond) // Shutdown under way
+	close(release)
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the call in flight got no answer: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 || string(body) != "done" {
+		t.Fatalf("the call in flight got %d %q; want 200 \"done\"", res.StatusCode, body)
+	}
+	if err := waitFor(t, done, "ShutdownContext after the last call ended"); err != nil {
+		t.Fatalf("ShutdownContext = %v; want nil", err)
 	}
 }
