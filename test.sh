@@ -25,7 +25,7 @@ go test -race -count=1 -timeout 12m ./...
 # Under -race the sidecar's sockets go through package syscall, which the
 # race detector follows (internal/rawio/rawsys_race_linux.go); once more
 # without it, so that the raw system calls the sidecar ships with run too.
-go test -count=1 ./internal/rawio ./sidecar/proxy
+go test -count=1 ./internal/rawio ./sidecar/proxy ./sidecar
 # The examples are modules of their own, as switchboard new makes them.
 for ex in examples/*/; do
 	(cd "$ex" && go vet ./... && go test -count=1 ./...)

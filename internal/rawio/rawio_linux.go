@@ -4,7 +4,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -20,13 +22,18 @@ import (
 // the scheduler's monitor (sysmon), which wakes another thread to run the
 // P and parks the first when its call returns. With the sidecar's one P,
 // that was a futex wake, a nanosleep and two thread switches for a good
-// share of requests: at a steady 14,000 requests/s, 46–49 µs of CPU per
-// request against 36–38 µs with rawConn (bench/README.md, "Session 15").
-// A saturated sidecar showed none of those switches either way (perf
-// stat), and costs the same with rawConn or without.
+// share of requests: at a steady 14,000 requests/s, 40.6–48.5 µs of CPU
+// per request against 35.6–38.1 µs with rawConn (bench/README.md,
+// "Session 15"). A saturated sidecar showed none of those switches either
+// way (perf stat), and costs the same with rawConn or without.
 //
-// Larger reads and writes (a streamed body) take the usual path, so that a
-// long copy in the kernel still lets other goroutines run meanwhile.
+// What takes Go's usual path: reads and writes over rawMax, zero-length
+// ones (so that they fail as net's do), and what the embedded
+// *net.TCPConn's ReadFrom and WriteTo move, which bufio.Writer and io.Copy
+// pick when they can (a streamed body of known length; splice between two
+// TCP connections). fasthttp sends an answer larger than its write buffer
+// with one writev only to a bare *net.TCPConn: through rawConn it takes two
+// writes, still less CPU at 16 KiB answers (47–49 against 52–54 µs).
 type rawConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
@@ -44,8 +51,10 @@ type rawConn struct {
 }
 
 // rawMax is the largest read or write rawConn does without the scheduler
-// knowing: about 10 µs of copying.
-const rawMax = 64 << 10
+// knowing: as much as the sidecar's buffers move at once (bufio's 16 KiB
+// reads, the L4 copy's 16 KiB), so that a long copy in the kernel still
+// lets other goroutines run.
+const rawMax = 16 << 10
 
 // TCP wraps c when it is a TCP connection, and returns it as it is
 // otherwise.
@@ -64,9 +73,16 @@ func TCP(c net.Conn) net.Conn {
 	return r
 }
 
+// syscalls, when a test sets it, counts the read(2) and write(2) calls
+// rawConn makes itself.
+var syscalls *atomic.Int64
+
 // read is the RawConn callback of Read: false means wait until readable.
 func (r *rawConn) read(fd uintptr) bool {
 	for {
+		if syscalls != nil {
+			syscalls.Add(1)
+		}
 		n, e := sysRead(fd, r.rbuf)
 		switch e {
 		case 0:
@@ -86,9 +102,21 @@ func (r *rawConn) read(fd uintptr) bool {
 func (r *rawConn) write(fd uintptr) bool {
 	for r.wn < len(r.wbuf) {
 		p := r.wbuf[r.wn:]
+		if syscalls != nil {
+			syscalls.Add(1)
+		}
 		n, e := sysWrite(fd, p)
 		switch e {
 		case 0:
+			// As net's own writes check: a write that takes nothing
+			// would loop for ever, one that claims more is a kernel bug.
+			if n == 0 {
+				r.werr = io.ErrUnexpectedEOF
+				return true
+			}
+			if n > len(p) {
+				panic("rawio: write(2) returned " + strconv.Itoa(n) + " for a write of " + strconv.Itoa(len(p)) + " bytes")
+			}
 			r.wn += n
 		case syscall.EINTR:
 		case syscall.EAGAIN:
@@ -103,7 +131,7 @@ func (r *rawConn) write(fd uintptr) bool {
 
 func (r *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
-		return 0, nil
+		return r.TCPConn.Read(p)
 	}
 	if len(p) > rawMax {
 		p = p[:rawMax] // a short read, as Read may return
@@ -125,7 +153,7 @@ func (r *rawConn) Read(p []byte) (int, error) {
 }
 
 func (r *rawConn) Write(p []byte) (int, error) {
-	if len(p) > rawMax {
+	if len(p) == 0 || len(p) > rawMax {
 		return r.TCPConn.Write(p)
 	}
 	r.wmu.Lock()

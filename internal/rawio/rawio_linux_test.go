@@ -3,11 +3,13 @@ package rawio
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -43,20 +45,41 @@ func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
 		t.Fatalf("TCP(%T) did not wrap it", c)
 	}
 	t.Cleanup(func() { r.Close(); peer.Close() })
+	// A test that goes wrong fails rather than hangs.
+	r.SetDeadline(time.Now().Add(20 * time.Second))
+	peer.SetDeadline(time.Now().Add(20 * time.Second))
 	return r, peer.(*net.TCPConn)
+}
+
+// countSyscalls counts rawConn's own system calls until the test ends.
+func countSyscalls(t *testing.T) *atomic.Int64 {
+	var n atomic.Int64
+	syscalls = &n
+	t.Cleanup(func() { syscalls = nil })
+	return &n
 }
 
 func TestRawConnMovesBytesBothWays(t *testing.T) {
 	r, peer := rawPair(t)
 	for _, size := range []int{1, 100, 4 << 10, rawMax, rawMax + 1, 3 << 20} {
 		out := randomBytes(size)
-		go func() { _, _ = r.Write(out) }()
+		werr := make(chan error, 1)
+		go func() {
+			n, err := r.Write(out)
+			if err == nil && n != len(out) {
+				err = fmt.Errorf("wrote %d of %d bytes", n, len(out))
+			}
+			werr <- err
+		}()
 		got := make([]byte, size)
 		if _, err := io.ReadFull(peer, got); err != nil {
 			t.Fatalf("%d bytes written raw: %v", size, err)
 		}
 		if !bytes.Equal(got, out) {
 			t.Fatalf("%d bytes written raw came out different", size)
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("writing %d bytes raw: %v", size, err)
 		}
 		go func() { _, _ = peer.Write(out) }()
 		if _, err := io.ReadFull(r, got); err != nil {
@@ -111,6 +134,16 @@ func TestRawConnErrorsAreNets(t *testing.T) {
 		}
 		if _, err := r.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("Write after Close: %v; want net.ErrClosed", err)
+		}
+	})
+	t.Run("read reset", func(t *testing.T) {
+		r, peer := rawPair(t)
+		peer.SetLinger(0)
+		peer.Close() // RST
+		_, err := r.Read(make([]byte, 8))
+		var oe *net.OpError
+		if !errors.As(err, &oe) || oe.Op != "read" || !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("Read of a reset connection: %v; want a read OpError of ECONNRESET (not the end of a body)", err)
 		}
 	})
 	t.Run("reset", func(t *testing.T) {
@@ -201,4 +234,75 @@ func randomBytes(n int) []byte {
 		b[i] = byte(rand.Uint32())
 	}
 	return b
+}
+
+// TestRawConnTakesTheRawPath: short reads and writes go through rawConn's
+// own calls, longer ones do not.
+func TestRawConnTakesTheRawPath(t *testing.T) {
+	r, peer := rawPair(t)
+	calls := countSyscalls(t)
+	msg := []byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if _, err := r.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(peer, buf); err != nil {
+		t.Fatal(err)
+	}
+	peer.Write(msg)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n < 2 {
+		t.Fatalf("a short write and read made %d raw calls; want at least 2", n)
+	}
+	calls.Store(0)
+	big := randomBytes(rawMax + 1)
+	go peer.Write(big)
+	go r.Write(big)
+	if _, err := io.ReadFull(peer, make([]byte, len(big))); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("a write of rawMax + 1 bytes made %d raw calls; want 0 (Go's usual path)", n)
+	}
+}
+
+// TestRawConnResumesAPartialWrite: writes the socket cannot take at once
+// wait for room and go on where they stopped, as net's do.
+func TestRawConnResumesAPartialWrite(t *testing.T) {
+	r, peer := rawPair(t)
+	r.SetWriteBuffer(4096)
+	calls := countSyscalls(t)
+	const writes = 256 // 4 MiB: more than the socket buffers on both ends hold
+	out := randomBytes(writes * rawMax)
+	werr := make(chan error, 1)
+	go func() {
+		for i := 0; i < writes; i++ {
+			p := out[i*rawMax : (i+1)*rawMax]
+			n, err := r.Write(p)
+			if err == nil && n != len(p) {
+				err = fmt.Errorf("write %d: wrote %d of %d bytes", i, n, len(p))
+			}
+			if err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	time.Sleep(50 * time.Millisecond) // the writes fill the buffers and wait for room
+	got := make([]byte, len(out))
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, out) {
+		t.Fatal("writes resumed after waiting for room came out different")
+	}
+	if n := calls.Load(); n <= writes {
+		t.Fatalf("%d writes made %d raw calls; want more (some had to wait for room and go on)", writes, n)
+	}
 }
