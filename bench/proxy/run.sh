@@ -13,9 +13,10 @@
 # L4 TCP (HAProxy mode tcp, the sidecar's upstream listener), with the same
 # wrk settings for every row; then uploads (POSTs of $UPLOAD bytes, which
 # both proxies stream) direct, through HAProxy and through the sidecar; and
-# paced rows (paced-direct, paced-haproxy, paced-sidecar): the HTTP rows at a
-# steady load below what either proxy can take, where the saturated rows
-# measure queues as much as proxies. Everything listens on 127.0.0.1; everything the
+# paced rows (paced-direct, paced-haproxy, paced-sidecar, and L4's
+# paced-tcp-haproxy, paced-tcp-sidecar): the HTTP and L4 rows at a steady
+# load below what either proxy can take, where the saturated rows measure
+# queues as much as proxies. Everything listens on 127.0.0.1; everything the
 # script starts is stopped on exit (trap). Environment knobs:
 #
 #   DURATION  seconds measured per row (10)     WARMUP  seconds of warm-up (2)
@@ -531,6 +532,8 @@ if [ "$PACE_MS" -gt 0 ]; then
 		"paced-direct http://127.0.0.1:$B1/ - -"
 		"paced-haproxy http://127.0.0.1:$HAHTTP/ Switchboard-Service:bench $HAPID"
 		"paced-sidecar http://127.0.0.1:$SCHTTP/ Switchboard-Service:bench $SCPID"
+		"paced-tcp-haproxy http://127.0.0.1:$HATCP/ - $HAPID"
+		"paced-tcp-sidecar http://127.0.0.1:$SCTCP/ - $SCPID"
 	)
 fi
 if [ "$UPLOAD" -gt 0 ]; then
@@ -588,7 +591,7 @@ echo "      httplog at level warning, retries 3, redispatch) serves listen, pinn
 echo "      the sidecar process itself used $(awk -v t=$((SC2T1 - SC2T0)) -v tck="$TCK" 'BEGIN { printf "%.2f", t / tck }')s of CPU over all rows (HAProxy worker pid $HA2PID before, $HA2NOW after: same = no reload)"
 echo "L4:   HAProxy mode tcp (leastconn) vs the sidecar's upstream listen; wrk's keep-alive HTTP through both"
 [ "$UPLOAD" -gt 0 ] && echo "uploads: the HTTP rows' setup, every request a POST of $UPLOAD bytes (Content-Length), which the backend reads and drops"
-[ "$PACE_MS" -gt 0 ] && echo "paced: the HTTP rows' setup, each connection waiting 0-$((2 * PACE_MS)) ms (uniform, whole ms) after every answer: the same steady load for each row"
+[ "$PACE_MS" -gt 0 ] && echo "paced: the HTTP and L4 rows' setup, each connection waiting 0-$((2 * PACE_MS)) ms (uniform, whole ms) after every answer: the same steady load for each row"
 echo
 awk -v tck="$TCK" -v dur="$DURATION" -v pin="$PIN" -v upload="$UPLOAD" -v conns="$CONNS" '
 function ms(us) { return sprintf("%.3fms", us / 1000) }
@@ -683,12 +686,15 @@ END {
 		if ((h in rps) && rps[h] > 0) printf "%-36s %8.2f   %-24s (ratio of the means %.2f)\n", "  p99 haproxy-mode/no-retry config", pmed(rp, hm, h), "-", p99[hm] / p99[h]
 	}
 	# Paced: the same load for each row, well below saturation.
-	h = "paced-haproxy"; sc = "paced-sidecar"; d = "paced-direct"
-	if ((h in rps) && (sc in rps) && rps[h] > 0) {
-		printf "%-36s %8.2f   %-24s haproxy %.0f, sidecar %.0f requests/s (the same load: ratio of the means)\n", "paced rps sidecar/haproxy", rps[sc] / rps[h], "-", rps[h], rps[sc]
-		printf "%-36s %8.2f   %-24s haproxy %.3fms, sidecar %.3fms\n", "paced p99 sidecar/haproxy", (p99[h] > 0 ? p99[sc] / p99[h] : 0), "-", p99[h] / 1000, p99[sc] / 1000
-		if ((d in rps) && p99[h] > p99[d]) printf "%-36s %8.2f   %-24s haproxy %+.3fms, sidecar %+.3fms\n", "paced added p99 sidecar/haproxy", (p99[sc] - p99[d]) / (p99[h] - p99[d]), "-", (p99[h] - p99[d]) / 1000, (p99[sc] - p99[d]) / 1000
-		if (cpu[h] != "-" && cpu[sc] != "-" && req[h] > 0 && req[sc] > 0 && cpu[h] > 0) printf "%-36s %8.2f   %-24s haproxy %.1fus, sidecar %.1fus\n", "paced CPU/req sidecar/haproxy", (cpu[sc] / req[sc]) / (cpu[h] / req[h]), "-", 1e6 * cpu[h] / tck / req[h], 1e6 * cpu[sc] / tck / req[sc]
+	d = "paced-direct"
+	for (k = 0; k < 2; k++) {
+		m = (k == 0) ? "paced" : "paced-tcp"
+		h = m "-haproxy"; sc = m "-sidecar"
+		if (!(h in rps) || !(sc in rps) || rps[h] == 0) continue
+		printf "%-36s %8.2f   %-24s haproxy %.0f, sidecar %.0f requests/s (the same load: ratio of the means)\n", m " rps sidecar/haproxy", rps[sc] / rps[h], "-", rps[h], rps[sc]
+		printf "%-36s %8.2f   %-24s haproxy %.3fms, sidecar %.3fms\n", m " p99 sidecar/haproxy", (p99[h] > 0 ? p99[sc] / p99[h] : 0), "-", p99[h] / 1000, p99[sc] / 1000
+		if ((d in rps) && p99[h] > p99[d]) printf "%-36s %8.2f   %-24s haproxy %+.3fms, sidecar %+.3fms\n", m " added p99 sidecar/haproxy", (p99[sc] - p99[d]) / (p99[h] - p99[d]), "-", (p99[h] - p99[d]) / 1000, (p99[sc] - p99[d]) / 1000
+		if (cpu[h] != "-" && cpu[sc] != "-" && req[h] > 0 && req[sc] > 0 && cpu[h] > 0) printf "%-36s %8.2f   %-24s haproxy %.1fus, sidecar %.1fus\n", m " CPU/req sidecar/haproxy", (cpu[sc] / req[sc]) / (cpu[h] / req[h]), "-", 1e6 * cpu[h] / tck / req[h], 1e6 * cpu[sc] / tck / req[sc]
 	}
 	# Uploads: throughput and the memory they take.
 	h = "upload-haproxy"; sc = "upload-sidecar"
