@@ -27,8 +27,9 @@ import (
 // "Session 15"). A saturated sidecar showed none of those switches either
 // way (perf stat), and costs the same with rawConn or without.
 //
-// What takes Go's usual path: reads and writes over rawMax, zero-length
-// ones (so that they fail as net's do), and what the embedded
+// What takes Go's usual path: writes over rawMax (a read asking for more
+// is cut to rawMax, as Read may), zero-length calls (so that they fail as
+// net's do), and what the embedded
 // *net.TCPConn's ReadFrom and WriteTo move, which bufio.Writer and io.Copy
 // pick when they can (a streamed body of known length; splice between two
 // TCP connections). fasthttp sends an answer larger than its write buffer
