@@ -60,8 +60,8 @@ if [ "$PIN" = 1 ]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-2}; fi
 for v in DURATION WARMUP CONNS THREADS QUIET ROUNDS UPLOAD PACE_MS; do
 	case ${!v} in '' | *[!0-9]*) echo "run.sh: $v must be a whole number, got '${!v}'" >&2; exit 2 ;; esac
 done
-if [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 120 ] || [ "$CONNS" -lt 1 ] || [ "$CONNS" -gt 1000 ] || [ "$WARMUP" -gt 60 ] || [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 10 ]; then
-	echo "run.sh: keep DURATION in 1..120, WARMUP in 0..60, CONNS in 1..1000 and ROUNDS in 1..10" >&2
+if [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 120 ] || [ "$CONNS" -lt 1 ] || [ "$CONNS" -gt 1000 ] || [ "$WARMUP" -gt 60 ] || [ "$ROUNDS" -lt 1 ] || [ "$ROUNDS" -gt 10 ] || [ "$PACE_MS" -gt 1000 ]; then
+	echo "run.sh: keep DURATION in 1..120, WARMUP in 0..60, CONNS in 1..1000, ROUNDS in 1..10 and PACE_MS in 0..1000" >&2
 	exit 2
 fi
 if [ "$UPLOAD" -gt $((256 << 20)) ]; then
