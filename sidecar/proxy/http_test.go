@@ -71,7 +71,15 @@ func (f *frontend) dial() net.Conn {
 
 func (f *frontend) do(method, service, path, body string, hdr ...string) (*http.Response, string) {
 	f.t.Helper()
-	req, _ := http.NewRequest(method, f.url+path, strings.NewReader(body))
+	return f.send(method, service, path, strings.NewReader(body), int64(len(body)), hdr...)
+}
+
+// send is do with a body read from r as the request goes out: length
+// bytes, or -1 for a length not known (sent chunked).
+func (f *frontend) send(method, service, path string, r io.Reader, length int64, hdr ...string) (*http.Response, string) {
+	f.t.Helper()
+	req, _ := http.NewRequest(method, f.url+path, r)
+	req.ContentLength = length
 	if service != "" {
 		req.Header.Set(ServiceHeader, service)
 	}

@@ -327,20 +327,11 @@ func TestAnUploadsTimeoutCountsFromItsEnd(t *testing.T) {
 			pw.Write(make([]byte, 1<<20))
 			pw.Close()
 		}()
-		req, _ := http.NewRequest("POST", f.url+path, pr)
-		req.ContentLength = 3 << 20
-		req.Header.Set(ServiceHeader, "a")
-		req.Header.Set(TimeoutHeader, "300ms")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if path == "/" && (res.StatusCode != 200 || string(b) != "ok") {
+		res, b := f.send("POST", "a", path, pr, 3<<20, TimeoutHeader, "300ms")
+		if path == "/" && (res.StatusCode != 200 || b != "ok") {
 			t.Errorf("a slow upload: %d %s, want 200", res.StatusCode, b)
 		}
-		if path == "/slow" && (res.StatusCode != 504 || !strings.Contains(string(b), "of the request's end")) {
+		if path == "/slow" && (res.StatusCode != 504 || !strings.Contains(b, "of the request's end")) {
 			t.Errorf("a slow answer: %d %s, want 504", res.StatusCode, b)
 		}
 	}
@@ -355,17 +346,8 @@ func TestAnEventStreamRequestWithALargeBody(t *testing.T) {
 	f.set("a", sink.srv.URL)
 	body := randomBytes(t, 3<<20)
 	for _, length := range []int64{int64(len(body)), -1} {
-		req, _ := http.NewRequest("POST", f.url+"/", io.MultiReader(strings.NewReader(string(body))))
-		req.ContentLength = length
-		req.Header.Set(ServiceHeader, "a")
-		req.Header.Set("Accept", "text/event-stream")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if want := "data: " + sumOf(body) + "\n\n"; res.StatusCode != 200 || string(b) != want {
+		res, b := f.send("POST", "a", "/", io.MultiReader(strings.NewReader(string(body))), length, "Accept", "text/event-stream")
+		if want := "data: " + sumOf(body) + "\n\n"; res.StatusCode != 200 || b != want {
 			t.Errorf("length %d: %d %q, want 200 %q", length, res.StatusCode, b, want)
 		}
 		waitFor(t, sink.got, "the instance's record")
@@ -524,16 +506,8 @@ func TestASlowUploadIsNotCutWhileItMoves(t *testing.T) {
 		}
 		pw.Close()
 	}()
-	req, _ := http.NewRequest("POST", f.url+"/", pr)
-	req.ContentLength = int64(len(body))
-	req.Header.Set(ServiceHeader, "a")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != 200 || string(b) != sumOf(body) {
+	res, b := f.send("POST", "a", "/", pr, int64(len(body)))
+	if res.StatusCode != 200 || b != sumOf(body) {
 		t.Fatalf("an upload of 3 s with a read timeout of 1 s: %d %q, want 200 and the body's SHA-256", res.StatusCode, b)
 	}
 }
