@@ -290,19 +290,10 @@ func TestReadinessFailsWhileTheSidecarDrains(t *testing.T) {
 // call's own timeout (an hour at most). It now gets drain_timeout, as the
 // kit's requests do; then its connection is closed and the sidecar exits.
 func TestShutdownCutsOffCallsAfterTheDrainTimeout(t *testing.T) {
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer slow.Close()
-	defer close(release)
+	slow, arrived := testnet.HeldHTTP(t)
 	dir := t.TempDir()
 	routes := `{"realm":"dev","services":[{"service":"slow","realm":"dev","index":7,"instances":[` +
-		`{"id":"slow-1","service":"slow","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(portOf(slow.Listener.Addr().String())) + `,"status":"passing","enabled":true}]}]}`
+		`{"id":"slow-1","service":"slow","realm":"dev","address":"127.0.0.1","port":` + strconv.Itoa(portOf(strings.TrimPrefix(slow, "http://"))) + `,"status":"passing","enabled":true}]}]}`
 	if err := os.WriteFile(filepath.Join(dir, "routes.json"), []byte(routes), 0o600); err != nil {
 		t.Fatal(err)
 	}

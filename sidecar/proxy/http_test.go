@@ -20,6 +20,7 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
+	"github.com/switchboard-go/switchboard/internal/testnet"
 )
 
 // frontend runs an HTTP proxy on loopback over a table whose pools the
@@ -1116,27 +1117,11 @@ func TestLocalBrowsersOnly(t *testing.T) {
 	}
 }
 
-// slowInstance is an instance that takes each call and answers none until
-// the test ends; got receives a value as each call arrives.
-func slowInstance(t *testing.T) (url string, got <-chan struct{}) {
-	arrived := make(chan struct{}, 16)
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(release); srv.Close() })
-	return srv.URL, arrived
-}
-
 // TestShutdownContextCutsOffCallsThatOutlastIt: a call whose instance
 // takes its time (an hour's Switchboard-Timeout) holds Shutdown only until
 // its context ends; then the caller's connection is closed.
 func TestShutdownContextCutsOffCallsThatOutlastIt(t *testing.T) {
-	url, got := slowInstance(t)
+	url, got := testnet.HeldHTTP(t)
 	f := newFrontend(t)
 	f.set("slow", url)
 	c := f.dial()
