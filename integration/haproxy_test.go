@@ -79,7 +79,7 @@ func register(t *testing.T, atlasURL, id, service string, port int) {
 // HAProxy never reloads (the master's own count).
 func TestHAProxyMembershipChangesWithoutReload(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2, p3 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t)), startPy(t, "three", freePort(t))
+	p1, p2, p3 := startPy(t, "one"), startPy(t, "two"), startPy(t, "three")
 	register(t, a.url, "files-1", "files", p1.port)
 	register(t, a.url, "files-2", "files", p2.port)
 	s, dir := haproxySidecar(t, a.url)
@@ -119,7 +119,7 @@ func TestHAProxyMembershipChangesWithoutReload(t *testing.T) {
 // steady stream of GETs runs through HAProxy: no request fails.
 func TestHAProxyReloadsLoseNothing(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1 := startPy(t, "one", freePort(t))
+	p1 := startPy(t, "one")
 	register(t, a.url, "files-1", "files", p1.port)
 	s, dir := haproxySidecar(t, a.url)
 	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
@@ -157,7 +157,7 @@ func TestHAProxyReloadsLoseNothing(t *testing.T) {
 // its check fails.
 func TestHAProxyKillNineOfAnInstance(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	dir := t.TempDir()
 	yaml := fmt.Sprintf(`atlas: %s
 proxy: haproxy
@@ -273,7 +273,7 @@ func TestHAProxyPolicyWithdrawn(t *testing.T) {
 		}
 		return b
 	}
-	p := startPy(t, "billing", freePort(t))
+	p := startPy(t, "billing")
 	as("PUT", "/v1/instances/billing-1", fmt.Sprintf(`{"service":"billing","address":"127.0.0.1","port":%d,"ttl":"1h"}`, p.port))
 	as("PUT", "/v1/policies/web?realm=dev", `{"may_call":["billing"]}`)
 	var tok struct{ Secret string }
@@ -309,7 +309,7 @@ func TestHAProxyPolicyWithdrawn(t *testing.T) {
 // that every call follows the current instances.
 func TestHAProxyLeftByAKilledSidecarStops(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	register(t, a.url, "files-1", "files", p1.port)
 	state := t.TempDir()
 	yaml := fmt.Sprintf("atlas: %s\nproxy: haproxy\nstate_dir: %s\nupstreams: [{name: files}]\n", a.url, state)

@@ -19,7 +19,7 @@ import (
 // and the health check fails meanwhile.
 func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p := startPy(t, "one", freePort(t))
+	p := startPy(t, "one")
 	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	yaml := l4YAML(a.url, l4, p.port)
 	const limit = 256
@@ -91,7 +91,7 @@ func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
 // process ran out of files. Such instances are left out of rotation.
 func TestSidecarLeavesOutInstancesAtItsOwnAddress(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p := startPy(t, "one", freePort(t))
+	p := startPy(t, "one")
 	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s := startSidecar(t, l4YAML(a.url, l4, p.port))
 	for id, addr := range map[string]string{"files-loop-http": s.listen, "files-loop-l4": l4} {

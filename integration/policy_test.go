@@ -115,7 +115,7 @@ func startWebHost(t *testing.T, stateDir string) *webHost {
 		}
 		return st, b
 	}
-	p1, p2 := startPy(t, "billing", freePort(t)), startPy(t, "secrets", freePort(t))
+	p1, p2 := startPy(t, "billing"), startPy(t, "secrets")
 	for _, r := range []struct {
 		id   string
 		port int
@@ -137,7 +137,7 @@ func startWebHost(t *testing.T, stateDir string) *webHost {
 	h.tokenID = tok.ID
 	tokFile := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokFile, []byte(tok.Secret+"\n"), 0o600)
-	h.web = startPy(t, "web", freePort(t))
+	h.web = startPy(t, "web")
 	h.yaml = fmt.Sprintf("atlas: %s\ntoken_file: %s\nhost: host001\nadvertise: 127.0.0.1\nservices:\n  - {name: web, port: %d, check: {http: /who, interval: 300ms}}\n", h.atlas.url, tokFile, h.web.port)
 	if stateDir != "" {
 		h.yaml += "state_dir: " + stateDir + "\n"

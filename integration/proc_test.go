@@ -90,6 +90,7 @@ func startAtlas(t *testing.T, dir string, extra ...string) *proc {
 		close(p.done)
 	}()
 	t.Cleanup(p.kill)
+	p.logOnFailure("atlas")
 	select {
 	case p.url = <-urlc:
 	case <-p.done:
@@ -98,6 +99,25 @@ func startAtlas(t *testing.T, dir string, extra ...string) *proc {
 		t.Fatalf("atlas did not listen within 30s\n%s", p.log())
 	}
 	return p
+}
+
+// logOnFailure has the end of the process's log printed if the test
+// fails: a wait that timed out says little on its own.
+func (p *proc) logOnFailure(name string) {
+	p.t.Cleanup(func() {
+		if p.t.Failed() {
+			p.t.Logf("%s (pid %d), the end of its log:\n%s", name, p.cmd.Process.Pid, tail(p.log(), 60))
+		}
+	})
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
 }
 
 func (p *proc) log() string {

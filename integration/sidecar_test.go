@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // freePort returns a loopback port nothing listens on now, and one it has
@@ -57,36 +59,71 @@ type pyServer struct {
 	done chan struct{}
 }
 
-func startPy(t *testing.T, name string, port int) *pyServer {
+// startPy starts a python3 server named name on a free port. A port
+// freePort returned can be taken before python3 binds it, by any process
+// on the machine (go test runs packages side by side); then it tries
+// another, rather than have the test wait on a server that is not there,
+// or that is someone else's.
+func startPy(t *testing.T, name string) *pyServer {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "who"), []byte(name), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &pyServer{name: name, port: port, dir: dir}
-	p.start(t)
-	return p
+	p := &pyServer{name: name, dir: dir}
+	for attempt := 1; ; attempt++ {
+		p.port = freePort(t)
+		err := p.run(t)
+		if err == nil {
+			return p
+		}
+		if attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("%v; trying another port", err)
+	}
 }
 
+// start starts the server again on its port, after a kill.
 func (p *pyServer) start(t *testing.T) {
 	t.Helper()
+	if err := p.run(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run starts python3 on p.port and waits until it answers GET /who with
+// p.name: until it is this server that listens there.
+func (p *pyServer) run(t *testing.T) error {
 	p.cmd = exec.Command("python3", "-m", "http.server", fmt.Sprint(p.port), "--bind", "127.0.0.1", "--directory", p.dir)
+	var stderr syncbuf.Buffer
+	p.cmd.Stderr = &stderr
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("python3: %v", err)
+		return fmt.Errorf("python3: %v", err)
 	}
 	p.done = make(chan struct{})
 	cmd, done := p.cmd, p.done
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(p.kill)
+	url := fmt.Sprintf("http://127.0.0.1:%d/who", p.port)
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.port)); err == nil {
-			c.Close()
-			return
+		select {
+		case <-done:
+			return fmt.Errorf("python3 http.server on %d exited: %s", p.port, tail(stderr.String(), 5))
+		default:
+		}
+		if res, err := httpc.Get(url); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if string(b) == p.name {
+				return nil
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("python3 http.server on %d did not listen", p.port)
+	p.kill()
+	return fmt.Errorf("python3 http.server on %d did not answer GET /who with %q within 15s: %s", p.port, p.name, tail(stderr.String(), 5))
 }
 
 func (p *pyServer) kill() {
@@ -150,6 +187,13 @@ func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *
 	// SIGTERM first: a sidecar in haproxy mode stops its HAProxy on the way
 	// out, which a SIGKILL would leave running.
 	t.Cleanup(func() { p.stop() })
+	p.logOnFailure("sidecar")
+	s := &sidecarProc{proc: p, listen: listen, admin: admin}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("sidecar (pid %d) /routes: %s", p.cmd.Process.Pid, s.routes())
+		}
+	})
 	select {
 	case <-running:
 	case <-p.done:
@@ -157,7 +201,18 @@ func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *
 	case <-time.After(30 * time.Second):
 		t.Fatalf("sidecar did not start\n%s", p.log())
 	}
-	return &sidecarProc{proc: p, listen: listen, admin: admin}
+	return s
+}
+
+// routes returns the sidecar's /routes as it printed it, or the error.
+func (s *sidecarProc) routes() string {
+	res, err := httpc.Get("http://" + s.admin + "/routes")
+	if err != nil {
+		return err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
 }
 
 // get calls service through the sidecar and returns the status and body.
@@ -319,7 +374,7 @@ services:
 // fails none of them, and the dead instance leaves the rotation.
 func TestSidecarKillNineOfABackend(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "500ms"))
 	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
 
@@ -343,7 +398,7 @@ func TestSidecarKillNineOfABackend(t *testing.T) {
 // the rotation; when the check passes again it comes back.
 func TestSidecarFailingCheckAndRecovery(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "300ms"))
 	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
 	// The check GETs /who: take the file away and it answers 404.
@@ -362,7 +417,7 @@ func TestSidecarFailingCheckAndRecovery(t *testing.T) {
 // a sidecar restarted while Atlas is still down routes from its state_dir.
 func TestSidecarStaticStability(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	state := t.TempDir()
 	yaml := fmt.Sprintf("atlas: %s\nstate_dir: %s\nupstreams: [{name: files}]\n", a.url, state)
 	// The instances are registered by hand, with a long lease.
@@ -402,7 +457,7 @@ func TestSidecarStaticStability(t *testing.T) {
 // under steady load: no request fails.
 func TestSidecarRollingRestart(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	s := startSidecar(t, twoBackendYAML(a.url, p1.port, p2.port, "300ms"))
 	waitFor(t, "both instances routable", 20*time.Second, func() bool { return len(s.routed("files")) == 2 })
 	l := startLoad(s, "files", 4)
@@ -427,7 +482,7 @@ func TestSidecarRollingRestart(t *testing.T) {
 // through that other sidecar fails.
 func TestSidecarDrainOnSIGTERM(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := startPy(t, "one", freePort(t)), startPy(t, "two", freePort(t))
+	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	announceOne := fmt.Sprintf("atlas: %s\nhost: hosta\nadvertise: 127.0.0.1\ndrain_timeout: 5s\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p1.port)
 	announceTwo := fmt.Sprintf("atlas: %s\nhost: hostb\nadvertise: 127.0.0.1\nupstreams: [{name: files}]\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p2.port)
 	sa := startSidecar(t, announceOne)
