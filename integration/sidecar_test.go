@@ -141,9 +141,22 @@ type sidecarProc struct {
 	listen, admin string
 }
 
+// startSidecar runs a sidecar on free ports. A port can be taken between
+// freePort and the sidecar's bind, by any process on the machine; then it
+// tries others.
 func startSidecar(t *testing.T, yaml string) *sidecarProc {
 	t.Helper()
-	return startSidecarAt(t, yaml, fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	for attempt := 1; ; attempt++ {
+		listen, admin := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		s, err := launchSidecar(t, yaml, listen, admin)
+		if err == nil {
+			return s
+		}
+		if attempt == 5 || !strings.Contains(s.log(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("%v; trying other ports", err)
+	}
 }
 
 // startSidecarAt is startSidecar on given listen and admin addresses (a
@@ -156,6 +169,17 @@ func startSidecarAt(t *testing.T, yaml, listen, admin string) *sidecarProc {
 // startSidecarIn is startSidecarAt with the command run through shell
 // lines first (ulimit, say).
 func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *sidecarProc {
+	t.Helper()
+	s, err := launchSidecar(t, yaml, listen, admin, shell...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// launchSidecar starts the sidecar and waits until it runs; the error says
+// why it did not.
+func launchSidecar(t *testing.T, yaml, listen, admin string, shell ...string) (*sidecarProc, error) {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "sidecar.yaml")
@@ -171,8 +195,9 @@ func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	running := make(chan struct{}, 1)
+	running, logged := make(chan struct{}, 1), make(chan struct{})
 	go func() {
+		defer close(logged)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			p.mu.Lock()
@@ -196,12 +221,16 @@ func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *
 	})
 	select {
 	case <-running:
+		return s, nil
 	case <-p.done:
-		t.Fatalf("sidecar exited: %v\n%s", p.err, p.log())
+		select { // the rest of its log, unless a child holds the pipe
+		case <-logged:
+		case <-time.After(2 * time.Second):
+		}
+		return s, fmt.Errorf("sidecar exited: %v\n%s", p.err, p.log())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("sidecar did not start\n%s", p.log())
+		return s, fmt.Errorf("sidecar did not start\n%s", p.log())
 	}
-	return s
 }
 
 // routes returns the sidecar's /routes as it printed it, or the error.
