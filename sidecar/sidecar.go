@@ -100,6 +100,9 @@ type Sidecar struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// shared names the configured upstreams when there are several: they
+	// are followed on one event stream (watchUpstreams). Set by New.
+	shared map[string]bool
 	// unreachable holds the services whose watch of Atlas is failing
 	// (keys only): the sweep keeps them.
 	unreachable sync.Map
@@ -204,6 +207,12 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
 	}}
 	s.table.MaxPools = MaxServices
+	if len(cfg.Upstreams) > 1 {
+		s.shared = make(map[string]bool, len(cfg.Upstreams))
+		for _, u := range cfg.Upstreams {
+			s.shared[u.Name] = true
+		}
+	}
 	if cfg.StateDir != "" {
 		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
 	} else {
@@ -298,11 +307,16 @@ func (s *Sidecar) Start() error {
 			s.log.Warn("sidecar: last known routes not restored", "err", err)
 		}
 	}
+	var upstreams []*balance.Pool
 	for _, u := range s.cfg.Upstreams {
 		pool := s.table.Pin(u.Name) // watched from the start, and kept
+		upstreams = append(upstreams, pool)
 		if tln := tlns[u.Name]; tln != nil {
 			tcps = append(tcps, l4{&proxy.TCP{Pool: pool, Logger: s.log, Observe: s.m.observeTCP}, tln})
 		}
+	}
+	if len(s.shared) > 0 {
+		s.watchUpstreams(upstreams)
 	}
 	if s.cfg.Proxy == "haproxy" {
 		tcp := map[string]string{}
@@ -498,11 +512,80 @@ func (s *Sidecar) hapMu(service string) *sync.Mutex {
 // HAProxy returns the HAProxy driver in haproxy mode, else nil.
 func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 
-// watch follows one service's instances from Atlas's event stream into its
-// pool, until the sidecar stops or the returned function is called (the
-// table dropped the pool); it reconnects with backoff, resuming from the
-// last event.
+// watch is the table's OnNew: a configured upstream is followed on the
+// upstreams' shared stream (watchUpstreams), any other service on a stream
+// of its own (follow).
 func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
+	if s.shared[pool.Service] {
+		return nil // pinned: never dropped
+	}
+	return s.follow(pool)
+}
+
+// apply puts an event of Atlas's into the service's pool.
+func (s *Sidecar) apply(pool *balance.Pool, ev client.Event) {
+	s.token.note(nil)
+	s.unreachable.Delete(pool.Service)
+	for _, e := range pool.Update(s.self.leaveOut(ev.Service.Instances, s.log), ev.Service.Index) {
+		proxy.CloseEndpoint(e)
+	}
+	s.m.applied(pool.Service, ev.Service.Index)
+	s.pushHAProxy(pool.Service)
+	s.saveState()
+}
+
+// watchUpstreams follows the configured upstreams on one event stream
+// (GET /v1/watch?service=a&service=b...), so that Atlas holds one stream
+// per sidecar for them rather than one per service and sidecar. Atlas
+// refuses such a stream whole when it may not show one of them (a policy,
+// or a token it does not take); the services then go on streams of their
+// own, each of which gets its own answer: the refused ones get 403 on
+// their calls, the others route. The services calls ask for besides
+// are followed on streams of their own, as they come and go.
+func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
+	byName := make(map[string]*balance.Pool, len(pools))
+	names := make([]string, 0, len(pools))
+	for _, p := range pools {
+		byName[p.Service] = p
+		names = append(names, p.Service)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel()
+		var warned failureLog
+		s.atlas.Follow(ctx, s.cfg.Realm, names, func(ev client.Event) {
+			if p := byName[ev.Service.Service]; p != nil {
+				warned.ok()
+				s.apply(p, ev)
+			}
+		}, func(err error, retryIn time.Duration) {
+			s.token.note(err)
+			if code := sb.ErrorCode(err); code == sb.EPermissionDenied || code == sb.EUnauthenticated {
+				s.log.Info("sidecar: Atlas refused the upstreams' shared event stream; following each upstream on a stream of its own, whose answer says which may be called", "services", names, "err", err)
+				for _, p := range pools {
+					s.follow(p)
+				}
+				cancel()
+				return
+			}
+			for _, n := range names {
+				s.unreachable.Store(n, true)
+				s.m.watchErrors.WithLabelValues(n).Inc()
+			}
+			if warned.failed(err) {
+				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", names, "err", err, "retry_in", retryIn.String())
+			}
+		})
+	}()
+}
+
+// follow follows one service's instances from Atlas's event stream into
+// its pool, until the sidecar stops or the returned function is called
+// (the table dropped the pool); it reconnects with backoff, resuming from
+// the last event.
+func (s *Sidecar) follow(pool *balance.Pool) (stop func()) {
 	service := pool.Service
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	s.wg.Add(1)
@@ -537,14 +620,7 @@ func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
 		defer s.unreachable.Delete(service)
 		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
 			warned.ok()
-			s.token.note(nil)
-			s.unreachable.Delete(service)
-			for _, e := range pool.Update(s.self.leaveOut(ev.Service.Instances, s.log), ev.Service.Index) {
-				proxy.CloseEndpoint(e)
-			}
-			s.m.applied(service, ev.Service.Index)
-			s.pushHAProxy(service)
-			s.saveState()
+			s.apply(pool, ev)
 		}, func(err error, retryIn time.Duration) {
 			s.token.note(err)
 			switch code := sb.ErrorCode(err); code {
