@@ -471,6 +471,39 @@ func TestWatchStream(t *testing.T) {
 	}
 }
 
+// A snapshot of every service larger than what a stream gathers before it
+// writes (streamChunk) goes out in pieces: every event arrives whole, in
+// order, and only the last carries the id.
+func TestWatchSnapshotLargerThanOneWrite(t *testing.T) {
+	a := start(t, true)
+	const services, each = 40, 15
+	for i := range services * each {
+		svc := fmt.Sprintf("s%02d", i%services)
+		a.must("PUT", fmt.Sprintf("/v1/instances/%s-%d", svc, i), reg(svc, 5000+i, ""))
+	}
+	res, cancel := watch(t, a.http.URL+"/v1/watch?service=*")
+	defer cancel()
+	events := readEvents(res.Body)
+	size := 0
+	for i := range services {
+		ev := next(t, events)
+		var si sb.ServiceInstances
+		if err := json.Unmarshal([]byte(ev.data), &si); err != nil || ev.kind != "snapshot" {
+			t.Fatalf("event %d: %s, %v", i, ev.kind, err)
+		}
+		if want := fmt.Sprintf("s%02d", i); si.Service != want || len(si.Instances) != each {
+			t.Fatalf("event %d: service %s with %d instances; want %s with %d", i, si.Service, len(si.Instances), want, each)
+		}
+		if (ev.id != "") != (i == services-1) {
+			t.Fatalf("event %d has id %q; only the last of a snapshot carries one", i, ev.id)
+		}
+		size += len(ev.data)
+	}
+	if size < 2*64<<10 {
+		t.Fatalf("the snapshot is %d bytes; the test needs more than two writes' worth", size)
+	}
+}
+
 func TestWatchStreamLargeEventsAndHangUp(t *testing.T) {
 	a := start(t, true)
 	for i := range 60 { // an answer well over net/http's 4 KiB buffer

@@ -1,7 +1,6 @@
 package atlas
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -93,7 +93,6 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer out.close()
-	bw := out.bw
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
@@ -106,10 +105,10 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	write := func(kind string, id uint64, body []byte) error {
 		_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 		if id == 0 {
-			_, err := fmt.Fprintf(bw, "event: %s\ndata: %s\n", kind, body)
+			_, err := fmt.Fprintf(out, "event: %s\ndata: %s\n", kind, body)
 			return err
 		}
-		_, err := fmt.Fprintf(bw, "event: %s\nid: %d\ndata: %s\n", kind, id, body)
+		_, err := fmt.Fprintf(out, "event: %s\nid: %d\ndata: %s\n", kind, id, body)
 		return err
 	}
 	flush := out.flush
@@ -261,7 +260,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		case <-policiesChanged:
 		case <-keepAlive.C:
 			_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
-			if _, err := bw.WriteString(": keep-alive\n\n"); err != nil {
+			if _, err := io.WriteString(out, ": keep-alive\n\n"); err != nil {
 				return nil
 			}
 			if err := flush(); err != nil {
@@ -282,58 +281,116 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 // a ResponseWriter, chunked encoding and its 4 KiB buffer turn one event of
 // a large service into three writes, and three wake-ups of the reader.)
 // Where the connection cannot be taken over (HTTP/2), the ResponseWriter.
+//
+// The events of one pass are gathered in a buffer from a pool and sent
+// in one write by the flush that ends the pass, which gives the buffer
+// back: a stream spends nearly all its life waiting, and a sidecar, a
+// dashboard or a script holds one each.
 type stream struct {
-	bw               *bufio.Writer
-	flush            func() error
+	dst              io.Writer
+	pending          *[]byte      // nil between passes
+	after            func() error // once pending is written
 	setWriteDeadline func(time.Time) error
 	gone             <-chan struct{} // closed when the client hangs up
 	close            func()
 }
 
+// streamBufs holds the buffers of passes; one that grew past 64 KiB (an
+// event of a large service) is not kept.
+var streamBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// streamChunk is what a pass gathers before it writes: a snapshot of
+// every service (service=*) goes out in pieces of about this size, not
+// gathered whole.
+const streamChunk = 64 << 10
+
+func (st *stream) Write(p []byte) (int, error) {
+	if st.pending == nil {
+		st.pending = streamBufs.Get().(*[]byte)
+	}
+	*st.pending = append(*st.pending, p...)
+	if len(*st.pending) >= streamChunk {
+		return len(p), st.send()
+	}
+	return len(p), nil
+}
+
+// send writes what the pass has gathered so far.
+func (st *stream) send() error {
+	if st.pending == nil || len(*st.pending) == 0 {
+		return nil
+	}
+	_, err := st.dst.Write(*st.pending)
+	*st.pending = (*st.pending)[:0]
+	return err
+}
+
+// flush sends what the pass wrote and gives the buffer back.
+func (st *stream) flush() error {
+	err := st.send()
+	st.release()
+	if err != nil {
+		return err
+	}
+	return st.after()
+}
+
+func (st *stream) release() {
+	if b := st.pending; b != nil {
+		st.pending = nil
+		if cap(*b) <= streamChunk {
+			*b = (*b)[:0]
+			streamBufs.Put(b)
+		}
+	}
+}
+
 func openStream(w http.ResponseWriter) (*stream, error) {
 	rc := http.NewResponseController(w)
-	conn, brw, err := rc.Hijack()
+	conn, _, err := rc.Hijack()
 	if err != nil {
 		_ = rc.SetWriteDeadline(time.Time{})
 		w.WriteHeader(http.StatusOK)
-		bw := bufio.NewWriterSize(w, 32<<10)
-		return &stream{
-			bw: bw,
-			flush: func() error {
-				if err := bw.Flush(); err != nil {
-					return err
-				}
-				return rc.Flush()
-			},
+		st := &stream{
+			dst:              w,
+			after:            rc.Flush,
 			setWriteDeadline: rc.SetWriteDeadline,
 			gone:             make(chan struct{}),
-			close:            func() {},
-		}, nil
+		}
+		st.close = st.release
+		return st, nil
 	}
 	if sr, ok := w.(interface{ setStatus(int) }); ok {
 		sr.setStatus(http.StatusOK)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	bw := bufio.NewWriterSize(conn, 32<<10)
-	// The body ends when the connection closes: no chunked framing.
-	bw.WriteString("HTTP/1.1 200 OK\r\n")
-	w.Header().Set("Connection", "close")
-	if err := w.Header().Write(bw); err != nil {
-		conn.Close()
-		return nil, err
+	st := &stream{
+		dst:              conn,
+		after:            func() error { return nil },
+		setWriteDeadline: conn.SetWriteDeadline,
 	}
-	bw.WriteString("\r\n")
-	// The client sends nothing more: a read that ends means it left.
+	// The body ends when the connection closes: no chunked framing.
+	io.WriteString(st, "HTTP/1.1 200 OK\r\n")
+	w.Header().Set("Connection", "close")
+	_ = w.Header().Write(st)
+	io.WriteString(st, "\r\n")
+	// The client sends nothing more: a read that ends means it left. It
+	// reads the connection itself into a small buffer of its own: io.Copy
+	// to io.Discard would hold an 8 KiB buffer for the stream's life.
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
-		_, _ = io.Copy(io.Discard, brw.Reader)
+		var b [256]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				return
+			}
+		}
 	}()
-	return &stream{
-		bw:               bw,
-		flush:            bw.Flush,
-		setWriteDeadline: conn.SetWriteDeadline,
-		gone:             gone,
-		close:            func() { conn.Close() },
-	}, nil
+	st.gone = gone
+	st.close = func() {
+		st.release()
+		conn.Close()
+	}
+	return st, nil
 }
