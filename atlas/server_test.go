@@ -471,6 +471,33 @@ func TestWatchStream(t *testing.T) {
 	}
 }
 
+// A stream resumed where its client left off, with nothing new since,
+// answers at once: its client gives a stream 10 s to answer, and the next
+// change or keep-alive can be much later. (It answered with neither: every
+// sidecar whose Atlas restarted reconnected every 10 s until a change.)
+func TestWatchResumedWithNothingNewAnswersAtOnce(t *testing.T) {
+	defer func(d time.Duration) { atlas.KeepAliveInterval = d }(atlas.KeepAliveInterval)
+	atlas.KeepAliveInterval = time.Hour
+	a := start(t, true)
+	r := a.must("PUT", "/v1/instances/a-1", reg("a", 5000, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", a.http.URL+"/v1/watch?service=a", nil)
+	req.Header.Set("Last-Event-ID", r.header.Get("Switchboard-Index"))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("a stream resumed with nothing new did not answer within 10s: %v", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("resumed stream: %d %v", res.StatusCode, res.Header)
+	}
+	a.must("PUT", "/v1/instances/a-2", reg("a", 5001, ""))
+	if ev := next(t, readEvents(res.Body)); ev.kind != "update" || !strings.Contains(ev.data, `"id":"a-2"`) {
+		t.Fatalf("first event of the resumed stream = %+v; want the update", ev)
+	}
+}
+
 // A snapshot of every service larger than what a stream gathers before it
 // writes (streamChunk) goes out in pieces: every event arrives whole, in
 // order, and only the last carries the id.

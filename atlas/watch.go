@@ -174,6 +174,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	s.st.mu.RUnlock()
 	if canResume {
 		last = resume
+		// The answer's head goes out now. With nothing new, the first
+		// write would otherwise be the next change or keep-alive, and
+		// the client gives up long before (10 s): every sidecar whose
+		// Atlas restarted reconnected every 10 s until a change.
+		if err := flush(); err != nil {
+			return nil
+		}
 	} else if last, err = snapshot(); err != nil {
 		return nil
 	}
