@@ -42,3 +42,15 @@ func (s *Server) ReloadWithout(ctx context.Context, key string) error {
 	s.st.load(index+1, kvs)
 	return nil
 }
+
+// WaitingOn returns the watch keys that have a wait channel, sorted.
+func (s *Server) WaitingOn() []string {
+	s.st.wmu.Lock()
+	defer s.st.wmu.Unlock()
+	keys := make([]string, 0, len(s.st.waits))
+	for k := range s.st.waits {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -471,6 +471,46 @@ func TestWatchStream(t *testing.T) {
 	}
 }
 
+// A stream of some services (a sidecar's upstreams) waits on those
+// services alone, not on every change in the realm as one of every
+// service does; it gets their updates, and ends when its client leaves.
+func TestAStreamOfSomeServicesWaitsOnThemAlone(t *testing.T) {
+	a := start(t, true)
+	watched := []string{"a", "b", "c", "d"} // with keep-alive and ends, past a plain select
+	for i, svc := range append(watched, "e") {
+		a.must("PUT", fmt.Sprintf("/v1/instances/%s-1", svc), reg(svc, 5000+i, ""))
+	}
+	waitingOn := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !slices.Equal(a.srv.WaitingOn(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("Atlas waits on %q; want %q", a.srv.WaitingOn(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	res, cancel := watch(t, a.http.URL+"/v1/watch?service=a&service=b&service=c&service=d")
+	events := readEvents(res.Body)
+	for range watched {
+		if ev := next(t, events); ev.kind != "snapshot" {
+			t.Fatalf("event = %+v; want the snapshots first", ev)
+		}
+	}
+	waitingOn("s/dev/a", "s/dev/b", "s/dev/c", "s/dev/d")
+	a.must("PUT", "/v1/instances/e-2", reg("e", 5010, ""))
+	a.must("PUT", "/v1/instances/d-2", reg("d", 5011, ""))
+	if ev := next(t, events); ev.kind != "update" || !strings.Contains(ev.data, `"id":"d-2"`) {
+		t.Fatalf("event = %+v; want the update of d, and nothing of e", ev)
+	}
+	all, cancelAll := watch(t, a.http.URL+"/v1/watch?service=*")
+	next(t, readEvents(all.Body))
+	waitingOn("l/dev", "s/dev/a", "s/dev/b", "s/dev/c", "s/dev/d")
+	cancelAll()
+	cancel()
+	waitingOn()
+}
+
 // A stream resumed where its client left off, with nothing new since,
 // answers at once: its client gives a stream 10 s to answer, and the next
 // change or keep-alive can be much later. (It answered with neither: every

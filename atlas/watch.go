@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -186,12 +187,17 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	keepAlive := time.NewTicker(KeepAliveInterval)
 	defer keepAlive.Stop()
-	// A stream of one service wakes for that service only; others for any
-	// change in the realm. With auth on, a change of tokens or policies
-	// wakes it too.
+	// A stream of some services wakes for those services only (a
+	// sidecar's, say: a change elsewhere in the realm is not its
+	// business); one of every service, or of more than maxStreamKeys, for
+	// any change in the realm. With auth on, a change of tokens or
+	// policies wakes it too.
 	wakeKeys := []string{listKey(realm)}
-	if !all && len(services) == 1 {
-		wakeKeys[0] = svcKey(realm, services[0])
+	if !all && len(services) <= maxStreamKeys {
+		wakeKeys = wakeKeys[:0]
+		for _, svc := range services {
+			wakeKeys = append(wakeKeys, svcKey(realm, svc))
+		}
 	}
 	if p != nil {
 		wakeKeys = append(wakeKeys, tokensKey, policiesKey)
@@ -202,13 +208,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		chans, releaseNext := s.st.waitChans(wakeKeys)
 		release()
 		release = releaseNext
-		woke := chans[0]
-		var tokensChanged, policiesChanged <-chan struct{}
-		if p != nil {
-			tokensChanged, policiesChanged = chans[1], chans[2]
-			if allowed() != nil {
-				return nil
-			}
+		if p != nil && allowed() != nil {
+			return nil
 		}
 		// The answers are rendered as of upTo, under the same lock: one
 		// rendered later could carry a newer index than a change to
@@ -261,11 +262,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		}
 		last = upTo
 		s.streams.progress(track, last)
-		select {
-		case <-woke:
-		case <-tokensChanged:
-		case <-policiesChanged:
-		case <-keepAlive.C:
+		switch waitStream(chans, keepAlive.C, r.Context().Done(), out.gone, stop.Done()) {
+		case streamKeepAlive:
 			_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := io.WriteString(out, ": keep-alive\n\n"); err != nil {
 				return nil
@@ -273,14 +271,61 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			if err := flush(); err != nil {
 				return nil
 			}
-		case <-r.Context().Done():
-			return nil
-		case <-out.gone:
-			return nil
-		case <-stop.Done():
+		case streamEnd:
 			return nil
 		}
 	}
+}
+
+// maxStreamKeys bounds the services a stream waits on one by one; a
+// stream of more waits on every change in its realm, as one of every
+// service does.
+const maxStreamKeys = 64
+
+// What ended a stream's wait (waitStream).
+const (
+	streamChange    = iota // one of its keys changed
+	streamKeepAlive        // time for a keep-alive
+	streamEnd              // the client left, or Atlas stops
+)
+
+// waitStream waits until one of chans is closed, keepAlive ticks, or one
+// of ends is closed. Up to three channels (a service, tokens, policies)
+// take a select of their own; more, a reflect.Select.
+func waitStream(chans []<-chan struct{}, keepAlive <-chan time.Time, ends ...<-chan struct{}) int {
+	if len(chans) <= 3 && len(ends) == 3 {
+		var c [3]<-chan struct{} // nil channels: never ready
+		copy(c[:], chans)
+		select {
+		case <-c[0]:
+		case <-c[1]:
+		case <-c[2]:
+		case <-keepAlive:
+			return streamKeepAlive
+		case <-ends[0]:
+			return streamEnd
+		case <-ends[1]:
+			return streamEnd
+		case <-ends[2]:
+			return streamEnd
+		}
+		return streamChange
+	}
+	cases := make([]reflect.SelectCase, 0, len(chans)+1+len(ends))
+	for _, ch := range chans {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+	}
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(keepAlive)})
+	for _, ch := range ends {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+	}
+	switch chosen, _, _ := reflect.Select(cases); {
+	case chosen < len(chans):
+		return streamChange
+	case chosen == len(chans):
+		return streamKeepAlive
+	}
+	return streamEnd
 }
 
 // stream is where an event stream's bytes go: the connection itself,
