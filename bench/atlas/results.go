@@ -335,8 +335,12 @@ func (r *results) details(w io.Writer, o options) {
 		if p == nil {
 			continue
 		}
-		fmt.Fprintf(w, "  propagation %-14s %d watchers × %d changes: %d pairs seen, %d never; watched answer %s bytes; connected in %.1fs\n",
+		fmt.Fprintf(w, "  propagation %-14s %d watchers × %d changes: %d pairs seen, %d never; watched answer %s bytes; connected in %.1fs",
 			p.mode+":", p.watchers, p.changes, len(p.lat), p.missed, count(float64(p.bodyBytes)), p.connect.Seconds())
+		if p.rssPerWatcher != 0 {
+			fmt.Fprintf(w, "; Atlas RSS %+.1f KiB per stream", p.rssPerWatcher)
+		}
+		fmt.Fprintln(w)
 		if len(p.changeReq) > 0 {
 			cr := slices.Clone(p.changeReq)
 			fmt.Fprintf(w, "    change PUT p50 %s, max %s; per change: Atlas CPU %s, load generator %s; other processes %.2f cores\n",

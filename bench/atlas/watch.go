@@ -37,6 +37,11 @@ type propagation struct {
 	otherCPU  time.Duration
 	elapsed   time.Duration // of the changes
 	bodyBytes int64         // size of the last answer watcher 0 got
+	// rssPerWatcher is how much Atlas's RSS grew, in KiB per watcher,
+	// from before the watchers connected until all of them waited. Only
+	// for the first phase (event streams), before any watcher's memory was
+	// there to reuse, and with one replica; else 0.
+	rssPerWatcher float64
 }
 
 // propagate connects o.watchers watchers of the watched service (mode "sse":
@@ -82,6 +87,14 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 
+	var rss0 int64
+	if mode == "sse" && len(b.watchURLs()) == 1 {
+		m, err := b.atlas.memory()
+		if err != nil {
+			return p, err
+		}
+		rss0 = m.RSS
+	}
 	start := time.Now()
 	for w := range o.watchers {
 		lat[w] = make([]time.Duration, o.changes)
@@ -173,6 +186,13 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 	}
 	p.connect = time.Since(start)
 	connected.Store(1)
+	if rss0 > 0 {
+		m, err := b.atlas.memory()
+		if err != nil {
+			return p, err
+		}
+		p.rssPerWatcher = float64(m.RSS-rss0) / float64(o.watchers)
+	}
 
 	cpu0, self0, all0, start := b.atlas.cpu(), selfCPU(), machineCPU(), time.Now()
 	for k := range o.changes {
