@@ -511,6 +511,71 @@ func TestAStreamOfSomeServicesWaitsOnThemAlone(t *testing.T) {
 	waitingOn()
 }
 
+// An event larger than what a stream gathers before it writes goes out
+// whole, after what the pass gathered before it.
+func TestWatchEventLargerThanAChunk(t *testing.T) {
+	a := start(t, true)
+	const n = 300 // some 300 bytes each: an answer well over 64 KiB
+	for i := range n {
+		a.must("PUT", fmt.Sprintf("/v1/instances/big-%d", i), reg("big", 5000+i, ""))
+	}
+	a.must("PUT", "/v1/instances/small-1", reg("small", 6000, ""))
+	res, _ := watch(t, a.http.URL+"/v1/watch?service=small&service=big")
+	events := readEvents(res.Body)
+	for _, want := range []struct {
+		service string
+		n       int
+	}{{"small", 1}, {"big", n}} {
+		ev := next(t, events)
+		var si sb.ServiceInstances
+		if err := json.Unmarshal([]byte(ev.data), &si); err != nil || si.Service != want.service || len(si.Instances) != want.n {
+			t.Fatalf("snapshot event of %d bytes: %v, service %q with %d instances; want %s with %d", len(ev.data), err, si.Service, len(si.Instances), want.service, want.n)
+		}
+		if want.service == "big" && len(ev.data) < 64<<10 {
+			t.Fatalf("big's answer is %d bytes; the test needs more than 64 KiB", len(ev.data))
+		}
+	}
+	a.must("PUT", fmt.Sprintf("/v1/instances/big-%d", n), reg("big", 5000+n, ""))
+	if ev := next(t, events); ev.kind != "update" || !strings.Contains(ev.data, fmt.Sprintf(`"id":"big-%d"`, n)) || !json.Valid([]byte(ev.data)) {
+		t.Fatalf("update of %d bytes, kind %s", len(ev.data), ev.kind)
+	}
+}
+
+// A client that sends anything after its request (it may not: the
+// answer says Connection: close) has its stream ended.
+func TestWatchEndsWhenTheClientSendsMore(t *testing.T) {
+	a := start(t, true)
+	c, err := net.Dial("tcp", strings.TrimPrefix(a.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/watch?service=a HTTP/1.1\r\nHost: atlas\r\n\r\n")
+	br := bufio.NewReader(c)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
+		t.Fatalf("stream answer: %q %v", line, err)
+	}
+	streams := func() string {
+		for _, line := range strings.Split(string(a.do("GET", "/metrics", "").body), "\n") {
+			if v, ok := strings.CutPrefix(line, "switchboard_atlas_event_streams "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if got := streams(); got != "1" {
+		t.Fatalf("event streams open: %s; want 1", got)
+	}
+	fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: atlas\r\n\r\n")
+	deadline := time.Now().Add(10 * time.Second)
+	for streams() != "0" {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream was still open 10s after its client sent more")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A stream resumed where its client left off, with nothing new since,
 // answers at once: its client gives a stream 10 s to answer, and the next
 // change or keep-alive can be much later. (It answered with neither: every

@@ -3,7 +3,6 @@ package atlas
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -105,12 +104,20 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	// a goroutine forever, hence the deadline.
 	write := func(kind string, id uint64, body []byte) error {
 		_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
-		if id == 0 {
-			_, err := fmt.Fprintf(out, "event: %s\ndata: %s\n", kind, body)
-			return err
+		var buf [64]byte
+		head := append(buf[:0], "event: "...)
+		head = append(head, kind...)
+		if id != 0 {
+			head = append(head, "\nid: "...)
+			head = strconv.AppendUint(head, id, 10)
 		}
-		_, err := fmt.Fprintf(out, "event: %s\nid: %d\ndata: %s\n", kind, id, body)
-		return err
+		head = append(head, "\ndata: "...)
+		for _, b := range [][]byte{head, body, newline} {
+			if _, err := out.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	flush := out.flush
 	// snapshot sends every service's answer. Only the last event carries an
@@ -175,6 +182,7 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	s.st.mu.RUnlock()
 	if canResume {
 		last = resume
+		_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 		// The answer's head goes out now. With nothing new, the first
 		// write would otherwise be the next change or keep-alive, and
 		// the client gives up long before (10 s): every sidecar whose
@@ -277,6 +285,8 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
+var newline = []byte("\n")
+
 // maxStreamKeys bounds the services a stream waits on one by one; a
 // stream of more waits on every change in its realm, as one of every
 // service does.
@@ -357,6 +367,15 @@ var streamBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return
 const streamChunk = 64 << 10
 
 func (st *stream) Write(p []byte) (int, error) {
+	if len(p) >= streamChunk {
+		// As bufio.Writer does: what was gathered goes first, then p
+		// itself, not copied (an event of a large service, to every
+		// stream of it at once).
+		if err := st.send(); err != nil {
+			return 0, err
+		}
+		return st.dst.Write(p)
+	}
 	if st.pending == nil {
 		st.pending = streamBufs.Get().(*[]byte)
 	}
@@ -426,18 +445,16 @@ func openStream(w http.ResponseWriter) (*stream, error) {
 	w.Header().Set("Connection", "close")
 	_ = w.Header().Write(st)
 	io.WriteString(st, "\r\n")
-	// The client sends nothing more: a read that ends means it left. It
-	// reads the connection itself into a small buffer of its own: io.Copy
-	// to io.Discard would hold an 8 KiB buffer for the stream's life.
+	// The client sends nothing more: a read that ends means it left, and
+	// one that returns bytes ends the stream too (the answer said
+	// Connection: close; nothing may follow the request). It reads into a
+	// small buffer of its own: io.Copy to io.Discard would hold an 8 KiB
+	// one for the stream's life.
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
-		var b [256]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				return
-			}
-		}
+		var b [16]byte
+		_, _ = conn.Read(b[:])
 	}()
 	st.gone = gone
 	st.close = func() {
