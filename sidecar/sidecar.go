@@ -100,6 +100,9 @@ type Sidecar struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// regroupEvery is how often upstreams that a refusal split share a
+	// stream again (watchUpstreams).
+	regroupEvery time.Duration
 	// shared names the configured upstreams when there are several: they
 	// are followed on one event stream (watchUpstreams). Set by New.
 	shared map[string]bool
@@ -199,6 +202,9 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		atlas:      &client.Atlas{URLs: cfg.Atlas, Token: token},
 		TCPAddrs:   map[string]string{},
 		sweepEvery: 5 * time.Minute,
+		// regroupEvery: upstreams split by a refusal share a stream
+		// again (watchUpstreams).
+		regroupEvery: time.Minute,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = newMetrics(s)
@@ -316,7 +322,13 @@ func (s *Sidecar) Start() error {
 		}
 	}
 	if len(s.shared) > 0 {
-		s.watchUpstreams(upstreams)
+		for group := range slices.Chunk(upstreams, maxSharedStream) {
+			if len(group) == 1 {
+				s.follow(group[0])
+				continue
+			}
+			s.watchUpstreams(group)
+		}
 	}
 	if s.cfg.Proxy == "haproxy" {
 		tcp := map[string]string{}
@@ -538,47 +550,128 @@ func (s *Sidecar) apply(pool *balance.Pool, ev client.Event) {
 // (GET /v1/watch?service=a&service=b...), so that Atlas holds one stream
 // per sidecar for them rather than one per service and sidecar. Atlas
 // refuses such a stream whole when it may not show one of them (a policy,
-// or a token it does not take); the services then go on streams of their
+// or a token it does not take); the upstreams then go on streams of their
 // own, each of which gets its own answer: the refused ones get 403 on
-// their calls, the others route. The services calls ask for besides
-// are followed on streams of their own, as they come and go.
+// their calls, the others route. Every regroupEvery, those Atlas shows
+// this host again (an answer lifted the refusal) share a stream again. A
+// refusal for another cause (a gateway in front of Atlas refusing the URL,
+// say) leaves them on their own. The services calls ask for besides are
+// followed on streams of their own, as they come and go.
 func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
-	byName := make(map[string]*balance.Pool, len(pools))
-	names := make([]string, 0, len(pools))
-	for _, p := range pools {
-		byName[p.Service] = p
-		names = append(names, p.Service)
-	}
-	ctx, cancel := context.WithCancel(s.ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer cancel()
-		var warned failureLog
-		s.atlas.Follow(ctx, s.cfg.Realm, names, func(ev client.Event) {
-			if p := byName[ev.Service.Service]; p != nil {
-				warned.ok()
-				s.apply(p, ev)
-			}
-		}, func(err error, retryIn time.Duration) {
-			s.token.note(err)
-			if code := sb.ErrorCode(err); code == sb.EPermissionDenied || code == sb.EUnauthenticated {
-				s.log.Info("sidecar: Atlas refused the upstreams' shared event stream; following each upstream on a stream of its own, whose answer says which may be called", "services", names, "err", err)
-				for _, p := range pools {
-					s.follow(p)
+		shared := pools
+		type own struct {
+			stop context.CancelFunc
+			done chan struct{}
+		}
+		alone := map[*balance.Pool]own{}
+		regroup := true
+		for {
+			if len(shared) > 1 {
+				code := s.followShared(shared)
+				if s.ctx.Err() != nil {
+					return
 				}
-				cancel()
+				s.log.Info("sidecar: Atlas refused the upstreams' shared event stream; following each on a stream of its own, whose answer says which may be called", "services", names(shared), "code", code)
+				regroup = code == sb.EPermissionDenied || code == sb.EUnauthenticated
+				for _, p := range shared {
+					ctx, stop := context.WithCancel(s.ctx)
+					o := own{stop, make(chan struct{})}
+					alone[p] = o
+					s.wg.Add(1)
+					go func() {
+						defer s.wg.Done()
+						defer close(o.done)
+						s.followIn(ctx, p)
+					}()
+				}
+				shared = nil
+			}
+			if !regroup {
 				return
 			}
-			for _, n := range names {
-				s.unreachable.Store(n, true)
-				s.m.watchErrors.WithLabelValues(n).Inc()
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(s.regroupEvery):
 			}
-			if warned.failed(err) {
-				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", names, "err", err, "retry_in", retryIn.String())
+			for p := range alone {
+				if p.Denied() == nil {
+					shared = append(shared, p)
+				}
 			}
-		})
+			if len(shared) < 2 {
+				shared = nil
+				continue
+			}
+			slices.SortFunc(shared, func(a, b *balance.Pool) int { return strings.Compare(a.Service, b.Service) })
+			for _, p := range shared {
+				// Its stream ends before the shared one starts: an
+				// answer of the old stream applied after one of the new
+				// would put older instances back.
+				alone[p].stop()
+				<-alone[p].done
+				delete(alone, p)
+			}
+			s.log.Info("sidecar: following upstreams on one event stream again", "services", names(shared))
+		}
 	}()
+}
+
+// maxSharedStream bounds the services of one shared stream: Atlas wakes a
+// stream of up to 64 services for changes to them alone, and one of more
+// for every change in the realm.
+const maxSharedStream = 64
+
+// names returns the pools' services.
+func names(pools []*balance.Pool) []string {
+	out := make([]string, len(pools))
+	for i, p := range pools {
+		out[i] = p.Service
+	}
+	return out
+}
+
+// refusals are the error codes with which Atlas, or a gateway in front of
+// it, refuses an event stream of several services whole: each service
+// then needs a stream of its own to learn its own answer. Other errors
+// (Atlas down) are waited out on the last known instances.
+var refusals = []string{sb.EPermissionDenied, sb.EUnauthenticated, sb.EInvalid, sb.ETooLarge, sb.ENotFound}
+
+// followShared follows pools on one event stream until the sidecar stops
+// or the stream is refused; it returns the refusal's error code.
+func (s *Sidecar) followShared(pools []*balance.Pool) (refused string) {
+	byName := make(map[string]*balance.Pool, len(pools))
+	for _, p := range pools {
+		byName[p.Service] = p
+	}
+	services := names(pools)
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	var warned failureLog
+	s.atlas.Follow(ctx, s.cfg.Realm, services, func(ev client.Event) {
+		if p := byName[ev.Service.Service]; p != nil {
+			warned.ok()
+			s.apply(p, ev)
+		}
+	}, func(err error, retryIn time.Duration) {
+		s.token.note(err)
+		if code := sb.ErrorCode(err); slices.Contains(refusals, code) {
+			refused = code
+			cancel()
+			return
+		}
+		for _, n := range services {
+			s.unreachable.Store(n, true)
+			s.m.watchErrors.WithLabelValues(n).Inc()
+		}
+		if warned.failed(err) {
+			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", services, "err", err, "retry_in", retryIn.String())
+		}
+	})
+	return refused
 }
 
 // follow follows one service's instances from Atlas's event stream into
@@ -586,85 +679,91 @@ func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
 // (the table dropped the pool); it reconnects with backoff, resuming from
 // the last event.
 func (s *Sidecar) follow(pool *balance.Pool) (stop func()) {
-	service := pool.Service
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() {
-			// A dropped pool's instances are closed as removed ones are:
-			// idle connections at once, those in use when their request
-			// ends. No update comes after Follow returns. Its series
-			// leave /metrics.
-			if context.Cause(ctx) == errDropped {
-				for _, e := range pool.Endpoints() {
-					proxy.CloseEndpoint(e)
-				}
-				// Unless a call has asked for it again since: the new
-				// pool's series are the same, and so is its HAProxy
-				// backend.
-				if s.table.Lookup(service) == nil {
-					s.m.forget(service)
-				}
-				if hap := s.hap.Load(); hap != nil {
-					mu := s.hapMu(service)
-					mu.Lock()
-					if s.table.Lookup(service) == nil {
-						hap.Remove(service)
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-		var warned failureLog
-		defer s.unreachable.Delete(service)
-		s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
-			warned.ok()
-			s.apply(pool, ev)
-		}, func(err error, retryIn time.Duration) {
-			s.token.note(err)
-			switch code := sb.ErrorCode(err); code {
-			case sb.EPermissionDenied, sb.EUnauthenticated:
-				// Least authority: Atlas lets this host's token watch only
-				// what its services may call. Calls get 403 naming both.
-				// Atlas answered: nothing is kept for it, and it is swept
-				// when unused, like any other name. A 401 says the token
-				// was deleted (or is not valid): the host may call nothing
-				// until it has one Atlas takes. A running Atlas that lost
-				// its tokens does not start, so it is a revocation, not a
-				// fault to ride out on the last known instances.
-				why := "no policy allows it"
-				if code == sb.EUnauthenticated {
-					why = "Atlas does not take this sidecar's token (deleted, or not valid)"
-				}
-				pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: %s (%s)",
-					s.localServices(), service, s.cfg.Realm, why, sb.ErrorMessage(err)))
-				s.unreachable.Delete(service)
-				s.pushHAProxy(service)
-				s.saveState()
-			default:
-				s.unreachable.Store(service, true)
-			}
-			s.m.watchErrors.WithLabelValues(service).Inc()
-			// A stream that fails keeps the last known instances: routing
-			// goes on (static stability). The same failure is logged once.
-			if warned.failed(err) {
-				switch sb.ErrorCode(err) {
-				case sb.EPermissionDenied:
-					// Any process on the host may name services: one line
-					// per name would let it fill the log.
-					if ok, skipped := s.deniedLog.allow(time.Now()); ok {
-						s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String(), "other_services_not_logged", skipped)
-					}
-				case sb.EUnauthenticated:
-					s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until the sidecar is restarted with a token it takes (token_file is read at start)", "service", service, "err", err, "retry_in", retryIn.String())
-				default:
-					s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
-				}
-			}
-		})
+		s.followIn(ctx, pool)
 	}()
 	return func() { cancel(errDropped) }
+}
+
+// followIn is follow's work, until ctx ends: with errDropped as its
+// cause, the pool is closed as a dropped one.
+func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool) {
+	service := pool.Service
+	defer func() {
+		// A dropped pool's instances are closed as removed ones are:
+		// idle connections at once, those in use when their request
+		// ends. No update comes after Follow returns. Its series
+		// leave /metrics.
+		if context.Cause(ctx) == errDropped {
+			for _, e := range pool.Endpoints() {
+				proxy.CloseEndpoint(e)
+			}
+			// Unless a call has asked for it again since: the new
+			// pool's series are the same, and so is its HAProxy
+			// backend.
+			if s.table.Lookup(service) == nil {
+				s.m.forget(service)
+			}
+			if hap := s.hap.Load(); hap != nil {
+				mu := s.hapMu(service)
+				mu.Lock()
+				if s.table.Lookup(service) == nil {
+					hap.Remove(service)
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	var warned failureLog
+	defer s.unreachable.Delete(service)
+	s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
+		warned.ok()
+		s.apply(pool, ev)
+	}, func(err error, retryIn time.Duration) {
+		s.token.note(err)
+		switch code := sb.ErrorCode(err); code {
+		case sb.EPermissionDenied, sb.EUnauthenticated:
+			// Least authority: Atlas lets this host's token watch only
+			// what its services may call. Calls get 403 naming both.
+			// Atlas answered: nothing is kept for it, and it is swept
+			// when unused, like any other name. A 401 says the token
+			// was deleted (or is not valid): the host may call nothing
+			// until it has one Atlas takes. A running Atlas that lost
+			// its tokens does not start, so it is a revocation, not a
+			// fault to ride out on the last known instances.
+			why := "no policy allows it"
+			if code == sb.EUnauthenticated {
+				why = "Atlas does not take this sidecar's token (deleted, or not valid)"
+			}
+			pool.Deny(sb.Errorf(sb.EPermissionDenied, "%s may not call service %s in realm %s: %s (%s)",
+				s.localServices(), service, s.cfg.Realm, why, sb.ErrorMessage(err)))
+			s.unreachable.Delete(service)
+			s.pushHAProxy(service)
+			s.saveState()
+		default:
+			s.unreachable.Store(service, true)
+		}
+		s.m.watchErrors.WithLabelValues(service).Inc()
+		// A stream that fails keeps the last known instances: routing
+		// goes on (static stability). The same failure is logged once.
+		if warned.failed(err) {
+			switch sb.ErrorCode(err) {
+			case sb.EPermissionDenied:
+				// Any process on the host may name services: one line
+				// per name would let it fill the log.
+				if ok, skipped := s.deniedLog.allow(time.Now()); ok {
+					s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String(), "other_services_not_logged", skipped)
+				}
+			case sb.EUnauthenticated:
+				s.log.Error("sidecar: Atlas does not take this sidecar's token (deleted, or not valid); calls to the service get 403 until the sidecar is restarted with a token it takes (token_file is read at start)", "service", service, "err", err, "retry_in", retryIn.String())
+			default:
+				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
+			}
+		}
+	})
 }
 
 // saveState has the last known routes saved (state_dir), if kept.
