@@ -90,7 +90,6 @@ func startAtlas(t *testing.T, dir string, extra ...string) *proc {
 		close(p.done)
 	}()
 	t.Cleanup(p.kill)
-	p.logOnFailure("atlas")
 	select {
 	case p.url = <-urlc:
 	case <-p.done:
@@ -98,6 +97,7 @@ func startAtlas(t *testing.T, dir string, extra ...string) *proc {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("atlas did not listen within 30s\n%s", p.log())
 	}
+	p.logOnFailure("atlas")
 	return p
 }
 

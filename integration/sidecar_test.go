@@ -16,8 +16,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // freePort returns a loopback port nothing listens on now, and one it has
@@ -84,6 +82,29 @@ func startPy(t *testing.T, name string) *pyServer {
 	}
 }
 
+// tailBuffer keeps the last 8 KiB written to it: python3 logs every
+// request it serves, and the load tests make hundreds of thousands.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - 8<<10; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
+
 // start starts the server again on its port, after a kill.
 func (p *pyServer) start(t *testing.T) {
 	t.Helper()
@@ -96,7 +117,7 @@ func (p *pyServer) start(t *testing.T) {
 // p.name: until it is this server that listens there.
 func (p *pyServer) run(t *testing.T) error {
 	p.cmd = exec.Command("python3", "-m", "http.server", fmt.Sprint(p.port), "--bind", "127.0.0.1", "--directory", p.dir)
-	var stderr syncbuf.Buffer
+	var stderr tailBuffer
 	p.cmd.Stderr = &stderr
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("python3: %v", err)
@@ -152,7 +173,8 @@ func startSidecar(t *testing.T, yaml string) *sidecarProc {
 		if err == nil {
 			return s
 		}
-		if attempt == 5 || !strings.Contains(s.log(), "address already in use") {
+		// HAProxy (haproxy mode) says "Address already in use".
+		if attempt == 5 || !strings.Contains(strings.ToLower(s.log()), "address already in use") {
 			t.Fatal(err)
 		}
 		t.Logf("%v; trying other ports", err)
@@ -212,15 +234,17 @@ func launchSidecar(t *testing.T, yaml, listen, admin string, shell ...string) (*
 	// SIGTERM first: a sidecar in haproxy mode stops its HAProxy on the way
 	// out, which a SIGKILL would leave running.
 	t.Cleanup(func() { p.stop() })
-	p.logOnFailure("sidecar")
 	s := &sidecarProc{proc: p, listen: listen, admin: admin}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("sidecar (pid %d) /routes: %s", p.cmd.Process.Pid, s.routes())
-		}
-	})
 	select {
 	case <-running:
+		// Printed if the test fails; a sidecar that did not start says
+		// why in the error.
+		p.logOnFailure("sidecar")
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("sidecar (pid %d) /routes: %s", p.cmd.Process.Pid, s.routes())
+			}
+		})
 		return s, nil
 	case <-p.done:
 		select { // the rest of its log, unless a child holds the pipe
@@ -229,7 +253,8 @@ func launchSidecar(t *testing.T, yaml, listen, admin string, shell ...string) (*
 		}
 		return s, fmt.Errorf("sidecar exited: %v\n%s", p.err, p.log())
 	case <-time.After(30 * time.Second):
-		return s, fmt.Errorf("sidecar did not start\n%s", p.log())
+		p.stop()
+		return s, fmt.Errorf("sidecar did not start within 30s\n%s", p.log())
 	}
 }
 
