@@ -553,9 +553,10 @@ func (s *Sidecar) apply(pool *balance.Pool, ev client.Event) {
 // or a token it does not take); the upstreams then go on streams of their
 // own, each of which gets its own answer: the refused ones get 403 on
 // their calls, the others route. Every regroupEvery, those Atlas shows
-// this host again (an answer lifted the refusal) share a stream again. A
-// refusal for another cause (a gateway in front of Atlas refusing the URL,
-// say) leaves them on their own. The services calls ask for besides are
+// this host (an answer lifted the refusal, or none came) share a stream
+// again; one still refused then keeps its own stream, and routes once a
+// policy allows it. A refusal for another cause (a gateway in front of
+// Atlas refusing the URL, say) leaves them all on their own. The services calls ask for besides are
 // followed on streams of their own, as they come and go.
 func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
 	s.wg.Add(1)
