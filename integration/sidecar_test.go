@@ -538,7 +538,9 @@ func TestSidecarDrainOnSIGTERM(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	announceOne := fmt.Sprintf("atlas: %s\nhost: hosta\nadvertise: 127.0.0.1\ndrain_timeout: 5s\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p1.port)
-	announceTwo := fmt.Sprintf("atlas: %s\nhost: hostb\nadvertise: 127.0.0.1\nupstreams: [{name: files}]\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p2.port)
+	// b follows files on the stream its upstreams share: the drain's
+	// confirmation must count that stream too.
+	announceTwo := fmt.Sprintf("atlas: %s\nhost: hostb\nadvertise: 127.0.0.1\nupstreams: [{name: files}, {name: billing}]\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p2.port)
 	sa := startSidecar(t, announceOne)
 	sb := startSidecar(t, announceTwo)
 	waitFor(t, "both instances routable through b", 20*time.Second, func() bool { return len(sb.routed("files")) == 2 })
