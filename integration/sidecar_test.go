@@ -473,7 +473,9 @@ func TestSidecarStaticStability(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	p1, p2 := startPy(t, "one"), startPy(t, "two")
 	state := t.TempDir()
-	yaml := fmt.Sprintf("atlas: %s\nstate_dir: %s\nupstreams: [{name: files}]\n", a.url, state)
+	// Two upstreams: they share a stream, which must leave what the
+	// state file restored in place while Atlas is down.
+	yaml := fmt.Sprintf("atlas: %s\nstate_dir: %s\nupstreams: [{name: files}, {name: billing}]\n", a.url, state)
 	// The instances are registered by hand, with a long lease.
 	for i, p := range []*pyServer{p1, p2} {
 		body := fmt.Sprintf(`{"service":"files","address":"127.0.0.1","port":%d,"ttl":"1h"}`, p.port)
