@@ -503,6 +503,16 @@ func TestAStreamOfSomeServicesWaitsOnThemAlone(t *testing.T) {
 	if ev := next(t, events); ev.kind != "update" || !strings.Contains(ev.data, `"id":"d-2"`) {
 		t.Fatalf("event = %+v; want the update of d, and nothing of e", ev)
 	}
+	// A watched service that had no instance gets its first.
+	fresh, cancelFresh := watch(t, a.http.URL+"/v1/watch?service=a&service=later")
+	freshEvents := readEvents(fresh.Body)
+	next(t, freshEvents)
+	next(t, freshEvents)
+	a.must("PUT", "/v1/instances/later-1", reg("later", 5012, ""))
+	if ev := next(t, freshEvents); ev.kind != "update" || !strings.Contains(ev.data, `"id":"later-1"`) {
+		t.Fatalf("event = %+v; want the first instance of later", ev)
+	}
+	cancelFresh()
 	all, cancelAll := watch(t, a.http.URL+"/v1/watch?service=*")
 	next(t, readEvents(all.Body))
 	waitingOn("l/dev", "s/dev/a", "s/dev/b", "s/dev/c", "s/dev/d")
