@@ -139,6 +139,17 @@ func (a *testAtlas) doWithHeader(auth, method, path, body string) resp {
 	return resp{res.StatusCode, res.Header, b}
 }
 
+// eventStreams returns the event streams Atlas says it has open
+// (switchboard_atlas_event_streams in /metrics), "" when it says nothing.
+func (a *testAtlas) eventStreams() string {
+	for _, line := range strings.Split(string(a.do("GET", "/metrics", "").body), "\n") {
+		if v, ok := strings.CutPrefix(line, "switchboard_atlas_event_streams "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 func (a *testAtlas) must(method, path, body string) resp {
 	a.t.Helper()
 	r := a.do(method, path, body)
@@ -565,20 +576,12 @@ func TestWatchEndsWhenTheClientSendsMore(t *testing.T) {
 	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
 		t.Fatalf("stream answer: %q %v", line, err)
 	}
-	streams := func() string {
-		for _, line := range strings.Split(string(a.do("GET", "/metrics", "").body), "\n") {
-			if v, ok := strings.CutPrefix(line, "switchboard_atlas_event_streams "); ok {
-				return v
-			}
-		}
-		return ""
-	}
-	if got := streams(); got != "1" {
+	if got := a.eventStreams(); got != "1" {
 		t.Fatalf("event streams open: %s; want 1", got)
 	}
 	fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: atlas\r\n\r\n")
 	deadline := time.Now().Add(10 * time.Second)
-	for streams() != "0" {
+	for a.eventStreams() != "0" {
 		if time.Now().After(deadline) {
 			t.Fatal("the stream was still open 10s after its client sent more")
 		}
@@ -668,7 +671,7 @@ func TestWatchStreamLargeEventsAndHangUp(t *testing.T) {
 	// The client hangs up: the stream ends on Atlas's side too.
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(string(a.do("GET", "/metrics", "").body), "\nswitchboard_atlas_event_streams 0\n") {
+	for a.eventStreams() != "0" {
 		if time.Now().After(deadline) {
 			t.Fatal("the stream was still open 5s after its client left")
 		}
