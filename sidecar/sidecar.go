@@ -565,7 +565,7 @@ func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
 		shared := pools
 		type own struct {
 			stop context.CancelFunc
-			done chan struct{}
+			done <-chan struct{}
 		}
 		alone := map[*balance.Pool]own{}
 		regroup := true
@@ -579,14 +579,7 @@ func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
 				regroup = code == sb.EPermissionDenied || code == sb.EUnauthenticated
 				for _, p := range shared {
 					ctx, stop := context.WithCancel(s.ctx)
-					o := own{stop, make(chan struct{})}
-					alone[p] = o
-					s.wg.Add(1)
-					go func() {
-						defer s.wg.Done()
-						defer close(o.done)
-						s.followIn(ctx, p)
-					}()
+					alone[p] = own{stop, s.goFollow(ctx, p)}
 				}
 				shared = nil
 			}
@@ -681,12 +674,21 @@ func (s *Sidecar) followShared(pools []*balance.Pool) (refused string) {
 // the last event.
 func (s *Sidecar) follow(pool *balance.Pool) (stop func()) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
+	s.goFollow(ctx, pool)
+	return func() { cancel(errDropped) }
+}
+
+// goFollow runs followIn in a goroutine of the sidecar's; the channel is
+// closed when it has returned.
+func (s *Sidecar) goFollow(ctx context.Context, pool *balance.Pool) <-chan struct{} {
+	done := make(chan struct{})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer close(done)
 		s.followIn(ctx, pool)
 	}()
-	return func() { cancel(errDropped) }
+	return done
 }
 
 // followIn is follow's work, until ctx ends: with errDropped as its
