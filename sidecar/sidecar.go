@@ -100,12 +100,13 @@ type Sidecar struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// regroupEvery is how often upstreams that a refusal split share a
-	// stream again (watchUpstreams).
+	// streams follows the services on Atlas's event streams, shared by
+	// several where it can; regroupEvery is how often those on streams of
+	// their own join the shared ones.
+	streams      *streams
 	regroupEvery time.Duration
-	// shared names the configured upstreams when there are several: they
-	// are followed on one event stream (watchUpstreams). Set by New.
-	shared map[string]bool
+	// upstream names the configured upstreams (pinned). Set by New.
+	upstream map[string]bool
 	// unreachable holds the services whose watch of Atlas is failing
 	// (keys only): the sweep keeps them.
 	unreachable sync.Map
@@ -197,13 +198,11 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		token = strings.TrimSpace(string(b))
 	}
 	s := &Sidecar{
-		cfg:        cfg,
-		log:        log,
-		atlas:      &client.Atlas{URLs: cfg.Atlas, Token: token},
-		TCPAddrs:   map[string]string{},
-		sweepEvery: 5 * time.Minute,
-		// regroupEvery: upstreams split by a refusal share a stream
-		// again (watchUpstreams).
+		cfg:          cfg,
+		log:          log,
+		atlas:        &client.Atlas{URLs: cfg.Atlas, Token: token},
+		TCPAddrs:     map[string]string{},
+		sweepEvery:   5 * time.Minute,
 		regroupEvery: time.Minute,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -213,11 +212,10 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
 	}}
 	s.table.MaxPools = MaxServices
-	if len(cfg.Upstreams) > 1 {
-		s.shared = make(map[string]bool, len(cfg.Upstreams))
-		for _, u := range cfg.Upstreams {
-			s.shared[u.Name] = true
-		}
+	s.streams = newStreams(s)
+	s.upstream = make(map[string]bool, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		s.upstream[u.Name] = true
 	}
 	if cfg.StateDir != "" {
 		s.state = &stateFile{path: stateFilePath(cfg.StateDir), log: log}
@@ -313,23 +311,15 @@ func (s *Sidecar) Start() error {
 			s.log.Warn("sidecar: last known routes not restored", "err", err)
 		}
 	}
-	var upstreams []*balance.Pool
 	for _, u := range s.cfg.Upstreams {
 		pool := s.table.Pin(u.Name) // watched from the start, and kept
-		upstreams = append(upstreams, pool)
 		if tln := tlns[u.Name]; tln != nil {
 			tcps = append(tcps, l4{&proxy.TCP{Pool: pool, Logger: s.log, Observe: s.m.observeTCP}, tln})
 		}
 	}
-	if len(s.shared) > 0 {
-		for group := range slices.Chunk(upstreams, maxSharedStream) {
-			if len(group) == 1 {
-				s.follow(group[0])
-				continue
-			}
-			s.watchUpstreams(group)
-		}
-	}
+	// The upstreams and the restored services share event streams from
+	// the start; services calls ask for join them later.
+	s.streams.start()
 	if s.cfg.Proxy == "haproxy" {
 		tcp := map[string]string{}
 		for _, u := range s.cfg.Upstreams {
@@ -524,14 +514,14 @@ func (s *Sidecar) hapMu(service string) *sync.Mutex {
 // HAProxy returns the HAProxy driver in haproxy mode, else nil.
 func (s *Sidecar) HAProxy() *haproxy.Driver { return s.hap.Load() }
 
-// watch is the table's OnNew: a configured upstream is followed on the
-// upstreams' shared stream (watchUpstreams), any other service on a stream
-// of its own (follow).
+// watch is the table's OnNew: every service is followed on Atlas's event
+// stream (streams). A configured upstream is pinned: never dropped.
 func (s *Sidecar) watch(pool *balance.Pool) (stop func()) {
-	if s.shared[pool.Service] {
-		return nil // pinned: never dropped
+	s.streams.add(pool)
+	if s.upstream[pool.Service] {
+		return nil
 	}
-	return s.follow(pool)
+	return func() { s.streams.drop(pool) }
 }
 
 // apply puts an event of Atlas's into the service's pool.
@@ -546,178 +536,29 @@ func (s *Sidecar) apply(pool *balance.Pool, ev client.Event) {
 	s.saveState()
 }
 
-// watchUpstreams follows the configured upstreams on one event stream
-// (GET /v1/watch?service=a&service=b...), so that Atlas holds one stream
-// per sidecar for them rather than one per service and sidecar. Atlas
-// refuses such a stream whole when it may not show one of them (a policy,
-// or a token it does not take); the upstreams then go on streams of their
-// own, each of which gets its own answer: the refused ones get 403 on
-// their calls, the others route. Every regroupEvery, those Atlas shows
-// this host (an answer lifted the refusal, or none came) share a stream
-// again; one still refused then keeps its own stream, and routes once a
-// policy allows it. A refusal for another cause (a gateway in front of
-// Atlas refusing the URL, say) leaves them all on their own. The services calls ask for besides are
-// followed on streams of their own, as they come and go.
-func (s *Sidecar) watchUpstreams(pools []*balance.Pool) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		shared := pools
-		type own struct {
-			stop context.CancelFunc
-			done <-chan struct{}
-		}
-		alone := map[*balance.Pool]own{}
-		regroup := true
-		for {
-			if len(shared) > 1 {
-				code := s.followShared(shared)
-				if s.ctx.Err() != nil {
-					return
-				}
-				s.log.Info("sidecar: Atlas refused the upstreams' shared event stream; following each on a stream of its own, whose answer says which may be called", "services", names(shared), "code", code)
-				regroup = code == sb.EPermissionDenied || code == sb.EUnauthenticated
-				for _, p := range shared {
-					ctx, stop := context.WithCancel(s.ctx)
-					alone[p] = own{stop, s.goFollow(ctx, p)}
-				}
-				shared = nil
-			}
-			if !regroup {
-				return
-			}
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(s.regroupEvery):
-			}
-			for p := range alone {
-				if p.Denied() == nil {
-					shared = append(shared, p)
-				}
-			}
-			if len(shared) < 2 {
-				shared = nil
-				continue
-			}
-			slices.SortFunc(shared, func(a, b *balance.Pool) int { return strings.Compare(a.Service, b.Service) })
-			for _, p := range shared {
-				// Its stream ends before the shared one starts: an
-				// answer of the old stream applied after one of the new
-				// would put older instances back.
-				alone[p].stop()
-				<-alone[p].done
-				delete(alone, p)
-			}
-			s.log.Info("sidecar: following upstreams on one event stream again", "services", names(shared))
-		}
-	}()
-}
-
-// maxSharedStream bounds the services of one shared stream: Atlas wakes a
-// stream of up to 64 services for changes to them alone, and one of more
-// for every change in the realm.
-const maxSharedStream = 64
-
-// names returns the pools' services.
-func names(pools []*balance.Pool) []string {
-	out := make([]string, len(pools))
-	for i, p := range pools {
-		out[i] = p.Service
-	}
-	return out
-}
-
-// refusals are the error codes with which Atlas, or a gateway in front of
-// it, refuses an event stream of several services whole: each service
-// then needs a stream of its own to learn its own answer. Other errors
-// (Atlas down) are waited out on the last known instances.
-var refusals = []string{sb.EPermissionDenied, sb.EUnauthenticated, sb.EInvalid, sb.ETooLarge, sb.ENotFound}
-
-// followShared follows pools on one event stream until the sidecar stops
-// or the stream is refused; it returns the refusal's error code.
-func (s *Sidecar) followShared(pools []*balance.Pool) (refused string) {
-	byName := make(map[string]*balance.Pool, len(pools))
-	for _, p := range pools {
-		byName[p.Service] = p
-	}
-	services := names(pools)
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	var warned failureLog
-	s.atlas.Follow(ctx, s.cfg.Realm, services, func(ev client.Event) {
-		if p := byName[ev.Service.Service]; p != nil {
-			warned.ok()
-			s.apply(p, ev)
-		}
-	}, func(err error, retryIn time.Duration) {
-		s.token.note(err)
-		if code := sb.ErrorCode(err); slices.Contains(refusals, code) {
-			refused = code
-			cancel()
-			return
-		}
-		for _, n := range services {
-			s.unreachable.Store(n, true)
-			s.m.watchErrors.WithLabelValues(n).Inc()
-		}
-		if warned.failed(err) {
-			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", services, "err", err, "retry_in", retryIn.String())
-		}
-	})
-	return refused
-}
-
-// follow follows one service's instances from Atlas's event stream into
-// its pool, until the sidecar stops or the returned function is called
-// (the table dropped the pool); it reconnects with backoff, resuming from
-// the last event.
-func (s *Sidecar) follow(pool *balance.Pool) (stop func()) {
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	s.goFollow(ctx, pool)
-	return func() { cancel(errDropped) }
-}
-
 // goFollow runs followIn in a goroutine of the sidecar's; the channel is
 // closed when it has returned.
-func (s *Sidecar) goFollow(ctx context.Context, pool *balance.Pool) <-chan struct{} {
+func (s *Sidecar) goFollow(ctx context.Context, pool *balance.Pool, heard *atomic.Bool) <-chan struct{} {
 	done := make(chan struct{})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer close(done)
-		s.followIn(ctx, pool)
+		s.followIn(ctx, pool, heard)
 	}()
 	return done
 }
 
-// followIn is follow's work, until ctx ends: with errDropped as its
-// cause, the pool is closed as a dropped one.
-func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool) {
+// followIn follows one service's instances from Atlas's event stream into
+// its pool, until ctx ends; it reconnects with backoff, resuming from the
+// last event. heard is set once Atlas has answered (instances, or a
+// refusal). With errDropped as ctx's cause, the pool is closed as a
+// dropped one.
+func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool, heard *atomic.Bool) {
 	service := pool.Service
 	defer func() {
-		// A dropped pool's instances are closed as removed ones are:
-		// idle connections at once, those in use when their request
-		// ends. No update comes after Follow returns. Its series
-		// leave /metrics.
 		if context.Cause(ctx) == errDropped {
-			for _, e := range pool.Endpoints() {
-				proxy.CloseEndpoint(e)
-			}
-			// Unless a call has asked for it again since: the new
-			// pool's series are the same, and so is its HAProxy
-			// backend.
-			if s.table.Lookup(service) == nil {
-				s.m.forget(service)
-			}
-			if hap := s.hap.Load(); hap != nil {
-				mu := s.hapMu(service)
-				mu.Lock()
-				if s.table.Lookup(service) == nil {
-					hap.Remove(service)
-				}
-				mu.Unlock()
-			}
+			s.dropped(pool)
 		}
 	}()
 	var warned failureLog
@@ -725,10 +566,12 @@ func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool) {
 	s.atlas.Follow(ctx, s.cfg.Realm, []string{service}, func(ev client.Event) {
 		warned.ok()
 		s.apply(pool, ev)
+		heard.Store(true)
 	}, func(err error, retryIn time.Duration) {
 		s.token.note(err)
 		switch code := sb.ErrorCode(err); code {
 		case sb.EPermissionDenied, sb.EUnauthenticated:
+			heard.Store(true)
 			// Least authority: Atlas lets this host's token watch only
 			// what its services may call. Calls get 403 naming both.
 			// Atlas answered: nothing is kept for it, and it is swept
@@ -767,6 +610,30 @@ func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool) {
 			}
 		}
 	})
+}
+
+// dropped closes the pool of a service the table dropped, once no event
+// reaches it any more: its instances as removed ones are (idle
+// connections at once, those in use when their request ends), and its
+// series leave /metrics and its backend HAProxy, unless a call has asked
+// for the service again since (the new pool's series are the same, and so
+// is its HAProxy backend).
+func (s *Sidecar) dropped(pool *balance.Pool) {
+	service := pool.Service
+	for _, e := range pool.Endpoints() {
+		proxy.CloseEndpoint(e)
+	}
+	if s.table.Lookup(service) == nil {
+		s.m.forget(service)
+	}
+	if hap := s.hap.Load(); hap != nil {
+		mu := s.hapMu(service)
+		mu.Lock()
+		if s.table.Lookup(service) == nil {
+			hap.Remove(service)
+		}
+		mu.Unlock()
+	}
 }
 
 // saveState has the last known routes saved (state_dir), if kept.

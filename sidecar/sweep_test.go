@@ -105,15 +105,24 @@ func TestUnusedServicesAreDropped(t *testing.T) {
 	if s.table.Lookup("billing") == nil || watchers("billing") != 1 {
 		t.Fatalf("the configured upstream was dropped: in the table %v, %d streams", s.table.Lookup("billing") != nil, watchers("billing"))
 	}
+	if strings.Contains(adminMetrics(t, s), `service="tpyo"`) {
+		t.Fatal("/metrics still has series of the dropped service")
+	}
+}
+
+// adminMetrics returns s's /metrics.
+func adminMetrics(t *testing.T, s *Sidecar) string {
+	t.Helper()
 	res, err := http.Get("http://" + s.AdminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if strings.Contains(string(body), `service="tpyo"`) {
-		t.Fatal("/metrics still has series of the dropped service")
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return string(body)
 }
 
 // In haproxy mode the sweep asks HAProxy which services it served: a
@@ -130,17 +139,35 @@ func TestHAProxyModeSweepsUnusedServices(t *testing.T) {
 	if _, err := a.Client().Register(context.Background(), "ping-1", sb.Registration{Service: "ping", Address: "127.0.0.1", Port: portOf(backend.Listener.Addr().String())}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
 	dir := t.TempDir()
 	// Calls come every 50 ms, well within a sweep interval, also under
 	// the race detector; a call that follows the one before by more than
 	// an interval may find its service swept, by design.
-	s := startSweepingEvery(t, Config{Atlas: StringList{a.URL}, Proxy: "haproxy", StateDir: dir, Listen: listen}, 400*time.Millisecond)
+	var s *Sidecar
+	for attempt := 1; s == nil; attempt++ {
+		// HAProxy binds the frontend's port a moment after it was found
+		// free: another test's listener may take it first. Another port
+		// is tried then.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		listen := ln.Addr().String()
+		ln.Close()
+		s, err = New(Config{Atlas: StringList{a.URL}, Proxy: "haproxy", StateDir: dir, Listen: listen, Admin: "127.0.0.1:0"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.sweepEvery = 400 * time.Millisecond
+		if err := s.Start(); err != nil {
+			if attempt == 5 {
+				t.Fatalf("%d attempts: %v", attempt, err)
+			}
+			s = nil
+			continue
+		}
+		t.Cleanup(func() { s.Shutdown() })
+	}
 	cfg := func() string {
 		b, _ := os.ReadFile(filepath.Join(dir, "haproxy", "haproxy.cfg"))
 		return string(b)
