@@ -512,6 +512,12 @@ type Event struct {
 // breaks. It returns the id of the last event it saw, to resume from with
 // lastEventID.
 func (a *Atlas) Watch(ctx context.Context, realm string, services []string, lastEventID string, fn func(Event) error) (string, error) {
+	return a.watch(ctx, realm, services, lastEventID, fn, nil)
+}
+
+// watch is Watch; opened, when not nil, is called once Atlas has answered
+// 200, before the first event.
+func (a *Atlas) watch(ctx context.Context, realm string, services []string, lastEventID string, fn func(Event) error, opened func()) (string, error) {
 	q := url.Values{}
 	setRealm(q, realm)
 	for _, s := range services {
@@ -584,6 +590,9 @@ func (a *Atlas) Watch(ctx context.Context, realm string, services []string, last
 	}
 	defer res.Body.Close()
 	defer stop()
+	if opened != nil {
+		opened()
+	}
 	var idle atomic.Bool
 	quiet := time.AfterFunc(streamIdleTimeout, func() { idle.Store(true); stop() })
 	defer quiet.Stop()
@@ -639,22 +648,41 @@ var (
 	errStream   = errors.New("event stream")
 )
 
+// FollowOption changes how Follow follows a stream.
+type FollowOption func(*followOptions)
+
+type followOptions struct {
+	opened func()
+}
+
+// OnOpen has Follow call f each time Atlas answers the stream's request
+// with 200, before the stream's first event: a stream resumed with
+// nothing new to send (Atlas restarted, say) brings no event, yet it
+// works again.
+func OnOpen(f func()) FollowOption {
+	return func(o *followOptions) { o.opened = f }
+}
+
 // Follow watches services in realm until ctx ends: it calls fn for every
 // event and, when the stream breaks, onErr with the error and the wait
 // before it reconnects (resuming from the last event, or with a snapshot
 // after Atlas refused the stream; 100 ms doubling to 5 s, reset by an
 // event, each wait drawn from half to one and a half times that). Callers
 // keep what they had meanwhile.
-func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn func(Event), onErr func(err error, retryIn time.Duration)) {
+func (a *Atlas) Follow(ctx context.Context, realm string, services []string, fn func(Event), onErr func(err error, retryIn time.Duration), opts ...FollowOption) {
+	var o followOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	last := ""
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var err error
-		last, err = a.Watch(ctx, realm, services, last, func(ev Event) error {
+		last, err = a.watch(ctx, realm, services, last, func(ev Event) error {
 			backoff = 100 * time.Millisecond
 			fn(ev)
 			return nil
-		})
+		}, o.opened)
 		if ctx.Err() != nil {
 			return
 		}

@@ -477,23 +477,15 @@ func TestFollowAfterARefusalStartsWithASnapshot(t *testing.T) {
 			refusals.Add(1)
 		}
 	})
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within 30s", what)
-			}
-		}
-	}
-	waitUntil("first snapshot", func() bool { return events.Load() == 1 })
+	waitUntil(t, "first snapshot", func() bool { return events.Load() == 1 })
 	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"other"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("refusal once the policy is gone", func() bool { return refusals.Load() > 0 })
+	waitUntil(t, "refusal once the policy is gone", func() bool { return refusals.Load() > 0 })
 	if _, err := admin.PutPolicy(t.Context(), "dev", "web", []string{"files"}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil("snapshot once the policy is back", func() bool { return events.Load() == 2 })
+	waitUntil(t, "snapshot once the policy is back", func() bool { return events.Load() == 2 })
 }
 
 // With no sidecar, a service no call has asked for in a while stops being
@@ -567,4 +559,47 @@ func FuzzRedactURL(f *testing.F) {
 			}
 		}
 	})
+}
+
+// OnOpen tells a stream that works again from one that does not: a stream
+// resumed after Atlas restarted, with nothing new to send, brings no
+// event, yet Atlas answered it.
+func TestFollowSaysWhenTheStreamOpens(t *testing.T) {
+	a := atlastest.Start(t, true)
+	if _, err := a.Client().Register(t.Context(), "files-0", sb.Registration{Service: "files", Address: "127.0.0.1", Port: 1, TTL: sb.Duration(sb.MaxTTL)}); err != nil {
+		t.Fatal(err)
+	}
+	var events, opens, errs atomic.Int32
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Client().Follow(ctx, "dev", []string{"files"}, func(client.Event) { events.Add(1) },
+			func(error, time.Duration) { errs.Add(1) },
+			client.OnOpen(func() {
+				if events.Load() != int32(opens.Load()) {
+					t.Errorf("OnOpen after %d events and %d opens: it must come before the stream's first event", events.Load(), opens.Load())
+				}
+				opens.Add(1)
+			}))
+	}()
+	waitUntil(t, "first snapshot", func() bool { return opens.Load() == 1 && events.Load() == 1 })
+	a.Restart(t, nil)
+	waitUntil(t, "the stream open again", func() bool { return opens.Load() == 2 && errs.Load() >= 1 })
+	if n := events.Load(); n != 1 {
+		t.Fatalf("%d events; want the first snapshot alone (the stream resumed)", n)
+	}
+	cancel()
+	<-done
+}
+
+// waitUntil waits up to 30 s for ok, checking every 20 ms.
+func waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 30s", what)
+		}
+	}
 }

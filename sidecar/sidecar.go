@@ -609,7 +609,11 @@ func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool, heard *atomi
 				s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "service", service, "err", err, "retry_in", retryIn.String())
 			}
 		}
-	})
+	}, client.OnOpen(func() {
+		// Atlas answers: a stream resumed with nothing new brings no
+		// event, yet the service is reachable again (and may be swept).
+		s.unreachable.Delete(service)
+	}))
 }
 
 // dropped closes the pool of a service the table dropped, once no event

@@ -23,26 +23,29 @@ import (
 // last known routes) share streams from the first. A service that a call
 // asks for later is followed on a stream of its own, so that its first
 // answer comes at once; every regroupEvery, the services on streams of
-// their own join the shared ones, which start again with them: one
-// snapshot for each, at most once a regroupEvery and only when the set
-// changed. A service that no call asks for any more (the sweep) is left
-// out at that point too, once half of its stream's services are.
+// their own join the smallest shared stream, which starts again with them
+// (one snapshot of each of its services). A service that no call asks for
+// any more (the sweep) leaves its shared stream at once, and the stream
+// starts again without those left once half of its services have.
 //
 // Atlas refuses a shared stream whole when it may not show this host one
 // of its services (a policy, or a token it does not take). Its services
 // then go on streams of their own, each of which gets its own answer: the
 // refused ones get 403 on their calls, the others route, and the next
 // regroup takes back those Atlas shows. A refusal for another cause (a
-// gateway in front of Atlas refusing the longer URL, say) leaves every
-// service on a stream of its own for good. Nothing is regrouped while a
-// stream is failing for want of Atlas: its services keep their last known
-// instances (static stability).
+// gateway in front of Atlas refusing the longer URL, say) puts every
+// service on a stream of its own, and sharing is tried again after
+// noShareFor regroups. Nothing moves while a shared stream fails for want
+// of Atlas: its services keep their last known instances (static
+// stability).
 type streams struct {
 	s *Sidecar
 
 	mu      sync.Mutex
 	started bool
-	noShare bool // a refusal other than a policy's: each on its own
+	// noShare counts down the regroups before sharing is tried again
+	// after a refusal other than a policy's.
+	noShare int
 	alone   map[*balance.Pool]*ownStream
 	groups  map[*group]struct{}
 	member  map[*balance.Pool]*group
@@ -59,20 +62,27 @@ type ownStream struct {
 	heard atomic.Bool
 }
 
-// group is a shared stream of the services it was started with (size), of
-// which pools holds those still followed through it.
+// group is a shared stream of the services it was started with (size).
+// pools holds those still followed through it: it is changed holding
+// applying and then streams.mu, and read holding either. applying is held
+// while an event of the stream is applied, so that a pool taken out of
+// pools gets no event afterwards; streams.mu is never held waiting for it.
 type group struct {
-	mu    sync.Mutex
-	pools map[string]*balance.Pool
-	size  int
-	stop  context.CancelFunc
-	done  chan struct{}
+	applying sync.Mutex
+	pools    map[string]*balance.Pool
+	size     int
+	stop     context.CancelFunc
+	done     chan struct{}
 }
 
 // maxSharedStream bounds the services of one shared stream: Atlas wakes a
 // stream of up to 64 services for changes to them alone, and one of more
 // for every change in the realm.
 const maxSharedStream = 64
+
+// noShareFor is how many regroups pass, after a refusal other than a
+// policy's, before services share streams again.
+const noShareFor = 30
 
 // errMoved ends a stream whose services go on another.
 var errMoved = errors.New("sidecar: the service moves to another stream")
@@ -95,7 +105,8 @@ func (m *streams) add(pool *balance.Pool) {
 }
 
 // drop stops following pool, which the table dropped: its instances are
-// closed and its metrics forgotten. It does not wait for a stream to end.
+// closed and its metrics forgotten. It waits for nothing: the table calls
+// it on the request path too.
 func (m *streams) drop(pool *balance.Pool) {
 	m.mu.Lock()
 	if o, ok := m.alone[pool]; ok {
@@ -114,25 +125,29 @@ func (m *streams) drop(pool *balance.Pool) {
 		return
 	}
 	g := m.member[pool]
+	delete(m.member, pool) // from now on no regroup moves it
+	m.mu.Unlock()
 	if g == nil {
-		m.mu.Unlock()
 		return
 	}
-	delete(m.member, pool)
-	// Once out of g.pools no event of g's reaches it: it is cleaned up
-	// after any being applied. A stream left with none ends.
-	g.mu.Lock()
-	if g.pools[pool.Service] == pool {
-		delete(g.pools, pool.Service)
-	}
-	empty := len(g.pools) == 0
-	g.mu.Unlock()
-	if empty {
-		delete(m.groups, g)
-		g.stop()
-	}
-	m.mu.Unlock()
-	m.s.dropped(pool)
+	// Out of g.pools once no event of g's is being applied, then cleaned
+	// up: no event reaches it afterwards. A stream left with none ends.
+	m.s.wg.Add(1)
+	go func() {
+		defer m.s.wg.Done()
+		g.applying.Lock()
+		m.mu.Lock()
+		if g.pools[pool.Service] == pool {
+			delete(g.pools, pool.Service)
+		}
+		if _, ok := m.groups[g]; ok && len(g.pools) == 0 {
+			delete(m.groups, g)
+			g.stop()
+		}
+		m.mu.Unlock()
+		g.applying.Unlock()
+		m.s.dropped(pool)
+	}()
 }
 
 // start puts the pools added so far on shared streams and starts
@@ -163,29 +178,29 @@ func (m *streams) start() {
 	}()
 }
 
-// placeLocked follows pools on shared streams of up to maxSharedStream, in
-// the order of their names; one left over goes on a stream of its own, as
-// do all of them once sharing has been refused for good. So does a pool
-// the table has dropped but not yet stopped (a call may have asked for
-// its service anew meanwhile: a stream holds one pool of a service), until
-// it is.
+// placeLocked follows pools on as few shared streams as maxSharedStream
+// allows, of sizes within one of each other, in the order of their names
+// (65 services make streams of 33 and 32: a stream of one would be
+// regrouped again and again). One pool alone goes on a stream of its own,
+// as do all of them while sharing is refused, and a pool the table has
+// dropped but not yet stopped (a call may have asked for its service anew
+// meanwhile: a stream holds one pool of a service), until it is.
 func (m *streams) placeLocked(pools []*balance.Pool) {
 	slices.SortFunc(pools, func(a, b *balance.Pool) int { return strings.Compare(a.Service, b.Service) })
 	pools = slices.DeleteFunc(pools, func(p *balance.Pool) bool {
-		if m.s.table.Lookup(p.Service) == p {
+		if m.noShare == 0 && m.s.table.Lookup(p.Service) == p {
 			return false
 		}
 		m.alone[p] = m.s.ownStream(p)
 		return true
 	})
-	for chunk := range slices.Chunk(pools, maxSharedStream) {
-		if len(chunk) == 1 || m.noShare {
-			for _, p := range chunk {
-				m.alone[p] = m.s.ownStream(p)
-			}
-			continue
-		}
-		m.startGroupLocked(chunk)
+	if len(pools) == 1 {
+		m.alone[pools[0]] = m.s.ownStream(pools[0])
+		return
+	}
+	streams := (len(pools) + maxSharedStream - 1) / maxSharedStream
+	for i := range streams {
+		m.startGroupLocked(pools[i*len(pools)/streams : (i+1)*len(pools)/streams])
 	}
 }
 
@@ -213,7 +228,8 @@ func (m *streams) startGroupLocked(pools []*balance.Pool) {
 }
 
 // refused splits g, whose stream Atlas (or a gateway) refused with code,
-// into streams of their own.
+// into streams of their own; a refusal other than a policy's stops sharing
+// for noShareFor regroups (the next splits the other shared streams).
 func (m *streams) refused(g *group, services []string, code string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -221,53 +237,79 @@ func (m *streams) refused(g *group, services []string, code string) {
 		return // a regroup took it meanwhile, and follows its services anew
 	}
 	delete(m.groups, g)
-	again := code == sb.EPermissionDenied || code == sb.EUnauthenticated
-	if !again {
-		m.noShare = true
+	again := 1 // the next regroup takes back those Atlas shows
+	if code != sb.EPermissionDenied && code != sb.EUnauthenticated {
+		m.noShare, again = noShareFor, noShareFor
 	}
 	m.s.log.Info("sidecar: Atlas refused a shared event stream; following each of its services on a stream of its own, whose answer says which may be called",
-		"services", services, "code", code, "shared_again", again)
-	g.mu.Lock()
-	defer g.mu.Unlock()
+		"services", services, "code", code, "shared_again_in_regroups", again)
 	for _, p := range g.pools {
-		delete(m.member, p)
-		m.alone[p] = m.s.ownStream(p)
+		if m.member[p] == g {
+			delete(m.member, p)
+			m.alone[p] = m.s.ownStream(p)
+		}
 	}
 }
 
-// regroup puts the services on streams of their own that Atlas shows this
-// host (it has answered on their stream, and not with a refusal) on the
-// shared streams, which start again with them; and it leaves out of the
-// shared streams the services the table dropped, once half of a stream's
-// are. Nothing moves while a shared stream fails for want of Atlas.
+// regroup moves the services on streams of their own that Atlas shows this
+// host (it has answered on their stream, and not with a refusal) to the
+// smallest shared stream, and restarts the shared streams half of whose
+// services the table dropped without them. While sharing is refused, it
+// puts the services of the shared streams on streams of their own. Nothing
+// moves while a shared stream fails for want of Atlas.
 func (m *streams) regroup() {
 	m.mu.Lock()
-	if m.noShare || m.s.ctx.Err() != nil {
+	if m.s.ctx.Err() != nil {
 		m.mu.Unlock()
 		return
 	}
+	if m.noShare > 0 {
+		m.noShare--
+	}
+	live := func(g *group) (pools []*balance.Pool) {
+		for _, p := range g.pools {
+			if m.member[p] == g {
+				pools = append(pools, p)
+			}
+		}
+		return pools
+	}
 	var joining []*balance.Pool
-	for p, o := range m.alone {
-		if o.stop != nil && o.heard.Load() && p.Denied() == nil && !m.s.isUnreachable(p.Service) {
-			joining = append(joining, p)
+	if m.noShare == 0 {
+		for p, o := range m.alone {
+			if o.stop != nil && o.heard.Load() && p.Denied() == nil && !m.s.isUnreachable(p.Service) && m.s.table.Lookup(p.Service) == p {
+				joining = append(joining, p)
+			}
 		}
 	}
-	stale := false
-	var shared []*balance.Pool
+	var (
+		restart  []*group
+		smallest *group
+		smallN   int
+	)
 	for g := range m.groups {
-		g.mu.Lock()
-		for _, p := range g.pools {
+		pools := live(g)
+		for _, p := range pools {
 			if m.s.isUnreachable(p.Service) {
-				g.mu.Unlock()
 				m.mu.Unlock()
 				return
 			}
-			shared = append(shared, p)
 		}
-		stale = stale || 2*len(g.pools) <= g.size
-		g.mu.Unlock()
+		switch {
+		case m.noShare > 0 || 2*len(pools) <= g.size:
+			restart = append(restart, g)
+		case smallest == nil || len(pools) < smallN:
+			smallest, smallN = g, len(pools)
+		}
 	}
-	if len(joining) == 0 && !stale || len(joining)+len(shared) < 2 {
+	if len(joining) > 0 && smallest != nil {
+		restart = append(restart, smallest)
+	}
+	n := len(joining)
+	for _, g := range restart {
+		n += len(live(g))
+	}
+	if len(restart) == 0 && (len(joining) < 2 || m.noShare > 0) || n < 2 && m.noShare == 0 {
 		m.mu.Unlock()
 		return
 	}
@@ -282,14 +324,14 @@ func (m *streams) regroup() {
 		o.stop(errMoved)
 		ends = append(ends, o.done)
 	}
-	for g := range m.groups {
+	for _, g := range restart {
+		for _, p := range live(g) {
+			delete(m.member, p)
+			m.moving[p] = false
+		}
 		delete(m.groups, g)
 		g.stop()
 		ends = append(ends, g.done)
-	}
-	for _, p := range shared {
-		delete(m.member, p)
-		m.moving[p] = false
 	}
 	m.mu.Unlock()
 	for _, done := range ends {
@@ -333,9 +375,10 @@ func (s *Sidecar) followShared(ctx context.Context, g *group, services []string)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var warned failureLog
+	// Every call below runs in this goroutine, one at a time.
 	s.atlas.Follow(ctx, s.cfg.Realm, services, func(ev client.Event) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
+		g.applying.Lock()
+		defer g.applying.Unlock()
 		if p := g.pools[ev.Service.Service]; p != nil {
 			warned.ok()
 			s.apply(p, ev)
@@ -347,21 +390,29 @@ func (s *Sidecar) followShared(ctx context.Context, g *group, services []string)
 			cancel()
 			return
 		}
-		g.mu.Lock()
+		g.applying.Lock()
 		for name := range g.pools {
 			s.unreachable.Store(name, true)
 			s.m.watchErrors.WithLabelValues(name).Inc()
 		}
-		g.mu.Unlock()
+		g.applying.Unlock()
 		if warned.failed(err) {
 			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", services, "err", err, "retry_in", retryIn.String())
 		}
-	})
-	g.mu.Lock()
+	}, client.OnOpen(func() {
+		// Atlas answers: a stream resumed with nothing new brings no
+		// event, yet these are reachable again.
+		g.applying.Lock()
+		for name := range g.pools {
+			s.unreachable.Delete(name)
+		}
+		g.applying.Unlock()
+	}))
+	g.applying.Lock()
 	for name := range g.pools {
 		s.unreachable.Delete(name)
 	}
-	g.mu.Unlock()
+	g.applying.Unlock()
 	return refused
 }
 

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,15 +13,16 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // startRegrouping starts a sidecar of cfg that regroups its streams and
 // sweeps its table at the intervals given, and stops it when the test
-// ends.
-func startRegrouping(t *testing.T, cfg Config, token string, regroup, sweep time.Duration) *Sidecar {
+// ends. log may be nil.
+func startRegrouping(t *testing.T, cfg Config, token string, regroup, sweep time.Duration, log ...*slog.Logger) *Sidecar {
 	t.Helper()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
-	s, err := New(cfg, nil)
+	s, err := New(cfg, append(log, nil)[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,4 +225,124 @@ func TestARefusedServiceJoinsOnceAllowed(t *testing.T) {
 	eventually(t, "secrets joins the shared stream", func() bool { return streamsAre(s, 1, 0) })
 	register("secrets-2", "secrets")
 	eventually(t, "a change to secrets reaches the sidecar", func() bool { return len(s.table.Lookup("secrets").Endpoints()) == 2 })
+}
+
+// One service more than a stream takes makes two streams of near-equal
+// size, not one of 64 and one of one: a stream of one would count as a
+// service to regroup, and every regroup would restart every stream.
+func TestSixtyFiveServicesAreNotRegroupedForNothing(t *testing.T) {
+	a := atlastest.Start(t, true)
+	var cfg []UpstreamConfig
+	for i := range maxSharedStream + 1 {
+		cfg = append(cfg, UpstreamConfig{Name: fmt.Sprintf("u%02d", i)})
+	}
+	var logs syncbuf.Buffer
+	s := startRegrouping(t, Config{Atlas: StringList{a.URL}, Upstreams: cfg}, "", 50*time.Millisecond, time.Hour, slog.New(slog.NewTextHandler(&logs, nil)))
+	if !streamsAre(s, 2, 0) {
+		sh, own := streamCount(s)
+		t.Fatalf("65 upstreams on %d shared streams and %d of their own; want 2 and 0", sh, own)
+	}
+	eventually(t, "two streams on Atlas", func() bool { return eventStreams(t, a) == 2 })
+	time.Sleep(500 * time.Millisecond) // regroups, with nothing to do
+	if strings.Contains(logs.String(), "now share event streams") || !streamsAre(s, 2, 0) {
+		t.Fatalf("nothing joined, yet streams were regrouped:\n%s", logs.String())
+	}
+}
+
+// After Atlas restarts, the shared stream resumes with nothing new to
+// send: no event comes, yet its services are reachable again, so that a
+// service called since still joins it, and one no call asks for is
+// still dropped.
+func TestRegroupAndSweepGoOnAfterAtlasRestarts(t *testing.T) {
+	a := atlastest.Start(t, true)
+	register := backendFor(t, a)
+	for _, svc := range []string{"billing", "identity", "search", "pong"} {
+		register(svc+"-1", svc)
+	}
+	s := startRegrouping(t, Config{Atlas: StringList{a.URL}, Upstreams: []UpstreamConfig{{Name: "billing"}, {Name: "identity"}}}, "", 50*time.Millisecond, 300*time.Millisecond)
+	if code := callHost(t, s, "pong.localhost"); code != 200 {
+		t.Fatalf("a call to pong = %d; want 200", code)
+	}
+	eventually(t, "pong joins the upstreams' stream", func() bool { return streamsAre(s, 1, 0) && eventStreams(t, a) == 1 })
+	a.Restart(t, nil)
+	eventually(t, "the shared stream is back on Atlas", func() bool { return eventStreams(t, a) == 1 })
+	eventually(t, "pong, not called, is dropped", func() bool { return s.table.Lookup("pong") == nil })
+	if code := callHost(t, s, "search.localhost"); code != 200 {
+		t.Fatalf("a call to search = %d; want 200", code)
+	}
+	eventually(t, "search joins the shared stream", func() bool {
+		callHost(t, s, "search.localhost")
+		if !streamsAre(s, 1, 0) {
+			return false
+		}
+		s.streams.mu.Lock()
+		defer s.streams.mu.Unlock()
+		return s.streams.member[s.table.Lookup("search")] != nil
+	})
+}
+
+// Dropping a service that shares a stream waits for nothing: the table
+// drops one on the request path (a new name at MaxServices), and an event
+// of the shared stream may take long to apply (in haproxy mode, the names
+// of its instances are resolved).
+func TestDroppingASharedServiceWaitsForNoEvent(t *testing.T) {
+	a := atlastest.Start(t, true)
+	register := backendFor(t, a)
+	register("ping-1", "ping")
+	register("other-1", "other")
+	s := startRegrouping(t, Config{Atlas: StringList{a.URL}}, "", 50*time.Millisecond, time.Hour)
+	s.table.MaxPools = 2
+	if code := callHost(t, s, "typo.localhost"); code != 503 {
+		t.Fatalf("a call to a name with no instance = %d; want 503", code)
+	}
+	if code := callHost(t, s, "ping.localhost"); code != 200 {
+		t.Fatalf("a call to ping = %d; want 200", code)
+	}
+	eventually(t, "ping and typo share a stream", func() bool { return streamsAre(s, 1, 0) })
+	s.streams.mu.Lock()
+	var g *group
+	for g = range s.streams.groups {
+	}
+	s.streams.mu.Unlock()
+	g.applying.Lock() // an event being applied, for as long as the test needs
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			g.applying.Unlock()
+		}
+	}
+	defer release()
+	called := make(chan int, 1)
+	go func() {
+		// The table is full: other takes typo's place (empty).
+		req, _ := http.NewRequest("GET", "http://"+s.ListenAddr+"/", nil)
+		req.Host = "other.localhost"
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			called <- 0
+			return
+		}
+		res.Body.Close()
+		called <- res.StatusCode
+	}()
+	select {
+	case code := <-called:
+		if code != 200 {
+			t.Fatalf("the call that drops typo = %d; want 200", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call that drops typo waits for the shared stream's event")
+	}
+	if s.table.Lookup("typo") != nil {
+		t.Fatal("typo is still in the table")
+	}
+	release()
+	eventually(t, "typo leaves the shared stream", func() bool {
+		g.applying.Lock()
+		defer g.applying.Unlock()
+		s.streams.mu.Lock()
+		defer s.streams.mu.Unlock()
+		return g.pools["typo"] == nil
+	})
 }

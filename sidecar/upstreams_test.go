@@ -181,16 +181,7 @@ func TestAGatewayRefusingTheSharedStreamLeavesEachOnItsOwn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := New(Config{Atlas: StringList{gateway.URL}, Listen: "127.0.0.1:0", Admin: "127.0.0.1:0",
-		Upstreams: []UpstreamConfig{{Name: "billing"}, {Name: "identity"}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.regroupEvery = 50 * time.Millisecond
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown() })
+	s := startRegrouping(t, Config{Atlas: StringList{gateway.URL}, Upstreams: []UpstreamConfig{{Name: "billing"}, {Name: "identity"}}}, "", 50*time.Millisecond, time.Hour)
 	for _, svc := range []string{"billing", "identity"} {
 		eventually(t, svc+" routes", func() bool { return callHost(t, s, svc+".localhost") == 200 })
 	}
