@@ -197,9 +197,14 @@ services:
 // the caller's address last to X-Forwarded-For, on one line, as the
 // built-in proxy does (it added one only when the caller sent none, so a
 // caller could name any address; option forwardfor adds a second line,
-// which a backend reading the first alone never sees).
+// which a backend reading the first alone never sees). Hop-by-hop headers,
+// and those a Connection header names, go no further either way, as in
+// the built-in proxy.
 func TestHAProxyFrontendHeaders(t *testing.T) {
-	type seen struct{ xff, svc string }
+	type seen struct {
+		xff, svc string
+		h        http.Header
+	}
 	got := make(chan seen, 16)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -207,8 +212,26 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
-		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), "\n"), r.Header.Get("Switchboard-Service")}:
+		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), "\n"), r.Header.Get("Switchboard-Service"), r.Header.Clone()}:
 		default:
+		}
+		if r.URL.Path == "/ws" {
+			// An upgrade: 101, then an echo of what comes.
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			io.Copy(c, brw)
+			return
+		}
+		if r.URL.Path == "/hop" {
+			w.Header().Set("Connection", "X-Resp-Hop")
+			w.Header().Set("X-Resp-Hop", "1")
+			w.Header().Set("Proxy-Authenticate", "Basic")
+			w.Header().Set("X-Resp-Kept", "1")
 		}
 		io.WriteString(w, "ok")
 	}), ReadHeaderTimeout: 10 * time.Second}
@@ -226,6 +249,31 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 	for len(got) > 0 {
 		<-got
 	}
+	// send sends req through HAProxy and wants 200; next is what the
+	// instance saw of it.
+	send := func(req *http.Request) *http.Response {
+		t.Helper()
+		res, err := httpc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("%s %s: %d", req.Method, req.URL.Path, res.StatusCode)
+		}
+		return res
+	}
+	next := func() seen {
+		t.Helper()
+		select {
+		case g := <-got:
+			return g
+		case <-time.After(5 * time.Second):
+			t.Fatal("the instance saw no request")
+			return seen{}
+		}
+	}
 	for _, tc := range []struct {
 		header, xff, want string
 	}{
@@ -237,24 +285,62 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 		if tc.xff != "" {
 			req.Header.Set("X-Forwarded-For", tc.xff)
 		}
-		res, err := httpc.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		send(req)
+		if g := next(); g.xff != tc.want || g.svc != "" {
+			t.Errorf("Switchboard-Service: %s, X-Forwarded-For: %q: the instance saw X-Forwarded-For %q and Switchboard-Service %q; want %q and none",
+				tc.header, tc.xff, g.xff, g.svc, tc.want)
 		}
-		io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode != 200 {
-			t.Fatalf("Switchboard-Service: %s: %d", tc.header, res.StatusCode)
+	}
+
+	req, _ := http.NewRequest("GET", "http://"+s.listen+"/hop", nil)
+	req.Header.Set("Switchboard-Service", "files")
+	req.Header.Set("Connection", "X-Hop, keep-alive")
+	for _, k := range []string{"X-Hop", "Proxy-Authorization", "Keep-Alive", "Proxy-Connection", "Te", "X-Kept"} {
+		req.Header.Set(k, "1")
+	}
+	res := send(req)
+	for _, k := range []string{"X-Resp-Hop", "Proxy-Authenticate"} {
+		if v := res.Header.Values(k); len(v) > 0 {
+			t.Errorf("the caller got the instance's hop-by-hop %s: %q", k, v)
 		}
-		select {
-		case g := <-got:
-			if g.xff != tc.want || g.svc != "" {
-				t.Errorf("Switchboard-Service: %s, X-Forwarded-For: %q: the instance saw X-Forwarded-For %q and Switchboard-Service %q; want %q and none",
-					tc.header, tc.xff, g.xff, g.svc, tc.want)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("the instance saw no request")
+	}
+	if res.Header.Get("X-Resp-Kept") == "" {
+		t.Error("the caller did not get X-Resp-Kept")
+	}
+	g := next()
+	for _, k := range []string{"X-Hop", "Proxy-Authorization", "Keep-Alive", "Proxy-Connection", "Te", "Connection"} {
+		if v := g.h.Values(k); len(v) > 0 {
+			t.Errorf("the instance got the caller's hop-by-hop %s: %q", k, v)
 		}
+	}
+	if g.h.Get("X-Kept") == "" {
+		t.Error("the instance did not get X-Kept")
+	}
+
+	// An upgrade still goes through: Connection keeps its upgrade token
+	// and loses the names of other headers.
+	c, err := net.Dial("tcp", s.listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: files.localhost\r\nConnection: Upgrade, X-Hop\r\nUpgrade: echo\r\nX-Hop: 1\r\n\r\n")
+	br := bufio.NewReader(c)
+	up, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %s", up.Status)
+	}
+	io.WriteString(c, "ping")
+	echo := make([]byte, 4)
+	if _, err := io.ReadFull(br, echo); err != nil || string(echo) != "ping" {
+		t.Fatalf("upgrade: echo %q, %v", echo, err)
+	}
+	if g := next(); g.h.Get("X-Hop") != "" || g.h.Get("Connection") != "Upgrade" || g.h.Get("Upgrade") != "echo" {
+		t.Errorf("upgrade: the instance got X-Hop %q, Connection %q, Upgrade %q; want none, Upgrade, echo", g.h.Get("X-Hop"), g.h.Get("Connection"), g.h.Get("Upgrade"))
 	}
 }
 

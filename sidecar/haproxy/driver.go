@@ -56,6 +56,7 @@ type Driver struct {
 	// state back, for HAProxy routes with its slots meanwhile.
 	removed    map[string]*backendState
 	shape      string // of the config HAProxy runs
+	lua        string // Spec.Lua
 	lastReload time.Time
 	reloadDue  *time.Timer
 	retryIn    time.Duration // before the next try of a failed reload
@@ -156,6 +157,13 @@ func (d *Driver) Start() error {
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
+	if hasLua(d.Binary) {
+		if d.lua, err = writeHopLua(d.Dir); err != nil {
+			return err
+		}
+	} else {
+		d.log().Warn("haproxy: built without Lua: the headers that a Connection header names go on to instances and callers (the built-in proxy removes them)", "binary", d.Binary)
+	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -205,7 +213,7 @@ func (d *Driver) leftoverMaster() int {
 
 // specLocked builds the Spec of the desired state.
 func (d *Driver) specLocked() Spec {
-	spec := Spec{Listen: d.Listen, Dir: d.Dir, Realm: d.Realm, Fallback: d.Fallback}
+	spec := Spec{Listen: d.Listen, Dir: d.Dir, Realm: d.Realm, Fallback: d.Fallback, Lua: d.lua}
 	for _, b := range d.backends {
 		if b.tcp {
 			spec.TCP = append(spec.TCP, TCPFrontend{Backend: Backend{Service: b.service, Slots: b.want}, Listen: d.TCP[b.service]})

@@ -46,8 +46,11 @@ type Spec struct {
 	// Fallback is the sidecar's built-in frontend, for services HAProxy
 	// does not know yet (the first call to a service subscribes to it).
 	Fallback string
-	HTTP     []Backend
-	TCP      []TCPFrontend
+	// Lua is the path of hopLua (writeHopLua); "" when HAProxy has no Lua,
+	// and the headers Connection names then go on.
+	Lua  string
+	HTTP []Backend
+	TCP  []TCPFrontend
 }
 
 // freeAddr is where a free slot points; it is always in maintenance.
@@ -68,6 +71,9 @@ global
     # HAProxy derives it from the file limit (about 10,000 here), and
     # measured 13% more CPU per request.
     maxconn 4096
+{{- if .Lua}}
+    lua-load {{.Lua}}
+{{- end}}
 
 defaults
     mode http
@@ -96,6 +102,11 @@ frontend http-in
     # matched ignoring case, without converters: the cheapest form.
     http-request set-header X-Forwarded-For "%[req.fhdr(x-forwarded-for)], %[src]" if { req.fhdr(x-forwarded-for) -m found }
     http-request set-header X-Forwarded-For %[src] unless { req.fhdr(x-forwarded-for) -m found }
+    # Hop-by-hop headers go no further, either way, as in the built-in
+    # proxy. (HAProxy deals with Connection's close and keep-alive and with
+    # Transfer-Encoding itself; the backends strip what Connection names.)
+    http-request del-header ^(keep-alive|proxy-connection|proxy-authorization|te|trailer)$ -m reg
+    http-response del-header ^(keep-alive|proxy-connection|proxy-authenticate|trailer)$ -m reg
     acl has_service req.hdr(switchboard-service) -m found
     # Two names ("a, b", or the header twice) go to the built-in proxy,
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
@@ -125,6 +136,10 @@ backend be_{{.Service}}
     http-request disable-l7-retry if !idempotent !idempotency_key
     http-request del-header switchboard-service
     http-request del-header switchboard-timeout
+{{- if $.Lua}}
+    http-request lua.sb_hop_req if { req.fhdr_cnt(connection) gt 0 }
+    http-response lua.sb_hop_res if { res.fhdr_cnt(connection) gt 0 }
+{{- end}}
     http-error status 503 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
     http-error status 502 content-type application/json lf-string "{\"error\":{\"code\":\"bad_gateway\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
     http-error status 504 content-type application/json lf-string "{\"error\":{\"code\":\"deadline_exceeded\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"

@@ -13,7 +13,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func goldenSpec(dir string) Spec {
 	return Spec{
-		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234",
+		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234", Lua: filepath.Join(dir, "hop.lua"),
 		HTTP: []Backend{
 			{Service: "identity", Slots: []Slot{{Addr: "10.0.0.5:5000", Weight: 100, Ready: true}, {Addr: "10.0.0.6:5000", Weight: 0, Ready: true}, {}, {}}},
 			{Service: "billing", Slots: []Slot{{Addr: "10.0.0.7:6000", Weight: 100, Ready: false}, {}}},
@@ -41,6 +41,9 @@ func TestRenderGolden(t *testing.T) {
 	}
 	// The same spec in a temp dir is a config HAProxy accepts.
 	dir := t.TempDir()
+	if _, err := writeHopLua(dir); err != nil {
+		t.Fatal(err)
+	}
 	text, _ := Render(goldenSpec(dir))
 	path := filepath.Join(dir, "haproxy.cfg")
 	os.WriteFile(path, []byte(text), 0o600)
@@ -77,5 +80,28 @@ func TestSlotCommands(t *testing.T) {
 		if got := strings.Join(slotCommands("be", 3, tt.old, tt.new), ";"); got != tt.want {
 			t.Errorf("slotCommands(%+v -> %+v) = %q; want %q", tt.old, tt.new, got, tt.want)
 		}
+	}
+}
+
+// A HAProxy built without Lua gets the config without the Lua action,
+// and accepts it; Debian's has Lua, and the driver finds it.
+func TestRenderWithoutLua(t *testing.T) {
+	dir := t.TempDir()
+	spec := goldenSpec(dir)
+	spec.Lua = ""
+	text, err := Render(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(text, "lua") {
+		t.Fatalf("the config without Lua names Lua:\n%s", text)
+	}
+	path := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(path, []byte(text), 0o600)
+	if out, err := exec.Command("haproxy", "-c", "-q", "-f", path).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c refuses the config without Lua: %v\n%s", err, out)
+	}
+	if !hasLua("haproxy") {
+		t.Error("hasLua: Debian's haproxy has Lua (haproxy -vv lists +LUA)")
 	}
 }
