@@ -43,13 +43,19 @@ func (s *Server) ReloadWithout(ctx context.Context, key string) error {
 	return nil
 }
 
-// WaitingOn returns the watch keys that have a wait channel, sorted.
+// WaitingOn returns the watch keys that have a wait channel or an event
+// stream subscribed, sorted.
 func (s *Server) WaitingOn() []string {
 	s.st.wmu.Lock()
 	defer s.st.wmu.Unlock()
-	keys := make([]string, 0, len(s.st.waits))
+	keys := make([]string, 0, len(s.st.waits)+len(s.st.subs))
 	for k := range s.st.waits {
 		keys = append(keys, k)
+	}
+	for k := range s.st.subs {
+		if _, ok := s.st.waits[k]; !ok {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	return keys

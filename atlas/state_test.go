@@ -223,3 +223,44 @@ func TestStateSetsDamagedEntriesAside(t *testing.T) {
 		t.Fatal("a valid write did not replace the damaged entry")
 	}
 }
+
+// An event stream's subscription is told of every change of its keys from
+// the moment it subscribes, once for changes it has not yet received, and
+// of nothing after it cancels; it leaves nothing behind.
+func TestSubscriptions(t *testing.T) {
+	s := newState()
+	ch, cancel := s.subscribe([]string{"s/dev/a", "s/dev/b"})
+	told := func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	s.wake([]string{"s/dev/c"})
+	if told() {
+		t.Fatal("told of a change of a key it did not subscribe to")
+	}
+	s.wake([]string{"s/dev/b"})
+	if !told() {
+		t.Fatal("not told of a change of its key")
+	}
+	s.wake([]string{"s/dev/a"})
+	s.wake([]string{"s/dev/b"})
+	if !told() || told() {
+		t.Fatal("two changes before it received: want it told once, then not again")
+	}
+	s.wakeAll()
+	if !told() {
+		t.Fatal("not told by a wake of every key")
+	}
+	cancel()
+	s.wake([]string{"s/dev/a", "s/dev/b"})
+	if told() {
+		t.Fatal("told after it cancelled")
+	}
+	if len(s.subs) != 0 {
+		t.Fatalf("cancelled, it left %d keys subscribed", len(s.subs))
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -210,12 +209,11 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	if p != nil {
 		wakeKeys = append(wakeKeys, tokensKey, policiesKey)
 	}
-	release := func() {}
-	defer func() { release() }()
+	// Subscribed before the first read of the state: a change after it is
+	// received by the wait below, however soon it comes.
+	changed, unsubscribe := s.st.subscribe(wakeKeys)
+	defer unsubscribe()
 	for {
-		chans, releaseNext := s.st.waitChans(wakeKeys)
-		release()
-		release = releaseNext
 		if p != nil && allowed() != nil {
 			return nil
 		}
@@ -270,8 +268,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 		}
 		last = upTo
 		s.streams.progress(track, last)
-		switch waitStream(chans, keepAlive.C, r.Context().Done(), out.gone, stop.Done()) {
-		case streamKeepAlive:
+		select {
+		case <-changed:
+		case <-keepAlive.C:
 			_ = out.setWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := io.WriteString(out, ": keep-alive\n\n"); err != nil {
 				return nil
@@ -279,7 +278,11 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			if err := flush(); err != nil {
 				return nil
 			}
-		case streamEnd:
+		case <-r.Context().Done():
+			return nil
+		case <-out.gone:
+			return nil
+		case <-stop.Done():
 			return nil
 		}
 	}
@@ -292,51 +295,6 @@ var newline = []byte("\n")
 // service does.
 const maxStreamKeys = 64
 
-// What ended a stream's wait (waitStream).
-const (
-	streamChange    = iota // one of its keys changed
-	streamKeepAlive        // time for a keep-alive
-	streamEnd              // the client left, or Atlas stops
-)
-
-// waitStream waits until one of chans is closed, keepAlive ticks, or one
-// of ends is closed. Up to three channels (a service, tokens, policies)
-// take a select of their own; more, a reflect.Select.
-func waitStream(chans []<-chan struct{}, keepAlive <-chan time.Time, ends ...<-chan struct{}) int {
-	if len(chans) <= 3 && len(ends) == 3 {
-		var c [3]<-chan struct{} // nil channels: never ready
-		copy(c[:], chans)
-		select {
-		case <-c[0]:
-		case <-c[1]:
-		case <-c[2]:
-		case <-keepAlive:
-			return streamKeepAlive
-		case <-ends[0]:
-			return streamEnd
-		case <-ends[1]:
-			return streamEnd
-		case <-ends[2]:
-			return streamEnd
-		}
-		return streamChange
-	}
-	cases := make([]reflect.SelectCase, 0, len(chans)+1+len(ends))
-	for _, ch := range chans {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-	}
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(keepAlive)})
-	for _, ch := range ends {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-	}
-	switch chosen, _, _ := reflect.Select(cases); {
-	case chosen < len(chans):
-		return streamChange
-	case chosen == len(chans):
-		return streamKeepAlive
-	}
-	return streamEnd
-}
 
 // stream is where an event stream's bytes go: the connection itself,
 // taken over from net/http, so that an event goes out in one write. (Through
