@@ -48,6 +48,10 @@ type options struct {
 	changes   int
 	spacing   time.Duration
 	watchSize int // instances of the watched service before the changes
+	// streamSvcs is how many services each SSE watcher's stream lists:
+	// the watched one and streamSvcs-1 without instances, as a sidecar's
+	// shared stream lists the services it follows.
+	streamSvcs int
 	timeout   time.Duration
 	quick     bool
 	bin       string
@@ -76,6 +80,7 @@ func parseFlags() options {
 	flag.IntVar(&o.changes, "changes", 20, "changes made to the watched service in each propagation phase")
 	flag.DurationVar(&o.spacing, "spacing", 200*time.Millisecond, "pause after every watcher saw a change, before the next")
 	flag.IntVar(&o.watchSize, "watch-size", 10, "instances of the watched service before the changes")
+	flag.IntVar(&o.streamSvcs, "stream-services", 1, "services each SSE watcher's stream lists: the watched one and others without instances, as a sidecar's shared stream does (1-64)")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "stop everything after this long")
 	flag.BoolVar(&o.quick, "quick", false, "scaled-down run: defaults of 2,000 instances, 10,000 in all, 200 watchers, 10 changes, 2s of heartbeats, 500 queries (flags given explicitly win)")
 	flag.StringVar(&o.bin, "bin", "", "use this switchboard binary instead of building ./cmd/switchboard")
@@ -129,6 +134,8 @@ func (o options) validate() error {
 		return errors.New("-batch: 0 to 10,000; -batch-clients: at least 1")
 	case o.queries < 1 || o.leaseQ < 0 || o.watchSize < 0 || o.hbTime <= 0 || o.spacing < 0:
 		return errors.New("-queries, -lease-queries, -watch-size, -hb-time, -spacing: out of range")
+	case o.streamSvcs < 1 || o.streamSvcs > 64:
+		return errors.New("-stream-services: must be 1-64")
 	}
 	return nil
 }

@@ -200,7 +200,7 @@ func (r *results) rows(o options) []row {
 	for _, p := range []struct {
 		label, consul string
 		p             *propagation
-	}{{"SSE", "—", r.sse}, {"blocking query", "p99 ~400 ms", r.blocking}, {"blocking query, lean client", "—", r.blockingLean}} {
+	}{{sseLabel(o.streamSvcs), "—", r.sse}, {"blocking query", "p99 ~400 ms", r.blocking}, {"blocking query, lean client", "—", r.blockingLean}} {
 		label := fmt.Sprintf("propagation, %s watchers, %s", count(float64(o.watchers)), p.label)
 		targetMS := 50.0
 		if o.replicas > 1 {
@@ -382,4 +382,12 @@ func mean(d []time.Duration) time.Duration {
 		sum += x
 	}
 	return sum / time.Duration(max(1, len(d)))
+}
+
+// sseLabel names the SSE rows: streams of one service, or of several.
+func sseLabel(services int) string {
+	if services > 1 {
+		return fmt.Sprintf("SSE, streams of %d services", services)
+	}
+	return "SSE"
 }

@@ -244,13 +244,23 @@ func (b *bench) propagate(ctx context.Context, mode string) (*propagation, error
 	return p, b.atlas.alive()
 }
 
-// sseWatcher reads GET /v1/watch?service=watched, reconnecting after an
-// error, until ctx ends.
+// streamQuery is the query of an SSE watcher's stream: the watched service
+// and -stream-services - 1 others.
+func (b *bench) streamQuery() string {
+	q := "service=" + watchedService
+	for i := 1; i < b.o.streamSvcs; i++ {
+		q += fmt.Sprintf("&service=other-%02d", i)
+	}
+	return q
+}
+
+// sseWatcher reads GET /v1/watch?service=watched (and the others of
+// -stream-services), reconnecting after an error, until ctx ends.
 func (b *bench) sseWatcher(ctx context.Context, c *http.Client, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
 	isReady := false
 	for ctx.Err() == nil {
 		err := func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/watch?service="+watchedService, nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/watch?"+b.streamQuery(), nil)
 			if err != nil {
 				return err
 			}
