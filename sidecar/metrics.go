@@ -68,6 +68,19 @@ func newMetrics(s *Sidecar) *metrics {
 		hapCounter("switchboard_sidecar_haproxy_runtime_commands_total", "Runtime API commands sent (haproxy mode).", func() int64 { return s.hap.Load().RuntimeCommands() }),
 		hapCounter("switchboard_sidecar_haproxy_restarts_total", "HAProxy restarts after it died (haproxy mode).", func() int64 { return s.hap.Load().Restarts() }),
 	)
+	for _, kind := range []string{"shared", "own"} {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "switchboard_sidecar_event_streams",
+			Help:        "Event streams open to Atlas: shared by several services, or a service's own.",
+			ConstLabels: prometheus.Labels{"kind": kind},
+		}, func() float64 {
+			shared, own := s.streams.count()
+			if kind == "shared" {
+				return float64(shared)
+			}
+			return float64(own)
+		}))
+	}
 	m.reg.MustRegister(m.requests, m.latency, m.retries, m.ejections, m.tcp, m.watchErrors, m.index, m.updates,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -360,6 +360,19 @@ func (m *streams) regroup() {
 	}
 }
 
+// count returns how many streams the sidecar holds to Atlas: shared, and
+// of a service's own.
+func (m *streams) count() (shared, own int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range m.alone {
+		if o.stop != nil {
+			own++
+		}
+	}
+	return len(m.groups), own
+}
+
 // ownStream follows pool on a stream of its own (followIn).
 func (s *Sidecar) ownStream(pool *balance.Pool) *ownStream {
 	ctx, stop := context.WithCancelCause(s.ctx)

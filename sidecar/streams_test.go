@@ -37,24 +37,10 @@ func startRegrouping(t *testing.T, cfg Config, token string, regroup, sweep time
 	return s
 }
 
-// streamCount returns how many streams s holds to Atlas: shared, and of a
-// service's own.
-func streamCount(s *Sidecar) (shared, own int) {
-	m := s.streams
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, o := range m.alone {
-		if o.stop != nil {
-			own++
-		}
-	}
-	return len(m.groups), own
-}
-
 // streamsAre reports whether s follows its services on shared streams
 // and streams of their own as many as given.
 func streamsAre(s *Sidecar, shared, own int) bool {
-	sh, ow := streamCount(s)
+	sh, ow := s.streams.count()
 	return sh == shared && ow == own
 }
 
@@ -94,6 +80,11 @@ func TestCalledServicesShareOneStream(t *testing.T) {
 		t.Fatalf("a call to search = %d; want 200", code)
 	}
 	eventually(t, "search joins the shared stream", func() bool { return streamsAre(s, 1, 0) && eventStreams(t, a) == 1 })
+	for _, want := range []string{`switchboard_sidecar_event_streams{kind="shared"} 1`, `switchboard_sidecar_event_streams{kind="own"} 0`} {
+		if !strings.Contains(adminMetrics(t, s), want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
 	for _, svc := range []string{"billing", "identity", "search"} {
 		register(svc+"-2", svc)
 	}
@@ -176,7 +167,7 @@ func TestRestoredServicesShareOneStreamFromTheStart(t *testing.T) {
 	}
 	s := startRegrouping(t, Config{Atlas: StringList{a.URL}, StateDir: dir}, "", time.Hour, time.Hour)
 	if !streamsAre(s, 1, 0) {
-		sh, own := streamCount(s)
+		sh, own := s.streams.count()
 		t.Fatalf("the restored services are on %d shared streams and %d of their own; want 1 and 0", sh, own)
 	}
 	for _, svc := range []string{"billing", "identity", "search"} {
@@ -215,7 +206,7 @@ func TestARefusedServiceJoinsOnceAllowed(t *testing.T) {
 	eventually(t, "billing and identity share a stream, secrets is on its own", func() bool { return streamsAre(s, 1, 1) })
 	time.Sleep(300 * time.Millisecond) // regroups: secrets stays out
 	if !streamsAre(s, 1, 1) || callHost(t, s, "secrets.localhost") != 403 {
-		sh, own := streamCount(s)
+		sh, own := s.streams.count()
 		t.Fatalf("after some regroups: %d shared streams, %d of their own, secrets = %d; want 1, 1 and 403", sh, own, callHost(t, s, "secrets.localhost"))
 	}
 	if _, err := a.Client().PutPolicy(ctx, "dev", "web", []string{"billing", "identity", "secrets"}); err != nil {
@@ -239,7 +230,7 @@ func TestSixtyFiveServicesAreNotRegroupedForNothing(t *testing.T) {
 	var logs syncbuf.Buffer
 	s := startRegrouping(t, Config{Atlas: StringList{a.URL}, Upstreams: cfg}, "", 50*time.Millisecond, time.Hour, slog.New(slog.NewTextHandler(&logs, nil)))
 	if !streamsAre(s, 2, 0) {
-		sh, own := streamCount(s)
+		sh, own := s.streams.count()
 		t.Fatalf("65 upstreams on %d shared streams and %d of their own; want 2 and 0", sh, own)
 	}
 	eventually(t, "two streams on Atlas", func() bool { return eventStreams(t, a) == 2 })
