@@ -5,12 +5,13 @@ import (
 	"slices"
 )
 
-// WaitKeys returns how many watch keys have a wait channel: what the
-// blocking queries and event streams waiting now hold.
+// WaitKeys returns how many watch keys have a wait channel (blocking
+// queries) plus how many have event streams subscribed: what the queries
+// and streams waiting now hold.
 func (s *Server) WaitKeys() int {
 	s.st.wmu.Lock()
 	defer s.st.wmu.Unlock()
-	return len(s.st.waits)
+	return len(s.st.waits) + len(s.st.subs)
 }
 
 // ResKeys returns how many watch keys the state keeps an index for apart

@@ -295,7 +295,6 @@ var newline = []byte("\n")
 // service does.
 const maxStreamKeys = 64
 
-
 // stream is where an event stream's bytes go: the connection itself,
 // taken over from net/http, so that an event goes out in one write. (Through
 // a ResponseWriter, chunked encoding and its 4 KiB buffer turn one event of

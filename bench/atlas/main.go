@@ -52,12 +52,12 @@ type options struct {
 	// the watched one and streamSvcs-1 without instances, as a sidecar's
 	// shared stream lists the services it follows.
 	streamSvcs int
-	timeout   time.Duration
-	quick     bool
-	bin       string
-	tmp       string
-	keep      bool
-	cpuProf   string
+	timeout    time.Duration
+	quick      bool
+	bin        string
+	tmp        string
+	keep       bool
+	cpuProf    string
 
 	store         string // embedded, etcd or both
 	etcdInstances int    // -instances at most, with etcd
