@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"mime"
 	"net/http"
 	"net/url"
 	"os"
@@ -558,6 +559,20 @@ func (a *Atlas) watch(ctx context.Context, realm string, services []string, last
 			}
 			err = fmt.Errorf("no answer in %v", watchConnectTimeout)
 		}
+		if err == nil && res.StatusCode == http.StatusOK && !isEventStream(res.Header.Get("Content-Type")) {
+			// A 200 that is no event stream (a gateway's page, a proxy
+			// that answers for everything) is not Atlas answering: the
+			// next replica is tried, as after a 5xx.
+			ct := res.Header.Get("Content-Type")
+			res.Body.Close()
+			cancel()
+			err = sb.Errorf(sb.EUnavailable, "atlas %s: answered 200 with %q, not an event stream", RedactURL(base), ct)
+			res = nil
+			if ctx.Err() != nil {
+				return lastEventID, ctx.Err()
+			}
+			continue
+		}
 		if err == nil && res.StatusCode == http.StatusOK {
 			a.mu.Lock()
 			a.good = n
@@ -627,6 +642,12 @@ func (a *Atlas) watch(ctx context.Context, realm string, services []string, last
 		return lastEventID, sb.Errorf(sb.EUnavailable, "atlas %s: event stream broke: %v", RedactURL(base), err)
 	}
 	return lastEventID, fmt.Errorf("atlas %s: %w", RedactURL(base), err)
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream.
+func isEventStream(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "text/event-stream"
 }
 
 // idleReader restarts quiet at every read that brings bytes.

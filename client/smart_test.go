@@ -603,3 +603,41 @@ func waitUntil(t *testing.T, what string, ok func() bool) {
 		}
 	}
 }
+
+// A 200 that is no event stream (a gateway's page) is not Atlas answering:
+// Follow reports Atlas unavailable, and OnOpen is not called.
+func TestFollowTakesNoPageForAStream(t *testing.T) {
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html>Please log in</html>")
+	}))
+	defer page.Close()
+	var opens atomic.Int32
+	errs := make(chan error, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&client.Atlas{URLs: []string{page.URL}}).Follow(ctx, "dev", []string{"files"}, func(client.Event) {},
+			func(err error, _ time.Duration) {
+				select {
+				case errs <- err:
+				default:
+				}
+			}, client.OnOpen(func() { opens.Add(1) }))
+	}()
+	select {
+	case err := <-errs:
+		if sb.ErrorCode(err) != sb.EUnavailable || !strings.Contains(err.Error(), "not an event stream") {
+			t.Fatalf("Follow of a page: %v; want unavailable, not an event stream", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Follow of a page reported nothing in 30s")
+	}
+	cancel()
+	<-done
+	if n := opens.Load(); n != 0 {
+		t.Fatalf("OnOpen called %d times for a page", n)
+	}
+}

@@ -228,7 +228,8 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 			return
 		}
 		if r.URL.Path == "/hop" {
-			w.Header().Set("Connection", "X-Resp-Hop")
+			w.Header().Set("Connection", "X-Resp-Hop, Upgrade")
+			w.Header().Set("Upgrade", "h2c")
 			w.Header().Set("X-Resp-Hop", "1")
 			w.Header().Set("Proxy-Authenticate", "Basic")
 			w.Header().Set("X-Resp-Kept", "1")
@@ -299,7 +300,7 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 		req.Header.Set(k, "1")
 	}
 	res := send(req)
-	for _, k := range []string{"X-Resp-Hop", "Proxy-Authenticate"} {
+	for _, k := range []string{"X-Resp-Hop", "Proxy-Authenticate", "Upgrade"} {
 		if v := res.Header.Values(k); len(v) > 0 {
 			t.Errorf("the caller got the instance's hop-by-hop %s: %q", k, v)
 		}

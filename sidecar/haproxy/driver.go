@@ -158,9 +158,7 @@ func (d *Driver) Start() error {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
 	if hasLua(d.Binary) {
-		if d.lua, err = writeHopLua(d.Dir); err != nil {
-			return err
-		}
+		d.lua = filepath.Join(d.Dir, "hop.lua") // written with each config
 	} else {
 		d.log().Warn("haproxy: built without Lua: the headers that a Connection header names go on to instances and callers (the built-in proxy removes them)", "binary", d.Binary)
 	}
@@ -242,6 +240,11 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 	text, err := Render(spec)
 	if err != nil {
 		return err
+	}
+	if spec.Lua != "" {
+		if _, err := writeHopLua(d.Dir); err != nil {
+			return err
+		}
 	}
 	cand := d.cfgPath() + ".new"
 	if err := os.WriteFile(cand, []byte(text), 0o600); err != nil {

@@ -572,3 +572,30 @@ func TestACheckThatDidNotRunIsRetried(t *testing.T) {
 		t.Fatalf("through HAProxy after the retry: %q", body)
 	}
 }
+
+// hop.lua is written with each config: one removed since the start (a
+// cleaned directory) would have every later config refused, and HAProxy
+// not restart after it died.
+func TestHopLuaRemovedIsWrittenAgain(t *testing.T) {
+	if !hasLua("haproxy") {
+		t.Fatal("Debian's haproxy has Lua (haproxy -vv lists +LUA)")
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer backend.Close()
+	d, listen := startDriver(t)
+	lua := filepath.Join(d.Dir, "hop.lua")
+	if err := os.Remove(lua); err != nil {
+		t.Fatal(err)
+	}
+	reloads := d.Reloads()
+	d.Update("files", false, endpoints(t, backend.URL)) // a new backend: a reload
+	if body := waitGet(t, listen, "files", 200); body != "hello" {
+		t.Fatalf("through HAProxy: %q", body)
+	}
+	if d.RefusedConfigs() != 0 || d.Reloads() == reloads {
+		t.Fatalf("after hop.lua was removed: %d configs refused, %d reloads; want 0 and 1 more", d.RefusedConfigs(), d.Reloads()-reloads)
+	}
+	if b, err := os.ReadFile(lua); err != nil || string(b) != hopLua {
+		t.Fatalf("hop.lua not written again: %v", err)
+	}
+}

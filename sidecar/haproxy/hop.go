@@ -11,22 +11,27 @@ import (
 // hopLua removes the headers that a message's Connection header names
 // (RFC 9110, 7.6.1), as the built-in proxy does: HAProxy takes the close
 // and keep-alive tokens out of Connection itself, but passes on every
-// header the others name. The backends call it only for messages that
-// still carry a Connection header after HAProxy's parsing (upgrades, and
-// those that name headers): the others cost nothing. The headers the
-// frontend decides or sets (Host, X-Forwarded-For) stay, and so does the
-// upgrade token, which HAProxy's upgrades need.
+// header the others name. The backends call it first of their rules, and
+// only for messages that still carry a Connection header after HAProxy's
+// parsing (upgrades, and those that name headers): the others cost
+// nothing. The headers the frontend decides or sets (Host,
+// X-Forwarded-For) and those that frame the body stay. The upgrade token,
+// and Upgrade, stay on a request that asks for one and on a 101 answer
+// (HAProxy's upgrades need them); elsewhere they go, as in the built-in
+// proxy (an answer's "Connection: Upgrade, Upgrade: h2c" is the
+// instance's business, not the caller's).
 const hopLua = `-- Written by the switchboard sidecar; changes are overwritten.
-local spared = { ["host"] = true, ["x-forwarded-for"] = true }
+local spared = { ["host"] = true, ["x-forwarded-for"] = true,
+  ["content-length"] = true, ["transfer-encoding"] = true }
 
-local function strip(hdrs, del, set)
+local function strip(hdrs, upgrading, del, set)
   local v = hdrs["connection"]
   if v == nil then return end
   local kept = {}
   for _, line in pairs(v) do
     for tok in string.gmatch(line, "[^,%s]+") do
       local name = string.lower(tok)
-      if name == "upgrade" or name == "close" or name == "keep-alive" then
+      if name == "close" or name == "keep-alive" or (name == "upgrade" and upgrading) then
         kept[#kept + 1] = tok
       elseif not spared[name] then
         del(name)
@@ -41,13 +46,14 @@ local function strip(hdrs, del, set)
 end
 
 core.register_action("sb_hop_req", { "http-req" }, function(txn)
-  strip(txn.http:req_get_headers(),
+  local hdrs = txn.http:req_get_headers()
+  strip(hdrs, hdrs["upgrade"] ~= nil,
     function(n) txn.http:req_del_header(n) end,
     function(n, v) txn.http:req_set_header(n, v) end)
 end)
 
 core.register_action("sb_hop_res", { "http-res" }, function(txn)
-  strip(txn.http:res_get_headers(),
+  strip(txn.http:res_get_headers(), txn.sf:status() == 101,
     function(n) txn.http:res_del_header(n) end,
     function(n, v) txn.http:res_set_header(n, v) end)
 end)
@@ -60,10 +66,20 @@ func hasLua(binary string) bool {
 	return err == nil && (bytes.Contains(out, []byte("+LUA")) || bytes.Contains(out, []byte("USE_LUA=1")))
 }
 
-// writeHopLua writes hopLua into dir and returns its path.
+// writeHopLua writes hopLua into dir, whole or not at all, and returns its
+// path. The driver writes it before every check of a config, as it does
+// the config: a file removed or damaged since (a cleaned directory) would
+// otherwise have every later config refused, and HAProxy not restart.
 func writeHopLua(dir string) (string, error) {
 	path := filepath.Join(dir, "hop.lua")
-	if err := os.WriteFile(path, []byte(hopLua), 0o600); err != nil {
+	if b, err := os.ReadFile(path); err == nil && string(b) == hopLua {
+		return path, nil
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(hopLua), 0o600); err != nil {
+		return "", fmt.Errorf("haproxy: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("haproxy: %w", err)
 	}
 	return path, nil
