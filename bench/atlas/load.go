@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -317,4 +320,138 @@ func (b *bench) batchHeartbeats(ctx context.Context, clients, n, size int, d tim
 		return nil
 	})
 	return t, beats.Load(), err
+}
+
+// leanConns is a minimal HTTP/1.1 client for small requests: one kept-alive
+// connection per concurrent caller, each request written in one write and
+// its answer read into a reused buffer. net/http's client costs the load
+// generator about as much CPU per registration as Atlas spends, on the
+// same two cores; this one a fraction of it, so that its row says more
+// about Atlas (as the lean blocking-query watcher does).
+type leanConns struct {
+	host string
+	idle chan *leanConn
+}
+
+type leanConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	req  []byte
+	body []byte
+}
+
+func newLeanConns(base string, n int) *leanConns {
+	return &leanConns{host: strings.TrimPrefix(base, "http://"), idle: make(chan *leanConn, n)}
+}
+
+// do sends method path (a body as JSON) and reads the answer; anything
+// but 200 is an error naming the request and the answer.
+func (l *leanConns) do(ctx context.Context, method, path string, body []byte) error {
+	var c *leanConn
+	select {
+	case c = <-l.idle:
+	default:
+		c = &leanConn{}
+	}
+	err := c.do(ctx, l.host, method, path, body)
+	if err != nil {
+		c.close()
+	}
+	select {
+	case l.idle <- c:
+	default:
+		c.close()
+	}
+	return err
+}
+
+// close closes the idle connections.
+func (l *leanConns) close() {
+	for {
+		select {
+		case c := <-l.idle:
+			c.close()
+		default:
+			return
+		}
+	}
+}
+
+func (c *leanConn) close() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+func (c *leanConn) do(ctx context.Context, host, method, path string, body []byte) error {
+	if c.conn == nil {
+		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", host)
+		if err != nil {
+			return err
+		}
+		c.conn, c.br = conn, bufio.NewReaderSize(conn, 4<<10)
+	}
+	if d, ok := ctx.Deadline(); ok {
+		c.conn.SetDeadline(d)
+	}
+	c.req = append(c.req[:0], method...)
+	c.req = append(c.req, ' ')
+	c.req = append(c.req, path...)
+	c.req = append(c.req, " HTTP/1.1\r\nHost: "...)
+	c.req = append(c.req, host...)
+	if body != nil {
+		c.req = append(c.req, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+		c.req = strconv.AppendInt(c.req, int64(len(body)), 10)
+	}
+	c.req = append(c.req, "\r\n\r\n"...)
+	c.req = append(c.req, body...)
+	if _, err := c.conn.Write(c.req); err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	status, _, cl, err := readLeanHead(c.br)
+	if err == nil && cl < 0 {
+		err = errors.New("answer without Content-Length")
+	}
+	if err == nil {
+		if cap(c.body) < cl {
+			c.body = make([]byte, cl)
+		}
+		c.body = c.body[:cl]
+		_, err = io.ReadFull(c.br, c.body)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("%s %s: status %d: %s", method, path, status, bytes.TrimSpace(c.body[:min(len(c.body), 512)]))
+	}
+	return nil
+}
+
+// registerLean registers n instances of their own (lean-0000000...) with
+// the lean client from clients goroutines, for at most maxDur, then
+// deregisters them (not timed), so that the phases after it find Atlas
+// as they would without it.
+func (b *bench) registerLean(ctx context.Context, clients, n int, maxDur time.Duration) (*throughput, error) {
+	lean := newLeanConns(b.url, clients)
+	defer lean.close()
+	id := func(i int) string { return fmt.Sprintf("/v1/instances/lean-%07d", i) }
+	t, err := b.run(ctx, clients, n, maxDur, func(ctx context.Context, i int) error {
+		return lean.do(ctx, http.MethodPut, id(i), registration(b.serviceOf(i), i))
+	})
+	if t == nil {
+		return t, err
+	}
+	done := int(t.done + t.errors)
+	if _, derr := b.run(ctx, clients, done, 2*maxDur, func(ctx context.Context, i int) error {
+		err := lean.do(ctx, http.MethodDelete, id(i), nil)
+		if err != nil && strings.Contains(err.Error(), "status 404") {
+			return nil // one whose registration failed
+		}
+		return err
+	}); derr != nil && err == nil {
+		err = fmt.Errorf("deregistering them: %w", derr)
+	}
+	return t, err
 }
