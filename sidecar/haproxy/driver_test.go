@@ -115,13 +115,21 @@ func startDriverIn(t *testing.T, dir string) (*Driver, string) {
 	old := MinReloadInterval
 	MinReloadInterval = 0
 	t.Cleanup(func() { MinReloadInterval = old })
-	listen := unusedAddr(t)
-	d := &Driver{Dir: dir, Listen: listen, Fallback: unusedAddr(t), Realm: "dev", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
+	for attempt := 1; ; attempt++ {
+		// HAProxy binds the address a moment after it was found free:
+		// another test's socket may take it first. Another is tried then.
+		listen := unusedAddr(t)
+		d := &Driver{Dir: dir, Listen: listen, Fallback: unusedAddr(t), Realm: "dev", Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+		err := d.Start()
+		if err == nil {
+			t.Cleanup(func() { d.Close() })
+			return d, listen
+		}
+		if attempt == 5 {
+			t.Fatalf("%d attempts: %v", attempt, err)
+		}
+		t.Logf("HAProxy did not start on %s (%v); trying another address", listen, err)
 	}
-	t.Cleanup(func() { d.Close() })
-	return d, listen
 }
 
 // A relative Dir (state_dir: ./state in a sidecar.yaml in the working
