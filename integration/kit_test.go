@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,6 +68,37 @@ func startKit(t *testing.T, atlasURL string, port int) *kitProc {
 	return k
 }
 
+// startKitOnAFreePort starts the identity kit service on a port found
+// free, and waits until it answers there. The kit binds the port a moment
+// after it was found free, and another test's socket may take it first:
+// another port is tried then (5 at most).
+func startKitOnAFreePort(t *testing.T, atlasURL string) *kitProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		k := startKit(t, atlasURL, freePort(t))
+		url := fmt.Sprintf("http://127.0.0.1:%d/livez", k.port)
+		c := &http.Client{Timeout: time.Second} // a port taken by a server that does not answer
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			select {
+			case <-k.done:
+			default:
+				if res, err := c.Get(url); err == nil {
+					res.Body.Close()
+					if res.StatusCode == http.StatusOK {
+						return k
+					}
+				}
+				continue
+			}
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("identity did not start on 5 ports; the last said:\n%s", k.out.String())
+		}
+		t.Logf("identity did not start on port %d; trying another:\n%s", k.port, k.out.String())
+	}
+}
+
 // stop sends SIGTERM and waits for a clean exit.
 func (k *kitProc) stop(t *testing.T) {
 	t.Helper()
@@ -87,7 +119,8 @@ func (k *kitProc) stop(t *testing.T) {
 // a time, under steady load: no request fails.
 func TestKitServiceRestartedTwiceUnderLoad(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	p1, p2 := freePort(t), freePort(t)
+	kits := []*kitProc{startKitOnAFreePort(t, a.url), startKitOnAFreePort(t, a.url)}
+	p1, p2 := kits[0].port, kits[1].port
 	yaml := fmt.Sprintf(`atlas: %s
 host: itest
 advertise: 127.0.0.1
@@ -96,7 +129,6 @@ services:
   - {name: identity, port: %d, check: {http: /readyz, interval: 300ms, rise: 1, fall: 1}}
   - {name: identity, port: %d, check: {http: /readyz, interval: 300ms, rise: 1, fall: 1}}
 `, a.url, p1, p2)
-	kits := []*kitProc{startKit(t, a.url, p1), startKit(t, a.url, p2)}
 	s := startSidecar(t, yaml)
 	waitFor(t, "both instances routable", 30*time.Second, func() bool { return len(s.routed("identity")) == 2 })
 	l := startLoadPath(s, "identity", "/teams", 4)
@@ -131,8 +163,8 @@ services:
 // wait.
 func TestKitServiceWithATCPCheckDoesNotWaitForTheSidecars(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	port := freePort(t)
-	k := startKit(t, a.url, port)
+	k := startKitOnAFreePort(t, a.url)
+	port := k.port
 	s := startSidecar(t, fmt.Sprintf(`atlas: %s
 host: itest
 advertise: 127.0.0.1
