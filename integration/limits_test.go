@@ -20,11 +20,12 @@ import (
 func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	p := startPy(t, "one")
-	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	yaml := l4YAML(a.url, l4, p.port)
+	var l4 string
 	const limit = 256
-	s := startSidecarIn(t, yaml, fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		fmt.Sprintf("ulimit -n %d", limit))
+	s := startSidecarWith(t, func() string {
+		l4 = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		return l4YAML(a.url, l4, p.port)
+	}, fmt.Sprintf("ulimit -n %d", limit))
 	waitFor(t, "files routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
 
 	// More idle connections than the process may have files, to both
@@ -92,8 +93,11 @@ func TestSidecarRoutesAgainAfterRunningOutOfFiles(t *testing.T) {
 func TestSidecarLeavesOutInstancesAtItsOwnAddress(t *testing.T) {
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	p := startPy(t, "one")
-	l4 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := startSidecar(t, l4YAML(a.url, l4, p.port))
+	var l4 string
+	s := startSidecarWith(t, func() string {
+		l4 = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		return l4YAML(a.url, l4, p.port)
+	})
 	for id, addr := range map[string]string{"files-loop-http": s.listen, "files-loop-l4": l4} {
 		host, port, _ := net.SplitHostPort(addr)
 		body := fmt.Sprintf(`{"service":"files","address":%q,"port":%s,"ttl":"1h"}`, host, port)

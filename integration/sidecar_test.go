@@ -167,9 +167,17 @@ type sidecarProc struct {
 // tries others.
 func startSidecar(t *testing.T, yaml string) *sidecarProc {
 	t.Helper()
+	return startSidecarWith(t, func() string { return yaml })
+}
+
+// startSidecarWith is startSidecar with the file written anew for each try
+// (one that names ports of its own, L4 listeners, takes fresh ones), and
+// the command run through shell lines first (ulimit, say).
+func startSidecarWith(t *testing.T, yamlFor func() string, shell ...string) *sidecarProc {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
 		listen, admin := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		s, err := launchSidecar(t, yaml, listen, admin)
+		s, err := launchSidecar(t, yamlFor(), listen, admin, shell...)
 		if err == nil {
 			return s
 		}
@@ -185,14 +193,7 @@ func startSidecar(t *testing.T, yaml string) *sidecarProc {
 // restart on the same ones).
 func startSidecarAt(t *testing.T, yaml, listen, admin string) *sidecarProc {
 	t.Helper()
-	return startSidecarIn(t, yaml, listen, admin)
-}
-
-// startSidecarIn is startSidecarAt with the command run through shell
-// lines first (ulimit, say).
-func startSidecarIn(t *testing.T, yaml, listen, admin string, shell ...string) *sidecarProc {
-	t.Helper()
-	s, err := launchSidecar(t, yaml, listen, admin, shell...)
+	s, err := launchSidecar(t, yaml, listen, admin)
 	if err != nil {
 		t.Fatal(err)
 	}
