@@ -209,8 +209,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	if p != nil {
 		wakeKeys = append(wakeKeys, tokensKey, policiesKey)
 	}
-	// Subscribed before the first read of the state: a change after it is
-	// received by the wait below, however soon it comes.
+	// Subscribed before the loop first reads what changed since last: a
+	// change before that read, the read finds; one after it, the wait
+	// below receives, however soon it comes.
 	changed, unsubscribe := s.st.subscribe(wakeKeys)
 	defer unsubscribe()
 	for {
