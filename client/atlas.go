@@ -559,21 +559,7 @@ func (a *Atlas) watch(ctx context.Context, realm string, services []string, last
 			}
 			err = fmt.Errorf("no answer in %v", watchConnectTimeout)
 		}
-		if err == nil && res.StatusCode == http.StatusOK && !isEventStream(res.Header.Get("Content-Type")) {
-			// A 200 that is no event stream (a gateway's page, a proxy
-			// that answers for everything) is not Atlas answering: the
-			// next replica is tried, as after a 5xx.
-			ct := res.Header.Get("Content-Type")
-			res.Body.Close()
-			cancel()
-			err = sb.Errorf(sb.EUnavailable, "atlas %s: answered 200 with %q, not an event stream", RedactURL(base), ct)
-			res = nil
-			if ctx.Err() != nil {
-				return lastEventID, ctx.Err()
-			}
-			continue
-		}
-		if err == nil && res.StatusCode == http.StatusOK {
+		if err == nil && res.StatusCode == http.StatusOK && isEventStream(res.Header.Get("Content-Type")) {
 			a.mu.Lock()
 			a.good = n
 			a.mu.Unlock()
@@ -581,7 +567,14 @@ func (a *Atlas) watch(ctx context.Context, realm string, services []string, last
 			break
 		}
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil && res.StatusCode == http.StatusOK:
+			// A 200 that is no event stream (a gateway's page, a proxy
+			// that answers for everything) is not Atlas answering: the
+			// next replica is tried, as after a 5xx.
+			res.Body.Close()
+			err = sb.Errorf(sb.EUnavailable, "atlas %s: answered 200 with %q, not an event stream", RedactURL(base), res.Header.Get("Content-Type"))
+		case err == nil:
 			data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
 			res.Body.Close()
 			e := decodeError(res.StatusCode, data)
@@ -592,7 +585,7 @@ func (a *Atlas) watch(ctx context.Context, realm string, services []string, last
 			// of it (502, 504), is passed over as an unreachable one is:
 			// the stream is a GET, and the next replica may serve it.
 			err = e
-		} else {
+		default:
 			err = sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err)
 		}
 		res = nil
