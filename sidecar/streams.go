@@ -388,6 +388,16 @@ func (s *Sidecar) followShared(ctx context.Context, g *group, services []string)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var warned failureLog
+	// each calls f with the name of every service still followed here.
+	each := func(f func(name string)) {
+		g.applying.Lock()
+		defer g.applying.Unlock()
+		for name := range g.pools {
+			f(name)
+		}
+	}
+	reachable := func(name string) { s.unreachable.Delete(name) }
+	defer each(reachable)
 	// Every call below runs in this goroutine, one at a time.
 	s.atlas.Follow(ctx, s.cfg.Realm, services, func(ev client.Event) {
 		g.applying.Lock()
@@ -403,29 +413,18 @@ func (s *Sidecar) followShared(ctx context.Context, g *group, services []string)
 			cancel()
 			return
 		}
-		g.applying.Lock()
-		for name := range g.pools {
+		each(func(name string) {
 			s.unreachable.Store(name, true)
 			s.m.watchErrors.WithLabelValues(name).Inc()
-		}
-		g.applying.Unlock()
+		})
 		if warned.failed(err) {
 			s.log.Warn("sidecar: watching Atlas failed; keeping the last known instances", "services", services, "err", err, "retry_in", retryIn.String())
 		}
 	}, client.OnOpen(func() {
 		// Atlas answers: a stream resumed with nothing new brings no
 		// event, yet these are reachable again.
-		g.applying.Lock()
-		for name := range g.pools {
-			s.unreachable.Delete(name)
-		}
-		g.applying.Unlock()
+		each(reachable)
 	}))
-	g.applying.Lock()
-	for name := range g.pools {
-		s.unreachable.Delete(name)
-	}
-	g.applying.Unlock()
 	return refused
 }
 
