@@ -242,7 +242,7 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 		return err
 	}
 	if spec.Lua != "" {
-		if _, err := writeHopLua(d.Dir); err != nil {
+		if err := writeHopLua(spec.Lua); err != nil {
 			return err
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 )
 
 // hopLua removes the headers that a message's Connection header names
@@ -66,21 +65,21 @@ func hasLua(binary string) bool {
 	return err == nil && (bytes.Contains(out, []byte("+LUA")) || bytes.Contains(out, []byte("USE_LUA=1")))
 }
 
-// writeHopLua writes hopLua into dir, whole or not at all, and returns its
-// path. The driver writes it before every check of a config, as it does
-// the config: a file removed or damaged since (a cleaned directory) would
-// otherwise have every later config refused, and HAProxy not restart.
-func writeHopLua(dir string) (string, error) {
-	path := filepath.Join(dir, "hop.lua")
+// writeHopLua writes hopLua to path, whole or not at all (it leaves a file
+// that holds it already as it is). The driver writes it before every
+// check of a config, as it does the config: a file removed or damaged
+// since (a cleaned directory) would otherwise have every later config
+// refused, and HAProxy not restart.
+func writeHopLua(path string) error {
 	if b, err := os.ReadFile(path); err == nil && string(b) == hopLua {
-		return path, nil
+		return nil
 	}
 	tmp := path + ".new"
 	if err := os.WriteFile(tmp, []byte(hopLua), 0o600); err != nil {
-		return "", fmt.Errorf("haproxy: %w", err)
+		return fmt.Errorf("haproxy: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("haproxy: %w", err)
+		return fmt.Errorf("haproxy: %w", err)
 	}
-	return path, nil
+	return nil
 }

@@ -46,7 +46,7 @@ type Spec struct {
 	// Fallback is the sidecar's built-in frontend, for services HAProxy
 	// does not know yet (the first call to a service subscribes to it).
 	Fallback string
-	// Lua is the path of hopLua (writeHopLua); "" when HAProxy has no Lua,
+	// Lua is the path of hopLua (written by writeHopLua); "" when HAProxy has no Lua,
 	// and the headers Connection names then go on.
 	Lua  string
 	HTTP []Backend

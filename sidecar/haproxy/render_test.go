@@ -41,10 +41,11 @@ func TestRenderGolden(t *testing.T) {
 	}
 	// The same spec in a temp dir is a config HAProxy accepts.
 	dir := t.TempDir()
-	if _, err := writeHopLua(dir); err != nil {
+	spec := goldenSpec(dir)
+	if err := writeHopLua(spec.Lua); err != nil {
 		t.Fatal(err)
 	}
-	text, _ := Render(goldenSpec(dir))
+	text, _ := Render(spec)
 	path := filepath.Join(dir, "haproxy.cfg")
 	os.WriteFile(path, []byte(text), 0o600)
 	if out, err := exec.Command("haproxy", "-c", "-q", "-f", path).CombinedOutput(); err != nil {
