@@ -322,30 +322,18 @@ func (b *bench) batchHeartbeats(ctx context.Context, clients, n, size int, d tim
 	return t, beats.Load(), err
 }
 
-// leanConns is a minimal HTTP/1.1 client for small requests: one kept-alive
-// connection per concurrent caller, each request written in one write and
-// its answer read into a reused buffer. net/http's client costs the load
-// generator about as much CPU per registration as Atlas spends, on the
-// same two cores; this one a fraction of it, so that its row says more
-// about Atlas (as the lean blocking-query watcher does).
+// leanConns is a pool of leanConn, one per concurrent caller, for the
+// lean client's registrations.
 type leanConns struct {
 	host string
 	idle chan *leanConn
-}
-
-type leanConn struct {
-	conn net.Conn
-	br   *bufio.Reader
-	req  []byte
-	body []byte
 }
 
 func newLeanConns(base string, n int) *leanConns {
 	return &leanConns{host: strings.TrimPrefix(base, "http://"), idle: make(chan *leanConn, n)}
 }
 
-// do sends method path (a body as JSON) and reads the answer; anything
-// but 200 is an error naming the request and the answer.
+// do is leanConn.do on a connection of the pool.
 func (l *leanConns) do(ctx context.Context, method, path string, body []byte) error {
 	var c *leanConn
 	select {
@@ -353,7 +341,7 @@ func (l *leanConns) do(ctx context.Context, method, path string, body []byte) er
 	default:
 		c = &leanConn{}
 	}
-	err := c.do(ctx, l.host, method, path, body)
+	_, _, err := c.do(ctx, l.host, method, path, body)
 	if err != nil {
 		c.close()
 	}
@@ -377,6 +365,18 @@ func (l *leanConns) close() {
 	}
 }
 
+// leanConn is a minimal HTTP/1.1 client on one kept-alive connection: each
+// request written in one write, its answer read into a reused buffer.
+// net/http's client costs the load generator about as much CPU per
+// request as Atlas spends, on the same two cores; this one a fraction of
+// it, so that a figure from it says more about Atlas.
+type leanConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	req  []byte
+	body []byte
+}
+
 func (c *leanConn) close() {
 	if c.conn != nil {
 		c.conn.Close()
@@ -384,17 +384,22 @@ func (c *leanConn) close() {
 	}
 }
 
-func (c *leanConn) do(ctx context.Context, host, method, path string, body []byte) error {
+// do sends method path (a body as JSON), dialling host first when the
+// connection is closed, and returns the answer's Switchboard-Index and
+// body (good until the next call); anything but 200 is an error naming
+// the request and the answer. ctx ending interrupts it. After an error
+// the caller closes the connection.
+func (c *leanConn) do(ctx context.Context, host, method, path string, body []byte) (index uint64, answer []byte, err error) {
 	if c.conn == nil {
 		conn, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", host)
 		if err != nil {
-			return err
+			return 0, nil, err
 		}
-		c.conn, c.br = conn, bufio.NewReaderSize(conn, 4<<10)
+		c.conn, c.br = conn, bufio.NewReaderSize(conn, 32<<10)
 	}
-	if d, ok := ctx.Deadline(); ok {
-		c.conn.SetDeadline(d)
-	}
+	conn := c.conn
+	conn.SetDeadline(time.Time{})
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
 	c.req = append(c.req[:0], method...)
 	c.req = append(c.req, ' ')
 	c.req = append(c.req, path...)
@@ -406,10 +411,10 @@ func (c *leanConn) do(ctx context.Context, host, method, path string, body []byt
 	}
 	c.req = append(c.req, "\r\n\r\n"...)
 	c.req = append(c.req, body...)
-	if _, err := c.conn.Write(c.req); err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+	if _, err := conn.Write(c.req); err != nil {
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	status, _, cl, err := readLeanHead(c.br)
+	status, index, cl, err := readLeanHead(c.br)
 	if err == nil && cl < 0 {
 		err = errors.New("answer without Content-Length")
 	}
@@ -421,12 +426,12 @@ func (c *leanConn) do(ctx context.Context, host, method, path string, body []byt
 		_, err = io.ReadFull(c.br, c.body)
 	}
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if status != http.StatusOK {
-		return fmt.Errorf("%s %s: status %d: %s", method, path, status, bytes.TrimSpace(c.body[:min(len(c.body), 512)]))
+		return 0, nil, fmt.Errorf("%s %s: status %d: %s", method, path, status, bytes.TrimSpace(c.body[:min(len(c.body), 512)]))
 	}
-	return nil
+	return index, c.body, nil
 }
 
 // registerLean registers n instances of their own (lean-0000000...) with

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -374,85 +373,32 @@ func getInto(ctx context.Context, c *http.Client, url string, buf *[]byte) (*htt
 	return resp, nil
 }
 
-// leanBlockingWatcher is blockingWatcher with a minimal HTTP/1.1 client of
-// its own on one kept-alive connection (request written in one write,
-// answer read into a reused buffer): the same work as a watcher, less of the
-// load generator's CPU (net/http's client costs about as much per answer as
-// Atlas does on this machine, on the same cores), so that the figure says
-// more about Atlas.
+// leanBlockingWatcher is blockingWatcher with a leanConn of its own: the
+// same work as a watcher, less of the load generator's CPU (net/http's
+// client costs about as much per answer as Atlas does on this machine, on
+// the same cores), so that the figure says more about Atlas.
 func (b *bench) leanBlockingWatcher(ctx context.Context, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
 	host := strings.TrimPrefix(base, "http://")
 	var (
-		conn    net.Conn
-		br      *bufio.Reader
+		c       leanConn
 		index   uint64
-		body    []byte
-		req     []byte
 		isReady bool
 	)
-	stop := context.AfterFunc(ctx, func() {
-		if conn != nil {
-			conn.Close()
-		}
-	})
-	defer stop()
-	defer func() {
-		if conn != nil {
-			conn.Close()
-		}
-	}()
-	fail := func(err error) bool {
-		if conn != nil {
-			conn.Close()
-			conn = nil
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		onErr(err)
-		return sleep(ctx, 100*time.Millisecond) == nil
-	}
+	defer c.close()
 	for ctx.Err() == nil {
-		if conn == nil {
-			c, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
-			if err != nil {
-				if !fail(err) {
-					return
-				}
-				continue
-			}
-			conn, br = c, bufio.NewReaderSize(c, 32<<10)
-		}
-		req = append(req[:0], "GET /v1/services/"+watchedService...)
+		path := "/v1/services/" + watchedService
 		if index > 0 {
-			req = append(req, "?index="...)
-			req = strconv.AppendUint(req, index, 10)
-			req = append(req, "&wait=60s"...)
+			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
 		}
-		req = append(req, " HTTP/1.1\r\nHost: "+host+"\r\n\r\n"...)
-		if _, err := conn.Write(req); err != nil {
-			if !fail(err) {
-				return
-			}
-			continue
-		}
-		status, n, cl, err := readLeanHead(br)
-		if err == nil && status != http.StatusOK {
-			err = fmt.Errorf("GET /v1/services/%s: status %d", watchedService, status)
-		}
-		if err == nil && cl < 0 {
-			err = errors.New("answer without Content-Length")
-		}
-		if err == nil {
-			if cap(body) < cl {
-				body = make([]byte, cl)
-			}
-			body = body[:cl]
-			_, err = io.ReadFull(br, body)
-		}
+		n, body, err := c.do(ctx, host, http.MethodGet, path, nil)
 		now := time.Now()
 		if err != nil {
-			if !fail(err) {
+			c.close()
+			if ctx.Err() != nil {
+				return
+			}
+			onErr(err)
+			if sleep(ctx, 100*time.Millisecond) != nil {
 				return
 			}
 			continue
