@@ -133,6 +133,38 @@ func TestStaleConnectionIsReplacedForReplayableRequests(t *testing.T) {
 	}
 }
 
+// TestHalfClosedConnectionIsNotWaitedOn: an instance that ends its side
+// of a kept-alive connection while idle and reads on (Apache's lingering
+// close, at a graceful restart or a keep-alive timeout) draws no reset
+// when the next request comes. That request must find the close at once
+// and go on a new connection, not wait for an answer that cannot come:
+// the answer is read with a read(2) first, which sees the end of file
+// that came before the request. (Sending the request from inside the
+// read, after Go's poller has cleared its readiness, saves a read that
+// finds nothing on every request, but loses this end of file: tried and
+// reverted twice, bench/README.md.)
+func TestHalfClosedConnectionIsNotWaitedOn(t *testing.T) {
+	addr, accepted := rawInstance(t, func(_, req int64, c net.Conn) bool {
+		if req == 1 {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			c.(*net.TCPConn).CloseWrite()
+		}
+		return true // reads on, and answers nothing more
+	})
+	f := newFrontend(t)
+	f.set("a", addr)
+	if res, body := f.do("GET", "a", "/", ""); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("first GET = %d %q", res.StatusCode, body)
+	}
+	time.Sleep(20 * time.Millisecond) // the close reaches the sidecar's side
+	if res, body := f.do("GET", "a", "/", "", TimeoutHeader, "10s"); res.StatusCode != 200 || body != "ok" {
+		t.Fatalf("GET after the instance's half close = %d %q; want 200 on a new connection", res.StatusCode, body)
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("instance accepted %d connections; want 2", n)
+	}
+}
+
 func TestIdleConnectionIsProbedBeforeUse(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the probe threshold")
