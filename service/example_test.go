@@ -5,15 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-go/switchboard/service"
 )
 
 func Example() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	svc := service.New("identity") // name, realm, config, logger from env + Atlas
 	svc.Check("redis", func(ctx context.Context) (string, error) { return "redis ok", nil })
 	svc.HandleFunc("GET /teams", func(w http.ResponseWriter, r *http.Request) {
@@ -26,7 +22,7 @@ func Example() {
 		res.Body.Close()
 		fmt.Fprintln(w, `["core", "platform"]`)
 	})
-	if err := svc.Run(ctx); err != nil { // serves until SIGTERM, then drains
+	if err := svc.Run(context.Background()); err != nil { // serves until SIGTERM or SIGINT, then drains
 		svc.Logger().Error("identity stopped", "err", err)
 		os.Exit(1)
 	}

@@ -8,7 +8,7 @@
 //	svc := service.New("identity")
 //	svc.Check("redis", func(ctx context.Context) (string, error) { ... })
 //	svc.Handle("/teams", teams)
-//	if err := svc.Run(ctx); err != nil { ... }
+//	if err := svc.Run(ctx); err != nil { ... } // serves until SIGTERM, then drains
 package service
 
 import (
@@ -21,12 +21,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -335,16 +337,24 @@ func (s *Service) DB() (*sql.DB, error) {
 	return s.db, nil
 }
 
-// Run serves until ctx ends (SIGTERM in main), then shuts down: readiness
-// fails first, then it waits until Atlas says the sidecars have stopped
-// routing here (at most DrainTimeout), then in-flight requests drain (at
-// most DrainTimeout). It returns nil after a clean shutdown, and an error
+// Run serves until ctx ends or the process gets SIGTERM or SIGINT, then
+// shuts down: readiness fails first, then it waits until Atlas says the
+// sidecars have stopped routing here (at most DrainTimeout), then
+// in-flight requests drain (at most DrainTimeout). A second signal during
+// the shutdown ends the process at once, as a signal does when nothing
+// catches it. Run returns nil after a clean shutdown, and an error
 // wrapping ErrDrainTimeout when requests still running at the end of the
 // drain were cut off.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfgErr != nil {
 		return s.cfgErr
 	}
+	// Caught here, not only in main: a Run given a context no signal
+	// ends (context.Background()) still drains on SIGTERM.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	stopSignals := sync.OnceFunc(func() { signal.Stop(sig) })
+	defer stopSignals()
 	s.checker.Register(s.mux)
 	s.mux.Handle("GET /environment", http.HandlerFunc(s.environment))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
@@ -372,7 +382,10 @@ func (s *Service) Run(ctx context.Context) error {
 	case err := <-errc:
 		return fmt.Errorf("service %s: %w", s.Name, err)
 	case <-ctx.Done():
+	case got := <-sig:
+		s.log.Info("service: got a signal", "signal", got.String())
 	}
+	stopSignals()
 	s.log.Info("service: shutting down: readiness fails from now")
 	s.checker.SetDraining(true)
 	s.waitForSidecars()

@@ -7,18 +7,16 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/switchboard-go/switchboard/service"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	svc := service.New("dashboard")
 	routes(svc)
-	if err := svc.Run(ctx); err != nil { // serves until SIGTERM, then drains
+	// Run serves until SIGTERM or SIGINT, then drains (a second signal
+	// ends the process at once).
+	if err := svc.Run(context.Background()); err != nil {
 		svc.Logger().Error("dashboard stopped", "err", err)
 		os.Exit(1)
 	}
