@@ -170,6 +170,17 @@ func (p *principal) own(realm, service string) error {
 // binding says what a service token is bound to, for a refusal: a token
 // made for another realm (a forgotten --realm, a sidecar.yaml's realm)
 // reads otherwise as a missing policy.
+// services names the services a token acts for, for messages.
+func (p *principal) services() string {
+	switch len(p.tok.Services) {
+	case 0:
+		return "its services"
+	case 1:
+		return "service " + p.tok.Services[0]
+	}
+	return "services " + strings.Join(p.tok.Services, ", ")
+}
+
 func (p *principal) binding() string {
 	if p.tok.Role != sb.RoleService {
 		return ""
@@ -203,7 +214,9 @@ func (p *principal) readService(realm, service string) error {
 	if p.tok.Role == sb.RoleService && !slices.Contains(p.tok.Realms, realm) {
 		return denied("%s may not read service %s in realm %s%s", p.name(), service, realm, p.binding())
 	}
-	return denied("%s may not read service %s in realm %s: no policy lets its services call it", p.name(), service, realm)
+	// The token's services name the caller: a sidecar that only routes
+	// has no service of its own to name in its 403.
+	return denied("%s may not read service %s in realm %s: no policy lets %s call it", p.name(), service, realm, p.services())
 }
 
 // createToken stores a new token and returns it with its secret, once.

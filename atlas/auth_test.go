@@ -161,6 +161,15 @@ func TestAuth(t *testing.T) {
 			}
 		})
 	}
+	// A refused read names the service asked for and the token's own (a
+	// sidecar that only routes has no service of its own to name in the
+	// 403 it gives the caller: it passes this message on).
+	dash := a.newToken(t, `{"name":"dash","role":"service","services":["dashboard"],"realms":["production"]}`)
+	r := a.doAs(dash, "GET", "/v1/watch?realm=production&service=redis", "")
+	var e struct{ Error sb.Error }
+	if json.Unmarshal(r.body, &e); r.status != 403 || !strings.Contains(e.Error.Message, "service redis") || !strings.Contains(e.Error.Message, "service dashboard") {
+		t.Errorf("watch refused by policy = %d %q; want 403 naming service redis and service dashboard", r.status, e.Error.Message)
+	}
 	// The instances a service may not take over are as they were.
 	for id, want := range map[string]string{"billing-1": "billing/production", "dev-identity-1": "identity/dev"} {
 		var in sb.Instance
