@@ -117,6 +117,19 @@ func (s *Server) routes() http.Handler {
 		return nil
 	}))
 	mux.Handle("GET /v1/health", s.wrap("GET /v1/health", true, s.handleHealth))
+	// The same check in Kubernetes' forms, for probes that expect them:
+	// /livez passes while Atlas serves (a store that does not answer is
+	// no reason to restart it), /readyz runs the store check.
+	for _, p := range []string{"/livez", "/livez/{check}", "/readyz", "/readyz/{check}"} {
+		h := s.health.Livez()
+		if strings.HasPrefix(p, "/readyz") {
+			h = s.health.Readyz()
+		}
+		mux.Handle("GET "+p, s.wrap("GET "+p, true, func(w http.ResponseWriter, r *http.Request) error {
+			h.ServeHTTP(w, r)
+			return nil
+		}))
+	}
 	// The dashboard's files hold no data: they need no token.
 	mux.Handle("GET /ui/", ui.Handler("/ui/"))
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))

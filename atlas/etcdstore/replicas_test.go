@@ -258,6 +258,13 @@ func TestQuorumLost(t *testing.T) {
 	if st, _, _ := do(t, "GET", a.http.URL+"/v1/health", ""); st != 503 {
 		t.Fatalf("health without quorum = %d; want 503", st)
 	}
+	// Kubernetes' forms: not ready, yet alive (nothing a restart mends).
+	if st, body, _ := do(t, "GET", a.http.URL+"/readyz", ""); st != 500 || !strings.Contains(body, "[-]store failed") {
+		t.Fatalf("readyz without quorum = %d %s; want 500 naming the store", st, body)
+	}
+	if st, body, _ := do(t, "GET", a.http.URL+"/livez", ""); st != 200 {
+		t.Fatalf("livez without quorum = %d %s; want 200", st, body)
+	}
 }
 
 // TestTwoReplicasShareTokensPoliciesAndPorts: with authentication on, a
