@@ -167,9 +167,6 @@ func (p *principal) own(realm, service string) error {
 	return denied("%s may not act for service %s in realm %s%s", p.name(), service, realm, p.binding())
 }
 
-// binding says what a service token is bound to, for a refusal: a token
-// made for another realm (a forgotten --realm, a sidecar.yaml's realm)
-// reads otherwise as a missing policy.
 // services names the services a token acts for, for messages.
 func (p *principal) services() string {
 	switch len(p.tok.Services) {
@@ -181,6 +178,9 @@ func (p *principal) services() string {
 	return "services " + strings.Join(p.tok.Services, ", ")
 }
 
+// binding says what a service token is bound to, for a refusal: a token
+// made for another realm (a forgotten --realm, a sidecar.yaml's realm)
+// reads otherwise as a missing policy.
 func (p *principal) binding() string {
 	if p.tok.Role != sb.RoleService {
 		return ""

@@ -94,7 +94,7 @@ func startSignalChild(t *testing.T) *signalled {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	lines := make(chan string, 16)
+	lines := make(chan string, 256) // the test reads them only while it waits for one
 	go func() {
 		defer close(lines)
 		sc := bufio.NewScanner(out)
@@ -155,8 +155,9 @@ func waitLine(t *testing.T, lines <-chan string, mark string) (string, bool) {
 const draining = "shutting down: readiness fails from now"
 
 // TestRunDrainsOnSIGTERM: a Run whose context never ends (the SPEC's
-// snippet with context.Background()) still drains on SIGTERM: readiness
-// fails, the request in flight is answered, and Run returns nil.
+// snippet with context.Background()) still drains on SIGTERM: the
+// shutdown starts (its log line says readiness fails), the request in
+// flight is answered, Run returns nil and the process exits 0.
 func TestRunDrainsOnSIGTERM(t *testing.T) {
 	c := startSignalChild(t)
 	c.startSlow(t)

@@ -134,8 +134,8 @@ func TestStaleConnectionIsReplacedForReplayableRequests(t *testing.T) {
 }
 
 // TestHalfClosedConnectionIsNotWaitedOn: an instance that ends its side
-// of a kept-alive connection while idle and reads on (Apache's lingering
-// close, at a graceful restart or a keep-alive timeout) draws no reset
+// of a kept-alive connection while idle and reads on (a lingering close,
+// as Apache's httpd closes connections) draws no reset
 // when the next request comes. That request must find the close at once
 // and go on a new connection, not wait for an answer that cannot come:
 // the answer is read with a read(2) first, which sees the end of file
