@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -571,6 +573,50 @@ func TestSidecarDrainOnSIGTERM(t *testing.T) {
 		t.Fatalf("a's instance after the drain: %d; want it deregistered", status)
 	}
 	t.Logf("%d GETs through b while a drained, none failed", l.ok.Load())
+}
+
+// TestSecondSignalEndsTheDrain: a sidecar draining on SIGTERM (here for
+// as long as its drain_timeout: Atlas is stopped, so the drain waits)
+// ends at once on a second signal, as a second Ctrl-C is meant.
+func TestSecondSignalEndsTheDrain(t *testing.T) {
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	p := startPy(t, "one")
+	s := startSidecar(t, fmt.Sprintf("atlas: %s\nhost: hosta\nadvertise: 127.0.0.1\ndrain_timeout: 60s\nservices:\n  - {name: files, port: %d, check: {http: /who, interval: 300ms}}\n", a.url, p.port))
+	waitFor(t, "the instance registered", 20*time.Second, func() bool {
+		status, _, _ := call(context.Background(), "GET", a.url+fmt.Sprintf("/v1/instances/files-hosta-%d", p.port), "")
+		return status == 200
+	})
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.cmd.Process.Signal(syscall.SIGCONT) })
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Readiness fails once the shutdown has begun.
+	waitFor(t, "the sidecar's readiness to fail", 20*time.Second, func() bool {
+		res, err := httpc.Get("http://" + s.admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode != 200
+	})
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the sidecar still drained 30s after a second SIGTERM\n%s", s.log())
+	}
+	var ee *exec.ExitError
+	if !errors.As(s.err, &ee) {
+		t.Fatalf("the sidecar exited with %v after a second SIGTERM; want killed by it", s.err)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("the sidecar exited with %v after a second SIGTERM; want killed by it", s.err)
+	}
 }
 
 // rss returns a process's resident memory in KiB.
