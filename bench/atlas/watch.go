@@ -305,17 +305,37 @@ func (b *bench) sseWatcher(ctx context.Context, c *http.Client, base string, rea
 // blockingWatcher polls GET /v1/services/watched as a blocking query,
 // issuing it again after every answer, until ctx ends.
 func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
+	var body []byte
+	blockingLoop(ctx, func(path string) (uint64, []byte, error) {
+		resp, err := getInto(ctx, c, base+path, &body)
+		if err != nil {
+			return 0, nil, err
+		}
+		n, err := strconv.ParseUint(resp.Header.Get("Switchboard-Index"), 10, 64)
+		if err != nil {
+			// The answer still counts; the next query starts again.
+			onErr(fmt.Errorf("GET %s: Switchboard-Index: %v", path, err))
+			n = 0
+		}
+		return n, body, nil
+	}, ready, check, onErr)
+}
+
+// blockingLoop asks get for the watched service, as a blocking query from
+// the index of the answer before, until ctx ends. get returns an answer's
+// index and body, or an error, which goes to onErr before the next try
+// 100 ms later.
+func blockingLoop(ctx context.Context, get func(path string) (uint64, []byte, error), ready func(), check func([]byte, time.Time), onErr func(error)) {
 	var (
 		index   uint64
 		isReady bool
-		body    []byte
 	)
 	for ctx.Err() == nil {
 		path := "/v1/services/" + watchedService
 		if index > 0 {
 			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
 		}
-		resp, err := getInto(ctx, c, base+path, &body)
+		n, body, err := get(path)
 		now := time.Now()
 		if ctx.Err() != nil {
 			return
@@ -327,14 +347,9 @@ func (b *bench) blockingWatcher(ctx context.Context, c *http.Client, base string
 			}
 			continue
 		}
-		n, err := strconv.ParseUint(resp.Header.Get("Switchboard-Index"), 10, 64)
-		switch {
-		case err != nil:
-			onErr(fmt.Errorf("GET %s: Switchboard-Index: %v", path, err))
-			index = 0
-		case n < index:
+		if n < index {
 			index = 0 // SPEC: an index that goes backwards means start again
-		default:
+		} else {
 			index = n
 		}
 		check(body, now)
@@ -379,41 +394,15 @@ func getInto(ctx context.Context, c *http.Client, url string, buf *[]byte) (*htt
 // the same cores), so that the figure says more about Atlas.
 func (b *bench) leanBlockingWatcher(ctx context.Context, base string, ready func(), check func([]byte, time.Time), onErr func(error)) {
 	host := strings.TrimPrefix(base, "http://")
-	var (
-		c       leanConn
-		index   uint64
-		isReady bool
-	)
+	var c leanConn
 	defer c.close()
-	for ctx.Err() == nil {
-		path := "/v1/services/" + watchedService
-		if index > 0 {
-			path += "?index=" + strconv.FormatUint(index, 10) + "&wait=60s"
-		}
+	blockingLoop(ctx, func(path string) (uint64, []byte, error) {
 		n, body, err := c.do(ctx, host, http.MethodGet, path, nil)
-		now := time.Now()
 		if err != nil {
 			c.close()
-			if ctx.Err() != nil {
-				return
-			}
-			onErr(err)
-			if sleep(ctx, 100*time.Millisecond) != nil {
-				return
-			}
-			continue
 		}
-		if n < index {
-			index = 0 // SPEC: an index that goes backwards means start again
-		} else {
-			index = n
-		}
-		check(body, now)
-		if !isReady {
-			isReady = true
-			ready()
-		}
-	}
+		return n, body, err
+	}, ready, check, onErr)
 }
 
 // readLeanHead reads an answer's status line and headers: the status, the
