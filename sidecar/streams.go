@@ -266,14 +266,6 @@ func (m *streams) regroup() {
 	if m.noShare > 0 {
 		m.noShare--
 	}
-	live := func(g *group) (pools []*balance.Pool) {
-		for _, p := range g.pools {
-			if m.member[p] == g {
-				pools = append(pools, p)
-			}
-		}
-		return pools
-	}
 	var joining []*balance.Pool
 	if m.noShare == 0 {
 		for p, o := range m.alone {
@@ -286,15 +278,23 @@ func (m *streams) regroup() {
 		restart  []*group
 		smallest *group
 		smallN   int
+		// live holds each group's pools still followed through it: those
+		// drop has taken out are in g.pools until no event is applied.
+		live = make(map[*group][]*balance.Pool, len(m.groups))
 	)
 	for g := range m.groups {
-		pools := live(g)
-		for _, p := range pools {
+		var pools []*balance.Pool
+		for _, p := range g.pools {
+			if m.member[p] != g {
+				continue
+			}
 			if m.s.isUnreachable(p.Service) {
 				m.mu.Unlock()
 				return
 			}
+			pools = append(pools, p)
 		}
+		live[g] = pools
 		switch {
 		case m.noShare > 0 || 2*len(pools) <= g.size:
 			restart = append(restart, g)
@@ -307,9 +307,10 @@ func (m *streams) regroup() {
 	}
 	n := len(joining)
 	for _, g := range restart {
-		n += len(live(g))
+		n += len(live[g])
 	}
-	if len(restart) == 0 && (len(joining) < 2 || m.noShare > 0) || n < 2 && m.noShare == 0 {
+	// (While sharing is refused, joining is empty.)
+	if len(restart) == 0 && len(joining) < 2 || n < 2 && m.noShare == 0 {
 		m.mu.Unlock()
 		return
 	}
@@ -325,7 +326,7 @@ func (m *streams) regroup() {
 		ends = append(ends, o.done)
 	}
 	for _, g := range restart {
-		for _, p := range live(g) {
+		for _, p := range live[g] {
 			delete(m.member, p)
 			m.moving[p] = false
 		}
