@@ -18,11 +18,15 @@ import (
 
 // startRegrouping starts a sidecar of cfg that regroups its streams and
 // sweeps its table at the intervals given, and stops it when the test
-// ends. log may be nil.
+// ends. It logs to log, when one is given.
 func startRegrouping(t *testing.T, cfg Config, token string, regroup, sweep time.Duration, log ...*slog.Logger) *Sidecar {
 	t.Helper()
 	cfg.Listen, cfg.Admin = "127.0.0.1:0", "127.0.0.1:0"
-	s, err := New(cfg, append(log, nil)[0])
+	var logger *slog.Logger
+	if len(log) > 0 {
+		logger = log[0]
+	}
+	s, err := New(cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

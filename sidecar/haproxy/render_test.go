@@ -46,10 +46,16 @@ func TestRenderGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	text, _ := Render(spec)
+	accepts(t, dir, text, "the rendered config")
+}
+
+// accepts has Debian's haproxy check text, written to a file in dir.
+func accepts(t *testing.T, dir, text, what string) {
+	t.Helper()
 	path := filepath.Join(dir, "haproxy.cfg")
 	os.WriteFile(path, []byte(text), 0o600)
 	if out, err := exec.Command("haproxy", "-c", "-q", "-f", path).CombinedOutput(); err != nil {
-		t.Fatalf("haproxy -c refuses the rendered config: %v\n%s", err, out)
+		t.Fatalf("haproxy -c refuses %s: %v\n%s", what, err, out)
 	}
 }
 
@@ -97,11 +103,7 @@ func TestRenderWithoutLua(t *testing.T) {
 	if strings.Contains(text, "lua") {
 		t.Fatalf("the config without Lua names Lua:\n%s", text)
 	}
-	path := filepath.Join(dir, "haproxy.cfg")
-	os.WriteFile(path, []byte(text), 0o600)
-	if out, err := exec.Command("haproxy", "-c", "-q", "-f", path).CombinedOutput(); err != nil {
-		t.Fatalf("haproxy -c refuses the config without Lua: %v\n%s", err, out)
-	}
+	accepts(t, dir, text, "the config without Lua")
 	if !hasLua("haproxy") {
 		t.Error("hasLua: Debian's haproxy has Lua (haproxy -vv lists +LUA)")
 	}
