@@ -74,6 +74,28 @@ func register(t *testing.T, atlasURL, id, service string, port int) {
 	}
 }
 
+// filesThroughHAProxy serves h as the one instance of files, with Atlas and
+// a sidecar in haproxy mode, and returns once HAProxy routes to it.
+func filesThroughHAProxy(t *testing.T, h http.HandlerFunc) *sidecarProc {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	register(t, a.url, "files-1", "files", ln.Addr().(*net.TCPAddr).Port)
+	s, _ := haproxySidecar(t, a.url)
+	waitFor(t, "the instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
+		st, body, _ := s.get("files", "/")
+		return st == 200 && body == "ok"
+	})
+	return s
+}
+
 // TestHAProxyMembershipChangesWithoutReload: 100 membership changes while
 // a steady stream of GETs runs through HAProxy: no request fails and
 // HAProxy never reloads (the master's own count).
@@ -206,11 +228,7 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 		h        http.Header
 	}
 	got := make(chan seen, 16)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s := filesThroughHAProxy(t, func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case got <- seen{strings.Join(r.Header.Values("X-Forwarded-For"), "\n"), r.Header.Get("Switchboard-Service"), r.Header.Clone()}:
 		default:
@@ -235,17 +253,6 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 			w.Header().Set("X-Resp-Kept", "1")
 		}
 		io.WriteString(w, "ok")
-	}), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-
-	a := startAtlas(t, t.TempDir(), "--insecure")
-	register(t, a.url, "files-1", "files", ln.Addr().(*net.TCPAddr).Port)
-	s, _ := haproxySidecar(t, a.url)
-	waitFor(t, "the instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
-	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
-		st, body, _ := s.get("files", "/")
-		return st == 200 && body == "ok"
 	})
 	for len(got) > 0 {
 		<-got
@@ -342,6 +349,62 @@ func TestHAProxyFrontendHeaders(t *testing.T) {
 	}
 	if g := next(); g.h.Get("X-Hop") != "" || g.h.Get("Connection") != "Upgrade" || g.h.Get("Upgrade") != "echo" {
 		t.Errorf("upgrade: the instance got X-Hop %q, Connection %q, Upgrade %q; want none, Upgrade, echo", g.h.Get("X-Hop"), g.h.Get("Connection"), g.h.Get("Upgrade"))
+	}
+}
+
+// TestHAProxySwitchboardTimeout: in haproxy mode, as in the built-in
+// mode, Switchboard-Timeout bounds the wait for an instance's answer (504
+// with the JSON error), and a value the built-in proxy refuses gets its 400.
+func TestHAProxySwitchboardTimeout(t *testing.T) {
+	s := filesThroughHAProxy(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			// Longer than the caller's timeout, shorter than HAProxy's
+			// 30 s: without the header's bound the caller gets 200.
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(8 * time.Second):
+			}
+		}
+		io.WriteString(w, "ok")
+	})
+	client := &http.Client{Timeout: 20 * time.Second}
+	for _, tc := range []struct {
+		path, timeout string
+		status        int
+		code          string
+	}{
+		{"/slow", "300ms", 504, "deadline_exceeded"},
+		{"/slow", "0.3s", 504, "deadline_exceeded"},
+		{"/", "2m0s", 200, ""}, // as the smart client writes a deadline
+		{"/", "2 s", 400, "invalid_argument"},
+		{"/", "90m", 400, "invalid_argument"},
+	} {
+		req, _ := http.NewRequest("GET", "http://"+s.listen+tc.path, nil)
+		req.Header.Set("Switchboard-Service", "files")
+		req.Header.Set("Switchboard-Timeout", tc.timeout)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("Switchboard-Timeout: %s: %v", tc.timeout, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.status {
+			t.Errorf("GET %s with Switchboard-Timeout: %s: %d %s; want %d", tc.path, tc.timeout, res.StatusCode, body, tc.status)
+			continue
+		}
+		if tc.code == "" {
+			continue
+		}
+		if res.Header.Get("X-Switchboard-Error") != "1" {
+			t.Errorf("Switchboard-Timeout: %s: %d without X-Switchboard-Error: 1", tc.timeout, res.StatusCode)
+		}
+		var e struct {
+			Error struct{ Code, Message string }
+		}
+		if err := json.Unmarshal(body, &e); err != nil || e.Error.Code != tc.code || !strings.Contains(e.Error.Message, tc.timeout) && tc.status == 400 {
+			t.Errorf("Switchboard-Timeout: %s: body %s; want the JSON error %s naming the value", tc.timeout, body, tc.code)
+		}
 	}
 }
 

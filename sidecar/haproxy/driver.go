@@ -158,9 +158,10 @@ func (d *Driver) Start() error {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
 	if hasLua(d.Binary) {
-		d.lua = filepath.Join(d.Dir, "hop.lua") // written with each config
+		d.lua = filepath.Join(d.Dir, luaFile)      // written with each config
+		os.Remove(filepath.Join(d.Dir, "hop.lua")) // what earlier versions wrote
 	} else {
-		d.log().Warn("haproxy: built without Lua: the headers that a Connection header names go on to instances and callers (the built-in proxy removes them)", "binary", d.Binary)
+		d.log().Warn("haproxy: built without Lua: the headers that a Connection header names go on to instances and callers (the built-in proxy removes them), and requests that carry Switchboard-Timeout go through the built-in proxy", "binary", d.Binary)
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.mu.Lock()
@@ -242,7 +243,7 @@ func (d *Driver) writeCheckedLocked(spec Spec) error {
 		return err
 	}
 	if spec.Lua != "" {
-		if err := writeHopLua(spec.Lua); err != nil {
+		if err := writeLua(spec.Lua); err != nil {
 			return err
 		}
 	}

@@ -23,7 +23,7 @@ import (
 	"github.com/switchboard-go/switchboard/balance"
 )
 
-func unusedAddr(t *testing.T) string {
+func unusedAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -581,17 +581,17 @@ func TestACheckThatDidNotRunIsRetried(t *testing.T) {
 	}
 }
 
-// hop.lua is written with each config: one removed since the start (a
+// switchboard.lua is written with each config: one removed since the start (a
 // cleaned directory) would have every later config refused, and HAProxy
 // not restart after it died.
-func TestHopLuaRemovedIsWrittenAgain(t *testing.T) {
+func TestLuaRemovedIsWrittenAgain(t *testing.T) {
 	if !hasLua("haproxy") {
 		t.Fatal("Debian's haproxy has Lua (haproxy -vv lists +LUA)")
 	}
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
 	defer backend.Close()
 	d, listen := startDriver(t)
-	lua := filepath.Join(d.Dir, "hop.lua")
+	lua := filepath.Join(d.Dir, luaFile)
 	if err := os.Remove(lua); err != nil {
 		t.Fatal(err)
 	}
@@ -601,9 +601,9 @@ func TestHopLuaRemovedIsWrittenAgain(t *testing.T) {
 		t.Fatalf("through HAProxy: %q", body)
 	}
 	if d.RefusedConfigs() != 0 || d.Reloads() == reloads {
-		t.Fatalf("after hop.lua was removed: %d configs refused, %d reloads; want 0 and 1 more", d.RefusedConfigs(), d.Reloads()-reloads)
+		t.Fatalf("after %s was removed: %d configs refused, %d reloads; want 0 and 1 more", luaFile, d.RefusedConfigs(), d.Reloads()-reloads)
 	}
-	if b, err := os.ReadFile(lua); err != nil || string(b) != hopLua {
-		t.Fatalf("hop.lua not written again: %v", err)
+	if b, err := os.ReadFile(lua); err != nil || string(b) != luaActions {
+		t.Fatalf("%s not written again: %v", luaFile, err)
 	}
 }

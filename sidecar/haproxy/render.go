@@ -46,8 +46,9 @@ type Spec struct {
 	// Fallback is the sidecar's built-in frontend, for services HAProxy
 	// does not know yet (the first call to a service subscribes to it).
 	Fallback string
-	// Lua is the path of hopLua (written by writeHopLua); "" when HAProxy has no Lua,
-	// and the headers Connection names then go on.
+	// Lua is the path of luaActions (written by writeLua); "" when HAProxy
+	// has no Lua: the headers Connection names then go on, and requests
+	// that carry Switchboard-Timeout go to Fallback.
 	Lua  string
 	HTTP []Backend
 	TCP  []TCPFrontend
@@ -107,12 +108,24 @@ frontend http-in
     # Transfer-Encoding itself; the backends strip what Connection names.)
     http-request del-header ^(keep-alive|proxy-connection|proxy-authorization|te|trailer)$ -m reg
     http-response del-header ^(keep-alive|proxy-connection|proxy-authenticate|trailer)$ -m reg
+{{- if .Lua}}
+    # Switchboard-Timeout, read as the built-in proxy reads it (its first
+    # line; switchboard.lua): a value it refuses is answered 400 here, and
+    # the backends bound the wait for the answer by the others.
+    http-request set-var(txn.sb_timeout) req.fhdr(switchboard-timeout,1),lua.sb_timeout_ms if { req.hdr_cnt(switchboard-timeout) gt 0 }
+    http-request return status 400 content-type application/json hdr X-Switchboard-Error 1 lf-string "%[req.fhdr(switchboard-timeout,1),lua.sb_timeout_error]" if { var(txn.sb_timeout) -m int lt 0 }
+{{- end}}
     acl has_service req.hdr(switchboard-service) -m found
     # Two names ("a, b", or the header twice) go to the built-in proxy,
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
     # would take whichever backend its config lists first.
     acl many_services req.hdr_cnt(switchboard-service) gt 1
     use_backend fallback_sidecar if many_services
+{{- if not .Lua}}
+    # Without Lua HAProxy cannot read Switchboard-Timeout as the built-in
+    # proxy does: that proxy routes the requests that carry one.
+    use_backend fallback_sidecar if { req.hdr_cnt(switchboard-timeout) gt 0 }
+{{- end}}
 {{- range .HTTP}}
     acl hdr_{{.Service}} req.hdr(switchboard-service) -i {{.Service}}
     acl host_{{.Service}} req.hdr(host),lower,field(1,:) -m reg ^{{quote .Service}}(\.([a-z0-9-]+\.)*localhost\.?)?$
@@ -125,6 +138,9 @@ frontend http-in
 # Services HAProxy does not route yet go to the sidecar's built-in proxy,
 # which starts watching them. (Not be_*: a service may be named sidecar.)
 backend fallback_sidecar
+    # The built-in proxy bounds each request itself (Switchboard-Timeout, up
+    # to an hour, or its 30 s): HAProxy waits for its answer.
+    timeout server 3601s
     server sidecar {{.Fallback}}
 {{range .HTTP}}
 backend be_{{.Service}}
@@ -138,11 +154,14 @@ backend be_{{.Service}}
     acl idempotent method GET HEAD PUT DELETE OPTIONS
     acl idempotency_key req.hdr(idempotency-key) -m found
     http-request disable-l7-retry if !idempotent !idempotency_key
+{{- if $.Lua}}
+    http-request set-timeout server var(txn.sb_timeout) if { var(txn.sb_timeout) -m int gt 0 }
+{{- end}}
     http-request del-header switchboard-service
     http-request del-header switchboard-timeout
-    http-error status 503 content-type application/json lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
-    http-error status 502 content-type application/json lf-string "{\"error\":{\"code\":\"bad_gateway\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
-    http-error status 504 content-type application/json lf-string "{\"error\":{\"code\":\"deadline_exceeded\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"
+    http-error status 503 content-type application/json hdr X-Switchboard-Error 1 lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
+    http-error status 502 content-type application/json hdr X-Switchboard-Error 1 lf-string "{\"error\":{\"code\":\"bad_gateway\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: every try failed\"}}"
+    http-error status 504 content-type application/json hdr X-Switchboard-Error 1 lf-string "{\"error\":{\"code\":\"deadline_exceeded\",\"message\":\"service {{.Service}} in realm {{$.Realm}}: no answer in time\"}}"
 {{- range $i, $s := .Slots}}
     server s{{$i}} {{if $s.Addr}}{{$s.Addr}} weight {{$s.Weight}}{{if not $s.Ready}} disabled{{end}}{{else}}` + freeAddr + ` weight 0 disabled{{end}}
 {{- end}}

@@ -13,7 +13,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func goldenSpec(dir string) Spec {
 	return Spec{
-		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234", Lua: filepath.Join(dir, "hop.lua"),
+		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234", Lua: filepath.Join(dir, luaFile),
 		HTTP: []Backend{
 			{Service: "identity", Slots: []Slot{{Addr: "10.0.0.5:5000", Weight: 100, Ready: true}, {Addr: "10.0.0.6:5000", Weight: 0, Ready: true}, {}, {}}},
 			{Service: "billing", Slots: []Slot{{Addr: "10.0.0.7:6000", Weight: 100, Ready: false}, {}}},
@@ -42,7 +42,7 @@ func TestRenderGolden(t *testing.T) {
 	// The same spec in a temp dir is a config HAProxy accepts.
 	dir := t.TempDir()
 	spec := goldenSpec(dir)
-	if err := writeHopLua(spec.Lua); err != nil {
+	if err := writeLua(spec.Lua); err != nil {
 		t.Fatal(err)
 	}
 	text, _ := Render(spec)
@@ -102,6 +102,10 @@ func TestRenderWithoutLua(t *testing.T) {
 	}
 	if strings.Contains(text, "lua") {
 		t.Fatalf("the config without Lua names Lua:\n%s", text)
+	}
+	// Switchboard-Timeout is then read by the built-in proxy.
+	if !strings.Contains(text, "use_backend fallback_sidecar if { req.hdr_cnt(switchboard-timeout) gt 0 }") {
+		t.Fatalf("the config without Lua does not send requests with Switchboard-Timeout to the built-in proxy:\n%s", text)
 	}
 	accepts(t, dir, text, "the config without Lua")
 	if !hasLua("haproxy") {
