@@ -309,6 +309,30 @@ func (c *candidates) nth(k int) *Endpoint {
 	return nil
 }
 
+// choose sets c to the first tier that has a candidate, its live ones when
+// it has any, and returns how many candidates that is (0: none at all).
+func (c *candidates) choose() int {
+	for _, c.status = range [...]sb.Status{sb.Passing, sb.Warning} {
+		for _, c.liveOnly = range [...]bool{true, false} {
+			if n := c.count(); n > 0 {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// Choosable returns a test of whether Pick, excluding nothing, would
+// choose among an endpoint of eps at now: an engine that balances by
+// itself (HAProxy) gives new requests to those alone.
+func Choosable(eps []*Endpoint, now time.Time) func(*Endpoint) bool {
+	c := &candidates{eps: eps, now: now}
+	if c.choose() == 0 {
+		return func(*Endpoint) bool { return false }
+	}
+	return c.ok
+}
+
 // Pick chooses an endpoint by the power of two choices on in-flight
 // requests, skipping exclude (endpoints already tried for this request).
 // It returns nil when no endpoint is routable.
@@ -326,17 +350,8 @@ func (p *Pool) Pick(exclude []*Endpoint) *Endpoint {
 // it.
 func (p *Pool) pick(exclude []*Endpoint) (e *Endpoint, ok bool) {
 	c := candidates{eps: *p.eps.Load(), exclude: exclude, now: time.Now()}
-	n := 0
-	// The first tier with a candidate, its live ones when it has any: in
-	// the common case (a passing one not ejected) one count.
-tiers:
-	for _, c.status = range [...]sb.Status{sb.Passing, sb.Warning} {
-		for _, c.liveOnly = range [...]bool{true, false} {
-			if n = c.count(); n > 0 {
-				break tiers
-			}
-		}
-	}
+	// In the common case (a passing one not ejected) one count.
+	n := c.choose()
 	switch n {
 	case 0:
 		return nil, true

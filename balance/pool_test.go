@@ -326,3 +326,55 @@ func TestPickDuringUpdates(t *testing.T) {
 		}()
 	}
 }
+
+// Choosable names the endpoints Pick chooses among: those of the first
+// tier that has one (passing and not ejected, passing, warning and not
+// ejected, warning), never critical or disabled ones.
+func TestChoosable(t *testing.T) {
+	names := func(eps []*Endpoint, ok func(*Endpoint) bool) string {
+		var s string
+		for _, e := range eps {
+			if ok(e) {
+				s += e.ID + " "
+			}
+		}
+		return s
+	}
+	p := NewPool("a", "dev")
+	p.Update([]*sb.Instance{
+		inst("p1", 1, sb.Passing, true), inst("p2", 2, sb.Passing, true), inst("w1", 3, sb.Warning, true),
+		inst("w2", 4, sb.Warning, true), inst("c", 5, sb.Critical, true), inst("off", 6, sb.Passing, false),
+		inst("p3", 7, sb.Passing, true), inst("p4", 8, sb.Passing, true),
+	}, 1)
+	eps := p.Endpoints()
+	eject := func(e *Endpoint) {
+		for range EjectAfter {
+			p.Report(e, Failed)
+		}
+		if ej, _ := e.Ejected(time.Now()); !ej {
+			t.Fatalf("%s not ejected", e.ID)
+		}
+	}
+	if got := names(eps, Choosable(eps, time.Now())); got != "p1 p2 p3 p4 " {
+		t.Fatalf("Choosable: %q; want the passing ones", got)
+	}
+	eject(eps[0])
+	if got := names(eps, Choosable(eps, time.Now())); got != "p2 p3 p4 " {
+		t.Fatalf("with p1 ejected: %q; want the other passing ones", got)
+	}
+	eject(eps[1])
+	eject(eps[6])
+	eject(eps[7])
+	if got := names(eps, Choosable(eps, time.Now())); got != "p1 p2 p3 p4 " {
+		t.Fatalf("with every passing one ejected: %q; want them all, as Pick falls back to them", got)
+	}
+	p.Update([]*sb.Instance{inst("w1", 3, sb.Warning, true), inst("w2", 4, sb.Warning, true), inst("c", 5, sb.Critical, true)}, 2)
+	eps = p.Endpoints()
+	if got := names(eps, Choosable(eps, time.Now())); got != "w1 w2 " {
+		t.Fatalf("with no passing one: %q; want the warning ones", got)
+	}
+	eps = eps[2:]
+	if got := names(eps, Choosable(eps, time.Now())); got != "" {
+		t.Fatalf("a critical one alone: %q; want none", got)
+	}
+}

@@ -408,6 +408,97 @@ func TestHAProxySwitchboardTimeout(t *testing.T) {
 	}
 }
 
+// TestHAProxyEjectsOutliers: in haproxy mode, as in the built-in mode, an
+// instance that answers 5xx is ejected (the sidecar reads HAProxy's
+// counters) and takes no more requests; of a service whose instances all
+// fail, no more than half are ejected.
+func TestHAProxyEjectsOutliers(t *testing.T) {
+	serve := func(status int) int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(status)
+			io.WriteString(w, http.StatusText(status))
+		}), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	register(t, a.url, "files-good", "files", serve(200))
+	register(t, a.url, "files-bad", "files", serve(500))
+	register(t, a.url, "flaky-1", "flaky", serve(503))
+	register(t, a.url, "flaky-2", "flaky", serve(503))
+	s, dir := haproxySidecar(t, a.url)
+	// Both services through HAProxy: a request to a service HAProxy does
+	// not route yet goes to the built-in proxy (checked below), and the
+	// first one is all it takes.
+	for _, svc := range []string{"files", "flaky"} {
+		s.get(svc, "/")
+		waitFor(t, svc+" routed by HAProxy", 20*time.Second, func() bool {
+			return len(s.routed(svc)) == 2 && haproxyHas(dir, "be_"+svc)
+		})
+	}
+	codes := map[int]int{}
+	waitFor(t, "files-bad ejected", 30*time.Second, func() bool {
+		for range 5 {
+			st, _, _ := s.get("files", "/")
+			codes[st]++
+			s.get("flaky", "/")
+		}
+		return len(s.routed("files")) == 1 && len(s.routed("flaky")) == 1
+	})
+	if got := s.routed("files"); got[0] != "files-good" {
+		t.Fatalf("routed after the ejection: %v; want files-good", got)
+	}
+	t.Logf("before the ejection: %v", codes)
+	// The ejected instance takes no more requests; of flaky's two failing
+	// instances one stays, whatever more requests fail, for the looks of
+	// several seconds.
+	for range 4 {
+		for range 10 {
+			if st, body, _ := s.get("files", "/"); st != 200 {
+				t.Fatalf("files after the ejection: %d %s", st, body)
+			}
+			s.get("flaky", "/")
+		}
+		time.Sleep(time.Second)
+	}
+	if got := s.routed("flaky"); len(got) != 1 {
+		t.Fatalf("flaky: routed %v; want one of its two instances (never more than half ejected)", got)
+	}
+	for svc, want := range map[string]string{"files": "1", "flaky": "1"} {
+		if got := s.metric(`switchboard_sidecar_ejections_total{service="` + svc + `"}`); got != want {
+			t.Errorf("ejections of %s: %q; want %s", svc, got, want)
+		}
+	}
+	// The failures the built-in proxy saw (before HAProxy routed the
+	// services) could not have ejected anything by themselves.
+	for _, svc := range []string{"files", "flaky"} {
+		for _, code := range []string{"500", "503"} {
+			if n, _ := strconv.Atoi(s.metric(`switchboard_sidecar_requests_total{code="` + code + `",service="` + svc + `"}`)); n >= 5 {
+				t.Fatalf("the built-in proxy answered %d requests to %s with %s: it may have ejected by itself", n, svc, code)
+			}
+		}
+	}
+}
+
+// haproxyHas reports whether the HAProxy worker in dir has a proxy named
+// px (its Runtime API's show stat).
+func haproxyHas(dir, px string) bool {
+	c, err := net.DialTimeout("unix", filepath.Join(dir, "admin.sock"), 2*time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "show stat -1 2 -1\n")
+	b, _ := io.ReadAll(c)
+	return strings.Contains(string(b), "\n"+px+",BACKEND,")
+}
+
 // TestHAProxyPolicyWithdrawn: in haproxy mode, a call a policy no longer
 // allows gets 403 as in the built-in mode: HAProxy must not go on routing
 // it to the service's last instances.

@@ -335,6 +335,7 @@ func (s *Sidecar) Start() error {
 		}
 		s.hap.Store(hap)
 		s.ListenAddr = s.cfg.Listen
+		s.wg.Go(func() { s.watchOutliers(hap) })
 		// All at once: a service whose instances' names do not resolve
 		// (DNS down as well as Atlas) holds up its own hand-over for up
 		// to 2 s, not every other one's.

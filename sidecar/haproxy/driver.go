@@ -72,9 +72,14 @@ type Driver struct {
 	// gave it a request: a new worker's counters start again, and Called
 	// must still name what the old one served.
 	served map[string]time.Time
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// counted holds, per backend, what each slot had served at the last
+	// look (Outcomes) and for which instance, as counted by the worker
+	// countedBy.
+	counted   map[string][]slotCount
+	countedBy int
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // backendState is what one backend's slots hold: the desired slots, and
@@ -493,9 +498,10 @@ func (d *Driver) resolve(eps []*balance.Endpoint, last map[string]string) map[st
 	return resolved
 }
 
-// slotOf describes an endpoint as a slot; ips holds the address of each
-// DNS name (resolve).
-func slotOf(e *balance.Endpoint, anyPassing bool, ips map[string]string) (Slot, error) {
+// slotOf describes an endpoint as a slot; choosable tells the endpoints
+// the built-in proxy would choose among (balance.Choosable), and ips holds
+// the address of each DNS name (resolve).
+func slotOf(e *balance.Endpoint, choosable func(*balance.Endpoint) bool, ips map[string]string) (Slot, error) {
 	host, port, err := net.SplitHostPort(e.Addr)
 	if err != nil {
 		return Slot{}, err
@@ -509,8 +515,10 @@ func slotOf(e *balance.Endpoint, anyPassing bool, ips map[string]string) (Slot, 
 	}
 	info := e.Info()
 	s := Slot{Addr: net.JoinHostPort(host, port), Weight: 100, Ready: info.Enabled && info.Status != sb.Critical}
-	// Warning instances take traffic only when no passing one is left.
-	if info.Status == sb.Warning && anyPassing {
+	// Warning instances take new requests only when no passing one is
+	// left, and ejected ones (outlier ejection) only when every one of
+	// their tier is ejected, as in the built-in proxy.
+	if !choosable(e) {
 		s.Weight = 0
 	}
 	return s, nil
@@ -523,12 +531,7 @@ func slotOf(e *balance.Endpoint, anyPassing bool, ips map[string]string) (Slot, 
 func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	// The slots first, outside the lock: resolving a DNS name may take a
 	// while, and must not hold up the other services' updates.
-	anyPassing := false
-	for _, e := range eps {
-		if info := e.Info(); info.Enabled && info.Status == sb.Passing {
-			anyPassing = true
-		}
-	}
+	choosable := balance.Choosable(eps, time.Now())
 	key := "http/" + service
 	if tcp {
 		key = "tcp/" + service
@@ -544,7 +547,7 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 	ips := d.resolve(eps, last)
 	wanted := map[string]Slot{}
 	for _, e := range eps {
-		s, err := slotOf(e, anyPassing, ips)
+		s, err := slotOf(e, choosable, ips)
 		if err != nil {
 			d.log().Warn("haproxy: instance left out", "service", service, "id", e.ID, "err", err)
 			continue
@@ -653,6 +656,65 @@ func (d *Driver) Called(ctx context.Context, within time.Duration) ([]string, er
 		}
 	}
 	return names, nil
+}
+
+// slotCount is what a slot had served at the last look, and for which
+// instance.
+type slotCount struct {
+	id string
+	Outcomes
+}
+
+// Outcomes returns, per service and instance id, the requests HAProxy
+// answered and failed since the last call (Outcomes says how it counts),
+// HTTP and L4 together; an instance that has none is left out. A slot
+// given to another instance since, and every slot after HAProxy's worker
+// changed (a reload or a restart: the counters start again), count from
+// this call on.
+func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, error) {
+	pid, stats, err := runtimeAPI{d.adminSock()}.serverStats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if pid != d.countedBy {
+		d.counted, d.countedBy = nil, pid
+	}
+	last := d.counted
+	d.counted = make(map[string][]slotCount, len(d.backends))
+	out := map[string]map[string]Outcomes{}
+	for key, b := range d.backends {
+		px := "be_" + b.service
+		if b.tcp {
+			px = "tcpbe_" + b.service
+		}
+		now := make([]slotCount, len(b.ids))
+		for i, id := range b.ids {
+			c, ok := stats[px][fmt.Sprintf("s%d", i)]
+			if id == "" || !ok {
+				continue
+			}
+			now[i] = slotCount{id: id, Outcomes: c}
+			prev := last[key]
+			if i >= len(prev) || prev[i].id != id || c.Answered < prev[i].Answered || c.Failed < prev[i].Failed {
+				continue // a new instance in the slot, or new counters
+			}
+			delta := Outcomes{Answered: c.Answered - prev[i].Answered, Failed: c.Failed - prev[i].Failed}
+			if delta == (Outcomes{}) {
+				continue
+			}
+			if out[b.service] == nil {
+				out[b.service] = map[string]Outcomes{}
+			}
+			sum := out[b.service][id]
+			sum.Answered += delta.Answered
+			sum.Failed += delta.Failed
+			out[b.service][id] = sum
+		}
+		d.counted[key] = now
+	}
+	return out, nil
 }
 
 // noteServedLocked records when the running worker last gave each backend

@@ -607,3 +607,45 @@ func TestLuaRemovedIsWrittenAgain(t *testing.T) {
 		t.Fatalf("%s not written again: %v", luaFile, err)
 	}
 }
+
+// Outcomes counts, per instance, what HAProxy's server slots answered and
+// failed since the last look: answers under 500, 5xx from the instance,
+// and connections to an instance that failed (a request HAProxy then sent
+// elsewhere). A worker's first look counts nothing.
+func TestOutcomesCountAnswersAndFailures(t *testing.T) {
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer good.Close()
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) }))
+	defer bad.Close()
+	dead := "http://" + unusedAddr(t) // refuses connections
+	d, listen := startDriver(t)
+	d.Update("files", false, endpoints(t, good.URL, bad.URL, dead))
+	waitGet(t, listen, "files", 200)
+	ctx := context.Background()
+	if _, err := d.Outcomes(ctx); err != nil { // the baseline
+		t.Fatal(err)
+	}
+	codes := map[int]int{}
+	for range 60 {
+		st, _ := get(listen, "files")
+		codes[st]++
+	}
+	got, err := d.Outcomes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := got["files"]
+	if codes[200]+codes[500] != 60 {
+		t.Fatalf("answers: %v; want 200s and 500s only", codes)
+	}
+	if o["i0"] != (Outcomes{Answered: uint64(codes[200])}) || o["i1"] != (Outcomes{Failed: uint64(codes[500])}) {
+		t.Errorf("Outcomes: good %+v, bad %+v; want %d answered and %d failed", o["i0"], o["i1"], codes[200], codes[500])
+	}
+	if o["i2"].Failed == 0 || o["i2"].Answered != 0 {
+		t.Errorf("Outcomes: the instance that refuses connections: %+v; want failures only", o["i2"])
+	}
+	// Nothing new since: nothing counted.
+	if again, err := d.Outcomes(ctx); err != nil || len(again) != 0 {
+		t.Errorf("a second look with no request between: %v, %v; want nothing", again, err)
+	}
+}

@@ -119,6 +119,95 @@ func parseLastSessions(out string) (map[string]int, error) {
 	return seen, nil
 }
 
+// Outcomes is what `show stat` counts of one server slot since its worker
+// started, as outlier ejection counts requests: answered (under 500), and
+// failed (a 5xx from the instance, or a connection to it that failed:
+// econ, or wredis, a request sent elsewhere after its try here failed).
+// HAProxy's response errors (eresp) are not counted: they mix broken
+// connections with timeouts, and a short timeout the caller chose says
+// nothing of the instance. In TCP mode every session that did not fail
+// counts as answered.
+type Outcomes struct {
+	Answered, Failed uint64
+}
+
+// serverStats reads `show stat` for the servers, per backend and server
+// name, and the pid of the worker that counted them.
+func (r runtimeAPI) serverStats(ctx context.Context) (int, map[string]map[string]Outcomes, error) {
+	out, err := r.send(ctx, "show info;show stat -1 4 -1")
+	if err != nil {
+		return 0, nil, err
+	}
+	info, stat, ok := strings.Cut(out, "\n# ")
+	if !ok {
+		return 0, nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
+	}
+	pid, err := infoPID(info)
+	if err != nil {
+		return 0, nil, err
+	}
+	stats, err := parseServerStats("# " + stat)
+	return pid, stats, err
+}
+
+// parseServerStats reads the answer to `show stat -1 4 -1`. A line whose
+// counters do not read as numbers is left out.
+func parseServerStats(out string) (map[string]map[string]Outcomes, error) {
+	lines := strings.Split(out, "\n")
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
+		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
+	}
+	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
+	names := []string{"pxname", "svname", "stot", "econ", "wredis", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx"}
+	at := make([]int, len(names))
+	for i, n := range names {
+		if at[i] = slices.Index(cols, n); at[i] < 0 {
+			return nil, fmt.Errorf("haproxy runtime API: show stat: no %s column in %q", n, lines[0])
+		}
+	}
+	stats := map[string]map[string]Outcomes{}
+	for _, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		if len(f) <= slices.Max(at) {
+			continue
+		}
+		var n [8]uint64        // stot ... hrsp_5xx
+		http := f[at[5]] != "" // TCP backends leave the hrsp columns empty
+		ok := true
+		for i := range n {
+			v := f[at[i+2]]
+			if v == "" && i >= 3 && !http {
+				continue
+			}
+			if n[i], ok = parseCount(v); !ok {
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		stot, econ, wredis := n[0], n[1], n[2]
+		var sv Outcomes
+		if http {
+			sv = Outcomes{Answered: n[3] + n[4] + n[5] + n[6], Failed: n[7] + econ + wredis}
+		} else {
+			sv = Outcomes{Answered: stot - min(stot, econ+wredis), Failed: econ + wredis}
+		}
+		px := f[at[0]]
+		if stats[px] == nil {
+			stats[px] = map[string]Outcomes{}
+		}
+		stats[px][f[at[1]]] = sv
+	}
+	return stats, nil
+}
+
+// parseCount reads one of show stat's counters.
+func parseCount(v string) (uint64, bool) {
+	n, err := strconv.ParseUint(v, 10, 64)
+	return n, err == nil
+}
+
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l

@@ -1,6 +1,7 @@
 package haproxy
 
 import (
+	"fmt"
 	"log/slog"
 	"math"
 	"slices"
@@ -18,6 +19,7 @@ func FuzzRuntimeAnswers(f *testing.F) {
 	f.Add("# pxname,svname,qcur,qmax,scur,lastsess,status\nbe_a,BACKEND,0,0,0,5,UP\nbe_b,BACKEND,0,0,0,,UP\nbe_c,BACKEND,0,0,0,-1,UP\n\n")
 	f.Add("#<PID>          <type>          <reloads>       <uptime>        <version>\n3411            master          0 [failed: 0]   0d00h00m08s     2.9.0\n# workers\n3412            worker          0               0d00h00m08s     2.9.0\n")
 	f.Add("Name: HAProxy\nVersion: 2.9.0\nPid: 3412\nUptime_sec: 8\n")
+	f.Add(serverStatSample)
 	now := time.Unix(1_700_000_000, 0)
 	f.Fuzz(func(t *testing.T, out string) {
 		if l := errorLine(out); l != "" {
@@ -48,6 +50,18 @@ func FuzzRuntimeAnswers(f *testing.F) {
 			// one "served" in the future would always be.
 			if at.After(now) {
 				t.Fatalf("servedAt: %s, last given a request %d s ago, was served at %v, after now (%v)", px, last[px], at, now)
+			}
+		}
+
+		stats, err := parseServerStats(out)
+		if err != nil && !strings.HasPrefix(err.Error(), "haproxy runtime API: show stat: ") {
+			t.Fatalf("parseServerStats(%q): error %q does not say what it read", out, err)
+		}
+		for px, svs := range stats {
+			for sv := range svs {
+				if !fields[px] || !fields[sv] {
+					t.Fatalf("parseServerStats(%q) has server %s/%s, not in the answer", out, px, sv)
+				}
 			}
 		}
 
@@ -82,5 +96,30 @@ func TestRoutineHAProxyLinesAreInfo(t *testing.T) {
 		if got := lineLevel(line); got != want {
 			t.Errorf("lineLevel(%q) = %v, want %v", line, got, want)
 		}
+	}
+}
+
+// serverStatSample is `show stat -1 4 -1` cut to the columns read: an
+// HTTP backend's server and a TCP backend's (no hrsp columns).
+const serverStatSample = "# pxname,svname,stot,econ,eresp,wredis,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx\n" +
+	"be_a,s0,12,1,3,1,0,8,0,1,2\n" +
+	"tcpbe_b,s0,5,1,0,1,,,,,\n" +
+	"be_c,s1,x,0,0,0,0,0,0,0,0\n"
+
+// parseServerStats counts answers under 500 as answered, and 5xx,
+// connection errors and redispatches as failed (never eresp: timeouts);
+// a TCP server's sessions that did not fail count as answered; a line
+// that does not read is left out.
+func TestParseServerStats(t *testing.T) {
+	got, err := parseServerStats(serverStatSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]Outcomes{
+		"be_a":    {"s0": {Answered: 9, Failed: 4}},
+		"tcpbe_b": {"s0": {Answered: 3, Failed: 2}},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("parseServerStats = %v; want %v", got, want)
 	}
 }
