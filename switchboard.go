@@ -603,9 +603,33 @@ const HungAfter = time.Second
 func ParseTimeout(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil || d < MinTimeout || d > MaxTimeout {
-		return 0, Errorf(EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %q", TimeoutHeader, v)
+		return 0, Errorf(EInvalid, "%s: must be a duration from 1ms to 1h such as 2s, got %s", TimeoutHeader, quoteValue(v))
 	}
 	return d, nil
+}
+
+// quoteValue quotes a header's value for a message, as the sidecar's
+// HAProxy does too (switchboard.lua), so that both proxies say the same:
+// printable ASCII as it is, with \" and \\ escaped, every other byte as
+// \xNN, and no more than the first 64 bytes (then "..." after the quotes),
+// so that the answer stays small whatever the header holds.
+func quoteValue(v string) string {
+	more := ""
+	if len(v) > 64 {
+		v, more = v[:64], "..."
+	}
+	b := []byte{'"'}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < ' ' || c > '~':
+			b = fmt.Appendf(b, "\\x%02x", c)
+		default:
+			b = append(b, c)
+		}
+	}
+	return string(append(b, '"')) + more
 }
 
 // Propagation is the answer of GET /v1/services/{name}/propagation: how

@@ -485,6 +485,80 @@ func TestHAProxyEjectsOutliers(t *testing.T) {
 	}
 }
 
+// TestHAProxyHearsOfBuiltInEjections: the built-in proxy routes the calls
+// HAProxy does not (here sent to it directly), to the same pools; an
+// instance it ejects gets weight 0 in HAProxy too.
+func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
+	ports := map[int]int{} // status -> port
+	for _, status := range []int{200, 500} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		ports[status] = ln.Addr().(*net.TCPAddr).Port
+	}
+	a := startAtlas(t, t.TempDir(), "--insecure")
+	register(t, a.url, "lists-good", "lists", ports[200])
+	register(t, a.url, "lists-bad", "lists", ports[500])
+	s, dir := haproxySidecar(t, a.url)
+	s.get("lists", "/")
+	waitFor(t, "lists routed by HAProxy", 20*time.Second, func() bool {
+		return len(s.routed("lists")) == 2 && haproxyHas(dir, "be_lists") && haproxyWeight(t, dir, "be_lists", ports[500]) == 100
+	})
+	cfg, err := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(cfg), "server sidecar ")
+	builtin, _, _ := strings.Cut(rest, "\n")
+	waitFor(t, "lists-bad ejected by the built-in proxy", 20*time.Second, func() bool {
+		req, _ := http.NewRequest("GET", "http://"+builtin+"/", nil)
+		req.Header.Set("Switchboard-Service", "lists")
+		if res, err := httpc.Do(req); err == nil {
+			res.Body.Close()
+		}
+		return len(s.routed("lists")) == 1
+	})
+	waitFor(t, "lists-bad at weight 0 in HAProxy", 10*time.Second, func() bool {
+		return haproxyWeight(t, dir, "be_lists", ports[500]) == 0
+	})
+}
+
+// haproxyWeight returns the weight HAProxy in dir gives the server of
+// backend at 127.0.0.1:port (show servers state), or -1.
+func haproxyWeight(t *testing.T, dir, backend string, port int) int {
+	c, err := net.DialTimeout("unix", filepath.Join(dir, "admin.sock"), 2*time.Second)
+	if err != nil {
+		return -1
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "show servers state %s\n", backend)
+	sc := bufio.NewScanner(c)
+	var cols []string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) > 1 && f[0] == "#" {
+			cols = f[1:]
+			continue
+		}
+		row := map[string]string{}
+		for i, v := range f {
+			if i < len(cols) {
+				row[cols[i]] = v
+			}
+		}
+		if row["srv_port"] == strconv.Itoa(port) && row["srv_admin_state"] == "0" {
+			w, _ := strconv.Atoi(row["srv_uweight"])
+			return w
+		}
+	}
+	return -1
+}
+
 // haproxyHas reports whether the HAProxy worker in dir has a proxy named
 // px (its Runtime API's show stat).
 func haproxyHas(dir, px string) bool {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"math/rand/v2"
 	"time"
 
 	"github.com/switchboard-go/switchboard/balance"
@@ -16,13 +17,20 @@ import (
 // (balance.Pool.Report: 5 failures in a row, 30 s × ejections, never more
 // than half of a service's instances). An ejected instance takes no new
 // requests from HAProxy (weight 0, balance.Choosable) until its ejection
-// ends, when the service is handed to HAProxy again.
+// ends: the service is handed to HAProxy again at both moments (ejected),
+// whichever proxy's requests ejected it.
 
 // outlierEvery is how often HAProxy's counters are read.
 var outlierEvery = time.Second
 
+// maxReplayed bounds the results one look replays for an instance (at a
+// higher rate they are scaled down to it, in the same ratio), so that a
+// look stays cheap however busy the instance.
+const maxReplayed = 10_000
+
 // watchOutliers reads HAProxy's counters until the sidecar stops.
 func (s *Sidecar) watchOutliers(hap *haproxy.Driver) {
+	r := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	t := time.NewTicker(outlierEvery)
 	defer t.Stop()
 	for {
@@ -40,47 +48,63 @@ func (s *Sidecar) watchOutliers(hap *haproxy.Driver) {
 			continue
 		}
 		for service, byID := range outcomes {
-			s.reportOutcomes(service, byID)
+			p := s.table.Lookup(service)
+			if p == nil {
+				continue
+			}
+			for _, e := range p.Endpoints() {
+				if o, ok := byID[e.ID]; ok {
+					reportCounts(p, e, o.Answered, o.Failed, r)
+				}
+			}
 		}
 	}
 }
 
-// reportOutcomes reports what HAProxy counted of a service's instances.
-// An instance this ejects is handed to HAProxy at once, and again when
-// its ejection ends.
-func (s *Sidecar) reportOutcomes(service string, byID map[string]haproxy.Outcomes) {
+// ejected hands service to HAProxy, in haproxy mode, when outlier
+// ejection takes out its instance id, and again when the ejection ends.
+// It is the table's OnEject: the built-in proxy routes the calls HAProxy
+// does not (a service HAProxy does not route yet), and reports them to
+// the same pools.
+func (s *Sidecar) ejected(service, id string) {
+	if s.hap.Load() == nil {
+		return
+	}
+	go s.pushHAProxy(service)
 	p := s.table.Lookup(service)
 	if p == nil {
 		return
 	}
-	ejected := false
 	for _, e := range p.Endpoints() {
-		o, ok := byID[e.ID]
-		if !ok {
+		if e.ID != id {
 			continue
 		}
-		was, _ := e.Ejected(time.Now())
-		reportCounts(p, e, o.Answered, o.Failed)
-		if is, until := e.Ejected(time.Now()); is && !was {
-			ejected = true
-			time.AfterFunc(time.Until(until)+10*time.Millisecond, func() { s.pushHAProxy(service) })
+		if ej, until := e.Ejected(time.Now()); ej {
+			time.AfterFunc(time.Until(until)+10*time.Millisecond, func() {
+				if s.ctx.Err() == nil {
+					s.pushHAProxy(service)
+				}
+			})
 		}
-	}
-	if ejected {
-		s.pushHAProxy(service)
 	}
 }
 
-// reportCounts reports answered and failed requests of e, counted in an
-// order HAProxy does not say. The failures are taken as spread evenly
-// among the answers: their longest run, ceil(failed / (answered + 1)),
-// comes last.
-func reportCounts(p *balance.Pool, e *balance.Endpoint, answered, failed uint64) {
-	if answered > 0 {
-		p.Report(e, balance.Answered)
+// reportCounts reports answered and failed requests of e, which HAProxy
+// counted in an order it does not say: they are replayed in a random
+// order (r), as independent results come, so that failures in a row eject
+// as often as they would where each request is seen (the built-in proxy).
+func reportCounts(p *balance.Pool, e *balance.Endpoint, answered, failed uint64, r *rand.Rand) {
+	if n := answered + failed; n > maxReplayed {
+		failed = uint64(float64(failed) / float64(n) * maxReplayed)
+		answered = maxReplayed - failed
 	}
-	run := (failed + answered) / (answered + 1)
-	for range min(run, balance.EjectAfter) {
-		p.Report(e, balance.Failed)
+	for answered+failed > 0 {
+		if r.Uint64N(answered+failed) < failed {
+			failed--
+			p.Report(e, balance.Failed)
+		} else {
+			answered--
+			p.Report(e, balance.Answered)
+		}
 	}
 }

@@ -672,12 +672,14 @@ type slotCount struct {
 // changed (a reload or a restart: the counters start again), count from
 // this call on.
 func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, error) {
+	// Read under the lock, as the Runtime API's changes are made: a slot
+	// given to another instance meanwhile would count for the wrong one.
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	pid, stats, err := runtimeAPI{d.adminSock()}.serverStats(ctx)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if pid != d.countedBy {
 		d.counted, d.countedBy = nil, pid
 	}

@@ -155,11 +155,14 @@ local function go_duration(s)
   return d
 end
 
--- quote is strconv.Quote for printable ASCII; other bytes become \xNN.
+-- quote is sb.quoteValue: printable ASCII as it is, \" and \\ escaped,
+-- other bytes as \xNN, at most the first 64 bytes (then "...").
 local function quote(s)
+  local more = ""
+  if #s > 64 then s, more = s:sub(1, 64), "..." end
   return '"' .. s:gsub('[\\"]', '\\%0'):gsub('[^ -~]', function(b)
     return string.format("\\x%02x", b:byte())
-  end) .. '"'
+  end) .. '"' .. more
 end
 
 local function json_string(s)

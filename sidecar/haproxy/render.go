@@ -108,18 +108,19 @@ frontend http-in
     # Transfer-Encoding itself; the backends strip what Connection names.)
     http-request del-header ^(keep-alive|proxy-connection|proxy-authorization|te|trailer)$ -m reg
     http-response del-header ^(keep-alive|proxy-connection|proxy-authenticate|trailer)$ -m reg
-{{- if .Lua}}
-    # Switchboard-Timeout, read as the built-in proxy reads it (its first
-    # line; switchboard.lua): a value it refuses is answered 400 here, and
-    # the backends bound the wait for the answer by the others.
-    http-request set-var(txn.sb_timeout) req.fhdr(switchboard-timeout,1),lua.sb_timeout_ms if { req.hdr_cnt(switchboard-timeout) gt 0 }
-    http-request return status 400 content-type application/json hdr X-Switchboard-Error 1 lf-string "%[req.fhdr(switchboard-timeout,1),lua.sb_timeout_error]" if { var(txn.sb_timeout) -m int lt 0 }
-{{- end}}
     acl has_service req.hdr(switchboard-service) -m found
     # Two names ("a, b", or the header twice) go to the built-in proxy,
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
     # would take whichever backend its config lists first.
     acl many_services req.hdr_cnt(switchboard-service) gt 1
+{{- if .Lua}}
+    # Switchboard-Timeout, read as the built-in proxy reads it (its first
+    # line; switchboard.lua): a value it refuses is answered 400 here
+    # (after the service, as the built-in proxy does), and the backends
+    # bound the wait for the answer by the others.
+    http-request set-var(txn.sb_timeout) req.fhdr(switchboard-timeout,1),lua.sb_timeout_ms if { req.hdr_cnt(switchboard-timeout) gt 0 }
+    http-request return status 400 content-type application/json hdr X-Switchboard-Error 1 lf-string "%[req.fhdr(switchboard-timeout,1),lua.sb_timeout_error]" if { var(txn.sb_timeout) -m int lt 0 } !many_services
+{{- end}}
     use_backend fallback_sidecar if many_services
 {{- if not .Lua}}
     # Without Lua HAProxy cannot read Switchboard-Timeout as the built-in

@@ -125,8 +125,9 @@ func parseLastSessions(out string) (map[string]int, error) {
 // econ, or wredis, a request sent elsewhere after its try here failed).
 // HAProxy's response errors (eresp) are not counted: they mix broken
 // connections with timeouts, and a short timeout the caller chose says
-// nothing of the instance. In TCP mode every session that did not fail
-// counts as answered.
+// nothing of the instance. In TCP mode a connection tried again on the
+// same instance (wretr) failed too, and every other try (stot counts
+// them all) counts as answered.
 type Outcomes struct {
 	Answered, Failed uint64
 }
@@ -158,7 +159,7 @@ func parseServerStats(out string) (map[string]map[string]Outcomes, error) {
 		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
 	}
 	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
-	names := []string{"pxname", "svname", "stot", "econ", "wredis", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx"}
+	names := []string{"pxname", "svname", "stot", "econ", "wredis", "wretr", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx"}
 	at := make([]int, len(names))
 	for i, n := range names {
 		if at[i] = slices.Index(cols, n); at[i] < 0 {
@@ -171,12 +172,12 @@ func parseServerStats(out string) (map[string]map[string]Outcomes, error) {
 		if len(f) <= slices.Max(at) {
 			continue
 		}
-		var n [8]uint64        // stot ... hrsp_5xx
-		http := f[at[5]] != "" // TCP backends leave the hrsp columns empty
+		var n [9]uint64        // stot ... hrsp_5xx
+		http := f[at[6]] != "" // TCP backends leave the hrsp columns empty
 		ok := true
 		for i := range n {
 			v := f[at[i+2]]
-			if v == "" && i >= 3 && !http {
+			if v == "" && i >= 4 && !http {
 				continue
 			}
 			if n[i], ok = parseCount(v); !ok {
@@ -186,12 +187,13 @@ func parseServerStats(out string) (map[string]map[string]Outcomes, error) {
 		if !ok {
 			continue
 		}
-		stot, econ, wredis := n[0], n[1], n[2]
+		stot, econ, wredis, wretr := n[0], n[1], n[2], n[3]
 		var sv Outcomes
 		if http {
-			sv = Outcomes{Answered: n[3] + n[4] + n[5] + n[6], Failed: n[7] + econ + wredis}
+			sv = Outcomes{Answered: n[4] + n[5] + n[6] + n[7], Failed: n[8] + econ + wredis}
 		} else {
-			sv = Outcomes{Answered: stot - min(stot, econ+wredis), Failed: econ + wredis}
+			failed := econ + wredis + wretr
+			sv = Outcomes{Answered: stot - min(stot, failed), Failed: failed}
 		}
 		px := f[at[0]]
 		if stats[px] == nil {

@@ -101,15 +101,15 @@ func TestRoutineHAProxyLinesAreInfo(t *testing.T) {
 
 // serverStatSample is `show stat -1 4 -1` cut to the columns read: an
 // HTTP backend's server and a TCP backend's (no hrsp columns).
-const serverStatSample = "# pxname,svname,stot,econ,eresp,wredis,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx\n" +
-	"be_a,s0,12,1,3,1,0,8,0,1,2\n" +
-	"tcpbe_b,s0,5,1,0,1,,,,,\n" +
-	"be_c,s1,x,0,0,0,0,0,0,0,0\n"
+const serverStatSample = "# pxname,svname,stot,econ,eresp,wretr,wredis,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx\n" +
+	"be_a,s0,12,1,3,2,1,0,8,0,1,2\n" +
+	"tcpbe_b,s0,9,1,0,3,1,,,,,\n" +
+	"be_c,s1,x,0,0,0,0,0,0,0,0,0\n"
 
 // parseServerStats counts answers under 500 as answered, and 5xx,
 // connection errors and redispatches as failed (never eresp: timeouts);
-// a TCP server's sessions that did not fail count as answered; a line
-// that does not read is left out.
+// a TCP server's retries fail too, and its other tries count as
+// answered; a line that does not read is left out.
 func TestParseServerStats(t *testing.T) {
 	got, err := parseServerStats(serverStatSample)
 	if err != nil {
@@ -117,7 +117,7 @@ func TestParseServerStats(t *testing.T) {
 	}
 	want := map[string]map[string]Outcomes{
 		"be_a":    {"s0": {Answered: 9, Failed: 4}},
-		"tcpbe_b": {"s0": {Answered: 3, Failed: 2}},
+		"tcpbe_b": {"s0": {Answered: 4, Failed: 5}},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("parseServerStats = %v; want %v", got, want)
