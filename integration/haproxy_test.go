@@ -474,6 +474,10 @@ func TestHAProxyEjectsOutliers(t *testing.T) {
 			t.Errorf("ejections of %s: %q; want %s", svc, got, want)
 		}
 	}
+	// HAProxy's own metrics of the requests it routed are in the sidecar's.
+	if n, _ := strconv.Atoi(s.metric(`haproxy_backend_http_responses_total{code="2xx",proxy="be_files"}`)); n < 40 {
+		t.Errorf("the sidecar's /metrics: HAProxy answered %d requests to files with 2xx; want 40 or more", n)
+	}
 	// The failures the built-in proxy saw (before HAProxy routed the
 	// services) could not have ejected anything by themselves.
 	for _, svc := range []string{"files", "flaky"} {

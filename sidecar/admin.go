@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/health"
@@ -111,6 +113,14 @@ func (s *Sidecar) adminHandler() http.Handler {
 	}
 	hc.Register(mux) // /healthcheck, /livez, /readyz
 	s.health = hc
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{}))
+	// In haproxy mode HAProxy routes the calls, and its own metrics of
+	// them follow the sidecar's; a HAProxy restarting leaves them out.
+	hap := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		if hap := s.hap.Load(); hap != nil {
+			return hap.Gather()
+		}
+		return nil, nil
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.m.reg, hap}, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	return mux
 }

@@ -1,12 +1,15 @@
 package haproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/balance"
@@ -57,6 +64,7 @@ type Driver struct {
 	removed    map[string]*backendState
 	shape      string // of the config HAProxy runs
 	lua        string // Spec.Lua
+	exporter   bool   // Spec.Exporter
 	lastReload time.Time
 	reloadDue  *time.Timer
 	retryIn    time.Duration // before the next try of a failed reload
@@ -126,6 +134,13 @@ func (d *Driver) FailedReloads() int64   { return d.failed.Load() }
 func (d *Driver) RuntimeCommands() int64 { return d.commands.Load() }
 func (d *Driver) Restarts() int64        { return d.restarts.Load() }
 
+// hasExporter reports whether binary has HAProxy's Prometheus exporter
+// (`haproxy -vv` lists the prometheus-exporter service): Debian's has.
+func hasExporter(binary string) bool {
+	out, err := exec.Command(binary, "-vv").Output()
+	return err == nil && bytes.Contains(out, []byte("prometheus-exporter"))
+}
+
 // CheckVersion runs `haproxy -v` and refuses versions before 2.4.
 func CheckVersion(binary string) (string, error) {
 	out, err := exec.Command(binary, "-v").Output()
@@ -162,6 +177,7 @@ func (d *Driver) Start() error {
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
+	d.exporter = hasExporter(d.Binary)
 	if hasLua(d.Binary) {
 		d.lua = filepath.Join(d.Dir, luaFile)      // written with each config
 		os.Remove(filepath.Join(d.Dir, "hop.lua")) // what earlier versions wrote
@@ -217,7 +233,7 @@ func (d *Driver) leftoverMaster() int {
 
 // specLocked builds the Spec of the desired state.
 func (d *Driver) specLocked() Spec {
-	spec := Spec{Listen: d.Listen, Dir: d.Dir, Realm: d.Realm, Fallback: d.Fallback, Lua: d.lua}
+	spec := Spec{Listen: d.Listen, Dir: d.Dir, Realm: d.Realm, Fallback: d.Fallback, Lua: d.lua, Exporter: d.exporter}
 	for _, b := range d.backends {
 		if b.tcp {
 			spec.TCP = append(spec.TCP, TCPFrontend{Backend: Backend{Service: b.service, Slots: b.want}, Listen: d.TCP[b.service]})
@@ -656,6 +672,43 @@ func (d *Driver) Called(ctx context.Context, within time.Duration) ([]string, er
 		}
 	}
 	return names, nil
+}
+
+// Gather reads HAProxy's own metrics of its backends (its Prometheus
+// exporter's scope=backend: requests, answers by class, errors, retries,
+// times; the label proxy is be_SERVICE, tcpbe_SERVICE or
+// fallback_sidecar), for the sidecar's /metrics. A HAProxy built without
+// the exporter gives none, and no error.
+func (d *Driver) Gather() ([]*dto.MetricFamily, error) {
+	if !d.exporter {
+		return nil, nil
+	}
+	sock := filepath.Join(d.Dir, "metrics.sock")
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", sock)
+		},
+	}}
+	res, err := c.Get("http://haproxy/metrics?scope=backend")
+	if err != nil {
+		return nil, fmt.Errorf("haproxy: metrics: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("haproxy: metrics: %s", res.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	byName, err := p.TextToMetricFamilies(io.LimitReader(res.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("haproxy: metrics: %w", err)
+	}
+	fams := make([]*dto.MetricFamily, 0, len(byName))
+	for _, f := range byName {
+		fams = append(fams, f)
+	}
+	return fams, nil
 }
 
 // slotCount is what a slot had served at the last look, and for which

@@ -649,3 +649,43 @@ func TestOutcomesCountAnswersAndFailures(t *testing.T) {
 		t.Errorf("a second look with no request between: %v, %v; want nothing", again, err)
 	}
 }
+
+// Gather serves HAProxy's own metrics of its backends (its Prometheus
+// exporter), parsed, for the sidecar's /metrics.
+func TestGatherReadsHAProxysMetrics(t *testing.T) {
+	if !hasExporter("haproxy") {
+		t.Fatal("Debian's haproxy has the Prometheus exporter (haproxy -vv lists prometheus-exporter)")
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer backend.Close()
+	d, listen := startDriver(t)
+	d.Update("files", false, endpoints(t, backend.URL))
+	waitGet(t, listen, "files", 200)
+	for range 9 {
+		if st, _ := get(listen, "files"); st != 200 {
+			t.Fatalf("GET through HAProxy: %d", st)
+		}
+	}
+	fams, err := d.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answered float64
+	for _, f := range fams {
+		if f.GetName() != "haproxy_backend_http_responses_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["proxy"] == "be_files" && labels["code"] == "2xx" {
+				answered = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if answered < 10 {
+		t.Fatalf("haproxy_backend_http_responses_total{proxy=be_files,code=2xx} = %v of %d families; want 10 or more", answered, len(fams))
+	}
+}

@@ -49,9 +49,12 @@ type Spec struct {
 	// Lua is the path of luaActions (written by writeLua); "" when HAProxy
 	// has no Lua: the headers Connection names then go on, and requests
 	// that carry Switchboard-Timeout go to Fallback.
-	Lua  string
-	HTTP []Backend
-	TCP  []TCPFrontend
+	Lua string
+	// Exporter: HAProxy has its Prometheus exporter, served on a socket
+	// in Dir for the sidecar's /metrics (Driver.Gather).
+	Exporter bool
+	HTTP     []Backend
+	TCP      []TCPFrontend
 }
 
 // freeAddr is where a free slot points; it is always in maintenance.
@@ -135,7 +138,13 @@ frontend http-in
     use_backend be_{{.Service}} if hdr_{{.Service}} || !has_service host_{{.Service}}
 {{- end}}
     default_backend fallback_sidecar
-
+{{if .Exporter}}
+# HAProxy's own metrics of its backends, which the sidecar's /metrics
+# serves with its own.
+frontend metrics
+    bind unix@{{.Dir}}/metrics.sock mode 600
+    http-request use-service prometheus-exporter
+{{end}}
 # Services HAProxy does not route yet go to the sidecar's built-in proxy,
 # which starts watching them. (Not be_*: a service may be named sidecar.)
 backend fallback_sidecar

@@ -13,7 +13,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func goldenSpec(dir string) Spec {
 	return Spec{
-		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234", Lua: filepath.Join(dir, luaFile),
+		Listen: "127.0.0.1:4000", Dir: dir, Realm: "production", Fallback: "127.0.0.1:41234", Lua: filepath.Join(dir, luaFile), Exporter: true,
 		HTTP: []Backend{
 			{Service: "identity", Slots: []Slot{{Addr: "10.0.0.5:5000", Weight: 100, Ready: true}, {Addr: "10.0.0.6:5000", Weight: 0, Ready: true}, {}, {}}},
 			{Service: "billing", Slots: []Slot{{Addr: "10.0.0.7:6000", Weight: 100, Ready: false}, {}}},
