@@ -406,6 +406,20 @@ func TestHAProxySwitchboardTimeout(t *testing.T) {
 			t.Errorf("Switchboard-Timeout: %s: body %s; want the JSON error %s naming the value", tc.timeout, body, tc.code)
 		}
 	}
+	// A request HAProxy hands to the built-in proxy gets its answer: here,
+	// with no service named, that it names none, whatever the timeout.
+	req, _ := http.NewRequest("GET", "http://"+s.listen+"/", nil)
+	req.Host = "example.com"
+	req.Header.Set("Switchboard-Timeout", "soon")
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 400 || !strings.Contains(string(body), "no target service") {
+		t.Errorf("no service and a bad timeout: %d %s; want the built-in proxy's 400 naming no service", res.StatusCode, body)
+	}
 }
 
 // TestHAProxyEjectsOutliers: in haproxy mode, as in the built-in mode, an
@@ -491,7 +505,7 @@ func TestHAProxyEjectsOutliers(t *testing.T) {
 
 // TestHAProxyHearsOfBuiltInEjections: the built-in proxy routes the calls
 // HAProxy does not (here sent to it directly), to the same pools; an
-// instance it ejects gets weight 0 in HAProxy too.
+// instance it ejects gets weight 0 in HAProxy too, until the ejection ends.
 func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
 	ports := map[int]int{} // status -> port
 	for _, status := range []int{200, 500} {
@@ -529,6 +543,13 @@ func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
 	waitFor(t, "lists-bad at weight 0 in HAProxy", 10*time.Second, func() bool {
 		return haproxyWeight(t, dir, "be_lists", ports[500]) == 0
 	})
+	// And back when its ejection ends (30 s for a first one).
+	waitFor(t, "lists-bad back at weight 100 in HAProxy", 45*time.Second, func() bool {
+		return haproxyWeight(t, dir, "be_lists", ports[500]) == 100
+	})
+	if got := s.routed("lists"); len(got) != 2 {
+		t.Fatalf("routed after the ejection: %v; want both", got)
+	}
 }
 
 // haproxyWeight returns the weight HAProxy in dir gives the server of

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -114,13 +115,16 @@ func (s *Sidecar) adminHandler() http.Handler {
 	hc.Register(mux) // /healthcheck, /livez, /readyz
 	s.health = hc
 	// In haproxy mode HAProxy routes the calls, and its own metrics of
-	// them follow the sidecar's; a HAProxy restarting leaves them out.
+	// them are served with the sidecar's; a HAProxy restarting leaves them
+	// out (logged).
 	hap := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		if hap := s.hap.Load(); hap != nil {
 			return hap.Gather()
 		}
 		return nil, nil
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.m.reg, hap}, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.m.reg, hap}, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}))
 	return mux
 }

@@ -62,31 +62,56 @@ func (s *Sidecar) watchOutliers(hap *haproxy.Driver) {
 }
 
 // ejected hands service to HAProxy, in haproxy mode, when outlier
-// ejection takes out its instance id, and again when the ejection ends.
-// It is the table's OnEject: the built-in proxy routes the calls HAProxy
-// does not (a service HAProxy does not route yet), and reports them to
-// the same pools.
-func (s *Sidecar) ejected(service, id string) {
+// ejection takes out one of its instances, and again when the ejection
+// ends (armEjectEnd). It is the table's OnEject: the built-in proxy routes
+// the calls HAProxy does not (a service HAProxy does not route yet), and
+// reports them to the same pools.
+func (s *Sidecar) ejected(service, _ string) {
 	if s.hap.Load() == nil {
 		return
 	}
 	go s.pushHAProxy(service)
-	p := s.table.Lookup(service)
-	if p == nil {
+	s.armEjectEnd(service)
+}
+
+// armEjectEnd sets service's one timer to hand it to HAProxy when the
+// first of its ejections ends, then the next; Shutdown stops them all.
+func (s *Sidecar) armEjectEnd(service string) {
+	var end time.Time
+	if p := s.table.Lookup(service); p != nil {
+		now := time.Now()
+		for _, e := range p.Endpoints() {
+			if ej, until := e.Ejected(now); ej && (end.IsZero() || until.Before(end)) {
+				end = until
+			}
+		}
+	}
+	s.ejectMu.Lock()
+	defer s.ejectMu.Unlock()
+	if t := s.ejectEnds[service]; t != nil {
+		t.Stop()
+		delete(s.ejectEnds, service)
+	}
+	if end.IsZero() || s.ctx.Err() != nil {
 		return
 	}
-	for _, e := range p.Endpoints() {
-		if e.ID != id {
-			continue
-		}
-		if ej, until := e.Ejected(time.Now()); ej {
-			time.AfterFunc(time.Until(until)+10*time.Millisecond, func() {
-				if s.ctx.Err() == nil {
-					s.pushHAProxy(service)
-				}
-			})
-		}
+	if s.ejectEnds == nil {
+		s.ejectEnds = map[string]*time.Timer{}
 	}
+	s.ejectEnds[service] = time.AfterFunc(time.Until(end)+10*time.Millisecond, func() {
+		s.pushHAProxy(service)
+		s.armEjectEnd(service)
+	})
+}
+
+// stopEjectEnds stops the timers of armEjectEnd.
+func (s *Sidecar) stopEjectEnds() {
+	s.ejectMu.Lock()
+	defer s.ejectMu.Unlock()
+	for _, t := range s.ejectEnds {
+		t.Stop()
+	}
+	s.ejectEnds = nil
 }
 
 // reportCounts reports answered and failed requests of e, which HAProxy

@@ -110,8 +110,14 @@ type Sidecar struct {
 	// unreachable holds the services whose watch of Atlas is failing
 	// (keys only): the sweep keeps them.
 	unreachable sync.Map
-	front       *proxy.HTTP
-	hap         atomic.Pointer[haproxy.Driver] // haproxy mode only
+
+	// ejectEnds holds, in haproxy mode, per service, the timer that hands
+	// it to HAProxy when an ejection ends (armEjectEnd).
+	ejectMu   sync.Mutex
+	ejectEnds map[string]*time.Timer
+
+	front *proxy.HTTP
+	hap   atomic.Pointer[haproxy.Driver] // haproxy mode only
 	// hapMus holds a mutex per service (keys never removed: one per
 	// service asked for) that makes each hand-over to HAProxy (a service's
 	// endpoints read and given, or its backend removed) one step: two
@@ -436,6 +442,7 @@ func (s *Sidecar) Shutdown() error {
 	}
 	wg.Wait()
 	s.cancel()
+	s.stopEjectEnds()
 	if s.front != nil {
 		// Calls in flight get drain_timeout more, as the kit's requests do.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.DrainTimeout))

@@ -683,7 +683,7 @@ func (d *Driver) Gather() ([]*dto.MetricFamily, error) {
 	if !d.exporter {
 		return nil, nil
 	}
-	sock := filepath.Join(d.Dir, "metrics.sock")
+	sock := filepath.Join(d.Dir, "prom.sock") // no longer than admin.sock: HAProxy takes 97 bytes at most
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

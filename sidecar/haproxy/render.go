@@ -116,14 +116,6 @@ frontend http-in
     # which decides as in built-in mode ("a, b" is refused, 400): HAProxy
     # would take whichever backend its config lists first.
     acl many_services req.hdr_cnt(switchboard-service) gt 1
-{{- if .Lua}}
-    # Switchboard-Timeout, read as the built-in proxy reads it (its first
-    # line; switchboard.lua): a value it refuses is answered 400 here
-    # (after the service, as the built-in proxy does), and the backends
-    # bound the wait for the answer by the others.
-    http-request set-var(txn.sb_timeout) req.fhdr(switchboard-timeout,1),lua.sb_timeout_ms if { req.hdr_cnt(switchboard-timeout) gt 0 }
-    http-request return status 400 content-type application/json hdr X-Switchboard-Error 1 lf-string "%[req.fhdr(switchboard-timeout,1),lua.sb_timeout_error]" if { var(txn.sb_timeout) -m int lt 0 } !many_services
-{{- end}}
     use_backend fallback_sidecar if many_services
 {{- if not .Lua}}
     # Without Lua HAProxy cannot read Switchboard-Timeout as the built-in
@@ -142,7 +134,7 @@ frontend http-in
 # HAProxy's own metrics of its backends, which the sidecar's /metrics
 # serves with its own.
 frontend metrics
-    bind unix@{{.Dir}}/metrics.sock mode 600
+    bind unix@{{.Dir}}/prom.sock mode 600
     http-request use-service prometheus-exporter
 {{end}}
 # Services HAProxy does not route yet go to the sidecar's built-in proxy,
@@ -155,7 +147,15 @@ backend fallback_sidecar
 {{range .HTTP}}
 backend be_{{.Service}}
     balance leastconn
-{{- if $.Lua}}{{/* First: a retry's rule (Idempotency-Key) reads the request the instance gets. */}}
+{{- if $.Lua}}
+    # Switchboard-Timeout, read as the built-in proxy reads it (its first
+    # line; switchboard.lua): a value it refuses is answered 400, the
+    # others bound the wait for the answer. Here, once the service is
+    # known, as in the built-in proxy, which decides what goes to it.
+    http-request set-var(txn.sb_timeout) req.fhdr(switchboard-timeout,1),lua.sb_timeout_ms if { req.hdr_cnt(switchboard-timeout) gt 0 }
+    http-request return status 400 content-type application/json hdr X-Switchboard-Error 1 lf-string "%[req.fhdr(switchboard-timeout,1),lua.sb_timeout_error]" if { var(txn.sb_timeout) -m int lt 0 }
+    http-request set-timeout server var(txn.sb_timeout) if { var(txn.sb_timeout) -m int gt 0 }
+{{- /* Then, first of the others: a retry's rule (Idempotency-Key) reads the request the instance gets. */}}
     http-request lua.sb_hop_req if { req.fhdr_cnt(connection) gt 0 }
     http-response lua.sb_hop_res if { res.fhdr_cnt(connection) gt 0 }
 {{- end}}
@@ -164,9 +164,6 @@ backend be_{{.Service}}
     acl idempotent method GET HEAD PUT DELETE OPTIONS
     acl idempotency_key req.hdr(idempotency-key) -m found
     http-request disable-l7-retry if !idempotent !idempotency_key
-{{- if $.Lua}}
-    http-request set-timeout server var(txn.sb_timeout) if { var(txn.sb_timeout) -m int gt 0 }
-{{- end}}
     http-request del-header switchboard-service
     http-request del-header switchboard-timeout
     http-error status 503 content-type application/json hdr X-Switchboard-Error 1 lf-string "{\"error\":{\"code\":\"unavailable\",\"message\":\"service {{.Service}} in realm {{$.Realm}} has no routable instance\"}}"
