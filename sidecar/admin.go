@@ -117,13 +117,13 @@ func (s *Sidecar) adminHandler() http.Handler {
 	// In haproxy mode HAProxy routes the calls, and its own metrics of
 	// them are served with the sidecar's; a HAProxy restarting leaves them
 	// out (logged).
-	hap := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+	haproxyMetrics := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		if hap := s.hap.Load(); hap != nil {
 			return hap.Gather()
 		}
 		return nil, nil
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.m.reg, hap}, promhttp.HandlerOpts{
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{s.m.reg, haproxyMetrics}, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}))
 	return mux

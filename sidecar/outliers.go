@@ -66,7 +66,7 @@ func (s *Sidecar) watchOutliers(hap *haproxy.Driver) {
 // ends (armEjectEnd). It is the table's OnEject: the built-in proxy routes
 // the calls HAProxy does not (a service HAProxy does not route yet), and
 // reports them to the same pools.
-func (s *Sidecar) ejected(service, _ string) {
+func (s *Sidecar) ejected(service string) {
 	if s.hap.Load() == nil {
 		return
 	}

@@ -216,7 +216,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 	s.table = &proxy.Table{Realm: cfg.Realm, OnNew: s.watch, Keep: s.isUnreachable, OnEject: func(service, id string) {
 		s.m.ejections.WithLabelValues(service).Inc()
 		s.log.Warn("sidecar: instance ejected after consecutive failures", "service", service, "id", id)
-		s.ejected(service, id)
+		s.ejected(service)
 	}}
 	s.table.MaxPools = MaxServices
 	s.streams = newStreams(s)

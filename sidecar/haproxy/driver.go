@@ -744,13 +744,13 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 		if b.tcp {
 			px = "tcpbe_" + b.service
 		}
-		now := make([]slotCount, len(b.ids))
+		counts := make([]slotCount, len(b.ids))
 		for i, id := range b.ids {
 			c, ok := stats[px][fmt.Sprintf("s%d", i)]
 			if id == "" || !ok {
 				continue
 			}
-			now[i] = slotCount{id: id, Outcomes: c}
+			counts[i] = slotCount{id: id, Outcomes: c}
 			prev := last[key]
 			if i >= len(prev) || prev[i].id != id || c.Answered < prev[i].Answered || c.Failed < prev[i].Failed {
 				continue // a new instance in the slot, or new counters
@@ -767,7 +767,7 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 			sum.Failed += delta.Failed
 			out[b.service][id] = sum
 		}
-		d.counted[key] = now
+		d.counted[key] = counts
 	}
 	return out, nil
 }

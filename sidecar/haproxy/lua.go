@@ -17,15 +17,15 @@ const luaFile = "switchboard.lua"
 // sb_hop_req and sb_hop_res remove the headers that a message's Connection
 // header names (RFC 9110, 7.6.1), as the built-in proxy does: HAProxy
 // takes the close and keep-alive tokens out of Connection itself, but
-// passes on every header the others name. The backends call them first of
-// their rules, and only for messages that still carry a Connection header
-// after HAProxy's parsing (upgrades, and those that name headers): the
-// others cost nothing. The headers the frontend decides or sets (Host,
-// X-Forwarded-For) and those that frame the body stay. The upgrade token,
-// and Upgrade, stay on a request that asks for one and on a 101 answer
-// (HAProxy's upgrades need them); elsewhere they go, as in the built-in
-// proxy (an answer's "Connection: Upgrade, Upgrade: h2c" is the instance's
-// business, not the caller's).
+// passes on every header the others name. The backends call them before
+// their other rules but the timeout's, and only for messages that still
+// carry a Connection header after HAProxy's parsing (upgrades, and those
+// that name headers): the others cost nothing. The headers the frontend
+// decides or sets (Host, X-Forwarded-For) and those that frame the body
+// stay. The upgrade token, and Upgrade, stay on a request that asks for
+// one and on a 101 answer (HAProxy's upgrades need them); elsewhere they
+// go, as in the built-in proxy (an answer's "Connection: Upgrade,
+// Upgrade: h2c" is the instance's business, not the caller's).
 //
 // sb_timeout_ms reads Switchboard-Timeout as the built-in proxy reads it
 // (sb.ParseTimeout: Go's duration syntax, from 1ms to 1h): the timeout in
