@@ -721,9 +721,9 @@ type slotCount struct {
 // Outcomes returns, per service and instance id, the requests HAProxy
 // answered and failed since the last call (Outcomes says how it counts),
 // HTTP and L4 together; an instance that has none is left out. A slot
-// given to another instance since, and every slot after HAProxy's worker
-// changed (a reload or a restart: the counters start again), count from
-// this call on.
+// given to another instance since counts from this call on, and so does
+// every slot after HAProxy's worker changed otherwise than by a reload
+// (a restart: the counters start again).
 func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, error) {
 	// Read under the lock, as the Runtime API's changes are made: a slot
 	// given to another instance meanwhile would count for the wrong one.
@@ -770,6 +770,23 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 		d.counted[key] = counts
 	}
 	return out, nil
+}
+
+// countFromZeroLocked makes the counters of worker pid, new from a reload,
+// the baseline of the next Outcomes: they started at zero with the slots
+// as they are now (nothing changed them while the reload held d.mu), so
+// a reload, which may come every MinReloadInterval, costs ejection no
+// look.
+func (d *Driver) countFromZeroLocked(pid int) {
+	d.counted = make(map[string][]slotCount, len(d.backends))
+	for key, b := range d.backends {
+		counts := make([]slotCount, len(b.ids))
+		for i, id := range b.ids {
+			counts[i].id = id
+		}
+		d.counted[key] = counts
+	}
+	d.countedBy = pid
 }
 
 // noteServedLocked records when the running worker last gave each backend
@@ -1066,6 +1083,7 @@ wait:
 			d.log().Info("haproxy: reloaded", "worker", pid)
 			d.retryIn = 0
 			d.boundLocked(spec)
+			d.countFromZeroLocked(pid)
 			return nil
 		}
 		select {

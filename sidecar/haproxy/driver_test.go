@@ -689,3 +689,39 @@ func TestGatherReadsHAProxysMetrics(t *testing.T) {
 		t.Fatalf("haproxy_backend_http_responses_total{proxy=be_files,code=2xx} = %v of %d families; want 10 or more", answered, len(fams))
 	}
 }
+
+// A reload starts HAProxy's counters again, with the slots as they are:
+// what the new worker serves from its start is counted at the next look,
+// so that reloads (one per new service, up to one per MinReloadInterval)
+// do not hold ejection up.
+func TestOutcomesCountAcrossAReload(t *testing.T) {
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) }))
+	defer bad.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer other.Close()
+	d, listen := startDriver(t)
+	d.Update("files", false, endpoints(t, bad.URL))
+	waitGet(t, listen, "files", 500)
+	ctx := context.Background()
+	if _, err := d.Outcomes(ctx); err != nil { // the baseline
+		t.Fatal(err)
+	}
+	reloads := d.Reloads()
+	d.Update("other", false, endpoints(t, other.URL)) // a new backend: a reload
+	waitGet(t, listen, "other", 200)
+	if d.Reloads() == reloads {
+		t.Fatal("no reload")
+	}
+	for range 7 {
+		if st, _ := get(listen, "files"); st != 500 {
+			t.Fatalf("files: %d; want its 500", st)
+		}
+	}
+	got, err := d.Outcomes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := got["files"]["i0"]; o.Failed != 7 || o.Answered != 0 {
+		t.Fatalf("after the reload: files %+v; want the 7 failures the new worker saw", o)
+	}
+}
