@@ -87,11 +87,13 @@ func filesThroughHAProxy(t *testing.T, h http.HandlerFunc) *sidecarProc {
 	t.Cleanup(func() { srv.Close() })
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	register(t, a.url, "files-1", "files", ln.Addr().(*net.TCPAddr).Port)
-	s, _ := haproxySidecar(t, a.url)
+	s, dir := haproxySidecar(t, a.url)
 	waitFor(t, "the instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
+	// HAProxy's worker has the backend (until then the built-in proxy
+	// answers for it), and the instance answers through it.
 	waitFor(t, "HAProxy routes files", 20*time.Second, func() bool {
 		st, body, _ := s.get("files", "/")
-		return st == 200 && body == "ok"
+		return haproxyHas(dir, "be_files") && st == 200 && body == "ok"
 	})
 	return s
 }
