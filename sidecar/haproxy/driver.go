@@ -134,11 +134,17 @@ func (d *Driver) FailedReloads() int64   { return d.failed.Load() }
 func (d *Driver) RuntimeCommands() int64 { return d.commands.Load() }
 func (d *Driver) Restarts() int64        { return d.restarts.Load() }
 
-// hasExporter reports whether binary has HAProxy's Prometheus exporter
-// (`haproxy -vv` lists the prometheus-exporter service): Debian's has.
-func hasExporter(binary string) bool {
+// features reads `haproxy -vv` once: whether binary was built with Lua
+// (+LUA among its features; distributions' packages mostly are), and
+// whether it has the Prometheus exporter (the prometheus-exporter
+// service; Debian's has).
+func features(binary string) (lua, exporter bool) {
 	out, err := exec.Command(binary, "-vv").Output()
-	return err == nil && bytes.Contains(out, []byte("prometheus-exporter"))
+	if err != nil {
+		return false, false
+	}
+	lua = bytes.Contains(out, []byte("+LUA")) || bytes.Contains(out, []byte("USE_LUA=1"))
+	return lua, bytes.Contains(out, []byte("prometheus-exporter"))
 }
 
 // CheckVersion runs `haproxy -v` and refuses versions before 2.4.
@@ -177,8 +183,9 @@ func (d *Driver) Start() error {
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return fmt.Errorf("haproxy: dir: %w", err)
 	}
-	d.exporter = hasExporter(d.Binary)
-	if hasLua(d.Binary) {
+	lua, exporter := features(d.Binary)
+	d.exporter = exporter
+	if lua {
 		d.lua = filepath.Join(d.Dir, luaFile)      // written with each config
 		os.Remove(filepath.Join(d.Dir, "hop.lua")) // what earlier versions wrote
 	} else {

@@ -585,7 +585,7 @@ func TestACheckThatDidNotRunIsRetried(t *testing.T) {
 // cleaned directory) would have every later config refused, and HAProxy
 // not restart after it died.
 func TestLuaRemovedIsWrittenAgain(t *testing.T) {
-	if !hasLua("haproxy") {
+	if lua, _ := features("haproxy"); !lua {
 		t.Fatal("Debian's haproxy has Lua (haproxy -vv lists +LUA)")
 	}
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
@@ -653,7 +653,7 @@ func TestOutcomesCountAnswersAndFailures(t *testing.T) {
 // Gather serves HAProxy's own metrics of its backends (its Prometheus
 // exporter), parsed, for the sidecar's /metrics.
 func TestGatherReadsHAProxysMetrics(t *testing.T) {
-	if !hasExporter("haproxy") {
+	if _, exporter := features("haproxy"); !exporter {
 		t.Fatal("Debian's haproxy has the Prometheus exporter (haproxy -vv lists prometheus-exporter)")
 	}
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))

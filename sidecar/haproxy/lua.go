@@ -1,10 +1,8 @@
 package haproxy
 
 import (
-	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 )
 
 // luaFile is the name, in the driver's directory, of the Lua code the
@@ -181,13 +179,6 @@ core.register_converters("sb_timeout_error", function(v)
     "Switchboard-Timeout: must be a duration from 1ms to 1h such as 2s, got " .. quote(v)) .. '}}'
 end)
 `
-
-// hasLua reports whether binary was built with Lua (`haproxy -vv` lists
-// +LUA among its features): distributions' packages mostly are.
-func hasLua(binary string) bool {
-	out, err := exec.Command(binary, "-vv").Output()
-	return err == nil && (bytes.Contains(out, []byte("+LUA")) || bytes.Contains(out, []byte("USE_LUA=1")))
-}
 
 // writeLua writes luaActions to path, whole or not at all (it leaves a file
 // that holds it already as it is). The driver writes it before every

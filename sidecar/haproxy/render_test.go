@@ -108,7 +108,7 @@ func TestRenderWithoutLua(t *testing.T) {
 		t.Fatalf("the config without Lua does not send requests with Switchboard-Timeout to the built-in proxy:\n%s", text)
 	}
 	accepts(t, dir, text, "the config without Lua")
-	if !hasLua("haproxy") {
-		t.Error("hasLua: Debian's haproxy has Lua (haproxy -vv lists +LUA)")
+	if lua, _ := features("haproxy"); !lua {
+		t.Error("features: Debian's haproxy has Lua (haproxy -vv lists +LUA)")
 	}
 }

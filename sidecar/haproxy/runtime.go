@@ -92,31 +92,44 @@ func (r runtimeAPI) lastSessions(ctx context.Context) (map[string]int, error) {
 	return parseLastSessions(out)
 }
 
-// parseLastSessions reads the answer to `show stat -1 2 -1`: CSV, after a
-// header line "# pxname,svname,...".
+// parseLastSessions reads the answer to `show stat -1 2 -1`.
 func parseLastSessions(out string) (map[string]int, error) {
-	lines := strings.Split(out, "\n")
-	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
-		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
-	}
-	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
-	name, last := slices.Index(cols, "pxname"), slices.Index(cols, "lastsess")
-	if name < 0 || last < 0 {
-		return nil, fmt.Errorf("haproxy runtime API: show stat: no pxname or lastsess column in %q", lines[0])
+	at, rows, err := statRows(out, "pxname", "lastsess")
+	if err != nil {
+		return nil, err
 	}
 	seen := map[string]int{}
-	for _, l := range lines[1:] {
-		f := strings.Split(l, ",")
-		if len(f) <= max(name, last) {
-			continue
-		}
-		n, err := strconv.Atoi(f[last])
+	for _, f := range rows {
+		n, err := strconv.Atoi(f[at[1]])
 		if err != nil {
 			n = -1 // empty: never
 		}
-		seen[f[name]] = n
+		seen[f[at[0]]] = n
 	}
 	return seen, nil
+}
+
+// statRows reads an answer of `show stat`: CSV after a header line
+// "# pxname,svname,...". It returns where each of names is in a row, and
+// the rows split on commas; a row too short to hold them is left out.
+func statRows(out string, names ...string) (at []int, rows [][]string, err error) {
+	lines := strings.Split(out, "\n")
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
+		return nil, nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
+	}
+	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
+	at = make([]int, len(names))
+	for i, n := range names {
+		if at[i] = slices.Index(cols, n); at[i] < 0 {
+			return nil, nil, fmt.Errorf("haproxy runtime API: show stat: no %s column in %q", n, lines[0])
+		}
+	}
+	for _, l := range lines[1:] {
+		if f := strings.Split(l, ","); len(f) > slices.Max(at) {
+			rows = append(rows, f)
+		}
+	}
+	return at, rows, nil
 }
 
 // Outcomes is what `show stat` counts of one server slot since its worker
@@ -154,24 +167,12 @@ func (r runtimeAPI) serverStats(ctx context.Context) (int, map[string]map[string
 // parseServerStats reads the answer to `show stat -1 4 -1`. A line whose
 // counters do not read as numbers is left out.
 func parseServerStats(out string) (map[string]map[string]Outcomes, error) {
-	lines := strings.Split(out, "\n")
-	if len(lines) == 0 || !strings.HasPrefix(lines[0], "# ") {
-		return nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
-	}
-	cols := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
-	names := []string{"pxname", "svname", "stot", "econ", "wredis", "wretr", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx"}
-	at := make([]int, len(names))
-	for i, n := range names {
-		if at[i] = slices.Index(cols, n); at[i] < 0 {
-			return nil, fmt.Errorf("haproxy runtime API: show stat: no %s column in %q", n, lines[0])
-		}
+	at, rows, err := statRows(out, "pxname", "svname", "stot", "econ", "wredis", "wretr", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx")
+	if err != nil {
+		return nil, err
 	}
 	stats := map[string]map[string]Outcomes{}
-	for _, l := range lines[1:] {
-		f := strings.Split(l, ",")
-		if len(f) <= slices.Max(at) {
-			continue
-		}
+	for _, f := range rows {
 		var n [9]uint64        // stot ... hrsp_5xx
 		http := f[at[6]] != "" // TCP backends leave the hrsp columns empty
 		ok := true
