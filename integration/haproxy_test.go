@@ -39,21 +39,33 @@ func masterReloads(t *testing.T, dir string) int {
 // askMaster asks the HAProxy master CLI at sock to show its processes,
 // and returns a field of the master's line: 0 its pid, 2 its reloads.
 func askMaster(sock string, field int) (int, error) {
-	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	out, err := askSocket(sock, "show proc; quit")
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprint(c, "show proc; quit\n")
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+	for l := range strings.Lines(out) {
+		f := strings.Fields(l)
 		if len(f) >= 3 && f[1] == "master" {
 			return strconv.Atoi(f[field])
 		}
 	}
 	return 0, fmt.Errorf("no master line in the answer")
+}
+
+// askSocket sends one command line to a HAProxy CLI socket (the master's
+// or the Runtime API) and returns the answer, read until HAProxy closes.
+func askSocket(sock, cmd string) (string, error) {
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	return string(b), err
 }
 
 func haproxySidecar(t *testing.T, atlasURL string) (*sidecarProc, string) {
@@ -526,7 +538,7 @@ func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
 	s, dir := haproxySidecar(t, a.url)
 	s.get("lists", "/")
 	waitFor(t, "lists routed by HAProxy", 20*time.Second, func() bool {
-		return len(s.routed("lists")) == 2 && haproxyHas(dir, "be_lists") && haproxyWeight(t, dir, "be_lists", ports[500]) == 100
+		return len(s.routed("lists")) == 2 && haproxyHas(dir, "be_lists") && haproxyWeight(dir, "be_lists", ports[500]) == 100
 	})
 	cfg, err := os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
 	if err != nil {
@@ -543,11 +555,11 @@ func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
 		return len(s.routed("lists")) == 1
 	})
 	waitFor(t, "lists-bad at weight 0 in HAProxy", 10*time.Second, func() bool {
-		return haproxyWeight(t, dir, "be_lists", ports[500]) == 0
+		return haproxyWeight(dir, "be_lists", ports[500]) == 0
 	})
 	// And back when its ejection ends (30 s for a first one).
 	waitFor(t, "lists-bad back at weight 100 in HAProxy", 45*time.Second, func() bool {
-		return haproxyWeight(t, dir, "be_lists", ports[500]) == 100
+		return haproxyWeight(dir, "be_lists", ports[500]) == 100
 	})
 	if got := s.routed("lists"); len(got) != 2 {
 		t.Fatalf("routed after the ejection: %v; want both", got)
@@ -556,18 +568,11 @@ func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
 
 // haproxyWeight returns the weight HAProxy in dir gives the server of
 // backend at 127.0.0.1:port (show servers state), or -1.
-func haproxyWeight(t *testing.T, dir, backend string, port int) int {
-	c, err := net.DialTimeout("unix", filepath.Join(dir, "admin.sock"), 2*time.Second)
-	if err != nil {
-		return -1
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "show servers state %s\n", backend)
-	sc := bufio.NewScanner(c)
+func haproxyWeight(dir, backend string, port int) int {
+	out, _ := askSocket(filepath.Join(dir, "admin.sock"), "show servers state "+backend)
 	var cols []string
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
+	for l := range strings.Lines(out) {
+		f := strings.Fields(l)
 		if len(f) > 1 && f[0] == "#" {
 			cols = f[1:]
 			continue
@@ -589,15 +594,8 @@ func haproxyWeight(t *testing.T, dir, backend string, port int) int {
 // haproxyHas reports whether the HAProxy worker in dir has a proxy named
 // px (its Runtime API's show stat).
 func haproxyHas(dir, px string) bool {
-	c, err := net.DialTimeout("unix", filepath.Join(dir, "admin.sock"), 2*time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "show stat -1 2 -1\n")
-	b, _ := io.ReadAll(c)
-	return strings.Contains(string(b), "\n"+px+",BACKEND,")
+	out, _ := askSocket(filepath.Join(dir, "admin.sock"), "show stat -1 2 -1")
+	return strings.Contains(out, "\n"+px+",BACKEND,")
 }
 
 // TestHAProxyPolicyWithdrawn: in haproxy mode, a call a policy no longer
