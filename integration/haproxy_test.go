@@ -90,15 +90,9 @@ func register(t *testing.T, atlasURL, id, service string, port int) {
 // a sidecar in haproxy mode, and returns once HAProxy routes to it.
 func filesThroughHAProxy(t *testing.T, h http.HandlerFunc) *sidecarProc {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	port := serveHTTP(t, h)
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	register(t, a.url, "files-1", "files", ln.Addr().(*net.TCPAddr).Port)
+	register(t, a.url, "files-1", "files", port)
 	s, dir := haproxySidecar(t, a.url)
 	waitFor(t, "the instance routable", 20*time.Second, func() bool { return len(s.routed("files")) == 1 })
 	// HAProxy's worker has the backend (until then the built-in proxy
@@ -108,6 +102,29 @@ func filesThroughHAProxy(t *testing.T, h http.HandlerFunc) *sidecarProc {
 		return haproxyHas(dir, "be_files") && st == 200 && body == "ok"
 	})
 	return s
+}
+
+// serveHTTP serves h on a loopback port until the test ends, and returns
+// the port.
+func serveHTTP(t *testing.T, h http.Handler) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// serveStatus serves every request with status (and its text) until the
+// test ends, and returns the port.
+func serveStatus(t *testing.T, status int) int {
+	return serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(status)
+		io.WriteString(w, http.StatusText(status))
+	}))
 }
 
 // TestHAProxyMembershipChangesWithoutReload: 100 membership changes while
@@ -441,24 +458,11 @@ func TestHAProxySwitchboardTimeout(t *testing.T) {
 // counters) and takes no more requests; of a service whose instances all
 // fail, no more than half are ejected.
 func TestHAProxyEjectsOutliers(t *testing.T) {
-	serve := func(status int) int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.WriteHeader(status)
-			io.WriteString(w, http.StatusText(status))
-		}), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		return ln.Addr().(*net.TCPAddr).Port
-	}
 	a := startAtlas(t, t.TempDir(), "--insecure")
-	register(t, a.url, "files-good", "files", serve(200))
-	register(t, a.url, "files-bad", "files", serve(500))
-	register(t, a.url, "flaky-1", "flaky", serve(503))
-	register(t, a.url, "flaky-2", "flaky", serve(503))
+	register(t, a.url, "files-good", "files", serveStatus(t, 200))
+	register(t, a.url, "files-bad", "files", serveStatus(t, 500))
+	register(t, a.url, "flaky-1", "flaky", serveStatus(t, 503))
+	register(t, a.url, "flaky-2", "flaky", serveStatus(t, 503))
 	s, dir := haproxySidecar(t, a.url)
 	// Both services through HAProxy: a request to a service HAProxy does
 	// not route yet goes to the built-in proxy (checked below), and the
@@ -521,17 +525,7 @@ func TestHAProxyEjectsOutliers(t *testing.T) {
 // HAProxy does not (here sent to it directly), to the same pools; an
 // instance it ejects gets weight 0 in HAProxy too, until the ejection ends.
 func TestHAProxyHearsOfBuiltInEjections(t *testing.T) {
-	ports := map[int]int{} // status -> port
-	for _, status := range []int{200, 500} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		ports[status] = ln.Addr().(*net.TCPAddr).Port
-	}
+	ports := map[int]int{200: serveStatus(t, 200), 500: serveStatus(t, 500)} // status -> port
 	a := startAtlas(t, t.TempDir(), "--insecure")
 	register(t, a.url, "lists-good", "lists", ports[200])
 	register(t, a.url, "lists-bad", "lists", ports[500])
