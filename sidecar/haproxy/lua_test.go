@@ -79,17 +79,16 @@ frontend probe
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	for i := 0; ; i++ {
+	if !poll(func() bool {
 		c, err := net.Dial("tcp", probe.addr)
 		if err == nil {
 			c.Close()
-			return probe
 		}
-		if i == 200 {
-			tb.Fatalf("the probe HAProxy does not listen: %v", err)
-		}
-		time.Sleep(25 * time.Millisecond)
+		return err == nil
+	}) {
+		tb.Fatalf("the probe HAProxy does not listen on %s", probe.addr)
 	}
+	return probe
 }
 
 // ask sends v as the value of Switchboard-Timeout.
