@@ -85,6 +85,16 @@ type Op struct {
 	// IfIndex, when not nil, is a condition: the key's current Index must be
 	// *IfIndex, where 0 means the key must not exist.
 	IfIndex *uint64
+	// SyncLater lets the store acknowledge the write once it is written,
+	// before it is synced to disk, as PostgreSQL's asynchronous commit
+	// does: a crash of the process loses none of it, a crash of the machine
+	// may lose it (the embedded store syncs it within 10ms). Atlas sets it
+	// on the writes of leased instances that their writer makes again by
+	// itself: a registration (the next heartbeat gets 404 and registers
+	// again) and a status or output (the next heartbeat carries it). A
+	// Txn is synced before it is acknowledged unless all of its ops set
+	// it; the etcd store syncs everything.
+	SyncLater bool
 }
 
 // Change is one committed write as seen by Watch.

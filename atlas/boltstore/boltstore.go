@@ -1,11 +1,13 @@
 // Package boltstore is Atlas's embedded store: a write-ahead log that makes
-// each batch of writes durable with one fdatasync, one bbolt file that gets
+// each batch of writes durable with one fdatasync (writes that may be
+// synced later share one every SyncDelay), one bbolt file that gets
 // them in periodic checkpoints, leases kept in memory so that a heartbeat
 // never writes to disk, and a short history of changes in memory for
 // watchers.
 package boltstore
 
 import (
+	"bytes"
 	"cmp"
 	"container/heap"
 	"context"
@@ -30,6 +32,9 @@ var (
 	bucketKV   = []byte("kv")
 	bucketMeta = []byte("meta")
 	keyIndex   = []byte("index")
+	// keyClosed holds the index at a clean Close, and is deleted at Open:
+	// without it, the last run stopped in a crash.
+	keyClosed = []byte("closed")
 )
 
 // Config configures a Store. The zero value of every field but Path is
@@ -53,9 +58,15 @@ type Config struct {
 	// write-ahead log are copied into the bbolt file, which lets the log
 	// be deleted; zero means 100ms. A checkpoint also happens when the
 	// log's segment reaches 16 MiB. Writes are durable as soon as they are
-	// acknowledged, whatever this is: it sets how much the log may hold
+	// acknowledged (those made to be synced later, SyncDelay after),
+	// whatever this is: it sets how much the log may hold
 	// (and Open replays) and how many writes share a bbolt commit.
 	CheckpointInterval time.Duration
+	// SyncDelay is how long, at most, a write whose ops all set
+	// atlas.Op.SyncLater stays in the log unsynced after it is
+	// acknowledged; zero means 10ms. Such writes share one fdatasync, and
+	// a write that must be synced syncs them too.
+	SyncDelay time.Duration
 	// Logger receives the few things worth logging. Nil discards.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -78,6 +89,12 @@ type Store struct {
 	ckpts chan checkpoint
 	// writerDone is closed when the writer has stopped.
 	writerDone chan struct{}
+	// unsynced counts the changes acknowledged since the log's last
+	// fdatasync (writer only); never more than maxUnsynced.
+	unsynced int
+	// syncFailing is set while a deferred fdatasync fails (logged once;
+	// writer only).
+	syncFailing bool
 	// checkpoints counts the checkpoints that forgot pending writes
 	// (changed under mu): see beginRead.
 	checkpoints atomic.Uint64
@@ -189,6 +206,9 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.CheckpointInterval <= 0 {
 		cfg.CheckpointInterval = 100 * time.Millisecond
 	}
+	if cfg.SyncDelay <= 0 {
+		cfg.SyncDelay = 10 * time.Millisecond
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -248,6 +268,7 @@ func guarded(f func() error) (err error) {
 // load replays the log into the file, deletes it, starts a new one and
 // reads the leases.
 func (s *Store) load() error {
+	var crashed bool
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketKV); err != nil {
 			return err
@@ -258,8 +279,9 @@ func (s *Store) load() error {
 		}
 		if v := meta.Get(keyIndex); len(v) == 8 {
 			s.index = binary.BigEndian.Uint64(v)
+			crashed = !bytes.Equal(meta.Get(keyClosed), v)
 		}
-		return nil
+		return meta.Delete(keyClosed)
 	})
 	if err != nil {
 		return err
@@ -277,7 +299,7 @@ func (s *Store) load() error {
 		return fmt.Errorf("write-ahead log: %w", err)
 	}
 	if dropped > 0 {
-		s.cfg.Logger.Warn("boltstore: the write-ahead log ended in an incomplete write, which was never acknowledged; dropped it", "bytes", dropped)
+		s.cfg.Logger.Warn("boltstore: the write-ahead log ended in an incomplete write, which was never acknowledged, or in instance writes acknowledged before they were synced, which their sidecars make again; dropped them", "bytes", dropped)
 	}
 	if len(changes) > 0 {
 		err := s.db.Update(func(tx *bolt.Tx) error {
@@ -296,6 +318,17 @@ func (s *Store) load() error {
 		}
 		s.index = changes[len(changes)-1].Index
 		s.cfg.Logger.Info("boltstore: replayed the write-ahead log", "changes", len(changes), "index", s.index)
+	}
+	if crashed {
+		// A crash of the machine may have taken back writes acknowledged
+		// unsynced, maxUnsynced at most, whose indexes clients have seen:
+		// a blocking query at one of them must not wait for the same
+		// index to come again. The log's writes are in the file now.
+		s.index += maxUnsynced
+		if err := s.db.Update(func(tx *bolt.Tx) error { return putIndex(tx, s.index) }); err != nil {
+			return err
+		}
+		s.cfg.Logger.Info("boltstore: the store was not closed cleanly; the index moves on past the writes a crash may have taken back", "index", s.index)
 	}
 	if s.index == 0 {
 		// A new store is at index 1 and its first write is 2, as in etcd:
@@ -389,6 +422,14 @@ func (s *Store) Close() error {
 			if err = lerr; err == nil {
 				err = removeSegments(s.dir, paths)
 			}
+		}
+		if err == nil {
+			// Nothing was lost: the next Open need not move the index on.
+			err = s.db.Update(func(tx *bolt.Tx) error {
+				var ib [8]byte
+				binary.BigEndian.PutUint64(ib[:], s.index)
+				return tx.Bucket(bucketMeta).Put(keyClosed, ib[:])
+			})
 		}
 		if cerr := s.db.Close(); err == nil {
 			err = cerr
@@ -559,6 +600,10 @@ func (s *Store) writer() {
 	defer close(s.writerDone)
 	tick := time.NewTicker(s.cfg.CheckpointInterval)
 	defer tick.Stop()
+	// syncDue fires SyncDelay after the first write acknowledged unsynced.
+	syncDue := time.NewTimer(time.Hour)
+	syncDue.Stop()
+	defer syncDue.Stop()
 	for {
 		var batch []*writeReq
 		select {
@@ -566,6 +611,12 @@ func (s *Store) writer() {
 			return
 		case <-tick.C:
 			s.rotate(false)
+			continue
+		case <-syncDue.C:
+			s.syncLog()
+			if s.unsynced > 0 { // it failed: try again
+				syncDue.Reset(s.cfg.SyncDelay)
+			}
 			continue
 		case req := <-s.writes:
 			batch = append(batch, req)
@@ -579,9 +630,41 @@ func (s *Store) writer() {
 				break fill
 			}
 		}
+		before := s.unsynced
 		s.commit(batch)
+		if before == 0 && s.unsynced > 0 {
+			syncDue.Reset(s.cfg.SyncDelay)
+		}
 		s.rotate(true)
 	}
+}
+
+// maxUnsynced bounds how many changes may be acknowledged unsynced, and so
+// how many a crash of the machine may take back: Open moves the index on
+// by as many, so that no index acknowledged before such a crash is given
+// again.
+const maxUnsynced = 1024
+
+// syncLog syncs the log's segment when writes were acknowledged since its
+// last sync. Those writes are in memory, and reach the bbolt file at the
+// next checkpoint, so a failure is logged and tried again, and refuses
+// nothing. Writer only.
+func (s *Store) syncLog() {
+	if s.unsynced == 0 {
+		return
+	}
+	if err := syncLog(s.seg.f); err != nil {
+		if !s.syncFailing {
+			s.syncFailing = true
+			s.cfg.Logger.Error("boltstore: syncing the write-ahead log failed; the writes acknowledged unsynced are kept in memory and reach the bbolt file at the next checkpoint (the error is not logged again until a sync works)", "segment", s.seg.path, "err", err)
+		}
+		return
+	}
+	if s.syncFailing {
+		s.syncFailing = false
+		s.cfg.Logger.Info("boltstore: syncing the write-ahead log works again")
+	}
+	s.unsynced = 0
 }
 
 // maxSegment is the size at which a segment is closed and checkpointed
@@ -606,6 +689,11 @@ func (s *Store) rotate(onlyBig bool) {
 	index, failed := s.index, s.failed
 	s.mu.Unlock()
 	if failed != nil {
+		return
+	}
+	// Only the last segment may end in writes that were never synced: Open
+	// tells them from damage by that.
+	if s.syncLog(); s.unsynced > 0 {
 		return
 	}
 	next, err := createSegment(s.dir, g.seq+1, s.cfg.Now())
@@ -680,8 +768,17 @@ func (s *Store) commit(batch []*writeReq) {
 	tx.Rollback()
 	s.mu.Unlock()
 
+	// The batch is synced before it is acknowledged, unless every op of it
+	// may be synced later and the unsynced writes stay within maxUnsynced.
+	later := s.unsynced+len(changes) <= maxUnsynced
+	for i, req := range batch {
+		if results[i].err == nil && !syncLater(req.ops) {
+			later = false
+			break
+		}
+	}
 	if len(changes) > 0 {
-		if err := s.seg.append(changes); err != nil {
+		if err := s.seg.append(changes, later); err != nil {
 			// The batch is refused, and the segment cut back to its last
 			// acknowledged frame (now or, if that fails, before the next
 			// append): a full disk refuses writes until space is freed.
@@ -696,6 +793,13 @@ func (s *Store) commit(batch []*writeReq) {
 			refuse(batch, err)
 			return
 		}
+	}
+	switch {
+	case len(changes) == 0:
+	case later:
+		s.unsynced += len(changes)
+	default:
+		s.unsynced = 0 // the sync covered them
 	}
 	now = s.cfg.Now()
 	s.mu.Lock()
@@ -728,6 +832,17 @@ func (s *Store) commit(batch []*writeReq) {
 	for i, req := range batch {
 		req.reply <- results[i]
 	}
+}
+
+// syncLater reports whether every op may be synced after the write is
+// acknowledged.
+func syncLater(ops []atlas.Op) bool {
+	for _, op := range ops {
+		if !op.SyncLater {
+			return false
+		}
+	}
+	return true
 }
 
 // refuse answers every request of a batch that was not written with err.

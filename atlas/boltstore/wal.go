@@ -24,7 +24,8 @@ import (
 // The log is a directory of segments, PATH.wal/SEQ.log, SEQ in 16 hex
 // digits. A segment is a series of frames:
 //
-//	length  uint32, little endian: of the payload
+//	length  uint32, little endian: of the payload; its top bit (frameLater)
+//	        marks a frame acknowledged before it was synced
 //	crc     uint32, little endian: CRC-32C of the payload
 //	payload the changes of one batch (appendChanges)
 //
@@ -32,12 +33,22 @@ import (
 // so only the last frame of the last segment can be incomplete (a crash
 // during its write, which may also leave it reading as zeros from its
 // start); Open drops such a frame, whose writes were never acknowledged,
-// and refuses a log damaged anywhere else.
+// and refuses a log damaged anywhere else. Frames of writes that may be
+// synced later (atlas.Op.SyncLater) are the exception: they are
+// acknowledged once written, and synced within SyncDelay, with the next
+// frame that is synced at once, or before their segment is closed. A
+// crash of the machine may leave any of them damaged or missing, but only
+// after the last frame synced at once, in the last segment: Open drops the
+// log from the first damaged frame on when no frame after it was synced at
+// once.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 const (
 	frameHeader = 8
+	// frameLater is the length word's bit of a frame acknowledged before
+	// it was synced. Logs written before it existed never set it.
+	frameLater = 1 << 31
 	// maxFrame bounds a frame's payload when reading: a larger length is
 	// damage, not a batch (a batch is at most 512 writes of at most a few
 	// MiB each).
@@ -180,7 +191,8 @@ func decodeChanges(p []byte) ([]atlas.Change, error) {
 
 // readSegment returns the changes in the segment at path, and, when its
 // end is an incomplete or damaged frame, how many bytes that frame takes
-// to the end of the file (0 when the segment is whole).
+// to the end of the file (0 when the segment is whole). Frames that were
+// never synced may follow an incomplete one; they are dropped with it.
 func readSegment(path string) ([]atlas.Change, int64, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -194,6 +206,8 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 			return out, int64(len(rest)), nil
 		}
 		n := binary.LittleEndian.Uint32(rest)
+		later := n&frameLater != 0
+		n &^= frameLater
 		sum := binary.LittleEndian.Uint32(rest[4:])
 		// Every frame holds a change at least, so a length of zero is a
 		// header never written: a crash during the last append can leave
@@ -201,7 +215,7 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		// maybe its later pages reached the disk, not its first page).
 		// A crash can also leave a frame of the right length with the
 		// wrong bytes in it. Either is the end of the file; a bad frame
-		// with more after it is damage.
+		// synced at once with more after it is damage.
 		if n != 0 && n <= maxFrame && int(n) <= len(rest)-frameHeader {
 			payload := rest[frameHeader : frameHeader+int(n)]
 			if crc32.Checksum(payload, castagnoli) == sum {
@@ -214,15 +228,17 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 				off += frameHeader + int(n)
 				continue
 			}
-			if after := len(rest) - frameHeader - int(n); after > 0 {
+			if after := len(rest) - frameHeader - int(n); after > 0 && !later {
 				return nil, 0, damaged(path, "damaged frame at byte %d, with %d bytes after it", off, after)
 			}
 		}
-		// This reads as an incomplete last frame. A whole frame after
-		// its header means the header is damaged (its length reaches the
-		// end of the file, or past it), and taking it for a torn write
-		// would drop that frame's acknowledged writes.
-		switch at := frameIn(rest[1:]); {
+		// This reads as an incomplete last frame, or as the first of
+		// frames a crash of the machine caught before they were synced.
+		// A frame synced at once after its header means the header is
+		// damaged (its length reaches the end of the file, or past it),
+		// and taking it for a torn write would drop that frame's
+		// acknowledged writes.
+		switch at := syncedFrameIn(rest[1:]); {
 		case at >= 0:
 			return nil, 0, damaged(path, "damaged frame at byte %d, with a whole frame at byte %d after it", off, off+1+at)
 		case at == -2:
@@ -233,22 +249,25 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 	return out, 0, nil
 }
 
-// frameIn looks in b, what follows a frame header that reads as an
+// syncedFrameIn looks in b, what follows a frame header that reads as an
 // incomplete write, for a whole frame (its payload starts as changes do,
-// its checksum holds and it decodes), and returns the first one's offset,
-// or -1 when there is none. An incomplete last frame holds none, but by a
-// checksum that holds by chance: its payload is names and JSON, whose
-// only bytes below 0x20 are the varints and flags between them.
+// its checksum holds and it decodes) that was synced at once, and returns
+// the first one's offset, or -1 when there is none. An incomplete last
+// frame holds none, but by a checksum that holds by chance: its payload is
+// names and JSON, whose only bytes below 0x20 are the varints and flags
+// between them. Frames acknowledged before they were synced may follow
+// it, whole or not, when the machine crashed.
 //
 // Most offsets cost a comparison; a checksum is computed where four bytes
 // read as a length that fits in what follows and the payload starts as
 // changes do, and all of them together may take 1 MiB and 16 bytes a byte
 // of b. Bytes that use that up (so many frame-like windows are in no
 // payload Atlas writes) are damage too: it returns -2.
-func frameIn(b []byte) int {
+func syncedFrameIn(b []byte) int {
 	budget := 1<<20 + 16*len(b)
 	for i := 0; i+frameHeader < len(b); i++ {
-		n := binary.LittleEndian.Uint32(b[i:])
+		word := binary.LittleEndian.Uint32(b[i:])
+		n := word &^ frameLater
 		if n == 0 || uint64(n) > uint64(len(b)-i-frameHeader) {
 			continue
 		}
@@ -262,9 +281,13 @@ func frameIn(b []byte) int {
 		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(b[i+4:]) {
 			continue
 		}
-		if _, err := decodeChanges(payload); err == nil {
+		if _, err := decodeChanges(payload); err != nil {
+			continue
+		}
+		if word&frameLater == 0 {
 			return i
 		}
+		i += frameHeader + int(n) - 1 // a frame holds no other
 	}
 	return -1
 }
@@ -355,10 +378,11 @@ func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
 	return &segment{f: f, path: path, seq: seq, opened: now}, nil
 }
 
-// append writes the changes as one frame and syncs it. After an error the
-// frame is cut off the segment; if that fails too, the next append tries
-// again first, as no frame may follow bytes that are not one.
-func (g *segment) append(cs []atlas.Change) error {
+// append writes the changes as one frame and, unless later, syncs it.
+// After an error the frame is cut off the segment; if that fails too, the
+// next append tries again first, as no frame may follow bytes that are not
+// one.
+func (g *segment) append(cs []atlas.Change, later bool) error {
 	if g.torn {
 		if err := g.cutOff(); err != nil {
 			return fmt.Errorf("cutting off a refused frame: %w", err)
@@ -366,10 +390,14 @@ func (g *segment) append(cs []atlas.Change) error {
 	}
 	g.buf = appendChanges(append(g.buf[:0], make([]byte, frameHeader)...), cs)
 	payload := g.buf[frameHeader:]
-	binary.LittleEndian.PutUint32(g.buf, uint32(len(payload)))
+	word := uint32(len(payload))
+	if later {
+		word |= frameLater
+	}
+	binary.LittleEndian.PutUint32(g.buf, word)
 	binary.LittleEndian.PutUint32(g.buf[4:], crc32.Checksum(payload, castagnoli))
 	_, err := g.f.Write(g.buf)
-	if err == nil {
+	if err == nil && !later {
 		err = syncLog(g.f)
 	}
 	if err != nil {
@@ -390,9 +418,10 @@ func (g *segment) append(cs []atlas.Change) error {
 // must not replay it: a failed fdatasync leaves it whole in the file, and
 // the kernel may still write it out. While torn is set, it may come back.
 //
-// Only frames acknowledged before are left, each synced when it was, so
-// appending goes on safely after a failed fdatasync too: what such a
-// failure may have lost is in the frame cut off.
+// Only frames acknowledged before are left, each synced when it was (or,
+// made to be synced later, in memory until the next checkpoint copies it
+// into the file), so appending goes on safely after a failed fdatasync
+// too: what such a failure may have lost is in the frame cut off.
 func (g *segment) cutOff() error {
 	g.torn = true
 	if err := truncateLog(g.f, g.size); err != nil {

@@ -83,6 +83,11 @@ func snapshotOf(t *testing.T, s *Store) (uint64, map[string]string) {
 	return index, got
 }
 
+// afterCrash is the index a store opened after a crash is at, when its
+// last write was index: Open moves it past the writes a crash of the
+// machine may have taken back.
+func afterCrash(index uint64) uint64 { return index + maxUnsynced }
+
 // reopen opens the store at path again, checks that it holds want at index
 // and returns what Open logged; the store is closed at the end of the test.
 func reopen(t *testing.T, path string, index uint64, want map[string]string) (*Store, string) {
@@ -117,7 +122,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	}
 	s.crash()
 
-	s, log := reopen(t, path, index, want)
+	s, log := reopen(t, path, afterCrash(index), want)
 	if !strings.Contains(log, "replayed the write-ahead log") {
 		t.Fatalf("Open replayed nothing; log: %s", log)
 	}
@@ -151,7 +156,7 @@ func TestCheckpointEmptiesTheLog(t *testing.T) {
 	}
 	s.crash()
 	// Nothing is left to replay: the file alone has every write.
-	if _, log := reopen(t, path, index, want); strings.Contains(log, "replayed") {
+	if _, log := reopen(t, path, afterCrash(index), want); strings.Contains(log, "replayed") {
 		t.Fatalf("Open replayed writes a checkpoint had copied: %s", log)
 	}
 }
@@ -176,7 +181,7 @@ func TestTornTailIsDropped(t *testing.T) {
 	f.Write(frame)
 	f.Close()
 
-	if _, log := reopen(t, path, index, want); !strings.Contains(log, "incomplete write") {
+	if _, log := reopen(t, path, afterCrash(index), want); !strings.Contains(log, "incomplete write") {
 		t.Fatalf("the dropped bytes were not logged: %s", log)
 	}
 }
@@ -205,7 +210,7 @@ func TestCheckpointWithNothingToCopyKeepsTheIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.crash()
-	reopen(t, path, i, map[string]string{"a": "1"})
+	reopen(t, path, afterCrash(i), map[string]string{"a": "1"})
 
 	// Hot keys: each checkpoint finds its writes rewritten in the next
 	// segment already.
@@ -227,7 +232,7 @@ func TestCheckpointWithNothingToCopyKeepsTheIndex(t *testing.T) {
 	wg.Wait()
 	index, want := snapshotOf(t, s)
 	s.crash()
-	reopen(t, path, index, want)
+	reopen(t, path, afterCrash(index), want)
 
 	// A clean Close after a change with no entries: the index stays.
 	path = filepath.Join(t.TempDir(), "atlas.db")
@@ -269,7 +274,7 @@ func TestDamagedLogIsRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			g.append([]atlas.Change{{Index: 1000, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "z", Value: []byte("9")}}}}})
+			g.append([]atlas.Change{{Index: 1000, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "z", Value: []byte("9")}}}}}, false)
 			g.f.Close()
 		}, "changes are missing", segmentName(99)},
 	} {
@@ -397,7 +402,7 @@ func TestLogWriteFailureRefusesWritesUntilItWorks(t *testing.T) {
 			if err := os.WriteFile(probe, make([]byte, 4096), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			reopen(t, path, i+1, want)
+			reopen(t, path, afterCrash(i+1), want)
 			if _, err := os.Stat(probe); !os.IsNotExist(err) {
 				t.Fatalf("a probe file the crash left is still there: %v", err)
 			}
@@ -429,9 +434,17 @@ func FuzzWALPayload(f *testing.F) {
 }
 
 // frameOf is a log frame of cs, as segment.append writes it.
-func frameOf(cs []atlas.Change) []byte {
+func frameOf(cs []atlas.Change) []byte { return frameWith(cs, false) }
+
+// frameWith is frameOf for a frame acknowledged before it was synced when
+// later is set.
+func frameWith(cs []atlas.Change, later bool) []byte {
 	payload := appendChanges(nil, cs)
-	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
+	word := uint32(len(payload))
+	if later {
+		word |= frameLater
+	}
+	frame := binary.LittleEndian.AppendUint32(nil, word)
 	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
 	return append(frame, payload...)
 }
@@ -493,7 +506,8 @@ func FuzzWALSegment(f *testing.F) {
 				c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: "c/x/", Index: c.Index}, Deleted: true})
 			}
 			written = append(written, c)
-			log = append(log, frameOf([]atlas.Change{c})...)
+			// frames' bits 3-7 mark frames written to be synced later.
+			log = append(log, frameWith([]atlas.Change{c}, frames>>(3+i%5)&1 == 1)...)
 			ends = append(ends, len(log))
 		}
 		p := int(at) % (len(log) + 1)
@@ -537,10 +551,12 @@ func FuzzWALSegment(f *testing.F) {
 		if int64(len(damaged))-torn != int64(endOf(ends, len(cs))) {
 			t.Fatalf("a damaged log reads %d changes and a tail of %d bytes of %d; the tail must start where the last frame read ends", len(cs), torn, len(damaged))
 		}
-		// Only the last write can be incomplete: a frame still whole after
-		// the damage means the damage is not that, and must be refused.
+		// Only the last write, and writes acknowledged before they were
+		// synced, can be incomplete: a frame synced at once still whole
+		// after the damage means the damage is not that, and must be
+		// refused.
 		for j := len(cs) + 1; j < len(written); j++ {
-			if bytes.Equal(damaged[endOf(ends, j):ends[j]], log[endOf(ends, j):ends[j]]) {
+			if frames>>(3+j%5)&1 == 0 && bytes.Equal(damaged[endOf(ends, j):ends[j]], log[endOf(ends, j):ends[j]]) {
 				t.Fatalf("a log damaged at frame %d of %d (byte %d) reads as %d changes and a torn tail, dropping frame %d which is whole", k, len(written), first, len(cs), j)
 			}
 		}
@@ -573,7 +589,7 @@ func TestFirstWriteOfAnOlderStoreIsReplayed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = g.append([]atlas.Change{{Index: 1, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "k", Value: []byte("v"), Index: 1}}}}})
+	err = g.append([]atlas.Change{{Index: 1, KVs: []atlas.ChangedKV{{KV: atlas.KV{Key: "k", Value: []byte("v"), Index: 1}}}}}, false)
 	g.f.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -616,7 +632,7 @@ func TestRefusedWriteDoesNotComeBackAfterACrash(t *testing.T) {
 	}
 	s.crash()
 	syncLog = fdatasync
-	reopen(t, path, i, map[string]string{"a": "1"})
+	reopen(t, path, afterCrash(i), map[string]string{"a": "1"})
 }
 
 // A crash during the last append can leave its frame reading as zeros from
@@ -652,7 +668,7 @@ func TestZeroFilledTailIsDropped(t *testing.T) {
 			f.Write(frame)
 			f.Close()
 
-			if _, log := reopen(t, path, index, want); !strings.Contains(log, "incomplete write") {
+			if _, log := reopen(t, path, afterCrash(index), want); !strings.Contains(log, "incomplete write") {
 				t.Fatalf("the dropped bytes were not logged: %s", log)
 			}
 		})

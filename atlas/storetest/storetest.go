@@ -197,7 +197,11 @@ func testWatchInOrder(t *testing.T, s atlas.Store) {
 	for w := range 4 {
 		go func() {
 			for i := range n / 4 {
-				if _, err := s.Txn(ctx, []atlas.Op{put(fmt.Sprintf("w%d-%d", w, i), "v")}); err != nil {
+				// Half of the writers' writes may be synced later: they
+				// keep their place among the others all the same.
+				op := put(fmt.Sprintf("w%d-%d", w, i), "v")
+				op.SyncLater = w%2 == 1
+				if _, err := s.Txn(ctx, []atlas.Op{op}); err != nil {
 					errc <- err
 					return
 				}

@@ -1,0 +1,192 @@
+package boltstore
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/switchboard-go/switchboard/atlas"
+)
+
+// countSyncs counts the log's fdatasyncs until the test ends.
+func countSyncs(t *testing.T) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	syncLog = func(f *os.File) error {
+		n.Add(1)
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncLog = fdatasync })
+	return &n
+}
+
+// openLater opens a store whose writes made to be synced later wait for
+// syncDelay, and whose checkpoints wait for checkpoint.
+func openLater(t *testing.T, path string, syncDelay, checkpoint time.Duration) *Store {
+	t.Helper()
+	s, err := Open(Config{Path: path, SyncDelay: syncDelay, CheckpointInterval: checkpoint, SweepInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func put(t *testing.T, s *Store, key, value string, later bool) uint64 {
+	t.Helper()
+	i, err := s.Txn(context.Background(), []atlas.Op{{Key: key, Value: []byte(value), TTL: time.Hour, SyncLater: later}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i
+}
+
+// Writes whose ops all set SyncLater are answered without an fdatasync;
+// any other write syncs, and its sync covers them. No more than
+// maxUnsynced changes wait unsynced.
+func TestSyncLaterWritesShareASync(t *testing.T) {
+	syncs := countSyncs(t)
+	s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Hour, time.Hour)
+	defer s.Close()
+	ctx := context.Background()
+
+	for i := range 5 {
+		put(t, s, "i/a", strings.Repeat("x", i+1), true)
+	}
+	if n := syncs.Load(); n != 0 {
+		t.Fatalf("5 writes made to be synced later: %d syncs; want none", n)
+	}
+	put(t, s, "c//", "{}", false)
+	if n := syncs.Load(); n != 1 {
+		t.Fatalf("a write to be synced at once: %d syncs; want 1", n)
+	}
+	// One op that must be synced makes the whole write synced.
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("1"), TTL: time.Hour, SyncLater: true}, {Key: "e/b", Value: []byte("{}")}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := syncs.Load(); n != 2 {
+		t.Fatalf("a write with one op to be synced at once: %d syncs; want 2", n)
+	}
+
+	for i := range maxUnsynced {
+		put(t, s, "i/a", strings.Repeat("y", i%7+1), true)
+	}
+	if n := syncs.Load(); n != 2 {
+		t.Fatalf("%d writes made to be synced later: %d syncs in all; want still 2", maxUnsynced, n)
+	}
+	put(t, s, "i/a", "z", true)
+	if n := syncs.Load(); n != 3 {
+		t.Fatalf("write %d made to be synced later: %d syncs in all; want 3 (no more than %d wait)", maxUnsynced+1, n, maxUnsynced)
+	}
+}
+
+// A write made to be synced later is synced SyncDelay after it, and
+// before its segment is closed for a checkpoint, so that only the last
+// segment can end in writes never synced.
+func TestSyncLaterWritesAreSynced(t *testing.T) {
+	t.Run("after SyncDelay", func(t *testing.T) {
+		syncs := countSyncs(t)
+		s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), 5*time.Millisecond, time.Hour)
+		defer s.Close()
+		put(t, s, "i/a", "1", true)
+		for syncs.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	})
+	t.Run("before a checkpoint", func(t *testing.T) {
+		syncs := countSyncs(t)
+		s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Hour, 5*time.Millisecond)
+		defer s.Close()
+		put(t, s, "i/a", "1", true)
+		for s.checkpoints.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		if n := syncs.Load(); n != 1 {
+			t.Fatalf("a checkpoint of a segment with a write never synced: %d syncs before it; want 1", n)
+		}
+	})
+}
+
+// A crash of the machine may take back writes acknowledged unsynced:
+// Open starts from the last frame synced at once, and moves the index on
+// past any index those writes had, so that a blocking query at one of
+// them is answered when the store next changes.
+func TestMachineCrashTakesBackOnlyUnsyncedWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(data []byte, synced int) []byte
+	}{
+		{"their pages never written", func(data []byte, synced int) []byte { return data[:synced] }},
+		{"the file's size written, not their pages", func(data []byte, synced int) []byte {
+			clear(data[synced:])
+			return data
+		}},
+		{"a page of the first of them lost, the next whole", func(data []byte, synced int) []byte {
+			data[synced+frameHeader+2] ^= 0xff
+			return data
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "atlas.db")
+			s := openLater(t, path, time.Hour, time.Hour)
+			synced := put(t, s, "i/a", "1", false)
+			size := int(s.seg.size) // the answer orders this read after the writer's
+			put(t, s, "i/b", "2", true)
+			last := put(t, s, "i/c", "3", true)
+			s.crash()
+			data, err := os.ReadFile(logSegments(t, path)[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			data = tc.damage(data, size)
+			if err := os.WriteFile(logSegments(t, path)[0], data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+
+			_, log := reopen(t, path, afterCrash(synced), map[string]string{"i/a": "1"})
+			if afterCrash(synced) <= last {
+				t.Fatalf("after the crash the store is at %d, and its next write would repeat %d, an index answered before", afterCrash(synced), last)
+			}
+			if len(data) > size && !strings.Contains(log, "dropped") {
+				t.Errorf("Open dropped the writes never synced without a word; log: %s", log)
+			}
+		})
+	}
+}
+
+// A frame synced at once after damage means the damage is in writes that
+// were synced: Open refuses the log rather than drop them.
+func TestDamageBeforeASyncedFrameIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openLater(t, path, time.Hour, time.Hour)
+	put(t, s, "i/a", "1", false)
+	size := int(s.seg.size)
+	put(t, s, "i/b", "2", true)
+	put(t, s, "c//", "{}", false)
+	s.crash()
+	alter(t, logSegments(t, path)[0], func(data []byte) { data[size+frameHeader+2] ^= 0xff })
+	_, err := Open(Config{Path: path})
+	if err == nil || !strings.Contains(err.Error(), "with a whole frame at byte") {
+		t.Fatalf("Open of a log damaged before a frame synced at once: %v; want it refused", err)
+	}
+}
+
+// A clean Close loses nothing: the index goes on from where it was.
+func TestCleanCloseKeepsTheIndex(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openLater(t, path, time.Hour, time.Hour)
+	last := put(t, s, "i/b", "2", true)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, path, time.Hour, nil)
+	if i := put(t, s, "i/c", "3", true); i != last+1 {
+		t.Fatalf("after a clean close the next write is %d; want %d", i, last+1)
+	}
+	// A crash after that moves it on.
+	s.crash()
+	reopen(t, path, afterCrash(last+1), map[string]string{"i/b": "2", "i/c": "3"})
+}
