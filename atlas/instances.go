@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -64,6 +65,13 @@ func (s *Server) leaseOf(id string) *leaseInfo {
 	return nil
 }
 
+// sameRegistration reports whether in, a registration of r's id, changes
+// only what heartbeats carry (status, output) and the times.
+func sameRegistration(r *instRecord, in *sb.Instance) bool {
+	return r.service() == in.Service && r.realm() == in.Realm && r.address == in.Address &&
+		int(r.port) == in.Port && r.ttl == in.TTL && slices.Equal(r.tags, in.Tags) && maps.Equal(r.meta, in.Meta)
+}
+
 // idTaken refuses to register id for a service when it belongs to
 // another one the caller may not act for.
 func idTaken(id string) error {
@@ -117,6 +125,13 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 			Tags: reg.Tags, Meta: reg.Meta, Status: reg.Status, Output: reg.Output, TTL: reg.TTL,
 			RegisteredAt: now, StatusChangedAt: now,
 		}
+		// A registration that a crash of the machine took back is made
+		// again by its sidecar, so it may be synced after it is answered
+		// (Op.SyncLater): a new id's (the next heartbeat gets 404 and
+		// registers again), or one that changes only what a heartbeat
+		// carries too. One that changes the address, tags, meta or TTL
+		// of a record would leave the old one in place: synced.
+		later := old == nil && prev == 0 || old != nil && sameRegistration(old, in)
 		if old != nil {
 			prev = old.index
 			if old.service() == in.Service && old.realm() == in.Realm {
@@ -138,7 +153,7 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 			return nil, err
 		}
 		s.st.hint(pfxInstance+id, val, in)
-		_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(prev)})
+		_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(prev), SyncLater: later})
 		s.st.unhint(pfxInstance+id, val)
 		if errors.Is(err, ErrConflict) && attempt < 5 {
 			s.awaitChange(ctx, id, old)
@@ -212,7 +227,9 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 				return err
 			}
 			s.st.hint(pfxInstance+id, val, in)
-			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index)})
+			// The next heartbeat carries the status and output again:
+			// a crash of the machine may take this write back.
+			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index), SyncLater: true})
 			s.st.unhint(pfxInstance+id, val)
 			if errors.Is(err, ErrConflict) && attempt < 5 {
 				s.awaitChange(ctx, id, r)
