@@ -191,7 +191,10 @@ func (b *bench) instanceID(i int) string { return fmt.Sprintf("bench-%07d", i) }
 // registration is the body that registers instance i of service: one tag
 // and one meta entry, as a sidecar sends them, and a one-hour lease so that
 // nothing expires during the run.
-func registration(service string, i int) []byte {
+func registration(service string, i int) []byte { return registrationAs(service, i, "1.4.2") }
+
+// registrationAs is registration with version as its meta's.
+func registrationAs(service string, i int, version string) []byte {
 	buf := make([]byte, 0, 160)
 	buf = append(buf, `{"service":"`...)
 	buf = append(buf, service...)
@@ -203,16 +206,23 @@ func registration(service string, i int) []byte {
 	buf = strconv.AppendInt(buf, int64(i&255), 10)
 	buf = append(buf, `","port":`...)
 	buf = strconv.AppendInt(buf, int64(5000+i%1000), 10)
-	buf = append(buf, `,"tags":["v2"],"meta":{"version":"1.4.2"},"ttl":"1h"}`...)
+	buf = append(buf, `,"tags":["v2"],"meta":{"version":"`...)
+	buf = append(buf, version...)
+	buf = append(buf, `"},"ttl":"1h"}`...)
 	return buf
 }
 
 // register registers instances first, first+1, ..., first+n-1 with the
 // given number of clients, for at most maxDur.
 func (b *bench) register(ctx context.Context, clients, first, n int, maxDur time.Duration) (*throughput, error) {
+	return b.registerAs(ctx, clients, first, n, "1.4.2", maxDur)
+}
+
+// registerAs is register with version in each instance's meta.
+func (b *bench) registerAs(ctx context.Context, clients, first, n int, version string, maxDur time.Duration) (*throughput, error) {
 	return b.run(ctx, clients, n, maxDur, func(ctx context.Context, i int) error {
 		i += first
-		return b.put(ctx, b.load, "/v1/instances/"+b.instanceID(i), registration(b.serviceOf(i), i))
+		return b.put(ctx, b.load, "/v1/instances/"+b.instanceID(i), registrationAs(b.serviceOf(i), i, version))
 	})
 }
 
