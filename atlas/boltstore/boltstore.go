@@ -92,9 +92,6 @@ type Store struct {
 	// unsynced counts the changes acknowledged since the log's last
 	// fdatasync (writer only); never more than maxUnsynced.
 	unsynced int
-	// syncFailing is set while a deferred fdatasync fails (logged once;
-	// writer only).
-	syncFailing bool
 	// checkpoints counts the checkpoints that forgot pending writes
 	// (changed under mu): see beginRead.
 	checkpoints atomic.Uint64
@@ -646,25 +643,30 @@ func (s *Store) writer() {
 const maxUnsynced = 1024
 
 // syncLog syncs the log's segment when writes were acknowledged since its
-// last sync. Those writes are in memory, and reach the bbolt file at the
-// next checkpoint, so a failure is logged and tried again, and refuses
-// nothing. Writer only.
+// last sync. When that fails, the store refuses writes until a sync works
+// again: it takes none to be synced later meanwhile, and a write to be
+// synced at once syncs those first, as an append does, and is refused when
+// that fails. Writer only.
 func (s *Store) syncLog() {
 	if s.unsynced == 0 {
 		return
 	}
-	if err := syncLog(s.seg.f); err != nil {
-		if !s.syncFailing {
-			s.syncFailing = true
-			s.cfg.Logger.Error("boltstore: syncing the write-ahead log failed; the writes acknowledged unsynced are kept in memory and reach the bbolt file at the next checkpoint (the error is not logged again until a sync works)", "segment", s.seg.path, "err", err)
+	err := s.seg.sync()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		first := s.failed == nil
+		s.failed = fmt.Errorf("%w: boltstore: syncing the write-ahead log %s: %v", atlas.ErrUnavailable, s.seg.path, err)
+		if first {
+			s.cfg.Logger.Error("boltstore: syncing the write-ahead log failed; writes are refused until it works again (the error is not logged again until then)", "err", s.failed)
 		}
 		return
 	}
-	if s.syncFailing {
-		s.syncFailing = false
-		s.cfg.Logger.Info("boltstore: syncing the write-ahead log works again")
-	}
 	s.unsynced = 0
+	if s.failed != nil {
+		s.failed = nil
+		s.cfg.Logger.Info("boltstore: writing the write-ahead log works again")
+	}
 }
 
 // maxSegment is the size at which a segment is closed and checkpointed
@@ -769,8 +771,9 @@ func (s *Store) commit(batch []*writeReq) {
 	s.mu.Unlock()
 
 	// The batch is synced before it is acknowledged, unless every op of it
-	// may be synced later and the unsynced writes stay within maxUnsynced.
-	later := s.unsynced+len(changes) <= maxUnsynced
+	// may be synced later, the unsynced writes stay within maxUnsynced,
+	// and the log works (failed is the writer's to set: no lock needed).
+	later := s.unsynced+len(changes) <= maxUnsynced && s.failed == nil
 	for i, req := range batch {
 		if results[i].err == nil && !syncLater(req.ops) {
 			later = false

@@ -2,10 +2,12 @@ package boltstore
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,8 +47,8 @@ func put(t *testing.T, s *Store, key, value string, later bool) uint64 {
 }
 
 // Writes whose ops all set SyncLater are answered without an fdatasync;
-// any other write syncs, and its sync covers them. No more than
-// maxUnsynced changes wait unsynced.
+// any other write syncs them, then itself. No more than maxUnsynced
+// changes wait unsynced.
 func TestSyncLaterWritesShareASync(t *testing.T) {
 	syncs := countSyncs(t)
 	s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Hour, time.Hour)
@@ -60,26 +62,26 @@ func TestSyncLaterWritesShareASync(t *testing.T) {
 		t.Fatalf("5 writes made to be synced later: %d syncs; want none", n)
 	}
 	put(t, s, "c//", "{}", false)
-	if n := syncs.Load(); n != 1 {
-		t.Fatalf("a write to be synced at once: %d syncs; want 1", n)
+	if n := syncs.Load(); n != 2 {
+		t.Fatalf("a write to be synced at once after them: %d syncs; want 2 (theirs, then its own)", n)
 	}
 	// One op that must be synced makes the whole write synced.
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("1"), TTL: time.Hour, SyncLater: true}, {Key: "e/b", Value: []byte("{}")}}); err != nil {
 		t.Fatal(err)
 	}
-	if n := syncs.Load(); n != 2 {
-		t.Fatalf("a write with one op to be synced at once: %d syncs; want 2", n)
+	if n := syncs.Load(); n != 3 {
+		t.Fatalf("a write with one op to be synced at once: %d syncs in all; want 3", n)
 	}
 
 	for i := range maxUnsynced {
 		put(t, s, "i/a", strings.Repeat("y", i%7+1), true)
 	}
-	if n := syncs.Load(); n != 2 {
-		t.Fatalf("%d writes made to be synced later: %d syncs in all; want still 2", maxUnsynced, n)
+	if n := syncs.Load(); n != 3 {
+		t.Fatalf("%d writes made to be synced later: %d syncs in all; want still 3", maxUnsynced, n)
 	}
 	put(t, s, "i/a", "z", true)
-	if n := syncs.Load(); n != 3 {
-		t.Fatalf("write %d made to be synced later: %d syncs in all; want 3 (no more than %d wait)", maxUnsynced+1, n, maxUnsynced)
+	if n := syncs.Load(); n != 5 {
+		t.Fatalf("write %d made to be synced later: %d syncs in all; want 5 (no more than %d wait)", maxUnsynced+1, n, maxUnsynced)
 	}
 }
 
@@ -189,4 +191,84 @@ func TestCleanCloseKeepsTheIndex(t *testing.T) {
 	// A crash after that moves it on.
 	s.crash()
 	reopen(t, path, afterCrash(last+1), map[string]string{"i/b": "2", "i/c": "3"})
+}
+
+// A frame synced at once is written only once the frames waiting for a
+// sync are synced: a crash of the machine during its own fdatasync could
+// otherwise leave it whole after one of them that is not, and Open would
+// refuse a log in which nothing acknowledged was lost.
+func TestSyncedFrameFollowsOnlySyncedFrames(t *testing.T) {
+	var sizes []int64 // the segment's size at each fdatasync
+	syncLog = func(f *os.File) error {
+		if fi, err := f.Stat(); err == nil {
+			sizes = append(sizes, fi.Size())
+		}
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncLog = fdatasync })
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openLater(t, path, time.Hour, time.Hour)
+	put(t, s, "i/a", "1", true)
+	put(t, s, "i/b", "2", true)
+	waiting := s.seg.size
+	put(t, s, "c//", "{}", false)
+	s.crash()
+	if len(sizes) != 2 || sizes[0] != waiting || sizes[1] <= waiting {
+		t.Fatalf("fdatasyncs at segment sizes %v; want one at %d (the frames waiting), then one after the frame synced at once", sizes, waiting)
+	}
+}
+
+// Frames synced after they were answered are not taken for an unsynced
+// tail once a frame written after their sync follows them: damage in them
+// is refused, not dropped with everything after it.
+func TestDamageInFramesSyncedLaterIsRefused(t *testing.T) {
+	syncs := countSyncs(t)
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openLater(t, path, time.Millisecond, time.Hour)
+	put(t, s, "i/a", "1", true)
+	for syncs.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	put(t, s, "i/b", "2", true) // written when every frame before it was synced
+	s.crash()
+	alter(t, logSegments(t, path)[0], func(data []byte) { data[frameHeader+2] ^= 0xff })
+	_, err := Open(Config{Path: path})
+	if err == nil || !strings.Contains(err.Error(), "with a whole frame at byte") {
+		t.Fatalf("Open of a log damaged in a frame synced later, with a frame written after that sync: %v; want it refused", err)
+	}
+}
+
+// While the log cannot be synced, the store refuses writes (and says so
+// in Ping), none of them taken to be synced later, and takes them again
+// once a sync works.
+func TestFailingSyncRefusesWritesUntilItWorks(t *testing.T) {
+	var failing atomic.Bool
+	syncLog = func(f *os.File) error {
+		if failing.Load() {
+			return syscall.EIO
+		}
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncLog = fdatasync })
+	s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Millisecond, time.Hour)
+	defer s.Close()
+	ctx := context.Background()
+	failing.Store(true)
+	put(t, s, "i/a", "1", true) // answered before its sync, which fails
+	for s.Ping(ctx) == nil {
+		time.Sleep(time.Millisecond)
+	}
+	for _, later := range []bool{true, false} {
+		if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), TTL: time.Hour, SyncLater: later}}); !errors.Is(err, atlas.ErrUnavailable) {
+			t.Fatalf("a write (SyncLater %v) while the log cannot be synced: %v; want it refused as unavailable", later, err)
+		}
+	}
+	failing.Store(false)
+	for s.Ping(ctx) != nil {
+		time.Sleep(time.Millisecond)
+	}
+	put(t, s, "i/b", "2", true)
+	if _, kvs, err := s.Snapshot(ctx); err != nil || len(kvs) != 2 {
+		t.Fatalf("after the log works again: %d entries, %v; want i/a and i/b", len(kvs), err)
+	}
 }

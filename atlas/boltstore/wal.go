@@ -24,8 +24,10 @@ import (
 // The log is a directory of segments, PATH.wal/SEQ.log, SEQ in 16 hex
 // digits. A segment is a series of frames:
 //
-//	length  uint32, little endian: of the payload; its top bit (frameLater)
-//	        marks a frame acknowledged before it was synced
+//	length  uint32, little endian: of the payload in its low 30 bits; the
+//	        top bit (frameLater) marks a frame acknowledged before it was
+//	        synced, the next (frameSynced) such a frame written when every
+//	        frame before it was synced
 //	crc     uint32, little endian: CRC-32C of the payload
 //	payload the changes of one batch (appendChanges)
 //
@@ -35,24 +37,30 @@ import (
 // start); Open drops such a frame, whose writes were never acknowledged,
 // and refuses a log damaged anywhere else. Frames of writes that may be
 // synced later (atlas.Op.SyncLater) are the exception: they are
-// acknowledged once written, and synced within SyncDelay, with the next
-// frame that is synced at once, or before their segment is closed. A
-// crash of the machine may leave any of them damaged or missing, but only
-// after the last frame synced at once, in the last segment: Open drops the
-// log from the first damaged frame on when no frame after it was synced at
-// once.
+// acknowledged once written, and synced within SyncDelay, before the next
+// frame that is synced at once is written, or before their segment is
+// closed. A crash of the machine may leave any of them damaged or missing,
+// but only in the last segment, and only after the last frame written
+// when every frame before it was synced: one synced at once, or one marked
+// frameSynced. Open drops the log from the first damaged frame on when no
+// such frame follows it; what it drops then is maxUnsynced changes at
+// most, those of one wait for a sync.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 const (
 	frameHeader = 8
 	// frameLater is the length word's bit of a frame acknowledged before
-	// it was synced. Logs written before it existed never set it.
-	frameLater = 1 << 31
+	// it was synced, and frameSynced the bit of such a frame written when
+	// every frame before it was synced. Logs written before they existed
+	// never set them.
+	frameLater  = 1 << 31
+	frameSynced = 1 << 30
+	frameFlags  = frameLater | frameSynced
 	// maxFrame bounds a frame's payload when reading: a larger length is
 	// damage, not a batch (a batch is at most 512 writes of at most a few
 	// MiB each).
-	maxFrame = 1 << 30
+	maxFrame = 1<<30 - 1
 )
 
 // walDir is the directory of the log of the bbolt file at path.
@@ -207,7 +215,7 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		}
 		n := binary.LittleEndian.Uint32(rest)
 		later := n&frameLater != 0
-		n &^= frameLater
+		n &^= frameFlags
 		sum := binary.LittleEndian.Uint32(rest[4:])
 		// Every frame holds a change at least, so a length of zero is a
 		// header never written: a crash during the last append can leave
@@ -234,10 +242,10 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		}
 		// This reads as an incomplete last frame, or as the first of
 		// frames a crash of the machine caught before they were synced.
-		// A frame synced at once after its header means the header is
+		// A frame after it that was written when every frame before it
+		// was synced means that this one was synced: its header is
 		// damaged (its length reaches the end of the file, or past it),
-		// and taking it for a torn write would drop that frame's
-		// acknowledged writes.
+		// and taking it for a torn write would drop acknowledged writes.
 		switch at := syncedFrameIn(rest[1:]); {
 		case at >= 0:
 			return nil, 0, damaged(path, "damaged frame at byte %d, with a whole frame at byte %d after it", off, off+1+at)
@@ -251,8 +259,9 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 
 // syncedFrameIn looks in b, what follows a frame header that reads as an
 // incomplete write, for a whole frame (its payload starts as changes do,
-// its checksum holds and it decodes) that was synced at once, and returns
-// the first one's offset, or -1 when there is none. An incomplete last
+// its checksum holds and it decodes) written when every frame before it
+// was synced (one synced at once, or marked frameSynced), and returns the
+// first one's offset, or -1 when there is none. An incomplete last
 // frame holds none, but by a checksum that holds by chance: its payload is
 // names and JSON, whose only bytes below 0x20 are the varints and flags
 // between them. Frames acknowledged before they were synced may follow
@@ -267,7 +276,7 @@ func syncedFrameIn(b []byte) int {
 	budget := 1<<20 + 16*len(b)
 	for i := 0; i+frameHeader < len(b); i++ {
 		word := binary.LittleEndian.Uint32(b[i:])
-		n := word &^ frameLater
+		n := word &^ frameFlags
 		if n == 0 || uint64(n) > uint64(len(b)-i-frameHeader) {
 			continue
 		}
@@ -284,7 +293,7 @@ func syncedFrameIn(b []byte) int {
 		if _, err := decodeChanges(payload); err != nil {
 			continue
 		}
-		if word&frameLater == 0 {
+		if word&frameLater == 0 || word&frameSynced != 0 {
 			return i
 		}
 		i += frameHeader + int(n) - 1 // a frame holds no other
@@ -362,6 +371,9 @@ type segment struct {
 	opened time.Time
 	buf    []byte // reused frame buffer
 	torn   bool   // the file may hold a refused frame after size
+	// unsynced is set while a frame acknowledged before it was synced
+	// may not be synced yet.
+	unsynced bool
 }
 
 func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
@@ -381,11 +393,14 @@ func createSegment(dir string, seq uint64, now time.Time) (*segment, error) {
 // append writes the changes as one frame and, unless later, syncs it.
 // After an error the frame is cut off the segment; if that fails too, the
 // next append tries again first, as no frame may follow bytes that are not
-// one.
+// one. A frame synced at once is written only when every frame before it
+// is synced: a crash of the machine during its fdatasync could otherwise
+// leave it whole after an earlier frame that is not, a log that reads as
+// damaged where nothing acknowledged was lost.
 func (g *segment) append(cs []atlas.Change, later bool) error {
-	if g.torn {
-		if err := g.cutOff(); err != nil {
-			return fmt.Errorf("cutting off a refused frame: %w", err)
+	if g.torn || !later && g.unsynced {
+		if err := g.sync(); err != nil {
+			return err
 		}
 	}
 	g.buf = appendChanges(append(g.buf[:0], make([]byte, frameHeader)...), cs)
@@ -393,6 +408,9 @@ func (g *segment) append(cs []atlas.Change, later bool) error {
 	word := uint32(len(payload))
 	if later {
 		word |= frameLater
+		if !g.unsynced {
+			word |= frameSynced
+		}
 	}
 	binary.LittleEndian.PutUint32(g.buf, word)
 	binary.LittleEndian.PutUint32(g.buf[4:], crc32.Checksum(payload, castagnoli))
@@ -407,9 +425,27 @@ func (g *segment) append(cs []atlas.Change, later bool) error {
 		return err
 	}
 	g.size += int64(len(g.buf))
+	g.unsynced = later
 	if cap(g.buf) > 1<<20 {
 		g.buf = nil // a large batch's buffer is not kept
 	}
+	return nil
+}
+
+// sync makes every frame the segment holds durable, and cuts off a refused
+// frame first, which must not become durable.
+func (g *segment) sync() error {
+	if g.torn {
+		if err := g.cutOff(); err != nil {
+			return fmt.Errorf("cutting off a refused frame: %w", err)
+		}
+		g.unsynced = false
+		return nil
+	}
+	if err := syncLog(g.f); err != nil {
+		return err
+	}
+	g.unsynced = false
 	return nil
 }
 

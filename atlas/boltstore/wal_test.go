@@ -434,15 +434,19 @@ func FuzzWALPayload(f *testing.F) {
 }
 
 // frameOf is a log frame of cs, as segment.append writes it.
-func frameOf(cs []atlas.Change) []byte { return frameWith(cs, false) }
+func frameOf(cs []atlas.Change) []byte { return frameWith(cs, false, false) }
 
 // frameWith is frameOf for a frame acknowledged before it was synced when
-// later is set.
-func frameWith(cs []atlas.Change, later bool) []byte {
+// later is set, written when every frame before it was synced when synced
+// is set too.
+func frameWith(cs []atlas.Change, later, synced bool) []byte {
 	payload := appendChanges(nil, cs)
 	word := uint32(len(payload))
 	if later {
 		word |= frameLater
+		if synced {
+			word |= frameSynced
+		}
 	}
 	frame := binary.LittleEndian.AppendUint32(nil, word)
 	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
@@ -480,6 +484,7 @@ func FuzzWALSegment(f *testing.F) {
 		return cs, torn, err
 	}
 	f.Fuzz(func(t *testing.T, raw, value []byte, frames uint8, at uint16, junk []byte, cut bool) {
+		later := func(i int) bool { return frames>>(3+i%5)&1 == 1 }
 		// Any bytes.
 		cs, torn, err := read(t, raw)
 		if err == nil && torn > 0 {
@@ -506,8 +511,10 @@ func FuzzWALSegment(f *testing.F) {
 				c.KVs = append(c.KVs, atlas.ChangedKV{KV: atlas.KV{Key: "c/x/", Index: c.Index}, Deleted: true})
 			}
 			written = append(written, c)
-			// frames' bits 3-7 mark frames written to be synced later.
-			log = append(log, frameWith([]atlas.Change{c}, frames>>(3+i%5)&1 == 1)...)
+			// frames' bits 3-7 mark frames written to be synced later;
+			// the first of a run of them is marked frameSynced, as the
+			// writer marks it.
+			log = append(log, frameWith([]atlas.Change{c}, later(i), i == 0 || !later(i-1))...)
 			ends = append(ends, len(log))
 		}
 		p := int(at) % (len(log) + 1)
@@ -552,11 +559,13 @@ func FuzzWALSegment(f *testing.F) {
 			t.Fatalf("a damaged log reads %d changes and a tail of %d bytes of %d; the tail must start where the last frame read ends", len(cs), torn, len(damaged))
 		}
 		// Only the last write, and writes acknowledged before they were
-		// synced, can be incomplete: a frame synced at once still whole
-		// after the damage means the damage is not that, and must be
-		// refused.
+		// synced, can be incomplete: a frame written when every frame
+		// before it was synced (one synced at once, or the first of a run
+		// synced later) still whole after the damage means the damage is
+		// not that, and must be refused.
 		for j := len(cs) + 1; j < len(written); j++ {
-			if frames>>(3+j%5)&1 == 0 && bytes.Equal(damaged[endOf(ends, j):ends[j]], log[endOf(ends, j):ends[j]]) {
+			syncPoint := !later(j) || !later(j-1)
+			if syncPoint && bytes.Equal(damaged[endOf(ends, j):ends[j]], log[endOf(ends, j):ends[j]]) {
 				t.Fatalf("a log damaged at frame %d of %d (byte %d) reads as %d changes and a torn tail, dropping frame %d which is whole", k, len(written), first, len(cs), j)
 			}
 		}
