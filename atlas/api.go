@@ -87,9 +87,9 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, s.wrap(pattern, false, onlyParams(pattern, params, h)))
 	}
 	blocking := []string{"index", "wait"}
-	handle("PUT /v1/instances/{id}", s.handleRegister)
-	handle("PUT /v1/instances/{id}/status", s.handleHeartbeat)
-	handle("PUT /v1/heartbeats", s.handleHeartbeats)
+	handle("PUT /v1/instances/{id}", s.handleRegister, "sync")
+	handle("PUT /v1/instances/{id}/status", s.handleHeartbeat, "sync")
+	handle("PUT /v1/heartbeats", s.handleHeartbeats, "sync")
 	handle("PUT /v1/instances/{id}/enabled", s.handleEnabled)
 	handle("DELETE /v1/instances/{id}", s.handleDeregister)
 	handle("GET /v1/instances/{id}", s.handleInstance, blocking...)
@@ -190,6 +190,20 @@ func realmParam(r *http.Request) (string, error) {
 	return realm, sb.ValidateName("realm", realm)
 }
 
+// syncLaterParam reads ?sync: "later" says that the caller heartbeats and
+// registers again when a heartbeat gets not_found, as a sidecar does, so
+// the write may be synced to disk after it is answered (Op.SyncLater).
+func syncLaterParam(r *http.Request) (bool, error) {
+	switch v := query(r).Get("sync"); v {
+	case "":
+		return false, nil
+	case "later":
+		return true, nil
+	default:
+		return false, sb.Errorf(sb.EInvalid, "sync: must be later (the caller heartbeats, and registers again when a heartbeat gets not_found) or not given, got %q", v)
+	}
+}
+
 func idParam(r *http.Request) (string, error) {
 	// A copy: the path value is a slice of the whole request line, which
 	// anything kept for the instance's life would otherwise pin.
@@ -199,6 +213,10 @@ func idParam(r *http.Request) (string, error) {
 
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	id, err := idParam(r)
+	if err != nil {
+		return err
+	}
+	later, err := syncLaterParam(r)
 	if err != nil {
 		return err
 	}
@@ -221,7 +239,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := p.own(reg.Realm, reg.Service); err != nil {
 		return err
 	}
-	in, err := s.register(r.Context(), id, reg, p.own)
+	in, err := s.register(r.Context(), id, reg, p.own, later)
 	if err != nil {
 		return err
 	}
@@ -289,6 +307,10 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	later, err := syncLaterParam(r)
+	if err != nil {
+		return err
+	}
 	var hb sb.Heartbeat
 	if err := decodeBody(w, r, sb.MaxBodyBytes, &hb); err != nil {
 		return err
@@ -299,7 +321,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if err := s.ownInstance(r, id); err != nil {
 		return err
 	}
-	in, err := s.heartbeat(r.Context(), id, hb)
+	in, err := s.heartbeat(r.Context(), id, hb, later)
 	if err != nil {
 		return err
 	}
@@ -311,6 +333,10 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) error {
 // request, each answered on its own (a sidecar with many instances sends
 // one request an interval instead of one per instance).
 func (s *Server) handleHeartbeats(w http.ResponseWriter, r *http.Request) error {
+	later, err := syncLaterParam(r)
+	if err != nil {
+		return err
+	}
 	var b sb.HeartbeatBatch
 	if err := decodeBody(w, r, sb.MaxBodyBytes, &b); err != nil {
 		return err
@@ -333,7 +359,7 @@ func (s *Server) handleHeartbeats(w http.ResponseWriter, r *http.Request) error 
 			defer func() { <-sem; wg.Done() }()
 			err := s.ownInstance(r, h.ID)
 			if err == nil {
-				err = s.beat(r.Context(), h.ID, sb.Heartbeat{Status: h.Status, Output: h.Output})
+				err = s.beat(r.Context(), h.ID, sb.Heartbeat{Status: h.Status, Output: h.Output}, later)
 			}
 			if err != nil {
 				code := sb.ErrorCode(err)

@@ -27,7 +27,11 @@ func TestBadInput(t *testing.T) {
 	}{
 		{"port too big", "PUT", "/v1/instances/a-2", reg("a", 70000, ""), "", 400, sb.EInvalid, "port: must be 1-65535, got 70000"},
 		{"misspelt query parameter", "PUT", "/v1/config/layer?servce=identity", `{"oops":1}`, "", 400, sb.EInvalid, "servce: unknown query parameter (PUT /v1/config/layer takes realm, service, cas)"},
-		{"query parameter where none is taken", "PUT", "/v1/instances/a-2?realm=production", reg("a", 1, ""), "", 400, sb.EInvalid, "realm: unknown query parameter (PUT /v1/instances/{id} takes none)"},
+		{"query parameter where none is taken", "POST", "/v1/services/a/port?realm=production", "", "", 400, sb.EInvalid, "realm: unknown query parameter (POST /v1/services/{name}/port takes none)"},
+		{"query parameter a route does not take", "PUT", "/v1/instances/a-2?realm=production", reg("a", 1, ""), "", 400, sb.EInvalid, "realm: unknown query parameter (PUT /v1/instances/{id} takes sync)"},
+		{"sync not later", "PUT", "/v1/instances/a-2?sync=now", reg("a", 1, ""), "", 400, sb.EInvalid, `sync: must be later (the caller heartbeats, and registers again when a heartbeat gets not_found) or not given, got "now"`},
+		{"heartbeat sync not later", "PUT", "/v1/instances/a-2/status?sync=1", `{"status":"passing"}`, "", 400, sb.EInvalid, `sync: must be later`},
+		{"batch heartbeat sync not later", "PUT", "/v1/heartbeats?sync=true", `{"heartbeats":[]}`, "", 400, sb.EInvalid, `sync: must be later`},
 		{"port request with a body", "POST", "/v1/services/a/port", `{"x":1}`, "", 400, sb.EInvalid, "x: unknown field"},
 		{"port missing", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1"}`, "", 400, sb.EInvalid, "port: required, 1-65535"},
 		{"port negative", "PUT", "/v1/instances/a-2", reg("a", -1, ""), "", 400, sb.EInvalid, "port: must be 1-65535, got -1"},

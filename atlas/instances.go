@@ -83,7 +83,10 @@ func idTaken(id string) error {
 // same) and its operator switch. An id registered for another service or
 // realm may be taken over only by a caller that may act for that one too
 // (may, which is asked about the record the write is conditional on).
-func (s *Server) register(ctx context.Context, id string, reg sb.Registration, may func(realm, service string) error) (*sb.Instance, error) {
+//
+// later is the caller's word that it heartbeats and registers again when a
+// heartbeat gets not_found (?sync=later).
+func (s *Server) register(ctx context.Context, id string, reg sb.Registration, may func(realm, service string) error, later bool) (*sb.Instance, error) {
 	for attempt := 0; ; attempt++ {
 		now := s.cfg.Now().UTC() // a retry may have waited
 		s.st.mu.RLock()
@@ -126,12 +129,13 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 			RegisteredAt: now, StatusChangedAt: now,
 		}
 		// A registration that a crash of the machine took back is made
-		// again by its sidecar, so it may be synced after it is answered
-		// (Op.SyncLater): a new id's (the next heartbeat gets 404 and
-		// registers again), or one that changes only what a heartbeat
-		// carries too. One that changes the address, tags, meta or TTL
-		// of a record would leave the old one in place: synced.
-		later := old == nil && prev == 0 || old != nil && sameRegistration(old, in)
+		// again by a caller that heartbeats, so it may be synced after
+		// it is answered (Op.SyncLater): a new id's (the next heartbeat
+		// gets 404 and registers again), or one that changes only what
+		// a heartbeat carries too. One that changes the address, tags,
+		// meta or TTL of a record would leave the old one in place:
+		// synced.
+		later := later && (old == nil && prev == 0 || old != nil && sameRegistration(old, in))
 		if old != nil {
 			prev = old.index
 			if old.service() == in.Service && old.realm() == in.Realm {
@@ -178,8 +182,8 @@ func (s *Server) register(ctx context.Context, id string, reg sb.Registration, m
 // heartbeat renews an instance's lease and records its status. A
 // heartbeat that changes nothing writes nothing; a change of output alone
 // is written at most once per OutputInterval.
-func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
-	if err := s.beat(ctx, id, hb); err != nil {
+func (s *Server) heartbeat(ctx context.Context, id string, hb sb.Heartbeat, later bool) (*sb.Instance, error) {
+	if err := s.beat(ctx, id, hb, later); err != nil {
 		return nil, err
 	}
 	return s.instance(id, true)
@@ -192,8 +196,9 @@ func leaseUnavailable(id string) error {
 	return sb.Errorf(sb.EUnavailable, "renewing the lease of %s failed: the store is unavailable (etcd without quorum, or not reached); retry", id)
 }
 
-// beat is a heartbeat without the answer.
-func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
+// beat is a heartbeat without the answer. later says that the caller
+// heartbeats again: its status or output may be synced after the answer.
+func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat, later bool) error {
 	hb.Output = sb.TruncateOutput(hb.Output)
 	for attempt := 0; ; attempt++ {
 		now := s.cfg.Now().UTC() // a retry may have waited
@@ -229,7 +234,7 @@ func (s *Server) beat(ctx context.Context, id string, hb sb.Heartbeat) error {
 			s.st.hint(pfxInstance+id, val, in)
 			// The next heartbeat carries the status and output again:
 			// a crash of the machine may take this write back.
-			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index), SyncLater: true})
+			_, err = s.txn(ctx, Op{Key: pfxInstance + id, Value: val, TTL: time.Duration(in.TTL), IfIndex: IfIndex(r.index), SyncLater: later})
 			s.st.unhint(pfxInstance+id, val)
 			if errors.Is(err, ErrConflict) && attempt < 5 {
 				s.awaitChange(ctx, id, r)
@@ -360,7 +365,7 @@ func (s *Server) flushOutputs() {
 			}
 			// The heartbeat path writes pending outputs when due; a failure
 			// here is retried at the next tick.
-			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.status(), Output: out})
+			_ = s.beat(s.ctx, id, sb.Heartbeat{Status: r.status(), Output: out}, false)
 		}
 	}
 }

@@ -36,9 +36,9 @@ func (s *opsStore) count() int {
 	return len(s.txns)
 }
 
-// Writes that a sidecar makes again by itself when a crash of the machine
-// took them back may be synced after they are answered; every other write
-// is synced first.
+// Writes that a caller that heartbeats (?sync=later, as a sidecar) makes
+// again by itself when a crash of the machine took them back may be synced
+// after they are answered; every other write is synced first.
 func TestOnlyWritesSidecarsMakeAgainAreSyncedLater(t *testing.T) {
 	var st *opsStore
 	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) {
@@ -51,11 +51,15 @@ func TestOnlyWritesSidecarsMakeAgainAreSyncedLater(t *testing.T) {
 		body         string
 		later        bool
 	}{
-		{"a new registration", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"1"}}`, true},
-		{"the same again, another status", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"1"},"status":"warning"}`, true},
-		{"a heartbeat with a new status", "PUT", "/v1/instances/a-1/status", `{"status":"critical","output":"down"}`, true},
-		{"a batch heartbeat with a new status", "PUT", "/v1/heartbeats", `{"heartbeats":[{"id":"a-1","status":"passing"}]}`, true},
-		{"new meta", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"2"}}`, false},
+		{"a new registration", "PUT", "/v1/instances/a-1?sync=later", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"1"}}`, true},
+		{"the same again, another status", "PUT", "/v1/instances/a-1?sync=later", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"1"},"status":"warning"}`, true},
+		{"the same, from a caller that does not heartbeat", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"1"}}`, false},
+		{"a new registration from a caller that does not heartbeat", "PUT", "/v1/instances/a-2", `{"service":"a","address":"127.0.0.1","port":1001}`, false},
+		{"a heartbeat with a new status", "PUT", "/v1/instances/a-1/status?sync=later", `{"status":"critical","output":"down"}`, true},
+		{"a heartbeat with a new status, once", "PUT", "/v1/instances/a-1/status", `{"status":"warning","output":"slow"}`, false},
+		{"a batch heartbeat with a new status", "PUT", "/v1/heartbeats?sync=later", `{"heartbeats":[{"id":"a-1","status":"passing"}]}`, true},
+		{"a batch heartbeat with a new status, once", "PUT", "/v1/heartbeats", `{"heartbeats":[{"id":"a-1","status":"critical"}]}`, false},
+		{"new meta", "PUT", "/v1/instances/a-1?sync=later", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v1"],"meta":{"v":"2"}}`, false},
 		{"new tags", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000,"tags":["v2"],"meta":{"v":"2"}}`, false},
 		{"a new address", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.2","port":1000,"tags":["v2"],"meta":{"v":"2"}}`, false},
 		{"a new port", "PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.2","port":1001,"tags":["v2"],"meta":{"v":"2"}}`, false},

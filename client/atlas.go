@@ -280,29 +280,48 @@ func decodeError(status int, data []byte) *sb.Error {
 	return sb.Errorf(sb.CodeForStatus(status), "atlas answered %d %s", status, http.StatusText(status))
 }
 
-// Register registers or replaces instance id.
+// Register registers or replaces instance id. Atlas answers once the
+// registration is on its disk.
 func (a *Atlas) Register(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
 	var in sb.Instance
 	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id), nil, reg, &in)
 	return &in, err
 }
 
+// syncLater is the query of writes the caller makes again by itself: it
+// heartbeats, and registers again when a heartbeat gets not_found.
+var syncLater = url.Values{"sync": {"later"}}
+
+// Announce registers or replaces instance id as a sidecar does: the
+// caller renews its lease with Heartbeat or Heartbeats and registers again
+// when one gets not_found. Atlas may then answer before the registration
+// is on its disk (?sync=later): a crash of Atlas's machine may take back
+// the last 10 ms of such writes, which the caller's next heartbeat finds.
+func (a *Atlas) Announce(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
+	var in sb.Instance
+	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id), syncLater, reg, &in)
+	return &in, err
+}
+
 // Heartbeat renews the lease of instance id and reports its status. A
-// not_found error means the caller must register again.
+// not_found error means the caller must register again. The caller
+// heartbeats again, with the same status: Atlas may answer before a new
+// status is on its disk (?sync=later).
 func (a *Atlas) Heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
 	var in sb.Instance
-	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/status", nil, hb, &in)
+	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/status", syncLater, hb, &in)
 	return &in, err
 }
 
 // Heartbeats sends many heartbeats in one request; each result says
 // whether its heartbeat was taken (a not_found result means register
-// again).
+// again). As with Heartbeat, Atlas may answer before a new status is on
+// its disk.
 func (a *Atlas) Heartbeats(ctx context.Context, hbs []sb.BatchHeartbeat) ([]sb.BatchResult, error) {
 	var out struct {
 		Results []sb.BatchResult `json:"results"`
 	}
-	_, err := a.call(ctx, http.MethodPut, "/v1/heartbeats", nil, sb.HeartbeatBatch{Heartbeats: hbs}, &out)
+	_, err := a.call(ctx, http.MethodPut, "/v1/heartbeats", syncLater, sb.HeartbeatBatch{Heartbeats: hbs}, &out)
 	return out.Results, err
 }
 

@@ -328,7 +328,7 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 func (a *announcer) register(ctx context.Context, status sb.Status, output string) {
 	reg := a.reg
 	reg.Status, reg.Output = status, output
-	in, err := a.atlas.Register(ctx, a.id, reg)
+	in, err := a.atlas.Announce(ctx, a.id, reg)
 	a.token.note(err)
 	if err == nil && !in.Enabled && in.DisabledReason == a.drainReason {
 		// A sidecar stopped between its drain's disable and its

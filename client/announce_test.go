@@ -1,0 +1,68 @@
+package client_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"testing"
+
+	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/atlas/atlastest"
+	"github.com/switchboard-go/switchboard/client"
+)
+
+// Announce and the heartbeats tell Atlas that the caller makes their
+// writes again (?sync=later); Register does not.
+func TestAnnounceAndHeartbeatsSaySyncLater(t *testing.T) {
+	a := atlastest.Start(t, true)
+	target, err := url.Parse(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		queries []string
+	)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		queries = append(queries, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
+		mu.Unlock()
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	c := &client.Atlas{URLs: []string{front.URL}}
+	ctx := context.Background()
+	reg := sb.Registration{Service: "a", Address: "127.0.0.1", Port: 1000}
+	if _, err := c.Register(ctx, "a-1", reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Announce(ctx, "a-2", reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, "a-2", sb.Heartbeat{Status: sb.Warning}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeats(ctx, []sb.BatchHeartbeat{{ID: "a-2", Status: sb.Passing}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"PUT /v1/instances/a-1?",
+		"PUT /v1/instances/a-2?sync=later",
+		"PUT /v1/instances/a-2/status?sync=later",
+		"PUT /v1/heartbeats?sync=later",
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(queries) != len(want) {
+		t.Fatalf("requests %q; want %q", queries, want)
+	}
+	for i := range want {
+		if queries[i] != want[i] {
+			t.Errorf("request %d: %s; want %s", i, queries[i], want[i])
+		}
+	}
+}
