@@ -90,23 +90,32 @@ type Store struct {
 	// writerDone is closed when the writer has stopped.
 	writerDone chan struct{}
 	// unsynced counts the changes acknowledged since the log's last
-	// fdatasync (writer only); never more than maxUnsynced.
+	// deferred fdatasync or frame synced at once (writer only): never more
+	// than maxUnsynced, and more than are unsynced after a cutOff's sync.
 	unsynced int
+	// syncFailedAt is the index when a deferred fdatasync failed (writer
+	// only; 0: none failing), and checkpointed the index of the last
+	// checkpoint that removed its segments.
+	syncFailedAt uint64
+	checkpointed atomic.Uint64
 	// checkpoints counts the checkpoints that forgot pending writes
 	// (changed under mu): see beginRead.
 	checkpoints atomic.Uint64
 
 	// mu guards everything below.
-	mu       sync.Mutex
-	index    uint64                // last committed index
-	pending  map[string]*pendingKV // in the log, not yet in bbolt, by key
-	failed   error                 // the last append's error, nil once one works
-	leases   map[string]*lease     // leased keys
-	due      leaseHeap             // every lease, soonest first (some stale)
-	history  []atlas.Change        // ring of recent changes, oldest first
-	floor    uint64                // Watch(after) works for after >= floor
-	watchers map[*watcher]struct{} // live Watch calls
-	swept    int64                 // when the last sweep ended (Store.mono)
+	mu      sync.Mutex
+	index   uint64                // last committed index
+	pending map[string]*pendingKV // in the log, not yet in bbolt, by key
+	failed  error                 // the last append's error, nil once one works
+	// syncFailed is the error of a deferred fdatasync, set until a
+	// checkpoint has copied the writes it may have lost into the file.
+	syncFailed error
+	leases     map[string]*lease     // leased keys
+	due        leaseHeap             // every lease, soonest first (some stale)
+	history    []atlas.Change        // ring of recent changes, oldest first
+	floor      uint64                // Watch(after) works for after >= floor
+	watchers   map[*watcher]struct{} // live Watch calls
+	swept      int64                 // when the last sweep ended (Store.mono)
 
 	// expireFailing is set while deleting expired keys fails (logged once).
 	expireFailing atomic.Bool
@@ -607,13 +616,11 @@ func (s *Store) writer() {
 		case <-s.ctx.Done():
 			return
 		case <-tick.C:
+			s.recovered()
 			s.rotate(false)
 			continue
 		case <-syncDue.C:
 			s.syncLog()
-			if s.unsynced > 0 { // it failed: try again
-				syncDue.Reset(s.cfg.SyncDelay)
-			}
 			continue
 		case req := <-s.writes:
 			batch = append(batch, req)
@@ -643,30 +650,41 @@ func (s *Store) writer() {
 const maxUnsynced = 1024
 
 // syncLog syncs the log's segment when writes were acknowledged since its
-// last sync. When that fails, the store refuses writes until a sync works
-// again: it takes none to be synced later meanwhile, and a write to be
-// synced at once syncs those first, as an append does, and is refused when
-// that fails. Writer only.
+// last sync. A failure may have lost them on disk, and a later fdatasync
+// that works does not say otherwise (Linux reports a writeback error
+// once): the store then refuses every write, and writes nothing more into
+// the segment, until a checkpoint has copied them from memory into the
+// file and removed the segment (recovered). Writer only.
 func (s *Store) syncLog() {
-	if s.unsynced == 0 {
+	if s.unsynced == 0 || s.syncFailedAt != 0 {
 		return
 	}
-	err := s.seg.sync()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err != nil {
-		first := s.failed == nil
-		s.failed = fmt.Errorf("%w: boltstore: syncing the write-ahead log %s: %v", atlas.ErrUnavailable, s.seg.path, err)
-		if first {
-			s.cfg.Logger.Error("boltstore: syncing the write-ahead log failed; writes are refused until it works again (the error is not logged again until then)", "err", s.failed)
-		}
+	if err := s.seg.sync(); err != nil {
+		s.mu.Lock()
+		s.syncFailedAt = s.index
+		s.syncFailed = fmt.Errorf("%w: boltstore: syncing the write-ahead log %s: %v", atlas.ErrUnavailable, s.seg.path, err)
+		s.mu.Unlock()
+		s.cfg.Logger.Error("boltstore: syncing the write-ahead log failed; writes are refused until a checkpoint has copied the writes that waited for it into the file", "err", s.syncFailed)
 		return
 	}
 	s.unsynced = 0
-	if s.failed != nil {
-		s.failed = nil
-		s.cfg.Logger.Info("boltstore: writing the write-ahead log works again")
+}
+
+// recovered ends the refusal that a failed deferred fdatasync started once
+// a checkpoint has copied every write up to it into the file, and reports
+// whether writes are taken. Writer only.
+func (s *Store) recovered() bool {
+	if s.syncFailedAt == 0 {
+		return true
 	}
+	if s.checkpointed.Load() < s.syncFailedAt {
+		return false
+	}
+	s.mu.Lock()
+	s.syncFailedAt, s.syncFailed, s.unsynced = 0, nil, 0
+	s.mu.Unlock()
+	s.cfg.Logger.Info("boltstore: the writes that waited for the failed sync are in the bbolt file; writes are taken again")
+	return true
 }
 
 // maxSegment is the size at which a segment is closed and checkpointed
@@ -678,6 +696,15 @@ const maxSegment = 16 << 20
 // and the checkpointer is free. Writer only.
 func (s *Store) rotate(onlyBig bool) {
 	g := s.seg
+	if g.size == 0 && s.syncFailedAt != 0 && s.checkpointed.Load() < s.syncFailedAt && len(s.ckpts) == 0 {
+		// The checkpoint of the segment a failed sync left failed too:
+		// try it again (the segment is still the checkpointer's to remove).
+		s.mu.Lock()
+		index := s.index
+		s.mu.Unlock()
+		s.ckpts <- checkpoint{index: index}
+		return
+	}
 	if g.size == 0 || g.torn {
 		return
 	}
@@ -694,8 +721,11 @@ func (s *Store) rotate(onlyBig bool) {
 		return
 	}
 	// Only the last segment may end in writes that were never synced: Open
-	// tells them from damage by that.
-	if s.syncLog(); s.unsynced > 0 {
+	// tells them from damage by that. After a failed sync, nothing more is
+	// written into the segment, and the next segment stays empty until the
+	// checkpoint of this one is done: Open takes a damaged end for writes
+	// never synced when only empty segments follow.
+	if s.syncLog(); s.unsynced > 0 && s.syncFailedAt == 0 {
 		return
 	}
 	next, err := createSegment(s.dir, g.seq+1, s.cfg.Now())
@@ -711,6 +741,10 @@ func (s *Store) rotate(onlyBig bool) {
 // commit makes a batch durable with one log append. A request whose
 // condition fails gets ErrConflict and changes nothing; the others commit.
 func (s *Store) commit(batch []*writeReq) {
+	if !s.recovered() {
+		refuse(batch, s.syncFailed)
+		return
+	}
 	results := make([]writeResult, len(batch))
 	changes := make([]atlas.Change, 0, len(batch))
 	// Conditions are checked against the file, the pending writes and
@@ -778,6 +812,13 @@ func (s *Store) commit(batch []*writeReq) {
 		if results[i].err == nil && !syncLater(req.ops) {
 			later = false
 			break
+		}
+	}
+	if len(changes) > 0 && !later {
+		// The frames waiting for a sync are synced first (see append).
+		if s.syncLog(); s.syncFailedAt != 0 {
+			refuse(batch, s.syncFailed)
+			return
 		}
 	}
 	if len(changes) > 0 {
@@ -905,6 +946,7 @@ func (s *Store) checkpointer() {
 			continue // the next checkpoint tries again
 		}
 		left = nil
+		s.checkpointed.Store(c.index)
 	}
 }
 
@@ -1100,9 +1142,11 @@ func (s *Store) Ping(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
-	failed := s.failed
+	failed := cmp.Or(s.failed, s.syncFailed)
 	s.mu.Unlock()
-	// The last append failed, and no write has been tried since: whether
+	// The last append or deferred sync failed, and no write has been tried
+	// since (or the checkpoint that ends a failed sync's refusal is not
+	// done): whether
 	// one would work now (once space is freed, say) is what a probe of
 	// the log's directory tells.
 	if failed != nil && probeDir(s.dir) != nil {

@@ -57,9 +57,9 @@ const (
 	frameLater  = 1 << 31
 	frameSynced = 1 << 30
 	frameFlags  = frameLater | frameSynced
-	// maxFrame bounds a frame's payload when reading: a larger length is
-	// damage, not a batch (a batch is at most 512 writes of at most a few
-	// MiB each).
+	// maxFrame bounds a frame's payload: a larger length is damage, not a
+	// batch (a batch is at most 512 writes of at most 1 MiB each: the
+	// API's limit on a body), and append refuses one.
 	maxFrame = 1<<30 - 1
 )
 
@@ -213,17 +213,14 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 		if len(rest) < frameHeader {
 			return out, int64(len(rest)), nil
 		}
-		n := binary.LittleEndian.Uint32(rest)
-		later := n&frameLater != 0
-		n &^= frameFlags
+		n := binary.LittleEndian.Uint32(rest) &^ frameFlags
 		sum := binary.LittleEndian.Uint32(rest[4:])
 		// Every frame holds a change at least, so a length of zero is a
 		// header never written: a crash during the last append can leave
 		// the file reading zeros from the frame's start (its size and
 		// maybe its later pages reached the disk, not its first page).
 		// A crash can also leave a frame of the right length with the
-		// wrong bytes in it. Either is the end of the file; a bad frame
-		// synced at once with more after it is damage.
+		// wrong bytes in it. Either is the end of the file.
 		if n != 0 && n <= maxFrame && int(n) <= len(rest)-frameHeader {
 			payload := rest[frameHeader : frameHeader+int(n)]
 			if crc32.Checksum(payload, castagnoli) == sum {
@@ -236,9 +233,9 @@ func readSegment(path string) ([]atlas.Change, int64, error) {
 				off += frameHeader + int(n)
 				continue
 			}
-			if after := len(rest) - frameHeader - int(n); after > 0 && !later {
-				return nil, 0, damaged(path, "damaged frame at byte %d, with %d bytes after it", off, after)
-			}
+			// A bad frame with more after it is damage when a sync
+			// point follows (below). Its own flags say nothing: a crash
+			// can keep its length's bytes and lose those of its flags.
 		}
 		// This reads as an incomplete last frame, or as the first of
 		// frames a crash of the machine caught before they were synced.
@@ -317,9 +314,9 @@ func startsAsChanges(p []byte) bool {
 }
 
 // readLog reads every segment of dir in order and returns the changes
-// after index, which must follow on from it. Only the last segment may end
-// in an incomplete frame; it is cut off there (its writes were never
-// acknowledged) and dropped reports how many bytes that removed. Segments
+// after index, which must follow on from it. Only the last segment that
+// holds anything may end in an incomplete frame (or frames never synced);
+// it is cut off there and dropped reports how many bytes that removed. Segments
 // that a checkpoint left behind (it failed, or the process died before it
 // removed them) may hold changes up to index only, and a gap after them.
 func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, err error) {
@@ -332,7 +329,7 @@ func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, e
 		if err != nil {
 			return nil, 0, err
 		}
-		if torn > 0 && i != len(paths)-1 {
+		if torn > 0 && !emptySegments(paths[i+1:]) {
 			return nil, 0, damaged(p, "damaged in its last %d bytes, and later segments follow it", torn)
 		}
 		dropped = torn
@@ -347,6 +344,18 @@ func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, e
 		}
 	}
 	return changes, dropped, nil
+}
+
+// emptySegments reports whether every segment at paths is empty: a
+// segment a rotation made after a failed sync, into which nothing was
+// written (see Store.rotate).
+func emptySegments(paths []string) bool {
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err != nil || fi.Size() > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // damaged is the error of a log Open cannot replay without losing
@@ -405,6 +414,9 @@ func (g *segment) append(cs []atlas.Change, later bool) error {
 	}
 	g.buf = appendChanges(append(g.buf[:0], make([]byte, frameHeader)...), cs)
 	payload := g.buf[frameHeader:]
+	if len(payload) > maxFrame {
+		return fmt.Errorf("a batch of %d bytes: more than a frame holds (%d)", len(payload), maxFrame)
+	}
 	word := uint32(len(payload))
 	if later {
 		word |= frameLater
