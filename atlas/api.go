@@ -194,14 +194,14 @@ func realmParam(r *http.Request) (string, error) {
 // registers again when a heartbeat gets not_found, as a sidecar does, so
 // the write may be synced to disk after it is answered (Op.SyncLater).
 func syncLaterParam(r *http.Request) (bool, error) {
-	switch v := query(r).Get("sync"); v {
-	case "":
+	vs, given := query(r)["sync"]
+	switch {
+	case !given:
 		return false, nil
-	case "later":
+	case len(vs) == 1 && vs[0] == "later":
 		return true, nil
-	default:
-		return false, sb.Errorf(sb.EInvalid, "sync: must be later (the caller heartbeats, and registers again when a heartbeat gets not_found) or not given, got %q", v)
 	}
+	return false, sb.Errorf(sb.EInvalid, "sync: must be later (the caller heartbeats, and registers again when a heartbeat gets not_found), once, or not given, got %q", strings.Join(vs, "&"))
 }
 
 func idParam(r *http.Request) (string, error) {

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -64,5 +65,48 @@ func TestAnnounceAndHeartbeatsSaySyncLater(t *testing.T) {
 		if queries[i] != want[i] {
 			t.Errorf("request %d: %s; want %s", i, queries[i], want[i])
 		}
+	}
+}
+
+// An Atlas older than ?sync=later refuses it as an unknown parameter: the
+// client writes without it from then on, so that sidecars may be upgraded
+// before Atlas. (The 400 is forced in front of a real Atlas.)
+func TestAnnounceToAnOlderAtlas(t *testing.T) {
+	a := atlastest.Start(t, true)
+	target, err := url.Parse(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		queries []string
+	)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		queries = append(queries, r.URL.Path+"?"+r.URL.RawQuery)
+		mu.Unlock()
+		if r.URL.Query().Has("sync") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":{"code":"invalid_argument","message":"sync: unknown query parameter (PUT %s takes none)"}}`, r.URL.Path)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	c := &client.Atlas{URLs: []string{front.URL}}
+	ctx := context.Background()
+	if _, err := c.Announce(ctx, "a-1", sb.Registration{Service: "a", Address: "127.0.0.1", Port: 1000}); err != nil {
+		t.Fatalf("Announce to an older Atlas: %v", err)
+	}
+	if _, err := c.Heartbeats(ctx, []sb.BatchHeartbeat{{ID: "a-1", Status: sb.Passing}}); err != nil {
+		t.Fatalf("Heartbeats to an older Atlas: %v", err)
+	}
+	want := []string{"/v1/instances/a-1?sync=later", "/v1/instances/a-1?", "/v1/heartbeats?"}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(queries) != fmt.Sprint(want) {
+		t.Fatalf("requests %q; want %q", queries, want)
 	}
 }

@@ -37,9 +37,12 @@ type Atlas struct {
 	// timeout (blocking queries set their own through the context).
 	HTTPClient *http.Client
 
-	// mu guards good.
+	// mu guards good and oldAtlas.
 	mu   sync.Mutex
 	good int // index into URLs of the replica that last answered
+	// oldAtlas is set once an Atlas refused ?sync=later (a version before
+	// it): writes then go without it.
+	oldAtlas bool
 }
 
 // DefaultAtlasURL is where Atlas listens unless told otherwise.
@@ -299,8 +302,29 @@ var syncLater = url.Values{"sync": {"later"}}
 // the last 10 ms of such writes, which the caller's next heartbeat finds.
 func (a *Atlas) Announce(ctx context.Context, id string, reg sb.Registration) (*sb.Instance, error) {
 	var in sb.Instance
-	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id), syncLater, reg, &in)
+	err := a.callLater(ctx, "/v1/instances/"+url.PathEscape(id), reg, &in)
 	return &in, err
+}
+
+// callLater PUTs in to path with ?sync=later. An Atlas older than the
+// parameter refuses it (400); the client then writes without it, to that
+// replica and every other, as it did before it: an upgrade of the
+// sidecars before Atlas changes nothing.
+func (a *Atlas) callLater(ctx context.Context, path string, in, out any) error {
+	a.mu.Lock()
+	q := syncLater
+	if a.oldAtlas {
+		q = nil
+	}
+	a.mu.Unlock()
+	_, err := a.call(ctx, http.MethodPut, path, q, in, out)
+	if q != nil && sb.ErrorCode(err) == sb.EInvalid && strings.HasPrefix(sb.ErrorMessage(err), "sync: unknown query parameter") {
+		a.mu.Lock()
+		a.oldAtlas = true
+		a.mu.Unlock()
+		_, err = a.call(ctx, http.MethodPut, path, nil, in, out)
+	}
+	return err
 }
 
 // Heartbeat renews the lease of instance id and reports its status. A
@@ -309,7 +333,7 @@ func (a *Atlas) Announce(ctx context.Context, id string, reg sb.Registration) (*
 // status is on its disk (?sync=later).
 func (a *Atlas) Heartbeat(ctx context.Context, id string, hb sb.Heartbeat) (*sb.Instance, error) {
 	var in sb.Instance
-	_, err := a.call(ctx, http.MethodPut, "/v1/instances/"+url.PathEscape(id)+"/status", syncLater, hb, &in)
+	err := a.callLater(ctx, "/v1/instances/"+url.PathEscape(id)+"/status", hb, &in)
 	return &in, err
 }
 
@@ -321,7 +345,7 @@ func (a *Atlas) Heartbeats(ctx context.Context, hbs []sb.BatchHeartbeat) ([]sb.B
 	var out struct {
 		Results []sb.BatchResult `json:"results"`
 	}
-	_, err := a.call(ctx, http.MethodPut, "/v1/heartbeats", syncLater, sb.HeartbeatBatch{Heartbeats: hbs}, &out)
+	err := a.callLater(ctx, "/v1/heartbeats", sb.HeartbeatBatch{Heartbeats: hbs}, &out)
 	return out.Results, err
 }
 
