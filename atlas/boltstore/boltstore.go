@@ -91,7 +91,8 @@ type Store struct {
 	writerDone chan struct{}
 	// unsynced counts the changes acknowledged since the log's last
 	// deferred fdatasync or frame synced at once (writer only): never more
-	// than maxUnsynced, and more than are unsynced after a cutOff's sync.
+	// than maxUnsynced. After a cutOff, which syncs too, it may count
+	// changes that are synced already: one more fdatasync than needed.
 	unsynced int
 	// syncFailedAt is the index when a deferred fdatasync failed (writer
 	// only; 0: none failing), and checkpointed the index of the last
@@ -1146,9 +1147,8 @@ func (s *Store) Ping(ctx context.Context) error {
 	s.mu.Unlock()
 	// The last append or deferred sync failed, and no write has been tried
 	// since (or the checkpoint that ends a failed sync's refusal is not
-	// done): whether
-	// one would work now (once space is freed, say) is what a probe of
-	// the log's directory tells.
+	// done): whether one would work now (once space is freed, say) is what
+	// a probe of the log's directory tells.
 	if failed != nil && probeDir(s.dir) != nil {
 		return failed
 	}

@@ -39,8 +39,9 @@ import (
 // synced later (atlas.Op.SyncLater) are the exception: they are
 // acknowledged once written, and synced within SyncDelay, before the next
 // frame that is synced at once is written, or before their segment is
-// closed. A crash of the machine may leave any of them damaged or missing,
-// but only in the last segment, and only after the last frame written
+// closed (but after a failed sync: see Store.rotate). A crash of the
+// machine may leave any of them damaged or missing, but only in the last
+// segment that holds anything, and only after the last frame written
 // when every frame before it was synced: one synced at once, or one marked
 // frameSynced. Open drops the log from the first damaged frame on when no
 // such frame follows it; what it drops then is maxUnsynced changes at
