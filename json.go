@@ -16,7 +16,7 @@ import (
 
 // MarshalJSON writes in as encoding/json would write its fields.
 func (in Instance) MarshalJSON() ([]byte, error) {
-	return in.AppendJSON(make([]byte, 0, 320))
+	return in.AppendJSON(make([]byte, 0, 384))
 }
 
 // AppendJSON appends in's JSON to b: byte for byte what encoding/json
