@@ -89,11 +89,13 @@ type Op struct {
 	// before it is synced to disk, as PostgreSQL's asynchronous commit
 	// does: a crash of the process loses none of it, a crash of the machine
 	// may lose it (the embedded store syncs it within 10ms). Atlas sets it
-	// on the writes of leased instances that their writer makes again by
-	// itself: a registration (the next heartbeat gets 404 and registers
-	// again) and a status or output (the next heartbeat carries it). A
-	// Txn is synced before it is acknowledged unless all of its ops set
-	// it; the etcd store syncs everything.
+	// on the instance writes that their caller makes again by itself, when
+	// the request says so (?sync=later: a sidecar's): a registration of a
+	// new id (the next heartbeat gets 404 and registers again), or one
+	// that changes only the status, and a heartbeat's status or output
+	// (the next heartbeat carries it). A Txn is synced before it is
+	// acknowledged unless all of its ops set it; the etcd store syncs
+	// everything.
 	SyncLater bool
 }
 
