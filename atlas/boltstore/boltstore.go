@@ -95,9 +95,12 @@ type Store struct {
 	// changes that are synced already: one more fdatasync than needed.
 	unsynced int
 	// syncFailedAt is the index when a deferred fdatasync failed (writer
-	// only; 0: none failing), and checkpointed the index of the last
-	// checkpoint that removed its segments.
+	// only; 0: none failing), and nextSeq the number of the segment to
+	// make once the checkpoint of the one it failed in is done (seg is nil
+	// meanwhile). checkpointed is the index of the last checkpoint that
+	// removed its segments.
 	syncFailedAt uint64
+	nextSeq      uint64
 	checkpointed atomic.Uint64
 	// checkpoints counts the checkpoints that forgot pending writes
 	// (changed under mu): see beginRead.
@@ -275,7 +278,7 @@ func guarded(f func() error) (err error) {
 // load replays the log into the file, deletes it, starts a new one and
 // reads the leases.
 func (s *Store) load() error {
-	var crashed bool
+	var crashed, unmarked bool
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(bucketKV); err != nil {
 			return err
@@ -286,7 +289,8 @@ func (s *Store) load() error {
 		}
 		if v := meta.Get(keyIndex); len(v) == 8 {
 			s.index = binary.BigEndian.Uint64(v)
-			crashed = !bytes.Equal(meta.Get(keyClosed), v)
+			closed := meta.Get(keyClosed)
+			crashed, unmarked = !bytes.Equal(closed, v), closed == nil
 		}
 		return meta.Delete(keyClosed)
 	})
@@ -335,7 +339,11 @@ func (s *Store) load() error {
 		if err := s.db.Update(func(tx *bolt.Tx) error { return putIndex(tx, s.index) }); err != nil {
 			return err
 		}
-		s.cfg.Logger.Info("boltstore: the store was not closed cleanly; the index moves on past the writes a crash may have taken back", "index", s.index)
+		why := "the store was not closed cleanly"
+		if unmarked {
+			why = "the store has no mark of a clean stop (a crash, or a version before the mark)"
+		}
+		s.cfg.Logger.Info("boltstore: "+why+"; the index moves on past the writes a crash may have taken back", "index", s.index)
 	}
 	if s.index == 0 {
 		// A new store is at index 1 and its first write is 2, as in etcd:
@@ -421,7 +429,9 @@ func (s *Store) Close() error {
 			delete(s.watchers, w)
 		}
 		s.mu.Unlock()
-		s.seg.f.Close()
+		if s.seg != nil {
+			s.seg.f.Close()
+		}
 		// Every acknowledged write is in the log already: a failure here
 		// only leaves more for the next Open to replay.
 		if err = s.checkpoint(s.index); err == nil {
@@ -617,11 +627,11 @@ func (s *Store) writer() {
 		case <-s.ctx.Done():
 			return
 		case <-tick.C:
-			s.recovered()
+			s.resumeAfterFailedSync()
 			s.rotate(false)
 			continue
 		case <-syncDue.C:
-			s.syncLog()
+			s.syncWaiting()
 			continue
 		case req := <-s.writes:
 			batch = append(batch, req)
@@ -650,13 +660,15 @@ func (s *Store) writer() {
 // again.
 const maxUnsynced = 1024
 
-// syncLog syncs the log's segment when writes were acknowledged since its
-// last sync. A failure may have lost them on disk, and a later fdatasync
-// that works does not say otherwise (Linux reports a writeback error
-// once): the store then refuses every write, and writes nothing more into
-// the segment, until a checkpoint has copied them from memory into the
-// file and removed the segment (recovered). Writer only.
-func (s *Store) syncLog() {
+// syncWaiting syncs the log's segment when writes were acknowledged since
+// its last sync. A failure may have lost them on disk, and a later
+// fdatasync that works does not say otherwise (Linux reports a writeback
+// error once): the store then refuses every write, and writes nothing
+// more into the segment. The next rotation hands it to the checkpointer
+// unsynced, which copies the writes from memory into the file and removes
+// it, and writes are taken again once that is done
+// (resumeAfterFailedSync). Writer only.
+func (s *Store) syncWaiting() {
 	if s.unsynced == 0 || s.syncFailedAt != 0 {
 		return
 	}
@@ -671,21 +683,48 @@ func (s *Store) syncLog() {
 	s.unsynced = 0
 }
 
-// recovered ends the refusal that a failed deferred fdatasync started once
-// a checkpoint has copied every write up to it into the file, and reports
-// whether writes are taken. Writer only.
-func (s *Store) recovered() bool {
+// resumeAfterFailedSync ends the refusal that a failed deferred fdatasync
+// started, once the checkpoint of its segment is done, with a new
+// segment, and reports whether writes are taken. Writer only.
+func (s *Store) resumeAfterFailedSync() bool {
 	if s.syncFailedAt == 0 {
 		return true
 	}
-	if s.checkpointed.Load() < s.syncFailedAt {
+	if s.seg != nil || s.checkpointed.Load() < s.syncFailedAt {
 		return false
 	}
+	next, err := createSegment(s.dir, s.nextSeq, s.cfg.Now())
+	if err != nil {
+		s.cfg.Logger.Error("boltstore: new write-ahead log segment", "err", err)
+		return false
+	}
+	s.seg = next
 	s.mu.Lock()
-	s.syncFailedAt, s.syncFailed, s.unsynced = 0, nil, 0
+	// The segment of an append's failure is gone too.
+	s.syncFailedAt, s.syncFailed, s.failed, s.unsynced = 0, nil, nil, 0
 	s.mu.Unlock()
 	s.cfg.Logger.Info("boltstore: the writes that waited for the failed sync are in the bbolt file; writes are taken again")
 	return true
+}
+
+// handOverFailed hands the segment a failed sync left to the checkpointer
+// unsynced, torn or not, and makes no new one until the checkpoint is done
+// (resumeAfterFailedSync): the segment stays the last, whose damaged end
+// Open takes for writes never synced. It asks again while the checkpoint
+// fails. Writer only.
+func (s *Store) handOverFailed() {
+	if s.checkpointed.Load() >= s.syncFailedAt || len(s.ckpts) > 0 {
+		return
+	}
+	s.mu.Lock()
+	index := s.index
+	s.mu.Unlock()
+	var segs []string
+	if g := s.seg; g != nil {
+		g.f.Close()
+		segs, s.nextSeq, s.seg = []string{g.path}, g.seq+1, nil
+	}
+	s.ckpts <- checkpoint{index: index, segs: segs}
 }
 
 // maxSegment is the size at which a segment is closed and checkpointed
@@ -696,16 +735,11 @@ const maxSegment = 16 << 20
 // checkpointer, when it holds any, is old (or, if onlyBig, large) enough,
 // and the checkpointer is free. Writer only.
 func (s *Store) rotate(onlyBig bool) {
-	g := s.seg
-	if g.size == 0 && s.syncFailedAt != 0 && s.checkpointed.Load() < s.syncFailedAt && len(s.ckpts) == 0 {
-		// The checkpoint of the segment a failed sync left failed too:
-		// try it again (the segment is still the checkpointer's to remove).
-		s.mu.Lock()
-		index := s.index
-		s.mu.Unlock()
-		s.ckpts <- checkpoint{index: index}
+	if s.syncFailedAt != 0 {
+		s.handOverFailed()
 		return
 	}
+	g := s.seg
 	if g.size == 0 || g.torn {
 		return
 	}
@@ -722,11 +756,9 @@ func (s *Store) rotate(onlyBig bool) {
 		return
 	}
 	// Only the last segment may end in writes that were never synced: Open
-	// tells them from damage by that. After a failed sync, nothing more is
-	// written into the segment, and the next segment stays empty until the
-	// checkpoint of this one is done: Open takes a damaged end for writes
-	// never synced when only empty segments follow.
-	if s.syncLog(); s.unsynced > 0 && s.syncFailedAt == 0 {
+	// tells them from damage by that. (After a failed sync, the next
+	// rotation hands this segment over as it is: see syncWaiting.)
+	if s.syncWaiting(); s.unsynced > 0 {
 		return
 	}
 	next, err := createSegment(s.dir, g.seq+1, s.cfg.Now())
@@ -742,7 +774,7 @@ func (s *Store) rotate(onlyBig bool) {
 // commit makes a batch durable with one log append. A request whose
 // condition fails gets ErrConflict and changes nothing; the others commit.
 func (s *Store) commit(batch []*writeReq) {
-	if !s.recovered() {
+	if !s.resumeAfterFailedSync() {
 		refuse(batch, s.syncFailed)
 		return
 	}
@@ -817,7 +849,7 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 	if len(changes) > 0 && !later {
 		// The frames waiting for a sync are synced first (see append).
-		if s.syncLog(); s.syncFailedAt != 0 {
+		if s.syncWaiting(); s.syncFailedAt != 0 {
 			refuse(batch, s.syncFailed)
 			return
 		}
@@ -1143,12 +1175,14 @@ func (s *Store) Ping(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
-	failed := cmp.Or(s.failed, s.syncFailed)
+	failed, syncFailed := s.failed, s.syncFailed
 	s.mu.Unlock()
-	// The last append or deferred sync failed, and no write has been tried
-	// since (or the checkpoint that ends a failed sync's refusal is not
-	// done): whether one would work now (once space is freed, say) is what
-	// a probe of the log's directory tells.
+	if syncFailed != nil {
+		return syncFailed // writes are refused until a checkpoint
+	}
+	// The last append failed, and no write has been tried since: whether
+	// one would work now (once space is freed, say) is what a probe of the
+	// log's directory tells.
 	if failed != nil && probeDir(s.dir) != nil {
 		return failed
 	}

@@ -3,6 +3,7 @@ package boltstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,6 +37,17 @@ func openLater(t *testing.T, path string, syncDelay, checkpoint time.Duration) *
 		t.Fatal(err)
 	}
 	return s
+}
+
+// waitFor polls until cond holds, and fails the test if it does not
+// within a minute: a hang, not a slow machine.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute, still not: %s", what)
+		}
+	}
 }
 
 func put(t *testing.T, s *Store, key, value string, later bool) uint64 {
@@ -95,18 +107,14 @@ func TestSyncLaterWritesAreSynced(t *testing.T) {
 		s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), 5*time.Millisecond, time.Hour)
 		defer s.Close()
 		put(t, s, "i/a", "1", true)
-		for syncs.Load() == 0 {
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, "the write synced", func() bool { return syncs.Load() > 0 })
 	})
 	t.Run("before a checkpoint", func(t *testing.T) {
 		syncs := countSyncs(t)
 		s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Hour, 5*time.Millisecond)
 		defer s.Close()
 		put(t, s, "i/a", "1", true)
-		for s.checkpoints.Load() == 0 {
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, "a checkpoint", func() bool { return s.checkpoints.Load() > 0 })
 		if n := syncs.Load(); n != 1 {
 			t.Fatalf("a checkpoint of a segment with a write never synced: %d syncs before it; want 1", n)
 		}
@@ -227,9 +235,7 @@ func TestDamageInFramesSyncedLaterIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "atlas.db")
 	s := openLater(t, path, time.Millisecond, time.Hour)
 	put(t, s, "i/a", "1", true)
-	for syncs.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the timer's sync", func() bool { return syncs.Load() > 0 })
 	put(t, s, "i/b", "2", true) // written when every frame before it was synced
 	s.crash()
 	alter(t, logSegments(t, path)[0], func(data []byte) { data[frameHeader+2] ^= 0xff })
@@ -239,11 +245,10 @@ func TestDamageInFramesSyncedLaterIsRefused(t *testing.T) {
 	}
 }
 
-// While the log cannot be synced, the store refuses writes (and says so
-// in Ping), none of them taken to be synced later; a later fdatasync that
-// works does not end that (it may not have written what the failed one
-// lost): a checkpoint that copies the waiting writes into the file does.
-func TestFailingSyncRefusesWritesUntilACheckpoint(t *testing.T) {
+// failSyncs makes the log's fdatasyncs fail while the returned flag is
+// set, until the test ends.
+func failSyncs(t *testing.T) *atomic.Bool {
+	t.Helper()
 	var failing atomic.Bool
 	syncLog = func(f *os.File) error {
 		if failing.Load() {
@@ -252,95 +257,91 @@ func TestFailingSyncRefusesWritesUntilACheckpoint(t *testing.T) {
 		return fdatasync(f)
 	}
 	t.Cleanup(func() { syncLog = fdatasync })
+	return &failing
+}
+
+// While a deferred sync has failed, the store refuses writes and says so
+// in Ping, and a later fdatasync that works does not end that (it may not
+// have written what the failed one lost); the next rotation hands the
+// segment over unsynced and makes no new one, so that a crash meanwhile
+// leaves the log as one whose last segment ends in writes never synced.
+func TestFailingSyncRefusesWritesUntilACheckpoint(t *testing.T) {
+	failing := failSyncs(t)
 	path := filepath.Join(t.TempDir(), "atlas.db")
 	s := openLater(t, path, time.Millisecond, time.Hour)
 	ctx := context.Background()
 	failing.Store(true)
 	put(t, s, "i/a", "1", true) // answered before its sync, which fails
-	for s.Ping(ctx) == nil {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "Ping reporting the failed sync", func() bool { return s.Ping(ctx) != nil })
+	failing.Store(false)
 	for _, later := range []bool{true, false} {
 		if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), TTL: time.Hour, SyncLater: later}}); !errors.Is(err, atlas.ErrUnavailable) {
-			t.Fatalf("a write (SyncLater %v) while the log cannot be synced: %v; want it refused as unavailable", later, err)
+			t.Fatalf("a write (SyncLater %v) after a failed sync, before a checkpoint: %v; want it refused as unavailable", later, err)
 		}
 	}
-	failing.Store(false)
-	// Syncs work again, but no checkpoint comes (CheckpointInterval is an
-	// hour): writes are still refused.
-	time.Sleep(20 * time.Millisecond)
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), TTL: time.Hour}}); !errors.Is(err, atlas.ErrUnavailable) {
-		t.Fatalf("a write after the failed sync, before a checkpoint: %v; want it refused", err)
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("Ping with writes refused after a failed sync: nil; want the error")
 	}
 	s.crash()
-
-	// Reopened with checkpoints: the write answered before the failed sync
-	// is there, and writes are taken once the checkpoint is done.
-	s = openLater(t, path, time.Millisecond, 5*time.Millisecond)
-	defer s.Close()
-	for {
-		if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), TTL: time.Hour, SyncLater: true}}); err == nil {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if _, kvs, err := s.Snapshot(ctx); err != nil || len(kvs) != 2 {
-		t.Fatalf("after a restart: %d entries, %v; want i/a and i/b", len(kvs), err)
-	}
+	reopen(t, path, afterCrash(2), map[string]string{"i/a": "1"})
 }
 
-// After a failed sync the store rotates without syncing, so that a
-// checkpoint copies the waiting writes into the file; once it is done,
-// writes are taken again, without a restart.
+// After a failed sync, the checkpoint of its segment ends the refusal
+// without a restart: also when an append had failed before it, and left
+// the store failed and the segment torn (its cut failed) or not. The
+// segment goes to the checkpointer as it is.
 func TestFailedSyncIsCheckpointed(t *testing.T) {
-	var failing atomic.Bool
-	syncLog = func(f *os.File) error {
-		if failing.Load() {
-			return syscall.EIO
-		}
-		return fdatasync(f)
-	}
-	t.Cleanup(func() { syncLog = fdatasync })
-	path := filepath.Join(t.TempDir(), "atlas.db")
-	s := openLater(t, path, time.Millisecond, 5*time.Millisecond)
-	defer s.Close()
-	ctx := context.Background()
-	failing.Store(true)
-	i := put(t, s, "i/a", "1", true)
-	for s.Ping(ctx) == nil {
-		time.Sleep(time.Millisecond)
-	}
-	failing.Store(false)
-	for {
-		if _, err := s.Txn(ctx, []atlas.Op{{Key: "c//", Value: []byte("{}")}}); err == nil {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if n := s.checkpointed.Load(); n < i {
-		t.Fatalf("writes taken again with the file checkpointed to %d; want %d at least (the write the failed sync may have lost)", n, i)
-	}
-	if _, kvs, err := s.Snapshot(ctx); err != nil || len(kvs) != 2 {
-		t.Fatalf("after the checkpoint: %d entries, %v; want i/a and c//", len(kvs), err)
-	}
-}
+	for _, cutFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cut fails %v", cutFails), func(t *testing.T) {
+			failing := failSyncs(t)
+			path := filepath.Join(t.TempDir(), "atlas.db")
+			s := openLater(t, path, time.Hour, time.Hour)
+			defer s.Close()
+			ctx := context.Background()
+			put(t, s, "i/a", "1", true) // waits for a sync
 
-// A damaged end of a segment followed only by empty segments is the end
-// of the log: what a crash between a failed sync's rotation and its
-// checkpoint leaves.
-func TestDamagedEndBeforeEmptySegmentsIsDropped(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "atlas.db")
-	s := openLater(t, path, time.Hour, time.Hour)
-	synced := put(t, s, "i/a", "1", false)
-	size := int(s.seg.size)
-	put(t, s, "i/b", "2", true)
-	s.crash()
-	segs := logSegments(t, path)
-	alter(t, segs[len(segs)-1], func(data []byte) { clear(data[size+frameHeader:]) })
-	if err := os.WriteFile(filepath.Join(walDir(path), segmentName(99)), nil, 0o600); err != nil {
-		t.Fatal(err)
+			// The next append fails: the segment's file takes no writes.
+			// The answer orders these changes before the writer's next
+			// look at the segment.
+			ro, err := os.Open(s.seg.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rw := s.seg.f
+			s.seg.f = ro
+			t.Cleanup(func() { rw.Close() })
+			seg := s.seg.path
+			truncateLog = func(_ *os.File, size int64) error {
+				if cutFails {
+					return syscall.EIO
+				}
+				return os.Truncate(seg, size)
+			}
+			t.Cleanup(func() { truncateLog = (*os.File).Truncate })
+			if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), TTL: time.Hour, SyncLater: true}}); !errors.Is(err, atlas.ErrUnavailable) {
+				t.Fatalf("a write the log cannot take: %v; want it refused", err)
+			}
+			// A write synced at once syncs i/a first, which fails.
+			failing.Store(true)
+			if _, err := s.Txn(ctx, []atlas.Op{{Key: "c//", Value: []byte("{}")}}); !errors.Is(err, atlas.ErrUnavailable) {
+				t.Fatalf("a write synced at once while syncs fail: %v; want it refused", err)
+			}
+			if err := s.Ping(ctx); err == nil {
+				t.Fatal("Ping after the failed sync: nil; want the error")
+			}
+			failing.Store(false)
+			waitFor(t, "writes taken again", func() bool {
+				_, err := s.Txn(ctx, []atlas.Op{{Key: "c//", Value: []byte("{}")}})
+				return err == nil
+			})
+			if err := s.Ping(ctx); err != nil {
+				t.Fatalf("Ping once writes are taken again: %v", err)
+			}
+			if _, kvs, err := s.Snapshot(ctx); err != nil || len(kvs) != 2 {
+				t.Fatalf("after the checkpoint: %d entries, %v; want i/a and c//", len(kvs), err)
+			}
+		})
 	}
-	reopen(t, path, afterCrash(synced), map[string]string{"i/a": "1"})
 }
 
 // Zeros from any byte of the frames never synced on (a crash that kept

@@ -39,13 +39,13 @@ import (
 // synced later (atlas.Op.SyncLater) are the exception: they are
 // acknowledged once written, and synced within SyncDelay, before the next
 // frame that is synced at once is written, or before their segment is
-// closed (but after a failed sync: see Store.rotate). A crash of the
-// machine may leave any of them damaged or missing, but only in the last
-// segment that holds anything, and only after the last frame written
-// when every frame before it was synced: one synced at once, or one marked
-// frameSynced. Open drops the log from the first damaged frame on when no
-// such frame follows it; what it drops then is maxUnsynced changes at
-// most, those of one wait for a sync.
+// closed (after a failed sync, no segment follows it until its checkpoint
+// is done: see Store.syncWaiting). A crash of the machine may leave any of
+// them damaged or missing, but only in the last segment, and only after
+// the last frame written when every frame before it was synced: one
+// synced at once, or one marked frameSynced. Open drops the log from the
+// first damaged frame on when no such frame follows it; what it drops then
+// is maxUnsynced changes at most, those of one wait for a sync.
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -315,9 +315,9 @@ func startsAsChanges(p []byte) bool {
 }
 
 // readLog reads every segment of dir in order and returns the changes
-// after index, which must follow on from it. Only the last segment that
-// holds anything may end in an incomplete frame (or frames never synced);
-// it is cut off there and dropped reports how many bytes that removed. Segments
+// after index, which must follow on from it. Only the last segment may end
+// in an incomplete frame (or frames never synced); it is cut off there and
+// dropped reports how many bytes that removed. Segments
 // that a checkpoint left behind (it failed, or the process died before it
 // removed them) may hold changes up to index only, and a gap after them.
 func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, err error) {
@@ -330,7 +330,7 @@ func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, e
 		if err != nil {
 			return nil, 0, err
 		}
-		if torn > 0 && !emptySegments(paths[i+1:]) {
+		if torn > 0 && i != len(paths)-1 {
 			return nil, 0, damaged(p, "damaged in its last %d bytes, and later segments follow it", torn)
 		}
 		dropped = torn
@@ -345,18 +345,6 @@ func readLog(dir string, index uint64) (changes []atlas.Change, dropped int64, e
 		}
 	}
 	return changes, dropped, nil
-}
-
-// emptySegments reports whether every segment at paths is empty: a
-// segment a rotation made after a failed sync, into which nothing was
-// written (see Store.rotate).
-func emptySegments(paths []string) bool {
-	for _, p := range paths {
-		if fi, err := os.Stat(p); err != nil || fi.Size() > 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // damaged is the error of a log Open cannot replay without losing
