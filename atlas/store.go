@@ -92,8 +92,8 @@ type Op struct {
 	// on the instance writes that their caller makes again by itself, when
 	// the request says so (?sync=later: a sidecar's): a registration of a
 	// new id (the next heartbeat gets 404 and registers again), or one
-	// that changes only the status, and a heartbeat's status or output
-	// (the next heartbeat carries it). A Txn is synced before it is
+	// that changes only the status or output, and a heartbeat's status or
+	// output (the next heartbeat carries it). A Txn is synced before it is
 	// acknowledged unless all of its ops set it; the etcd store syncs
 	// everything.
 	SyncLater bool

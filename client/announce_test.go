@@ -69,8 +69,9 @@ func TestAnnounceAndHeartbeatsSaySyncLater(t *testing.T) {
 }
 
 // An Atlas older than ?sync=later refuses it as an unknown parameter: the
-// client writes without it from then on, so that sidecars may be upgraded
-// before Atlas. (The 400 is forced in front of a real Atlas.)
+// client writes without it for a while, so that sidecars may be upgraded
+// before Atlas, then tries it again. (The 400 is forced in front of a real
+// Atlas.)
 func TestAnnounceToAnOlderAtlas(t *testing.T) {
 	a := atlastest.Start(t, true)
 	target, err := url.Parse(a.URL)
@@ -103,7 +104,12 @@ func TestAnnounceToAnOlderAtlas(t *testing.T) {
 	if _, err := c.Heartbeats(ctx, []sb.BatchHeartbeat{{ID: "a-1", Status: sb.Passing}}); err != nil {
 		t.Fatalf("Heartbeats to an older Atlas: %v", err)
 	}
-	want := []string{"/v1/instances/a-1?sync=later", "/v1/instances/a-1?", "/v1/heartbeats?"}
+	// Once the wait is over, the next write tries ?sync=later again.
+	c.EndOldAtlasWait()
+	if _, err := c.Heartbeats(ctx, []sb.BatchHeartbeat{{ID: "a-1", Status: sb.Passing}}); err != nil {
+		t.Fatalf("Heartbeats to an older Atlas: %v", err)
+	}
+	want := []string{"/v1/instances/a-1?sync=later", "/v1/instances/a-1?", "/v1/heartbeats?", "/v1/heartbeats?sync=later", "/v1/heartbeats?"}
 	mu.Lock()
 	defer mu.Unlock()
 	if fmt.Sprint(queries) != fmt.Sprint(want) {

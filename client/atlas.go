@@ -37,12 +37,12 @@ type Atlas struct {
 	// timeout (blocking queries set their own through the context).
 	HTTPClient *http.Client
 
-	// mu guards good and oldAtlas.
+	// mu guards good and noSyncUntil.
 	mu   sync.Mutex
 	good int // index into URLs of the replica that last answered
-	// oldAtlas is set once an Atlas refused ?sync=later (a version before
-	// it): writes then go without it.
-	oldAtlas bool
+	// noSyncUntil is when writes send ?sync=later again after an Atlas
+	// refused it (a version before it).
+	noSyncUntil time.Time
 }
 
 // DefaultAtlasURL is where Atlas listens unless told otherwise.
@@ -306,21 +306,25 @@ func (a *Atlas) Announce(ctx context.Context, id string, reg sb.Registration) (*
 	return &in, err
 }
 
+// oldAtlasWait is how long writes go without ?sync=later after an Atlas
+// refused it, before they try it again (Atlas may have been upgraded).
+const oldAtlasWait = 10 * time.Minute
+
 // callLater PUTs in to path with ?sync=later. An Atlas older than the
 // parameter refuses it (400); the client then writes without it, to that
-// replica and every other, as it did before it: an upgrade of the
-// sidecars before Atlas changes nothing.
+// replica and every other, as it did before it, for oldAtlasWait: an
+// upgrade of the sidecars before Atlas changes nothing.
 func (a *Atlas) callLater(ctx context.Context, path string, in, out any) error {
 	a.mu.Lock()
 	q := syncLater
-	if a.oldAtlas {
+	if time.Now().Before(a.noSyncUntil) {
 		q = nil
 	}
 	a.mu.Unlock()
 	_, err := a.call(ctx, http.MethodPut, path, q, in, out)
 	if q != nil && sb.ErrorCode(err) == sb.EInvalid && strings.HasPrefix(sb.ErrorMessage(err), "sync: unknown query parameter") {
 		a.mu.Lock()
-		a.oldAtlas = true
+		a.noSyncUntil = time.Now().Add(oldAtlasWait)
 		a.mu.Unlock()
 		_, err = a.call(ctx, http.MethodPut, path, nil, in, out)
 	}

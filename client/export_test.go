@@ -49,3 +49,11 @@ func (t *Transport) Ejected(service string) int {
 	}
 	return n
 }
+
+// EndOldAtlasWait ends the wait after an Atlas refused ?sync=later, as if
+// oldAtlasWait had passed.
+func (a *Atlas) EndOldAtlasWait() {
+	a.mu.Lock()
+	a.noSyncUntil = time.Time{}
+	a.mu.Unlock()
+}
