@@ -410,10 +410,13 @@ func putKV(b *bolt.Bucket, kv atlas.KV, deleted bool) error {
 	return b.Put([]byte(kv.Key), encode(kv))
 }
 
-func putIndex(tx *bolt.Tx, index uint64) error {
+func putIndex(tx *bolt.Tx, index uint64) error { return putMetaIndex(tx, keyIndex, index) }
+
+// putMetaIndex writes an index under key in the meta bucket.
+func putMetaIndex(tx *bolt.Tx, key []byte, index uint64) error {
 	var ib [8]byte
 	binary.BigEndian.PutUint64(ib[:], index)
-	return tx.Bucket(bucketMeta).Put(keyIndex, ib[:])
+	return tx.Bucket(bucketMeta).Put(key, ib[:])
 }
 
 // Close stops the writer, checkpointer and sweeper, ends every watch,
@@ -442,11 +445,7 @@ func (s *Store) Close() error {
 		}
 		if err == nil {
 			// Nothing was lost: the next Open need not move the index on.
-			err = s.db.Update(func(tx *bolt.Tx) error {
-				var ib [8]byte
-				binary.BigEndian.PutUint64(ib[:], s.index)
-				return tx.Bucket(bucketMeta).Put(keyClosed, ib[:])
-			})
+			err = s.db.Update(func(tx *bolt.Tx) error { return putMetaIndex(tx, keyClosed, s.index) })
 		}
 		if cerr := s.db.Close(); err == nil {
 			err = cerr
