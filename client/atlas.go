@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,13 +171,22 @@ func attemptContext(ctx context.Context, left int, q url.Values) (context.Contex
 // decodes a 200 answer into out (when not nil) and returns the
 // Switchboard-Index header.
 func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in, out any) (uint64, error) {
+	idx, err, _ := a.callMaybe(ctx, method, path, q, in, out, method == http.MethodPost)
+	return idx, err
+}
+
+// callMaybe is call, and also says whether a replica before the one that
+// answered may have carried the call out. once says that the call must not
+// be carried out twice: a POST (a token) but one that gives the same answer
+// again (a port).
+func (a *Atlas) callMaybe(ctx context.Context, method, path string, q url.Values, in, out any, once bool) (uint64, error, bool) {
 	var body []byte
 	if in != nil {
 		var err error
 		if raw, ok := in.(json.RawMessage); ok {
 			body = raw
 		} else if body, err = json.Marshal(in); err != nil {
-			return 0, err
+			return 0, err, false
 		}
 	}
 	urls := a.urls()
@@ -190,7 +200,7 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 	for i := range urls {
 		n := (start + i) % len(urls)
 		actx, cancel := attemptContext(ctx, len(urls)-i, q)
-		idx, err, retry, sent := a.callOne(actx, urls[n], method, path, q, body, out)
+		idx, err, retry, sent := a.callOne(actx, urls[n], method, path, q, body, out, once)
 		cancel()
 		if maybe && method == http.MethodDelete && sb.ErrorCode(err) == sb.ENotFound {
 			// The replica that took the DELETE failed to answer, and the
@@ -203,26 +213,28 @@ func (a *Atlas) call(ctx context.Context, method, path string, q url.Values, in,
 			case !sb.Transient(err):
 				a.good = n
 			case a.good == n:
-				// A POST this replica failed without answering: the next
+				// A call made once that this replica failed: the next
 				// call starts at the next one.
 				a.good = (n + 1) % len(urls)
 			}
 			a.mu.Unlock()
-			return idx, err
+			return idx, err, maybe
 		}
 		lastErr, maybe = err, maybe || sent
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return 0, lastErr
+	return 0, lastErr, maybe
 }
 
 // callOne makes one attempt of a call, at the replica base. retry says
 // whether the next replica may be asked, and sent whether this one may have
 // carried the call out (any failure but one to connect: a 502 or 503 from
-// a replica that lost its store or its gateway is no proof it did not).
-func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Values, body []byte, out any) (idx uint64, err error, retry, sent bool) {
+// a replica that lost its store or its gateway is no proof it did not). A
+// call made once that may have been carried out is not sent to the next
+// replica, which would do it a second time.
+func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Values, body []byte, out any, once bool) (idx uint64, err error, retry, sent bool) {
 	u := strings.TrimRight(base, "/") + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -243,14 +255,11 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	res, err := a.httpClient().Do(req)
 	if err != nil {
-		// A POST (a token, a port) that may have reached Atlas is not sent
-		// to the next replica, which would do it a second time: only one
-		// that could not connect is.
 		e := sb.Errorf(sb.EUnavailable, "atlas %s: %v", RedactURL(base), err)
 		if isDialError(err) {
 			return 0, e, true, false
 		}
-		return 0, e, method != http.MethodPost, true
+		return 0, e, !once, true
 	}
 	defer res.Body.Close()
 	if h := res.Header.Get(sb.IndexHeader); h != "" {
@@ -262,7 +271,8 @@ func (a *Atlas) callOne(ctx context.Context, base, method, path string, q url.Va
 	}
 	if res.StatusCode != http.StatusOK {
 		e := decodeError(res.StatusCode, data)
-		return 0, e, res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusBadGateway, true
+		unavailable := res.StatusCode == http.StatusServiceUnavailable || res.StatusCode == http.StatusBadGateway
+		return 0, e, unavailable && !once, true
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -430,7 +440,7 @@ func (a *Atlas) Service(ctx context.Context, realm, name string, opts ServiceOpt
 // AssignPort returns the service's port, assigning one the first time.
 func (a *Atlas) AssignPort(ctx context.Context, service string) (int, error) {
 	var out sb.PortAssignment
-	_, err := a.call(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(service)+"/port", nil, nil, &out)
+	_, err, _ := a.callMaybe(ctx, http.MethodPost, "/v1/services/"+url.PathEscape(service)+"/port", nil, nil, &out, false)
 	return out.Port, err
 }
 
@@ -476,8 +486,29 @@ func (a *Atlas) PutLayer(ctx context.Context, k sb.LayerKey, config json.RawMess
 		q.Set("cas", strconv.FormatUint(*cas, 10))
 	}
 	var out sb.ConfigLayer
-	_, err := a.call(ctx, http.MethodPut, "/v1/config/layer", q, config, &out)
+	_, err, maybe := a.callMaybe(ctx, http.MethodPut, "/v1/config/layer", q, config, &out, false)
+	if cas != nil && maybe && sb.ErrorCode(err) == sb.EConflict {
+		// A replica that failed to answer may have saved it, which moved
+		// the layer past cas: it is saved if the layer holds it now.
+		if now, lerr := a.Layer(ctx, k); lerr == nil && sameJSON(now.Config, config) {
+			return now, nil
+		}
+	}
 	return &out, err
+}
+
+// sameJSON reports whether a and b are the same JSON value (numbers
+// compared as written).
+func sameJSON(a, b []byte) bool {
+	decode := func(data []byte) (any, bool) {
+		d := json.NewDecoder(bytes.NewReader(data))
+		d.UseNumber()
+		var v any
+		return v, d.Decode(&v) == nil
+	}
+	va, oka := decode(a)
+	vb, okb := decode(b)
+	return oka && okb && reflect.DeepEqual(va, vb)
 }
 
 // DeleteLayer removes one config layer.
@@ -852,7 +883,7 @@ func (a *Atlas) Propagation(ctx context.Context, realm, service string, index ui
 			// the others' answers (without a deadline, for ever).
 			actx, cancel := attemptContext(ctx, 1, q)
 			defer cancel()
-			_, answers[i].err, _, _ = a.callOne(actx, base, http.MethodGet, path, q, nil, &answers[i].p)
+			_, answers[i].err, _, _ = a.callOne(actx, base, http.MethodGet, path, q, nil, &answers[i].p, false)
 		})
 	}
 	wg.Wait()

@@ -59,18 +59,12 @@ func TestPostIsNotSentToASecondReplica(t *testing.T) {
 // delete: the deregistration that worked was reported not_found.
 func TestDeleteCarriedOutByAFailedReplicaSucceeds(t *testing.T) {
 	a := atlastest.Start(t, true)
-	target, _ := url.Parse(a.URL)
-	gw := httputil.NewSingleHostReverseProxy(target)
-	gw.ModifyResponse = func(*http.Response) error { return errors.New("the answer is lost") } // 502
-	gw.ErrorLog = log.New(io.Discard, "", 0)
-	gateway := httptest.NewServer(gw)
-	defer gateway.Close()
 	ctx := context.Background()
 	direct := &client.Atlas{URLs: []string{a.URL}}
 	if _, err := direct.Register(ctx, "web-1", sb.Registration{Service: "web", Address: "127.0.0.1", Port: 5001}); err != nil {
 		t.Fatal(err)
 	}
-	c := &client.Atlas{URLs: []string{gateway.URL, a.URL}}
+	c := &client.Atlas{URLs: []string{lossyGateway(t, a.URL), a.URL}}
 	if err := c.Deregister(ctx, "web-1"); err != nil {
 		t.Fatalf("Deregister through a replica that did it and lost the answer: %v; want nil", err)
 	}
@@ -79,6 +73,59 @@ func TestDeleteCarriedOutByAFailedReplicaSucceeds(t *testing.T) {
 	}
 	if err := direct.Deregister(ctx, "web-1"); sb.ErrorCode(err) != sb.ENotFound {
 		t.Fatalf("Deregister of an unknown id with nothing ambiguous: %v; want not_found", err)
+	}
+}
+
+// lossyGateway returns the URL of a gateway to the Atlas at target that
+// passes every call on and loses every answer: it answers 502.
+func lossyGateway(t *testing.T, target string) string {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := httputil.NewSingleHostReverseProxy(u)
+	gw.ModifyResponse = func(*http.Response) error { return errors.New("the answer is lost") }
+	gw.ErrorLog = log.New(io.Discard, "", 0)
+	gateway := httptest.NewServer(gw)
+	t.Cleanup(gateway.Close)
+	return gateway.URL
+}
+
+// A POST that a replica carried out before its gateway answered 502 was
+// sent to the next replica too: two tokens made, one secret never shown.
+func TestPostAnswered502IsNotSentToASecondReplica(t *testing.T) {
+	a := atlastest.Start(t, true)
+	c := &client.Atlas{URLs: []string{lossyGateway(t, a.URL), a.URL}}
+	if _, err := c.CreateToken(context.Background(), sb.TokenRequest{Name: "oncall", Role: sb.RoleReader}); err == nil {
+		t.Fatal("CreateToken through a replica that lost its answer succeeded; the second replica made one too")
+	}
+	direct := &client.Atlas{URLs: []string{a.URL}}
+	if l, err := direct.Tokens(context.Background()); err != nil || len(l) != 1 {
+		t.Fatalf("tokens = %v, %v; want the one the first replica made", l, err)
+	}
+}
+
+// A conditional write that a replica carried out before its gateway
+// answered 502 went on to the next replica, which refused it (the layer
+// had moved past cas, by that very write): a write that worked was
+// reported as someone else's change. It succeeds when the layer holds what
+// was written, and is still a conflict when it does not.
+func TestConditionalWriteCarriedOutByAFailedReplicaSucceeds(t *testing.T) {
+	a := atlastest.Start(t, true)
+	ctx := context.Background()
+	c := &client.Atlas{URLs: []string{lossyGateway(t, a.URL), a.URL}}
+	k, zero := sb.LayerKey{Service: "identity"}, uint64(0)
+	l, err := c.PutLayer(ctx, k, []byte(`{"greeting": "hi", "n": 1}`), &zero)
+	if err != nil {
+		t.Fatalf("PutLayer(cas=0) through a replica that saved it and lost the answer: %v; want nil", err)
+	}
+	if !strings.Contains(string(l.Config), "hi") || l.Index == 0 {
+		t.Fatalf("PutLayer answered %+v; want the layer saved", l)
+	}
+	// Someone else's layer is there: the same write is a conflict.
+	if _, err := c.PutLayer(ctx, sb.LayerKey{Service: "identity"}, []byte(`{"greeting": "hello"}`), &zero); sb.ErrorCode(err) != sb.EConflict {
+		t.Fatalf("PutLayer(cas=0) of another value over a layer: %v; want conflict", err)
 	}
 }
 
