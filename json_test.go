@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // plainInstance and plainList are Instance and ServiceInstances without
@@ -100,4 +101,29 @@ func FuzzInstanceJSON(f *testing.F) {
 		}
 		checkSameJSON(t, in)
 	})
+}
+
+// TruncateOutput cuts at a rune boundary, and keeps the output whatever
+// invalid bytes it holds before the cut: it cut them all away, with
+// everything after the first.
+func TestTruncateOutput(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     int // length of the result
+	}{
+		{"short", "ok", 2},
+		{"exactly the limit", strings.Repeat("a", MaxOutputBytes), MaxOutputBytes},
+		{"ascii", strings.Repeat("a", 5000), MaxOutputBytes},
+		{"a rune across the cut", strings.Repeat("a", MaxOutputBytes-1) + "€€", MaxOutputBytes - 1},
+		{"a rune ending at the cut", strings.Repeat("a", MaxOutputBytes-3) + "€€", MaxOutputBytes},
+		{"an invalid byte early", "ab\xffc" + strings.Repeat("a", 5000), MaxOutputBytes},
+	} {
+		got := TruncateOutput(tc.in)
+		if len(got) != tc.want || !strings.HasPrefix(tc.in, got) {
+			t.Errorf("%s: %d bytes, want the first %d", tc.name, len(got), tc.want)
+		}
+		if utf8.ValidString(tc.in) && !utf8.ValidString(got) {
+			t.Errorf("%s: cut inside a rune", tc.name)
+		}
+	}
 }

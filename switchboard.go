@@ -288,11 +288,13 @@ func TruncateOutput(s string) string {
 	if len(s) <= MaxOutputBytes {
 		return s
 	}
-	s = s[:MaxOutputBytes]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
+	// Back up to the start of the rune the cut falls in: at most
+	// utf8.UTFMax-1 bytes, whatever the rest of s holds.
+	cut := MaxOutputBytes
+	for i := 1; i < utf8.UTFMax && cut > 0 && !utf8.RuneStart(s[cut]); i++ {
+		cut--
 	}
-	return s
+	return s[:cut]
 }
 
 // Heartbeat is the body of PUT /v1/instances/{id}/status.
