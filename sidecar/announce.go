@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/client"
@@ -117,14 +118,14 @@ func (a *announcer) checkOnce(ctx context.Context) bool {
 	before := a.status
 	wasFlapping := a.rf.flapping()
 	a.status = a.rf.observe(raw)
-	a.output = out
+	a.output = sb.TruncateOutput(out)
 	flapping := a.rf.flapping()
 	if a.status == sb.Critical && raw != sb.Critical {
 		flap := ""
 		if flapping {
 			flap = "flapping: "
 		}
-		a.output = fmt.Sprintf("%s (%srising: %d of %d good checks)", out, flap, a.rf.good, a.rf.need())
+		a.output = withNote(a.output, fmt.Sprintf(" (%srising: %d of %d good checks)", flap, a.rf.good, a.rf.need()))
 	}
 	status, output := a.status, a.output
 	first := !a.checked
@@ -258,6 +259,29 @@ func (a *announcer) adopt(ctx context.Context) {
 	a.log.Info("sidecar: carrying on with the status Atlas has for the instance, which a sidecar before this one registered", "id", a.id, "status", in.Status)
 }
 
+// withNote is out and then note, out cut short (on a rune's start) so
+// that both fit in Atlas's limit on an output.
+func withNote(out, note string) string {
+	if over := len(out) + len(note) - sb.MaxOutputBytes; over > 0 {
+		cut := max(len(out)-over, 0)
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
+			cut--
+		}
+		out = out[:cut]
+	}
+	return out + note
+}
+
+// batchBytes bounds the body of one PUT /v1/heartbeats, well under Atlas's
+// limit (sb.MaxBodyBytes): beyond it, a group's heartbeats go in several
+// requests. Over the limit, Atlas refused the whole request, and every
+// instance in it lost its lease.
+const batchBytes = sb.MaxBodyBytes / 2
+
+// batchSize is at most what a heartbeat of id with output takes in a
+// request's JSON, where one byte of the output may take six (\u003c).
+func batchSize(id, output string) int { return len(id) + 6*len(output) + 64 }
+
 // heartbeatGroup sends the heartbeats of the registered announcers in one
 // request and registers the others, each registration with its own time
 // budget, so that one slow answer does not leave the rest unregistered.
@@ -276,24 +300,42 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 			a.register(rctx, st, out)
 		}()
 	}
-	var batch []sb.BatchHeartbeat
-	var sent []*announcer
+	type batch struct {
+		beats []sb.BatchHeartbeat
+		sent  []*announcer
+		size  int
+	}
+	var batches []*batch
 	for _, a := range as {
 		if !a.isRegistered() {
 			register(a)
 			continue
 		}
 		st, out := a.current()
-		batch = append(batch, sb.BatchHeartbeat{ID: a.id, Status: st, Output: out})
-		sent = append(sent, a)
+		size := batchSize(a.id, out)
+		if len(batches) == 0 || batches[len(batches)-1].size+size > batchBytes || len(batches[len(batches)-1].beats) == sb.MaxBatch {
+			batches = append(batches, &batch{})
+		}
+		b := batches[len(batches)-1]
+		b.beats = append(b.beats, sb.BatchHeartbeat{ID: a.id, Status: st, Output: out})
+		b.sent = append(b.sent, a)
+		b.size += size
 	}
-	if len(batch) == 0 {
+	if len(batches) == 0 {
 		return
 	}
 	hctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	results, err := atlas.Heartbeats(hctx, batch)
-	as[0].token.note(err)
+	for _, b := range batches {
+		sendHeartbeats(hctx, atlas, b.beats, b.sent, log, hbLog, register)
+	}
+}
+
+// sendHeartbeats sends one request of heartbeats, of the announcers sent,
+// and registers again those Atlas does not know.
+func sendHeartbeats(ctx context.Context, atlas *client.Atlas, batch []sb.BatchHeartbeat, sent []*announcer, log *slog.Logger, hbLog *failureLog, register func(*announcer)) {
+	results, err := atlas.Heartbeats(ctx, batch)
+	sent[0].token.note(err)
 	if err != nil {
 		if hbLog.failed(err) {
 			log.Warn("sidecar: heartbeats failed; will retry every interval, and log again only when the error changes", "instances", len(batch), "err", err)

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
@@ -305,5 +307,69 @@ func TestSampledLog(t *testing.T) {
 	}
 	if ok, n := l.allow(t0.Add(sampleEvery)); !ok || n != 5 {
 		t.Fatalf("after %s: %v %d; want logged, saying 5 were not", sampleEvery, ok, n)
+	}
+}
+
+// Outputs near the size an HTTP check reads, which JSON may make six times
+// longer, took a host's heartbeats over Atlas's limit on a request's body:
+// Atlas refused them all, every instance on the host lost its lease, the
+// healthy ones too, and none registered again. Outputs are cut to Atlas's
+// limit, and a group's heartbeats go in as many requests as they need.
+func TestBigOutputsKeepEveryHeartbeat(t *testing.T) {
+	a := atlastest.Start(t, true)
+	body := `{"status":"failure","results":[{"checker":"db","passed":false,"output":"` + strings.Repeat("<", 60<<10) + `"}]}`
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, body)
+	}))
+	t.Cleanup(big.Close)
+	fine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(fine.Close)
+	check := CheckConfig{Interval: Duration(200 * time.Millisecond), Rise: 1}
+	svcs := []ServiceConfig{{Name: "fine", Port: portOf(fine.Listener.Addr().String()), Check: check}}
+	// 48 outputs of 4 KiB, each 24 KiB in JSON: more than Atlas takes in one request.
+	for i := range 48 {
+		svcs = append(svcs, ServiceConfig{Name: fmt.Sprintf("big%02d", i), Port: portOf(big.Listener.Addr().String()), Check: check})
+	}
+	startSweeping(t, Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.1", Services: svcs})
+
+	c := a.Client()
+	// renewed reports whether the service's instance took a heartbeat
+	// later than its first lease ran (3 × interval after its
+	// registration), and fails the test if it is gone.
+	seen := map[string]bool{}
+	renewed := func(name string) bool {
+		list, err := c.Service(context.Background(), "", name, client.ServiceOptions{Leases: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Instances) == 0 {
+			if seen[name] {
+				t.Fatalf("%s: the instance is gone: its heartbeats were refused", name)
+			}
+			return false
+		}
+		seen[name] = true
+		in := list.Instances[0]
+		if len(in.Output) > sb.MaxOutputBytes {
+			t.Fatalf("%s: output of %d bytes", name, len(in.Output))
+		}
+		return in.LastHeartbeat != nil && in.LastHeartbeat.Sub(in.RegisteredAt) > 3*time.Duration(check.Interval)
+	}
+	for _, name := range []string{"fine", "big00", "big47"} {
+		eventually(t, name+" renewed its first lease", func() bool { return renewed(name) })
+	}
+}
+
+// A rising instance's note follows its output within Atlas's limit, the
+// output cut on a rune's start.
+func TestWithNote(t *testing.T) {
+	note := " (rising: 1 of 3 good checks)"
+	for _, out := range []string{"ok", strings.Repeat("é", sb.MaxOutputBytes/2), strings.Repeat("a", sb.MaxOutputBytes)} {
+		got := withNote(out, note)
+		if !strings.HasSuffix(got, note) || len(got) > sb.MaxOutputBytes || !utf8.ValidString(got) ||
+			!strings.HasPrefix(out, strings.TrimSuffix(got, note)) {
+			t.Errorf("withNote(%d bytes): %d bytes, ending %q", len(out), len(got), got[max(0, len(got)-40):])
+		}
 	}
 }
