@@ -491,6 +491,16 @@ func drainReason(host string) string { return "sidecar on " + host + " is shutti
 func (a *announcer) drain(ctx context.Context, timeout time.Duration) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if in, err := a.atlas.Instance(dctx, a.id); err == nil && !in.Enabled && in.DisabledReason != a.drainReason {
+		// An operator's switch (maintenance, say): the instance takes no
+		// traffic already. Deregistering would clear the switch, and
+		// draining would put this sidecar's reason in its place, which the
+		// next sidecar clears: either put the instance back in rotation
+		// when this host comes back. Its lease runs out instead, which
+		// keeps the switch.
+		a.log.Info("sidecar: the instance is disabled by an operator; leaving it to expire, which keeps the switch", "id", a.id, "reason", in.DisabledReason)
+		return
+	}
 	p, err := a.atlas.Drain(dctx, a.id, a.drainReason)
 	switch {
 	case client.IsNotFound(err):

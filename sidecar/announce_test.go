@@ -373,3 +373,39 @@ func TestWithNote(t *testing.T) {
 		}
 	}
 }
+
+// A sidecar stopped while an operator had one of its instances disabled
+// (maintenance: the host is about to reboot) deregistered it, which cleared
+// the switch, or drained it, which put the sidecar's reason in the
+// operator's place: the instance came back in rotation with the host. It
+// is left to expire instead, which keeps the switch; the others drain and
+// deregister as before.
+func TestDrainKeepsAnOperatorsSwitch(t *testing.T) {
+	a := atlastest.Start(t, true)
+	c := a.Client()
+	ctx := context.Background()
+	none := CheckConfig{None: true, Interval: Duration(100 * time.Millisecond)}
+	cfg := Config{Atlas: StringList{a.URL}, Host: "h1", Advertise: "127.0.0.1", DrainTimeout: Duration(time.Second),
+		Services: []ServiceConfig{{Name: "web", Port: 5001, Check: none}, {Name: "upkeep", Port: 5002, Check: none}}}
+	s1 := startSweeping(t, cfg)
+	registered := func(id string) bool { _, err := c.Instance(ctx, id); return err == nil }
+	eventually(t, "both registered", func() bool { return registered("web-h1-5001") && registered("upkeep-h1-5002") })
+	if _, err := c.SetEnabled(ctx, "upkeep-h1-5002", false, "kernel upgrade"); err != nil {
+		t.Fatal(err)
+	}
+	s1.Shutdown()
+	if registered("web-h1-5001") {
+		t.Fatal("web-h1-5001 is still registered after the drain")
+	}
+	in, err := c.Instance(ctx, "upkeep-h1-5002")
+	if err != nil || in.Enabled || in.DisabledReason != "kernel upgrade" {
+		t.Fatalf("upkeep-h1-5002 after the drain: %+v, %v; want it left, disabled for the kernel upgrade", in, err)
+	}
+	eventually(t, "upkeep-h1-5002's lease runs out", func() bool { return !registered("upkeep-h1-5002") })
+
+	startSweeping(t, cfg) // the host is back
+	eventually(t, "upkeep-h1-5002 registered again", func() bool { return registered("upkeep-h1-5002") })
+	if in, err := c.Instance(ctx, "upkeep-h1-5002"); err != nil || in.Enabled || in.DisabledReason != "kernel upgrade" {
+		t.Fatalf("upkeep-h1-5002 after the restart: %+v, %v; want it still disabled for the kernel upgrade", in, err)
+	}
+}
