@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -103,6 +105,25 @@ type CheckConfig struct {
 	Fall int `yaml:"fall"`
 }
 
+// UnmarshalYAML reads a check. "grpc:" with no value is a gRPC check of
+// the whole server, as grpc: "" is, where it read as no gRPC check at all
+// and so an HTTP check of /healthcheck.
+func (c *CheckConfig) UnmarshalYAML(n *yaml.Node) error {
+	type plain CheckConfig
+	if err := n.Decode((*plain)(c)); err != nil {
+		return err
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k, v := n.Content[i], n.Content[i+1]; k.Value == "grpc" && v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+			c.GRPC = new(string)
+		}
+	}
+	return nil
+}
+
 // UpstreamConfig is a service watched from the start.
 type UpstreamConfig struct {
 	Name string `yaml:"name"`
@@ -199,6 +220,19 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
 		return nil, yamlError(name, err)
+	}
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, yamlError(name, err)
+		}
+		if len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
+			return nil, fmt.Errorf("%s:%d: the file must hold one YAML document; this is a second", name, next.Content[0].Line)
+		}
 	}
 	if err := cfg.validate(); err != nil {
 		var pe *pathError
@@ -359,7 +393,7 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.DrainTimeout < 0 || time.Duration(c.DrainTimeout) > 10*time.Minute {
-		return errAt([]any{"drain_timeout"}, "drain_timeout: must be 0-10m, got %s", time.Duration(c.DrainTimeout))
+		return errAt([]any{"drain_timeout"}, "drain_timeout: must be at most 10m (0 or none: 10s), got %s", time.Duration(c.DrainTimeout))
 	}
 	switch c.Proxy {
 	case "", "builtin", "haproxy":
@@ -426,6 +460,11 @@ func (c *CheckConfig) validate(p []any) error {
 	}
 	if c.HTTP != nil && !strings.HasPrefix(*c.HTTP, "/") {
 		return errAt(append(p, "http"), "%s.http: must be a path starting with /, got %q", name(p), *c.HTTP)
+	}
+	if c.HTTP != nil {
+		if _, err := url.ParseRequestURI(*c.HTTP); err != nil {
+			return errAt(append(p, "http"), "%s.http: must be a path (and query) that makes a URL, got %q: %v", name(p), *c.HTTP, errors.Unwrap(err))
+		}
 	}
 	if c.Interval != 0 && (time.Duration(c.Interval) < 100*time.Millisecond || time.Duration(c.Interval) > time.Hour) {
 		return errAt(append(p, "interval"), "%s.interval: must be 100ms-1h, got %s", name(p), time.Duration(c.Interval))

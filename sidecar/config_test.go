@@ -62,7 +62,9 @@ func TestConfigErrors(t *testing.T) {
 		{"listen: 4000\n", `sidecar.yaml:1: listen: must be host:port, got "4000"`},
 		{"proxy: nginx\n", `sidecar.yaml:1: proxy: must be builtin or haproxy, got "nginx"`},
 		{"realm: Prod\n", `sidecar.yaml:1: realm: must match`},
-		{"drain_timeout: 1h\n", `sidecar.yaml:1: drain_timeout: must be 0-10m, got 1h0m0s`},
+		{"drain_timeout: 1h\n", `sidecar.yaml:1: drain_timeout: must be at most 10m (0 or none: 10s), got 1h0m0s`},
+		{"services:\n  - name: a\n    port: 1\n    check: {http: \"/h%zz\"}\n", `sidecar.yaml:4: services[0].check.http: must be a path (and query) that makes a URL, got "/h%zz": invalid URL escape "%zz"`},
+		{"realm: dev\n---\nrealm: production\n", "sidecar.yaml:3: the file must hold one YAML document; this is a second"},
 		{"realm: dev\ndrain_timeout: soon\n", `sidecar.yaml:2: drain_timeout: must be a duration such as 2s, got "soon"`},
 		{"services:\n  - name: a\n    port: 1\n    meta: {v: [1]}\n", `sidecar.yaml:4: services[0].meta.v: must be a string`},
 		{"services:\n  - name: a\n    port: 1\n    check: {tcp: maybe}\n", `sidecar.yaml:4: services[0].check.tcp: must be true or false, got "maybe"`},
@@ -99,6 +101,25 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config fails validation: %v", err)
 		}
 	})
+}
+
+// "grpc:" with no value, the natural YAML for a check of the whole server,
+// read as no gRPC check and so an HTTP check of /healthcheck, which a gRPC
+// server always fails.
+func TestGRPCCheckWithNoValue(t *testing.T) {
+	for _, check := range []string{"{grpc: }", "{grpc: ~}", `{grpc: ""}`, "\n      grpc:\n      interval: 5s"} {
+		cfg, err := ParseConfig("sidecar.yaml", []byte("services:\n  - name: a\n    port: 1\n    check: "+check+"\n"))
+		if err != nil {
+			t.Fatalf("check %s: %v", check, err)
+		}
+		if c := cfg.Services[0].Check; c.GRPC == nil || *c.GRPC != "" || c.HTTP != nil {
+			t.Errorf("check %s: read as %+v; want a gRPC check of the whole server", check, c)
+		}
+	}
+	// A trailing "---" starts no document.
+	if _, err := ParseConfig("sidecar.yaml", []byte("realm: dev\n---\n")); err != nil {
+		t.Errorf("a trailing ---: %v", err)
+	}
 }
 
 // What YAML itself allows passes the shape check: merge keys and the
