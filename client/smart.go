@@ -57,6 +57,7 @@ type Transport struct {
 
 	once     sync.Once
 	sidecar  string // resolved: host:port, or "" for direct
+	initErr  error  // a sidecar address that is not one
 	explicit bool   // the sidecar address was configured, not defaulted
 	// absentUntil: nothing listened at the default sidecar address; go
 	// direct until then (unix nanoseconds).
@@ -111,6 +112,13 @@ func (t *Transport) init() {
 	}
 	if t.sidecar == "none" {
 		t.sidecar = ""
+	}
+	if _, port, err := net.SplitHostPort(t.sidecar); t.sidecar != "" && (err != nil || port == "" || strings.Contains(t.sidecar, "/")) {
+		field := "Transport.Sidecar"
+		if t.Sidecar == "" {
+			field = "SWITCHBOARD_SIDECAR"
+		}
+		t.initErr = fmt.Errorf("%s: must be the sidecar's host:port, such as %s, or none, got %q", field, DefaultSidecar, t.sidecar)
 	}
 	if t.Base == nil {
 		t.Base = defaultBase
@@ -175,6 +183,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.Base.RoundTrip(req)
 	}
 	service, err := ParseServiceURL(req.URL)
+	if err == nil {
+		err = t.initErr
+	}
 	if err != nil {
 		closeBody(req)
 		return nil, err
@@ -393,7 +404,13 @@ func (t *Transport) direct(req *http.Request, service string) (*http.Response, e
 		res, err := t.Base.RoundTrip(out)
 		if err == nil {
 			outcome := balance.StatusOutcome(res.StatusCode)
-			res.Body = &doneBody{ReadCloser: res.Body, done: func() { done(outcome); cancel() }}
+			body := &doneBody{ReadCloser: res.Body, done: func() { done(outcome); cancel() }}
+			if rw, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols {
+				// net/http's upgraded connection: the caller writes to it.
+				res.Body = &doneConn{doneBody: body, w: rw}
+			} else {
+				res.Body = body
+			}
 			answered = true
 			return res, nil
 		}
@@ -432,6 +449,15 @@ func (b *doneBody) Close() error {
 	b.once.Do(b.done)
 	return err
 }
+
+// doneConn is a doneBody that may be written to: the connection of a 101
+// answer, as net/http hands it over.
+type doneConn struct {
+	*doneBody
+	w io.Writer
+}
+
+func (c *doneConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 
 func idempotent(method string) bool {
 	switch method {

@@ -23,6 +23,7 @@ import (
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
+	"github.com/switchboard-go/switchboard/internal/testnet"
 	"github.com/switchboard-go/switchboard/sidecar"
 )
 
@@ -639,5 +640,49 @@ func TestFollowTakesNoPageForAStream(t *testing.T) {
 	<-done
 	if n := opens.Load(); n != 0 {
 		t.Fatalf("OnOpen called %d times for a page", n)
+	}
+}
+
+// Called directly, an upgraded connection (101) could not be written to:
+// its body was wrapped in a type that only reads, where net/http hands
+// over an io.ReadWriteCloser, which WebSocket clients look for.
+func TestDirectUpgradeIsWritable(t *testing.T) {
+	echo := httptest.NewServer(http.HandlerFunc(testnet.EchoUpgrade))
+	t.Cleanup(echo.Close)
+	tr := &client.Transport{Sidecar: "none", Atlas: directSetup(t, echo.URL)}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", "service://files/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	res, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, ok := res.Body.(io.ReadWriteCloser)
+	if res.StatusCode != http.StatusSwitchingProtocols || !ok {
+		t.Fatalf("status %d, body %T; want 101 and a connection to write to", res.StatusCode, res.Body)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "hello\n")
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "hello\n" {
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+}
+
+// A sidecar address that is not host:port (a URL, say) failed every call
+// with a DNS error naming a host "http"; it is refused by name.
+func TestBadSidecarAddressIsSaid(t *testing.T) {
+	for _, tc := range []struct{ field, env, sidecar string }{
+		{"Transport.Sidecar", "", "http://127.0.0.1:4000"},
+		{"SWITCHBOARD_SIDECAR", "http://127.0.0.1:4000", ""},
+		{"SWITCHBOARD_SIDECAR", "127.0.0.1", ""},
+	} {
+		t.Setenv("SWITCHBOARD_SIDECAR", tc.env)
+		_, err := (&http.Client{Transport: &client.Transport{Sidecar: tc.sidecar}}).Get("service://files/x")
+		want := tc.field + ": must be the sidecar's host:port, such as 127.0.0.1:4000, or none"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s %q: %v; want %q", tc.field, tc.env+tc.sidecar, err, want)
+		}
 	}
 }

@@ -87,3 +87,25 @@ func DropsAfter(t testing.TB, d time.Duration) string {
 	t.Cleanup(s.Close)
 	return s.URL
 }
+
+// EchoUpgrade is a handler that takes the connection over as WebSocket
+// servers do (asserting http.Hijacker on its ResponseWriter), answers 101
+// with Upgrade: echo, and sends back the first line it reads.
+func EchoUpgrade(w http.ResponseWriter, r *http.Request) {
+	h, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "the ResponseWriter is no http.Hijacker", http.StatusInternalServerError)
+		return
+	}
+	c, rw, err := h.Hijack()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer c.Close()
+	rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	rw.Flush()
+	line, _ := rw.ReadString('\n')
+	rw.WriteString(line)
+	rw.Flush()
+}
