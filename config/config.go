@@ -238,6 +238,9 @@ func Load(ctx context.Context, opts Options) (*Config, error) {
 	c := &Config{opts: opts, log: opts.Logger}
 	if opts.Defaults != nil {
 		m, err := toMap(opts.Defaults)
+		if err == nil {
+			err = CheckKeys(m)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("config: defaults: %w", err)
 		}
@@ -533,6 +536,11 @@ func envLayers(environ []string) ([]layer, error) {
 				return nil, fmt.Errorf("config: %s: an empty key in the path %q", name, path)
 			}
 			if i == len(keys)-1 {
+				if m, ok := v.(map[string]any); ok {
+					if err := CheckKeys(m); err != nil {
+						return nil, fmt.Errorf("config: %s: %w", name, err)
+					}
+				}
 				cur[k] = v
 				break
 			}

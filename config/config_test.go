@@ -354,3 +354,20 @@ func TestAtlasFailuresAreSaidOnceEach(t *testing.T) {
 		t.Fatalf("the 401 was logged %d times; want once:\n%s", n, logs.String())
 	}
 }
+
+// Keys a key path cannot name (empty, or holding the "." that joins paths)
+// were refused in files only: from the environment or the defaults they
+// made lookups, sources and the merged map disagree.
+func TestEnvAndDefaultKeysAreChecked(t *testing.T) {
+	for _, opts := range []config.Options{
+		{Environ: []string{`SWITCHBOARD_CONFIG_DB={"dsn.host":"a"}`}},
+		{Environ: []string{`SWITCHBOARD_CONFIG_DB={"dsn":{"":"b"}}`}},
+		{Environ: []string{}, Defaults: map[string]any{"db.dsn": "x"}},
+	} {
+		opts.Service = "identity"
+		_, err := config.Load(context.Background(), opts)
+		if err == nil || !strings.Contains(err.Error(), `: must be non-empty and hold no ".", which joins key paths`) {
+			t.Errorf("Load(%v, defaults %v) = %v; want the key refused", opts.Environ, opts.Defaults, err)
+		}
+	}
+}
