@@ -63,8 +63,9 @@ type Checker struct {
 	SuccessTTL, FailureTTL time.Duration
 	// Timeout bounds each check. Zero means DefaultTimeout.
 	Timeout time.Duration
-	// FailedStatus is the HTTP status of a failed report: zero means 500;
-	// 503 suits load balancers and Kubernetes.
+	// FailedStatus is the HTTP status of a failed report, 400-599: zero
+	// (or any other value, which would not say failed) means 500; 503
+	// suits load balancers and Kubernetes.
 	FailedStatus int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -350,7 +351,7 @@ func (c *Checker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusOK
 	if !rep.Passed() {
 		status = c.FailedStatus
-		if status == 0 {
+		if status < 400 || status > 599 {
 			status = http.StatusInternalServerError
 		}
 	}

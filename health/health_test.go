@@ -401,3 +401,19 @@ func TestWatchEndsWhileDrainingSoGracefulStopReturns(t *testing.T) {
 		t.Fatal("GracefulStop hangs on a Watch stream")
 	}
 }
+
+// A failed report's status is FailedStatus when it is an error status, and
+// 500 otherwise: a 2xx would say passing to every check reading it, and
+// one outside 100-999 made net/http panic.
+func TestFailedStatus(t *testing.T) {
+	for set, want := range map[int]int{0: 500, 503: 503, 418: 418, 200: 500, 1000: 500, -1: 500} {
+		c := health.New()
+		c.FailedStatus = set
+		c.Add("db", func(context.Context) (string, error) { return "", errors.New("down") })
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, httptest.NewRequest("GET", "/healthcheck", nil))
+		if rec.Code != want {
+			t.Errorf("FailedStatus %d: answered %d; want %d", set, rec.Code, want)
+		}
+	}
+}
