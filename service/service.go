@@ -12,6 +12,7 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"errors"
@@ -75,9 +76,10 @@ type Service struct {
 	client     *http.Client
 	clientOnce sync.Once
 
-	// dbMu guards db.
-	dbMu sync.Mutex
-	db   *sql.DB
+	// dbMu guards db and dbClosed (set when Run has closed db).
+	dbMu     sync.Mutex
+	dbClosed bool
+	db       *sql.DB
 
 	// ready is closed once Run listens; Addr is then the bound address.
 	ready chan struct{}
@@ -107,6 +109,13 @@ func New(name string) *Service {
 	level := new(slog.LevelVar)
 	base := slog.New(slog.NewJSONHandler(logOutput, &slog.HandlerOptions{Level: level}))
 	s.log = base.With("service", name, "realm", s.Realm)
+	s.initMetrics() // Metrics works even when New failed: Run says why
+	for _, u := range s.atlas.URLs {
+		if err := client.CheckURL(u); err != nil {
+			s.cfgErr = fmt.Errorf("SWITCHBOARD_ATLAS: %v", err)
+			return s
+		}
+	}
 	if err := sb.ValidateName("service", name); err != nil {
 		s.cfgErr = fmt.Errorf("service.New: %s", sb.ErrorMessage(err))
 		return s
@@ -156,7 +165,6 @@ func New(name string) *Service {
 		}
 		s.log.Warn(msg, "atlas", redactURLs(strings.Join(urls, ",")), "err", s.cfg.LoadError())
 	}
-	s.initMetrics()
 	return s
 }
 
@@ -184,8 +192,9 @@ func configFile() (file string, looked []string) {
 // or error; info when unset).
 func setLevel(level *slog.LevelVar, v *config.Values) error {
 	name := v.String("log", "info")
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(name)); err != nil {
+	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+	l, ok := levels[strings.ToLower(name)]
+	if !ok {
 		return fmt.Errorf("config: log: must be debug, info, warn or error, got %q", name)
 	}
 	level.Set(l)
@@ -313,6 +322,9 @@ func (s *Service) initMetrics() {
 func (s *Service) DB() (*sql.DB, error) {
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
+	if s.dbClosed {
+		return nil, errors.New("service: database: closed, as Run has returned")
+	}
 	if s.db != nil {
 		return s.db, nil
 	}
@@ -401,7 +413,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.db != nil {
 		s.db.Close()
 	}
+	s.dbClosed = true
 	s.dbMu.Unlock()
+	// The smart client's watches of Atlas (direct calls) end with Run.
+	s.Client().CloseIdleConnections()
 	s.log.Info("service: stopped")
 	return drainErr
 }
@@ -421,7 +436,18 @@ func (s *Service) waitForSidecars() {
 	start := time.Now()
 	var index uint64
 	for {
-		si, err := s.atlas.Service(ctx, s.Realm, s.Name, client.ServiceOptions{QueryOptions: client.QueryOptions{Index: index, Wait: time.Until(deadline(ctx))}})
+		// Atlas waits up to wait/16 longer than asked (jitter): ask for
+		// less than what is left, so that it answers within it.
+		wait := time.Until(deadline(ctx)) * 15 / 17
+		if index > 0 && wait < time.Millisecond {
+			s.log.Warn("service: still in rotation at the end of the drain timeout")
+			return
+		}
+		si, err := s.atlas.Service(ctx, s.Realm, s.Name, client.ServiceOptions{QueryOptions: client.QueryOptions{Index: index, Wait: wait}})
+		if err != nil && index > 0 && ctx.Err() != nil {
+			s.log.Warn("service: still in rotation at the end of the drain timeout")
+			return
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				grace := min(2*time.Second, s.DrainTimeout)
@@ -539,6 +565,16 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// Hijack lets a handler take the connection over, as WebSocket servers
+// do: the access log says 101 unless the handler wrote a status first.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+	}
+	return c, rw, err
+}
+
 // Flush lets streaming handlers flush through the writer.
 func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
@@ -550,12 +586,15 @@ func (w *statusWriter) Flush() {
 }
 
 // wrap adds the access log, panic recovery (500, stack in the log) and
-// metrics to a handler.
+// metrics to a handler. A panic after the answer began cuts the
+// connection (http.ErrAbortHandler), so that the caller sees a broken
+// answer rather than a whole one that is cut short.
 func (s *Service) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
+			aborted := false
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
 					panic(v)
@@ -565,7 +604,12 @@ func (s *Service) wrap(h http.Handler) http.Handler {
 					sw.Header().Set("Content-Type", "application/json")
 					sw.WriteHeader(http.StatusInternalServerError)
 					sw.Write([]byte(`{"error":{"code":"internal","message":"internal error"}}` + "\n"))
+				} else {
+					aborted = true
 				}
+			}
+			if aborted {
+				defer panic(http.ErrAbortHandler)
 			}
 			if sw.status == 0 {
 				sw.status = http.StatusOK // what net/http sends for a handler that writes nothing
@@ -577,8 +621,12 @@ func (s *Service) wrap(h http.Handler) http.Handler {
 			d := time.Since(start)
 			s.reqs.WithLabelValues(route, strconv.Itoa(sw.status)).Inc()
 			s.lat.WithLabelValues(route).Observe(d.Seconds())
-			s.log.Info("access", "method", r.Method, "path", r.URL.Path, "route", route, "status", sw.status,
-				"bytes", sw.bytes, "duration_ms", float64(d.Microseconds())/1000, "remote", r.RemoteAddr)
+			attrs := []any{"method", r.Method, "path", r.URL.Path, "route", route, "status", sw.status,
+				"bytes", sw.bytes, "duration_ms", float64(d.Microseconds()) / 1000, "remote", r.RemoteAddr}
+			if aborted {
+				attrs = append(attrs, "aborted", true)
+			}
+			s.log.Info("access", attrs...)
 		}()
 		h.ServeHTTP(sw, r)
 	})

@@ -1,6 +1,7 @@
 package service_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -13,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/atlas/atlastest"
 	"github.com/switchboard-go/switchboard/internal/syncbuf"
+	"github.com/switchboard-go/switchboard/internal/testnet"
 	"github.com/switchboard-go/switchboard/service"
 )
 
@@ -384,9 +388,13 @@ func TestLogLevelFromConfig(t *testing.T) {
 		t.Fatalf("at warn, INFO lines were logged: %s", out)
 	}
 
-	t.Setenv("SWITCHBOARD_CONFIG_LOG", "loud")
-	if err := service.New("identity").Run(context.Background()); err == nil || !strings.Contains(err.Error(), `config: log: must be debug, info, warn or error, got "loud"`) {
-		t.Fatalf("log: loud = %v; want an error naming the key and the levels", err)
+	// slog's own parser took "debug+3" and "warn-4" too, levels the
+	// message does not name.
+	for _, bad := range []string{"loud", "debug+3", "warn-4"} {
+		t.Setenv("SWITCHBOARD_CONFIG_LOG", bad)
+		if err := service.New("identity").Run(context.Background()); err == nil || !strings.Contains(err.Error(), `config: log: must be debug, info, warn or error, got "`+bad+`"`) {
+			t.Fatalf("log: %s = %v; want an error naming the key and the levels", bad, err)
+		}
 	}
 }
 
@@ -405,6 +413,11 @@ func TestDBOpenedWhileRunDrains(t *testing.T) {
 	svc.DB()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
+	}
+	// After Run it handed back the closed handle, or opened one that
+	// nothing would close.
+	if db, err := svc.DB(); err == nil || !strings.Contains(err.Error(), "closed, as Run has returned") {
+		t.Fatalf("DB after Run = %v, %v; want an error saying Run closed it", db, err)
 	}
 }
 
@@ -446,5 +459,109 @@ func TestAMissingTokenIsSaid(t *testing.T) {
 	service.New("identity")
 	if out := logs.String(); !strings.Contains(out, "set SWITCHBOARD_TOKEN to a service token") || !strings.Contains(out, "a bearer token is required") || !strings.Contains(out, `"atlas":"`+a.URL+`"`) {
 		t.Fatalf("log: %s\nwant it to name the missing token, the error and Atlas's URL", out)
+	}
+}
+
+// A handler that panicked after its answer began sent it as if whole: a
+// 200 with half a body, counted and logged as a success. The connection
+// is cut instead, so that the caller sees the answer fail.
+func TestPanicAfterTheAnswerBeganCutsTheConnection(t *testing.T) {
+	base, logs, _ := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /list", func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"items":[1,2,`)
+			w.(http.Flusher).Flush()
+			panic("half way")
+		})
+	})
+	res, err := http.Get(base + "/list")
+	if err == nil {
+		_, err = io.ReadAll(res.Body)
+		res.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("the answer of a handler that panicked half way read whole")
+	}
+	if out := logs.String(); !strings.Contains(out, `"panic":"half way"`) || !strings.Contains(out, `"aborted":true`) {
+		t.Fatalf("log: %s\nwant the panic, and the access line saying the answer was cut", out)
+	}
+}
+
+// WebSocket servers check the ResponseWriter for http.Hijacker; the kit's
+// writer had none, so they answered 500.
+func TestHandlersMayHijack(t *testing.T) {
+	base, logs, _ := run(t, func(s *service.Service) {
+		s.HandleFunc("GET /ws", testnet.EchoUpgrade)
+	})
+	req, _ := http.NewRequest("GET", base+"/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	conn, ok := res.Body.(io.ReadWriteCloser)
+	if res.StatusCode != http.StatusSwitchingProtocols || !ok {
+		t.Fatalf("status %d, body %T; want 101 and the connection", res.StatusCode, res.Body)
+	}
+	io.WriteString(conn, "hello\n")
+	got, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || got != "hello\n" {
+		t.Fatalf("echo = %q, %v", got, err)
+	}
+	conn.Close()
+	eventuallyLogged(t, logs, `"path":"/ws","route":"GET /ws","status":101`)
+}
+
+// eventuallyLogged waits (a minute at most: a hang, not a slow machine)
+// until the log holds want.
+func eventuallyLogged(t *testing.T, logs *syncbuf.Buffer, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(logs.String(), want); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log: %s\nwant %s", logs.String(), want)
+		}
+	}
+}
+
+// New checks SWITCHBOARD_ATLAS: an address without its scheme read as
+// Atlas down, and the service ran on local config alone without a word
+// of why. And Metrics works when New failed, so that the error reaches Run
+// instead of a nil pointer.
+func TestNewRefusesABadAtlasURL(t *testing.T) {
+	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+	t.Setenv("SWITCHBOARD_ATLAS", "127.0.0.1:4400")
+	t.Cleanup(service.SetLogOutput(&strings.Builder{}))
+	svc := service.New("identity")
+	svc.Metrics().MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "jobs_total", Help: "Jobs."}))
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := svc.Run(stopped)
+	if err == nil || !strings.Contains(err.Error(), `SWITCHBOARD_ATLAS: must be an http:// or https:// URL such as http://127.0.0.1:4400, got "127.0.0.1:4400"`) {
+		t.Fatalf("Run = %v; want an error naming SWITCHBOARD_ATLAS and the rule", err)
+	}
+}
+
+// The drain asked Atlas to wait for all the time left; Atlas adds up to a
+// sixteenth, so the request's deadline came first and the warning that the
+// instance was still in rotation was never logged.
+func TestStillInRotationAtTheEndOfTheDrainIsSaid(t *testing.T) {
+	a := atlastest.Start(t, true)
+	logs := &syncbuf.Buffer{}
+	t.Cleanup(service.SetLogOutput(logs))
+	t.Setenv("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+	t.Setenv("SWITCHBOARD_ATLAS", a.URL)
+	t.Setenv("SWITCHBOARD_INSTANCE", "identity-1")
+	t.Setenv("SWITCHBOARD_CONFIG_DRAIN_TIMEOUT", "1s")
+	// Registered by hand: no sidecar's check takes it out of rotation.
+	if _, err := a.Client().Register(context.Background(), "identity-1", sb.Registration{Service: "identity", Address: "127.0.0.1", Port: 5999}); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := serve(t, service.New("identity"))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out := logs.String(); !strings.Contains(out, "still in rotation at the end of the drain timeout") {
+		t.Fatalf("log: %s\nwant the warning that the instance stayed in rotation", out)
 	}
 }
