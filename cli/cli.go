@@ -260,6 +260,16 @@ func (g *globals) print(v any, table func(w io.Writer)) error {
 	return tw.Flush()
 }
 
+// cell is s as one table cell: its tabs and line breaks, which would move
+// the cells after them or start a row, shown as \xNN as termSafe shows
+// the other control characters.
+func cell(s string) string {
+	if !strings.ContainsAny(s, "\t\n") {
+		return s
+	}
+	return strings.NewReplacer("\t", `\x09`, "\n", `\x0a`).Replace(s)
+}
+
 // termSafe writes to w with the control characters a terminal acts on
 // (escape sequences, DEL, C1) shown as \xNN, tab and newline excepted: a
 // table's cells hold what services sent (check output, tags, meta, a

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -192,9 +193,9 @@ func TestWatchPrintsEvents(t *testing.T) {
 
 func TestConfigEdit(t *testing.T) {
 	url := startAtlas(t)
-	run(t, url, "config", "get", "global") // not set yet: edit starts from {}
-	t.Setenv("VISUAL", "")
-	t.Setenv("EDITOR", `sed -i s/{}/{"pool":1}/`)
+	run(t, url, "config", "get", "global")          // not set yet: edit starts from {}
+	t.Setenv("VISUAL", " ")                         // blank: as if unset
+	t.Setenv("EDITOR", `sed -i 's/{}/{"pool":1}/'`) // run by the shell, as git runs it
 	out, errs, code := run(t, url, "config", "edit", "realm=dev")
 	if code != 0 || !strings.Contains(out, "layer realm=dev set") {
 		t.Fatalf("edit of a new layer: exit %d %s %s", code, out, errs)
@@ -214,6 +215,9 @@ func TestConfigEdit(t *testing.T) {
 	if out, errs, code = run(t, url, "config", "edit", "realm=dev"); code != 1 || !strings.Contains(errs, "someone else changed layer realm=dev") {
 		t.Fatalf("racing edit: exit %d %s %s", code, out, errs)
 	}
+	if _, kept, ok := strings.Cut(strings.TrimSpace(errs), "your edit is kept in "); ok {
+		os.RemoveAll(filepath.Dir(kept))
+	}
 	t.Setenv("SB_RACE_EDITOR", "")
 	if out, _, _ = run(t, url, "config", "get", "realm=dev"); !strings.Contains(out, `"pool": 9`) {
 		t.Fatalf("the other writer's change was lost: %s", out)
@@ -230,6 +234,18 @@ func TestConfigEdit(t *testing.T) {
 		t.Fatalf("the broken edit was not kept: %q (%v): %s", kept, err, data)
 	}
 	os.RemoveAll(filepath.Dir(kept))
+	// An editor whose path holds a space, quoted as for the shell.
+	dir := filepath.Join(t.TempDir(), "my editors")
+	os.Mkdir(dir, 0o700)
+	script := filepath.Join(dir, "ed it")
+	os.WriteFile(script, []byte("#!/bin/sh\nsed -i 's/9/3/' \"$1\"\n"), 0o700)
+	t.Setenv("EDITOR", "'"+script+"'")
+	if out, errs, code = run(t, url, "config", "edit", "realm=dev"); code != 0 {
+		t.Fatalf("edit with an editor at %q: exit %d %s %s", script, code, out, errs)
+	}
+	if out, _, _ = run(t, url, "config", "get", "realm=dev"); !strings.Contains(out, `"pool": 3`) {
+		t.Fatalf("after the edit at a path with spaces: %s", out)
+	}
 	// A file that holds another JSON value than an object says which.
 	arr := filepath.Join(t.TempDir(), "array.json")
 	os.WriteFile(arr, []byte("[1]"), 0o600)
@@ -815,5 +831,62 @@ func TestSidecarIgnoresTheShellsToken(t *testing.T) {
 	}
 	if _, err := a.Client().Instance(context.Background(), "files-h1-5000"); err == nil {
 		t.Fatal("the sidecar registered with the shell's admin token")
+	}
+}
+
+// A tab or a line break in what a service sent (a tag, a check output, a
+// disable reason) moved the cells after it or started a forged row: they
+// show as \xNN, as the other control characters do. An output is cut for
+// the table on a rune's start, not inside one.
+func TestTableCellsKeepTheirRow(t *testing.T) {
+	url := startAtlas(t)
+	if _, errs, code := run(t, url, "register", "--service", "web", "--id", "web-1", "--address", "127.0.0.1", "--port", "5000",
+		"--tag", "a\tb", "--check-output", strings.Repeat("é", 40)); code != 0 {
+		t.Fatalf("register: exit %d %s", code, errs)
+	}
+	if _, errs, code := run(t, url, "disable", "web-1", "--reason", "line1\nweb-2  10.0.0.9:80  passing  yes"); code != 0 {
+		t.Fatalf("disable: exit %d %s", code, errs)
+	}
+	out, errs, code := run(t, url, "instances", "web")
+	if code != 0 {
+		t.Fatalf("instances: exit %d %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.Contains(out, `a\x09b`) || !strings.Contains(out, `line1\x0aweb-2`) {
+		t.Fatalf("instances printed %q; want a header and one row, the tab and line break as \\xNN", out)
+	}
+	if !utf8.ValidString(out) || !strings.Contains(out, strings.Repeat("é", 28)+"...") {
+		t.Fatalf("instances printed %q; want the output cut between two runes", out)
+	}
+}
+
+// The global --realm chooses no layer (LAYER names its realm): given with
+// config set, it was ignored and the layer of every realm written. It is
+// refused; SWITCHBOARD_REALM, which may be exported for every command,
+// gets a note.
+func TestRealmWithALayerIsNotIgnored(t *testing.T) {
+	url := startAtlas(t)
+	obj := filepath.Join(t.TempDir(), "layer.json")
+	os.WriteFile(obj, []byte(`{"x":1}`), 0o600)
+	t.Setenv("VISUAL", "")
+	t.Setenv("EDITOR", "true") // were the edit not refused, it would change nothing
+	for _, args := range [][]string{
+		{"config", "set", "service=files", obj, "--realm", "production"},
+		{"config", "delete", "service=files", "--realm", "production"},
+		{"config", "get", "global", "--realm", "production"},
+		{"config", "edit", "service=files", "--realm", "production"},
+		{"config", "layers", "--realm", "production"},
+	} {
+		if _, errs, code := run(t, url, args...); code != 2 || !strings.HasPrefix(errs, "switchboard: --realm: ") {
+			t.Errorf("%s: exit %d %q; want a usage error naming --realm", strings.Join(args, " "), code, errs)
+		}
+	}
+	if out, errs, code := run(t, url, "config", "set", "realm=production,service=files", obj, "--realm", "production"); code != 0 || errs != "" {
+		t.Fatalf("--realm with a LAYER of that realm: exit %d %s %s", code, out, errs)
+	}
+	t.Setenv("SWITCHBOARD_REALM", "production")
+	out, errs, code := run(t, url, "config", "set", "service=files", obj)
+	if code != 0 || !strings.Contains(out, "layer service=files set") || !strings.Contains(errs, "note: layer service=files is not of realm production (SWITCHBOARD_REALM)") {
+		t.Fatalf("SWITCHBOARD_REALM with a LAYER of every realm: exit %d %q %q; want it set, with a note", code, out, errs)
 	}
 }

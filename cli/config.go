@@ -47,6 +47,26 @@ func parseLayer(s string) (sb.LayerKey, error) {
 	return k, nil
 }
 
+// layerArg parses a command's LAYER, which names its realm itself
+// ("realm=R,service=S"; without realm=, the layer of every realm). The
+// global --realm chooses no layer: given with one of another realm, it is
+// refused, where it was ignored and the layer of every realm written. A
+// SWITCHBOARD_REALM in the environment, which may be there for every
+// command, gets a note instead.
+func (g *globals) layerArg(cmd *cobra.Command, arg string) (sb.LayerKey, error) {
+	k, err := parseLayer(arg)
+	if err != nil {
+		return k, err
+	}
+	switch {
+	case cmd.Flags().Changed("realm") && g.realm != k.Realm:
+		return k, usagef("--realm: LAYER names its realm itself (realm=%s,... for that realm's layer; without realm=, the layer of every realm), got --realm %s with LAYER %s", g.realm, g.realm, k)
+	case !cmd.Flags().Changed("realm") && os.Getenv("SWITCHBOARD_REALM") != "" && g.realm != k.Realm:
+		fmt.Fprintf(g.stderr, "note: layer %s is not of realm %s (SWITCHBOARD_REALM): LAYER names its realm itself\n", k, g.realm)
+	}
+	return k, nil
+}
+
 func configCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "config",
@@ -70,7 +90,7 @@ func configGetCmd(g *globals) *cobra.Command {
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			c := g.client()
 			if len(args) == 1 {
-				k, err := parseLayer(args[0])
+				k, err := g.layerArg(cmd, args[0])
 				if err != nil {
 					return err
 				}
@@ -189,7 +209,7 @@ func configSetCmd(g *globals) *cobra.Command {
 			if cmd.Flags().Changed("cas") && cas < 0 {
 				return usagef("--cas: must be an index (0 or more), got %d", cas)
 			}
-			k, err := parseLayer(args[0])
+			k, err := g.layerArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -220,7 +240,7 @@ func configDeleteCmd(g *globals) *cobra.Command {
 		Short: "Remove one layer",
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			k, err := parseLayer(args[0])
+			k, err := g.layerArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -239,7 +259,7 @@ func configEditCmd(g *globals) *cobra.Command {
 		Short: "Edit one layer in $EDITOR; refused if someone changed it meanwhile",
 		Args:  cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
-			k, err := parseLayer(args[0])
+			k, err := g.layerArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -282,15 +302,16 @@ func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) 
 	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		return err
 	}
-	editor := os.Getenv("VISUAL")
+	editor := strings.TrimSpace(os.Getenv("VISUAL"))
 	if editor == "" {
-		editor = os.Getenv("EDITOR")
+		editor = strings.TrimSpace(os.Getenv("EDITOR"))
 	}
 	if editor == "" {
 		editor = "vi"
 	}
-	parts := strings.Fields(editor)
-	ed := exec.CommandContext(ctx, parts[0], append(parts[1:], path)...)
+	// Through the shell, as git runs it: "code --wait" and a quoted path
+	// with spaces both work.
+	ed := exec.CommandContext(ctx, "/bin/sh", "-c", editor+` "$@"`, editor, path)
 	ed.Stdin, ed.Stdout, ed.Stderr = stdin, g.stdout, g.stderr
 	if err := ed.Run(); err != nil {
 		return keep(fmt.Errorf("editor %s: %w", editor, err))
@@ -322,6 +343,9 @@ func configLayersCmd(g *globals) *cobra.Command {
 		Short: "List every config layer",
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("realm") {
+				return usagef("--realm: config layers lists the layers of every realm")
+			}
 			l, err := g.client().Layers(cmd.Context())
 			if err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -130,9 +131,13 @@ func instanceTable(w io.Writer, ins []*sb.Instance) {
 		}
 		out := strings.ReplaceAll(in.Output, "\n", " ")
 		if len(out) > 60 {
-			out = out[:57] + "..."
+			cut := 57
+			for cut > 0 && !utf8.RuneStart(out[cut]) {
+				cut--
+			}
+			out = out[:cut] + "..."
 		}
-		fmt.Fprintf(w, "%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Address, in.Port, in.Status, enabled, strings.Join(in.Tags, ","), expires, out)
+		fmt.Fprintf(w, "%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Address, in.Port, in.Status, cell(enabled), cell(strings.Join(in.Tags, ",")), expires, cell(out))
 	}
 }
 

@@ -30,7 +30,7 @@ func tokenCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(g.stderr, "switchboard: warning: %s\n", tok.Warning)
 			}
 			return g.print(tok, func(w io.Writer) {
-				fmt.Fprintf(w, "id\t%s\nname\t%s\nrole\t%s\n", tok.ID, tok.Name, tok.Role)
+				fmt.Fprintf(w, "id\t%s\nname\t%s\nrole\t%s\n", tok.ID, cell(tok.Name), tok.Role)
 				if len(tok.Services) > 0 {
 					fmt.Fprintf(w, "services\t%s\nrealms\t%s\n", strings.Join(tok.Services, ","), strings.Join(tok.Realms, ","))
 				}
@@ -55,7 +55,7 @@ func tokenCmd(g *globals) *cobra.Command {
 			return g.print(l, func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tNAME\tROLE\tSERVICES\tREALMS\tCREATED")
 				for _, t := range l.Tokens {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, strings.Join(t.Services, ","), strings.Join(t.Realms, ","), t.CreatedAt.Format("2006-01-02 15:04"))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, cell(t.Name), t.Role, strings.Join(t.Services, ","), strings.Join(t.Realms, ","), t.CreatedAt.Format("2006-01-02 15:04"))
 				}
 			})
 		}),
