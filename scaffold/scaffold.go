@@ -18,6 +18,7 @@ import (
 	"strings"
 	"text/template"
 
+	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 
 	sb "github.com/switchboard-go/switchboard"
@@ -156,6 +157,19 @@ func CheckDir(dir string) error {
 	return nil
 }
 
+// templateFuncs quote paths for the files they go in: go.mod (a path with
+// a space in it must be quoted there, where go mod tidy refused it) and a
+// shell command line.
+var templateFuncs = template.FuncMap{
+	"modQuote": modfile.AutoQuote,
+	"shQuote": func(s string) string {
+		if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+:@=,") == "" {
+			return s
+		}
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	},
+}
+
 // data is what the templates see.
 type data struct {
 	Options
@@ -175,7 +189,7 @@ func Generate(o Options) error {
 	d := data{Options: o, Replace: replacePath(o.Source, o.Dir), Listen: fmt.Sprintf("127.0.0.1:%d", o.Port)}
 	rendered := map[string][]byte{}
 	for _, f := range files {
-		t, err := template.New(f.tmpl).ParseFS(templates, "templates/"+f.tmpl)
+		t, err := template.New(f.tmpl).Funcs(templateFuncs).ParseFS(templates, "templates/"+f.tmpl)
 		if err != nil {
 			return fmt.Errorf("scaffold: %s: %w", f.tmpl, err)
 		}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/mod/modfile"
+
 	"github.com/switchboard-go/switchboard/scaffold"
 )
 
@@ -95,5 +97,29 @@ func TestSourceDir(t *testing.T) {
 	t.Setenv("SWITCHBOARD_SOURCE", t.TempDir())
 	if _, err := scaffold.SourceDir(); err == nil || !strings.Contains(err.Error(), "no go.mod of") {
 		t.Fatalf("SWITCHBOARD_SOURCE without a checkout: %v", err)
+	}
+}
+
+// A Switchboard checkout at a path with a space in it: go.mod's replace
+// was written unquoted, and go mod tidy refused the file.
+func TestSourcePathWithASpace(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "identity")
+	src := "/src/my projects/switchboard"
+	if err := scaffold.Generate(scaffold.Options{Name: "identity", Dir: dir, Port: 5004, Source: src, GoVersion: "1.27"}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "go.mod"))
+	f, err := modfile.Parse("go.mod", data, nil)
+	if err != nil {
+		t.Fatalf("go.mod does not parse: %v\n%s", err, data)
+	}
+	if len(f.Replace) != 1 || f.Replace[0].New.Path != src {
+		t.Fatalf("go.mod replaces with %+v; want %q\n%s", f.Replace, src, data)
+	}
+	docker, _ := os.ReadFile(filepath.Join(dir, "Dockerfile"))
+	for _, want := range []string{"--build-context 'switchboard=" + src + "'", "FROM golang:1.27 AS build"} {
+		if !strings.Contains(string(docker), want) {
+			t.Errorf("Dockerfile lacks %q:\n%s", want, docker)
+		}
 	}
 }
