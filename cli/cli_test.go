@@ -890,3 +890,26 @@ func TestRealmWithALayerIsNotIgnored(t *testing.T) {
 		t.Fatalf("SWITCHBOARD_REALM with a LAYER of every realm: exit %d %q %q; want it set, with a note", code, out, errs)
 	}
 }
+
+// Values with &, < or > (a DSN's query, most often) showed as \u0026 and
+// friends, Go's JSON escapes, in config get and in config edit's buffer.
+func TestConfigShowsAmpersandsAsWritten(t *testing.T) {
+	url := startAtlas(t)
+	layer := filepath.Join(t.TempDir(), "layer.json")
+	os.WriteFile(layer, []byte(`{"dsn":"postgres://db/x?sslmode=disable&connect_timeout=5","html":"<b>","escaped":"\\u0026"}`), 0o600)
+	if _, errs, code := run(t, url, "config", "set", "service=files", layer); code != 0 {
+		t.Fatalf("config set: exit %d %s", code, errs)
+	}
+	one, _, _ := run(t, url, "config", "get", "service=files")
+	merged, _, _ := run(t, url, "config", "get", "--service", "files")
+	for _, out := range []string{one, merged} {
+		if !strings.Contains(out, "sslmode=disable&connect_timeout=5") || !strings.Contains(out, `"<b>"`) || !strings.Contains(out, `"\\u0026"`) {
+			t.Errorf("config get printed:\n%s\nwant &, < and > as written, and the escaped backslash kept", out)
+		}
+	}
+	t.Setenv("VISUAL", "")
+	t.Setenv("EDITOR", `grep -q 'disable&connect'`) // fails unless the buffer shows the & as written
+	if out, errs, code := run(t, url, "config", "edit", "service=files"); code != 0 || !strings.Contains(out, "layer service=files unchanged") {
+		t.Fatalf("config edit: exit %d %s %s", code, out, errs)
+	}
+}

@@ -121,7 +121,7 @@ func configGetCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, "KEY\tVALUE\tFROM")
 				for _, p := range paths {
 					v, _ := json.Marshal(lookup(m.Config, p))
-					fmt.Fprintf(w, "%s\t%s\t%s\n", p, v, m.Sources[p])
+					fmt.Fprintf(w, "%s\t%s\t%s\n", p, unescapeHTML(v), m.Sources[p])
 				}
 			})
 		}),
@@ -148,8 +148,40 @@ func writeIndented(w io.Writer, raw json.RawMessage) error {
 		return err
 	}
 	buf.WriteByte('\n')
-	_, err := w.Write(buf.Bytes())
+	_, err := w.Write(unescapeHTML(buf.Bytes()))
 	return err
+}
+
+// unescapeHTML writes back the &, < and > that Go's JSON encoders escape
+// as \u0026, \u003c and \u003e (Atlas's answers among them), the same
+// JSON values: a DSN's "&" is read and edited as written. An escaped
+// backslash before "u0026" stays as it is.
+func unescapeHTML(b []byte) []byte {
+	if !bytes.Contains(b, []byte(`\u00`)) {
+		return b
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' || i+1 >= len(b) {
+			out = append(out, b[i])
+			continue
+		}
+		if b[i+1] == 'u' && i+6 <= len(b) {
+			switch strings.ToLower(string(b[i+2 : i+6])) {
+			case "0026":
+				out, i = append(out, '&'), i+5
+				continue
+			case "003c":
+				out, i = append(out, '<'), i+5
+				continue
+			case "003e":
+				out, i = append(out, '>'), i+5
+				continue
+			}
+		}
+		out, i = append(out, b[i], b[i+1]), i+1 // an escape: both bytes as they are
+	}
+	return out
 }
 
 // readObject reads a JSON object from a file or "-" (stdin), checking it
@@ -299,7 +331,8 @@ func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) 
 	var buf bytes.Buffer
 	_ = json.Indent(&buf, content, "", "  ")
 	buf.WriteByte('\n')
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+	edited := unescapeHTML(buf.Bytes())
+	if err := os.WriteFile(path, edited, 0o600); err != nil {
 		return err
 	}
 	editor := strings.TrimSpace(os.Getenv("VISUAL"))
@@ -320,7 +353,7 @@ func editLayer(ctx context.Context, g *globals, k sb.LayerKey, stdin io.Reader) 
 	if err != nil {
 		return keep(err)
 	}
-	if bytes.Equal(bytes.TrimSpace(obj), bytes.TrimSpace(buf.Bytes())) {
+	if bytes.Equal(bytes.TrimSpace(obj), bytes.TrimSpace(edited)) {
 		saved = true
 		fmt.Fprintf(g.stdout, "layer %s unchanged\n", k)
 		return nil
