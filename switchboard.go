@@ -259,8 +259,11 @@ func ValidateTags(tags []string) error {
 		return Errorf(EInvalid, "tags: at most %d allowed, got %d", MaxTags, len(tags))
 	}
 	for i, t := range tags {
-		if t == "" || len(t) > MaxTagBytes || !utf8.ValidString(t) {
-			return Errorf(EInvalid, "tags[%d]: must be 1-%d bytes of UTF-8", i, MaxTagBytes)
+		if t == "" || len(t) > MaxTagBytes {
+			return Errorf(EInvalid, "tags[%d]: must be 1-%d bytes, got %d", i, MaxTagBytes, len(t))
+		}
+		if !utf8.ValidString(t) {
+			return Errorf(EInvalid, "tags[%d]: must be UTF-8, got %q", i, clip(t))
 		}
 	}
 	return nil
@@ -275,8 +278,11 @@ func ValidateMeta(meta map[string]string) error {
 		if k == "" || len(k) > MaxMetaBytes || !utf8.ValidString(k) {
 			return Errorf(EInvalid, "meta: keys must be 1-%d bytes of UTF-8, got %q", MaxMetaBytes, clip(k))
 		}
-		if len(v) > MaxMetaBytes || !utf8.ValidString(v) {
-			return Errorf(EInvalid, "meta[%q]: value must be at most %d bytes of UTF-8", clip(k), MaxMetaBytes)
+		if len(v) > MaxMetaBytes {
+			return Errorf(EInvalid, "meta[%q]: value must be at most %d bytes, got %d", clip(k), MaxMetaBytes, len(v))
+		}
+		if !utf8.ValidString(v) {
+			return Errorf(EInvalid, "meta[%q]: value must be UTF-8, got %q", clip(k), clip(v))
 		}
 	}
 	return nil

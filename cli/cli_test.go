@@ -913,3 +913,22 @@ func TestConfigShowsAmpersandsAsWritten(t *testing.T) {
 		t.Fatalf("config edit: exit %d %s %s", code, out, errs)
 	}
 }
+
+// Messages name the flags as they are: the API's field names said
+// --tags[0] for --tag, and "--services, realms" lost a --; a value that is
+// not UTF-8 was told it was too long.
+func TestFlagMessagesNameTheFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"register", "--service", "web", "--address", "127.0.0.1", "--port", "1", "--tag", strings.Repeat("a", 200)}, "switchboard: --tag[0]: must be 1-128 bytes, got 200"},
+		{[]string{"register", "--service", "web", "--address", "127.0.0.1", "--port", "1", "--meta", "k=\xff"}, `switchboard: --meta["k"]: value must be UTF-8, got "\xff"`},
+		{[]string{"token", "create", "--name", "x", "--role", "reader", "--services", "a"}, "switchboard: --services, --realms: only a service token"},
+	} {
+		_, errs, code := run(t, "http://127.0.0.1:1", tt.args...)
+		if code != 2 || !strings.HasPrefix(errs, tt.want) {
+			t.Errorf("%s: exit %d %q; want 2 and %q", strings.Join(tt.args, " "), code, errs, tt.want)
+		}
+	}
+}

@@ -171,7 +171,12 @@ func registerCmd(g *globals) *cobra.Command {
 			}
 			reg.Normalize()
 			if err := reg.Validate(); err != nil {
-				return usagef("--%s", sb.ErrorMessage(err))
+				// The API's field names, but for the one flag named otherwise.
+				msg := sb.ErrorMessage(err)
+				if rest, ok := strings.CutPrefix(msg, "tags"); ok {
+					msg = "tag" + rest
+				}
+				return usagef("--%s", msg)
 			}
 			if id == "" {
 				host, _ := sb.Hostname()

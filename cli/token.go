@@ -20,7 +20,7 @@ func tokenCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if err := req.Validate(); err != nil {
-				return usagef("--%s", sb.ErrorMessage(err))
+				return usagef("--%s", strings.Replace(sb.ErrorMessage(err), "services, realms:", "services, --realms:", 1))
 			}
 			tok, err := g.client().CreateToken(cmd.Context(), req)
 			if err != nil {
