@@ -221,26 +221,25 @@ func startAtlas(o atlasOptions, log *slog.Logger) (*runningAtlas, error) {
 	if err := checkAddr("--listen", o.listen); err != nil {
 		return nil, err
 	}
+	// Every flag is checked before anything is made: a refused command
+	// line leaves no data directory behind.
+	etcdTLS, err := o.etcdTLS()
+	if err != nil {
+		return nil, err
+	}
+	endpoints, err := parseStore(o.store, etcdTLS != nil)
+	if err != nil {
+		return nil, err
+	}
+	if endpoints == nil && etcdTLS != nil {
+		return nil, usagef("--etcd-ca: goes with --store etcd://...")
+	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data: %w", err)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
-	}
-	etcdTLS, err := o.etcdTLS()
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	endpoints, err := parseStore(o.store, etcdTLS != nil)
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	if endpoints == nil && etcdTLS != nil {
-		ln.Close()
-		return nil, usagef("--etcd-ca: goes with --store etcd://...")
 	}
 	var store atlas.Store
 	if endpoints != nil {
@@ -370,7 +369,15 @@ ignored, dev sets them. Ctrl-C stops it.`,
 			}
 			if len(cfg.Services) > 0 {
 				// Once the service passes its checks (rise).
-				fmt.Fprintf(g.stdout, "Try: curl http://%s.localhost:%s/ && %s services\n", cfg.Services[0].Name, portOf(sc.ListenAddr), try)
+				// Through the sidecar to the path its check asks (a
+				// service's "/" may well be a 404), else "/".
+				path := "/"
+				if chk := cfg.Services[0].Check; chk.HTTP != nil {
+					path = *chk.HTTP
+				} else if !chk.TCP && chk.GRPC == nil && !chk.None {
+					path = "/healthcheck"
+				}
+				fmt.Fprintf(g.stdout, "Try: curl http://%s.localhost:%s%s && %s services\n", cfg.Services[0].Name, portOf(sc.ListenAddr), path, try)
 			} else {
 				fmt.Fprintf(g.stdout, "Try: %s register --service hello --address 127.0.0.1 --port 8080 && %s services\n", try, try)
 			}

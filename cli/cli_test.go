@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -581,7 +582,7 @@ func TestBadEnvironmentIsNamed(t *testing.T) {
 func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "sidecar.yaml")
-	if err := writeFile(file, "realm: production\nlisten: 127.0.0.1:4100\nservices:\n  - {name: hello, port: 5999, check: {none: true}}\n"); err != nil {
+	if err := writeFile(file, "realm: production\nlisten: 127.0.0.1:4100\nservices:\n  - {name: hello, port: 5999, check: {http: /status}}\n"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -593,7 +594,7 @@ func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
 			"--sidecar-listen", "127.0.0.1:0", "--sidecar-admin", "127.0.0.1:0", "-c", file}, &out, &errb)
 	}()
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), "Switchboard dev is running") {
+	for !strings.Contains(out.String(), "Try: ") {
 		if time.Now().After(deadline) {
 			t.Fatalf("dev did not start\nstdout: %s\nstderr: %s", out.String(), errb.String())
 		}
@@ -601,6 +602,11 @@ func TestDevSaysWhichFileFieldsItIgnores(t *testing.T) {
 	}
 	cancel()
 	<-done
+	// The hint calls the path the service's check asks, which it serves
+	// when it passes; its "/" may be a 404.
+	if !regexp.MustCompile(`Try: curl http://hello\.localhost:\d+/status `).MatchString(out.String()) {
+		t.Errorf("dev's hint does not call the service's checked path:\n%s", out.String())
+	}
 	if want := file + ": dev sets realm, listen itself; the file's are ignored"; !strings.Contains(errb.String(), want) {
 		t.Errorf("stderr %q; want %q", errb.String(), want)
 	}
@@ -832,6 +838,32 @@ func TestSidecarIgnoresTheShellsToken(t *testing.T) {
 	if _, err := a.Client().Instance(context.Background(), "files-h1-5000"); err == nil {
 		t.Fatal("the sidecar registered with the shell's admin token")
 	}
+	// With a token_file too, as the README says: it said nothing then.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("sbt_notavalidtoken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withFile := filepath.Join(t.TempDir(), "sidecar.yaml")
+	if err := writeFile(withFile, "token_file: "+tokenFile+"\nhost: h1\nadvertise: 127.0.0.1\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	errb2, out2 := &syncbuf.Buffer{}, &syncbuf.Buffer{}
+	done2 := make(chan int)
+	go func() {
+		err := cli.Run(ctx2, []string{"sidecar", "-c", withFile, "--atlas", a.URL, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, out2, errb2)
+		done2 <- cli.ExitCode(err, errb2)
+	}()
+	defer func() {
+		cancel2()
+		<-done2
+	}()
+	for i := 0; !strings.Contains(errb2.String(), "SWITCHBOARD_TOKEN is set but not used"); i++ {
+		if i == 1000 { // 20 s
+			t.Fatalf("stderr: %s\nwant it to say SWITCHBOARD_TOKEN is not used, with a token_file too", errb2.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // A tab or a line break in what a service sent (a tag, a check output, a
@@ -929,6 +961,23 @@ func TestFlagMessagesNameTheFlags(t *testing.T) {
 		_, errs, code := run(t, "http://127.0.0.1:1", tt.args...)
 		if code != 2 || !strings.HasPrefix(errs, tt.want) {
 			t.Errorf("%s: exit %d %q; want 2 and %q", strings.Join(tt.args, " "), code, errs, tt.want)
+		}
+	}
+}
+
+// A refused --store or --etcd-* flag left the data directory behind: every
+// flag is checked before anything is made.
+func TestAtlasRefusedFlagsMakeNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for _, args := range [][]string{
+		{"atlas", "--data", dir, "--listen", "127.0.0.1:0", "--store", "foo"},
+		{"atlas", "--data", dir, "--listen", "127.0.0.1:0", "--etcd-ca", "/nonexistent/ca.pem"},
+	} {
+		if _, errs, code := run(t, "http://127.0.0.1:1", args...); code == 0 {
+			t.Fatalf("%s: exit 0 %s; want it refused", strings.Join(args, " "), errs)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Fatalf("%s: refused, yet it made %s", strings.Join(args, " "), dir)
 		}
 	}
 }

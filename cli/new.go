@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	sb "github.com/switchboard-go/switchboard"
+	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/scaffold"
 )
 
@@ -106,8 +107,14 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 			}
 			// dev from here, not from the service's directory: one dev
 			// per machine, whose store (ports, config) all services share.
-			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  switchboard dev -c %s &   # one dev per machine: stop a running one first, and give it every service's -c\n  (cd %s && go run .) &\n  curl http://%s.localhost:4000/hello\n",
-				time.Since(start).Round(100*time.Millisecond), filepath.Join(rel, "sidecar.yaml"), rel, o.Name)
+			// The sidecar the service's calls go to: where a dev started
+			// elsewhere is, SWITCHBOARD_SIDECAR says.
+			sidecar := client.DefaultSidecar
+			if v := os.Getenv("SWITCHBOARD_SIDECAR"); v != "" && v != "none" {
+				sidecar = v
+			}
+			fmt.Fprintf(g.stdout, "\nready in %s. Next:\n  switchboard dev -c %s &   # one dev per machine: stop a running one first, and give it every service's -c\n  (cd %s && go run .) &\n  curl http://%s.localhost:%s/hello\n",
+				time.Since(start).Round(100*time.Millisecond), filepath.Join(rel, "sidecar.yaml"), rel, o.Name, portOf(sidecar))
 			return nil
 		}),
 	}

@@ -87,7 +87,7 @@ instances before it deregisters them.`,
 			switch {
 			case f.Changed("token"):
 				sc.SetToken(g.token)
-			case cfg.TokenFile == "" && os.Getenv("SWITCHBOARD_TOKEN") != "":
+			case os.Getenv("SWITCHBOARD_TOKEN") != "":
 				// Not taken (README "The sidecar"): an operator's token,
 				// often an admin's, would lift least authority unseen.
 				log.Warn("sidecar: SWITCHBOARD_TOKEN is set but not used: the sidecar takes its token from token_file or --token only")

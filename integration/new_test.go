@@ -25,10 +25,13 @@ func TestNewServiceRunsAndRegisters(t *testing.T) {
 	start := time.Now()
 	newCmd := exec.Command(binary, "new", "greeter", "--atlas", a.url)
 	newCmd.Dir = work
-	newCmd.Env = append(os.Environ(), "SWITCHBOARD_SOURCE="+mustAbs(t, ".."))
+	newCmd.Env = append(os.Environ(), "SWITCHBOARD_SOURCE="+mustAbs(t, ".."), "SWITCHBOARD_SIDECAR=127.0.0.1:14999")
 	out, err := newCmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("switchboard new: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "curl http://greeter.localhost:14999/hello") {
+		t.Errorf("switchboard new's hint does not call the sidecar SWITCHBOARD_SIDECAR names:\n%s", out)
 	}
 	generated := time.Since(start)
 	m := regexp.MustCompile(`port\s+(\d+) \(assigned by Atlas\)`).FindSubmatch(out)
