@@ -108,10 +108,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if !cmd.Flags().Changed("token") {
 				g.token = os.Getenv("SWITCHBOARD_TOKEN")
 			}
+			// A token read from a file into the environment may keep its
+			// line break, which no header may hold.
+			g.token = strings.TrimSpace(g.token)
 			atlasFrom := "--atlas"
 			if v := os.Getenv("SWITCHBOARD_ATLAS"); v != "" && !cmd.Flags().Changed("atlas") {
 				g.atlas = client.SplitList(v)
 				atlasFrom = "SWITCHBOARD_ATLAS"
+			} else {
+				// Read as the variable is: "a, b" is two URLs.
+				g.atlas = client.SplitList(strings.Join(g.atlas, ","))
 			}
 			switch g.output {
 			case "table", "json":
@@ -124,6 +130,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			if err := sb.ValidateName(realmFrom, g.realm); err != nil {
 				return usagef("%s", sb.ErrorMessage(err))
+			}
+			if len(g.atlas) == 0 {
+				return usagef("%s: must be an Atlas URL such as %s (or several, comma-separated), got none", atlasFrom, client.DefaultAtlasURL)
 			}
 			for _, u := range g.atlas {
 				if err := client.CheckURL(u); err != nil {

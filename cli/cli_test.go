@@ -981,3 +981,24 @@ func TestAtlasRefusedFlagsMakeNothing(t *testing.T) {
 		}
 	}
 }
+
+// --atlas is read as SWITCHBOARD_ATLAS is: "a, b" is two URLs (the flag
+// refused it, the variable took it), none is refused (it went to the
+// default address), and a port out of range is a usage error (it failed
+// at the call, exit 1). A token with a line break after it (read from a
+// file) works, where it failed as a header no request may hold.
+func TestAtlasFlagAndTokenAreReadAsTheEnvironmentIs(t *testing.T) {
+	a := atlastest.Start(t, false)
+	for _, tt := range []struct{ atlas, want string }{
+		{"", "switchboard: --atlas: must be an Atlas URL such as http://127.0.0.1:4400 (or several, comma-separated), got none"},
+		{"http://127.0.0.1:99999", `switchboard: --atlas: must have a port of 1-65535, got "http://127.0.0.1:99999"`},
+	} {
+		if _, errs, code := run(t, tt.atlas, "services"); code != 2 || !strings.HasPrefix(errs, tt.want) {
+			t.Errorf("--atlas %q: exit %d %q; want 2 and %q", tt.atlas, code, errs, tt.want)
+		}
+	}
+	t.Setenv("SWITCHBOARD_TOKEN", a.AdminToken+"\n")
+	if out, errs, code := run(t, "http://127.0.0.1:1, "+a.URL, "services"); code != 0 || !strings.HasPrefix(out, "SERVICE") {
+		t.Fatalf("--atlas 'dead, live' with a token ending in a line break: exit %d %q %q", code, out, errs)
+	}
+}

@@ -66,6 +66,11 @@ func CheckURL(raw string) error {
 	if strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
 		return fmt.Errorf("must be Atlas's base URL, such as %s, without a path (the client adds /v1/...), got %q", DefaultAtlasURL, RedactURL(raw))
 	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("must have a port of 1-65535, got %q", RedactURL(raw))
+		}
+	}
 	return nil
 }
 
