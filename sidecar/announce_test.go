@@ -325,7 +325,9 @@ func TestBigOutputsKeepEveryHeartbeat(t *testing.T) {
 	t.Cleanup(big.Close)
 	fine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(fine.Close)
-	check := CheckConfig{Interval: Duration(200 * time.Millisecond), Rise: 1}
+	// A lease of 3 s: enough for 49 checks and a request of 1 MiB a
+	// second under the race detector.
+	check := CheckConfig{Interval: Duration(time.Second), Rise: 1}
 	svcs := []ServiceConfig{{Name: "fine", Port: portOf(fine.Listener.Addr().String()), Check: check}}
 	// 48 outputs of 4 KiB, each 24 KiB in JSON: more than Atlas takes in one request.
 	for i := range 48 {
