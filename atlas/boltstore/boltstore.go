@@ -1031,7 +1031,7 @@ func (s *Store) unmapFile() {
 		return // closed, or failing: the next checkpoint says so
 	}
 	defer tx.Rollback()
-	if err := unmapPages(s.db.Info().Data, tx.Size()); err != nil && !s.unmapFailed {
+	if err := unmapPages(s.db.Info().Data, tx.Size(), s.db.Path()); err != nil && !s.unmapFailed {
 		s.unmapFailed = true
 		s.cfg.Logger.Warn("boltstore: unmapping the file's pages failed; they stay in the RSS", "err", err)
 	}

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/switchboard-go/switchboard/atlas"
 )
@@ -84,4 +87,81 @@ func TestFilePagesAreUnmapped(t *testing.T) {
 	t.Logf("mapped after the snapshot: %d KiB", mappedKiB(t, path))
 	waitFor(t, "the file's pages unmapped", func() bool { return mappedKiB(t, path) < 256 })
 	snapshot()
+}
+
+// A file whose meta counts more pages than it holds (cut short after its
+// last pages were freed: bbolt opens it, and never reads them) is mapped
+// only as far as it goes. Unmapping as many pages as the meta counts took
+// the memory after the mapping, the Go runtime's, out too: it read back
+// as zeros, and the next collection crashed the process. The unmapping
+// stops at the mapping's end.
+func TestUnmappingAShortFileStopsAtItsMapping(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := make([]byte, 3000)
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketKV)
+		if err != nil {
+			return err
+		}
+		for i := range 30 {
+			if err := b.Put(fmt.Appendf(nil, "k/%02d", i), value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketKV)
+			for i := range 30 {
+				if err := b.Delete(fmt.Appendf(nil, "k/%02d", i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	var size int64
+	if err == nil {
+		err = db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if err := os.Truncate(path, 36<<10); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the meta counts %d KiB; the file holds 36", size>>10)
+
+	// Memory the runtime fills and checks, made before and after the
+	// store maps the file: some of it may lie just past the mapping.
+	var keep [][]byte
+	fill := func() {
+		for range 256 {
+			b := make([]byte, 4096)
+			for i := range b {
+				b[i] = 0xa5
+			}
+			keep = append(keep, b)
+		}
+	}
+	fill()
+	s := openLater(t, path, 0, time.Hour)
+	defer s.Close()
+	fill()
+	waitFor(t, "the file's pages unmapped", func() bool { return mappedKiB(t, path) == 0 })
+	runtime.GC()
+	for _, b := range keep {
+		for _, c := range b {
+			if c != 0xa5 {
+				t.Fatal("memory past the file's mapping was unmapped: it reads back as zeros")
+			}
+		}
+	}
+	put(t, s, "k/after", "v", false)
 }
