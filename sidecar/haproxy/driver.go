@@ -54,6 +54,8 @@ type Driver struct {
 	// loaded, while a reload waits for its worker, gets the master's
 	// verdict from its log: "Loading failure!" ends the wait at once.
 	loaded atomic.Pointer[chan struct{}]
+	// reloading, likewise, hears HAProxy's master take a reload signal.
+	reloading atomic.Pointer[chan struct{}]
 
 	// mu guards everything below.
 	mu       sync.Mutex
@@ -1073,16 +1075,19 @@ func (d *Driver) reloadLocked(spec Spec) error {
 	}
 	before, _ := d.workerPID()
 	d.noteServedLocked()
-	failed := make(chan struct{}, 1)
+	failed, taken := make(chan struct{}, 1), make(chan struct{}, 1)
 	d.loaded.Store(&failed)
 	defer d.loaded.Store(nil)
-	if err := d.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+	d.reloading.Store(&taken)
+	defer d.reloading.Store(nil)
+	if err := reloadSignal(d.cmd.Process); err != nil {
 		return fmt.Errorf("haproxy: reload: %w", err)
 	}
 	d.lastReload = time.Now()
 	d.reloads.Add(1)
 	d.shape = spec.Shape()
 	d.markAppliedLocked()
+	signalled, heard := time.Now(), false
 	deadline := time.Now().Add(10 * time.Second)
 wait:
 	for time.Now().Before(deadline) {
@@ -1093,9 +1098,21 @@ wait:
 			d.countFromZeroLocked(pid)
 			return nil
 		}
+		if !heard && time.Since(signalled) > resignalAfter {
+			// After a reload that failed, the master executes itself
+			// again; a signal that comes meanwhile is lost, and with it
+			// this reload. It says "Reloading HAProxy" when it takes one.
+			d.log().Warn("haproxy: the master did not take the reload signal; sending it again", "after", resignalAfter.String())
+			if err := reloadSignal(d.cmd.Process); err != nil {
+				return fmt.Errorf("haproxy: reload: %w", err)
+			}
+			signalled = time.Now()
+		}
 		select {
 		case <-failed:
 			break wait
+		case <-taken:
+			heard = true
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -1110,15 +1127,27 @@ wait:
 
 // heard looks at a line of HAProxy's output for the verdict on a reload.
 func (d *Driver) heard(line string) {
-	if strings.Contains(line, "Loading failure!") {
-		if ch := d.loaded.Load(); ch != nil {
-			select {
-			case *ch <- struct{}{}:
-			default:
-			}
+	var ch *chan struct{}
+	switch {
+	case strings.Contains(line, "Loading failure!"):
+		ch = d.loaded.Load()
+	case strings.Contains(line, "Reloading HAProxy"):
+		ch = d.reloading.Load()
+	}
+	if ch != nil {
+		select {
+		case *ch <- struct{}{}:
+		default:
 		}
 	}
 }
+
+// resignalAfter is how long the driver waits for HAProxy's master to say
+// it took a reload signal before it sends the signal again.
+var resignalAfter = time.Second
+
+// reloadSignal asks HAProxy's master p to reload; tests lose one.
+var reloadSignal = func(p *os.Process) error { return p.Signal(syscall.SIGUSR2) }
 
 // logWriter sends HAProxy's output to the log, a line at a time, and
 // each line to heard.

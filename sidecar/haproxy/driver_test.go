@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -724,4 +725,26 @@ func TestOutcomesCountAcrossAReload(t *testing.T) {
 	if o := got["files"]["i0"]; o.Failed != 7 || o.Answered != 0 {
 		t.Fatalf("after the reload: files %+v; want the 7 failures the new worker saw", o)
 	}
+}
+
+// After a reload that failed, HAProxy's master executes itself again, and
+// a reload signal that comes meanwhile is lost: the driver waited 10 s for
+// a worker that never came, and counted a failed reload. It sends the
+// signal again when the master does not say it took it.
+func TestALostReloadSignalIsSentAgain(t *testing.T) {
+	d, listen := startDriver(t)
+	var calls atomic.Int32
+	send := reloadSignal
+	reloadSignal = func(p *os.Process) error {
+		if calls.Add(1) == 1 {
+			return nil // lost
+		}
+		return send(p)
+	}
+	t.Cleanup(func() { reloadSignal = send })
+	d.Update("files", false, endpoints(t, backends(t, 1)...))
+	if calls.Load() != 2 || d.FailedReloads() != 0 {
+		t.Fatalf("%d signals, %d failed reloads; want the lost signal sent again and the reload done", calls.Load(), d.FailedReloads())
+	}
+	waitGet(t, listen, "files", 200)
 }
