@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -264,7 +265,7 @@ func (a *announcer) adopt(ctx context.Context) {
 func withNote(out, note string) string {
 	if over := len(out) + len(note) - sb.MaxOutputBytes; over > 0 {
 		cut := max(len(out)-over, 0)
-		for cut > 0 && !utf8.RuneStart(out[cut]) {
+		for i := 1; i < utf8.UTFMax && cut > 0 && !utf8.RuneStart(out[cut]); i++ {
 			cut--
 		}
 		out = out[:cut]
@@ -324,26 +325,47 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 	if len(batches) == 0 {
 		return
 	}
-	hctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	for _, b := range batches {
-		sendHeartbeats(hctx, atlas, b.beats, b.sent, log, hbLog, register)
+	// The requests go at once, each with the whole budget: one slow
+	// answer leaves the others their time. They are logged as one.
+	errs := make([]error, len(batches))
+	var sending sync.WaitGroup
+	for i, b := range batches {
+		sending.Go(func() {
+			hctx, cancel := context.WithTimeout(ctx, budget)
+			defer cancel()
+			errs[i] = sendHeartbeats(hctx, atlas, b.beats, b.sent, register)
+		})
+	}
+	sending.Wait()
+	var (
+		first             error
+		failed, instances int
+	)
+	for i, err := range errs {
+		instances += len(batches[i].beats)
+		if err != nil {
+			failed += len(batches[i].beats)
+			first = cmp.Or(first, err)
+		}
+	}
+	switch {
+	case first != nil:
+		if hbLog.failed(first) {
+			log.Warn("sidecar: heartbeats failed; will retry every interval, and log again only when the error changes", "instances", failed, "of", instances, "err", first)
+		}
+	case hbLog.ok():
+		log.Info("sidecar: heartbeats reach Atlas again", "instances", instances)
 	}
 }
 
 // sendHeartbeats sends one request of heartbeats, of the announcers sent,
-// and registers again those Atlas does not know.
-func sendHeartbeats(ctx context.Context, atlas *client.Atlas, batch []sb.BatchHeartbeat, sent []*announcer, log *slog.Logger, hbLog *failureLog, register func(*announcer)) {
+// and registers again those Atlas does not know. It returns the request's
+// error.
+func sendHeartbeats(ctx context.Context, atlas *client.Atlas, batch []sb.BatchHeartbeat, sent []*announcer, register func(*announcer)) error {
 	results, err := atlas.Heartbeats(ctx, batch)
 	sent[0].token.note(err)
 	if err != nil {
-		if hbLog.failed(err) {
-			log.Warn("sidecar: heartbeats failed; will retry every interval, and log again only when the error changes", "instances", len(batch), "err", err)
-		}
-		return
-	}
-	if hbLog.ok() {
-		log.Info("sidecar: heartbeats reach Atlas again", "instances", len(batch))
+		return err
 	}
 	for i, r := range results {
 		if i >= len(sent) {
@@ -365,6 +387,7 @@ func sendHeartbeats(ctx context.Context, atlas *client.Atlas, batch []sb.BatchHe
 		a.log.Info("sidecar: Atlas does not know the instance (lease expired?); registering again", "id", a.id)
 		register(a)
 	}
+	return nil
 }
 
 func (a *announcer) register(ctx context.Context, status sb.Status, output string) {
