@@ -113,15 +113,54 @@ func (c *CheckConfig) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode((*plain)(c)); err != nil {
 		return err
 	}
-	if n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k, v := n.Content[i], n.Content[i+1]; k.Value == "grpc" && v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
-			c.GRPC = new(string)
-		}
+	if c.GRPC == nil && grpcNull(n) {
+		c.GRPC = new(string)
 	}
 	return nil
+}
+
+// grpcNull reports whether the check mapping n gives grpc with no value,
+// itself or through a merge key ("<<: *defaults"; its own key first, then
+// the merged mappings in order, as YAML merges them).
+func grpcNull(n *yaml.Node) bool {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		return false
+	}
+	var merged []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch {
+		case k.Value == "grpc":
+			return v.Kind == yaml.ScalarNode && v.Tag == "!!null"
+		case k.Tag == "!!merge":
+			if v.Kind == yaml.AliasNode && v.Alias != nil {
+				v = v.Alias
+			}
+			if v.Kind == yaml.SequenceNode {
+				merged = append(merged, v.Content...)
+			} else {
+				merged = append(merged, v)
+			}
+		}
+	}
+	for _, m := range merged {
+		if m.Kind == yaml.AliasNode && m.Alias != nil {
+			m = m.Alias
+		}
+		if m.Kind != yaml.MappingNode {
+			continue
+		}
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if m.Content[i].Value == "grpc" {
+				v := m.Content[i+1]
+				return v.Kind == yaml.ScalarNode && v.Tag == "!!null"
+			}
+		}
+	}
+	return false
 }
 
 // UpstreamConfig is a service watched from the start.

@@ -116,6 +116,14 @@ func TestGRPCCheckWithNoValue(t *testing.T) {
 			t.Errorf("check %s: read as %+v; want a gRPC check of the whole server", check, c)
 		}
 	}
+	// Through a merge key too.
+	cfg, err := ParseConfig("sidecar.yaml", []byte("services:\n  - name: a\n    port: 1\n    check: &c {grpc: , interval: 5s}\n  - name: b\n    port: 2\n    check: {<<: [{timeout: 2s}, *c]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.Services[1].Check; c.GRPC == nil || *c.GRPC != "" || time.Duration(c.Interval) != 5*time.Second {
+		t.Errorf("a merged grpc with no value: read as %+v; want a gRPC check of the whole server", c)
+	}
 	// A trailing "---" starts no document.
 	if _, err := ParseConfig("sidecar.yaml", []byte("realm: dev\n---\n")); err != nil {
 		t.Errorf("a trailing ---: %v", err)
