@@ -121,7 +121,7 @@ func configGetCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, "KEY\tVALUE\tFROM")
 				for _, p := range paths {
 					v, _ := json.Marshal(lookup(m.Config, p))
-					fmt.Fprintf(w, "%s\t%s\t%s\n", p, unescapeHTML(v), m.Sources[p])
+					fmt.Fprintf(w, "%s\t%s\t%s\n", cell(p), unescapeHTML(v), cell(m.Sources[p]))
 				}
 			})
 		}),

@@ -132,7 +132,7 @@ func instanceTable(w io.Writer, ins []*sb.Instance) {
 		out := strings.ReplaceAll(in.Output, "\n", " ")
 		if len(out) > 60 {
 			cut := 57
-			for cut > 0 && !utf8.RuneStart(out[cut]) {
+			for i := 1; i < utf8.UTFMax && !utf8.RuneStart(out[cut]); i++ {
 				cut--
 			}
 			out = out[:cut] + "..."
