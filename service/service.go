@@ -63,18 +63,19 @@ type Service struct {
 	// key "public_config" adds to it.
 	PublicConfig []string
 
-	log        *slog.Logger
-	cfg        *config.Config
-	cfgErr     error
-	atlas      *client.Atlas
-	checker    *health.Checker
-	mux        *http.ServeMux
-	reg        *prometheus.Registry
-	reqs       *prometheus.CounterVec
-	lat        *prometheus.HistogramVec
-	started    time.Time
-	client     *http.Client
-	clientOnce sync.Once
+	log     *slog.Logger
+	cfg     *config.Config
+	cfgErr  error
+	atlas   *client.Atlas
+	checker *health.Checker
+	mux     *http.ServeMux
+	reg     *prometheus.Registry
+	reqs    *prometheus.CounterVec
+	lat     *prometheus.HistogramVec
+	started time.Time
+	// clientMu guards client, made at the first call of Client.
+	clientMu sync.Mutex
+	client   *http.Client
 
 	// dbMu guards db and dbClosed (set when Run has closed db).
 	dbMu     sync.Mutex
@@ -249,9 +250,11 @@ func (s *Service) OnConfigChange(fn func(old, new *config.Values)) {
 // Client returns the smart client: service://NAME/path URLs go through the
 // local sidecar.
 func (s *Service) Client() *http.Client {
-	s.clientOnce.Do(func() {
+	s.clientMu.Lock()
+	defer s.clientMu.Unlock()
+	if s.client == nil {
 		s.client = &http.Client{Transport: &client.Transport{Atlas: s.atlas, Realm: s.Realm, Logger: s.log}}
-	})
+	}
 	return s.client
 }
 
@@ -416,7 +419,11 @@ func (s *Service) Run(ctx context.Context) error {
 	s.dbClosed = true
 	s.dbMu.Unlock()
 	// The smart client's watches of Atlas (direct calls) end with Run.
-	s.Client().CloseIdleConnections()
+	s.clientMu.Lock()
+	if s.client != nil {
+		s.client.CloseIdleConnections()
+	}
+	s.clientMu.Unlock()
 	s.log.Info("service: stopped")
 	return drainErr
 }
