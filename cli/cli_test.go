@@ -551,6 +551,11 @@ func TestNewFailingLeavesNothingBehind(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(full, "mine.txt")); err != nil || string(b) != "keep" {
 		t.Fatalf("a failed new touched a file that was there: %q %v", b, err)
 	}
+	// A directory it could not make: it said it removed it.
+	under := "/proc/switchboard-new-test" // procfs takes no new directory, even from root
+	if _, errs, code = run(t, url, "new", "hello", "--dir", under, "--port", "5100"); code != 1 || strings.Contains(errs, "removed") {
+		t.Fatalf("switchboard new into a directory it cannot make = exit %d, stderr %q; want 1, and nothing said removed", code, errs)
+	}
 }
 
 // TestAtlasURLWithAPathIsRefused: --atlas http://h:4400/v1 would call

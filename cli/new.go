@@ -91,7 +91,10 @@ checkout: SWITCHBOARD_SOURCE, else the one this binary was built from.`,
 			empty := statErr == nil && len(before) == 0
 			if err := scaffold.Create(cmd.Context(), o, g.stdout); err != nil {
 				msg := strings.TrimSpace(err.Error())
+				_, statErr := os.Stat(o.Dir)
 				switch {
+				case made && statErr != nil:
+					// It failed before it made the directory: nothing to remove.
 				case made && os.RemoveAll(o.Dir) == nil:
 					return fmt.Errorf("%s\n(%s removed: fix the cause and run switchboard new again)", msg, o.Dir)
 				case empty && emptyDir(o.Dir) == nil:
