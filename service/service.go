@@ -343,12 +343,15 @@ func (s *Service) DB() (*sql.DB, error) {
 		return nil, fmt.Errorf("service: database: %w", err)
 	}
 	s.db = db
-	_ = s.checker.Add("database", func(ctx context.Context) (string, error) {
+	err = s.checker.Add("database", func(ctx context.Context) (string, error) {
 		if err := db.PingContext(ctx); err != nil {
 			return "", fmt.Errorf("%s: %w", spec.Driver, err)
 		}
 		return spec.Driver + " ok", nil
 	})
+	if err != nil {
+		s.log.Warn("service: DB adds no check of its own: a check named database is there already", "err", err)
+	}
 	return s.db, nil
 }
 

@@ -250,6 +250,23 @@ func TestDB(t *testing.T) {
 	}
 }
 
+// A check of the service's own named database kept DB from adding its
+// ping, without a word; it says so now.
+func TestDBBesideACheckOfTheSameName(t *testing.T) {
+	t.Setenv("SWITCHBOARD_CONFIG_DATABASE", `{"driver":"switchboardtest","dsn":"x"}`)
+	var svc *service.Service
+	_, logs, _ := run(t, func(s *service.Service) {
+		svc = s
+		s.Check("database", func(context.Context) (string, error) { return "mine", nil })
+	})
+	if db, err := svc.DB(); err != nil || db == nil {
+		t.Fatalf("DB() = %v, %v", db, err)
+	}
+	if !strings.Contains(logs.String(), "DB adds no check of its own: a check named database is there already") {
+		t.Fatalf("log: %s\nwant a warning that DB's check was not added", logs.String())
+	}
+}
+
 // A sidecar whose host: differs from the host's name registers the
 // service under an id the kit did not expect, and the kit then thought
 // itself unannounced and skipped waiting for the sidecars. It now also
