@@ -137,9 +137,8 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(s)
 	s.health = s.newHealth()
 	s.handler = s.routes()
-	s.wg.Add(3)
+	s.wg.Add(2)
 	go s.follow()
-	go s.flushOutputs()
 	go s.probe()
 	if !cfg.Insecure && cfg.DataDir != "" {
 		if err := s.bootstrap(s.ctx); err != nil {

@@ -1114,3 +1114,33 @@ func TestASnapshotAgainSaysWhichServicesAreGone(t *testing.T) {
 		t.Fatalf("the snapshot after a second reload had %v; want cart alone", sent)
 	}
 }
+
+// A check output held back by the once-per-interval rule was written by
+// Atlas itself when the interval was up, and that write renewed the lease:
+// an instance that had stopped heartbeating (crashed) stayed listed for up
+// to one more TTL, as Eureka's do. Only a heartbeat renews a lease now,
+// and the held-back output waits for one.
+func TestAHeldBackOutputRenewsNoLease(t *testing.T) {
+	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) { c.OutputInterval = 100 * time.Millisecond })
+	a.must("PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":5000,"ttl":"2s","output":"v1"}`)
+	var in sb.Instance
+	a.must("PUT", "/v1/instances/a-1/status", `{"status":"passing","output":"v2"}`).decode(t, &in)
+	if in.ExpiresAt == nil {
+		t.Fatalf("the heartbeat's answer has no expires_at: %+v", in)
+	}
+	end := *in.ExpiresAt
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		r := a.do("GET", "/v1/instances/a-1", "")
+		if r.status == 404 {
+			return // expired
+		}
+		var now sb.Instance
+		r.decode(t, &now)
+		if now.ExpiresAt != nil && now.ExpiresAt.After(end) {
+			t.Fatalf("the lease moved from %s to %s with no heartbeat (last heartbeat %v, output %q)", end, now.ExpiresAt, now.LastHeartbeat, now.Output)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after a minute, the instance is still there")
+		}
+	}
+}
