@@ -319,7 +319,9 @@ func (s *Store) Txn(ctx context.Context, ops []atlas.Op) (uint64, error) {
 		rerr = <-renewed
 	}
 	if err != nil {
-		revoke()
+		// Not known not to have happened: a deadline that came after etcd
+		// took it, say. Revoking its leases would delete what it wrote;
+		// they run out by themselves if it did not (each holds one key).
 		return 0, unavailable("write", err)
 	}
 	if !resp.Succeeded {

@@ -15,3 +15,7 @@ func (s *Store) Progressed() bool {
 // DropProgress makes the store's watches drop progress notifications (on),
 // as etcd's gRPC proxy does, or take them again (off).
 func (s *Store) DropProgress(on bool) { s.noProgress.Store(on) }
+
+// WaitBackground waits for the store's background work (lease
+// revocations) started so far.
+func (s *Store) WaitBackground() { s.bg.Wait() }

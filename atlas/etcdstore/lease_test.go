@@ -249,3 +249,57 @@ func TestAnswersOfADroppedStreamAreIgnored(t *testing.T) {
 		t.Fatalf("a renewal on the new stream, never answered, got ttl %d from the dropped stream", ttl)
 	}
 }
+
+// A write whose context ended after etcd committed it failed with an
+// error, and the store then revoked the leases it had granted for it:
+// which deleted what etcd had written (a registration or a status change
+// became a deregistration). They are left to run out instead.
+func TestAWriteThatFailedLateIsNotRevoked(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/late/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	failed := 0
+	for i := range 300 {
+		// Deadlines around how long a write takes here: some end
+		// before etcd takes the write, some after.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(200+(i%40)*50)*time.Microsecond)
+		if _, err := s.Txn(ctx, []atlas.Op{{Key: fmt.Sprintf("k%03d", i), Value: []byte("v"), TTL: time.Minute}}); err != nil {
+			failed++
+		}
+		cancel()
+	}
+	s.WaitBackground()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	now, err := cli.Get(context.Background(), "/late/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every event under the prefix so far: a put may be followed by no
+	// delete, since nothing else deletes these keys within their minute.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	puts, deletes := 0, 0
+	for resp := range cli.Watch(ctx, "/late/", clientv3.WithPrefix(), clientv3.WithRev(1)) {
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypePut {
+				puts++
+			} else {
+				deletes++
+			}
+		}
+		if resp.Header.Revision >= now.Header.Revision || resp.Err() != nil {
+			break
+		}
+	}
+	t.Logf("%d of 300 writes failed; %d were stored", failed, puts)
+	if deletes > 0 {
+		t.Fatalf("%d of the %d writes etcd stored were deleted: their leases were revoked after a late failure", deletes, puts)
+	}
+}
