@@ -56,16 +56,20 @@ type Config struct {
 
 // Server is a running Atlas.
 type Server struct {
-	cfg     Config
-	store   Store
-	st      *state
-	log     *slog.Logger
-	metrics *metrics
-	handler http.Handler
-	cache   renderCache
-	streams streams
-	health  *health.Checker
-	started time.Time
+	cfg   Config
+	store Store
+	st    *state
+	log   *slog.Logger
+	// wlogMu guards wlogNext and wlogSkipped (logWriteFailure).
+	wlogMu      sync.Mutex
+	wlogNext    time.Time
+	wlogSkipped int
+	metrics     *metrics
+	handler     http.Handler
+	cache       renderCache
+	streams     streams
+	health      *health.Checker
+	started     time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -433,6 +437,26 @@ func (s *Server) waitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
+// writeLogEvery spaces out the log lines of writes the store refuses: at
+// most one each, the next saying how many it did not log.
+const writeLogEvery = 10 * time.Second
+
+// logWriteFailure logs a write the store refused (etcd without space or
+// quorum, a disk that fails), at most once every writeLogEvery.
+func (s *Server) logWriteFailure(err error) {
+	s.wlogMu.Lock()
+	now := time.Now()
+	if now.Before(s.wlogNext) {
+		s.wlogSkipped++
+		s.wlogMu.Unlock()
+		return
+	}
+	skipped := s.wlogSkipped
+	s.wlogNext, s.wlogSkipped = now.Add(writeLogEvery), 0
+	s.wlogMu.Unlock()
+	s.log.Error("atlas: the store refused a write; answered 503", "err", err, "not_logged_since", skipped)
+}
+
 // txn writes ops and waits until the write is visible in memory.
 func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 	index, err := s.store.Txn(ctx, ops)
@@ -441,8 +465,9 @@ func (s *Server) txn(ctx context.Context, ops ...Op) (uint64, error) {
 			return 0, err
 		}
 		if errors.Is(err, ErrUnavailable) {
-			// Not the store's own words: they may name files on the
-			// server. The store logs its failures.
+			// Not the store's own words in the answer: they may name
+			// files on the server. In the log, where the answer says.
+			s.logWriteFailure(err)
 			return 0, sb.Errorf(sb.EUnavailable, "the store is unavailable (etcd without quorum, or a local store that cannot write; Atlas's log says which): the write may not have been made; retry")
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

@@ -2,10 +2,14 @@ package atlas_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/switchboard-go/switchboard/atlas"
+	"github.com/switchboard-go/switchboard/internal/syncbuf"
 )
 
 // opsStore passes every call to the real store, and keeps the ops of each
@@ -81,5 +85,29 @@ func TestOnlyWritesSidecarsMakeAgainAreSyncedLater(t *testing.T) {
 				t.Errorf("%s: op on %s has SyncLater %v; want %v", tc.name, op.Key, op.SyncLater, tc.later)
 			}
 		}
+	}
+}
+
+// refusingStore refuses every write, as etcd does without space (its
+// NOSPACE alarm) while it still answers reads.
+type refusingStore struct{ atlas.Store }
+
+func (refusingStore) Txn(context.Context, []atlas.Op) (uint64, error) {
+	return 0, fmt.Errorf("etcd: mvcc: database space exceeded: %w", atlas.ErrUnavailable)
+}
+
+// A write the store refused answered 503 "Atlas's log says which", and the
+// log said nothing: etcd's reason could not be found.
+func TestARefusedWriteIsLogged(t *testing.T) {
+	logs := &syncbuf.Buffer{}
+	a := startIn(t, t.TempDir(), true, func(c *atlas.Config) {
+		c.Store = refusingStore{c.Store}
+		c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	})
+	if r := a.do("PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":1000}`); r.status != 503 {
+		t.Fatalf("a refused write = %d %s; want 503", r.status, r.body)
+	}
+	if out := logs.String(); !strings.Contains(out, "the store refused a write") || !strings.Contains(out, "database space exceeded") {
+		t.Fatalf("log: %s\nwant the store's reason", out)
 	}
 }
