@@ -371,3 +371,19 @@ func TestEnvAndDefaultKeysAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// A layer that deletes a key under an object no layer below has made that
+// object, empty, credited to the layer: an app asking "is db configured"
+// was told yes.
+func TestDeletingWhatIsNotThereMakesNothing(t *testing.T) {
+	dst := map[string]any{"x": 1, "cache": map[string]any{"ttl": 5}}
+	src := map[string]string{"x": "global", "cache.ttl": "global"}
+	config.MergeInto(dst, map[string]any{"db": map[string]any{"dsn": nil}, "cache": map[string]any{"ttl": nil}}, "service=api", src)
+	want := map[string]any{"x": 1, "cache": map[string]any{}}
+	if diff := cmp.Diff(want, dst); diff != "" {
+		t.Fatalf("merged (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]string{"x": "global", "cache": "service=api"}, src); diff != "" {
+		t.Fatalf("sources (-want +got):\n%s", diff)
+	}
+}

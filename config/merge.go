@@ -27,6 +27,7 @@ func mergeInto(dst, src map[string]any, prefix, source string, sources map[strin
 			delete(dst, k)
 			dropSources(sources, path)
 		case map[string]any:
+			_, had := dst[k]
 			sub, ok := dst[k].(map[string]any)
 			if !ok {
 				sub = map[string]any{}
@@ -35,7 +36,13 @@ func mergeInto(dst, src map[string]any, prefix, source string, sources map[strin
 			}
 			delete(sources, path) // an empty object's own entry
 			mergeInto(sub, v, path, source, sources)
-			if len(sub) == 0 {
+			switch {
+			case len(sub) > 0:
+			case !had && len(v) > 0:
+				// Only deletions of keys that were not there: the layer
+				// made nothing ({"db": {"dsn": null}} over no db).
+				delete(dst, k)
+			default:
 				// An empty object is a leaf too.
 				sources[path] = source
 			}
