@@ -2,6 +2,7 @@ package atlas_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -20,6 +21,10 @@ func TestBadInput(t *testing.T) {
 	big := `{"service":"a","address":"127.0.0.1","port":1,"output":"` + strings.Repeat("x", sb.MaxBodyBytes) + `"}`
 	bigLayer := `{"x":"` + strings.Repeat("y", sb.MaxLayerBytes) + `"}`
 	manyTags := `["` + strings.Repeat(`t","`, 32) + `t"]`
+	var manyServices strings.Builder
+	for i := range 641 {
+		fmt.Fprintf(&manyServices, "&service=s%d", i)
+	}
 	tests := []struct {
 		name, method, path, body, ctype string
 		status                          int
@@ -105,6 +110,7 @@ func TestBadInput(t *testing.T) {
 		{"policy bad target", "PUT", "/v1/policies/a", `{"may_call":["B"]}`, "", 400, sb.EInvalid, "may_call[0]: must match"},
 		{"watch without service", "GET", "/v1/watch", "", "", 400, sb.EInvalid, "service: at least one is required"},
 		{"watch bad service", "GET", "/v1/watch?service=A", "", "", 400, sb.EInvalid, "service: must match"},
+		{"watch too many services", "GET", "/v1/watch?service=a" + manyServices.String(), "", "", 400, sb.EInvalid, "service: at most 640 in one stream (service=* follows every one), got 642"},
 		{"no such endpoint", "GET", "/v2/nothing", "", "", 404, sb.ENotFound, "GET /v2/nothing: no such endpoint"},
 		{"wrong method", "DELETE", "/v1/health", "", "", 404, sb.ENotFound, "DELETE /v1/health: no such endpoint; /v1/health takes GET"},
 		{"wrong method, several others", "POST", "/v1/instances/a-1", "", "", 404, sb.ENotFound, "POST /v1/instances/a-1: no such endpoint; /v1/instances/a-1 takes GET, PUT, DELETE"},

@@ -24,6 +24,10 @@ var KeepAliveInterval = 15 * time.Second
 // at its own pace and sends each changed service's current answer, so a
 // slow reader gets fewer, newer events, and one that falls behind the
 // history gets snapshots again.
+// maxWatchServices bounds the services one event stream lists: ten times
+// what a sidecar's shared stream holds (it splits at 64).
+const maxWatchServices = 640
+
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	realm, err := realmParam(r)
 	if err != nil {
@@ -39,6 +43,13 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			if err := sb.ValidateName("service", svc); err != nil {
 				return err
 			}
+		}
+		// Each once: a stream's work on resume and at each wake grows
+		// with its list, so a list is bounded (service=* follows all).
+		slices.Sort(services)
+		services = slices.Compact(services)
+		if len(services) > maxWatchServices {
+			return sb.Errorf(sb.EInvalid, "service: at most %d in one stream (service=* follows every one), got %d", maxWatchServices, len(services))
 		}
 	}
 	// allowed is asked on connect and again whenever a token or a policy
