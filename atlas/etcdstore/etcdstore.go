@@ -409,8 +409,13 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 		// The lease this replica knew may have been replaced (and
 		// revoked) by a write through another replica that has not
 		// reached this one yet: renew the key's lease as etcd has it.
-		if e, err := s.leaseOfKey(ctx, key); err != nil || e.id == tried {
+		e, err := s.leaseOfKey(ctx, key)
+		switch {
+		case err == nil && e.id == tried, errors.Is(err, atlas.ErrNotFound):
 			return time.Time{}, atlas.ErrNotFound
+		case err != nil:
+			// etcd did not say: not "register again" (404) but 503.
+			return time.Time{}, err
 		}
 	}
 }
