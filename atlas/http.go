@@ -41,6 +41,14 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if code == sb.EInternal {
 		s.log.Error("atlas: internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
+	if code == sb.ENotFound && r.Method == http.MethodGet && w.Header().Get(IndexHeader) == "" {
+		// Every GET answer carries the index (the SPEC), a 404 too: the
+		// index as of which the thing was not there.
+		s.st.mu.RLock()
+		index := s.st.applied
+		s.st.mu.RUnlock()
+		w.Header().Set(IndexHeader, strconv.FormatUint(index, 10))
+	}
 	WriteError(w, err)
 }
 

@@ -1144,3 +1144,19 @@ func TestAHeldBackOutputRenewsNoLease(t *testing.T) {
 		}
 	}
 }
+
+// Every GET answer carries Switchboard-Index (the SPEC), a 404 of an
+// instance or a config layer too; it had none.
+func TestNotFoundCarriesTheIndex(t *testing.T) {
+	a := start(t, true)
+	a.must("PUT", "/v1/instances/a-1", `{"service":"a","address":"127.0.0.1","port":5000}`)
+	for _, path := range []string{"/v1/instances/nosuch", "/v1/config/layer?realm=production"} {
+		r := a.do("GET", path, "")
+		if r.status != 404 {
+			t.Fatalf("GET %s = %d; want 404", path, r.status)
+		}
+		if n, err := strconv.ParseUint(r.header.Get(atlas.IndexHeader), 10, 64); err != nil || n == 0 {
+			t.Errorf("GET %s: Switchboard-Index %q; want the store's index", path, r.header.Get(atlas.IndexHeader))
+		}
+	}
+}
