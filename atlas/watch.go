@@ -44,10 +44,15 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 		}
-		// Each once: a stream's work on resume and at each wake grows
-		// with its list, so a list is bounded (service=* follows all).
-		slices.Sort(services)
-		services = slices.Compact(services)
+		// Each once, in the order given (the snapshot's): a stream's
+		// work on resume and at each wake grows with its list, so a list
+		// is bounded (service=* follows all).
+		seen := make(map[string]bool, len(services))
+		services = slices.DeleteFunc(slices.Clone(services), func(svc string) bool {
+			dup := seen[svc]
+			seen[svc] = true
+			return dup
+		})
 		if len(services) > maxWatchServices {
 			return sb.Errorf(sb.EInvalid, "service: at most %d in one stream (service=* follows every one), got %d", maxWatchServices, len(services))
 		}
