@@ -273,6 +273,13 @@ func (s *Server) serviceIndex(in *sb.Instance) uint64 {
 }
 
 // ownInstance checks that the caller may act for instance id.
+// byServiceToken reports whether r comes with a service token, which
+// acts for its own instances only, and may not touch an operator's switch.
+func byServiceToken(r *http.Request) bool {
+	p := principalFrom(r.Context())
+	return p != nil && p.tok.Role == sb.RoleService
+}
+
 func (s *Server) ownInstance(r *http.Request, id string) error {
 	p := principalFrom(r.Context())
 	if p == nil || p.tok.Role == sb.RoleAdmin {
@@ -391,7 +398,7 @@ func (s *Server) handleEnabled(w http.ResponseWriter, r *http.Request) error {
 	if err := s.ownInstance(r, id); err != nil {
 		return err
 	}
-	in, err := s.setEnabled(r.Context(), id, sw)
+	in, err := s.setEnabled(r.Context(), id, sw, byServiceToken(r))
 	if err != nil {
 		return err
 	}
@@ -407,7 +414,7 @@ func (s *Server) handleDeregister(w http.ResponseWriter, r *http.Request) error 
 	if err := s.ownInstance(r, id); err != nil {
 		return err
 	}
-	index, err := s.deregister(r.Context(), id)
+	index, err := s.deregister(r.Context(), id, byServiceToken(r))
 	if err != nil {
 		return err
 	}

@@ -482,3 +482,55 @@ func TestAdminTokenOfAnUnansweredBootstrapWriteIsKept(t *testing.T) {
 		t.Fatalf("GET /v1/tokens with admin.token after the unanswered write = %d %s; want 200", r.status, r.body)
 	}
 }
+
+// The enabled switch is the operator's (the SPEC): a service token could
+// clear one an operator set, or deregister the instance (which cleared it
+// too) and register it again, back in rotation. It may set a switch, and
+// clear one a service token set (a sidecar's drain); an operator's stays.
+func TestAServiceTokenKeepsAnOperatorsSwitch(t *testing.T) {
+	a := start(t, false)
+	svc := a.newToken(t, `{"name":"identity","role":"service","services":["identity"],"realms":["dev"]}`)
+	register := func() {
+		t.Helper()
+		if r := a.doAs(svc, "PUT", "/v1/instances/identity-1", reg("identity", 5000, "")); r.status != 200 {
+			t.Fatalf("register = %d %s", r.status, r.body)
+		}
+	}
+	state := func() sb.Instance {
+		t.Helper()
+		var in sb.Instance
+		a.must("GET", "/v1/instances/identity-1", "").decode(t, &in)
+		return in
+	}
+	register()
+	// Its own drain, cleared by itself.
+	if r := a.doAs(svc, "PUT", "/v1/instances/identity-1/enabled", `{"enabled":false,"reason":"sidecar on h1 is shutting down"}`); r.status != 200 {
+		t.Fatalf("a service token's drain = %d %s", r.status, r.body)
+	}
+	if r := a.doAs(svc, "PUT", "/v1/instances/identity-1/enabled", `{"enabled":true}`); r.status != 200 || !state().Enabled {
+		t.Fatalf("a service token clearing its own drain = %d %s", r.status, r.body)
+	}
+	// An operator's.
+	a.must("PUT", "/v1/instances/identity-1/enabled", `{"enabled":false,"reason":"disk failing"}`)
+	if r := a.doAs(svc, "PUT", "/v1/instances/identity-1/enabled", `{"enabled":true}`); r.status != 403 || !strings.Contains(string(r.body), "disabled by an operator") {
+		t.Fatalf("a service token clearing an operator's switch = %d %s; want 403", r.status, r.body)
+	}
+	if r := a.doAs(svc, "PUT", "/v1/instances/identity-1/enabled", `{"enabled":false,"reason":"sidecar on h1 is shutting down"}`); r.status != 200 {
+		t.Fatalf("a service token's drain over an operator's switch = %d %s", r.status, r.body)
+	}
+	if in := state(); in.Enabled || in.DisabledReason != "disk failing" {
+		t.Fatalf("after the service token's drain: %+v; want the operator's reason", in)
+	}
+	if r := a.doAs(svc, "DELETE", "/v1/instances/identity-1", ""); r.status != 200 {
+		t.Fatalf("deregister = %d %s", r.status, r.body)
+	}
+	register()
+	if in := state(); in.Enabled || in.DisabledReason != "disk failing" {
+		t.Fatalf("deregistered and registered again by the service: %+v; want still disabled for the disk", in)
+	}
+	// The operator clears it.
+	a.must("PUT", "/v1/instances/identity-1/enabled", `{"enabled":true}`)
+	if !state().Enabled {
+		t.Fatal("the operator's clear did not take")
+	}
+}

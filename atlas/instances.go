@@ -332,8 +332,13 @@ func (s *Server) awaitRecord(ctx context.Context, id string, done func(*instReco
 }
 
 // setEnabled flips the operator switch of an instance.
-func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch) (*sb.Instance, error) {
+// byService (the caller is a service token, acting for its own instance)
+// may set a switch, and clear one a service token set, but not touch an
+// operator's: the switch is the operator's (the SPEC), and a sidecar or a
+// service must not put an instance an operator took out back in rotation.
+func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch, byService bool) (*sb.Instance, error) {
 	var (
+		cur            switchRecord
 		disabled       bool
 		service, realm string
 	)
@@ -341,7 +346,7 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 		s.st.mu.RLock()
 		defer s.st.mu.RUnlock()
 		r, exists := s.st.instances[id]
-		_, disabled = s.st.switches[id]
+		cur, disabled = s.st.switches[id]
 		if exists {
 			service, realm = r.service(), r.realm()
 		}
@@ -353,11 +358,16 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 	if !exists {
 		return nil, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
 	}
+	operators := disabled && !cur.ByService
 	switch {
+	case byService && operators && *sw.Enabled:
+		return nil, sb.Errorf(sb.EPermissionDenied, "instance %s: disabled by an operator (%q); a service token may clear only a switch a service token set", id, cur.Reason)
+	case byService && operators:
+		// Out of rotation already, for the operator's reason, which stays.
 	case *sw.Enabled && disabled:
 		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Delete: true})
 	case !*sw.Enabled:
-		val, _ := jsonMarshal(switchRecord{Reason: sw.Reason, Service: service, Realm: realm})
+		val, _ := jsonMarshal(switchRecord{Reason: sw.Reason, Service: service, Realm: realm, ByService: byService})
 		_, err = s.txn(ctx, Op{Key: pfxSwitch + id, Value: val})
 	}
 	if err != nil {
@@ -366,16 +376,18 @@ func (s *Server) setEnabled(ctx context.Context, id string, sw sb.EnabledSwitch)
 	return s.instance(id, true)
 }
 
-// deregister removes an instance and its operator switch.
 // deregister deletes instance id and its enabled switch. The switch of an
 // instance whose lease ran out is kept, so that it comes back drained; a
-// DELETE of the id clears it too.
-func (s *Server) deregister(ctx context.Context, id string) (uint64, error) {
+// DELETE of the id clears it too, but for an operator's switch when
+// byService (a service token deregistering its own instance): that stays.
+func (s *Server) deregister(ctx context.Context, id string, byService bool) (uint64, error) {
+	var keep bool
 	exists, err := s.found(ctx, func() bool {
 		s.st.mu.RLock()
 		defer s.st.mu.RUnlock()
 		_, exists := s.st.instances[id]
-		_, switched := s.st.switches[id]
+		sw, switched := s.st.switches[id]
+		keep = switched && byService && !sw.ByService
 		return exists || switched
 	})
 	if err != nil {
@@ -383,6 +395,9 @@ func (s *Server) deregister(ctx context.Context, id string) (uint64, error) {
 	}
 	if !exists {
 		return 0, sb.Errorf(sb.ENotFound, "instance %s: not registered", id)
+	}
+	if keep {
+		return s.txn(ctx, Op{Key: pfxInstance + id, Delete: true})
 	}
 	return s.txn(ctx, Op{Key: pfxInstance + id, Delete: true}, Op{Key: pfxSwitch + id, Delete: true})
 }

@@ -41,6 +41,10 @@ type switchRecord struct {
 	// written before they were kept.
 	Service string `json:"service,omitempty"`
 	Realm   string `json:"realm,omitempty"`
+	// ByService is set when a service token set it (a sidecar draining
+	// its own instance): such a token may clear only such a switch, not
+	// an operator's.
+	ByService bool `json:"by_service,omitempty"`
 }
 
 // validate checks a switch stored for instance id.
