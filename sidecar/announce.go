@@ -283,10 +283,11 @@ const batchBytes = sb.MaxBodyBytes / 2
 // request's JSON, where one byte of the output may take six (\u003c).
 func batchSize(id, output string) int { return len(id) + 6*len(output) + 64 }
 
-// heartbeatGroup sends the heartbeats of the registered announcers in one
-// request and registers the others, each registration with its own time
-// budget, so that one slow answer does not leave the rest unregistered.
-// hbLog keeps the batch's failures from being logged every interval.
+// heartbeatGroup sends the heartbeats of the registered announcers (in one
+// request unless they take more than batchBytes) and registers the others,
+// each registration with its own time budget, so that one slow answer does
+// not leave the rest unregistered. hbLog keeps the heartbeats' failures
+// from being logged every interval.
 func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger, hbLog *failureLog) {
 	budget := max(interval, 2*time.Second)
 	var registering sync.WaitGroup
