@@ -1020,11 +1020,12 @@ const unmapAfter = time.Second
 // unmapFile takes the file's pages out of this process's page tables.
 // Atlas reads the file only at Open and in Snapshot and writes it only in
 // checkpoints (its state is in memory), yet every page these touch would
-// stay mapped and counted in its RSS: about 0.35 KiB an instance, as much
-// again as the file. They stay in the kernel's page cache, as they would
-// anyway, where the kernel reclaims them more readily than mapped ones;
-// the next read of one maps it again. The read transaction keeps bbolt from
-// moving its mapping meanwhile (it remaps only with none open).
+// stay mapped and counted in its RSS: 3.1 MB at 10,000 instances of ten
+// services registered in turn. They stay in the kernel's page cache, as
+// they would anyway, where the kernel reclaims them more readily than
+// mapped ones; the next read of one maps it again. The read transaction
+// keeps bbolt from moving its mapping meanwhile (it remaps only with none
+// open); unmapPages stops at the mapping's end.
 func (s *Store) unmapFile() {
 	tx, err := s.db.Begin(false)
 	if err != nil {
