@@ -290,13 +290,16 @@ func ValidateMeta(meta map[string]string) error {
 
 // TruncateOutput cuts a check output to MaxOutputBytes on a rune boundary:
 // longer output is truncated, not refused.
-func TruncateOutput(s string) string {
-	if len(s) <= MaxOutputBytes {
+func TruncateOutput(s string) string { return Truncate(s, MaxOutputBytes) }
+
+// Truncate cuts s to at most n bytes (none when n < 1), backing up to the
+// start of the rune the cut falls in: at most utf8.UTFMax-1 bytes,
+// whatever the rest of s holds.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	// Back up to the start of the rune the cut falls in: at most
-	// utf8.UTFMax-1 bytes, whatever the rest of s holds.
-	cut := MaxOutputBytes
+	cut := max(n, 0)
 	for i := 1; i < utf8.UTFMax && cut > 0 && !utf8.RuneStart(s[cut]); i++ {
 		cut--
 	}

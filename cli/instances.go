@@ -7,7 +7,6 @@ import (
 	"io"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -131,11 +130,7 @@ func instanceTable(w io.Writer, ins []*sb.Instance) {
 		}
 		out := strings.ReplaceAll(in.Output, "\n", " ")
 		if len(out) > 60 {
-			cut := 57
-			for i := 1; i < utf8.UTFMax && !utf8.RuneStart(out[cut]); i++ {
-				cut--
-			}
-			out = out[:cut] + "..."
+			out = sb.Truncate(out, 57) + "..."
 		}
 		fmt.Fprintf(w, "%s\t%s:%d\t%s\t%s\t%s\t%s\t%s\n", in.ID, in.Address, in.Port, in.Status, cell(enabled), cell(strings.Join(in.Tags, ",")), expires, cell(out))
 	}

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/client"
@@ -263,14 +262,7 @@ func (a *announcer) adopt(ctx context.Context) {
 // withNote is out and then note, out cut short (on a rune's start) so
 // that both fit in Atlas's limit on an output.
 func withNote(out, note string) string {
-	if over := len(out) + len(note) - sb.MaxOutputBytes; over > 0 {
-		cut := max(len(out)-over, 0)
-		for i := 1; i < utf8.UTFMax && cut > 0 && !utf8.RuneStart(out[cut]); i++ {
-			cut--
-		}
-		out = out[:cut]
-	}
-	return out + note
+	return sb.Truncate(out, sb.MaxOutputBytes-len(note)) + note
 }
 
 // batchBytes bounds the body of one PUT /v1/heartbeats, well under Atlas's
