@@ -113,28 +113,28 @@ func (c *CheckConfig) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode((*plain)(c)); err != nil {
 		return err
 	}
-	if c.GRPC == nil && grpcNull(n) {
+	if null, _ := grpcKey(n); c.GRPC == nil && null {
 		c.GRPC = new(string)
 	}
 	return nil
 }
 
-// grpcNull reports whether the check mapping n gives grpc with no value,
-// itself or through a merge key ("<<: *defaults"; its own key first, then
-// the merged mappings in order, as YAML merges them).
-func grpcNull(n *yaml.Node) bool {
+// grpcKey looks for grpc in the check mapping n, then in what it merges
+// ("<<: *defaults"), in order, as YAML merges them: whether it is there,
+// and whether with no value.
+func grpcKey(n *yaml.Node) (null, found bool) {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
 	if n.Kind != yaml.MappingNode {
-		return false
+		return false, false
 	}
 	var merged []*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		switch {
 		case k.Value == "grpc":
-			return v.Kind == yaml.ScalarNode && v.Tag == "!!null"
+			return v.Kind == yaml.ScalarNode && v.Tag == "!!null", true
 		case k.Tag == "!!merge":
 			if v.Kind == yaml.AliasNode && v.Alias != nil {
 				v = v.Alias
@@ -147,20 +147,11 @@ func grpcNull(n *yaml.Node) bool {
 		}
 	}
 	for _, m := range merged {
-		if m.Kind == yaml.AliasNode && m.Alias != nil {
-			m = m.Alias
-		}
-		if m.Kind != yaml.MappingNode {
-			continue
-		}
-		for i := 0; i+1 < len(m.Content); i += 2 {
-			if m.Content[i].Value == "grpc" {
-				v := m.Content[i+1]
-				return v.Kind == yaml.ScalarNode && v.Tag == "!!null"
-			}
+		if null, found := grpcKey(m); found {
+			return null, true
 		}
 	}
-	return false
+	return false, false
 }
 
 // UpstreamConfig is a service watched from the start.
