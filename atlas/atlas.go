@@ -24,6 +24,7 @@ import (
 
 	sb "github.com/switchboard-go/switchboard"
 	"github.com/switchboard-go/switchboard/health"
+	"github.com/switchboard-go/switchboard/internal/sampled"
 )
 
 // Config configures a Server. Every field but Store has a useful zero value.
@@ -60,16 +61,14 @@ type Server struct {
 	store Store
 	st    *state
 	log   *slog.Logger
-	// wlogMu guards wlogNext and wlogSkipped (logWriteFailure).
-	wlogMu      sync.Mutex
-	wlogNext    time.Time
-	wlogSkipped int
-	metrics     *metrics
-	handler     http.Handler
-	cache       renderCache
-	streams     streams
-	health      *health.Checker
-	started     time.Time
+	// writeLog spaces out the lines of logWriteFailure.
+	writeLog sampled.Log
+	metrics  *metrics
+	handler  http.Handler
+	cache    renderCache
+	streams  streams
+	health   *health.Checker
+	started  time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -437,24 +436,12 @@ func (s *Server) waitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
-// writeLogEvery spaces out the log lines of writes the store refuses: at
-// most one each, the next saying how many it did not log.
-const writeLogEvery = 10 * time.Second
-
 // logWriteFailure logs a write the store refused (etcd without space or
-// quorum, a disk that fails), at most once every writeLogEvery.
+// quorum, a disk that fails), at most once every sampled.Every.
 func (s *Server) logWriteFailure(err error) {
-	s.wlogMu.Lock()
-	now := time.Now()
-	if now.Before(s.wlogNext) {
-		s.wlogSkipped++
-		s.wlogMu.Unlock()
-		return
+	if ok, skipped := s.writeLog.Allow(time.Now()); ok {
+		s.log.Error("atlas: the store refused a write; answered 503", "err", err, "not_logged_since", skipped)
 	}
-	skipped := s.wlogSkipped
-	s.wlogNext, s.wlogSkipped = now.Add(writeLogEvery), 0
-	s.wlogMu.Unlock()
-	s.log.Error("atlas: the store refused a write; answered 503", "err", err, "not_logged_since", skipped)
 }
 
 // txn writes ops and waits until the write is visible in memory.

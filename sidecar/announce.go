@@ -474,30 +474,6 @@ func (f *failureLog) ok() bool {
 	return was
 }
 
-// sampledLog spaces out a line that many callers may cause: at most one
-// every sampleEvery, the next saying how many were not logged.
-type sampledLog struct {
-	mu      sync.Mutex
-	next    time.Time
-	skipped int
-}
-
-// sampleEvery is the least time between two lines of a sampledLog.
-const sampleEvery = 10 * time.Second
-
-// allow reports whether to log now, and how many were not logged since
-// the last line.
-func (l *sampledLog) allow(now time.Time) (ok bool, skipped int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Before(l.next) {
-		l.skipped++
-		return false, 0
-	}
-	l.next, skipped, l.skipped = now.Add(sampleEvery), l.skipped, 0
-	return true, skipped
-}
-
 // drainReason is the reason of the switch a sidecar on host sets while it
 // drains.
 func drainReason(host string) string { return "sidecar on " + host + " is shutting down" }

@@ -294,22 +294,6 @@ func TestARestartedSidecarCarriesOnTheStatusAtlasHas(t *testing.T) {
 	}
 }
 
-func TestSampledLog(t *testing.T) {
-	var l sampledLog
-	t0 := time.Now()
-	if ok, n := l.allow(t0); !ok || n != 0 {
-		t.Fatalf("first line: %v %d; want logged", ok, n)
-	}
-	for i := range 5 {
-		if ok, _ := l.allow(t0.Add(time.Duration(i) * time.Second)); ok {
-			t.Fatalf("line %d within %s of the last was logged", i, sampleEvery)
-		}
-	}
-	if ok, n := l.allow(t0.Add(sampleEvery)); !ok || n != 5 {
-		t.Fatalf("after %s: %v %d; want logged, saying 5 were not", sampleEvery, ok, n)
-	}
-}
-
 // Outputs near the size an HTTP check reads, which JSON may make six times
 // longer, took a host's heartbeats over Atlas's limit on a request's body:
 // Atlas refused them all, every instance on the host lost its lease, the

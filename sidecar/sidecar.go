@@ -20,6 +20,7 @@ import (
 	"github.com/switchboard-go/switchboard/balance"
 	"github.com/switchboard-go/switchboard/client"
 	"github.com/switchboard-go/switchboard/health"
+	"github.com/switchboard-go/switchboard/internal/sampled"
 	"github.com/switchboard-go/switchboard/sidecar/haproxy"
 	"github.com/switchboard-go/switchboard/sidecar/proxy"
 )
@@ -137,7 +138,7 @@ type Sidecar struct {
 	// localBrowsers: LocalBrowsersOnly was called.
 	localBrowsers bool
 	// deniedLog spaces out the lines on services a policy does not allow.
-	deniedLog sampledLog
+	deniedLog sampled.Log
 	// self: the addresses the sidecar listens on, set by Start before
 	// any instance is known.
 	self *selfAddrs
@@ -609,7 +610,7 @@ func (s *Sidecar) followIn(ctx context.Context, pool *balance.Pool, heard *atomi
 			case sb.EPermissionDenied:
 				// Any process on the host may name services: one line
 				// per name would let it fill the log.
-				if ok, skipped := s.deniedLog.allow(time.Now()); ok {
+				if ok, skipped := s.deniedLog.Allow(time.Now()); ok {
 					s.log.Warn("sidecar: Atlas refuses this host's token a watch of the service; calls to it get 403 (a policy must allow it)", "service", service, "err", err, "retry_in", retryIn.String(), "other_services_not_logged", skipped)
 				}
 			case sb.EUnauthenticated:
