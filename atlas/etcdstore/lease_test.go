@@ -225,8 +225,9 @@ func (f *fakeStream) Recv() (*pb.LeaseKeepAliveResponse, error) {
 func TestAnswersOfADroppedStreamAreIgnored(t *testing.T) {
 	r := newRenewer(nil, nil)
 	old := &fakeStream{sendErr: io.EOF, recv: make(chan *pb.LeaseKeepAliveResponse, 1)}
-	r.stream, r.cancel = old, func() {}
-	go r.receive(old)
+	r.mu.Lock()
+	r.startLocked(old, func() {})
+	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := r.renew(ctx, 7); err == nil { // Send fails: the stream is dropped
@@ -234,7 +235,7 @@ func TestAnswersOfADroppedStreamAreIgnored(t *testing.T) {
 	}
 	next := &fakeStream{recv: make(chan *pb.LeaseKeepAliveResponse)} // never answers
 	r.mu.Lock()
-	r.stream, r.cancel = next, func() {}
+	r.startLocked(next, func() {})
 	r.mu.Unlock()
 	done := make(chan int64, 1)
 	go func() {
@@ -247,6 +248,76 @@ func TestAnswersOfADroppedStreamAreIgnored(t *testing.T) {
 	old.recv <- &pb.LeaseKeepAliveResponse{ID: 7, TTL: 60} // the dropped stream's answer
 	if ttl := <-done; ttl > 0 {
 		t.Fatalf("a renewal on the new stream, never answered, got ttl %d from the dropped stream", ttl)
+	}
+}
+
+// cutStream is a stream whose connection was cut off without a word:
+// Send blocks, as gRPC's does once flow control stops taking requests,
+// and nothing comes back, until the stream is cancelled.
+type cutStream struct {
+	grpc.ClientStream
+	cut chan struct{}
+}
+
+func (c *cutStream) Send(*pb.LeaseKeepAliveRequest) error { <-c.cut; return context.Canceled }
+
+func (c *cutStream) Recv() (*pb.LeaseKeepAliveResponse, error) { <-c.cut; return nil, context.Canceled }
+
+// Renewals on a stream cut off without a word each fail within their own
+// deadline (they queued behind one blocked Send, 14.7 s for a 1 s
+// deadline), and the stream is dropped: the next renewal opens another
+// and succeeds.
+func TestACutStreamHoldsUpNoRenewal(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/cut/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	id := s.leases["k"].id
+	s.mu.Unlock()
+	cut := &cutStream{cut: make(chan struct{})}
+	s.renew.mu.Lock()
+	s.renew.failLocked(s.renew.stream, errors.New("replaced by the test"))
+	s.renew.startLocked(cut, sync.OnceFunc(func() { close(cut.cut) }))
+	s.renew.mu.Unlock()
+
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, cancel := context.WithTimeout(ctx, 1200*time.Millisecond)
+			defer cancel()
+			if _, err := s.renew.renew(c, id); err == nil {
+				t.Error("a renewal on a cut stream succeeded")
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("renewals on a cut stream did not return within 30 s (their deadline: 1.2 s)")
+	}
+	select {
+	case <-cut.cut:
+	default:
+		t.Fatal("the cut stream was kept after renewals waited out their deadline on it")
+	}
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if ttl, err := s.renew.renew(c, id); err != nil || ttl <= 0 {
+		t.Fatalf("renewal after the cut stream was dropped: ttl %d, %v; want it renewed on a new stream", ttl, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -18,18 +19,37 @@ import (
 // The stream goes to the etcd leader when the renewer can tell which member
 // that is: a follower forwards every renewal to the leader as an HTTP
 // request of its own.
+//
+// A renewal never waits for the stream beyond its own context. Requests
+// are sent by a goroutine of the stream's own, so that a Send held up by a
+// connection cut off without a word (gRPC's flow control then stops taking
+// requests) holds up no renewal; and a stream that has answered nothing for
+// stuckAfter while a renewal waited its whole deadline is dropped, so that
+// the next renewal opens another, perhaps to a new leader, instead of each
+// waiting out its deadline until gRPC's keep-alive ends the stream (10 s
+// and more).
 type renewer struct {
 	cli *clientv3.Client
 	// dial opens a client to one endpoint (the leader).
 	dial func(endpoint string) (*clientv3.Client, error)
 
-	mu      sync.Mutex // serialises Send, guards what follows
+	mu      sync.Mutex // guards what follows, and each stream's queue and heard
 	leader  *clientv3.Client
-	stream  pb.Lease_LeaseKeepAliveClient
-	cancel  context.CancelFunc
+	stream  *keepAliveStream
 	opening *opening                 // the stream being opened, if one is
 	waiting map[int64][]chan renewal // by lease, oldest first: etcd answers a stream's requests in order
 	closed  bool
+}
+
+// keepAliveStream is one LeaseKeepAlive stream and what its sender has
+// still to send.
+type keepAliveStream struct {
+	pb.Lease_LeaseKeepAliveClient
+	cancel context.CancelFunc
+	ended  chan struct{} // closed when the stream is dropped
+	wake   chan struct{} // (1) the queue has requests
+	queue  []int64       // leases to renew, in the order of waiting
+	heard  time.Time     // when etcd last answered on it (or it opened)
 }
 
 // opening is a stream being opened, in the background: looking for the
@@ -47,8 +67,13 @@ type renewal struct {
 
 var errRenewerClosed = errors.New("lease renewer closed")
 
-// openTimeout bounds the opening of a stream.
-const openTimeout = 5 * time.Second
+const (
+	// openTimeout bounds the opening of a stream.
+	openTimeout = 5 * time.Second
+	// stuckAfter: a stream that answered nothing for this long, while a
+	// renewal waited on it until its deadline, is dropped.
+	stuckAfter = time.Second
+)
 
 func newRenewer(cli *clientv3.Client, dial func(string) (*clientv3.Client, error)) *renewer {
 	return &renewer{cli: cli, dial: dial, waiting: map[int64][]chan renewal{}}
@@ -102,9 +127,20 @@ func (r *renewer) open(o *opening) {
 		close(o.done)
 		return
 	}
-	r.stream, r.cancel, r.leader = stream, cancel, leader
+	r.leader = leader
+	r.startLocked(stream, cancel)
 	close(o.done)
-	go r.receive(stream)
+}
+
+// startLocked installs stream as the current one and starts its sender and
+// receiver.
+func (r *renewer) startLocked(stream pb.Lease_LeaseKeepAliveClient, cancel context.CancelFunc) *keepAliveStream {
+	s := &keepAliveStream{Lease_LeaseKeepAliveClient: stream, cancel: cancel,
+		ended: make(chan struct{}), wake: make(chan struct{}, 1), heard: time.Now()}
+	r.stream = s
+	go r.send(s)
+	go r.receive(s)
+	return s
 }
 
 // renew renews lease id once and returns its TTL in seconds, 0 when etcd
@@ -134,28 +170,60 @@ func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error)
 		}
 		r.mu.Lock()
 	}
-	stream := r.stream
+	s := r.stream
 	r.waiting[int64(id)] = append(r.waiting[int64(id)], ch)
-	err := stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)})
-	if err != nil {
-		r.failLocked(stream, err)
+	s.queue = append(s.queue, int64(id))
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 	r.mu.Unlock()
+	queued := time.Now()
 	select {
 	case res := <-ch:
 		return res.ttl, res.err
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			r.mu.Lock()
+			if waited := time.Since(queued); waited >= stuckAfter && s.heard.Before(queued) {
+				r.failLocked(s, fmt.Errorf("etcd answered no lease renewal on the stream for %s", waited.Round(time.Millisecond)))
+			}
+			r.mu.Unlock()
+		}
 		return 0, ctx.Err()
 	}
 }
 
-// receive hands each answer of stream to the oldest renewal of its lease,
-// until the stream fails.
-func (r *renewer) receive(stream pb.Lease_LeaseKeepAliveClient) {
+// send sends the renewals queued on s, in order, until s is dropped.
+func (r *renewer) send(s *keepAliveStream) {
 	for {
-		resp, err := stream.Recv()
+		select {
+		case <-s.wake:
+		case <-s.ended:
+			return
+		}
 		r.mu.Lock()
-		if r.stream != stream {
+		ids := s.queue
+		s.queue = nil
+		r.mu.Unlock()
+		for _, id := range ids {
+			if err := s.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
+				r.mu.Lock()
+				r.failLocked(s, err)
+				r.mu.Unlock()
+				return
+			}
+		}
+	}
+}
+
+// receive hands each answer of s to the oldest renewal of its lease,
+// until the stream fails.
+func (r *renewer) receive(s *keepAliveStream) {
+	for {
+		resp, err := s.Recv()
+		r.mu.Lock()
+		if r.stream != s {
 			// Dropped (a failed Send, Close): what it still delivers
 			// belongs to renewals already failed, not to the next
 			// stream's.
@@ -163,10 +231,11 @@ func (r *renewer) receive(stream pb.Lease_LeaseKeepAliveClient) {
 			return
 		}
 		if err != nil {
-			r.failLocked(stream, err)
+			r.failLocked(s, err)
 			r.mu.Unlock()
 			return
 		}
+		s.heard = time.Now()
 		if q := r.waiting[resp.ID]; len(q) > 0 {
 			q[0] <- renewal{ttl: resp.TTL}
 			if len(q) == 1 {
@@ -179,14 +248,16 @@ func (r *renewer) receive(stream pb.Lease_LeaseKeepAliveClient) {
 	}
 }
 
-// failLocked ends stream, if it is still the current one, and fails every
+// failLocked drops s, if it is still the current stream, and fails every
 // renewal waiting on it; the next renewal opens a new stream.
-func (r *renewer) failLocked(stream pb.Lease_LeaseKeepAliveClient, err error) {
-	if r.stream != stream {
+func (r *renewer) failLocked(s *keepAliveStream, err error) {
+	if r.stream != s {
 		return
 	}
-	r.cancel()
-	r.stream, r.cancel = nil, nil
+	s.cancel()
+	close(s.ended)
+	s.queue = nil
+	r.stream = nil
 	// The leader may have changed: look again for the next stream.
 	if r.leader != nil {
 		r.leader.Close()
