@@ -70,6 +70,11 @@ type Store struct {
 	silent bool
 	// progress: how etcd answers requests for progress (checkWatch).
 	progress progressState
+	// highest is the highest revision etcd has shown this store (a
+	// snapshot's, a watch's); went, once etcd's revision went below it
+	// (checkRevision).
+	highest int64
+	went    error
 
 	// deaf, set by tests, makes watches drop what etcd sends, as a stream
 	// cut off without a word does; noProgress drops progress
@@ -213,6 +218,7 @@ func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 	kvs := make([]atlas.KV, 0, len(resp.Kvs))
 	s.mu.Lock()
 	fresh := resp.Header.Revision > s.watched
+	leased := map[string]bool{}
 	for _, kv := range resp.Kvs {
 		ttl, v := decode(kv.Value)
 		key := strings.TrimPrefix(string(kv.Key), s.prefix)
@@ -220,6 +226,17 @@ func (s *Store) Snapshot(ctx context.Context) (uint64, []atlas.KV, error) {
 		if kv.Lease != 0 && fresh {
 			// When it runs out is not known: the first renewal says.
 			s.noteLeaseLocked(key, clientv3.LeaseID(kv.Lease), kv.ModRevision, 0, true)
+			leased[key] = true
+		}
+	}
+	s.highest = max(s.highest, resp.Header.Revision)
+	if fresh {
+		// A key gone (or no longer leased) while no watch ran, a
+		// reload after compaction say, leaves no lease behind.
+		for key, e := range s.leases {
+			if !leased[key] && e.rev <= resp.Header.Revision {
+				delete(s.leases, key)
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -545,6 +562,7 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 			}
 			s.mu.Lock()
 			s.heardLocked(life)
+			s.highest = max(s.highest, resp.Header.Revision)
 			s.mu.Unlock()
 			if resp.CompactRevision != 0 {
 				s.cfg.Logger.Warn("etcdstore: the history Atlas needs was compacted; reloading", "compacted", resp.CompactRevision)
@@ -590,7 +608,9 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 					s.mu.Lock()
 					s.heardLocked(life)
 					s.mu.Unlock()
-				case <-ctx.Done():
+				case <-wctx.Done():
+					// The caller's context, or a watch ended (silent,
+					// or refused below), whose channel no one reads.
 					return
 				}
 			}
@@ -635,12 +655,38 @@ func (s *Store) CurrentIndex(ctx context.Context) (uint64, error) {
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	s.mu.Lock()
+	before := s.highest
+	s.mu.Unlock()
 	resp, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly())
 	if err != nil {
 		return unavailable("ping", err)
+	}
+	if err := s.checkRevision(before, resp.Header.Revision); err != nil {
+		return err
 	}
 	if err := s.checkWatch(ctx, resp.Header.Revision); err != nil {
 		return unavailable("watch", err)
 	}
 	return nil
+}
+
+// checkRevision fails, from the first time etcd's revision rev is below
+// before (the highest it had shown this store before it was asked), until
+// the store is opened again. etcd restored from a backup without
+// --bump-revision numbers its changes again from the backup's revision:
+// this store's view then holds changes etcd has lost, and its watch, which
+// waits for revisions above what it applied, would miss the changes etcd
+// numbers again below them. So Atlas marks its reads stale and sends its
+// watchers elsewhere, rather than serve that view as fresh; serving what
+// etcd holds now would take the index back, which blocking queries and
+// resumed event streams cannot follow.
+func (s *Store) checkRevision(before, rev int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.went == nil && rev < before {
+		s.went = fmt.Errorf("%w: etcd's revision went back from %d to %d: etcd was restored from a backup without `etcdutl snapshot restore --bump-revision` (see the README), and lost changes this Atlas holds. Restore it again with --bump-revision, or restart Atlas to serve what etcd holds now",
+			atlas.ErrUnavailable, before, rev)
+	}
+	return s.went
 }

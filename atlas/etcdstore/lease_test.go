@@ -17,21 +17,25 @@ import (
 	"github.com/switchboard-go/switchboard/internal/etcdtest"
 )
 
+// openStore opens a store on cluster under prefix, closed when the test
+// ends.
+func openStore(t *testing.T, cluster *etcdtest.Cluster, prefix string) *Store {
+	t.Helper()
+	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // Two replicas write one leased key concurrently. Once the watch of the
 // first has caught up, its cache holds the key's actual lease: a write of
 // its own answered late must not put back a lease the key no longer has
 // (heartbeats would renew that one while the key's lease runs out).
 func TestLeaseCacheFollowsTheKey(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	open := func() *Store {
-		s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/cache/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	s1, s2 := open(), open()
+	s1, s2 := openStore(t, cluster, "/cache/"), openStore(t, cluster, "/cache/")
 	ctx := context.Background()
 	index, _, err := s1.Snapshot(ctx)
 	if err != nil {
@@ -99,11 +103,7 @@ func TestLeaseCacheFollowsTheKey(t *testing.T) {
 // heartbeats of live instances meanwhile.
 func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/expired/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, cluster, "/expired/")
 	ctx := context.Background()
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "live", Value: []byte("v"), TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
@@ -164,10 +164,7 @@ func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
 // returns, rather than queueing behind one another's search for a leader.
 func TestHeartbeatsDuringAnOutageKeepTheirDeadline(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/outage/"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, cluster, "/outage/")
 	ctx := context.Background()
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
@@ -269,11 +266,7 @@ func (c *cutStream) Recv() (*pb.LeaseKeepAliveResponse, error) { <-c.cut; return
 // and succeeds.
 func TestACutStreamHoldsUpNoRenewal(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/cut/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openStore(t, cluster, "/cut/")
 	ctx := context.Background()
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
@@ -327,11 +320,7 @@ func TestACutStreamHoldsUpNoRenewal(t *testing.T) {
 // became a deregistration). They are left to run out instead.
 func TestAWriteThatFailedLateIsNotRevoked(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/late/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, cluster, "/late/")
 	failed := 0
 	for i := range 300 {
 		// Deadlines around how long a write takes here: some end
@@ -372,5 +361,31 @@ func TestAWriteThatFailedLateIsNotRevoked(t *testing.T) {
 	t.Logf("%d of 300 writes failed; %d were stored", failed, puts)
 	if deletes > 0 {
 		t.Fatalf("%d of the %d writes etcd stored were deleted: their leases were revoked after a late failure", deletes, puts)
+	}
+}
+
+// A key deleted while no watch ran (before a reload after compaction, say)
+// leaves no lease in the cache once a snapshot shows it gone.
+func TestASnapshotPrunesTheLeaseCache(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	s1, s2 := openStore(t, cluster, "/prune/"), openStore(t, cluster, "/prune/")
+	ctx := context.Background()
+	for _, k := range []string{"gone", "kept"} {
+		if _, err := s1.Txn(ctx, []atlas.Op{{Key: k, Value: []byte("v"), TTL: time.Minute}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s2.Txn(ctx, []atlas.Op{{Key: "gone", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s1.Snapshot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s1.mu.Lock()
+	_, gone := s1.leases["gone"]
+	_, kept := s1.leases["kept"]
+	s1.mu.Unlock()
+	if gone || !kept {
+		t.Fatalf("lease cache after a snapshot: deleted key cached %v, live key cached %v; want false, true", gone, kept)
 	}
 }

@@ -36,11 +36,7 @@ func pooled(t *testing.T, p *leasePool, secs int64, n int) {
 // its TTL is not used.
 func TestPooledLeaseRunsItsWholeTTL(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
-	s, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: "/pool/"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, cluster, "/pool/")
 	ctx := context.Background()
 	const ttl = 10 * time.Second
 	const secs = int64(ttl / time.Second)

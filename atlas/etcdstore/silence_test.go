@@ -154,7 +154,12 @@ func TestAReplicaWithASilentWatchSendsWatchersElsewhere(t *testing.T) {
 // gRPC proxy does. Everything ends with the test.
 func watching(t *testing.T, dropProgress bool) (*etcdstore.Store, context.Context, <-chan atlas.Change) {
 	t.Helper()
-	cluster := etcdtest.Start(t, 1)
+	return watchingOn(t, etcdtest.Start(t, 1), dropProgress)
+}
+
+// watchingOn is watching on cluster.
+func watchingOn(t *testing.T, cluster *etcdtest.Cluster, dropProgress bool) (*etcdstore.Store, context.Context, <-chan atlas.Change) {
+	t.Helper()
 	s, err := etcdstore.Open(etcdstore.Config{Endpoints: cluster.Endpoints()})
 	if err != nil {
 		t.Fatal(err)

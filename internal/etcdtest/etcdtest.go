@@ -46,6 +46,23 @@ func Start(t testing.TB, n int) *Cluster {
 	return start(t, n, nil)
 }
 
+// StartAt starts a new one-member cluster, with a fresh data directory,
+// serving clients at clientURL (a member's, stopped): to its clients, etcd
+// restored from an old backup.
+func StartAt(t testing.TB, clientURL string) *Cluster {
+	t.Helper()
+	u, err := url.Parse(clientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tryStart(t, t.TempDir(), 1, nil, u)
+	if err != nil {
+		t.Fatalf("etcd: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
 // StartTLS starts an n-member cluster whose clients must use TLS and
 // present a certificate signed by the returned PKI's CA.
 func StartTLS(t testing.TB, n int) (*Cluster, TLSFiles) {
@@ -61,7 +78,7 @@ func start(t testing.TB, n int, pki *TLSFiles) *Cluster {
 	t.Helper()
 	dir := t.TempDir()
 	for attempt := 1; ; attempt++ {
-		c, err := tryStart(t, filepath.Join(dir, fmt.Sprint(attempt)), n, pki)
+		c, err := tryStart(t, filepath.Join(dir, fmt.Sprint(attempt)), n, pki, nil)
 		if err == nil {
 			t.Cleanup(c.Stop)
 			return c
@@ -72,7 +89,9 @@ func start(t testing.TB, n int, pki *TLSFiles) *Cluster {
 	}
 }
 
-func tryStart(t testing.TB, dir string, n int, pki *TLSFiles) (*Cluster, error) {
+// tryStart starts n members; the client URL of the first is client, when
+// given.
+func tryStart(t testing.TB, dir string, n int, pki *TLSFiles, client0 *url.URL) (*Cluster, error) {
 	t.Helper()
 	c := &Cluster{}
 	var initial []string
@@ -81,6 +100,9 @@ func tryStart(t testing.TB, dir string, n int, pki *TLSFiles) (*Cluster, error) 
 		cfg.Name = fmt.Sprintf("m%d", i)
 		cfg.Dir = filepath.Join(dir, cfg.Name)
 		peer, client := freeURL(t), freeURL(t)
+		if i == 0 && client0 != nil {
+			client = client0
+		}
 		if pki != nil {
 			client.Scheme = "https"
 			cfg.ClientTLSInfo = transport.TLSInfo{CertFile: pki.ServerCert, KeyFile: pki.ServerKey,
