@@ -160,6 +160,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	)
 	help := helpCmd()
 	root.SetHelpCommand(help)
+	// Added now rather than by ExecuteC, so that wrapArgs reaches it too.
+	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

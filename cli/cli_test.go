@@ -80,6 +80,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"register", "--service", "a", "--address", "x", "--port", "1", "--ttl", "0s"}, 2, "", "--ttl: must be between 1s and 24h, got 0s"},
 		{[]string{"token", "bogus"}, 2, "", `unknown command "bogus" for "switchboard token"`},
 		{[]string{"policy", "bogus"}, 2, "", `unknown command "bogus" for "switchboard policy"`},
+		{[]string{"completion", "bogus"}, 2, "", `unknown command "bogus" for "switchboard completion"`},
 		{[]string{"config"}, 0, "Available Commands", ""},
 		{[]string{"config", "set", "service=identity", "realm=dev", "-"}, 2, "", `LAYER is one argument, its parts joined by a comma: service=identity,realm=dev`},
 		{[]string{"policy", "set", "identity", "--may-call", "Billing"}, 2, "", `--may-call: must match`},
