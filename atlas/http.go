@@ -153,7 +153,7 @@ func DecodeJSON(body []byte, v any) error {
 	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
 		return sb.Errorf(sb.EInvalid, "body: must be a single JSON value, found data after it")
 	}
-	return nil
+	return checkKeyCase(body, reflect.TypeOf(v))
 }
 
 // typeRule says what a value of the wrong type should have been: "must
