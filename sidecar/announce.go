@@ -282,6 +282,11 @@ func batchSize(id, output string) int { return len(id) + 6*len(output) + 64 }
 // from being logged every interval.
 func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer, atlas *client.Atlas, log *slog.Logger, hbLog *failureLog) {
 	budget := max(interval, 2*time.Second)
+	// A heartbeat goes an interval after the last: it must reach Atlas
+	// within the rest of the lease it renews, wherever its time goes (the
+	// client shares it among Atlas's addresses, so that a hung first one
+	// leaves the next time to answer).
+	hbBudget := min(budget, max(3*interval, sb.MinTTL)-interval)
 	var registering sync.WaitGroup
 	defer registering.Wait()
 	register := func(a *announcer) {
@@ -324,7 +329,7 @@ func heartbeatGroup(ctx context.Context, interval time.Duration, as []*announcer
 	var sending sync.WaitGroup
 	for i, b := range batches {
 		sending.Go(func() {
-			hctx, cancel := context.WithTimeout(ctx, budget)
+			hctx, cancel := context.WithTimeout(ctx, hbBudget)
 			defer cancel()
 			errs[i] = sendHeartbeats(hctx, atlas, b.beats, b.sent, register)
 		})

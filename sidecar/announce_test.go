@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -392,5 +394,68 @@ func TestDrainKeepsAnOperatorsSwitch(t *testing.T) {
 	eventually(t, "upkeep-h1-5002 registered again", func() bool { return registered("upkeep-h1-5002") })
 	if in, err := c.Instance(ctx, "upkeep-h1-5002"); err != nil || in.Enabled || in.DisabledReason != "kernel upgrade" {
 		t.Fatalf("upkeep-h1-5002 after the restart: %+v, %v; want it still disabled for the kernel upgrade", in, err)
+	}
+}
+
+// With two Atlas addresses and a short interval, the first hanging (its
+// host gone, its process stuck) cost each instance its lease once: a
+// heartbeat gave it half of a 2 s budget, and reached the second address
+// after the 1 s lease had run out. A heartbeat's budget ends with the
+// lease it renews.
+func TestAHungAtlasCostsNoLease(t *testing.T) {
+	a := atlastest.Start(t, true)
+	target, err := url.Parse(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var hung atomic.Bool
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hung.Load() {
+			// Its context ends with the connection once the body is read.
+			io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		// The sidecar's event stream, proxied, is still open.
+		front.CloseClientConnections()
+		front.Close()
+	})
+	var logs syncbuf.Buffer
+	s, err := New(Config{Atlas: StringList{front.URL, a.URL}, Host: "h1", Advertise: "127.0.0.1", DrainTimeout: Duration(time.Second),
+		Listen: "127.0.0.1:0", Admin: "127.0.0.1:0", Services: []ServiceConfig{
+			{Name: "svc", Port: 5001, Check: CheckConfig{None: true, Interval: Duration(200 * time.Millisecond)}},
+		}}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	c := a.Client()
+	ctx := context.Background()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := c.Instance(ctx, "svc-h1-5001"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance never registered: %s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	hung.Store(true)
+	// Five leases.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, err := c.Instance(ctx, "svc-h1-5001"); err != nil {
+			t.Fatalf("instance gone while the first Atlas hung: %v\n%s", err, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "registering again") {
+		t.Fatalf("the instance lost its lease while the first Atlas hung:\n%s", logs.String())
 	}
 }
