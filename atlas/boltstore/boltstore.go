@@ -124,7 +124,7 @@ type Store struct {
 	history    []atlas.Change        // ring of recent changes, oldest first
 	floor      uint64                // Watch(after) works for after >= floor
 	watchers   map[*watcher]struct{} // live Watch calls
-	swept      int64                 // when the last sweep ended (Store.mono)
+	swept      int64                 // when the last sweep began (Store.mono)
 
 	// expireFailing is set while deleting expired keys fails (logged once).
 	expireFailing atomic.Bool
@@ -142,6 +142,11 @@ type lease struct {
 	// follow the monotonic clock: a step of the wall clock expires nothing.
 	expires int64 // moved by KeepAlive
 	due     int64 // when the sweeper looks at it next (its place in the heap)
+	at      int   // its place in Store.due; -1 when not in it
+	// expiring is set while the sweeper's delete of the key is on its
+	// way: KeepAlive then answers ErrNotFound rather than renew a lease
+	// whose delete is decided.
+	expiring bool
 }
 
 // leaseHeap orders leases by due, so that a sweep looks only at leases
@@ -151,13 +156,21 @@ type leaseHeap []*lease
 
 func (h leaseHeap) Len() int           { return len(h) }
 func (h leaseHeap) Less(i, j int) bool { return h[i].due < h[j].due }
-func (h leaseHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *leaseHeap) Push(x any)        { *h = append(*h, x.(*lease)) }
+func (h leaseHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+func (h *leaseHeap) Push(x any) {
+	l := x.(*lease)
+	l.at = len(*h)
+	*h = append(*h, l)
+}
 func (h *leaseHeap) Pop() any {
 	old := *h
 	l := old[len(old)-1]
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
+	l.at = -1
 	return l
 }
 
@@ -165,12 +178,33 @@ func (h *leaseHeap) Pop() any {
 // the monotonic clock when t has its reading (time.Now's times do).
 func (s *Store) mono(t time.Time) int64 { return int64(t.Sub(s.opened)) }
 
-// setLeaseLocked starts (or restarts) the lease of a key.
+// setLeaseLocked starts (or restarts) the lease of a key. A key written
+// again keeps its lease, and its one place in the heap: a lease for each
+// write, each kept until its own due time (a day, for a long TTL), made
+// the heap grow with the writes rather than the keys.
 func (s *Store) setLeaseLocked(key string, index uint64, ttl time.Duration, now time.Time) {
 	exp := s.mono(now.Add(ttl))
-	l := &lease{key: key, index: index, ttl: ttl, expires: exp, due: exp}
-	s.leases[key] = l
-	heap.Push(&s.due, l)
+	l, ok := s.leases[key]
+	if !ok {
+		l = &lease{key: key, at: -1}
+		s.leases[key] = l
+	}
+	l.index, l.ttl, l.expires, l.due, l.expiring = index, ttl, exp, exp, false
+	if l.at >= 0 {
+		heap.Fix(&s.due, l.at)
+	} else {
+		heap.Push(&s.due, l)
+	}
+}
+
+// dropLeaseLocked ends the lease of a key, if it has one.
+func (s *Store) dropLeaseLocked(key string) {
+	if l, ok := s.leases[key]; ok {
+		delete(s.leases, key)
+		if l.at >= 0 {
+			heap.Remove(&s.due, l.at)
+		}
+	}
 }
 
 // pendingKV is the latest write of a key that bbolt does not have yet.
@@ -188,6 +222,18 @@ type checkpoint struct {
 
 type watcher struct {
 	ch chan atlas.Change
+	// dropped is closed with ch when the store drops the watcher, which
+	// ends the goroutine waiting for the watch's context.
+	dropped chan struct{}
+}
+
+// dropLocked ends w's watch, unless it has ended already.
+func (s *Store) dropLocked(w *watcher) {
+	if _, ok := s.watchers[w]; ok {
+		delete(s.watchers, w)
+		close(w.ch)
+		close(w.dropped)
+	}
 }
 
 type writeReq struct {
@@ -434,8 +480,7 @@ func (s *Store) Close() error {
 		s.wg.Wait()
 		s.mu.Lock()
 		for w := range s.watchers {
-			close(w.ch)
-			delete(s.watchers, w)
+			s.dropLocked(w)
 		}
 		s.mu.Unlock()
 		if s.seg != nil {
@@ -443,7 +488,7 @@ func (s *Store) Close() error {
 		}
 		// Every acknowledged write is in the log already: a failure here
 		// only leaves more for the next Open to replay.
-		if err = s.checkpoint(s.index); err == nil {
+		if _, err = s.checkpoint(s.index); err == nil {
 			paths, _, lerr := segments(s.dir)
 			if err = lerr; err == nil {
 				err = removeSegments(s.dir, paths)
@@ -552,7 +597,7 @@ func (s *Store) KeepAlive(ctx context.Context, key string) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l, ok := s.leases[key]
-	if !ok {
+	if !ok || l.expiring {
 		return time.Time{}, atlas.ErrNotFound
 	}
 	exp := s.cfg.Now().Add(l.ttl)
@@ -573,7 +618,7 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 	// A watcher History changes behind (1024 at least) is dropped; it
 	// can then resume from the history if fewer than History more came
 	// meanwhile.
-	w := &watcher{ch: make(chan atlas.Change, max(s.cfg.History, 1024))}
+	w := &watcher{ch: make(chan atlas.Change, max(s.cfg.History, 1024)), dropped: make(chan struct{})}
 	// Replay what the watcher missed from history, then go live; both under
 	// mu so nothing is lost or doubled in between.
 	for _, c := range s.history {
@@ -596,12 +641,11 @@ func (s *Store) Watch(ctx context.Context, after uint64) (<-chan atlas.Change, e
 		select {
 		case <-ctx.Done():
 		case <-s.ctx.Done():
+		case <-w.dropped:
+			return
 		}
 		s.mu.Lock()
-		if _, ok := s.watchers[w]; ok {
-			delete(s.watchers, w)
-			close(w.ch)
-		}
+		s.dropLocked(w)
 		s.mu.Unlock()
 	}()
 	return w.ch, nil
@@ -613,10 +657,7 @@ func (s *Store) sendLocked(w *watcher, c atlas.Change) bool {
 	case w.ch <- c:
 		return true
 	default:
-		if _, ok := s.watchers[w]; ok {
-			delete(s.watchers, w)
-			close(w.ch)
-		}
+		s.dropLocked(w)
 		return false
 	}
 }
@@ -900,7 +941,7 @@ func (s *Store) commit(batch []*writeReq) {
 		for _, kv := range c.KVs {
 			s.pending[kv.Key] = &pendingKV{kv: kv.KV, deleted: kv.Deleted}
 			if kv.Deleted || kv.TTL == 0 {
-				delete(s.leases, kv.Key)
+				s.dropLeaseLocked(kv.Key)
 			} else {
 				s.setLeaseLocked(kv.Key, kv.Index, kv.TTL, now)
 			}
@@ -996,7 +1037,8 @@ func (s *Store) checkpointer() {
 		}
 		arm()
 		left = append(left, c.segs...)
-		if err := s.checkpoint(c.index); err != nil {
+		index, err := s.checkpoint(c.index)
+		if err != nil {
 			// The writes stay in the log and in memory; the next
 			// checkpoint (which copies every pending write up to its
 			// index, these too), or the next Open, tries again.
@@ -1008,7 +1050,7 @@ func (s *Store) checkpointer() {
 			continue // the next checkpoint tries again
 		}
 		left = nil
-		s.checkpointed.Store(c.index)
+		s.checkpointed.Store(index)
 	}
 }
 
@@ -1038,20 +1080,28 @@ func (s *Store) unmapFile() {
 	}
 }
 
-// checkpoint writes into the file every pending write up to index, in one
-// bbolt transaction, and forgets them.
-func (s *Store) checkpoint(index uint64) error {
+// checkpoint writes into the file every pending write, in one bbolt
+// transaction, with the index they reach (at least index, the end of the
+// segments handed over), forgets them and returns that index.
+//
+// Every pending write, not those up to index alone: pending holds a key's
+// latest write only, so a key written in a handed-over segment and again
+// after it has no write up to index left to copy, and its segment is
+// about to go. Copying only up to index, the later write (acknowledged
+// before its sync, say) was the key's only copy on disk, and a power loss
+// that took it took the earlier, synced write too.
+func (s *Store) checkpoint(index uint64) (uint64, error) {
 	type entry struct {
 		key string
 		p   *pendingKV
 	}
 	s.mu.Lock()
-	var todo []entry
+	todo := make([]entry, 0, len(s.pending))
 	for k, p := range s.pending {
-		if p.kv.Index <= index {
-			todo = append(todo, entry{k, p})
-		}
+		todo = append(todo, entry{k, p})
 	}
+	// Every write up to s.index is in the file or pending.
+	index = max(index, s.index)
 	s.mu.Unlock()
 	// In key order, bbolt touches each page once.
 	slices.SortFunc(todo, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
@@ -1062,13 +1112,13 @@ func (s *Store) checkpoint(index uint64) error {
 				return err
 			}
 		}
-		// Also when there was nothing to copy (the writes up to index
-		// were all rewritten since, or deleted nothing): the log up to it
-		// is about to go, and Open replays from the file's index on.
+		// Also when there was nothing to copy (the writes deleted
+		// nothing): the log up to it is about to go, and Open replays
+		// from the file's index on.
 		return putIndex(tx, index)
 	})
 	if err != nil {
-		return fmt.Errorf("boltstore: checkpoint: %w", err)
+		return 0, fmt.Errorf("boltstore: checkpoint: %w", err)
 	}
 	s.mu.Lock()
 	for _, e := range todo {
@@ -1078,7 +1128,7 @@ func (s *Store) checkpoint(index uint64) error {
 	}
 	s.checkpoints.Add(1)
 	s.mu.Unlock()
-	return nil
+	return index, nil
 }
 
 // beginRead begins a read transaction of the file that agrees with the
@@ -1149,10 +1199,11 @@ func (s *Store) sweep() {
 			}
 		}
 	}
+	var expiring []*lease
 	for len(s.due) > 0 && s.due[0].due <= monoNow {
 		l := heap.Pop(&s.due).(*lease)
 		if s.leases[l.key] != l {
-			continue // replaced or deleted since
+			continue // deleted since
 		}
 		if l.expires > monoNow {
 			l.due = l.expires // renewed: look again then
@@ -1160,26 +1211,48 @@ func (s *Store) sweep() {
 			continue
 		}
 		ops = append(ops, atlas.Op{Key: l.key, Delete: true, IfIndex: atlas.IfIndex(l.index)})
-		// Looked at again if the delete does not happen (renewed in
-		// the meantime, or a failed write).
+		l.expiring = true
+		expiring = append(expiring, l)
+		// Looked at again if the delete does not happen (the key written
+		// again in the meantime, or a failed write).
 		l.due = s.mono(now.Add(max(l.ttl/4, s.cfg.SweepInterval)))
 		heap.Push(&s.due, l)
 	}
+	// The next sweep measures from this one's start: a stop of the
+	// process during this one's deletes is time no heartbeat could come.
+	s.swept = monoNow
 	s.mu.Unlock()
 	if kept > 0 {
 		s.graced.Store(now.UnixNano())
 		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
 			"away", away.Round(time.Millisecond).String(), "leases", kept)
 	}
-	failed, first := 0, error(nil)
-	for _, op := range ops {
+	// Each delete is a write of its own, so that one key written again
+	// meanwhile (a conflict) leaves the others to go, and they are queued
+	// together, so that the writer commits them many to a sync: one after
+	// another, 10,000 keys that ran out together took 10,000 syncs, and
+	// stayed listed (and routed to) meanwhile.
+	errs := make([]error, len(ops))
+	var wg sync.WaitGroup
+	for i, op := range ops {
 		req := &writeReq{ops: []atlas.Op{op}, reply: make(chan writeResult, 1), expire: true}
+		wg.Go(func() { _, errs[i] = s.submit(s.ctx, req) })
+	}
+	wg.Wait()
+	failed, first := 0, error(nil)
+	s.mu.Lock()
+	for i, err := range errs {
 		// A conflict means the key was written again: nothing to do.
-		if _, err := s.submit(s.ctx, req); err != nil && err != atlas.ErrConflict && s.ctx.Err() == nil {
+		if err != nil && err != atlas.ErrConflict && s.ctx.Err() == nil {
 			failed++
 			first = cmp.Or(first, err)
 		}
+		if err != nil && s.leases[expiring[i].key] == expiring[i] {
+			// Not deleted: heartbeats renew it again until the next try.
+			expiring[i].expiring = false
+		}
 	}
+	s.mu.Unlock()
 	// Said once while it lasts: while the log cannot be written every
 	// write is refused, and each key is tried again every ttl/4.
 	switch {
@@ -1188,11 +1261,6 @@ func (s *Store) sweep() {
 	case failed == 0 && len(ops) > 0 && s.expireFailing.Swap(false):
 		s.cfg.Logger.Info("boltstore: expiring leases works again")
 	}
-	// From the end: a sweep that had many keys to delete is no stall.
-	end := s.mono(s.cfg.Now())
-	s.mu.Lock()
-	s.swept = end
-	s.mu.Unlock()
 }
 
 // LeasesGraced implements atlas.LeaseGracer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -76,5 +77,38 @@ func TestWatchFromFurtherBackThanItHoldsMissesNothing(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("after 30s the watcher is at %d; the store at %d", applied, last)
 		}
+	}
+}
+
+// A watcher dropped for falling behind left its goroutine (and its
+// 1024-slot channel) until the watch's context ended, which for Atlas's
+// is its lifetime.
+func TestADroppedWatcherLeavesNoGoroutine(t *testing.T) {
+	s := openLater(t, filepath.Join(t.TempDir(), "atlas.db"), time.Hour, time.Hour)
+	defer s.Close()
+	ctx := context.Background()
+	before := runtime.NumGoroutine()
+	for round := range 5 {
+		idx, _ := snapshotOf(t, s)
+		ch, err := s.Watch(ctx, idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 1030 {
+			put(t, s, "i/a", "x", true)
+		}
+		n := 0
+		for range ch {
+			n++
+		}
+		t.Logf("round %d: watcher dropped after %d changes", round, n)
+	}
+	time.Sleep(50 * time.Millisecond)
+	s.mu.Lock()
+	w := len(s.watchers)
+	s.mu.Unlock()
+	t.Logf("goroutines before %d, after 5 dropped watchers %d; live watchers %d", before, runtime.NumGoroutine(), w)
+	if runtime.NumGoroutine()-before >= 5 {
+		t.Fatalf("leaked %d goroutines", runtime.NumGoroutine()-before)
 	}
 }
