@@ -49,12 +49,7 @@ func TestAHeartbeatDuringItsKeysExpiryIsNotFound(t *testing.T) {
 		}
 		return fdatasync(f)
 	}
-	t.Cleanup(func() { syncLog = fdatasync })
-	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 10 * time.Millisecond, CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSweeping(t)
 	ctx := context.Background()
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/a", Value: []byte("x"), TTL: 100 * time.Millisecond}}); err != nil {
 		t.Fatal(err)
@@ -123,12 +118,7 @@ func TestAStopDuringASweepGetsTheGrace(t *testing.T) {
 func TestKeysThatRunOutTogetherGoManyToASync(t *testing.T) {
 	var syncs atomic.Int64
 	syncLog = func(f *os.File) error { syncs.Add(1); time.Sleep(2 * time.Millisecond); return fdatasync(f) } // a 2 ms disk
-	t.Cleanup(func() { syncLog = fdatasync })
-	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 10 * time.Millisecond, CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSweeping(t)
 	ctx := context.Background()
 	var ops []atlas.Op
 	for i := range 500 {
@@ -148,4 +138,17 @@ func TestKeysThatRunOutTogetherGoManyToASync(t *testing.T) {
 	if n := syncs.Load(); n > 50 {
 		t.Fatalf("500 keys that ran out together took %d fdatasyncs to delete; want them many to a sync", n)
 	}
+}
+
+// openSweeping opens a store that sweeps every 10 ms, with syncLog put
+// back and the store closed when the test ends.
+func openSweeping(t *testing.T) *Store {
+	t.Helper()
+	t.Cleanup(func() { syncLog = fdatasync })
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "atlas.db"), SweepInterval: 10 * time.Millisecond, CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
