@@ -238,7 +238,7 @@ func stripHopRequest(h *fasthttp.RequestHeader) {
 	var named []string
 	for _, c := range h.PeekAll("Connection") {
 		for _, f := range strings.Split(string(c), ",") {
-			if f = strings.TrimSpace(f); f != "" {
+			if f = strings.TrimSpace(f); f != "" && !framing(f) {
 				named = append(named, f)
 			}
 		}
@@ -264,7 +264,7 @@ func stripHopResponse(h *fasthttp.ResponseHeader) {
 		found = true
 		if bytes.EqualFold(k, []byte("Connection")) {
 			for _, f := range strings.Split(string(v), ",") {
-				if f = strings.TrimSpace(f); f != "" {
+				if f = strings.TrimSpace(f); f != "" && !framing(f) {
 					named = append(named, f)
 				}
 			}
@@ -282,6 +282,16 @@ func stripHopResponse(h *fasthttp.ResponseHeader) {
 	for _, k := range del {
 		h.DelBytes(k)
 	}
+}
+
+// framing reports whether a header that Connection names stays, whatever
+// Connection says: Host, which the instance gets byte for byte, and
+// Content-Length, which frames the message (Transfer-Encoding is a hop
+// header, and the body's framing is the proxy's anyway). Deleting them
+// rewrote Host to the service's name and an answer's length to 0; HAProxy
+// keeps them too.
+func framing(name string) bool {
+	return strings.EqualFold(name, "Host") || strings.EqualFold(name, "Content-Length")
 }
 
 // hopHeader reports whether k, in any case, is one of hopHeaders.

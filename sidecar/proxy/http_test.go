@@ -195,6 +195,25 @@ func TestHeadersNamedByEveryConnectionHeaderAreDropped(t *testing.T) {
 	}
 }
 
+// An answer whose Connection names Content-Length keeps it (and its
+// body): the sidecar deleted it, and sent the answer on with a length of
+// 0. Headers Connection names otherwise still go.
+func TestConnectionNamingTheLengthKeepsIt(t *testing.T) {
+	big := strings.Repeat("x", 4<<20) // streamed on, not read whole
+	addr, _ := rawInstance(t, func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\nConnection: Content-Length, X-Hop\r\nX-Hop: 1\r\n\r\n"+big)
+		return true
+	})
+	f := newFrontend(t)
+	f.set("a", addr)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	res, body := exchange(t, c, "GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+	if string(body) != big || res.Header.Get("X-Hop") != "" {
+		t.Fatalf("answer of %d bytes with X-Hop %q; want %d, without X-Hop", len(body), res.Header.Get("X-Hop"), len(big))
+	}
+}
+
 // TestForwardedForHeadersBecomeOneList: a request with several
 // X-Forwarded-For headers reaches the instance with one, the caller's
 // address last, as net/http's proxy sends it. Before, the caller's address

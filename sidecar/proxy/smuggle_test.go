@@ -237,6 +237,10 @@ var smugglingSeeds = []string{
 	"GET http://a.localhost/abs HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\nGET /not-read HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\n\r\nGET /in-body HTTP/1.1\r\n\r\n",
+	// Connection naming what frames the request or routes it: Host and
+	// Content-Length stay, whatever Connection says.
+	"GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: Host\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\nhelloGET /after HTTP/1.1\r\nHost: a.localhost\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a.localhost\r\nX\x00: y\r\n\r\n",
 	// Field names that are not tokens: some servers stop reading the
 	// header section at one, and miss what the sidecar adds after it.
