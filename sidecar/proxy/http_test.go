@@ -195,9 +195,9 @@ func TestHeadersNamedByEveryConnectionHeaderAreDropped(t *testing.T) {
 	}
 }
 
-// An answer whose Connection names Content-Length keeps it (and its
-// body): the sidecar deleted it, and sent the answer on with a length of
-// 0. Headers Connection names otherwise still go.
+// A streamed answer whose Connection names Content-Length keeps it: the
+// sidecar deleted it, and the caller's answer ended early (unexpected
+// EOF). Headers Connection names otherwise still go.
 func TestConnectionNamingTheLengthKeepsIt(t *testing.T) {
 	big := strings.Repeat("x", 4<<20) // streamed on, not read whole
 	addr, _ := rawInstance(t, func(_, _ int64, c net.Conn) bool {
