@@ -346,3 +346,70 @@ func TestBodyAfterABodylessAnswerIsNotReadAsTheNext(t *testing.T) {
 		}
 	}
 }
+
+// shortKeepAlive is an instance that closes a connection idle for 300 ms
+// (gunicorn closes one idle for 2 s, Node 5 s).
+func shortKeepAlive(t *testing.T) (string, *atomic.Int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+					if _, err := br.Peek(1); err != nil {
+						return
+					}
+					c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String(), &n
+}
+
+// A request whose body took longer to come than the pooled connection it
+// goes out on had been idle before it began: that connection's idle time
+// was counted to the request's start, so the check before use was
+// skipped, the instance had closed it meanwhile, and the caller got 502
+// (counted against the instance).
+func TestASlowBodyGetsAConnectionThatIsStillOpen(t *testing.T) {
+	addr, _ := shortKeepAlive(t)
+	f := newFrontend(t)
+	f.set("a", addr)
+	if res, _ := f.do("GET", "a", "/", ""); res.StatusCode != 200 {
+		t.Fatal(res.StatusCode)
+	}
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	const size = 100 << 10
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: %d\r\n\r\n", size)
+	c.Write([]byte(strings.Repeat("x", 10<<10)))
+	time.Sleep(1200 * time.Millisecond) // the instance closes the pooled connection meanwhile
+	c.Write([]byte(strings.Repeat("x", size-10<<10)))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		t.Errorf("POST whose body took 1.2 s = %d %s; want 200, on a connection still open", res.StatusCode, b)
+	}
+}

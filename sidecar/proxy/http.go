@@ -486,9 +486,12 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		if up != nil {
 			up.frozen = &h.shutting
 		} else {
-			// The timeout counts from the request's end.
+			// The timeout counts from the request's end, and so does
+			// the idle time of the connection it goes out on (a body
+			// that took seconds to come must not make a connection the
+			// instance has closed meanwhile look just used).
 			d := time.Since(read)
-			deadline, tryStart = deadline.Add(d), tryStart.Add(d)
+			deadline, tryStart, now = deadline.Add(d), tryStart.Add(d), now.Add(d)
 		}
 	}
 	if isStream(&ctx.Request.Header) {
