@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http/httputil"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -259,10 +260,10 @@ func (b *backend) roundTrip(c *bconn, req *fasthttp.Request, resp *fasthttp.Resp
 		c.deadline = deadline
 	}
 	if err := req.Write(c.bw); err != nil {
-		return nil, ioError(err)
+		return nil, sendError(err)
 	}
 	if err := c.bw.Flush(); err != nil {
-		return nil, ioError(err)
+		return nil, sendError(err)
 	}
 	stopped, err := readHead(c, resp, http11)
 	if err != nil {
@@ -286,7 +287,7 @@ func readHead(c *bconn, resp *fasthttp.Response, http11 bool) (bool, error) {
 	for n := 0; ; n++ {
 		if err := resp.Header.Read(c.br); err != nil {
 			// fasthttp reports io.EOF when not one byte of an answer came.
-			if n == 0 && err == io.EOF {
+			if n == 0 && (err == io.EOF || errors.Is(err, syscall.ECONNRESET)) {
 				return false, fmt.Errorf("%w: %v", errStaleConn, err)
 			}
 			return false, ioError(err)
@@ -435,6 +436,17 @@ func isTimeout(err error) bool {
 }
 
 // ioError maps a timeout to errTimeout.
+// sendError is ioError for a failure to send a request: a connection
+// the instance closed (or reset) shows as EPIPE or ECONNRESET once a
+// request takes more than one write (a body over the 4 KiB buffer), and
+// that is a stale connection, as an answer's EOF is (do).
+func sendError(err error) error {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		return fmt.Errorf("%w: %v", errStaleConn, err)
+	}
+	return ioError(err)
+}
+
 func ioError(err error) error {
 	if isTimeout(err) {
 		return fmt.Errorf("%w: %v", errTimeout, err)
