@@ -371,6 +371,7 @@ func gatewayTimeout(format string, args ...any) error {
 
 func (h *HTTP) serve(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
+	defer h.lingerUnread(ctx)
 	if err := malformed(&ctx.Request.Header); err != nil {
 		// What fasthttp reads leniently where net/http refuses: refused,
 		// and the connection closed, since where the next request starts
@@ -680,6 +681,31 @@ func (h *HTTP) linger(ctx *fasthttp.RequestCtx) {
 		h.takeOver(ctx, false)
 	}
 }
+
+// lingerUnread closes the caller's connection gracefully (linger) after
+// an answer given while much of the request's body was not read: the
+// sidecar's own (no instance, a refusal, a bad header), or one an upload
+// did not linger after. fasthttp reads and drops up to 256 KiB of a body
+// left unread, and closes the connection at once when more may be left,
+// which sends the caller a reset that can overtake the answer: a caller
+// still sending a large body saw "connection reset", not the 503.
+func (h *HTTP) lingerUnread(ctx *fasthttp.RequestCtx) {
+	if ctx.Hijacked() || !ctx.Request.IsBodyStream() {
+		return
+	}
+	if up, ok := ctx.Request.BodyStream().(*upload); ok {
+		if up.isFinished() {
+			return
+		}
+	} else if cl := ctx.Request.Header.ContentLength(); cl >= 0 && cl <= maxDrained {
+		return
+	}
+	h.linger(ctx)
+}
+
+// maxDrained is how much of an unread request body fasthttp's server reads
+// and drops to keep the connection (its maxUnreadStreamBodySize).
+const maxDrained = 256 << 10
 
 // lingerTime is how long a caller's connection is read from, and what
 // comes dropped, after the answer the sidecar closes it with (takeOver;

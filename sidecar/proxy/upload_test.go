@@ -659,3 +659,36 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// The sidecar's own answer to a large upload (no instance, a bad header,
+// an instance that refuses the connection) reaches a caller still sending
+// the body: fasthttp closed the connection with the body unread, which
+// sent a reset, and the caller saw "connection reset by peer" instead.
+func TestTheSidecarsAnswerToALargeUploadIsNotReset(t *testing.T) {
+	f := newFrontend(t)
+	f.set("none") // no instance
+	f.set("b", testBackend(t, "b").URL)
+	f.set("dead", deadAddr(t))
+	body := strings.Repeat("x", 4<<20)
+	for _, tc := range []struct {
+		service, timeout string
+		want             int
+	}{{"none", "", 503}, {"b", "bogus", 400}, {"dead", "", 502}} {
+		for i := range 5 {
+			req, _ := http.NewRequest("POST", f.url+"/", strings.NewReader(body))
+			req.Header.Set(ServiceHeader, tc.service)
+			if tc.timeout != "" {
+				req.Header.Set(TimeoutHeader, tc.timeout)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("POST of 4 MiB to %s (try %d): %v; want the sidecar's %d", tc.service, i, err, tc.want)
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != tc.want {
+				t.Fatalf("POST of 4 MiB to %s = %d; want %d", tc.service, res.StatusCode, tc.want)
+			}
+		}
+	}
+}
