@@ -496,7 +496,8 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 	}
 	if isStream(&ctx.Request.Header) {
-		return h.stream(ctx, pool, up), 0
+		h.stream(ctx, pool, up, timeout, timed, now)
+		return 0, 0 // observed when the answer is in
 	}
 
 	// The request goes out as it came in (no copy), less the hop-by-hop
@@ -799,7 +800,7 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 			return
 		}
 		var err error
-		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true, nil)
+		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true, false, nil)
 		switch {
 		case err == nil:
 			status = rh.StatusCode()
@@ -1081,7 +1082,14 @@ func CloseEndpoint(e *balance.Endpoint) {
 // taken over, the request written to an instance as it came, and the
 // answer relayed (an upgraded connection piped both ways until either side
 // closes).
-func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) int {
+//
+// The instance's answer must begin within timeout (a stream request whose
+// body streams excepted, which may take as long as its body): one that
+// took the request and never answered held both connections, and a
+// goroutine, for as long as it lived, after the caller had gone. What
+// follows the answer's head has no timeout. The answer is observed when
+// it is in, with the status the caller got.
+func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, timeout time.Duration, timed bool, start time.Time) {
 	hdr := &ctx.Request.Header
 	hdr.Del(ServiceHeader)
 	hdr.Del(TimeoutHeader)
@@ -1100,7 +1108,8 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 	var head bytes.Buffer
 	if up == nil {
 		if _, err := ctx.Request.WriteTo(&head); err != nil {
-			return writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err))
+			h.observe(pool.Service, writeError(ctx, sb.Errorf(sb.EInvalid, "request: %v", err)), start, 0)
+			return
 		}
 	}
 	var (
@@ -1108,11 +1117,13 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 		backend net.Conn
 		done    func(balance.Outcome)
 		lastErr error
+		retries int
 	)
 	for {
 		e, status := next(ctx, pool, tried, lastErr)
 		if e == nil {
-			return status
+			h.observe(pool.Service, status, start, retries)
+			return
 		}
 		tried = append(tried, e)
 		done = pool.Acquire(e)
@@ -1124,13 +1135,18 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 		done(balance.Failed)
 		lastErr = err
 		if !h.Budget.Retry() {
-			return writeError(ctx, badGateway("%s: %v", where(pool), err))
+			h.observe(pool.Service, writeError(ctx, badGateway("%s: %v", where(pool), err)), start, retries)
+			return
 		}
+		retries++
 	}
 	bodyless, client11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
 	h.hijack(ctx, func() { backend.Close(); done(balance.Abandoned) }, func(client net.Conn) {
-		outcome := balance.Failed
-		defer func() { done(outcome) }()
+		outcome, status := balance.Failed, 0
+		defer func() {
+			done(outcome)
+			h.observe(pool.Service, status, start, retries)
+		}()
 		defer backend.Close()
 		if !h.track(true, client, backend) {
 			outcome = balance.Abandoned // shut down first
@@ -1144,12 +1160,16 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 			defer w.finish(backend) // before backend is closed
 		} else {
 			_, err = backend.Write(head.Bytes())
+			_ = backend.SetReadDeadline(time.Now().Add(timeout))
 		}
 		if err == nil {
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
 			br := bufio.NewReaderSize(backend, 16<<10)
-			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11, w)
+			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11, up == nil, w)
+			if err == nil {
+				status = ctx.Response.Header.StatusCode()
+			}
 		}
 		if err != nil && up != nil {
 			w.stop(backend) // the answer failed: the writing ends with it
@@ -1157,17 +1177,14 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload) 
 		switch {
 		case err != nil && up != nil && w.callers:
 			outcome = balance.Abandoned
-			writeRawError(client, up.err)
+			status = writeRawError(client, up.err)
+		case err != nil && isTimeout(err):
+			outcome = balance.TimedOut(timed, timeout)
+			status = writeRawError(client, gatewayTimeout("%s: no answer within %s", where(pool), timeout))
 		case err != nil:
-			writeRawError(client, badGateway("%s: %v", where(pool), err))
+			status = writeRawError(client, badGateway("%s: %v", where(pool), err))
 		}
 	})
-	// The answer is read after this returns: count upgrades as 101 and
-	// event streams as 200.
-	if len(ctx.Request.Header.Peek("Upgrade")) > 0 {
-		return fasthttp.StatusSwitchingProtocols
-	}
-	return fasthttp.StatusOK
 }
 
 // hijack takes the client's connection over for handler, once fasthttp has
@@ -1241,11 +1258,13 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 // event stream, an upgrade refused) is sent on to its end and the client's
 // connection closed: piped on, the requests the client sends next would
 // reach this instance unrouted. w is the request's body still being
-// written from the client's connection, or nil. It returns an error only
-// when no answer came, so that the client can be sent one. The outcome is
+// written from the client's connection, or nil; streaming says backend has
+// a read deadline for the answer's head only, cleared once it is in. It
+// returns an error only when no answer came, so that the client can be
+// sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
-func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11 bool, w *writing) (balance.Outcome, error) {
+func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11, streaming bool, w *writing) (balance.Outcome, error) {
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := rh.Read(br); err != nil {
@@ -1253,6 +1272,9 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 		}
 		status := rh.StatusCode()
 		if status == fasthttp.StatusSwitchingProtocols {
+			if streaming {
+				_ = backend.SetReadDeadline(time.Time{}) // the head came in time
+			}
 			early, _ := br.Peek(br.Buffered()) // what the new protocol sent already
 			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err == nil {
 				w.wait() // the request's body first: the instance took it whole
@@ -1261,6 +1283,9 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 			return balance.Answered, nil
 		}
 		if status >= 200 {
+			if streaming {
+				_ = backend.SetReadDeadline(time.Time{}) // the head came in time
+			}
 			break
 		}
 		if n >= maxInterim {

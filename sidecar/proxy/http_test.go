@@ -1193,3 +1193,58 @@ func TestShutdownContextLetsCallsFinish(t *testing.T) {
 		t.Fatalf("ShutdownContext = %v; want nil", err)
 	}
 }
+
+// An instance that takes a stream request (an event stream, a WebSocket
+// upgrade) and never answers held the caller's connection, its own and a
+// goroutine for as long as it lived, the caller long gone: the answer's
+// head must come within the request's timeout, as any answer's must
+// (504, and the instance's connection closed). Stream requests were also
+// observed as 200 or 101 before any answer came; they are observed with
+// the status the caller got.
+func TestAStreamsAnswerMustBeginInTime(t *testing.T) {
+	hung, accepted := rawInstance(t, func(_, _ int64, c net.Conn) bool {
+		_, _ = io.Copy(io.Discard, c) // takes the request, never answers
+		return false
+	})
+	refusing, _ := rawInstance(t, func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")
+		return false
+	})
+	var mu sync.Mutex
+	var codes []int
+	f := newFrontend(t, func(h *HTTP) {
+		h.Observe = func(_ string, code int, _ time.Duration, _ int) { mu.Lock(); codes = append(codes, code); mu.Unlock() }
+	})
+	f.set("hung", hung)
+	f.set("refusing", refusing)
+	var want []int
+	for _, kind := range []string{"Accept: text/event-stream\r\n", "Upgrade: websocket\r\nConnection: Upgrade\r\n"} {
+		for _, tc := range []struct {
+			service string
+			status  int
+		}{{"hung", 504}, {"refusing", 503}} {
+			c := f.dial()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			res, _ := exchange(t, c, "GET / HTTP/1.1\r\nHost: "+tc.service+".localhost\r\nSwitchboard-Timeout: 300ms\r\n"+kind+"\r\n")
+			if res.StatusCode != tc.status {
+				t.Fatalf("%q to %s = %d; want %d", kind, tc.service, res.StatusCode, tc.status)
+			}
+			want = append(want, tc.status)
+		}
+	}
+	if n := accepted.Load(); n != 2 {
+		t.Fatalf("the hung instance took %d connections; want 2", n)
+	}
+	slices.Sort(want)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		got := slices.Sorted(slices.Values(codes)) // each as its handler ends
+		mu.Unlock()
+		if slices.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("observed %v; want %v", got, want)
+		}
+	}
+}
