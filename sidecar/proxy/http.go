@@ -1119,6 +1119,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 		lastErr error
 		retries int
 	)
+	h.Budget.Request() // a stream's retries count against the budget as others' do
 	for {
 		e, status := next(ctx, pool, tried, lastErr)
 		if e == nil {
