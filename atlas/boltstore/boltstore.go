@@ -912,6 +912,21 @@ func (s *Store) commit(batch []*writeReq) {
 			// acknowledged frame (now or, if that fails, before the next
 			// append): a full disk refuses writes until space is freed.
 			err = fmt.Errorf("%w: boltstore: write-ahead log %s: %v", atlas.ErrUnavailable, s.seg.path, err)
+			if s.unsynced > 0 {
+				// Frames acknowledged before their sync wait in the
+				// segment, and a failed write or fdatasync of the file
+				// may have lost them: Linux reports a writeback error
+				// once, so a later sync that works would not say so.
+				// As when their own sync fails (syncWaiting), the
+				// checkpoint copies them from memory first.
+				s.mu.Lock()
+				s.syncFailedAt = s.index
+				s.syncFailed = err
+				s.mu.Unlock()
+				s.cfg.Logger.Error("boltstore: writing the write-ahead log failed with writes waiting for their sync; writes are refused until a checkpoint has copied those into the file", "err", err)
+				refuse(batch, err)
+				return
+			}
 			s.mu.Lock()
 			first := s.failed == nil
 			s.failed = err

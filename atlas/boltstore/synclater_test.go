@@ -344,6 +344,53 @@ func TestFailedSyncIsCheckpointed(t *testing.T) {
 	}
 }
 
+// An append that failed, and whose cut's fdatasync failed too, while a
+// frame waited for its sync: that EIO may be the waiting frame's lost
+// writeback, and Linux reports it once, so the next sync works. The store
+// took writes again at once, and the frame's write counted as on disk. It
+// refuses them now until a checkpoint has copied the waiting writes into
+// the file from memory, as when their own sync fails.
+func TestAFailedAppendWithWritesWaitingIsCheckpointed(t *testing.T) {
+	failing := failSyncs(t)
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s := openLater(t, path, time.Hour, 50*time.Millisecond)
+	ctx := context.Background()
+	put(t, s, "i/a", "1", true) // waits for a sync
+
+	// The segment's file takes no writes, and the cut's sync fails.
+	ro, err := os.Open(s.seg.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := s.seg.f
+	s.seg.f = ro
+	t.Cleanup(func() { rw.Close() })
+	failing.Store(true)
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), SyncLater: true}}); !errors.Is(err, atlas.ErrUnavailable) {
+		t.Fatalf("a write the log cannot take: %v; want it refused", err)
+	}
+	failing.Store(false)
+	s.mu.Lock()
+	syncFailed := s.syncFailed
+	s.mu.Unlock()
+	if syncFailed == nil {
+		t.Fatal("the append failed with a write waiting for its sync, and the store goes on as if that write were on disk")
+	}
+	// The segment goes to the checkpointer as it is; a new one takes the
+	// next writes.
+	waitFor(t, "writes taken again after the checkpoint", func() bool {
+		_, err := s.Txn(ctx, []atlas.Op{{Key: "i/c", Value: []byte("3")}})
+		return err == nil
+	})
+	s.crash()
+	// The crash keeps what the checkpoint put in the file, i/a with it.
+	s2 := openT(t, path, time.Hour, nil)
+	t.Cleanup(func() { s2.Close() })
+	if _, got := snapshotOf(t, s2); got["i/a"] != "1" || got["i/c"] != "3" {
+		t.Fatalf("after a crash: %v; want i/a and i/c", got)
+	}
+}
+
 // Zeros from any byte of the frames never synced on (a crash that kept
 // the file's size and lost its last pages, wherever a page boundary falls)
 // read as those frames lost, never as damage.
