@@ -260,6 +260,20 @@ func failSyncs(t *testing.T) *atomic.Bool {
 	return &failing
 }
 
+// refuseAppends makes s's segment take no writes: its file is swapped for
+// one open read-only. The answer to the write before orders this before
+// the writer's next look at the segment.
+func refuseAppends(t *testing.T, s *Store) {
+	t.Helper()
+	ro, err := os.Open(s.seg.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := s.seg.f
+	s.seg.f = ro
+	t.Cleanup(func() { rw.Close() })
+}
+
 // While a deferred sync has failed, the store refuses writes and says so
 // in Ping, and a later fdatasync that works does not end that (it may not
 // have written what the failed one lost); the next rotation hands the
@@ -301,15 +315,7 @@ func TestFailedSyncIsCheckpointed(t *testing.T) {
 			put(t, s, "i/a", "1", true) // waits for a sync
 
 			// The next append fails: the segment's file takes no writes.
-			// The answer orders these changes before the writer's next
-			// look at the segment.
-			ro, err := os.Open(s.seg.path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rw := s.seg.f
-			s.seg.f = ro
-			t.Cleanup(func() { rw.Close() })
+			refuseAppends(t, s)
 			seg := s.seg.path
 			truncateLog = func(_ *os.File, size int64) error {
 				if cutFails {
@@ -358,13 +364,7 @@ func TestAFailedAppendWithWritesWaitingIsCheckpointed(t *testing.T) {
 	put(t, s, "i/a", "1", true) // waits for a sync
 
 	// The segment's file takes no writes, and the cut's sync fails.
-	ro, err := os.Open(s.seg.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rw := s.seg.f
-	s.seg.f = ro
-	t.Cleanup(func() { rw.Close() })
+	refuseAppends(t, s)
 	failing.Store(true)
 	if _, err := s.Txn(ctx, []atlas.Op{{Key: "i/b", Value: []byte("2"), SyncLater: true}}); !errors.Is(err, atlas.ErrUnavailable) {
 		t.Fatalf("a write the log cannot take: %v; want it refused", err)
