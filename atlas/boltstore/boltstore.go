@@ -301,6 +301,9 @@ func Open(cfg Config) (*Store, error) {
 		watchers:   make(map[*watcher]struct{}),
 	}
 	if err := guarded(s.load); err != nil {
+		if s.seg != nil {
+			s.seg.f.Close() // made before a damaged lease was found
+		}
 		db.Close()
 		return nil, fmt.Errorf("boltstore: load %s: %w", cfg.Path, err)
 	}
