@@ -768,7 +768,11 @@ func (s *Store) resumeAfterFailedSync() bool {
 // Open takes for writes never synced. It asks again while the checkpoint
 // fails. Writer only.
 func (s *Store) handOverFailed() {
-	if s.checkpointed.Load() >= s.syncFailedAt || len(s.ckpts) > 0 {
+	// Done once a checkpoint has copied the writes up to the failure and
+	// the segment is handed over: a checkpoint queued before the failure
+	// may have copied them (each copies every pending write), with the
+	// segment still here, which must go all the same.
+	if s.seg == nil && s.checkpointed.Load() >= s.syncFailedAt || len(s.ckpts) > 0 {
 		return
 	}
 	s.mu.Lock()
@@ -1238,11 +1242,17 @@ func (s *Store) sweep() {
 	}
 	// The next sweep measures from this one's start: a stop of the
 	// process during this one's deletes is time no heartbeat could come.
+	// So is, to it, a wait of those deletes for a disk that stalls for a
+	// second and more, in which heartbeats do come: the leases then get a
+	// TTL they may not have needed, which delays the expiry of instances
+	// that died meanwhile by one TTL. The other way round, a stop that
+	// fell in the deletes' wait (a frozen VM) expired every lease that ran
+	// out during it. (The deletes of one sweep go many to a sync.)
 	s.swept = monoNow
 	s.mu.Unlock()
 	if kept > 0 {
 		s.graced.Store(now.UnixNano())
-		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
+		s.cfg.Logger.Warn("boltstore: the store did not run for a while (process stopped, host frozen or overloaded, or the last sweep's deletes waited that long for the disk), nor could heartbeats arrive: every lease gets one TTL from now, as after a restart",
 			"away", away.Round(time.Millisecond).String(), "leases", kept)
 	}
 	// Each delete is a write of its own, so that one key written again

@@ -444,19 +444,11 @@ func TestACheckpointKeepsTheWriteOnlyItsSegmentHad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := strings.Repeat("x", maxSegment)
-	// A long bbolt write (a slow checkpoint) keeps the checkpointer busy.
-	tx, err := s.db.Begin(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	put(t, s, "d", big, false) // seg1 full: rotation, checkpoint 1 starts and blocks
-	waitFor(t, "checkpoint 1 taken", func() bool { return len(s.ckpts) == 0 })
-	put(t, s, "i/k", "v1-synced", false) // seg2: synced, acknowledged
-	put(t, s, "e", big, false)           // seg2 full: checkpoint 2 queued
-	waitFor(t, "checkpoint 2 queued", func() bool { return len(s.ckpts) == 1 })
+	release := slowCheckpoints(t, s, func() {
+		put(t, s, "i/k", "v1-synced", false) // seg2: synced, acknowledged
+	})
 	put(t, s, "i/k", "v2-later", true) // seg3, unsynced
-	tx.Rollback()
+	release()
 	waitFor(t, "checkpoint 2 done", func() bool { return len(logSegments(t, path)) == 1 && len(s.ckpts) == 0 && s.checkpointed.Load() >= 4 })
 	s.crash()
 	// Power loss: the frame never synced is gone.
@@ -479,5 +471,58 @@ func TestACheckpointKeepsTheWriteOnlyItsSegmentHad(t *testing.T) {
 	}
 	if got != "v1-synced" && got != "v2-later" {
 		t.Fatalf("i/k after power loss = %s; want v1-synced (acknowledged after fdatasync)", got)
+	}
+}
+
+// slowCheckpoints holds the checkpointer in a checkpoint (a long bbolt
+// write stands for a slow one) with a second queued behind it; in2 writes
+// into the second's segment. release lets them run.
+func slowCheckpoints(t *testing.T, s *Store, in2 func()) (release func()) {
+	t.Helper()
+	big := strings.Repeat("x", maxSegment)
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "d", big, false) // seg1 full: rotation, checkpoint 1 starts and blocks
+	waitFor(t, "checkpoint 1 taken", func() bool { return len(s.ckpts) == 0 })
+	in2()
+	put(t, s, "e", big, false) // seg2 full: checkpoint 2 queued
+	waitFor(t, "checkpoint 2 queued", func() bool { return len(s.ckpts) == 1 })
+	return func() { _ = tx.Rollback() }
+}
+
+// A deferred sync that fails while a checkpoint is queued: the queued
+// checkpoint copies every pending write, the failed ones too, and records
+// the index of the failure. The store took that for the failed segment's
+// own checkpoint, never handed the segment over, and refused every write
+// until it was restarted.
+func TestAFailedSyncBehindAQueuedCheckpointIsRecovered(t *testing.T) {
+	failing := failSyncs(t)
+	path := filepath.Join(t.TempDir(), "atlas.db")
+	s, err := Open(Config{Path: path, SyncDelay: 5 * time.Millisecond, CheckpointInterval: time.Hour, SweepInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	release := slowCheckpoints(t, s, func() {})
+	failing.Store(true)
+	put(t, s, "i/k", "later", true) // its deferred sync fails
+	waitFor(t, "Ping reporting the failed sync", func() bool { return s.Ping(ctx) != nil })
+	failing.Store(false)
+	s.mu.Lock()
+	failedAt := s.syncFailedAt
+	s.mu.Unlock()
+	release()
+	// Both checkpoints done, the second with the failed write in it,
+	// before the writer next looks at the failure.
+	waitFor(t, "the queued checkpoint done", func() bool { return len(s.ckpts) == 0 && s.checkpointed.Load() >= failedAt })
+	waitFor(t, "writes taken again", func() bool {
+		_, err := s.Txn(ctx, []atlas.Op{{Key: "i/m", Value: []byte("1")}})
+		return err == nil
+	})
+	if _, got := snapshotOf(t, s); got["i/k"] != "later" {
+		t.Fatalf("after the recovery: %v; want i/k", got)
 	}
 }
