@@ -478,6 +478,11 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	// The body is read once the call is routed and allowed: whole when it
 	// is small, so that it can be sent again; a larger one streams.
 	var up *upload
+	// sent is when the request has all come, from which a pooled
+	// connection's idle time counts (backend.get): a body that took
+	// seconds to come must not make a connection the instance has closed
+	// meanwhile look just used.
+	sent := now
 	if ctx.Request.IsBodyStream() {
 		read := time.Now()
 		var err error
@@ -487,12 +492,9 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		if up != nil {
 			up.frozen = &h.shutting
 		} else {
-			// The timeout counts from the request's end, and so does
-			// the idle time of the connection it goes out on (a body
-			// that took seconds to come must not make a connection the
-			// instance has closed meanwhile look just used).
+			// The timeout counts from the request's end.
 			d := time.Since(read)
-			deadline, tryStart, now = deadline.Add(d), tryStart.Add(d), now.Add(d)
+			deadline, tryStart, sent = deadline.Add(d), tryStart.Add(d), sent.Add(d)
 		}
 	}
 	if isStream(&ctx.Request.Header) {
@@ -531,7 +533,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		started, err := backendOf(e).do(req, resp, deadline, now, replayable, client11)
+		started, err := backendOf(e).do(req, resp, deadline, sent, replayable, client11)
 		if started != nil {
 			// The request leaves the in-flight count with its first
 			// answer, as it does with a final answer's head; the outcome
@@ -694,12 +696,22 @@ func (h *HTTP) lingerUnread(ctx *fasthttp.RequestCtx) {
 	if ctx.Hijacked() || !ctx.Request.IsBodyStream() {
 		return
 	}
-	if up, ok := ctx.Request.BodyStream().(*upload); ok {
+	switch up, ok := ctx.Request.BodyStream().(*upload); {
+	case ok:
 		if up.isFinished() {
 			return
 		}
-	} else if cl := ctx.Request.Header.ContentLength(); cl >= 0 && cl <= maxDrained {
-		return
+	case ctx.Request.Header.ContentLength() >= 0:
+		if ctx.Request.Header.ContentLength() <= maxDrained {
+			return // fasthttp drops it and keeps the connection
+		}
+	default:
+		// Chunked: its size is known once read. One within what
+		// fasthttp would drop is read here, as fasthttp would read it,
+		// and the connection kept.
+		if _, err := io.CopyN(io.Discard, ctx.Request.BodyStream(), maxDrained+1); err == io.EOF {
+			return
+		}
 	}
 	h.linger(ctx)
 }
@@ -784,10 +796,16 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 	rh := &ctx.Response.Header
 	bodyless := ctx.Request.Header.IsHead()
 	h.hijack(ctx, func() { c.Close() }, func(client net.Conn) {
-		outcome, status := balance.Abandoned, 0
+		outcome, status, observed := balance.Abandoned, 0, false
+		answered := func(st int) {
+			observed = true
+			h.observe(pool.Service, st, start, retries)
+		}
 		defer func() {
 			pool.Report(e, outcome)
-			h.observe(pool.Service, status, start, retries)
+			if !observed && status != 0 {
+				h.observe(pool.Service, status, start, retries)
+			}
 		}()
 		defer c.Close()
 		status = rh.StatusCode()
@@ -800,10 +818,9 @@ func (h *HTTP) interim(ctx *fasthttp.RequestCtx, pool *balance.Pool, e *balance.
 			return
 		}
 		var err error
-		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true, false, nil)
+		outcome, err = relay(client, c.Conn, c.br, rh, bodyless, true, false, nil, answered)
 		switch {
 		case err == nil:
-			status = rh.StatusCode()
 		case isTimeout(err):
 			// As in route; an answer that began stays answered.
 			if balance.TimedOut(timed, time.Since(tryStart)) == balance.Abandoned {
@@ -1143,10 +1160,16 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 	}
 	bodyless, client11 := ctx.Request.Header.IsHead(), ctx.Request.Header.IsHTTP11()
 	h.hijack(ctx, func() { backend.Close(); done(balance.Abandoned) }, func(client net.Conn) {
-		outcome, status := balance.Failed, 0
+		outcome, status, observed := balance.Failed, 0, false
+		answered := func(st int) {
+			observed = true
+			h.observe(pool.Service, st, start, retries)
+		}
 		defer func() {
 			done(outcome)
-			h.observe(pool.Service, status, start, retries)
+			if !observed && status != 0 {
+				h.observe(pool.Service, status, start, retries)
+			}
 		}()
 		defer backend.Close()
 		if !h.track(true, client, backend) {
@@ -1167,10 +1190,7 @@ func (h *HTTP) stream(ctx *fasthttp.RequestCtx, pool *balance.Pool, up *upload, 
 			// ctx lives until this function returns: its response header
 			// has the server's settings (no Date or Content-Type added).
 			br := bufio.NewReaderSize(backend, 16<<10)
-			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11, up == nil, w)
-			if err == nil {
-				status = ctx.Response.Header.StatusCode()
-			}
+			outcome, err = relay(client, backend, br, &ctx.Response.Header, bodyless, client11, up == nil, w, answered)
 		}
 		if err != nil && up != nil {
 			w.stop(backend) // the answer failed: the writing ends with it
@@ -1260,12 +1280,14 @@ func (h *HTTP) track(add bool, client, backend net.Conn) bool {
 // connection closed: piped on, the requests the client sends next would
 // reach this instance unrouted. w is the request's body still being
 // written from the client's connection, or nil; streaming says backend has
-// a read deadline for the answer's head only, cleared once it is in. It
+// a read deadline for the answer's head only, cleared once it is in.
+// answered is called with the status once the final answer's head is in
+// (before the stream that follows it: what a call is observed at). It
 // returns an error only when no answer came, so that the client can be
 // sent one. The outcome is
 // the answer's: what happens to the stream after it (either side closing,
 // however abruptly) is the protocol's business.
-func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11, streaming bool, w *writing) (balance.Outcome, error) {
+func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHeader, bodyless, http11, streaming bool, w *writing, answered func(status int)) (balance.Outcome, error) {
 	rh.DisableNormalizing()
 	for n := 0; ; n++ {
 		if err := rh.Read(br); err != nil {
@@ -1276,6 +1298,7 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 			if streaming {
 				_ = backend.SetReadDeadline(time.Time{}) // the head came in time
 			}
+			answered(status)
 			early, _ := br.Peek(br.Buffered()) // what the new protocol sent already
 			if _, err := (&net.Buffers{rh.Header(), early}).WriteTo(client); err == nil {
 				w.wait() // the request's body first: the instance took it whole
@@ -1287,6 +1310,7 @@ func relay(client, backend net.Conn, br *bufio.Reader, rh *fasthttp.ResponseHead
 			if streaming {
 				_ = backend.SetReadDeadline(time.Time{}) // the head came in time
 			}
+			answered(status)
 			break
 		}
 		if n >= maxInterim {

@@ -1235,6 +1235,20 @@ func TestAStreamsAnswerMustBeginInTime(t *testing.T) {
 	if n := accepted.Load(); n != 2 {
 		t.Fatalf("the hung instance took %d connections; want 2", n)
 	}
+	// A WebSocket is observed when its 101 is in, not when it closes
+	// (one that stays open for hours was never counted meanwhile).
+	upgrading, _ := rawInstance(t, func(_, _ int64, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_, _ = io.Copy(io.Discard, c) // open until the caller closes
+		return false
+	})
+	f.set("ws", upgrading)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if res, _ := exchange(t, c, "GET / HTTP/1.1\r\nHost: ws.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"); res.StatusCode != 101 {
+		t.Fatalf("upgrade = %d; want 101", res.StatusCode)
+	}
+	want = append(want, 101)
 	slices.Sort(want)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		mu.Lock()

@@ -692,3 +692,30 @@ func TestTheSidecarsAnswerToALargeUploadIsNotReset(t *testing.T) {
 		}
 	}
 }
+
+// A small chunked body the sidecar answers itself (here a bad header)
+// keeps the connection, as fasthttp's own reading of an unread body keeps
+// it: lingering after any chunked body closed it, and the caller's next
+// request on it failed.
+func TestASmallChunkedBodyTheSidecarAnswersKeepsTheConnection(t *testing.T) {
+	f := newFrontend(t)
+	f.set("b", testBackend(t, "b").URL)
+	c := f.dial()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: b.localhost\r\nSwitchboard-Timeout: bogus\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != 400 || res.Close {
+		t.Fatalf("chunked POST with a bad timeout = %d, close %v; want 400 on a connection kept", res.StatusCode, res.Close)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: b.localhost\r\n\r\n")
+	if res, err = http.ReadResponse(br, nil); err != nil || res.StatusCode != 200 {
+		t.Fatalf("the next request on the connection: %v %v; want 200", res, err)
+	}
+	res.Body.Close()
+}
