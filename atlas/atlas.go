@@ -82,6 +82,8 @@ type Server struct {
 	// 0 while it answers): reads are then served from memory, marked
 	// stale.
 	staleSince atomic.Int64
+	// staleWhy is the store's last error while stale (probe).
+	staleWhy atomic.Pointer[string]
 	// epoch ends blocking queries and event streams, at StopWaiting and
 	// when the store stops answering; a new one begins when it answers
 	// again (epochMu guards both).
@@ -270,6 +272,10 @@ func (s *Server) probe() {
 		ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
 		err := p.Ping(ctx)
 		cancel()
+		if err != nil {
+			why := err.Error()
+			s.staleWhy.Store(&why)
+		}
 		switch {
 		case err != nil && s.staleSince.Load() == 0:
 			s.staleSince.Store(time.Now().UnixNano())
@@ -277,10 +283,10 @@ func (s *Server) probe() {
 				s.epochMu.Lock()
 				s.endEpoch()
 				s.epochMu.Unlock()
-				s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale, and ending event streams and blocking queries, for their clients to ask another replica", "err", err)
+				s.log.Error("atlas: the store does not answer, or fails its check (err says which); serving reads from memory, marked stale, and ending event streams and blocking queries, for their clients to ask another replica", "err", err)
 				break
 			}
-			s.log.Error("atlas: the store does not answer; serving reads from memory, marked stale", "err", err)
+			s.log.Error("atlas: the store does not answer, or fails its check (err says which); serving reads from memory, marked stale", "err", err)
 		case err == nil && s.staleSince.Load() != 0:
 			if s.replicated() {
 				s.epochMu.Lock()
@@ -599,7 +605,11 @@ func (s *Server) newHealth() *health.Checker {
 	h := &health.Checker{Timeout: 5 * time.Second, FailedStatus: http.StatusServiceUnavailable}
 	_ = h.Add("store", func(ctx context.Context) (string, error) {
 		if since := s.Stale(); !since.IsZero() {
-			return "", fmt.Errorf("store: not answering since %s; reads are stale", since.UTC().Format(time.RFC3339))
+			why := "not answering"
+			if w := s.staleWhy.Load(); w != nil {
+				why = *w
+			}
+			return "", fmt.Errorf("store: failing since %s (%s); reads are stale", since.UTC().Format(time.RFC3339), why)
 		}
 		if p, ok := s.store.(Pinger); ok {
 			if err := p.Ping(ctx); err != nil {

@@ -62,6 +62,10 @@ func TestAReplicaThatLostEtcdSendsWatchersElsewhere(t *testing.T) {
 	if st, body, hdr := do(t, "GET", a.http.URL+"/v1/services/x", ""); st != 200 || hdr.Get(atlas.StaleHeader) == "" || !strings.Contains(body, `"id":"x-1"`) {
 		t.Fatalf("a plain read after quorum loss = %d %v %s; want the last state, marked stale", st, hdr, body)
 	}
+	// The health check says why, as the store said it.
+	if st, body, _ := do(t, "GET", a.http.URL+"/v1/health", ""); st != 503 || !strings.Contains(body, "reads are stale") || !strings.Contains(body, "etcd: ping") {
+		t.Fatalf("/v1/health after quorum loss = %d %s; want 503 naming the store's error", st, body)
+	}
 }
 
 // readStream opens an event stream and reads it to its end, which it
