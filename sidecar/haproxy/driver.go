@@ -1086,12 +1086,30 @@ func (d *Driver) reloadLocked(spec Spec) error {
 	d.lastReload = time.Now()
 	d.reloads.Add(1)
 	d.shape = spec.Shape()
+	// What the old worker has, should it stay: the slots it loaded then
+	// follow by runtime commands (runtimeLocked(true)), and backends it
+	// lacks get none.
+	prevApplied := make(map[*backendState][]Slot, len(d.backends))
+	for _, b := range d.backends {
+		prevApplied[b] = b.applied
+	}
+	prevRemoved := d.removed
 	d.markAppliedLocked()
+	loaded := false
+	defer func() {
+		if !loaded {
+			for b, applied := range prevApplied {
+				b.applied = applied
+			}
+			d.removed = prevRemoved
+		}
+	}()
 	signalled, heard := time.Now(), false
 	deadline := time.Now().Add(10 * time.Second)
 wait:
 	for time.Now().Before(deadline) {
 		if pid, err := d.workerPID(); err == nil && pid != before {
+			loaded = true
 			d.log().Info("haproxy: reloaded", "worker", pid)
 			d.retryIn = 0
 			d.boundLocked(spec)

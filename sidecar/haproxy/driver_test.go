@@ -321,6 +321,33 @@ func TestRemovedInstanceLeavesBeforeTheReload(t *testing.T) {
 	}
 }
 
+// The same when the reload fails (HAProxy keeps the old worker): the
+// driver counted the reload's slots as loaded before the new worker came,
+// so the old worker was never told that i0 had gone, and routed to it
+// until the next reload that worked.
+func TestRemovedInstanceLeavesWhenTheReloadFails(t *testing.T) {
+	urls := backends(t, 10)
+	d, listen := startDriver(t)
+	eps := endpoints(t, urls...)
+	d.Update("billing", false, eps[:2]) // i0, i1 in 8 slots
+	waitGet(t, listen, "billing", 200)
+	send := reloadSignal
+	reloadSignal = func(*os.Process) error {
+		go d.heard("[WARNING]  (1) : Loading failure!")
+		return nil
+	}
+	d.Update("billing", false, eps[1:]) // i0 goes, 8 more come: a reload to 32 slots, which fails
+	reloadSignal = send
+	if n := d.FailedReloads(); n != 1 {
+		t.Fatalf("failed reloads: %d; want 1", n)
+	}
+	for range 60 {
+		if st, body := get(listen, "billing"); st != 200 || body == "i0" {
+			t.Fatalf("after i0 was removed and the reload failed: %d %q", st, body)
+		}
+	}
+}
+
 // Four instances replaced by four at new addresses, twice within
 // SlotRest (a rollout, then its rollback): the instance count never
 // changes, so no reload, and the resting slots are taken rather than leave
