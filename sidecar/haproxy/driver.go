@@ -98,24 +98,38 @@ type backendState struct {
 	service string
 	tcp     bool
 	ids     []string    // instance id per slot; "" free
-	freed   []time.Time // per slot, when its instance left (zero: never held one)
-	last    []string    // per slot, the address it held last
-	want    []Slot      // desired
-	applied []Slot      // in HAProxy now
+	freed   []time.Time // per slot, when its instance left (zero: never held one, or none since a reload)
+	// quiet is, per slot, when a look at HAProxy's counters (Outcomes)
+	// first found no session open on it since its instance left (zero:
+	// not yet).
+	quiet   []time.Time
+	last    []string // per slot, the address it held last
+	want    []Slot   // desired
+	applied []Slot   // in HAProxy now
 	// ips is the address each DNS name among its instances' hosts
 	// resolved to at the last update (replaced whole, never changed).
 	ips map[string]string
 }
 
 // SlotRest is how long a slot rests, after its instance leaves, before an
-// instance at another address takes it while other slots are free. A
+// instance at another address takes it while other slots are free; and it
+// must have had no session open for quietFor (Outcomes looks). A
 // connection to the old instance that was in use when the slot went to
-// maintenance returns to the slot's idle pool afterwards, and HAProxy 2.6
-// would reuse it for the slot's next address; in maintenance, HAProxy
-// closes it within a pool-purge-delay or two (1 s, render.go). An instance
-// back at the same address takes its old slot at once; when only resting
-// slots are free, the one that rested longest is taken rather than reload.
+// maintenance returns to the slot's idle pool once its request is done,
+// and HAProxy 2.6 would reuse it for the slot's next address; in
+// maintenance, HAProxy closes it within a pool-purge-delay or two (1 s,
+// render.go). (A slot taken while a request longer than the rest was still
+// running sent the new instance's requests to the old one, on that
+// connection, until the old one closed it.) A reload gives every free slot
+// a clean start: the new worker has no connection to any old instance. An
+// instance back at the same address takes its old slot at once; when only
+// resting slots are free, the quiet one that rested longest is taken (else
+// the one that rested longest) rather than reload.
 var SlotRest = 5 * time.Second
+
+// quietFor is how long a resting slot must have had no session open before
+// an instance at another address takes it: two pool-purge-delays.
+const quietFor = 2 * time.Second
 
 func (d *Driver) log() *slog.Logger {
 	if d.Logger == nil {
@@ -613,7 +627,7 @@ func (d *Driver) Update(service string, tcp bool, eps []*balance.Endpoint) {
 			continue
 		}
 		if id != "" {
-			b.freed[i], b.last[i] = now, b.want[i].Addr
+			b.freed[i], b.last[i], b.quiet[i] = now, b.want[i].Addr, time.Time{}
 		}
 		b.ids[i], b.want[i] = "", Slot{}
 	}
@@ -738,10 +752,11 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 	// given to another instance meanwhile would count for the wrong one.
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	pid, stats, err := runtimeAPI{d.adminSock()}.serverStats(ctx)
+	pid, stats, idle, err := runtimeAPI{d.adminSock()}.serverStats(ctx)
 	if err != nil {
 		return nil, err
 	}
+	d.noteIdleLocked(idle, time.Now())
 	if pid != d.countedBy {
 		d.counted, d.countedBy = nil, pid
 	}
@@ -847,16 +862,18 @@ func (b *backendState) free() int {
 // (SlotRest); else the one that has rested longest; -1 when none is free.
 func (b *backendState) freeSlot(addr string, now time.Time) int {
 	rested, resting := -1, -1
+	quiet := func(i int) bool { return !b.quiet[i].IsZero() && now.Sub(b.quiet[i]) >= quietFor }
 	for i, id := range b.ids {
 		switch {
 		case id != "":
 		case b.last[i] == addr:
 			return i
-		case b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest:
+		case b.freed[i].IsZero() || now.Sub(b.freed[i]) >= SlotRest && quiet(i):
 			if rested < 0 {
 				rested = i
 			}
-		case resting < 0 || b.freed[i].Before(b.freed[resting]):
+		case resting < 0 || quiet(i) && !quiet(resting) ||
+			quiet(i) == quiet(resting) && b.freed[i].Before(b.freed[resting]):
 			resting = i
 		}
 	}
@@ -866,6 +883,35 @@ func (b *backendState) freeSlot(addr string, now time.Time) int {
 	return resting
 }
 
+// noteIdleLocked notes, for each free slot that held an instance, that a
+// look at HAProxy's counters at now found no session open on it (idle:
+// by proxy and server name, from show stat).
+func (d *Driver) noteIdleLocked(idle map[string]map[string]bool, now time.Time) {
+	for _, b := range d.backends {
+		px := "be_" + b.service
+		if b.tcp {
+			px = "tcpbe_" + b.service
+		}
+		for i, id := range b.ids {
+			if id == "" && !b.freed[i].IsZero() && b.quiet[i].IsZero() && idle[px][fmt.Sprintf("s%d", i)] {
+				b.quiet[i] = now
+			}
+		}
+	}
+}
+
+// cleanSlotsLocked forgets, after a reload, that the free slots held
+// instances: the new worker has no connection to any.
+func (d *Driver) cleanSlotsLocked() {
+	for _, b := range d.backends {
+		for i, id := range b.ids {
+			if id == "" {
+				b.freed[i], b.quiet[i] = time.Time{}, time.Time{}
+			}
+		}
+	}
+}
+
 // grow makes b at least n slots long.
 func (b *backendState) grow(n int) {
 	if len(b.ids) >= n {
@@ -873,6 +919,7 @@ func (b *backendState) grow(n int) {
 	}
 	b.ids = append(b.ids, make([]string, n-len(b.ids))...)
 	b.freed = append(b.freed, make([]time.Time, n-len(b.freed))...)
+	b.quiet = append(b.quiet, make([]time.Time, n-len(b.quiet))...)
 	b.last = append(b.last, make([]string, n-len(b.last))...)
 	b.want = append(b.want, make([]Slot, n-len(b.want))...)
 }
@@ -1110,6 +1157,7 @@ wait:
 	for time.Now().Before(deadline) {
 		if pid, err := d.workerPID(); err == nil && pid != before {
 			loaded = true
+			d.cleanSlotsLocked()
 			d.log().Info("haproxy: reloaded", "worker", pid)
 			d.retryIn = 0
 			d.boundLocked(spec)

@@ -348,6 +348,52 @@ func TestRemovedInstanceLeavesWhenTheReloadFails(t *testing.T) {
 	}
 }
 
+// A request to an instance that has left outlasted its slot's rest: the
+// slot went to a new instance, the request's connection to the old one
+// came back to the slot's idle pool, and HAProxy sent the new instance's
+// requests to the old one on it. A slot with a session open is not
+// rested, however long ago its instance left.
+func TestASlotWithARequestInFlightIsNotGivenAway(t *testing.T) {
+	rest := SlotRest
+	SlotRest = time.Second
+	t.Cleanup(func() { SlotRest = rest })
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(3 * time.Second)
+		}
+		io.WriteString(w, "A")
+	}))
+	t.Cleanup(a.Close)
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "B") }))
+	t.Cleanup(b.Close)
+	d, listen := startDriver(t)
+	d.Update("files", false, namedEndpoints("a", a.URL))
+	waitGet(t, listen, "files", 200)
+	slow := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+listen+"/slow", nil)
+		req.Header.Set("Switchboard-Service", "files")
+		res, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+		if err == nil {
+			_, err = io.ReadAll(res.Body)
+			res.Body.Close()
+		}
+		slow <- err
+	}()
+	time.Sleep(500 * time.Millisecond) // the slow request is on a's connection
+	d.Update("files", false, nil)      // a leaves
+	time.Sleep(1500 * time.Millisecond)
+	d.Update("files", false, namedEndpoints("b", b.URL)) // past SlotRest, the request still running
+	if err := <-slow; err != nil {
+		t.Fatalf("the request to a: %v", err)
+	}
+	for range 40 {
+		if st, body := get(listen, "files"); st != 200 || body != "B" {
+			t.Fatalf("after b came: %d %q; want every answer from b", st, body)
+		}
+	}
+}
+
 // Four instances replaced by four at new addresses, twice within
 // SlotRest (a rollout, then its rollback): the instance count never
 // changes, so no reload, and the resting slots are taken rather than leave
@@ -774,4 +820,29 @@ func TestALostReloadSignalIsSentAgain(t *testing.T) {
 		t.Fatalf("%d signals, %d failed reloads; want the lost signal sent again and the reload done", calls.Load(), d.FailedReloads())
 	}
 	waitGet(t, listen, "files", 200)
+}
+
+// freeSlot takes a slot that rested and has had no session open for
+// quietFor; of slots still resting, a quiet one before one that is not.
+func TestFreeSlotTakesQuietSlots(t *testing.T) {
+	now := time.Now()
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	for _, tc := range []struct {
+		name         string
+		freed, quiet []time.Time
+		want         int
+	}{
+		{"rested and quiet", []time.Time{ago(time.Minute), ago(time.Minute)}, []time.Time{{}, ago(3 * time.Second)}, 1},
+		{"rested, never seen quiet", []time.Time{ago(time.Minute)}, []time.Time{{}}, 0},
+		{"resting: the quiet one", []time.Time{ago(time.Minute), ago(4 * time.Second)}, []time.Time{{}, ago(3 * time.Second)}, 1},
+		{"none quiet: the longest rested", []time.Time{ago(2 * time.Second), ago(time.Minute)}, []time.Time{{}, {}}, 1},
+	} {
+		b := &backendState{ids: make([]string, len(tc.freed)), freed: tc.freed, quiet: tc.quiet, last: make([]string, len(tc.freed))}
+		for i := range b.last {
+			b.last[i] = fmt.Sprint("10.0.0.1:", 5000+i)
+		}
+		if got := b.freeSlot("10.0.0.2:5000", now); got != tc.want {
+			t.Errorf("%s: slot %d; want %d", tc.name, got, tc.want)
+		}
+	}
 }

@@ -147,21 +147,43 @@ type Outcomes struct {
 
 // serverStats reads `show stat` for the servers, per backend and server
 // name, and the pid of the worker that counted them.
-func (r runtimeAPI) serverStats(ctx context.Context) (int, map[string]map[string]Outcomes, error) {
+func (r runtimeAPI) serverStats(ctx context.Context) (pid int, stats map[string]map[string]Outcomes, idle map[string]map[string]bool, err error) {
 	out, err := r.send(ctx, "show info;show stat -1 4 -1")
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	info, stat, ok := strings.Cut(out, "\n# ")
 	if !ok {
-		return 0, nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
+		return 0, nil, nil, fmt.Errorf("haproxy runtime API: show stat: no header line in %q", firstLine(out))
 	}
-	pid, err := infoPID(info)
+	if pid, err = infoPID(info); err != nil {
+		return 0, nil, nil, err
+	}
+	if stats, err = parseServerStats("# " + stat); err != nil {
+		return 0, nil, nil, err
+	}
+	idle, err = parseIdle("# " + stat)
+	return pid, stats, idle, err
+}
+
+// parseIdle reads which servers of an answer to `show stat` have no
+// session open (scur 0).
+func parseIdle(out string) (map[string]map[string]bool, error) {
+	at, rows, err := statRows(out, "pxname", "svname", "scur")
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	stats, err := parseServerStats("# " + stat)
-	return pid, stats, err
+	idle := map[string]map[string]bool{}
+	for _, f := range rows {
+		if f[at[2]] != "0" {
+			continue
+		}
+		if idle[f[at[0]]] == nil {
+			idle[f[at[0]]] = map[string]bool{}
+		}
+		idle[f[at[0]]][f[at[1]]] = true
+	}
+	return idle, nil
 }
 
 // parseServerStats reads the answer to `show stat -1 4 -1`. A line whose
