@@ -65,6 +65,18 @@ func FuzzRuntimeAnswers(f *testing.F) {
 			}
 		}
 
+		idle, err := parseIdle(out)
+		if err != nil && !strings.HasPrefix(err.Error(), "haproxy runtime API: show stat: ") {
+			t.Fatalf("parseIdle(%q): error %q does not say what it read", out, err)
+		}
+		for px, svs := range idle {
+			for sv := range svs {
+				if !fields[px] || !fields[sv] || !fields["0"] {
+					t.Fatalf("parseIdle(%q) has server %s/%s idle, not so in the answer", out, px, sv)
+				}
+			}
+		}
+
 		// The driver sends SIGUSR1 to this pid: kill(2) takes a 32-bit
 		// pid_t, and a larger number would reach another process, or
 		// every process (-1).
