@@ -186,6 +186,23 @@ func TestServicesLiveAndSwitch(t *testing.T) {
 			t.Fatalf("instance row %q lacks %q", row, want)
 		}
 	}
+	// The rows are drawn again every 5 s, for the lease fields: the
+	// switch that has the keyboard's focus keeps it (it went back to the
+	// page's body, and a keyboard user could not reach the switch).
+	btn := `#instances-table button[data-id="identity-h1-5000"]`
+	hb := `#instances-table tr[data-id="identity-h1-5000"] td:nth-child(7)`
+	first := text(ctx, t, hb)
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](fmt.Sprintf(`document.querySelector(%q).focus(); true`, btn))); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(pctx, chromedp.Poll[bool](fmt.Sprintf(`document.querySelector(%q).textContent !== %q`, hb, first))); err != nil {
+		t.Fatalf("the rows were not drawn again within 15 s: %v", err)
+	}
+	if id, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.activeElement.getAttribute("data-id") || document.activeElement.tagName`)); id != "identity-h1-5000" {
+		t.Fatalf("after the rows were drawn again, the focus is on %q; want the switch of identity-h1-5000", id)
+	}
 	answerDialogs(ctx, t)
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#instances-table button[data-id="identity-h1-5000"]`))); err != nil {
 		t.Fatal(err)

@@ -247,6 +247,7 @@ async function watch() {
   ctl.realm = state.realm;
   state.stream = ctl;
   let last = "";
+  let wait = 1000; // before the next try: doubles to 30 s while tries fail
   while (!ctl.signal.aborted) {
     try {
       const headers = { Accept: "text/event-stream" };
@@ -258,9 +259,13 @@ async function watch() {
         showLogin("the token is no longer valid");
         return;
       }
-      if (!res.ok) throw new Error("event stream: " + res.status);
+      if (!res.ok) {
+        res.body?.cancel();
+        throw new Error("event stream: " + res.status);
+      }
       $("#live").textContent = "● live";
-      if (last) dropGone(ctl.realm); // a reconnection: what went meanwhile
+      wait = 1000;
+      if (last) dropGone(ctl.realm, Number(last)); // a reconnection: what went meanwhile
       const reader = res.body.getReader();
       const dec = new TextDecoder();
       let buf = "";
@@ -286,21 +291,28 @@ async function watch() {
       if (ctl.signal.aborted) return;
     }
     $("#live").textContent = "○ reconnecting";
-    await new Promise((r) => setTimeout(r, 1000));
+    // Jittered, so that the pages of a whole team do not come back at once.
+    await new Promise((r) => setTimeout(r, wait / 2 + Math.random() * wait / 2));
+    wait = Math.min(wait * 2, 30000);
   }
 }
 
 // dropGone removes, after a reconnection, the services that went while the
 // stream was down: a stream that could not resume sends a snapshot of the
 // services there are, and none for those that are gone. Only those whose
-// last event is older than the list, which the stream may have passed.
-async function dropGone(realm) {
+// last event is older than the list, which the stream may have passed;
+// seen is the index of the last event before the stream broke.
+async function dropGone(realm, seen) {
   try {
     const list = await api("/v1/services?realm=" + encodeURIComponent(realm));
     if (realm !== state.realm) return;
     const there = new Set(list.services.map((s) => s.name));
+    // An index below the last event's (a new data directory, a restored
+    // store) says nothing of the services the page knew: those not
+    // listed go.
+    const back = list.index < seen;
     for (const [name, sum] of state.services) {
-      if (!there.has(name) && sum.instances > 0 && (sum.index || 0) <= list.index) {
+      if (!there.has(name) && sum.instances > 0 && (back || (sum.index || 0) <= list.index)) {
         onEvent({ service: name, realm, index: list.index, instances: [] });
       }
     }
@@ -350,6 +362,9 @@ function renderInstances() {
     ? `showing ${shown.length} of ${all.length}: filter to find the others`
     : `${all.length} instance${all.length === 1 ? "" : "s"}`;
   const tbody = $("#instances-table tbody");
+  // The rows are drawn again every few seconds (leaseRefresh): the
+  // switch that has the keyboard's focus keeps it.
+  const focused = tbody.contains(document.activeElement) ? document.activeElement.getAttribute("data-id") : null;
   tbody.replaceChildren();
   for (const i of shown) {
     const meta = Object.entries(i.meta || {}).map(([k, v]) => k + "=" + v).join(" ");
@@ -362,6 +377,7 @@ function renderInstances() {
       el("td", {}, ago(i.last_heartbeat)), el("td", {}, until(i.expires_at)),
       el("td", {}, sw, i.enabled ? "" : " " + (i.disabled_reason || ""))));
   }
+  if (focused) tbody.querySelector(`button[data-id="${CSS.escape(focused)}"]`)?.focus();
 }
 
 async function toggle(inst) {
