@@ -325,7 +325,7 @@ function onEvent(si) {
   if (si.realm !== state.realm) return;
   state.services.set(si.service, { ...summarize(si), index: si.index });
   renderService(si.service);
-  if (si.service === state.selected) selectService(si.service);
+  if (si.service === state.selected) selectService(si.service).catch(() => {}); // the next event or refresh tries again
 }
 
 // At most this many instances are drawn; the filter finds the others.
@@ -490,6 +490,16 @@ async function openLayer(l) {
 // save refuses text that is not one JSON object before sending anything,
 // and sends with cas so that a concurrent change is not overwritten.
 async function save(force) {
+  if (state.saving) return; // a second click would send the same cas again, and read its own 409 as someone else's
+  state.saving = true;
+  try {
+    await saveLayer(force);
+  } finally {
+    state.saving = false;
+  }
+}
+
+async function saveLayer(force) {
   $("#editor-error").textContent = "";
   const text = $("#editor-text").value;
   let obj;
@@ -517,7 +527,16 @@ async function save(force) {
       $("#editor-error").textContent = e.message;
       return;
     }
-    const theirs = await api("/v1/config/layer?" + layerQuery(state.layer)).catch(() => null);
+    let theirs = null;
+    try {
+      theirs = await api("/v1/config/layer?" + layerQuery(state.layer));
+    } catch (e2) {
+      if (e2.status !== 404) {
+        // Not known to be deleted: "take theirs" would put {} in its place.
+        $("#editor-error").textContent = "Someone else changed this layer, and reading their version failed: " + e2.message;
+        return;
+      }
+    }
     $("#conflict-theirs").textContent = theirs ? JSON.stringify(theirs.config, null, 2) : "(deleted)";
     $("#conflict-yours").textContent = JSON.stringify(obj, null, 2);
     $("#editor-conflict").hidden = false;
