@@ -260,7 +260,7 @@ async function watch() {
         return;
       }
       if (!res.ok) {
-        res.body?.cancel();
+        res.body?.cancel().catch(() => {});
         throw new Error("event stream: " + res.status);
       }
       $("#live").textContent = "● live";
