@@ -272,7 +272,6 @@ func (s *Server) serviceIndex(in *sb.Instance) uint64 {
 	return s.st.indexOfLocked(svcKey(in.Realm, in.Service))
 }
 
-// ownInstance checks that the caller may act for instance id.
 // byServiceToken reports whether r comes with a service token, which
 // acts for its own instances only, and may not touch an operator's switch.
 func byServiceToken(r *http.Request) bool {
@@ -280,6 +279,7 @@ func byServiceToken(r *http.Request) bool {
 	return p != nil && p.tok.Role == sb.RoleService
 }
 
+// ownInstance checks that the caller may act for instance id.
 func (s *Server) ownInstance(r *http.Request, id string) error {
 	p := principalFrom(r.Context())
 	if p == nil || p.tok.Role == sb.RoleAdmin {

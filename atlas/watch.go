@@ -16,6 +16,10 @@ import (
 // KeepAliveInterval is how often the event stream sends a comment line.
 var KeepAliveInterval = 15 * time.Second
 
+// maxWatchServices bounds the services one event stream lists: ten times
+// what a sidecar's shared stream holds (it splits at 64).
+const maxWatchServices = 640
+
 // handleWatch serves GET /v1/watch: Server-Sent Events with one snapshot
 // event per service on connect, then one update event per change of a
 // service's answer, each with the same JSON as GET /v1/services/{name}.
@@ -24,10 +28,6 @@ var KeepAliveInterval = 15 * time.Second
 // at its own pace and sends each changed service's current answer, so a
 // slow reader gets fewer, newer events, and one that falls behind the
 // history gets snapshots again.
-// maxWatchServices bounds the services one event stream lists: ten times
-// what a sidecar's shared stream holds (it splits at 64).
-const maxWatchServices = 640
-
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	realm, err := realmParam(r)
 	if err != nil {
