@@ -756,7 +756,7 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 	if err != nil {
 		return nil, err
 	}
-	d.noteIdleLocked(idle, time.Now())
+	now := time.Now()
 	if pid != d.countedBy {
 		d.counted, d.countedBy = nil, pid
 	}
@@ -764,14 +764,20 @@ func (d *Driver) Outcomes(ctx context.Context) (map[string]map[string]Outcomes, 
 	d.counted = make(map[string][]slotCount, len(d.backends))
 	out := map[string]map[string]Outcomes{}
 	for key, b := range d.backends {
-		px := "be_" + b.service
-		if b.tcp {
-			px = "tcpbe_" + b.service
-		}
+		px := b.proxy()
 		counts := make([]slotCount, len(b.ids))
 		for i, id := range b.ids {
-			c, ok := stats[px][fmt.Sprintf("s%d", i)]
-			if id == "" || !ok {
+			sv := fmt.Sprintf("s%d", i)
+			if id == "" {
+				// A free slot that held an instance, found with no
+				// session open (freeSlot).
+				if !b.freed[i].IsZero() && b.quiet[i].IsZero() && idle[px][sv] {
+					b.quiet[i] = now
+				}
+				continue
+			}
+			c, ok := stats[px][sv]
+			if !ok {
 				continue
 			}
 			counts[i] = slotCount{id: id, Outcomes: c}
@@ -846,6 +852,14 @@ func servedAt(last map[string]int, now time.Time) map[string]time.Time {
 	return at
 }
 
+// proxy is the name of b's backend in HAProxy's config.
+func (b *backendState) proxy() string {
+	if b.tcp {
+		return "tcpbe_" + b.service
+	}
+	return "be_" + b.service
+}
+
 // free counts b's free slots.
 func (b *backendState) free() int {
 	n := 0
@@ -881,23 +895,6 @@ func (b *backendState) freeSlot(addr string, now time.Time) int {
 		return rested
 	}
 	return resting
-}
-
-// noteIdleLocked notes, for each free slot that held an instance, that a
-// look at HAProxy's counters at now found no session open on it (idle:
-// by proxy and server name, from show stat).
-func (d *Driver) noteIdleLocked(idle map[string]map[string]bool, now time.Time) {
-	for _, b := range d.backends {
-		px := "be_" + b.service
-		if b.tcp {
-			px = "tcpbe_" + b.service
-		}
-		for i, id := range b.ids {
-			if id == "" && !b.freed[i].IsZero() && b.quiet[i].IsZero() && idle[px][fmt.Sprintf("s%d", i)] {
-				b.quiet[i] = now
-			}
-		}
-	}
 }
 
 // cleanSlotsLocked forgets, after a reload, that the free slots held
@@ -1043,10 +1040,7 @@ func (d *Driver) runtimeLocked(onlyLoaded bool) {
 			want = make([]Slot, len(b.applied)) // free unless wanted
 			copy(want, b.want)
 		}
-		name := "be_" + b.service
-		if b.tcp {
-			name = "tcpbe_" + b.service
-		}
+		name := b.proxy()
 		n := len(cmds)
 		for i := range want {
 			var old Slot

@@ -392,6 +392,22 @@ func TestASlotWithARequestInFlightIsNotGivenAway(t *testing.T) {
 			t.Fatalf("after b came: %d %q; want every answer from b", st, body)
 		}
 	}
+	// Once a look at the counters (the sidecar's, every second) has found
+	// a's slot without a session for quietFor, it is rested: the next
+	// instance at a new address takes it.
+	if _, err := d.Outcomes(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(quietFor + 100*time.Millisecond)
+	c := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "C") }))
+	t.Cleanup(c.Close)
+	d.Update("files", false, append(namedEndpoints("b", b.URL), namedEndpoints("c", c.URL)...))
+	d.mu.Lock()
+	slot0 := d.backends["http/files"].ids[0]
+	d.mu.Unlock()
+	if slot0 != "c0" {
+		t.Fatalf("a's quiet slot holds %q; want c0, the new instance", slot0)
+	}
 }
 
 // Four instances replaced by four at new addresses, twice within
