@@ -190,15 +190,7 @@ func jsonField(t reflect.Type, path string) reflect.Type {
 		if t == nil || t.Kind() != reflect.Struct {
 			return nil
 		}
-		var next reflect.Type
-		for f := range t.Fields() {
-			tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if tag == name || tag == "" && strings.EqualFold(f.Name, name) {
-				next = f.Type
-				break
-			}
-		}
-		t = next
+		t = jsonFields(t)[name]
 	}
 	return t
 }
