@@ -29,6 +29,22 @@ func openStore(t *testing.T, cluster *etcdtest.Cluster, prefix string) *Store {
 	return s
 }
 
+// renewedKey starts a one-member cluster and a store on it under prefix,
+// which writes key with a minute's lease and renews it once.
+func renewedKey(t *testing.T, prefix, key string) (*etcdtest.Cluster, *Store) {
+	t.Helper()
+	cluster := etcdtest.Start(t, 1)
+	s := openStore(t, cluster, prefix)
+	ctx := context.Background()
+	if _, err := s.Txn(ctx, []atlas.Op{{Key: key, Value: []byte("v"), TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.KeepAlive(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	return cluster, s
+}
+
 // Two replicas write one leased key concurrently. Once the watch of the
 // first has caught up, its cache holds the key's actual lease: a write of
 // its own answered late must not put back a lease the key no longer has
@@ -102,15 +118,8 @@ func TestLeaseCacheFollowsTheKey(t *testing.T) {
 // yet, is answered only once etcd revokes it. It must not hold up the
 // heartbeats of live instances meanwhile.
 func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
-	cluster := etcdtest.Start(t, 1)
-	s := openStore(t, cluster, "/expired/")
+	_, s := renewedKey(t, "/expired/", "live")
 	ctx := context.Background()
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "live", Value: []byte("v"), TTL: time.Minute}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.KeepAlive(ctx, "live"); err != nil {
-		t.Fatal(err)
-	}
 	// Leases that run out together, so that etcd revokes them over a
 	// second or two (about 1,000 a second), the instance's last.
 	var wg sync.WaitGroup
@@ -163,15 +172,8 @@ func TestAnExpiredLeaseDoesNotHoldUpHeartbeats(t *testing.T) {
 // With etcd down, each heartbeat fails within its own deadline, and Close
 // returns, rather than queueing behind one another's search for a leader.
 func TestHeartbeatsDuringAnOutageKeepTheirDeadline(t *testing.T) {
-	cluster := etcdtest.Start(t, 1)
-	s := openStore(t, cluster, "/outage/")
+	cluster, s := renewedKey(t, "/outage/", "k")
 	ctx := context.Background()
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.KeepAlive(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
 	cluster.Members[0].Stop()
 	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
@@ -265,15 +267,8 @@ func (c *cutStream) Recv() (*pb.LeaseKeepAliveResponse, error) { <-c.cut; return
 // deadline), and the stream is dropped: the next renewal opens another
 // and succeeds.
 func TestACutStreamHoldsUpNoRenewal(t *testing.T) {
-	cluster := etcdtest.Start(t, 1)
-	s := openStore(t, cluster, "/cut/")
+	_, s := renewedKey(t, "/cut/", "k")
 	ctx := context.Background()
-	if _, err := s.Txn(ctx, []atlas.Op{{Key: "k", Value: []byte("v"), TTL: time.Minute}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.KeepAlive(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
 	s.mu.Lock()
 	id := s.leases["k"].id
 	s.mu.Unlock()
