@@ -478,11 +478,6 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 	// The body is read once the call is routed and allowed: whole when it
 	// is small, so that it can be sent again; a larger one streams.
 	var up *upload
-	// sent is when the request has all come, from which a pooled
-	// connection's idle time counts (backend.get): a body that took
-	// seconds to come must not make a connection the instance has closed
-	// meanwhile look just used.
-	sent := now
 	if ctx.Request.IsBodyStream() {
 		read := time.Now()
 		var err error
@@ -494,7 +489,7 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		} else {
 			// The timeout counts from the request's end.
 			d := time.Since(read)
-			deadline, tryStart, sent = deadline.Add(d), tryStart.Add(d), sent.Add(d)
+			deadline, tryStart = deadline.Add(d), tryStart.Add(d)
 		}
 	}
 	if isStream(&ctx.Request.Header) {
@@ -533,7 +528,10 @@ func (h *HTTP) route(ctx *fasthttp.RequestCtx, pool *balance.Pool, now time.Time
 		}
 		tried = append(tried, e)
 		done := pool.Acquire(e)
-		started, err := backendOf(e).do(req, resp, deadline, sent, replayable, client11)
+		// A pooled connection's idle time counts to the try's start: a
+		// body that took seconds to come must not make a connection the
+		// instance has closed meanwhile look just used (backend.get).
+		started, err := backendOf(e).do(req, resp, deadline, tryStart, replayable, client11)
 		if started != nil {
 			// The request leaves the in-flight count with its first
 			// answer, as it does with a final answer's head; the outcome
